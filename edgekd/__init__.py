@@ -1,0 +1,1 @@
+from edgekd._version import __version__

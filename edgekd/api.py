@@ -1,0 +1,212 @@
+"""What the CLI and users call: compile, bench, inspect, list_targets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edgekd.artifact import MANIFEST, ArtifactWriter, check_output_free, write_json
+from edgekd.backends import BACKENDS, get_backend
+from edgekd.bench.device import LocalDevice
+from edgekd.bench.session import BenchSettings, run_benchmark, store_result
+from edgekd.config import CompileConfig, InputSpec
+from edgekd.data.preprocess import Preprocess
+from edgekd.errors import InputShapeError, UnknownNameError
+from edgekd.instruments import Instrument, ProgressInstrument, default_instruments
+from edgekd.ir.profile import profile_onnx
+from edgekd.manifest import build_manifest
+from edgekd.model_config import read_model_card
+from edgekd.models.load import LoadedModel, load_model
+from edgekd.pipeline import build_pipeline, run_pipeline
+from edgekd.report import plot_latencies, write_report
+from edgekd.specs import builtin_targets, load_target, parse_spec
+from edgekd.state import ONNX_MODEL, TORCH_MODEL, CompileState
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    output: Path
+    manifest: dict[str, Any]
+
+
+def make_config(model: str, target: str, output: str | Path, *, input_shape: Sequence[int] | None = None,
+                mean: Sequence[float] | None = None, std: Sequence[float] | None = None, scale: float | None = None,
+                channel_order: str | None = None, layout: str | None = None, input_name: str | None = None,
+                labels: Sequence[str] | None = None, weights: str | Path | None = None, **options) -> CompileConfig:
+    """A CompileConfig from a model (file, factory, zoo name, or model card .toml) and overrides.
+
+    Explicit arguments win over the model card's values.
+    """
+    card_input: dict[str, Any] = {}
+    card_labels = None
+    if str(model).endswith(".toml"):
+        card = read_model_card(model)
+        model, card_input, card_labels = card.source, card.input, card.labels
+        weights = weights if weights is not None else card.weights
+    shape = tuple(input_shape) if input_shape is not None else (tuple(card_input["shape"]) if "shape" in card_input else None)
+    layout = layout or card_input.get("layout", "NCHW")
+    pre_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in card_input.items()
+                  if k in ("mean", "std", "scale", "channel_order")}
+    pre_kwargs.update({k: v for k, v in (("mean", tuple(mean) if mean else None), ("std", tuple(std) if std else None),
+                                         ("scale", scale), ("channel_order", channel_order)) if v is not None})
+    if shape is not None:
+        if len(shape) != 4:
+            raise InputShapeError(f"input shape {shape} is not 4-D", "image models take N,C,H,W (or N,H,W,C with --layout NHWC)")
+        pre_kwargs["size"] = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+    pre = Preprocess(layout=layout, **pre_kwargs)
+    inp = InputSpec(name=input_name or card_input.get("name", "input"), shape=shape, preprocess=pre)
+    return CompileConfig(model=str(model), target=target, output=Path(output), input=inp,
+                         labels=tuple(labels) if labels else card_labels,
+                         weights=Path(weights) if weights is not None else None, **options)
+
+
+def _onnx_input(loaded: LoadedModel, inp: InputSpec) -> InputSpec:
+    graph_inputs = [i for i in loaded.onnx_proto.graph.input
+                    if i.name not in {t.name for t in loaded.onnx_proto.graph.initializer}]
+    if len(graph_inputs) != 1:
+        raise InputShapeError(f"the model has {len(graph_inputs)} inputs; edgekd compiles single-input image models")
+    gi = graph_inputs[0]
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in gi.type.tensor_type.shape.dim]
+    if inp.shape is not None:
+        if len(dims) != len(inp.shape) or any(d is not None and d != s for d, s in zip(dims, inp.shape)):
+            raise InputShapeError(f"--input-shape {tuple(inp.shape)} does not match the model's input "
+                                  f"{gi.name!r} of shape {tuple(d or '?' for d in dims)}")
+        shape = tuple(inp.shape)
+    elif all(d is not None for d in dims[1:]):
+        shape = (dims[0] or 1, *dims[1:])
+    else:
+        raise InputShapeError(f"the model's input {gi.name!r} has unknown dimensions {tuple(d or '?' for d in dims)}")
+    pre = inp.preprocess
+    size = (shape[2], shape[3]) if pre.layout == "NCHW" else (shape[1], shape[2])
+    return dataclasses.replace(inp, name=gi.name, shape=shape, preprocess=dataclasses.replace(pre, size=size))
+
+
+def _torch_reference(module) -> Callable[[np.ndarray], list[np.ndarray]]:
+    import torch
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = module(torch.from_numpy(x))
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        return [o.numpy() for o in outs]
+
+    return run
+
+
+def _probe_torch_input(module, inp: InputSpec) -> None:
+    import torch
+
+    if inp.shape is None:
+        raise InputShapeError("a PyTorch model needs its input shape", "pass --input-shape 1,3,H,W or set [input] shape in a model card")
+    with torch.no_grad():
+        try:
+            module.eval()(torch.zeros(inp.shape))
+        except RuntimeError as e:
+            raise InputShapeError(f"the model does not accept input shape {tuple(inp.shape)}: {str(e).splitlines()[0][:300]}") from e
+
+
+def compile(config: CompileConfig, progress: Callable[[str], None] | None = None,
+            instruments: Sequence[Instrument] | None = None) -> CompileResult:
+    """Runs the target's pipeline on the model and writes the artifact directory atomically."""
+    from edgekd.backends.onnxrt import ort_run_fn, ort_session
+    import onnx_ir as ir
+
+    spec = load_target(config.target)
+    check_output_free(config.output, config.force)
+    loaded = load_model(config.model, config.weights, config.allow_pickle)
+    if loaded.kind == "onnx":
+        inp = _onnx_input(loaded, config.input)
+        reference = ort_run_fn(ort_session(loaded.onnx_proto.SerializeToString()))
+        facts, ref_name = {ONNX_MODEL}, "source ONNX model in ONNX Runtime"
+    else:
+        inp = config.input
+        _probe_torch_input(loaded.torch_module, inp)
+        reference = _torch_reference(loaded.torch_module)
+        facts, ref_name = {TORCH_MODEL}, "PyTorch model"
+    passes = build_pipeline(spec, config, facts)
+    backend = get_backend(spec.backend)
+    ins = list(default_instruments() if instruments is None else instruments)
+    if progress:
+        ins.append(ProgressInstrument(len(passes), progress))
+    with ArtifactWriter(config.output, config.force) as workdir:
+        state = CompileState(spec=spec, config=config, input=inp, workdir=workdir,
+                             torch_model=loaded.torch_module,
+                             onnx_model=ir.from_proto(loaded.onnx_proto) if loaded.onnx_proto is not None else None,
+                             reference=reference, reference_name=ref_name, labels=config.labels, facts=set(facts))
+        state.metrics["source"] = {"model": loaded.source, "kind": loaded.kind, "sha256": loaded.sha256,
+                                   "weights": str(config.weights) if config.weights else None}
+        state = run_pipeline(state, passes, ins)
+        if state.onnx_model is not None:
+            state.metrics["profile"] = profile_onnx(ir.to_proto(state.onnx_model)).to_dict()
+        extra = []
+        if state.labels:
+            (workdir / "labels.txt").write_text("\n".join(state.labels) + "\n")
+            extra.append("labels.txt")
+        manifest = build_manifest(state, backend, extra)
+        write_json(workdir / MANIFEST, manifest)
+        write_report(workdir)
+    out = Path(config.output).absolute()
+    if config.bench:
+        bench(out, config.bench, BenchSettings(threads=spec.bench.threads, warmup=spec.bench.warmup,
+                                                 iterations=spec.bench.iterations))
+    return CompileResult(out, manifest)
+
+
+def resolve_device(name: str):
+    if name == "local":
+        return LocalDevice()
+    raise UnknownNameError("device", name, ["local"])
+
+
+def bench(artifact: str | Path, device: str = "local", settings: BenchSettings | None = None,
+          progress: Callable[[int, int], None] | None = None) -> dict:
+    """Benchmarks a compiled artifact on a device; stores the result and a plot in the artifact."""
+    artifact = Path(artifact)
+    result = run_benchmark(artifact, resolve_device(device), settings or BenchSettings(), progress)
+    path = store_result(artifact, result)
+    result["plot"] = str(plot_latencies(result, path.with_suffix(".png")).relative_to(artifact))
+    write_json(path, result)
+    write_report(artifact)
+    return result
+
+
+def inspect(model: str, input_shape: Sequence[int] | None = None, weights: str | Path | None = None,
+            allow_pickle: bool = False, opset: int = 17) -> dict[str, Any]:
+    """Ops, parameters and MACs of a model (exported to ONNX first when it is a PyTorch model)."""
+    import io
+    import warnings
+
+    import onnx
+    import torch
+
+    config = make_config(model, "onnx-cpu", ".", input_shape=input_shape, weights=weights)
+    loaded = load_model(config.model, config.weights, allow_pickle)
+    if loaded.kind == "onnx":
+        proto, inp = loaded.onnx_proto, _onnx_input(loaded, config.input)
+    else:
+        inp = config.input
+        _probe_torch_input(loaded.torch_module, inp)
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(loaded.torch_module, (torch.zeros(inp.shape),), buf, dynamo=False, opset_version=opset)
+        proto = onnx.load_from_string(buf.getvalue())
+    prof = profile_onnx(proto)
+    return {"model": loaded.source, "kind": loaded.kind, "input_shape": list(inp.shape),
+            "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
+            **prof.to_dict()}
+
+
+def list_targets() -> list[dict[str, Any]]:
+    rows = []
+    for name, path in builtin_targets().items():
+        spec = parse_spec(path)
+        backend = BACKENDS.get(spec.backend)
+        rows.append({"name": name, "backend": spec.backend, "device_class": spec.device_class,
+                     "precisions": list(spec.precisions), "description": spec.description,
+                     "toolchain_installed": bool(backend and backend().available())})
+    return rows

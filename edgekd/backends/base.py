@@ -1,0 +1,75 @@
+"""One interface every backend implements: emit the artifact, run it in its official runtime."""
+
+from __future__ import annotations
+
+import abc
+import importlib.metadata
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from edgekd.errors import ToolchainMissingError
+from edgekd.state import CompileState
+
+RunFn = Callable[[np.ndarray], list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+    layout: str | None = None
+    scale: float | None = None  # set when the tensor is quantized
+    zero_point: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "layout": self.layout}
+        if self.scale is not None:
+            d["quantization"] = {"scale": self.scale, "zero_point": self.zero_point}
+        return d
+
+
+class Backend(abc.ABC):
+    name: ClassVar[str]
+    runtime: ClassVar[str]  # the runner's name for the runtime that executes the artifact
+    packages: ClassVar[tuple[str, ...]]  # distributions that must be installed
+    modules: ClassVar[tuple[str, ...]]  # modules imported at call time
+    extra: ClassVar[str | None] = None  # pip extra that installs them
+
+    def available(self) -> bool:
+        return all(importlib.util.find_spec(m) is not None for m in self.modules)
+
+    def require(self) -> None:
+        if not self.available():
+            missing = [m for m in self.modules if importlib.util.find_spec(m) is None]
+            how = f"pip install 'edgekd[{self.extra}]'" if self.extra else f"pip install {' '.join(self.packages)}"
+            raise ToolchainMissingError(f"backend {self.name} needs {', '.join(missing)}, which is not installed", how)
+
+    def toolchain_versions(self) -> dict[str, str]:
+        out = {}
+        for dist in self.packages:
+            try:
+                out[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                out[dist] = "not installed"
+        return out
+
+    @abc.abstractmethod
+    def emit(self, state: CompileState, outdir: Path) -> list[str]:
+        """Writes the model file(s) into ``outdir``; returns their names relative to it."""
+
+    @abc.abstractmethod
+    def main_file(self, files: list[str]) -> str:
+        """Of the emitted files, the one a runtime loads."""
+
+    @abc.abstractmethod
+    def session(self, model_path: Path, threads: int = 1) -> RunFn:
+        """Loads the artifact in the official runtime; returns batch → outputs."""
+
+    @abc.abstractmethod
+    def io(self, model_path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
+        """Inputs and outputs as the runtime sees them."""

@@ -1,0 +1,85 @@
+"""Where a benchmark runs. ``LocalDevice`` here; remote boards implement the same three calls."""
+
+from __future__ import annotations
+
+import abc
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from edgekd.errors import BenchmarkError
+
+
+@dataclass
+class RunOutput:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Device(abc.ABC):
+    name: str
+    python: str  # interpreter that runs the runner on the device
+
+    @abc.abstractmethod
+    def __enter__(self) -> "Device": ...
+
+    @abc.abstractmethod
+    def __exit__(self, *exc) -> None: ...
+
+    @abc.abstractmethod
+    def upload(self, local: Path, name: str) -> str:
+        """Copies ``local`` into this run's work dir as ``name``; returns its path on the device."""
+
+    @abc.abstractmethod
+    def run(self, argv: list[str], timeout: float, on_stderr_line: Callable[[str], None] | None = None) -> RunOutput:
+        """Runs ``argv`` (a list: never a shell string) in the work dir."""
+
+    @abc.abstractmethod
+    def fetch(self, remote: str, local: Path) -> None: ...
+
+
+class LocalDevice(Device):
+    """This machine, with a per-run temporary work dir; runs the runner with this Python."""
+
+    def __init__(self, name: str = "local", python: str | None = None):
+        self.name = name
+        self.python = python or sys.executable
+        self.workdir: Path | None = None
+
+    def __enter__(self) -> "LocalDevice":
+        self.workdir = Path(tempfile.mkdtemp(prefix="edgekd-bench-"))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def upload(self, local: Path, name: str) -> str:
+        dest = self.workdir / name
+        shutil.copyfile(local, dest)
+        return str(dest)
+
+    def run(self, argv, timeout, on_stderr_line=None) -> RunOutput:
+        try:
+            proc = subprocess.Popen(argv, cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        except OSError as e:
+            raise BenchmarkError(f"cannot start {argv[0]}: {e}") from e
+        err_lines = []
+        try:
+            for line in proc.stderr:
+                err_lines.append(line)
+                if on_stderr_line:
+                    on_stderr_line(line.rstrip("\n"))
+            out = proc.stdout.read()
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise BenchmarkError(f"benchmark on {self.name} ran past {timeout:.0f} s", "lower --iterations or raise the timeout")
+        return RunOutput(proc.returncode, out, "".join(err_lines))
+
+    def fetch(self, remote: str, local: Path) -> None:
+        shutil.copyfile(remote, local)

@@ -1,0 +1,89 @@
+"""One benchmark of an artifact on a device: upload model and runner, run, fetch the result."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from edgekd.artifact import RESULTS_DIR, read_manifest, verify_files, write_json
+from edgekd.bench.device import Device
+from edgekd.errors import BenchmarkError, CorruptModelError, ToolchainMissingError
+
+RUNNER = Path(__file__).with_name("runner.py")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    threads: int = 2
+    warmup: int = 10
+    iterations: int = 100
+    time_budget_s: float | None = None
+    timeout_s: float = 600.0
+
+
+def run_benchmark(artifact: Path, device: Device, settings: BenchSettings,
+                  progress: Callable[[int, int], None] | None = None) -> dict:
+    manifest = read_manifest(artifact)
+    changed = verify_files(artifact, manifest)
+    if changed:
+        raise CorruptModelError(f"files in {artifact} changed since compile: {', '.join(changed)}",
+                                "recompile; the manifest's sha256 no longer matches")
+    model_file = manifest["artifact"]["model_file"]
+    runtime = manifest["artifact"]["runtime"]
+
+    def on_line(line: str) -> None:
+        if line.startswith("edgekd-progress ") and progress:
+            done, total = line.split()[1].split("/")
+            progress(int(done), int(total))
+
+    with device:
+        remote_model = device.upload(artifact / model_file, Path(model_file).name)
+        remote_runner = device.upload(RUNNER, "edgekd_runner.py")
+        argv = [device.python, remote_runner, remote_model, "--runtime", runtime,
+                "--threads", str(settings.threads), "--warmup", str(settings.warmup),
+                "--iterations", str(settings.iterations), "--out", "result.json"]
+        if settings.time_budget_s:
+            argv += ["--time-budget", str(settings.time_budget_s)]
+        started = time.time()
+        out = device.run(argv, timeout=settings.timeout_s, on_stderr_line=on_line)
+        if out.returncode == 4 and "runtime-missing" in out.stderr:
+            raise ToolchainMissingError(f"{runtime} does not import on {device.name}: {out.stderr.strip()[-300:]}",
+                                        f"install the {runtime} Python package on the device")
+        if out.returncode != 0:
+            raise BenchmarkError(f"the runner failed on {device.name} (exit {out.returncode}): {out.stderr.strip()[-800:]}")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / "result.json"
+            device.fetch(_remote_join(remote_runner, "result.json"), local)
+            result = json.loads(local.read_text())
+    result["device"] = device.name
+    result["artifact"] = {"target": manifest["target"]["name"], "model_file": model_file,
+                          "sha256": next(f["sha256"] for f in manifest["files"] if f["path"] == model_file)}
+    result["started"] = datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds")
+    result["settings_requested"] = asdict(settings)
+    return result
+
+
+def _remote_join(sibling: str, name: str) -> str:
+    return str(Path(sibling).with_name(name))
+
+
+def store_result(artifact: Path, result: dict) -> Path:
+    results = artifact / RESULTS_DIR
+    results.mkdir(exist_ok=True)
+    stamp = result["started"].replace(":", "").replace("-", "")
+    path = results / f"{stamp}-{result['device']}.json"
+    k = 1
+    while path.exists():
+        path, k = results / f"{stamp}-{result['device']}-{k}.json", k + 1
+    write_json(path, result)
+    return path
+
+
+def load_results(artifact: Path) -> list[dict]:
+    d = artifact / RESULTS_DIR
+    return [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))] if d.is_dir() else []

@@ -1,0 +1,189 @@
+"""The ``edgekd`` command: parses, calls edgekd.api, renders. Nothing else lives here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from edgekd import __version__, api
+from edgekd.bench.session import BenchSettings
+from edgekd.errors import ConfigError, EdgekdError
+from edgekd.report import LATENCY_HEADERS, latency_rows
+from edgekd.ui import text_table
+
+
+def _floats(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+
+
+def _ints(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers like 1,3,224,224, got {value!r}") from None
+
+
+def _names(ctx, param, value):
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
+
+
+def handle_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        # SIGTERM unwinds like Ctrl-C, so the atomic writer removes its temporary directory.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        try:
+            return fn(*args, **kwargs)
+        except EdgekdError as e:
+            click.secho(f"error: {e.message}", fg="red", err=True)
+            if e.hint:
+                click.echo(f"  hint: {e.hint}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; nothing was written", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(__version__, prog_name="edgekd")
+def main():
+    """edgekd: compile a trained model into a target's artifact, and benchmark it."""
+
+
+@main.command("compile")
+@click.argument("model")
+@click.option("--target", "-t", required=True, help="target name (see `edgekd targets`) or a spec .toml")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="artifact directory to write")
+@click.option("--force", is_flag=True, help="replace OUTPUT if it exists")
+@click.option("--weights", type=click.Path(path_type=Path), help="state_dict for a factory MODEL (weights_only)")
+@click.option("--allow-pickle", is_flag=True, help="allow unpickling a whole-module file (runs code from it)")
+@click.option("--input-shape", callback=_ints, help="N,C,H,W (or N,H,W,C with --layout NHWC)")
+@click.option("--mean", callback=_floats, help="per-channel mean after scaling, e.g. 0.485,0.456,0.406")
+@click.option("--std", callback=_floats, help="per-channel std, e.g. 0.229,0.224,0.225")
+@click.option("--scale", type=float, help="pixel multiplier before mean/std (default 1/255)")
+@click.option("--channel-order", type=click.Choice(["RGB", "BGR"]))
+@click.option("--layout", type=click.Choice(["NCHW", "NHWC"]))
+@click.option("--labels", type=click.Path(exists=True, path_type=Path), help="text file, one class name per line")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="default: the target's")
+@click.option("--calib", type=click.Path(path_type=Path), help="sample images or .npy/.npz (verification now, calibration for int8)")
+@click.option("--passes", callback=_names, help="run exactly these passes, comma-separated")
+@click.option("--skip", callback=_names, help="drop these passes from the target's default pipeline")
+@click.option("--verify-samples", type=int, default=16, show_default=True)
+@click.option("--bench", "bench_device", help="benchmark the artifact on this device afterwards (e.g. local)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+@handle_errors
+def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape, mean, std, scale, channel_order,
+                layout, labels, precision, calib, passes, skip, verify_samples, bench_device, seed, quiet):
+    """Compile MODEL (.pt TorchScript, .pt2, .onnx, package.module:factory, zoo name, or a model card .toml)."""
+    label_names = [l.strip() for l in labels.read_text().splitlines() if l.strip()] if labels else None
+    config = api.make_config(model, target, output, input_shape=input_shape, mean=mean, std=std, scale=scale,
+                             channel_order=channel_order, layout=layout, labels=label_names, weights=weights,
+                             force=force, allow_pickle=allow_pickle, precision=precision, calib=calib,
+                             passes=passes, skip=skip or (), verify_samples=verify_samples, seed=seed)
+    emit = None if quiet else (lambda line: click.echo(line, err=True))
+    result = api.compile(config, progress=emit)
+    m = result.manifest
+    fid = m["fidelity"] or {}
+    click.echo(f"wrote {result.output}  ({m['target']['name']}, {m['artifact']['precision']}, "
+               f"{sum(f['bytes'] for f in m['files']):,} bytes)")
+    if fid:
+        click.echo(f"fidelity vs {fid['reference']}: max abs error {fid['max_abs_error']:.3g}, "
+                   f"top-1 agreement {fid.get('top1_agreement', '–')}")
+    if bench_device:
+        _bench(result.output, bench_device, None, None, None, None, quiet)
+
+
+def _bench(artifact, device, threads, warmup, iterations, time_budget, quiet):
+    from edgekd.artifact import read_manifest
+    from edgekd.specs import load_target
+
+    spec_bench = None
+    try:
+        spec_bench = load_target(read_manifest(artifact)["target"]["spec_path"]).bench
+    except EdgekdError:
+        pass
+    d = spec_bench or BenchSettings()
+    settings = BenchSettings(threads=threads or d.threads, warmup=d.warmup if warmup is None else warmup,
+                             iterations=iterations or d.iterations, time_budget_s=time_budget)
+    if quiet:
+        result = api.bench(artifact, device, settings)
+    else:
+        with click.progressbar(length=settings.iterations, label=f"benchmarking on {device}", file=sys.stderr) as bar:
+            seen = [0]
+
+            def progress(done, total):
+                bar.update(done - seen[0])
+                seen[0] = done
+
+            result = api.bench(artifact, device, settings, progress)
+    click.echo(text_table(LATENCY_HEADERS, latency_rows([result])))
+    return result
+
+
+@main.command("bench")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--device", "-d", default="local", show_default=True)
+@click.option("--inventory", type=click.Path(exists=True, path_type=Path), help="device inventory .toml")
+@click.option("--threads", type=int, help="default: the target spec's")
+@click.option("--warmup", type=int)
+@click.option("--iterations", "-n", type=int)
+@click.option("--time-budget", type=float, help="seconds; stop the timed loop early when spent")
+@click.option("-q", "--quiet", is_flag=True)
+@handle_errors
+def bench_cmd(artifact, device, inventory, threads, warmup, iterations, time_budget, quiet):
+    """Benchmark a compiled ARTIFACT directory: p50/p90/p99 latency, throughput, peak memory."""
+    if inventory is not None:
+        raise ConfigError("device inventories are not supported yet; only the built-in 'local' device is",
+                          "drop --inventory and use --device local")
+    _bench(artifact, device, threads, warmup, iterations, time_budget, quiet)
+
+
+@main.command("targets")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def targets_cmd(as_json):
+    """List the built-in targets, their backend and whether its toolchain is installed."""
+    rows = api.list_targets()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(text_table(["target", "backend", "class", "precisions", "toolchain", "description"],
+                          [[r["name"], r["backend"], r["device_class"], ",".join(r["precisions"]),
+                            "installed" if r["toolchain_installed"] else "missing", r["description"]] for r in rows]))
+
+
+@main.command("inspect")
+@click.argument("model")
+@click.option("--input-shape", callback=_ints)
+@click.option("--weights", type=click.Path(path_type=Path))
+@click.option("--allow-pickle", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def inspect_cmd(model, input_shape, weights, allow_pickle, as_json):
+    """Show a model's ops, parameters and MACs."""
+    info = api.inspect(model, input_shape=input_shape, weights=weights, allow_pickle=allow_pickle)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{info['model']} ({info['kind']}), input {info['input_shape']}, opset {info['opset']}")
+    click.echo(f"params {info['params']:,}   MACs {info['macs']:,}")
+    click.echo(text_table(["op", "count"], sorted(info["ops"].items(), key=lambda kv: -kv[1])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The user's choices for one compile, frozen and written into the manifest."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekd.data.preprocess import Preprocess
+
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The model's image input: its ONNX name, NCHW/NHWC shape, and how pixels become values."""
+
+    name: str = "input"
+    shape: tuple[int, ...] | None = None
+    dtype: str = "float32"
+    preprocess: Preprocess = field(default_factory=Preprocess)
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    model: str
+    target: str
+    output: Path
+    force: bool = False
+    weights: Path | None = None
+    allow_pickle: bool = False
+    input: InputSpec = field(default_factory=InputSpec)
+    labels: tuple[str, ...] | None = None
+    precision: str | None = None  # None: the target's default
+    calib: Path | None = None
+    student: str | None = None
+    data: Path | None = None
+    epochs: int = 10
+    sparsity: float | None = None
+    passes: tuple[str, ...] | None = None  # None: the target's default pipeline
+    skip: tuple[str, ...] = ()
+    verify_samples: int = 16
+    keep_failed: bool = False
+    bench: str | None = None
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        def plain(v):
+            if isinstance(v, Path):
+                return str(v)
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            if isinstance(v, (list, tuple)):
+                return [plain(x) for x in v]
+            return v
+
+        return {"version": CONFIG_VERSION, **plain(asdict(self))}

@@ -1,0 +1,61 @@
+"""Preprocessing an input image the way the model was trained: size, scale, mean/std, order, layout."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    size: tuple[int, int] = (224, 224)  # (H, W)
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # applied after ``scale``
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    scale: float = 1.0 / 255.0  # pixel (0..255) → scale · pixel
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+
+    def __post_init__(self):
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ConfigError(f"channel order must be RGB or BGR, got {self.channel_order!r}")
+        if self.layout not in ("NCHW", "NHWC"):
+            raise ConfigError(f"layout must be NCHW or NHWC, got {self.layout!r}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ConfigError("mean and std take three values, one per channel", "e.g. --mean 0.485,0.456,0.406")
+        if any(s == 0 for s in self.std):
+            raise ConfigError("std must not contain 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def apply(self, rgb_uint8_hwc: np.ndarray) -> np.ndarray:
+        """HWC uint8 RGB image (already at ``size``) → float32 in this layout, no batch axis."""
+        x = rgb_uint8_hwc.astype(np.float32) * self.scale
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        if self.channel_order == "BGR":
+            x = x[..., ::-1]
+        if self.layout == "NCHW":
+            x = x.transpose(2, 0, 1)
+        return np.ascontiguousarray(x)
+
+
+def read_rgb(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """Decode an image to HWC uint8 RGB at (H, W) = ``size`` (bilinear resize when it differs)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"cannot read image {path}: {e}", "remove or replace the file") from e
+
+
+def load_image(path: str | Path, pre: Preprocess) -> np.ndarray:
+    return pre.apply(read_rgb(path, pre.size))

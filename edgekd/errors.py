@@ -1,0 +1,102 @@
+"""Every error edgekd raises on purpose, each with a hint that says what to do.
+
+The CLI prints ``message`` and ``hint`` and exits with ``exit_code``; the API raises them as is.
+"""
+
+from __future__ import annotations
+
+
+class EdgekdError(Exception):
+    """Base of all edgekd errors."""
+
+    exit_code = 2
+    default_hint = ""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = self.default_hint if hint is None else hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+
+class InputNotFoundError(EdgekdError):
+    default_hint = "check the path; relative paths are taken from the current directory"
+
+
+class UnknownNameError(EdgekdError):
+    """A name (target, pass, model, option value) that is not one of the known ones."""
+
+    def __init__(self, kind: str, name: str, valid: list[str] | tuple[str, ...], hint: str | None = None):
+        self.kind, self.name, self.valid = kind, name, sorted(valid)
+        super().__init__(
+            f"unknown {kind} {name!r}",
+            hint or f"valid {kind}s: {', '.join(self.valid) if self.valid else '(none)'}",
+        )
+
+
+class UnknownTargetError(UnknownNameError):
+    def __init__(self, name: str, valid: list[str]):
+        super().__init__(
+            "target", name, valid,
+            hint=f"valid targets: {', '.join(sorted(valid))}; or pass the path of a target spec .toml",
+        )
+
+
+class ConfigError(EdgekdError):
+    default_hint = "see `edgekd compile --help` and the README for the accepted values"
+
+
+class CorruptModelError(EdgekdError):
+    default_hint = "re-export the model; edgekd reads TorchScript .pt, torch.export .pt2, ONNX .onnx, or a factory plus state_dict"
+
+
+class PickleRefusedError(EdgekdError):
+    default_hint = (
+        "loading a pickled module runs code from the file; save a TorchScript (torch.jit.script/trace) "
+        "or a state_dict with a factory instead, or pass --allow-pickle if you trust the file"
+    )
+
+
+class FactoryError(EdgekdError):
+    default_hint = "write it as package.module:function (a zoo name like resnet20 or mobilenetv2:0.5 also works)"
+
+
+class InputShapeError(EdgekdError):
+    default_hint = "pass --input-shape N,C,H,W matching what the model was trained on"
+
+
+class OutputExistsError(EdgekdError):
+    default_hint = "choose another -o directory or pass --force to replace it"
+
+
+class ToolchainMissingError(EdgekdError):
+    exit_code = 3
+
+
+class PreconditionError(EdgekdError):
+    default_hint = "run the passes it requires first, or leave --passes unset to get the target's default pipeline"
+
+
+class PassFailedError(EdgekdError):
+    def __init__(self, pass_name: str, ran_before: list[str], cause: BaseException):
+        self.pass_name, self.ran_before, self.cause = pass_name, ran_before, cause
+        before = ", ".join(ran_before) if ran_before else "none"
+        inner = cause.message if isinstance(cause, EdgekdError) else f"{type(cause).__name__}: {cause}"
+        hint = cause.hint if isinstance(cause, EdgekdError) and cause.hint else (
+            "set EDGEKD_DUMP_IR=DIR to save the model after each pass, and report the error with it"
+        )
+        super().__init__(f"pass {pass_name!r} failed (passes that ran before it: {before}): {inner}", hint)
+
+
+class FidelityError(EdgekdError):
+    default_hint = "inspect the artifact with --keep-failed, or compare against the simulation with `edgekd inspect`"
+
+
+class BenchmarkError(EdgekdError):
+    default_hint = "run the same command with -v to see the runner's output"
+
+
+class DataError(EdgekdError):
+    default_hint = "point at an image folder (with or without class subfolders) or a .npy/.npz array"

@@ -1,0 +1,50 @@
+"""The pass interface: a small class, arguments in ``__init__``, ``run(state)`` → ``PassResult``."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from edgekd.errors import PreconditionError
+from edgekd.config import CompileConfig
+from edgekd.specs import TargetSpec
+from edgekd.state import TORCH_MODEL, CompileState
+
+
+@dataclass
+class PassResult:
+    state: CompileState
+    changed: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class Pass(abc.ABC):
+    name: ClassVar[str]
+    requires: ClassVar[frozenset[str]] = frozenset()  # facts that must hold before
+    provides: ClassVar[frozenset[str]] = frozenset()  # facts that hold after
+    removes: ClassVar[frozenset[str]] = frozenset()  # facts that no longer hold after
+
+    @classmethod
+    def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "Pass":
+        """The pass as this compile wants it; passes with arguments override this."""
+        return cls()
+
+    @classmethod
+    def wanted(cls, config: CompileConfig, initial_facts: set[str]) -> bool:
+        """Whether the target's default pipeline keeps this pass for this compile."""
+        return cls.requires <= initial_facts or not (cls.requires & {TORCH_MODEL})
+
+    def check_requires(self, state: CompileState) -> None:
+        missing = sorted(self.requires - state.facts)
+        if missing:
+            raise PreconditionError(
+                f"pass {self.name!r} requires {', '.join(missing)}, which no earlier pass provided "
+                f"(facts so far: {', '.join(sorted(state.facts)) or 'none'})"
+            )
+
+    @abc.abstractmethod
+    def run(self, state: CompileState) -> PassResult: ...
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

@@ -1,0 +1,98 @@
+"""``report.md`` and plots for people, rendered from the manifest and the stored bench results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgekd.artifact import REPORT, read_manifest
+from edgekd.bench.session import load_results
+from edgekd.ui import markdown_table
+
+
+def latency_rows(results: list[dict]) -> list[list[Any]]:
+    rows = []
+    for r in results:
+        lat, mem = r["latency"], r["memory"]
+        rows.append([r["device"], r["runtime"]["name"], r["settings"]["threads"], lat["iterations"],
+                     round(lat["p50_ms"], 3), round(lat["p90_ms"], 3), round(lat["p99_ms"], 3),
+                     round(lat["mean_ms"], 3), round(lat["std_ms"], 3), round(lat["throughput_fps"], 1),
+                     round(mem["peak_rss_mb"], 1)])
+    return rows
+
+
+LATENCY_HEADERS = ["device", "runtime", "threads", "iters", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "fps",
+                   "peak RSS MB"]
+
+
+def plot_latencies(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lat = result["latencies_ms"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    a.plot(range(1, len(lat) + 1), lat, lw=0.8)
+    a.set_xlabel("iteration"); a.set_ylabel("latency (ms)"); a.set_title("per-iteration latency")
+    b.hist(lat, bins=min(50, max(5, len(lat) // 4)))
+    for q, style in (("p50_ms", "-"), ("p99_ms", "--")):
+        b.axvline(result["latency"][q], color="k", ls=style, lw=0.8, label=q.replace("_ms", ""))
+    b.set_xlabel("latency (ms)"); b.set_ylabel("count"); b.set_title("distribution"); b.legend()
+    fig.suptitle(f"{result['artifact']['target']} on {result['device']} ({result['runtime']['name']}, "
+                 f"{result['settings']['threads']} threads)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def render_report(artifact: str | Path) -> str:
+    artifact = Path(artifact)
+    m = read_manifest(artifact)
+    lines = [f"# edgekd artifact: {m['target']['name']}", "",
+             f"Created {m['created']} by edgekd {m['edgekd_version']}; backend {m['artifact']['backend']}, "
+             f"precision {m['artifact']['precision']}; runtime file `{m['artifact']['model_file']}`.", ""]
+    src = m.get("source") or {}
+    if src:
+        lines += [f"Source model: `{src.get('model')}` ({src.get('kind')})", ""]
+    prof = m.get("profile")
+    if prof:
+        lines += ["## Model", "", markdown_table(["params", "MACs", "nodes"],
+                                                 [[f"{prof['params']:,}", f"{prof['macs']:,}", sum(prof['ops'].values())]]), ""]
+    lines += ["## Inputs and outputs", "",
+              markdown_table(["", "name", "shape", "dtype", "layout", "quantization"],
+                             [["in" if i < len(m["inputs"]) else "out", t["name"], "×".join(map(str, t["shape"])),
+                               t["dtype"], t.get("layout"), t.get("quantization")]
+                              for i, t in enumerate(m["inputs"] + m["outputs"])]), ""]
+    pre = m["inputs"][0]["preprocessing"] if m["inputs"] else None
+    if pre:
+        lines += [f"Preprocessing: resize to {pre['size'][0]}×{pre['size'][1]}, {pre['channel_order']}, "
+                  f"×{pre['scale']:.6g}, mean {pre['mean']}, std {pre['std']}, {pre['layout']}.", ""]
+    lines += ["## Passes", "", markdown_table(
+        ["pass", "seconds", "changed", "metrics"],
+        [[p["name"], round(p["seconds"], 3) if p["seconds"] is not None else None, p["changed"],
+          ", ".join(f"{k}={v}" for k, v in p["metrics"].items() if not isinstance(v, dict))] for p in m["passes"]]), ""]
+    fid = m.get("fidelity")
+    if fid:
+        lines += ["## Fidelity", "", f"Artifact vs {fid['reference']} on {fid['samples']} {fid['inputs']}:", "",
+                  markdown_table(["max abs error", "mean abs error", "relative error", "top-1 agreement"],
+                                 [[f"{fid['max_abs_error']:.3g}", f"{fid['mean_abs_error']:.3g}",
+                                   f"{fid['relative_error']:.3g}", fid.get("top1_agreement")]]), ""]
+    results = load_results(artifact)
+    if results:
+        lines += ["## Latency", "", markdown_table(LATENCY_HEADERS, latency_rows(results)), ""]
+        for r in results:
+            png = r.get("plot")
+            if png:
+                lines.append(f"![latency on {r['device']}]({png})")
+        lines.append("")
+    lines += ["## Files", "", markdown_table(["file", "bytes", "sha256"],
+                                             [[f["path"], f"{f['bytes']:,}", f["sha256"][:16] + "…"] for f in m["files"]]), ""]
+    return "\n".join(lines)
+
+
+def write_report(artifact: str | Path) -> Path:
+    path = Path(artifact) / REPORT
+    path.write_text(render_report(artifact))
+    return path
