@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import onnx
 import torch
 from torch import nn
 
-from edgekd.errors import CorruptModelError, FactoryError, InputNotFoundError, PickleRefusedError, UnknownNameError
+from edgekd.errors import (ConfigError, CorruptModelError, FactoryError, InputNotFoundError, PickleRefusedError,
+                           UnknownNameError)
 from edgekd.models.zoo import build_model, parse_zoo_name
 
 
@@ -49,6 +51,29 @@ def _is_torchscript(names: list[str]) -> bool:
     return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
+def _is_torch_save_zip(names: list[str]) -> bool:
+    return any(n == "data.pkl" or n.endswith("/data.pkl") for n in names)
+
+
+class ExportedProgramModule(nn.Module):
+    """``ExportedProgram.module()`` as an ordinary module: that one raises on ``.train()``/``.eval()``.
+
+    The graph's train/eval behaviour (BatchNorm, Dropout) was fixed when it was exported, so
+    switching modes is a no-op here rather than an error.
+    """
+
+    def __init__(self, program_module: nn.Module):
+        super().__init__()
+        self.program_module = program_module
+
+    def train(self, mode: bool = True) -> "ExportedProgramModule":
+        self.training = mode
+        return self
+
+    def forward(self, *args, **kwargs):
+        return self.program_module(*args, **kwargs)
+
+
 def _load_onnx(path: Path) -> LoadedModel:
     try:
         proto = onnx.load(str(path))
@@ -71,16 +96,24 @@ def _load_torch_file(path: Path, allow_pickle: bool) -> LoadedModel:
             program = torch.export.load(str(path))
         except Exception as e:
             raise CorruptModelError(f"{path} is not a loadable torch.export program: {str(e)[:300]}") from e
-        return LoadedModel("torch", str(path), torch_module=program.module(), sha256=_sha256(path))
+        return LoadedModel("torch", str(path), torch_module=ExportedProgramModule(program.module()),
+                           sha256=_sha256(path))
     # A plain torch.save file: a state_dict (needs a factory) or a pickled whole module.
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        if not names and not _looks_like_legacy_pickle(path):
+        if not _is_torch_save_zip(names) and not _looks_like_legacy_pickle(path):
             raise CorruptModelError(f"{path} is neither TorchScript, torch.export, ONNX nor a torch.save file") from e
         if not allow_pickle:
             raise PickleRefusedError(f"{path} is a pickled Python object (likely a whole nn.Module); refusing to unpickle it") from e
-        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as e2:
+            raise CorruptModelError(
+                f"{path} does not unpickle: {type(e2).__name__}: {str(e2)[:300]}",
+                "the module's class must be importable under the name it was saved with; "
+                "a TorchScript or torch.export file, or a factory plus state_dict, avoids that",
+            ) from e2
         if not isinstance(obj, nn.Module):
             raise CorruptModelError(f"{path} unpickles to {type(obj).__name__}, not an nn.Module")
         return LoadedModel("torch", str(path), torch_module=obj.eval(), sha256=_sha256(path))
@@ -102,8 +135,8 @@ def resolve_factory(spec: str):
         module_name, _, attr = spec.partition(":")
         try:
             module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise FactoryError(f"cannot import {module_name!r} for factory {spec!r}: {e}") from e
+        except Exception as e:  # ImportError, or whatever the module's own top-level code raises
+            raise FactoryError(f"cannot import {module_name!r} for factory {spec!r}: {type(e).__name__}: {e}") from e
         fn = getattr(module, attr, None)
         if not callable(fn):
             raise FactoryError(f"{module_name!r} has no callable {attr!r}")
@@ -117,7 +150,13 @@ def resolve_factory(spec: str):
 
 
 def _load_factory(spec: str, weights: Path | None) -> LoadedModel:
-    module = resolve_factory(spec)()
+    factory = resolve_factory(spec)
+    try:
+        module = factory()
+    except Exception as e:
+        raise FactoryError(f"calling factory {spec!r} failed: {type(e).__name__}: {str(e)[:300]}",
+                           "the factory is called with no arguments and must return an nn.Module; "
+                           "wrap it in a function that passes its arguments") from e
     if not isinstance(module, nn.Module):
         raise FactoryError(f"factory {spec!r} returned {type(module).__name__}, not an nn.Module")
     digest = None
@@ -131,6 +170,9 @@ def _load_factory(spec: str, weights: Path | None) -> LoadedModel:
                                     "save it with torch.save(model.state_dict(), path)") from e
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
+        if not isinstance(state, Mapping):
+            raise CorruptModelError(f"{weights} holds a {type(state).__name__}, not a state_dict",
+                                    "save it with torch.save(model.state_dict(), path)")
         try:
             module.load_state_dict(state)
         except RuntimeError as e:
@@ -148,6 +190,10 @@ def load_model(source: str, weights: str | Path | None = None, allow_pickle: boo
             raise InputNotFoundError(f"model file {path} does not exist")
         if path.is_dir():
             raise InputNotFoundError(f"{path} is a folder, not a model file")
+        if weights is not None:
+            raise ConfigError(f"--weights {weights} was given, but {path} is a model file, not a factory",
+                              "--weights is only for a factory or zoo MODEL (package.module:function, resnet20, ...); "
+                              "drop it, or pass the architecture as MODEL")
         if path.suffix == ".onnx":
             return _load_onnx(path)
         return _load_torch_file(path, allow_pickle)

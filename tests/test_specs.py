@@ -1,0 +1,78 @@
+"""Target specs: built-in by name, user files by path, clear errors, and found from an installed wheel."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from edgekd.errors import ConfigError, InputNotFoundError, UnknownTargetError
+from edgekd.specs import builtin_targets, load_target
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_builtin_target_loads_with_its_facts():
+    spec = load_target("onnx-cpu")
+    assert spec.backend == "onnxruntime" and spec.opset_range[0] <= spec.opset <= spec.opset_range[1]
+    assert spec.passes[0] == "export" and "emit" in spec.passes
+    assert len(spec.sha256) == 64
+
+
+def test_unknown_target_lists_the_valid_ones():
+    with pytest.raises(UnknownTargetError) as e:
+        load_target("jetson-nano-9000")
+    assert "onnx-cpu" in e.value.hint
+
+
+def test_user_spec_by_path(tmp_path):
+    text = (ROOT / "targets" / "onnx-cpu.toml").read_text().replace('name = "onnx-cpu"', 'name = "my-box"')
+    path = tmp_path / "my-box.toml"
+    path.write_text(text)
+    spec = load_target(str(path))
+    assert spec.name == "my-box" and spec.path == path
+    assert spec.sha256 != load_target("onnx-cpu").sha256
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda t: t.replace('default = "fp32"', 'default = "int4"'), "default precision"),
+    (lambda t: t.replace('activations = "symmetric-int8"', 'activations = "whatever"'), "activation scheme"),
+    (lambda t: t.replace("opset = 17", "opset = 9"), "outside"),
+    (lambda t: t.replace('backend = "onnxruntime"', ""), "backend"),
+    (lambda t: t + "\n[[[", "TOML"),
+])
+def test_broken_specs_are_named_errors(tmp_path, edit, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(edit((ROOT / "targets" / "onnx-cpu.toml").read_text()))
+    with pytest.raises(ConfigError, match=match):
+        load_target(str(path))
+
+
+def test_missing_spec_file():
+    with pytest.raises(InputNotFoundError):
+        load_target("no/such/spec.toml")
+
+
+def test_every_shipped_spec_parses():
+    assert builtin_targets()
+    for name in builtin_targets():
+        assert load_target(name).name == name
+
+
+def test_specs_are_found_from_an_installed_wheel(tmp_path):
+    """Build the wheel, unpack it away from the checkout, and list targets from there."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT),
+                    "-w", str(tmp_path / "whl")], check=True, capture_output=True)
+    wheel = next((tmp_path / "whl").glob("edgekd-*.whl"))
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(site)
+    assert (site / "edgekd" / "_data" / "targets" / "onnx-cpu.toml").exists()
+    assert any((site / "edgekd" / "_data" / "calibration").rglob("*.jpg"))
+    code = "import edgekd.specs as s, edgekd; print(edgekd.__file__); print(sorted(s.builtin_targets()))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+                         check=True, capture_output=True, text=True).stdout.splitlines()
+    assert out[0].startswith(str(site)) and "onnx-cpu" in out[1]
