@@ -105,8 +105,10 @@ def _probe_torch_input(module, inp: InputSpec) -> None:
     with torch.no_grad():
         try:
             module.eval()(torch.zeros(inp.shape))
-        except RuntimeError as e:
-            raise InputShapeError(f"the model does not accept input shape {tuple(inp.shape)}: {str(e).splitlines()[0][:300]}") from e
+        except Exception as e:  # RuntimeError from torch ops; AssertionError from a torch.export program's shape guards
+            first = (str(e).splitlines() or [""])[0][:300]
+            raise InputShapeError(f"the model does not accept input shape {tuple(inp.shape)}: "
+                                  f"{type(e).__name__}: {first}") from e
 
 
 def compile(config: CompileConfig, progress: Callable[[str], None] | None = None,

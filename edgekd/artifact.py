@@ -47,26 +47,36 @@ class ArtifactWriter:
 
     def __enter__(self) -> Path:
         check_output_free(self.out, self.force)
+        # Parent folders this writer creates, outermost first; removed again (when empty) on failure.
+        self._made_parents = [p for p in reversed(self.out.parents) if not p.exists()]
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.edgekd-tmp-", dir=self.out.parent))
         return self.tmp
 
+    def _discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        for p in reversed(self._made_parents):
+            try:
+                p.rmdir()
+            except OSError:
+                break
+
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            self._discard()
             return False
-        check_output_free(self.out, self.force)  # someone may have created it meanwhile
         old = None
-        if self.out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.edgekd-old-", dir=self.out.parent))
-            os.rmdir(old)
-            os.rename(self.out, old)
         try:
+            check_output_free(self.out, self.force)  # someone may have created it meanwhile
+            if self.out.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.edgekd-old-", dir=self.out.parent))
+                os.rmdir(old)
+                os.rename(self.out, old)
             os.rename(self.tmp, self.out)
         except BaseException:
-            if old is not None:
+            if old is not None and old.exists():
                 os.rename(old, self.out)
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            self._discard()
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

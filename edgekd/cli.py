@@ -43,7 +43,7 @@ def handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         # SIGTERM unwinds like Ctrl-C, so the atomic writer removes its temporary directory.
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         try:
             return fn(*args, **kwargs)
         except EdgekdError as e:
@@ -54,6 +54,8 @@ def handle_errors(fn):
         except KeyboardInterrupt:
             click.echo("interrupted; nothing was written", err=True)
             sys.exit(130)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 

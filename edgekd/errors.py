@@ -32,7 +32,7 @@ class UnknownNameError(EdgekdError):
         self.kind, self.name, self.valid = kind, name, sorted(valid)
         super().__init__(
             f"unknown {kind} {name!r}",
-            hint or f"valid {kind}s: {', '.join(self.valid) if self.valid else '(none)'}",
+            hint or f"valid: {', '.join(self.valid) if self.valid else '(none)'}",
         )
 
 

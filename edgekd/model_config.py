@@ -1,7 +1,7 @@
 """A model card in TOML: where the model is, its input, preprocessing and labels.
 
     [model]
-    source = "edgekd.models:resnet20"     # a file (relative to this card) or package.module:factory
+    source = "edgekd.models.resnet_cifar:resnet20"  # a file (relative to this card), package.module:factory or zoo name
     weights = "teacher.pth"               # state_dict for a factory, loaded with weights_only=True
     [input]
     name = "input"
@@ -36,10 +36,16 @@ class ModelCard:
 
 
 def _relative(base: Path, value: str) -> str:
-    if ":" in value and not Path(value).suffix:  # package.module:factory or zoo name:width
-        return value
     p = Path(value)
     return str(p if p.is_absolute() else (base / p))
+
+
+def _is_file_source(base: Path, value: str) -> bool:
+    """A file next to the card (or absolute), or a name with a file suffix; not package.module:factory,
+    zoo name or zoo name:width (whose ``Path.suffix`` is non-empty: ".module:factory", ".5")."""
+    if (base / value).exists():
+        return True
+    return ":" not in value and bool(Path(value).suffix)
 
 
 def read_model_card(path: str | Path) -> ModelCard:
@@ -55,7 +61,7 @@ def read_model_card(path: str | Path) -> ModelCard:
         raise ConfigError(f"model card {path} has no [model] source", "add source = \"file.onnx\" or \"package.module:factory\"")
     base = path.parent
     src = model["source"]
-    source = _relative(base, src) if (base / src).exists() or Path(src).suffix else src
+    source = _relative(base, src) if _is_file_source(base, src) else src
     weights = Path(_relative(base, model["weights"])) if model.get("weights") else None
     inp = t.get("input", {})
     unknown = set(inp) - _INPUT_KEYS

@@ -31,7 +31,7 @@ def pass_names(spec: TargetSpec, config: CompileConfig, initial_facts: set[str])
                     f"target {spec.name} lists pass {name!r}, which this edgekd does not have",
                     f"edit {spec.path} or pass --passes explicitly; known passes: {', '.join(sorted(PASSES))}",
                 )
-        names = [n for n in default if PASSES[n].wanted(config, initial_facts)]
+        names = [n for n in default if PASSES[n].wanted(config, spec, initial_facts)]
     return [n for n in names if n not in config.skip]
 
 

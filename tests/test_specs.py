@@ -39,7 +39,7 @@ def test_user_spec_by_path(tmp_path):
 
 @pytest.mark.parametrize("edit,match", [
     (lambda t: t.replace('default = "fp32"', 'default = "int4"'), "default precision"),
-    (lambda t: t.replace('activations = "symmetric-int8"', 'activations = "whatever"'), "activation scheme"),
+    (lambda t: t.replace('activations = "asymmetric-int8"', 'activations = "whatever"'), "activation scheme"),
     (lambda t: t.replace("opset = 17", "opset = 9"), "outside"),
     (lambda t: t.replace('backend = "onnxruntime"', ""), "backend"),
     (lambda t: t + "\n[[[", "TOML"),

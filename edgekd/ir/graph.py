@@ -30,7 +30,8 @@ def new_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     base, k = name, 1
     while name in existing:
         name, k = f"{base}_{k}", k + 1
-    value = ir.Value(name=name, const_value=ir.Tensor(np.ascontiguousarray(array), name=name))
+    array = np.array(array, order="C")  # not ascontiguousarray: it turns 0-d scalars into shape (1,)
+    value = ir.Value(name=name, const_value=ir.Tensor(array, name=name))
     value.shape = ir.Shape(array.shape)
     value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
     graph.register_initializer(value)

@@ -18,7 +18,7 @@ from torch import nn
 
 from edgekd.errors import (ConfigError, CorruptModelError, FactoryError, InputNotFoundError, PickleRefusedError,
                            UnknownNameError)
-from edgekd.models.zoo import build_model, parse_zoo_name
+from edgekd.models.zoo import ZOO, build_model, parse_zoo_name
 
 
 @dataclass
@@ -130,13 +130,16 @@ def _looks_like_legacy_pickle(path: Path) -> bool:
 
 
 def resolve_factory(spec: str):
-    """``package.module:function`` → the callable; a zoo name → a zero-argument builder."""
-    if ":" in spec and "." in spec.split(":")[0]:
-        module_name, _, attr = spec.partition(":")
+    """``package.module:function`` (or ``module:function``) → the callable; a zoo name (``resnet20``,
+    ``mobilenetv2:0.5``) → a zero-argument builder."""
+    module_name, sep, attr = spec.partition(":")
+    if sep and module_name not in ZOO:
         try:
             module = importlib.import_module(module_name)
         except Exception as e:  # ImportError, or whatever the module's own top-level code raises
-            raise FactoryError(f"cannot import {module_name!r} for factory {spec!r}: {type(e).__name__}: {e}") from e
+            raise FactoryError(f"cannot import {module_name!r} for factory {spec!r}: {type(e).__name__}: {e}",
+                               None if "." in module_name else
+                               f"zoo models: {', '.join(sorted(ZOO))}; or write package.module:function") from e
         fn = getattr(module, attr, None)
         if not callable(fn):
             raise FactoryError(f"{module_name!r} has no callable {attr!r}")
@@ -144,6 +147,8 @@ def resolve_factory(spec: str):
     try:
         parse_zoo_name(spec)
     except UnknownNameError as e:
+        if module_name in ZOO:  # a zoo model with a bad width, e.g. resnet20:wide
+            raise FactoryError(f"{spec!r}: {e.message}", e.hint) from None
         raise FactoryError(f"{spec!r} is neither a file, a zoo model nor package.module:factory",
                            f"zoo models: {', '.join(e.valid)}; or write package.module:function") from None
     return lambda: build_model(spec)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from edgekd.passes.base import Pass, PassResult
+from edgekd.passes.calibrate import CalibratePass
 from edgekd.passes.emit import EmitPass
 from edgekd.passes.export_onnx import ExportOnnxPass
 from edgekd.passes.fuse_conv_bn_relu import FuseConvBnReluPass
+from edgekd.passes.quantize import QuantizePass
 from edgekd.passes.verify import VerifyPass
 
-PASSES: dict[str, type[Pass]] = {p.name: p for p in (ExportOnnxPass, FuseConvBnReluPass, EmitPass, VerifyPass)}
+PASSES: dict[str, type[Pass]] = {p.name: p for p in (ExportOnnxPass, FuseConvBnReluPass, CalibratePass, QuantizePass, EmitPass, VerifyPass)}
 
 __all__ = ["PASSES", "Pass", "PassResult"]

@@ -31,7 +31,7 @@ class Pass(abc.ABC):
         return cls()
 
     @classmethod
-    def wanted(cls, config: CompileConfig, initial_facts: set[str]) -> bool:
+    def wanted(cls, config: CompileConfig, spec: TargetSpec, initial_facts: set[str]) -> bool:
         """Whether the target's default pipeline keeps this pass for this compile."""
         return cls.requires <= initial_facts or not (cls.requires & {TORCH_MODEL})
 

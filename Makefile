@@ -1,0 +1,39 @@
+# The two entry points of the README: `make demo` and `make test`. Each sets up what it needs.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+DEMO_OUT ?= build/demo
+
+.PHONY: demo test system-deps clean
+
+# Debian packages: python3-venv for the venv itself.
+system-deps:
+	@python3 -c "import ensurepip, venv" 2>/dev/null || { \
+	  echo "installing python3-venv with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
+
+$(PY): | system-deps
+	python3 -m venv $(VENV)
+
+# torch is pinned here: a range would pull a multi-GB CUDA build where the CPU wheel is not at hand.
+$(VENV)/.base: pyproject.toml | $(PY)
+	$(PIP) install torch==2.13.0
+	$(PIP) install setuptools wheel
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.base
+	$(PIP) install -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.base
+	$(VENV)/bin/edgekd compile examples/cifar10/model.toml --target onnx-cpu -o $(DEMO_OUT) --force \
+	  --calib calibration/cifar10 --verify-samples 64
+	$(VENV)/bin/edgekd bench $(DEMO_OUT) --device local
+	@echo; cat $(DEMO_OUT)/report.md
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,89 @@
+"""Measures activation ranges on sample data with the configured observer (EMA min/max by default)."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx_ir as ir
+
+from edgekd.config import CompileConfig
+from edgekd.data.folder import scan_image_folder
+from edgekd.data.samples import count_samples, iter_batches
+from edgekd.errors import ConfigError
+from edgekd.passes.base import Pass, PassResult
+from edgekd.quant.calibrate import observe
+from edgekd.quant.observers import Observer, make_observer
+from edgekd.quant.placement import QuantPlan, plan_quantization
+from edgekd.specs import TargetSpec
+from edgekd.state import ACTIVATIONS_MARKED, BN_FOLDED, CALIBRATED, ONNX_MODEL, CompileState
+
+MIN_SAMPLES = 256
+PLACEMENT = {"symmetric-int8": "inputs", "asymmetric-int8": "outputs", "asymmetric-uint8": "outputs"}
+
+
+class CalibrationWarning(UserWarning):
+    pass
+
+
+@dataclass
+class Calibration:
+    """What CalibratePass leaves for QuantizePass: the plan it observed for and the observers."""
+
+    scheme: str
+    plan: QuantPlan
+    observers: dict[str, Observer]
+    samples: int
+    source: str
+    sha256: str
+    method: str
+
+
+def source_hash(path: Path, limit: int | None) -> str:
+    if path.suffix in (".npy", ".npz"):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    folder = scan_image_folder(path)
+    return folder.subset(range(min(len(folder), limit or len(folder)))).content_hash()
+
+
+class CalibratePass(Pass):
+    name = "calibrate"
+    requires = frozenset({ONNX_MODEL, BN_FOLDED, ACTIVATIONS_MARKED})
+    provides = frozenset({CALIBRATED})
+
+    def __init__(self, data: Path, scheme: str, method: str = "ema", limit: int | None = 512, batch: int = 32,
+                 **observer_args):
+        self.data, self.scheme, self.method, self.limit, self.batch = Path(data), scheme, method, limit, batch
+        self.observer_args = observer_args
+        make_observer(method, **observer_args)  # bad names and arguments fail at build time
+
+    @classmethod
+    def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "CalibratePass":
+        if config.calib is None:
+            raise ConfigError("int8 needs calibration data", "pass --calib DIR (an image folder or .npy/.npz of samples)")
+        args = {"ema": {"averaging_constant": config.ema_constant}, "percentile": {"percentile": config.percentile}}
+        return cls(config.calib, config.activation_scheme or spec.activation_scheme, config.calib_method,
+                   config.calib_samples, config.calib_batch, **args.get(config.calib_method, {}))
+
+    @classmethod
+    def wanted(cls, config: CompileConfig, spec: TargetSpec, initial_facts: set[str]) -> bool:
+        return (config.precision or spec.default_precision) == "int8"
+
+    def run(self, state: CompileState) -> PassResult:
+        available = count_samples(self.data)
+        n = min(available, self.limit) if self.limit else available
+        if n < MIN_SAMPLES:
+            warnings.warn(f"calibrating on {n} samples; use at least {MIN_SAMPLES} (detectors need far more)",
+                          CalibrationWarning, stacklevel=2)
+        plan = plan_quantization(state.onnx_model, PLACEMENT[self.scheme])
+        proto = ir.to_proto(state.onnx_model)
+        batches = iter_batches(self.data, state.input.preprocess, tuple(state.input.shape), limit=n)
+        observers, seen = observe(proto, plan.observed, batches,
+                                  lambda t: make_observer(self.method, **self.observer_args), self.batch)
+        state.calibration = Calibration(self.scheme, plan, observers, seen, str(self.data),
+                                        source_hash(self.data, n), self.method)
+        state.metrics["calibration"] = {"samples": seen, "source": str(self.data), "sha256": state.calibration.sha256,
+                                        "method": self.method, **self.observer_args, "scheme": self.scheme}
+        return PassResult(state, changed=False, metrics={"samples": seen, "tensors": len(observers), "method": self.method})

@@ -1,0 +1,89 @@
+"""Runs the float graph in ONNX Runtime on sample batches and feeds every observed tensor to its observer."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from edgekd.quant.observers import Observer
+
+
+def with_outputs(model: onnx.ModelProto, tensors: list[str], dynamic_batch: bool) -> onnx.ModelProto:
+    """A copy of ``model`` that also returns ``tensors`` (intermediate values) as graph outputs,
+    and, with ``dynamic_batch``, takes any batch size."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    present = {o.name for o in g.output}
+    for name in tensors:
+        if name not in present:
+            g.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    if dynamic_batch:
+        del g.value_info[:]
+        for o in g.output:
+            o.type.tensor_type.ClearField("shape")
+        initializers = {i.name for i in g.initializer}
+        for i in g.input:
+            if i.name not in initializers and i.type.tensor_type.shape.dim:
+                i.type.tensor_type.shape.dim[0].dim_param = "batch"
+    return out
+
+
+def _session(model: onnx.ModelProto, tensors: list[str], batch: int, threads: int):
+    """A session that runs ``batch`` samples at once when the graph allows it, else one at a time."""
+    from edgekd.backends.onnxrt import ort_session
+
+    if batch > 1:
+        try:
+            sess = ort_session(with_outputs(model, tensors, True).SerializeToString(), threads)
+            shape = [2] + [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
+            sess.run(None, {sess.get_inputs()[0].name: np.zeros(shape, np.float32)})
+            return sess, batch
+        except Exception:  # e.g. a Reshape with the batch size baked in: fall back to the static shape
+            pass
+    return ort_session(with_outputs(model, tensors, False).SerializeToString(), threads), 1
+
+
+def rebatch(batches: Iterable[np.ndarray], size: int) -> Iterable[np.ndarray]:
+    pending: list[np.ndarray] = []
+    count = 0
+    for b in batches:
+        pending.append(b)
+        count += b.shape[0]
+        if count >= size:
+            joined = np.concatenate(pending)
+            for i in range(0, len(joined) - size + 1, size):
+                yield joined[i:i + size]
+            rest = len(joined) % size
+            pending, count = ([joined[-rest:]], rest) if rest else ([], 0)
+    if pending:
+        yield np.concatenate(pending)
+
+
+def observe(model: onnx.ModelProto, tensors: list[str], batches: Iterable[np.ndarray],
+            new_observer: Callable[[str], Observer], batch_size: int = 32,
+            progress: Callable[[int], None] | None = None, threads: int = 2) -> tuple[dict[str, Observer], int]:
+    """Observers for ``tensors`` after one pass over ``batches`` (regrouped to ``batch_size`` when the
+    graph takes any batch size); also returns the sample count. Only one batch's activations are
+    alive at any time."""
+    graph_inputs = {i.name for i in model.graph.input}
+    inner = [t for t in tensors if t not in graph_inputs]
+    sess, size = _session(model, inner, batch_size, threads)
+    input_name = sess.get_inputs()[0].name
+    names = [o.name for o in sess.get_outputs()]
+    index = {n: names.index(n) for n in inner}
+    observers = {t: new_observer(t) for t in tensors}
+    seen = 0
+    for batch in rebatch(batches, size):
+        if input_name in observers:
+            observers[input_name].update(batch, tensor=input_name, sample=seen)
+        outs = sess.run(None, {input_name: batch})
+        for t in inner:
+            observers[t].update(outs[index[t]], tensor=t, sample=seen)
+        seen += batch.shape[0]
+        if progress:
+            progress(seen)
+    return observers, seen

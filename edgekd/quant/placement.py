@@ -1,0 +1,160 @@
+"""Where Q/DQ pairs go, for each activation scheme.
+
+Two placements, both standard QDQ ONNX:
+
+* ``outputs`` (asymmetric schemes: TFLite, OpenVINO, ONNX Runtime): the graph input and the output
+  of every value-changing op are quantized, as integer-only runtimes execute them. A Conv/Gemm
+  whose activation the fuse pass marked is quantized after the activation, not before it. Ops that
+  only move values (pooling by max, reshapes, slicing, nearest resize) keep their input's grid and
+  get no pair of their own.
+* ``inputs`` (symmetric int8, TensorRT): following TensorRT's guidance on Q/DQ placement, the data
+  inputs of weighted ops and both inputs of element-wise Add (the residual join) are quantized;
+  outputs of weighted ops are not, so TensorRT can fuse them with what follows.
+
+Weights of Conv/Gemm/MatMul are always per-channel int8; layers named in ``keep_float`` keep float
+weights and read float inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+
+from edgekd.ir.graph import FUSED_ACTIVATION, const_array
+
+WEIGHTED = frozenset({"Conv", "Gemm", "MatMul"})
+# Ops whose outputs hold a new set of values, so their own range must be observed.
+VALUE_CHANGING = frozenset({
+    "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Relu", "Clip", "LeakyRelu", "HardSwish", "HardSigmoid",
+    "Sigmoid", "Tanh", "Softmax", "Concat", "AveragePool", "GlobalAveragePool", "ReduceMean", "BatchNormalization",
+})
+# Ops that only move or select values: their output stays on the input's grid, so its Q/DQ pair
+# copies the input's parameters (exact) and integer runtimes see one scale on both sides.
+GRID_PRESERVING = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Split", "Slice",
+                             "Resize", "Pad", "Identity"})
+# Outputs whose range is fixed by the function, as integer runtimes require (TFLite: scale 1/256).
+FIXED_RANGE = {"Sigmoid": (0.0, 1.0), "Softmax": (0.0, 1.0), "HardSigmoid": (0.0, 1.0)}
+
+
+@dataclass(frozen=True)
+class ActivationSite:
+    tensor: str
+    consumers: tuple[tuple[str, int], ...]  # (node name, input index) that read the dequantized value
+    to_graph_output: bool  # the graph output becomes the dequantized value
+    fixed_range: tuple[float, float] | None = None
+    same_as: str | None = None  # copy this (upstream) tensor's parameters instead of observing
+
+
+@dataclass(frozen=True)
+class WeightSite:
+    node: str
+    input_index: int
+    axis: int
+
+
+@dataclass
+class QuantPlan:
+    placement: str
+    activations: dict[str, ActivationSite] = field(default_factory=dict)
+    weights: list[WeightSite] = field(default_factory=list)
+    keep_float: frozenset[str] = frozenset()
+
+    @property
+    def observed(self) -> list[str]:
+        """Tensors whose range calibration must measure."""
+        return [t for t, s in self.activations.items() if s.fixed_range is None and s.same_as is None]
+
+
+def weight_axis(node: ir.Node) -> int | None:
+    """The output-channel axis of the node's weight (input 1), or None when it is not a constant."""
+    if const_array(node.inputs[1]) is None:
+        return None
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        return 0 if node.attributes.get_int("transB", 0) else 1
+    if node.op_type == "MatMul":
+        return 1 if const_array(node.inputs[1]).ndim == 2 else None
+    return None
+
+
+def _is_float_activation(v: ir.Value | None) -> bool:
+    if v is None or v.const_value is not None or v.is_initializer():
+        return False
+    producer = v.producer()
+    if producer is not None and producer.op_type == "Constant":
+        return False
+    return v.dtype in (None, ir.DataType.FLOAT)
+
+
+def _node_names(graph: ir.Graph) -> None:
+    seen = set()
+    for i, node in enumerate(graph):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+
+
+def _uses(v: ir.Value, keep_float: frozenset[str], only_ops: frozenset[str] | None = None) -> tuple[tuple[str, int], ...]:
+    out = []
+    for use in v.uses():
+        node, idx = use.node, use.idx
+        if node.name in keep_float or (only_ops is not None and node.op_type not in only_ops):
+            continue
+        if node.op_type in WEIGHTED and idx != 0:
+            continue  # weights and biases are handled as weight sites
+        out.append((node.name, idx))
+    return tuple(out)
+
+
+def plan_quantization(model: ir.Model, placement: str, keep_float: frozenset[str] = frozenset()) -> QuantPlan:
+    graph = model.graph
+    _node_names(graph)
+    plan = QuantPlan(placement, keep_float=keep_float)
+    for node in graph:
+        if node.op_type in WEIGHTED and node.name not in keep_float:
+            axis = weight_axis(node)
+            if axis is not None:
+                plan.weights.append(WeightSite(node.name, 1, axis))
+
+    if placement == "outputs":
+        for v in graph.inputs:
+            if _is_float_activation(v):
+                plan.activations[v.name] = ActivationSite(v.name, _uses(v, keep_float), v.is_graph_output())
+        for node in graph:
+            outs = [v for v in node.outputs if _is_float_activation(v)]
+            if node.op_type in VALUE_CHANGING:
+                if node.op_type in WEIGHTED and node.metadata_props.get(FUSED_ACTIVATION):
+                    continue  # quantized after its fused activation
+                fixed = FIXED_RANGE.get(node.op_type)
+                for v in outs:
+                    plan.activations[v.name] = ActivationSite(v.name, _uses(v, keep_float), v.is_graph_output(), fixed)
+            elif node.op_type in GRID_PRESERVING and node.inputs and node.inputs[0] is not None:
+                source = node.inputs[0].name
+                if source in plan.activations:
+                    root = plan.activations[source].same_as or source
+                    for v in outs:
+                        plan.activations[v.name] = ActivationSite(v.name, _uses(v, keep_float), v.is_graph_output(),
+                                                                  same_as=root)
+    elif placement == "inputs":
+        wanted: dict[str, set[tuple[str, int]]] = {}
+        values: dict[str, ir.Value] = {}
+        for node in graph:
+            if node.name in keep_float:
+                continue
+            if node.op_type in WEIGHTED and weight_axis(node) is not None:
+                edges = [(0, node.inputs[0])]
+            elif node.op_type == "Add" and all(_is_float_activation(v) for v in node.inputs):
+                edges = list(enumerate(node.inputs))
+            else:
+                continue
+            for idx, v in edges:
+                if _is_float_activation(v):
+                    wanted.setdefault(v.name, set()).add((node.name, idx))
+                    values[v.name] = v
+        for name, consumers in wanted.items():
+            plan.activations[name] = ActivationSite(name, tuple(sorted(consumers)), False, None)
+    else:
+        raise ValueError(f"unknown placement {placement!r}")
+    return plan

@@ -1,0 +1,75 @@
+"""Building and running quantized copies of a float graph: the simulation, per-layer sensitivity."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable, Iterable
+
+import numpy as np
+import onnx_ir as ir
+
+from edgekd.quant.placement import QuantPlan
+from edgekd.quant.qdq import apply_plan
+from edgekd.quant.qparams import QParams, sqnr_db
+
+RunFn = Callable[[np.ndarray], list[np.ndarray]]
+
+
+def clone(model: ir.Model) -> ir.Model:
+    return ir.from_proto(ir.to_proto(model))
+
+
+def quantized_copy(model: ir.Model, plan: QuantPlan, act_qparams: dict[str, QParams]) -> ir.Model:
+    copy = clone(model)
+    apply_plan(copy, plan, act_qparams)
+    return copy
+
+
+def simulation_fn(model: ir.Model | bytes, threads: int = 2) -> RunFn:
+    """Runs Q/DQ as written, in float arithmetic: ONNX Runtime with graph optimizations off, so no
+    integer kernel replaces the reference math."""
+    import onnxruntime as ort
+
+    data = model if isinstance(model, bytes) else ir.to_proto(model).SerializeToString()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x})
+
+
+def only_layer(plan: QuantPlan, layer: str) -> QuantPlan:
+    """The part of ``plan`` that quantizes one weighted layer: its weights and its data input."""
+    acts = {}
+    for name, site in plan.activations.items():
+        readers = tuple(c for c in site.consumers if c[0] == layer)
+        if readers:
+            acts[name] = replace(site, consumers=readers, to_graph_output=False, same_as=None)
+    return QuantPlan(plan.placement, acts, [w for w in plan.weights if w.node == layer], plan.keep_float)
+
+
+def output_sqnr(run_ref: RunFn, run_test: RunFn, batches: Iterable[np.ndarray]) -> float:
+    """SQNR (dB) of all outputs together, over the batches."""
+    ref, test = [], []
+    for x in batches:
+        ref += [o.ravel() for o in run_ref(x)]
+        test += [o.ravel() for o in run_test(x)]
+    return sqnr_db(np.concatenate(ref), np.concatenate(test))
+
+
+def layer_sensitivity(model: ir.Model, plan: QuantPlan, act_qparams: dict[str, QParams],
+                      batches: list[np.ndarray], progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+    """Per weighted layer: output SQNR when only that layer is quantized. Lower = more sensitive."""
+    from edgekd.backends.onnxrt import ort_run_fn, ort_session
+
+    float_run = ort_run_fn(ort_session(ir.to_proto(model).SerializeToString()))
+    layers = [w.node for w in plan.weights]
+    out = {}
+    for i, layer in enumerate(layers):
+        sim = simulation_fn(quantized_copy(model, only_layer(plan, layer), act_qparams))
+        out[layer] = output_sqnr(float_run, sim, batches)
+        if progress:
+            progress(i + 1, len(layers))
+    return out
