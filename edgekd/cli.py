@@ -82,6 +82,16 @@ def main():
 @click.option("--labels", type=click.Path(exists=True, path_type=Path), help="text file, one class name per line")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="default: the target's")
 @click.option("--calib", type=click.Path(path_type=Path), help="sample images or .npy/.npz (verification now, calibration for int8)")
+@click.option("--calib-samples", type=int, default=512, show_default=True, help="use at most this many calibration samples")
+@click.option("--calib-method", type=click.Choice(["ema", "minmax", "percentile"]), default="ema", show_default=True)
+@click.option("--ema-constant", type=float, default=0.01, show_default=True, help="EMA averaging constant")
+@click.option("--percentile", type=float, default=99.99, show_default=True)
+@click.option("--activation-scheme", type=click.Choice(["asymmetric-int8", "asymmetric-uint8", "symmetric-int8"]),
+              help="override the target's activation scheme")
+@click.option("--keep-float", help="N (keep the N most sensitive layers in float) or layer names, comma-separated")
+@click.option("--eval", "eval_dir", type=click.Path(path_type=Path), help="labelled images DIR/<class>/* for top-1")
+@click.option("--eval-samples", type=int, default=1000, show_default=True)
+@click.option("--max-drop", type=float, help="top-1 points int8 may lose; with --eval, layers return to float until met")
 @click.option("--passes", callback=_names, help="run exactly these passes, comma-separated")
 @click.option("--skip", callback=_names, help="drop these passes from the target's default pipeline")
 @click.option("--verify-samples", type=int, default=16, show_default=True)
@@ -90,12 +100,23 @@ def main():
 @click.option("-q", "--quiet", is_flag=True)
 @handle_errors
 def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape, mean, std, scale, channel_order,
-                layout, labels, precision, calib, passes, skip, verify_samples, bench_device, seed, quiet):
+                layout, labels, precision, calib, calib_samples, calib_method, ema_constant, percentile,
+                activation_scheme, keep_float, eval_dir, eval_samples, max_drop, passes, skip, verify_samples,
+                bench_device, seed, quiet):
     """Compile MODEL (.pt TorchScript, .pt2, .onnx, package.module:factory, zoo name, or a model card .toml)."""
     label_names = [l.strip() for l in labels.read_text().splitlines() if l.strip()] if labels else None
+    keep_names, keep_count = (), 0
+    if keep_float:
+        if keep_float.strip().isdigit():
+            keep_count = int(keep_float)
+        else:
+            keep_names = _names(None, None, keep_float)
     config = api.make_config(model, target, output, input_shape=input_shape, mean=mean, std=std, scale=scale,
                              channel_order=channel_order, layout=layout, labels=label_names, weights=weights,
                              force=force, allow_pickle=allow_pickle, precision=precision, calib=calib,
+                             calib_samples=calib_samples, calib_method=calib_method, ema_constant=ema_constant,
+                             percentile=percentile, activation_scheme=activation_scheme, keep_float=keep_names,
+                             keep_float_count=keep_count, eval=eval_dir, eval_samples=eval_samples, max_drop=max_drop,
                              passes=passes, skip=skip or (), verify_samples=verify_samples, seed=seed)
     emit = None if quiet else (lambda line: click.echo(line, err=True))
     result = api.compile(config, progress=emit)
@@ -106,6 +127,14 @@ def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape
     if fid:
         click.echo(f"fidelity vs {fid['reference']}: max abs error {fid['max_abs_error']:.3g}, "
                    f"top-1 agreement {fid.get('top1_agreement', '–')}")
+    acc = m.get("accuracy")
+    if acc:
+        click.echo(f"top-1 on {acc['samples']} eval images: float {100 * acc['float_top1']:.2f} %, "
+                   f"artifact {100 * acc['artifact_top1']:.2f} % (drop {acc['drop_pt']:.2f} pt)")
+        speed = acc.get("speed")
+        if speed and not speed["met"]:
+            click.secho(f"note: {speed['drop_pt']:.2f} pt lost for {speed['speedup']:.2f}x speed on this machine; "
+                        f"the design rule asks {speed['needed_speedup']:.2f}x (2x per point)", fg="yellow")
     if bench_device:
         _bench(result.output, bench_device, None, None, None, None, quiet)
 

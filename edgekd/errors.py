@@ -100,3 +100,7 @@ class BenchmarkError(EdgekdError):
 
 class DataError(EdgekdError):
     default_hint = "point at an image folder (with or without class subfolders) or a .npy/.npz array"
+
+
+class AccuracyBudgetError(EdgekdError):
+    default_hint = "raise --max-drop, calibrate on more or better samples (--calib-method), or use --precision fp32"

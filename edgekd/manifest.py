@@ -35,6 +35,8 @@ def build_manifest(state: CompileState, backend: Backend, extra_files: list[str]
     input_dicts = []
     for t in inputs:
         d = t.to_dict()
+        if t.name in state.qparams and "quantization" not in d:  # float input quantized first thing in the graph
+            d["quantization"] = state.qparams[t.name]
         d["layout"] = d["layout"] or pre["layout"]
         d["preprocessing"] = pre
         input_dicts.append(d)
@@ -48,7 +50,7 @@ def build_manifest(state: CompileState, backend: Backend, extra_files: list[str]
         "source": state.metrics.get("source"),
         "toolchain": toolchain_versions(backend),
         "inputs": input_dicts,
-        "outputs": [t.to_dict() for t in outputs],
+        "outputs": [_with_qparams(t.to_dict(), state) for t in outputs],
         "labels": list(state.labels) if state.labels else None,
         "files": file_entries(state.workdir, state.artifact_files + extra_files),
         "passes": [{"name": r.name, "seconds": r.seconds, "changed": r.changed, "metrics": r.metrics}
@@ -56,8 +58,32 @@ def build_manifest(state: CompileState, backend: Backend, extra_files: list[str]
         "profile": state.metrics.get("profile"),
         "fidelity": state.metrics.get("fidelity"),
         "calibration": state.metrics.get("calibration"),
+        "quantization": _quantization(state),
         "accuracy": state.metrics.get("accuracy"),
         "config": state.config.to_dict(),
+    }
+
+
+def _with_qparams(d: dict[str, Any], state: CompileState) -> dict[str, Any]:
+    if d["name"] in state.qparams and "quantization" not in d:
+        d["quantization"] = state.qparams[d["name"]]
+    return d
+
+
+def _quantization(state: CompileState) -> dict[str, Any] | None:
+    if state.calibration is None:
+        return None
+    quant = state.spec.raw.get("quantization", {})
+    return {
+        "activation_scheme": state.calibration.scheme,
+        "weights": "int8 per-channel symmetric [-127, 127], zero point 0",
+        "bias": "int32, scale = input scale x weight scale",
+        "why": quant.get("why"),
+        "layers_in_float": sorted(state.keep_float | set(state.config.keep_float)),
+        "error_vs_float": state.metrics.get("quantization_error"),
+        "sensitivity": state.metrics.get("sensitivity"),
+        "accuracy_budget": state.metrics.get("accuracy_budget"),
+        "tensors": state.qparams,
     }
 
 

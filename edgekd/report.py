@@ -79,6 +79,18 @@ def render_report(artifact: str | Path) -> str:
                   markdown_table(["max abs error", "mean abs error", "relative error", "top-1 agreement"],
                                  [[f"{fid['max_abs_error']:.3g}", f"{fid['mean_abs_error']:.3g}",
                                    f"{fid['relative_error']:.3g}", fid.get("top1_agreement")]]), ""]
+    lines += _quantization_section(m, artifact)
+    acc = m.get("accuracy")
+    if acc:
+        lines += ["## Accuracy", "", f"Top-1 on {acc['samples']} images of `{acc['source']}`:", "",
+                  markdown_table(["float top-1 %", "artifact top-1 %", "drop pt"],
+                                 [[f"{100 * acc['float_top1']:.2f}", f"{100 * acc['artifact_top1']:.2f}", f"{acc['drop_pt']:.2f}"]]), ""]
+        sp = acc.get("speed")
+        if sp:
+            verdict = "meets" if sp["met"] else "does NOT meet"
+            lines += [f"Speed on {sp['measured_on']} (ONNX Runtime, median of 50): float {sp['float_ms']:.3f} ms, artifact "
+                      f"{sp['artifact_ms']:.3f} ms ({sp['speedup']:.2f}×). This {verdict} the rule that each point of "
+                      f"accuracy lost should buy ≥ 2× speed (needed {sp['needed_speedup']:.2f}×).", ""]
     results = load_results(artifact)
     if results:
         lines += ["## Latency", "", markdown_table(LATENCY_HEADERS, latency_rows(results)), ""]
@@ -90,6 +102,55 @@ def render_report(artifact: str | Path) -> str:
     lines += ["## Files", "", markdown_table(["file", "bytes", "sha256"],
                                              [[f["path"], f"{f['bytes']:,}", f["sha256"][:16] + "…"] for f in m["files"]]), ""]
     return "\n".join(lines)
+
+
+def plot_sensitivity(sensitivity: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [s["layer"] for s in sensitivity][::-1]
+    values = [min(s["sqnr_db"], 120.0) for s in sensitivity][::-1]
+    fig, ax = plt.subplots(figsize=(8, 0.22 * len(names) + 1.2))
+    ax.barh(range(len(names)), values)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("output SQNR (dB) with only this layer in int8 — lower is more sensitive")
+    ax.set_title("per-layer quantization sensitivity")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _quantization_section(m: dict, artifact: Path) -> list[str]:
+    q = m.get("quantization")
+    if not q:
+        return []
+    lines = ["## Quantization", "", f"Activations: {q['activation_scheme']}; weights: {q['weights']}; bias: {q['bias']}.", ""]
+    if q.get("why"):
+        lines += [f"Why: {' '.join(q['why'].split())}", ""]
+    cal = m.get("calibration") or {}
+    if cal:
+        lines += [f"Calibrated with {cal['method']} on {cal['samples']} samples of `{cal['source']}` "
+                  f"(sha256 {cal['sha256'][:16]}…).", ""]
+    err = q.get("error_vs_float")
+    if err:
+        lines += [f"Simulation vs float on {err.get('samples', 'calibration')} samples: output SQNR {err['sqnr_db']:.1f} dB, "
+                  f"top-1 agreement {err.get('top1_agreement', '–')}.", ""]
+    lines += [f"Layers kept in float: {', '.join(q['layers_in_float']) or 'none'}.", ""]
+    sens = q.get("sensitivity")
+    if sens:
+        png = plot_sensitivity(sens, artifact / "sensitivity.png")
+        lines += ["Most sensitive layers (output SQNR when only that layer is int8):", "",
+                  markdown_table(["layer", "SQNR dB"], [[s["layer"], f"{s['sqnr_db']:.1f}"] for s in sens[:10]]), "",
+                  f"![sensitivity]({png.name})", ""]
+    budget = q.get("accuracy_budget")
+    if budget:
+        lines += [f"Accuracy budget {budget['max_drop_pt']} pt (float top-1 {100 * budget['float_top1']:.2f} %):", "",
+                  markdown_table(["layers in float", "int8 top-1 %", "drop pt"],
+                                 [[s["kept_float"], f"{100 * s['top1']:.2f}", f"{s['drop_pt']:.2f}"] for s in budget["steps"]]), ""]
+    return lines
 
 
 def write_report(artifact: str | Path) -> Path:

@@ -21,6 +21,7 @@ ONNX_MODEL = "onnx-model"
 BN_FOLDED = "bn-folded"
 ACTIVATIONS_MARKED = "activations-marked"
 CALIBRATED = "calibrated"
+SENSITIVITY = "sensitivity-measured"
 QUANTIZED = "quantized"
 EMITTED = "emitted"
 
@@ -44,6 +45,9 @@ class CompileState:
     # Outputs the artifact must reproduce: model input batch → list of output arrays.
     reference: Callable[[np.ndarray], list[np.ndarray]] | None = None
     reference_name: str = ""
+    float_reference: Callable[[np.ndarray], list[np.ndarray]] | None = None  # the float model, kept after quantize
+    float_onnx: bytes | None = None  # the float graph just before quantization
+    keep_float: set[str] = field(default_factory=set)  # layers passes chose to keep in float
     labels: tuple[str, ...] | None = None
     calibration: Any = None
     qparams: dict[str, Any] = field(default_factory=dict)

@@ -66,3 +66,27 @@ def random_batches(input_shape: tuple[int, ...], count: int, seed: int = 0) -> I
     rng = np.random.default_rng(seed)
     for _ in range(max(1, count // input_shape[0])):
         yield rng.standard_normal(input_shape).astype(np.float32)
+
+
+def iter_labelled(source: str | Path, pre: Preprocess, input_shape: tuple[int, ...], class_names: tuple[str, ...] | None,
+                  limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(batch, labels) from a class-subfolder image folder; labels follow ``class_names`` when given
+    (the model's label order), else the sorted folder names. Samples are spread over all classes."""
+    folder = scan_image_folder(source)
+    if folder.labels is None:
+        raise DataError(f"{source} has no class subfolders, so it has no labels to evaluate against",
+                        "arrange the eval images as DIR/<class name>/*.jpg")
+    mapping = list(range(len(folder.classes)))
+    if class_names:
+        unknown = [c for c in folder.classes if c not in class_names]
+        if unknown:
+            raise DataError(f"eval classes {unknown} are not among the model's labels", f"labels: {', '.join(class_names)}")
+        mapping = [class_names.index(c) for c in folder.classes]
+    n = len(folder) if limit is None else min(limit, len(folder))
+    # A fixed stride through the sorted files picks from every class, not only the first ones.
+    idx = np.linspace(0, len(folder) - 1, n).round().astype(int) if n < len(folder) else np.arange(len(folder))
+    batch = input_shape[0]
+    for i in range(0, len(idx), batch):
+        chunk = idx[i:i + batch]
+        yield (np.stack([load_image(folder.files[j], pre) for j in chunk]).astype(np.float32),
+               np.asarray([mapping[folder.labels[j]] for j in chunk]))

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from edgekd.passes.accuracy_budget import AccuracyBudgetPass
 from edgekd.passes.base import Pass, PassResult
 from edgekd.passes.calibrate import CalibratePass
 from edgekd.passes.emit import EmitPass
+from edgekd.passes.evaluate import EvaluatePass
 from edgekd.passes.export_onnx import ExportOnnxPass
 from edgekd.passes.fuse_conv_bn_relu import FuseConvBnReluPass
 from edgekd.passes.quantize import QuantizePass
+from edgekd.passes.sensitivity import SensitivityPass
 from edgekd.passes.verify import VerifyPass
 
-PASSES: dict[str, type[Pass]] = {p.name: p for p in (ExportOnnxPass, FuseConvBnReluPass, CalibratePass, QuantizePass, EmitPass, VerifyPass)}
+PASSES: dict[str, type[Pass]] = {p.name: p for p in (
+    ExportOnnxPass, FuseConvBnReluPass, CalibratePass, SensitivityPass, AccuracyBudgetPass, QuantizePass, EmitPass,
+    VerifyPass, EvaluatePass,
+)}
 
 __all__ = ["PASSES", "Pass", "PassResult"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import onnx_ir as ir
@@ -14,31 +13,17 @@ from edgekd.data.folder import scan_image_folder
 from edgekd.data.samples import count_samples, iter_batches
 from edgekd.errors import ConfigError
 from edgekd.passes.base import Pass, PassResult
-from edgekd.quant.calibrate import observe
-from edgekd.quant.observers import Observer, make_observer
-from edgekd.quant.placement import QuantPlan, plan_quantization
+from edgekd.quant.calibrate import PLACEMENT, Calibration, observe
+from edgekd.quant.observers import make_observer
+from edgekd.quant.placement import plan_quantization
 from edgekd.specs import TargetSpec
 from edgekd.state import ACTIVATIONS_MARKED, BN_FOLDED, CALIBRATED, ONNX_MODEL, CompileState
 
 MIN_SAMPLES = 256
-PLACEMENT = {"symmetric-int8": "inputs", "asymmetric-int8": "outputs", "asymmetric-uint8": "outputs"}
 
 
 class CalibrationWarning(UserWarning):
     pass
-
-
-@dataclass
-class Calibration:
-    """What CalibratePass leaves for QuantizePass: the plan it observed for and the observers."""
-
-    scheme: str
-    plan: QuantPlan
-    observers: dict[str, Observer]
-    samples: int
-    source: str
-    sha256: str
-    method: str
 
 
 def source_hash(path: Path, limit: int | None) -> str:

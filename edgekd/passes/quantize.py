@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
+import onnx_ir as ir
 
 from edgekd.config import CompileConfig
 from edgekd.data.samples import iter_batches
+from edgekd.metrics import compare_outputs
 from edgekd.passes.base import Pass, PassResult
-from edgekd.passes.calibrate import PLACEMENT, Calibration
+from edgekd.quant.calibrate import PLACEMENT, Calibration
 from edgekd.quant.placement import plan_quantization
 from edgekd.quant.qdq import apply_plan
-from edgekd.passes.verify import compare_outputs
-from edgekd.quant.qparams import QParams, scheme_for
 from edgekd.quant.simulate import output_sqnr, simulation_fn
 from edgekd.specs import TargetSpec
 from edgekd.state import CALIBRATED, QUANTIZED, CompileState
-
-
-def activation_qparams(calibration: Calibration, plan) -> dict[str, QParams]:
-    """Observed tensors get their observer's range; fixed-range outputs (sigmoid, softmax) get the
-    parameters integer runtimes require: scale 1/256 with the lowest code as zero point."""
-    scheme = scheme_for(calibration.scheme)
-    out = {t: obs.qparams(scheme) for t, obs in calibration.observers.items()}
-    for name, site in plan.activations.items():
-        if site.fixed_range is not None and not scheme.symmetric:
-            out[name] = QParams(np.float32(1 / 256), np.asarray(scheme.qmin, dtype=scheme.dtype), None, scheme)
-        elif site.fixed_range is not None:
-            lo, hi = site.fixed_range
-            out[name] = QParams(np.float32(max(abs(lo), abs(hi)) / scheme.qmax), np.asarray(0, dtype=scheme.dtype), None, scheme)
-    return out
 
 
 class QuantizePass(Pass):
@@ -50,16 +35,19 @@ class QuantizePass(Pass):
 
     def run(self, state: CompileState) -> PassResult:
         cal: Calibration = state.calibration
-        plan = plan_quantization(state.onnx_model, PLACEMENT[cal.scheme], self.keep_float)
-        written = apply_plan(state.onnx_model, plan, activation_qparams(cal, plan))
+        keep = self.keep_float | state.keep_float
+        plan = plan_quantization(state.onnx_model, PLACEMENT[cal.scheme], keep)
+        state.float_onnx = ir.to_proto(state.onnx_model).SerializeToString()
+        written = apply_plan(state.onnx_model, plan, cal.activation_qparams(plan))
         state.qparams = written
-        float_run, state.reference = state.reference, simulation_fn(state.onnx_model)
+        float_run, state.reference = state.float_reference, simulation_fn(state.onnx_model)
         state.reference_name = "QDQ simulation"
         batches = list(iter_batches(cal.source, state.input.preprocess, tuple(state.input.shape), limit=self.samples))
         error = compare_outputs([state.reference(x) for x in batches], [float_run(x) for x in batches])
         error["sqnr_db"] = output_sqnr(float_run, state.reference, batches)
+        error["samples"] = sum(len(x) for x in batches)
         state.metrics["quantization_error"] = error
         weights = sum(1 for w in plan.weights)
         return PassResult(state, changed=bool(written), metrics={
             "sqnr_db": round(error["sqnr_db"], 2), "top1_vs_float": error.get("top1_agreement"), "scheme": cal.scheme, "placement": plan.placement, "activations": len(written) - weights,
-            "weights": weights, "kept_float": sorted(self.keep_float)})
+            "weights": weights, "kept_float": sorted(keep)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
@@ -9,6 +10,38 @@ import onnx
 from onnx import helper
 
 from edgekd.quant.observers import Observer
+from edgekd.quant.placement import QuantPlan
+from edgekd.quant.qparams import QParams, scheme_for
+
+PLACEMENT = {"symmetric-int8": "inputs", "asymmetric-int8": "outputs", "asymmetric-uint8": "outputs"}
+
+
+@dataclass
+class Calibration:
+    """What calibration leaves for quantization: the plan it observed for, and the observers."""
+
+    scheme: str
+    plan: QuantPlan
+    observers: dict[str, Observer]
+    samples: int
+    source: str
+    sha256: str
+    method: str
+
+    def activation_qparams(self, plan: QuantPlan) -> dict[str, QParams]:
+        """Observed tensors get their observer's range; fixed-range outputs (sigmoid, softmax) get
+        what integer runtimes require: scale 1/256 with the lowest code as zero point."""
+        scheme = scheme_for(self.scheme)
+        out = {t: obs.qparams(scheme) for t, obs in self.observers.items()}
+        for name, site in plan.activations.items():
+            if site.fixed_range is None:
+                continue
+            if scheme.symmetric:
+                amax = max(abs(v) for v in site.fixed_range)
+                out[name] = QParams(np.asarray(amax / scheme.qmax, np.float32), np.asarray(0, scheme.dtype), None, scheme)
+            else:
+                out[name] = QParams(np.asarray(1 / 256, np.float32), np.asarray(scheme.qmin, scheme.dtype), None, scheme)
+        return out
 
 
 def with_outputs(model: onnx.ModelProto, tensors: list[str], dynamic_batch: bool) -> onnx.ModelProto:

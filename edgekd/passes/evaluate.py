@@ -1,0 +1,69 @@
+"""``--eval DIR``: top-1 of the float model and of the emitted artifact on a labelled set, and
+whether the speed bought pays for the accuracy lost (design rule: each point lost should buy ≥ 2×)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from edgekd.backends import get_backend
+from edgekd.backends.onnxrt import ort_run_fn, ort_session
+from edgekd.config import CompileConfig
+from edgekd.data.samples import iter_labelled
+from edgekd.passes.base import Pass, PassResult
+from edgekd.quant.accuracy import top1
+from edgekd.specs import TargetSpec
+from edgekd.state import EMITTED, CompileState
+
+SPEEDUP_PER_POINT = 2.0
+
+
+def median_latency_ms(run, x, iterations: int = 50) -> float:
+    run(x)
+    times = []
+    for _ in range(iterations):
+        t = time.perf_counter()
+        run(x)
+        times.append((time.perf_counter() - t) * 1000)
+    return sorted(times)[len(times) // 2]
+
+
+def speed_rule(drop_pt: float, speedup: float) -> dict:
+    needed = SPEEDUP_PER_POINT * drop_pt
+    return {"speedup": speedup, "drop_pt": drop_pt, "needed_speedup": needed, "met": drop_pt <= 0 or speedup >= needed}
+
+
+class EvaluatePass(Pass):
+    name = "evaluate"
+    requires = frozenset({EMITTED})
+
+    def __init__(self, backend: str, eval_data: Path, samples: int | None = 1000, threads: int = 2):
+        self.backend, self.eval_data, self.samples, self.threads = get_backend(backend), Path(eval_data), samples, threads
+
+    @classmethod
+    def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "EvaluatePass":
+        return cls(spec.backend, config.eval, config.eval_samples, spec.bench.threads)
+
+    @classmethod
+    def wanted(cls, config: CompileConfig, spec: TargetSpec, initial_facts: set[str]) -> bool:
+        return config.eval is not None
+
+    def run(self, state: CompileState) -> PassResult:
+        data = list(iter_labelled(self.eval_data, state.input.preprocess, tuple(state.input.shape), state.labels,
+                                  self.samples))
+        artifact = self.backend.session(state.workdir / self.backend.main_file(state.artifact_files), self.threads)
+        acc = {"source": str(self.eval_data), "samples": sum(len(y) for _, y in data),
+               "float_top1": top1(state.float_reference, data), "artifact_top1": top1(artifact, data)}
+        acc["drop_pt"] = 100.0 * (acc["float_top1"] - acc["artifact_top1"])
+        if state.float_onnx is not None:
+            x = data[0][0]
+            float_ms = median_latency_ms(ort_run_fn(ort_session(state.float_onnx, self.threads)), x)
+            art_ms = median_latency_ms(artifact, x)
+            acc["speed"] = {"float_ms": float_ms, "artifact_ms": art_ms, "measured_on": "this machine",
+                            **speed_rule(acc["drop_pt"], float_ms / art_ms)}
+        state.metrics["accuracy"] = acc
+        metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in acc.items() if k != "speed"}
+        if "speed" in acc:
+            metrics["speedup"] = round(acc["speed"]["speedup"], 2)
+            metrics["speed_rule_met"] = acc["speed"]["met"]
+        return PassResult(state, changed=False, metrics=metrics)
