@@ -15,7 +15,7 @@ from edgekd.bench.device import LocalDevice
 from edgekd.bench.session import BenchSettings, run_benchmark, store_result
 from edgekd.config import CompileConfig, InputSpec
 from edgekd.data.preprocess import Preprocess
-from edgekd.errors import InputShapeError, UnknownNameError
+from edgekd.errors import FidelityError, InputShapeError, PassFailedError, UnknownNameError
 from edgekd.instruments import Instrument, ProgressInstrument, default_instruments
 from edgekd.ir.profile import profile_onnx
 from edgekd.manifest import build_manifest
@@ -141,7 +141,13 @@ def compile(config: CompileConfig, progress: Callable[[str], None] | None = None
                              reference=reference, reference_name=ref_name, float_reference=reference, labels=config.labels, facts=set(facts))
         state.metrics["source"] = {"model": loaded.source, "kind": loaded.kind, "sha256": loaded.sha256,
                                    "weights": str(config.weights) if config.weights else None}
-        state = run_pipeline(state, passes, ins)
+        failure = None
+        try:
+            state = run_pipeline(state, passes, ins)
+        except PassFailedError as e:
+            if not (config.keep_failed and isinstance(e.cause, FidelityError) and state.artifact_files):
+                raise
+            failure = e  # keep what was emitted, marked as failed, for inspection
         if state.onnx_model is not None:
             state.metrics["profile"] = profile_onnx(ir.to_proto(state.onnx_model)).to_dict()
         extra = []
@@ -149,8 +155,11 @@ def compile(config: CompileConfig, progress: Callable[[str], None] | None = None
             (workdir / "labels.txt").write_text("\n".join(state.labels) + "\n")
             extra.append("labels.txt")
         manifest = build_manifest(state, backend, extra)
+        manifest["status"] = "ok" if failure is None else f"failed: {failure.message}"
         write_json(workdir / MANIFEST, manifest)
         write_report(workdir)
+    if failure is not None:
+        raise failure
     out = Path(config.output).absolute()
     if config.bench:
         bench(out, config.bench, BenchSettings(threads=spec.bench.threads, warmup=spec.bench.warmup,
@@ -177,8 +186,9 @@ def bench(artifact: str | Path, device: str = "local", settings: BenchSettings |
 
 
 def inspect(model: str, input_shape: Sequence[int] | None = None, weights: str | Path | None = None,
-            allow_pickle: bool = False, opset: int = 17) -> dict[str, Any]:
-    """Ops, parameters and MACs of a model (exported to ONNX first when it is a PyTorch model)."""
+            allow_pickle: bool = False, opset: int = 17, target: str | None = None) -> dict[str, Any]:
+    """Ops, parameters and MACs of a model (exported to ONNX first when it is a PyTorch model), and
+    with ``target``, the nodes that target cannot run."""
     import io
     import warnings
 
@@ -195,12 +205,18 @@ def inspect(model: str, input_shape: Sequence[int] | None = None, weights: str |
         buf = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(loaded.torch_module, (torch.zeros(inp.shape),), buf, dynamo=False, opset_version=opset)
+            torch.onnx.export(loaded.torch_module, (torch.zeros(inp.shape),), buf, dynamo=False,
+                              opset_version=load_target(target).opset if target else opset)
         proto = onnx.load_from_string(buf.getvalue())
     prof = profile_onnx(proto)
-    return {"model": loaded.source, "kind": loaded.kind, "input_shape": list(inp.shape),
+    info = {"model": loaded.source, "kind": loaded.kind, "input_shape": list(inp.shape),
             "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
             **prof.to_dict()}
+    if target is not None:
+        spec = load_target(target)
+        info["target"] = spec.name
+        info["unsupported"] = [u.to_dict() for u in get_backend(spec.backend).unsupported(proto, spec)]
+    return info
 
 
 def list_targets() -> list[dict[str, Any]]:

@@ -95,6 +95,7 @@ def main():
 @click.option("--passes", callback=_names, help="run exactly these passes, comma-separated")
 @click.option("--skip", callback=_names, help="drop these passes from the target's default pipeline")
 @click.option("--verify-samples", type=int, default=16, show_default=True)
+@click.option("--keep-failed", is_flag=True, help="keep an artifact that fails the fidelity check (status in manifest)")
 @click.option("--bench", "bench_device", help="benchmark the artifact on this device afterwards (e.g. local)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-q", "--quiet", is_flag=True)
@@ -102,7 +103,7 @@ def main():
 def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape, mean, std, scale, channel_order,
                 layout, labels, precision, calib, calib_samples, calib_method, ema_constant, percentile,
                 activation_scheme, keep_float, eval_dir, eval_samples, max_drop, passes, skip, verify_samples,
-                bench_device, seed, quiet):
+                keep_failed, bench_device, seed, quiet):
     """Compile MODEL (.pt TorchScript, .pt2, .onnx, package.module:factory, zoo name, or a model card .toml)."""
     label_names = [l.strip() for l in labels.read_text().splitlines() if l.strip()] if labels else None
     keep_names, keep_count = (), 0
@@ -117,7 +118,8 @@ def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape
                              calib_samples=calib_samples, calib_method=calib_method, ema_constant=ema_constant,
                              percentile=percentile, activation_scheme=activation_scheme, keep_float=keep_names,
                              keep_float_count=keep_count, eval=eval_dir, eval_samples=eval_samples, max_drop=max_drop,
-                             passes=passes, skip=skip or (), verify_samples=verify_samples, seed=seed)
+                             passes=passes, skip=skip or (), verify_samples=verify_samples, keep_failed=keep_failed,
+                             seed=seed)
     emit = None if quiet else (lambda line: click.echo(line, err=True))
     result = api.compile(config, progress=emit)
     m = result.manifest
@@ -203,17 +205,24 @@ def targets_cmd(as_json):
 @click.option("--input-shape", callback=_ints)
 @click.option("--weights", type=click.Path(path_type=Path))
 @click.option("--allow-pickle", is_flag=True)
+@click.option("--target", "-t", help="also list the nodes this target cannot run")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def inspect_cmd(model, input_shape, weights, allow_pickle, as_json):
-    """Show a model's ops, parameters and MACs."""
-    info = api.inspect(model, input_shape=input_shape, weights=weights, allow_pickle=allow_pickle)
+def inspect_cmd(model, input_shape, weights, allow_pickle, target, as_json):
+    """Show a model's ops, parameters and MACs (and, with --target, what that target cannot run)."""
+    info = api.inspect(model, input_shape=input_shape, weights=weights, allow_pickle=allow_pickle, target=target)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
     click.echo(f"{info['model']} ({info['kind']}), input {info['input_shape']}, opset {info['opset']}")
     click.echo(f"params {info['params']:,}   MACs {info['macs']:,}")
     click.echo(text_table(["op", "count"], sorted(info["ops"].items(), key=lambda kv: -kv[1])))
+    if target:
+        bad = info["unsupported"]
+        click.echo(f"\n{info['target']}: " + ("every node is supported" if not bad else f"{len(bad)} unsupported node(s)"))
+        if bad:
+            click.echo(text_table(["node", "op", "reason"], [[u["node"], u["op"], u["reason"]] for u in bad]))
+            sys.exit(1)
 
 
 if __name__ == "__main__":

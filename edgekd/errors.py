@@ -104,3 +104,7 @@ class DataError(EdgekdError):
 
 class AccuracyBudgetError(EdgekdError):
     default_hint = "raise --max-drop, calibrate on more or better samples (--calib-method), or use --precision fp32"
+
+
+class UnsupportedOpsError(EdgekdError):
+    default_hint = "run `edgekd inspect MODEL --target T` for the full list; change the model or pick another target"

@@ -7,12 +7,17 @@ import importlib.metadata
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 
 from edgekd.errors import ToolchainMissingError
 from edgekd.state import CompileState
+
+if TYPE_CHECKING:
+    import onnx
+
+    from edgekd.specs import TargetSpec
 
 RunFn = Callable[[np.ndarray], list[np.ndarray]]
 
@@ -31,6 +36,18 @@ class TensorInfo:
         if self.scale is not None:
             d["quantization"] = {"scale": self.scale, "zero_point": self.zero_point}
         return d
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """A node the target cannot run, and the rule it breaks."""
+
+    node: str
+    op: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"node": self.node, "op": self.op, "reason": self.reason}
 
 
 class Backend(abc.ABC):
@@ -57,6 +74,15 @@ class Backend(abc.ABC):
             except importlib.metadata.PackageNotFoundError:
                 out[dist] = "not installed"
         return out
+
+    def unsupported(self, model: "onnx.ModelProto", spec: "TargetSpec") -> list[Unsupported]:
+        """Nodes this target cannot run. The default reads the spec's ``[ops] supported`` list, when it
+        has one; backends add their own constraints (strides, kernel sizes, opset, ...)."""
+        allowed = spec.raw.get("ops", {}).get("supported")
+        if not allowed:
+            return []
+        return [Unsupported(n.name or n.op_type, n.op_type, f"{n.op_type} is not supported by {spec.name}")
+                for n in model.graph.node if n.op_type not in allowed and n.op_type != "Constant"]
 
     @abc.abstractmethod
     def emit(self, state: CompileState, outdir: Path) -> list[str]:

@@ -52,7 +52,7 @@ def iter_batches(source: str | Path, pre: Preprocess, input_shape: tuple[int, ..
                             "store preprocessed samples as an array of shape [N, *input_shape[1:]]")
         n = len(arr) if limit is None else min(limit, len(arr))
         for i in range(0, n, batch):
-            yield np.ascontiguousarray(arr[i:min(i + batch, n)], dtype=np.float32)
+            yield np.array(arr[i:min(i + batch, n)], dtype=np.float32)  # a copy: mmap slices are read-only
         return
     folder = scan_image_folder(path)
     files = folder.files if limit is None else folder.files[:limit]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from edgekd.passes.accuracy_budget import AccuracyBudgetPass
 from edgekd.passes.base import Pass, PassResult
 from edgekd.passes.calibrate import CalibratePass
+from edgekd.passes.check_support import CheckSupportPass
 from edgekd.passes.emit import EmitPass
 from edgekd.passes.evaluate import EvaluatePass
 from edgekd.passes.export_onnx import ExportOnnxPass
@@ -14,7 +15,7 @@ from edgekd.passes.sensitivity import SensitivityPass
 from edgekd.passes.verify import VerifyPass
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (
-    ExportOnnxPass, FuseConvBnReluPass, CalibratePass, SensitivityPass, AccuracyBudgetPass, QuantizePass, EmitPass,
+    ExportOnnxPass, FuseConvBnReluPass, CheckSupportPass, CalibratePass, SensitivityPass, AccuracyBudgetPass, QuantizePass, EmitPass,
     VerifyPass, EvaluatePass,
 )}
 

@@ -1,0 +1,277 @@
+"""QDQ placement for each scheme, weights/bias arithmetic in the graph, calibration, simulation vs float."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+
+from edgekd import api
+from edgekd.errors import AccuracyBudgetError, ConfigError, DataError, PassFailedError
+from edgekd.ir.graph import FUSED_ACTIVATION
+from edgekd.models import build_model
+from edgekd.passes.calibrate import CalibrationWarning
+from edgekd.quant.accuracy import greedy_keep_float
+
+from conftest import CALIB
+
+SHAPES = {"resnet20": (1, 3, 32, 32), "mobilenetv2-cifar:0.5": (1, 3, 32, 32),
+          "mobilenetv3-small-cifar:0.5": (1, 3, 32, 32), "yolo-det:0.25": (1, 3, 64, 64)}
+
+
+def realistic(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights with non-trivial BN statistics and a readable classifier scale, like a trained net."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=g) * 0.5 + 0.5)
+            m.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
+        elif isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=0.1, generator=g)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def zoo_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("zoo")
+    out = {}
+    rng = np.random.default_rng(0)
+    for name, shape in SHAPES.items():
+        torch.manual_seed(0)
+        path = d / f"{name.replace(':', '_')}.pt"
+        torch.jit.save(torch.jit.trace(realistic(build_model(name)), torch.zeros(shape)), str(path))
+        calib = d / f"calib_{name.replace(':', '_')}.npy"
+        np.save(calib, rng.standard_normal((48,) + shape[1:]).astype(np.float32))
+        out[name] = (path, calib, shape)
+    return out
+
+
+def compile_int8(tmp_path, model, shape, calib, **kw):
+    kw.setdefault("sensitivity_samples", 4)
+    kw.setdefault("verify_samples", 8)
+    config = api.make_config(str(model), "onnx-cpu", tmp_path / "out", input_shape=shape, precision="int8",
+                             calib=calib, force=True, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        result = api.compile(config)
+    return result, onnx.load(str(result.output / "model.onnx"))
+
+
+def producers(graph):
+    return {o: n for n in graph.node for o in n.output}
+
+
+def inits(graph):
+    return {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+
+
+def weight_dq(graph, node):
+    return producers(graph).get(node.input[1])
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+@pytest.mark.parametrize("scheme", ["asymmetric-int8", "symmetric-int8", "asymmetric-uint8"])
+def test_simulation_tracks_float_on_zoo_models(tmp_path, zoo_files, name, scheme):
+    path, calib, shape = zoo_files[name]
+    result, model = compile_int8(tmp_path, path, shape, calib, activation_scheme=scheme,
+                                 **({"skip": ("sensitivity",)} if name != "resnet20" else {}))
+    m = result.manifest
+    assert m["quantization"]["activation_scheme"] == scheme
+    assert m["quantization"]["error_vs_float"]["sqnr_db"] > 25.0
+    # the emitted QDQ model runs unchanged in a plain session and agrees with the simulation
+    sess = ort.InferenceSession(str(result.output / "model.onnx"), providers=["CPUExecutionProvider"])
+    outs = sess.run(None, {sess.get_inputs()[0].name: np.load(calib)[:1]})
+    assert all(np.isfinite(o).all() for o in outs)
+    assert m["fidelity"].get("decisive_disagreements", 0) == 0
+
+
+def test_outputs_placement_quantizes_after_fused_activations(tmp_path, zoo_files):
+    path, calib, shape = zoo_files["resnet20"]
+    result, model = compile_int8(tmp_path, path, shape, calib)
+    g = model.graph
+    prod = producers(g)
+    for node in g.node:
+        if node.op_type == "QuantizeLinear":
+            src = prod.get(node.input[0])
+            # never between a Conv and the ReLU fused into it
+            if src is not None and src.op_type == "Conv":
+                assert not any(p.key == FUSED_ACTIVATION for p in src.metadata_props)
+    relus = [n for n in g.node if n.op_type == "Relu"]
+    readers = {i: n for n in g.node for i in n.input}
+    assert relus and all(readers[r.output[0]].op_type == "QuantizeLinear" for r in relus)
+    # the model input is quantized first thing, the logits last
+    assert readers[g.input[0].name].op_type == "QuantizeLinear"
+    assert prod[g.output[0].name].op_type == "DequantizeLinear"
+    # every Conv and the Gemm read int8 per-channel weights along the output channels
+    values = inits(g)
+    for node in (n for n in g.node if n.op_type in ("Conv", "Gemm")):
+        dq = weight_dq(g, node)
+        assert dq.op_type == "DequantizeLinear"
+        w, scale, zp = (values[i] for i in dq.input)
+        assert w.dtype == np.int8 and np.abs(w).max() <= 127 and not zp.any()
+        assert dict((a.name, a.i) for a in dq.attribute).get("axis", 1) == 0 and scale.shape == (w.shape[0],)
+
+
+def test_symmetric_placement_follows_tensorrt(tmp_path, zoo_files):
+    path, calib, shape = zoo_files["resnet20"]
+    _, model = compile_int8(tmp_path, path, shape, calib, activation_scheme="symmetric-int8")
+    g = model.graph
+    prod, values = producers(g), inits(g)
+    for node in g.node:
+        if node.op_type in ("Conv", "Gemm"):
+            assert prod[node.input[0]].op_type == "DequantizeLinear"  # inputs of weighted ops
+        if node.op_type == "Add":
+            assert all(prod[i].op_type == "DequantizeLinear" for i in node.input)  # the residual join
+        if node.op_type == "QuantizeLinear":
+            assert not values[node.input[2]].any() and values[node.input[2]].dtype == np.int8  # zero point 0
+            src = prod.get(node.input[0])
+            assert src is None or src.op_type != "Gemm"  # weighted-op outputs stay unquantized
+    assert prod[g.output[0].name].op_type == "Gemm"
+
+
+def test_uint8_scheme_uses_uint8_activations(tmp_path, zoo_files):
+    path, calib, shape = zoo_files["resnet20"]
+    _, model = compile_int8(tmp_path, path, shape, calib, activation_scheme="asymmetric-uint8", skip=("sensitivity",))
+    values = inits(model.graph)
+    zps = [values[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert zps and all(z.dtype == np.uint8 for z in zps)
+
+
+def test_bias_is_int32_with_input_times_weight_scale(tmp_path, zoo_files):
+    path, calib, shape = zoo_files["resnet20"]
+    _, model = compile_int8(tmp_path, path, shape, calib, skip=("sensitivity",))
+    g = model.graph
+    prod, values = producers(g), inits(g)
+    checked = 0
+    for node in (n for n in g.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 2):
+        b_dq, x_dq, w_dq = prod[node.input[2]], prod[node.input[0]], prod[node.input[1]]
+        assert b_dq.op_type == "DequantizeLinear" and values[b_dq.input[0]].dtype == np.int32
+        expected = np.float32(values[x_dq.input[1]]) * values[w_dq.input[1]]
+        np.testing.assert_array_equal(values[b_dq.input[1]], expected.astype(np.float32))
+        checked += 1
+    assert checked >= 20
+
+
+def test_fixed_range_outputs_use_the_runtime_convention(tmp_path, zoo_files):
+    path, calib, shape = zoo_files["yolo-det:0.25"]
+    _, model = compile_int8(tmp_path, path, shape, calib, skip=("sensitivity",))
+    prod, values = producers(model.graph), inits(model.graph)
+    sig_q = [n for n in model.graph.node
+             if n.op_type == "QuantizeLinear" and n.input[0] in prod and prod[n.input[0]].op_type == "Sigmoid"]
+    assert sig_q
+    for q in sig_q:
+        assert values[q.input[1]] == np.float32(1 / 256) and values[q.input[2]] == -128
+
+
+def test_keep_float_layers_keep_float_weights(tmp_path, zoo_files):
+    path, calib, shape = zoo_files["resnet20"]
+    r, model = compile_int8(tmp_path, path, shape, calib, keep_float_count=2)
+    ranked = [s["layer"] for s in r.manifest["quantization"]["sensitivity"]]
+    assert r.manifest["quantization"]["layers_in_float"] == sorted(ranked[:2])
+    kept = {n.name: n for n in model.graph.node if n.name in ranked[:2]}
+    assert len(kept) == 2
+    prod = producers(model.graph)
+    for node in kept.values():
+        assert node.input[1] not in prod  # a float initializer, not a DequantizeLinear output
+        assert prod.get(node.input[0]) is None or prod[node.input[0]].op_type != "DequantizeLinear"
+
+
+def test_sensitivity_ranks_every_weighted_layer(tmp_path, zoo_files):
+    path, calib, shape = zoo_files["resnet20"]
+    r, _ = compile_int8(tmp_path, path, shape, calib)
+    sens = r.manifest["quantization"]["sensitivity"]
+    assert len(sens) == 22  # 21 Conv + 1 Gemm
+    values = [s["sqnr_db"] for s in sens]
+    assert values == sorted(values) and all(v > 20 for v in values)
+    assert (r.output / "sensitivity.png").stat().st_size > 1000 and "sensitivity.png" in (r.output / "report.md").read_text()
+
+
+def test_manifest_records_calibration_and_qparams(tmp_path, zoo_files):
+    path, calib, shape = zoo_files["resnet20"]
+    r, _ = compile_int8(tmp_path, path, shape, calib, calib_method="percentile", skip=("sensitivity",))
+    m = json.loads((r.output / "manifest.json").read_text())
+    cal = m["calibration"]
+    assert cal["samples"] == 48 and cal["method"] == "percentile" and len(cal["sha256"]) == 64
+    assert m["artifact"]["precision"] == "int8"
+    inp = m["inputs"][0]["quantization"]
+    assert inp["scheme"]["dtype"] == "int8" and inp["axis"] is None and inp["scale"] > 0
+    assert m["outputs"][0]["quantization"]["scale"] > 0
+    assert m["quantization"]["why"] and "S8S8" in m["quantization"]["why"]
+    conv_w = [v for k, v in m["quantization"]["tensors"].items() if v["axis"] == 0]
+    assert len(conv_w) == 22
+
+
+def test_fewer_than_256_samples_warn(tmp_path, zoo_files):
+    path, calib, shape = zoo_files["resnet20"]
+    config = api.make_config(str(path), "onnx-cpu", tmp_path / "o", input_shape=shape, precision="int8", calib=calib,
+                             skip=("sensitivity",))
+    with pytest.warns(CalibrationWarning, match="48 samples"):
+        api.compile(config)
+
+
+def test_nan_in_calibration_data_names_tensor_and_sample(tmp_path, zoo_files):
+    path, _, shape = zoo_files["resnet20"]
+    data = np.random.default_rng(0).standard_normal((8,) + shape[1:]).astype(np.float32)
+    data[5, 0, 0, 0] = np.nan
+    np.save(tmp_path / "bad.npy", data)
+    config = api.make_config(str(path), "onnx-cpu", tmp_path / "o", input_shape=shape, precision="int8",
+                             calib=tmp_path / "bad.npy", calib_batch=1, skip=("sensitivity",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        with pytest.raises(PassFailedError) as e:
+            api.compile(config)
+    assert isinstance(e.value.cause, DataError)
+    assert "'input'" in e.value.message and "sample 5" in e.value.message
+    assert not (tmp_path / "o").exists()
+
+
+def test_image_folder_calibration_and_eval_report_accuracy(tmp_path):
+    torch.manual_seed(0)
+    model = tmp_path / "r.pt"
+    torch.jit.save(torch.jit.trace(realistic(build_model("resnet20")), torch.zeros(1, 3, 32, 32)), str(model))
+    r, _ = compile_int8(tmp_path, model, (1, 3, 32, 32), CALIB, calib_samples=64, eval=CALIB, eval_samples=100,
+                        skip=("sensitivity",))
+    acc = r.manifest["accuracy"]
+    assert acc["samples"] == 100 and 0 <= acc["artifact_top1"] <= 1
+    assert acc["drop_pt"] == pytest.approx(100 * (acc["float_top1"] - acc["artifact_top1"]))
+    assert set(acc["speed"]) >= {"float_ms", "artifact_ms", "speedup", "needed_speedup", "met"}
+    assert "## Accuracy" in (r.output / "report.md").read_text()
+
+
+def test_max_drop_needs_an_eval_set(tmp_path, zoo_files):
+    path, calib, shape = zoo_files["resnet20"]
+    with pytest.raises(ConfigError, match="--eval"):
+        compile_int8(tmp_path, path, shape, calib, max_drop=0.5)
+
+
+def test_unmeetable_budget_fails_with_the_trade_offs(tmp_path, monkeypatch, zoo_files):
+    import edgekd.passes.accuracy_budget as ab
+
+    path, calib, shape = zoo_files["resnet20"]
+    scores = iter([0.9] + [0.5] * 100)  # float first, then every int8 variant far below it
+    monkeypatch.setattr(ab, "top1", lambda run, data: next(scores))
+    monkeypatch.setattr(ab, "greedy_keep_float",
+                        lambda order, evaluate, f, m: greedy_keep_float(order, evaluate, f, m, max_layers=3))
+    with pytest.raises(PassFailedError) as e:
+        compile_int8(tmp_path, path, shape, calib, max_drop=0.5, eval=CALIB, eval_samples=20)
+    assert isinstance(e.value.cause, AccuracyBudgetError)
+    assert "40.00 pt" in e.value.message and "layers in float" in e.value.message
+    assert not (tmp_path / "out").exists()
+
+
+def test_greedy_returns_most_sensitive_layers_first():
+    accuracy = {(): 0.80, ("a",): 0.84, ("a", "b"): 0.848, ("a", "b", "c"): 0.85}
+    steps = greedy_keep_float(["a", "b", "c"], lambda kept: accuracy[kept], float_top1=0.85, max_drop_pt=0.5)
+    assert [s.kept_float for s in steps] == [(), ("a",), ("a", "b")]
+    assert steps[-1].drop_pt == pytest.approx(0.2)
+    already = greedy_keep_float(["a"], lambda kept: 0.85, float_top1=0.85, max_drop_pt=0.0)
+    assert len(already) == 1 and already[0].kept_float == ()
