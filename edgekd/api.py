@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgekd.artifact import MANIFEST, ArtifactWriter, check_output_free, write_json
-from edgekd.backends import BACKENDS, get_backend
+from edgekd.backends import get_backend
 from edgekd.bench.device import LocalDevice
 from edgekd.bench.session import BenchSettings, run_benchmark, store_result
 from edgekd.config import CompileConfig, InputSpec
@@ -223,8 +223,7 @@ def list_targets() -> list[dict[str, Any]]:
     rows = []
     for name, path in builtin_targets().items():
         spec = parse_spec(path)
-        backend = BACKENDS.get(spec.backend)
         rows.append({"name": name, "backend": spec.backend, "device_class": spec.device_class,
                      "precisions": list(spec.precisions), "description": spec.description,
-                     "toolchain_installed": bool(backend and backend().available())})
+                     "toolchain_installed": get_backend(spec.backend).available()})
     return rows

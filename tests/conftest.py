@@ -2,9 +2,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from edgekd import api
+from edgekd.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIB = ROOT / "calibration" / "cifar10"
@@ -18,3 +21,39 @@ def resnet_artifact(tmp_path_factory) -> Path:
                              mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26),
                              labels=[f"c{i}" for i in range(10)], calib=CALIB, verify_samples=8)
     return api.compile(config).output
+
+
+ZOO_SHAPES = {"resnet20": (1, 3, 32, 32), "mobilenetv2-cifar:0.5": (1, 3, 32, 32),
+              "mobilenetv3-small-cifar:0.5": (1, 3, 32, 32), "yolo-det:0.25": (1, 3, 64, 64)}
+
+
+def realistic(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights with non-trivial BN statistics and a readable classifier scale, like a trained net."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=g) * 0.5 + 0.5)
+            m.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
+        elif isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=0.1, generator=g)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def zoo_models(tmp_path_factory) -> dict[str, tuple[Path, Path, tuple[int, ...]]]:
+    """Zoo name → (TorchScript file, .npy of 48 calibration samples, input shape)."""
+    d = tmp_path_factory.mktemp("zoo")
+    out = {}
+    rng = np.random.default_rng(0)
+    for name, shape in ZOO_SHAPES.items():
+        torch.manual_seed(0)
+        stem = name.replace(":", "_")
+        path = d / f"{stem}.pt"
+        torch.jit.save(torch.jit.trace(realistic(build_model(name)), torch.zeros(shape)), str(path))
+        calib = d / f"calib_{stem}.npy"
+        np.save(calib, rng.standard_normal((48,) + shape[1:]).astype(np.float32))
+        out[name] = (path, calib, shape)
+    return out

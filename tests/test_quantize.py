@@ -19,41 +19,7 @@ from edgekd.models import build_model
 from edgekd.passes.calibrate import CalibrationWarning
 from edgekd.quant.accuracy import greedy_keep_float
 
-from conftest import CALIB
-
-SHAPES = {"resnet20": (1, 3, 32, 32), "mobilenetv2-cifar:0.5": (1, 3, 32, 32),
-          "mobilenetv3-small-cifar:0.5": (1, 3, 32, 32), "yolo-det:0.25": (1, 3, 64, 64)}
-
-
-def realistic(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random weights with non-trivial BN statistics and a readable classifier scale, like a trained net."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=g) * 0.5 + 0.5)
-            m.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
-        elif isinstance(m, torch.nn.Linear):
-            torch.nn.init.normal_(m.weight, std=0.1, generator=g)
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def zoo_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("zoo")
-    out = {}
-    rng = np.random.default_rng(0)
-    for name, shape in SHAPES.items():
-        torch.manual_seed(0)
-        path = d / f"{name.replace(':', '_')}.pt"
-        torch.jit.save(torch.jit.trace(realistic(build_model(name)), torch.zeros(shape)), str(path))
-        calib = d / f"calib_{name.replace(':', '_')}.npy"
-        np.save(calib, rng.standard_normal((48,) + shape[1:]).astype(np.float32))
-        out[name] = (path, calib, shape)
-    return out
-
+from conftest import CALIB, ZOO_SHAPES as SHAPES, realistic
 
 def compile_int8(tmp_path, model, shape, calib, **kw):
     kw.setdefault("sensitivity_samples", 4)
@@ -80,8 +46,8 @@ def weight_dq(graph, node):
 
 @pytest.mark.parametrize("name", list(SHAPES))
 @pytest.mark.parametrize("scheme", ["asymmetric-int8", "symmetric-int8", "asymmetric-uint8"])
-def test_simulation_tracks_float_on_zoo_models(tmp_path, zoo_files, name, scheme):
-    path, calib, shape = zoo_files[name]
+def test_simulation_tracks_float_on_zoo_models(tmp_path, zoo_models, name, scheme):
+    path, calib, shape = zoo_models[name]
     result, model = compile_int8(tmp_path, path, shape, calib, activation_scheme=scheme,
                                  **({"skip": ("sensitivity",)} if name != "resnet20" else {}))
     m = result.manifest
@@ -94,8 +60,8 @@ def test_simulation_tracks_float_on_zoo_models(tmp_path, zoo_files, name, scheme
     assert m["fidelity"].get("decisive_disagreements", 0) == 0
 
 
-def test_outputs_placement_quantizes_after_fused_activations(tmp_path, zoo_files):
-    path, calib, shape = zoo_files["resnet20"]
+def test_outputs_placement_quantizes_after_fused_activations(tmp_path, zoo_models):
+    path, calib, shape = zoo_models["resnet20"]
     result, model = compile_int8(tmp_path, path, shape, calib)
     g = model.graph
     prod = producers(g)
@@ -121,8 +87,8 @@ def test_outputs_placement_quantizes_after_fused_activations(tmp_path, zoo_files
         assert dict((a.name, a.i) for a in dq.attribute).get("axis", 1) == 0 and scale.shape == (w.shape[0],)
 
 
-def test_symmetric_placement_follows_tensorrt(tmp_path, zoo_files):
-    path, calib, shape = zoo_files["resnet20"]
+def test_symmetric_placement_follows_tensorrt(tmp_path, zoo_models):
+    path, calib, shape = zoo_models["resnet20"]
     _, model = compile_int8(tmp_path, path, shape, calib, activation_scheme="symmetric-int8")
     g = model.graph
     prod, values = producers(g), inits(g)
@@ -138,16 +104,16 @@ def test_symmetric_placement_follows_tensorrt(tmp_path, zoo_files):
     assert prod[g.output[0].name].op_type == "Gemm"
 
 
-def test_uint8_scheme_uses_uint8_activations(tmp_path, zoo_files):
-    path, calib, shape = zoo_files["resnet20"]
+def test_uint8_scheme_uses_uint8_activations(tmp_path, zoo_models):
+    path, calib, shape = zoo_models["resnet20"]
     _, model = compile_int8(tmp_path, path, shape, calib, activation_scheme="asymmetric-uint8", skip=("sensitivity",))
     values = inits(model.graph)
     zps = [values[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert zps and all(z.dtype == np.uint8 for z in zps)
 
 
-def test_bias_is_int32_with_input_times_weight_scale(tmp_path, zoo_files):
-    path, calib, shape = zoo_files["resnet20"]
+def test_bias_is_int32_with_input_times_weight_scale(tmp_path, zoo_models):
+    path, calib, shape = zoo_models["resnet20"]
     _, model = compile_int8(tmp_path, path, shape, calib, skip=("sensitivity",))
     g = model.graph
     prod, values = producers(g), inits(g)
@@ -161,8 +127,8 @@ def test_bias_is_int32_with_input_times_weight_scale(tmp_path, zoo_files):
     assert checked >= 20
 
 
-def test_fixed_range_outputs_use_the_runtime_convention(tmp_path, zoo_files):
-    path, calib, shape = zoo_files["yolo-det:0.25"]
+def test_fixed_range_outputs_use_the_runtime_convention(tmp_path, zoo_models):
+    path, calib, shape = zoo_models["yolo-det:0.25"]
     _, model = compile_int8(tmp_path, path, shape, calib, skip=("sensitivity",))
     prod, values = producers(model.graph), inits(model.graph)
     sig_q = [n for n in model.graph.node
@@ -172,8 +138,8 @@ def test_fixed_range_outputs_use_the_runtime_convention(tmp_path, zoo_files):
         assert values[q.input[1]] == np.float32(1 / 256) and values[q.input[2]] == -128
 
 
-def test_keep_float_layers_keep_float_weights(tmp_path, zoo_files):
-    path, calib, shape = zoo_files["resnet20"]
+def test_keep_float_layers_keep_float_weights(tmp_path, zoo_models):
+    path, calib, shape = zoo_models["resnet20"]
     r, model = compile_int8(tmp_path, path, shape, calib, keep_float_count=2)
     ranked = [s["layer"] for s in r.manifest["quantization"]["sensitivity"]]
     assert r.manifest["quantization"]["layers_in_float"] == sorted(ranked[:2])
@@ -185,8 +151,8 @@ def test_keep_float_layers_keep_float_weights(tmp_path, zoo_files):
         assert prod.get(node.input[0]) is None or prod[node.input[0]].op_type != "DequantizeLinear"
 
 
-def test_sensitivity_ranks_every_weighted_layer(tmp_path, zoo_files):
-    path, calib, shape = zoo_files["resnet20"]
+def test_sensitivity_ranks_every_weighted_layer(tmp_path, zoo_models):
+    path, calib, shape = zoo_models["resnet20"]
     r, _ = compile_int8(tmp_path, path, shape, calib)
     sens = r.manifest["quantization"]["sensitivity"]
     assert len(sens) == 22  # 21 Conv + 1 Gemm
@@ -195,8 +161,8 @@ def test_sensitivity_ranks_every_weighted_layer(tmp_path, zoo_files):
     assert (r.output / "sensitivity.png").stat().st_size > 1000 and "sensitivity.png" in (r.output / "report.md").read_text()
 
 
-def test_manifest_records_calibration_and_qparams(tmp_path, zoo_files):
-    path, calib, shape = zoo_files["resnet20"]
+def test_manifest_records_calibration_and_qparams(tmp_path, zoo_models):
+    path, calib, shape = zoo_models["resnet20"]
     r, _ = compile_int8(tmp_path, path, shape, calib, calib_method="percentile", skip=("sensitivity",))
     m = json.loads((r.output / "manifest.json").read_text())
     cal = m["calibration"]
@@ -210,16 +176,16 @@ def test_manifest_records_calibration_and_qparams(tmp_path, zoo_files):
     assert len(conv_w) == 22
 
 
-def test_fewer_than_256_samples_warn(tmp_path, zoo_files):
-    path, calib, shape = zoo_files["resnet20"]
+def test_fewer_than_256_samples_warn(tmp_path, zoo_models):
+    path, calib, shape = zoo_models["resnet20"]
     config = api.make_config(str(path), "onnx-cpu", tmp_path / "o", input_shape=shape, precision="int8", calib=calib,
                              skip=("sensitivity",))
     with pytest.warns(CalibrationWarning, match="48 samples"):
         api.compile(config)
 
 
-def test_nan_in_calibration_data_names_tensor_and_sample(tmp_path, zoo_files):
-    path, _, shape = zoo_files["resnet20"]
+def test_nan_in_calibration_data_names_tensor_and_sample(tmp_path, zoo_models):
+    path, _, shape = zoo_models["resnet20"]
     data = np.random.default_rng(0).standard_normal((8,) + shape[1:]).astype(np.float32)
     data[5, 0, 0, 0] = np.nan
     np.save(tmp_path / "bad.npy", data)
@@ -247,16 +213,16 @@ def test_image_folder_calibration_and_eval_report_accuracy(tmp_path):
     assert "## Accuracy" in (r.output / "report.md").read_text()
 
 
-def test_max_drop_needs_an_eval_set(tmp_path, zoo_files):
-    path, calib, shape = zoo_files["resnet20"]
+def test_max_drop_needs_an_eval_set(tmp_path, zoo_models):
+    path, calib, shape = zoo_models["resnet20"]
     with pytest.raises(ConfigError, match="--eval"):
         compile_int8(tmp_path, path, shape, calib, max_drop=0.5)
 
 
-def test_unmeetable_budget_fails_with_the_trade_offs(tmp_path, monkeypatch, zoo_files):
+def test_unmeetable_budget_fails_with_the_trade_offs(tmp_path, monkeypatch, zoo_models):
     import edgekd.passes.accuracy_budget as ab
 
-    path, calib, shape = zoo_files["resnet20"]
+    path, calib, shape = zoo_models["resnet20"]
     scores = iter([0.9] + [0.5] * 100)  # float first, then every int8 variant far below it
     monkeypatch.setattr(ab, "top1", lambda run, data: next(scores))
     monkeypatch.setattr(ab, "greedy_keep_float",

@@ -1,15 +1,28 @@
-"""Backends by name. SDKs are imported inside each backend, at call time."""
+"""Backends by name. Each module is imported when its backend is first used, and each backend
+imports its SDK only at call time, so a user without OpenVINO can still compile for TFLite."""
 
 from __future__ import annotations
 
+import importlib
+
 from edgekd.backends.base import Backend
-from edgekd.backends.onnxrt import OnnxRuntimeBackend
 from edgekd.errors import UnknownNameError
 
-BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (OnnxRuntimeBackend,)}
+BACKENDS: dict[str, str] = {
+    "onnxruntime": "edgekd.backends.onnxrt:OnnxRuntimeBackend",
+    "tflite": "edgekd.backends.tflite:TFLiteBackend",
+    "openvino": "edgekd.backends.openvino:OpenVINOBackend",
+    "tensorrt": "edgekd.backends.tensorrt:TensorRTBackend",
+    "ascend": "edgekd.backends.ascend:AscendBackend",
+}
+
+
+def backend_class(name: str) -> type[Backend]:
+    if name not in BACKENDS:
+        raise UnknownNameError("backend", name, list(BACKENDS))
+    module, _, cls = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def get_backend(name: str) -> Backend:
-    if name not in BACKENDS:
-        raise UnknownNameError("backend", name, list(BACKENDS))
-    return BACKENDS[name]()
+    return backend_class(name)()

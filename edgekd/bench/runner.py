@@ -105,7 +105,53 @@ class OnnxRuntimeModel:
         return self.sess.run(None, {self.input_name: x})
 
 
-RUNTIMES = {"onnxruntime": OnnxRuntimeModel}
+class LiteRTModel:
+    """TFLite flatbuffers through LiteRT (ai_edge_litert) or the older tflite_runtime wheel."""
+
+    name = "litert"
+
+    def __init__(self, path, threads):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+            import ai_edge_litert as pkg
+        except ImportError:
+            from tflite_runtime.interpreter import Interpreter
+            import tflite_runtime as pkg
+        self.version = getattr(pkg, "__version__", "unknown")
+        self.interp = Interpreter(model_path=path, num_threads=threads)
+        self.interp.allocate_tensors()
+        inp = self.interp.get_input_details()[0]
+        self.input_index = inp["index"]
+        self.input_shape = [int(d) for d in inp["shape"]]
+        self.input_dtype = inp["dtype"].__name__
+        self.outputs = [o["index"] for o in self.interp.get_output_details()]
+
+    def __call__(self, x):
+        self.interp.set_tensor(self.input_index, x)
+        self.interp.invoke()
+        return [self.interp.get_tensor(i) for i in self.outputs]
+
+
+class OpenVINOModel:
+    name = "openvino"
+
+    def __init__(self, path, threads):
+        import openvino as ov
+
+        core = ov.Core()
+        self.version = ov.get_version()
+        self.compiled = core.compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads})
+        self.request = self.compiled.create_infer_request()
+        inp = self.compiled.inputs[0]
+        self.input_shape = [int(d) for d in inp.get_shape()]
+        self.input_dtype = {"f32": "float32", "u8": "uint8", "i8": "int8", "f16": "float16"}.get(
+            inp.get_element_type().get_type_name(), "float32")
+
+    def __call__(self, x):
+        return list(self.request.infer({0: x}).values())
+
+
+RUNTIMES = {"onnxruntime": OnnxRuntimeModel, "litert": LiteRTModel, "openvino": OpenVINOModel}
 
 
 def make_input(model, inputs_path, seed=0):
