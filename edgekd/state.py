@@ -54,7 +54,8 @@ class CompileState:
     facts: set[str] = field(default_factory=set)
     records: list[PassRecord] = field(default_factory=list)
     artifact_files: list[str] = field(default_factory=list)  # relative to workdir
-    metrics: dict[str, Any] = field(default_factory=dict)  # fidelity, accuracy, model profile
+    # fidelity, accuracy, model profile; "backend": what the backend checked and wants in the manifest
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def precision(self) -> str:
