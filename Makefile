@@ -16,14 +16,15 @@ $(PY): | system-deps
 	python3 -m venv $(VENV)
 
 # torch is pinned here: a range would pull a multi-GB CUDA build where the CPU wheel is not at hand.
-$(VENV)/.base: pyproject.toml | $(PY)
-	$(PIP) install torch==2.13.0
-	$(PIP) install setuptools wheel
-	$(PIP) install -e .
+$(VENV)/.base: pyproject.toml constraints.txt | $(PY)
+	$(PIP) install -c constraints.txt torch==2.13.0
+	$(PIP) install -c constraints.txt setuptools wheel
+	$(PIP) install -c constraints.txt -e .
 	touch $@
 
+# Every extra, so no backend test skips: TFLite (tensorflow-cpu, ai-edge-litert), OpenVINO, asyncssh.
 $(VENV)/.test: $(VENV)/.base
-	$(PIP) install -e '.[test]'
+	$(PIP) install -c constraints.txt -e '.[test,tflite,openvino,devices]'
 	touch $@
 
 demo: $(VENV)/.base

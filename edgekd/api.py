@@ -227,3 +227,17 @@ def list_targets() -> list[dict[str, Any]]:
                      "precisions": list(spec.precisions), "description": spec.description,
                      "toolchain_installed": get_backend(spec.backend).available()})
     return rows
+
+
+def explain_target(name: str) -> dict[str, Any]:
+    """A target's facts and why its default pipeline is what it is."""
+    spec = load_target(name)
+    return {"name": spec.name, "description": spec.description, "backend": spec.backend,
+            "device_class": spec.device_class, "precisions": list(spec.precisions),
+            "default_precision": spec.default_precision, "activation_scheme": spec.activation_scheme,
+            "opset": spec.opset, "opset_range": list(spec.opset_range), "passes": list(spec.passes),
+            "pipeline_why": spec.pipeline_why, "quantization_why": spec.raw.get("quantization", {}).get("why"),
+            "bench": dataclasses.asdict(spec.bench), "path": str(spec.path), "spec_sha256": spec.sha256,
+            "toolchain_installed": get_backend(spec.backend).available(),
+            "facts": {k: v for k, v in spec.raw.items() if isinstance(v, dict)
+                      and k not in ("precision", "quantization", "onnx", "pipeline", "bench", "ops")}}

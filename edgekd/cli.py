@@ -187,10 +187,34 @@ def bench_cmd(artifact, device, inventory, threads, warmup, iterations, time_bud
 
 
 @main.command("targets")
+@click.option("--explain", metavar="TARGET", help="print one target's spec and why its defaults were chosen")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def targets_cmd(as_json):
+def targets_cmd(explain, as_json):
     """List the built-in targets, their backend and whether its toolchain is installed."""
+    if explain:
+        info = api.explain_target(explain)
+        if as_json:
+            click.echo(json.dumps(info, indent=2))
+            return
+        click.echo(f"{info['name']}: {info['description']}")
+        click.echo(f"  spec {info['path']} (sha256 {info['spec_sha256'][:16]}…)")
+        click.echo(f"  backend {info['backend']} ({'installed' if info['toolchain_installed'] else 'toolchain missing'}), "
+                   f"class {info['device_class']}")
+        click.echo(f"  precisions {', '.join(info['precisions'])} (default {info['default_precision']}), "
+                   f"activations {info['activation_scheme']}, opset {info['opset']} in {info['opset_range']}")
+        click.echo(f"  default pipeline: {' → '.join(info['passes'])}")
+        for title, text in (("why this pipeline", info["pipeline_why"]), ("why this scheme", info["quantization_why"])):
+            if text:
+                click.echo(f"\n{title}:\n  " + " ".join(text.split()))
+        for table, facts in info["facts"].items():
+            click.echo(f"\n[{table}]")
+            for k, v in facts.items():
+                click.echo(f"  {k} = {v}")
+        b = info["bench"]
+        click.echo(f"\nbenchmark defaults: device {b['device']}, {b['threads']} threads, {b['warmup']} warm-up, "
+                   f"{b['iterations']} iterations")
+        return
     rows = api.list_targets()
     if as_json:
         click.echo(json.dumps(rows, indent=2))

@@ -76,3 +76,18 @@ def test_specs_are_found_from_an_installed_wheel(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
                          check=True, capture_output=True, text=True).stdout.splitlines()
     assert out[0].startswith(str(site)) and "onnx-cpu" in out[1]
+
+
+def test_targets_cli_lists_and_explains():
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    listing = CliRunner().invoke(main, ["targets"])
+    assert listing.exit_code == 0 and "onnx-cpu" in listing.output and "installed" in listing.output
+    explained = CliRunner().invoke(main, ["targets", "--explain", "onnx-cpu"])
+    assert explained.exit_code == 0, explained.output
+    for needle in ("backend onnxruntime", "default pipeline: export → fuse", "why this pipeline", "why this scheme", "S8S8"):
+        assert needle in explained.output
+    unknown = CliRunner().invoke(main, ["targets", "--explain", "nope"])
+    assert unknown.exit_code == 2 and "valid targets" in unknown.output
