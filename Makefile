@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 DEMO_OUT ?= build/demo
 
-.PHONY: demo test system-deps clean
+.PHONY: demo test system-deps clean bench-quant
 
 # Debian packages: python3-venv for the venv itself.
 system-deps:
@@ -38,3 +38,14 @@ test: $(VENV)/.test
 
 clean:
 	rm -rf build .pytest_cache
+
+# int8 calibration benchmark: edgekd's observers vs ONNX Runtime and NNCF on the CIFAR-10 teacher, same
+# float graph and images (bench/README.md). Needs examples/cifar10/teacher.pth; rewrites docs/quantization-benchmark.md.
+DATA ?= ../shared/data/cifar10/train
+$(VENV)/.bench: $(VENV)/.base
+	$(PIP) install -c constraints.txt -e '.[bench]'
+	touch $@
+
+bench-quant: $(VENV)/.bench
+	$(PY) bench/quant_benchmark.py --data $(DATA) --model examples/cifar10/model.toml \
+	  --json build/quant-benchmark.json --markdown docs/quantization-benchmark.md

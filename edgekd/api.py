@@ -12,6 +12,7 @@ import numpy as np
 from edgekd.artifact import MANIFEST, ArtifactWriter, check_output_free, write_json
 from edgekd.backends import get_backend
 from edgekd.bench.device import LocalDevice
+from edgekd.bench.inventory import get_device_spec, load_inventory
 from edgekd.bench.session import BenchSettings, run_benchmark, store_result
 from edgekd.config import CompileConfig, InputSpec
 from edgekd.data.preprocess import Preprocess
@@ -167,17 +168,22 @@ def compile(config: CompileConfig, progress: Callable[[str], None] | None = None
     return CompileResult(out, manifest)
 
 
-def resolve_device(name: str):
-    if name == "local":
-        return LocalDevice()
-    raise UnknownNameError("device", name, ["local"])
+def resolve_device(name: str, inventory: str | Path | None = None, accept_new_host_key: bool = False):
+    spec = get_device_spec(name, inventory)
+    if spec.is_local:
+        return LocalDevice(name)
+    from edgekd.bench.ssh import SSHDevice
+
+    return SSHDevice(spec, accept_new_host_key=accept_new_host_key)
 
 
 def bench(artifact: str | Path, device: str = "local", settings: BenchSettings | None = None,
-          progress: Callable[[int, int], None] | None = None) -> dict:
+          progress: Callable[[int, int], None] | None = None, inventory: str | Path | None = None,
+          accept_new_host_key: bool = False) -> dict:
     """Benchmarks a compiled artifact on a device; stores the result and a plot in the artifact."""
     artifact = Path(artifact)
-    result = run_benchmark(artifact, resolve_device(device), settings or BenchSettings(), progress)
+    dev = resolve_device(device, inventory, accept_new_host_key)
+    result = run_benchmark(artifact, dev, settings or BenchSettings(), progress)
     path = store_result(artifact, result)
     result["plot"] = str(plot_latencies(result, path.with_suffix(".png")).relative_to(artifact))
     write_json(path, result)
@@ -241,3 +247,26 @@ def explain_target(name: str) -> dict[str, Any]:
             "toolchain_installed": get_backend(spec.backend).available(),
             "facts": {k: v for k, v in spec.raw.items() if isinstance(v, dict)
                       and k not in ("precision", "quantization", "onnx", "pipeline", "bench", "ops")}}
+
+
+def list_devices(inventory: str | Path | None = None) -> list[dict[str, Any]]:
+    return [{"name": d.name, "host": d.host or "(this machine)", "port": d.port, "user": d.user, "arch": d.arch,
+             "runtimes": list(d.runtimes), "jetson": d.jetson, "description": d.description, "source": d.source or "built-in"}
+            for d in load_inventory(inventory).values()]
+
+
+def check_device(name: str, inventory: str | Path | None = None, accept_new_host_key: bool = False) -> dict[str, Any]:
+    """Connects and reports what the device has (OS, CPU, memory, Python, runtimes, Jetson facts)."""
+    import json as _json
+
+    from edgekd.bench.session import PROBE
+
+    with resolve_device(name, inventory, accept_new_host_key) as dev:
+        remote = dev.upload(PROBE, "edgekd_probe.py")
+        out = dev.run([dev.python, remote], timeout=60)
+    if out.returncode != 0:
+        from edgekd.errors import RemoteCommandError
+
+        raise RemoteCommandError(f"{name}: the probe failed (exit {out.returncode}): {out.stderr.strip()[-600:]}",
+                                 f"check that {dev.python!r} is a Python 3.8+ interpreter on the device")
+    return {"device": name, **_json.loads(out.stdout)}

@@ -12,7 +12,7 @@ import click
 
 from edgekd import __version__, api
 from edgekd.bench.session import BenchSettings
-from edgekd.errors import ConfigError, EdgekdError
+from edgekd.errors import EdgekdError
 from edgekd.report import LATENCY_HEADERS, latency_rows
 from edgekd.ui import text_table
 
@@ -141,7 +141,7 @@ def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape
         _bench(result.output, bench_device, None, None, None, None, quiet)
 
 
-def _bench(artifact, device, threads, warmup, iterations, time_budget, quiet):
+def _bench(artifact, device, threads, warmup, iterations, time_budget, quiet, inventory=None, accept_new=False):
     from edgekd.artifact import read_manifest
     from edgekd.specs import load_target
 
@@ -154,7 +154,7 @@ def _bench(artifact, device, threads, warmup, iterations, time_budget, quiet):
     settings = BenchSettings(threads=threads or d.threads, warmup=d.warmup if warmup is None else warmup,
                              iterations=iterations or d.iterations, time_budget_s=time_budget)
     if quiet:
-        result = api.bench(artifact, device, settings)
+        result = api.bench(artifact, device, settings, inventory=inventory, accept_new_host_key=accept_new)
     else:
         with click.progressbar(length=settings.iterations, label=f"benchmarking on {device}", file=sys.stderr) as bar:
             seen = [0]
@@ -163,7 +163,7 @@ def _bench(artifact, device, threads, warmup, iterations, time_budget, quiet):
                 bar.update(done - seen[0])
                 seen[0] = done
 
-            result = api.bench(artifact, device, settings, progress)
+            result = api.bench(artifact, device, settings, progress, inventory=inventory, accept_new_host_key=accept_new)
     click.echo(text_table(LATENCY_HEADERS, latency_rows([result])))
     return result
 
@@ -176,14 +176,47 @@ def _bench(artifact, device, threads, warmup, iterations, time_budget, quiet):
 @click.option("--warmup", type=int)
 @click.option("--iterations", "-n", type=int)
 @click.option("--time-budget", type=float, help="seconds; stop the timed loop early when spent")
+@click.option("--accept-new-host-key", is_flag=True, help="trust and record a board's host key not yet in known_hosts")
 @click.option("-q", "--quiet", is_flag=True)
 @handle_errors
-def bench_cmd(artifact, device, inventory, threads, warmup, iterations, time_budget, quiet):
+def bench_cmd(artifact, device, inventory, threads, warmup, iterations, time_budget, accept_new_host_key, quiet):
     """Benchmark a compiled ARTIFACT directory: p50/p90/p99 latency, throughput, peak memory."""
-    if inventory is not None:
-        raise ConfigError("device inventories are not supported yet; only the built-in 'local' device is",
-                          "drop --inventory and use --device local")
-    _bench(artifact, device, threads, warmup, iterations, time_budget, quiet)
+    _bench(artifact, device, threads, warmup, iterations, time_budget, quiet, inventory, accept_new_host_key)
+
+
+@main.group("devices", invoke_without_command=True)
+@click.option("--inventory", type=click.Path(exists=True, path_type=Path), help="device inventory .toml")
+@click.pass_context
+@handle_errors
+def devices_cmd(ctx, inventory):
+    """List the devices (built-in local plus the inventory)."""
+    ctx.obj = {"inventory": inventory}
+    if ctx.invoked_subcommand is None:
+        rows = api.list_devices(inventory)
+        click.echo(text_table(["device", "host", "port", "user", "arch", "runtimes", "jetson", "description"],
+                              [[d["name"], d["host"], d["port"], d["user"], d["arch"], ",".join(d["runtimes"]),
+                                "yes" if d["jetson"] else "", d["description"]] for d in rows]))
+
+
+@devices_cmd.command("check")
+@click.argument("name")
+@click.option("--accept-new-host-key", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@handle_errors
+def devices_check_cmd(ctx, name, accept_new_host_key, as_json):
+    """Connect to NAME and report OS, CPU, memory, Python, runtimes (and Jetson facts)."""
+    info = api.check_device(name, ctx.obj["inventory"], accept_new_host_key)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    rows = [["os", info["os"]], ["kernel", info["kernel"]], ["cpu", f"{info['cpu']} ({info['cores']} cores, {info['machine']})"],
+            ["memory", f"{info['memory_mb']} MB"], ["python", f"{info['python']} ({info['python_path']})"],
+            ["governor", info["governor"]]]
+    rows += [[f"runtime {k}", v or "missing"] for k, v in info["runtimes"].items()]
+    for k, v in (info.get("jetson") or {}).items():
+        rows.append([f"jetson {k}", (v or "–").splitlines()[0] if isinstance(v, str) else v])
+    click.echo(text_table([name, ""], rows))
 
 
 @main.command("targets")

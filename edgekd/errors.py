@@ -108,3 +108,34 @@ class AccuracyBudgetError(EdgekdError):
 
 class UnsupportedOpsError(EdgekdError):
     default_hint = "run `edgekd inspect MODEL --target T` for the full list; change the model or pick another target"
+
+
+class DeviceError(EdgekdError):
+    """A device could not be used; subclasses say why."""
+
+    default_hint = "run `edgekd devices check NAME` to see what the device reports"
+
+
+class DeviceUnreachableError(DeviceError):
+    default_hint = "check the host and port in the inventory, that the board is on, and that sshd runs on it"
+
+
+class DeviceAuthError(DeviceError):
+    default_hint = "check user and key in the inventory (or ~/.ssh/config); the key's public half must be in the board's authorized_keys"
+
+
+class HostKeyError(DeviceError):
+    default_hint = ("the board's host key is not in known_hosts (or changed); verify it, then connect once with "
+                    "--accept-new-host-key to record it")
+
+
+class DeviceConnectionLost(DeviceError):
+    default_hint = "the link dropped mid-run; the run's remote directory is removed on the next connect — run again"
+
+
+class RemoteCommandError(DeviceError):
+    default_hint = "the command's stderr tail is above; fix the board's environment and run again"
+
+
+class DeviceDiskFullError(DeviceError):
+    default_hint = "free space in the device's workdir (or point workdir elsewhere in the inventory)"

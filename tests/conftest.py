@@ -57,3 +57,15 @@ def zoo_models(tmp_path_factory) -> dict[str, tuple[Path, Path, tuple[int, ...]]
         np.save(calib, rng.standard_normal((48,) + shape[1:]).astype(np.float32))
         out[name] = (path, calib, shape)
     return out
+
+
+@pytest.fixture(scope="session")
+def ssh_board(tmp_path_factory):
+    from ssh_board import make_board, sshd_available
+
+    if not sshd_available():
+        pytest.skip("Debian's openssh-server is not installed (make test installs it with apt-get)")
+    board = make_board(tmp_path_factory.mktemp("board"))
+    board.start()
+    yield board
+    board.stop()

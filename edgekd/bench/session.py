@@ -15,6 +15,10 @@ from edgekd.bench.device import Device
 from edgekd.errors import BenchmarkError, CorruptModelError, ToolchainMissingError
 
 RUNNER = Path(__file__).with_name("runner.py")
+PROBE = Path(__file__).with_name("probe.py")
+
+
+RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert (or tflite-runtime)", "openvino": "openvino"}
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ def run_benchmark(artifact: Path, device: Device, settings: BenchSettings,
         out = device.run(argv, timeout=settings.timeout_s, on_stderr_line=on_line)
         if out.returncode == 4 and "runtime-missing" in out.stderr:
             raise ToolchainMissingError(f"{runtime} does not import on {device.name}: {out.stderr.strip()[-300:]}",
-                                        f"install the {runtime} Python package on the device")
+                                        f"install it on the device: pip install {RUNTIME_PACKAGES.get(runtime, runtime)}")
         if out.returncode != 0:
             raise BenchmarkError(f"the runner failed on {device.name} (exit {out.returncode}): {out.stderr.strip()[-800:]}")
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,127 @@
+"""Huawei Ascend (CANN): the QDQ ONNX that ATC takes, its op table, and the exact ``atc`` command.
+
+No Ascend toolchain or runtime is needed here. The artifact's runnable file is ``model.onnx`` (run in
+ONNX Runtime for verify and bench); ``model.om`` is built on a machine with CANN by running
+``atc_command.sh`` beside it. The operator mapping and ATC's limits are data
+(``targets/ascend-ops.toml``), evaluated by :mod:`edgekd.backends.ascend_tables`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgekd import __version__
+from edgekd.backends.ascend_tables import build_table, unsupported, write_table
+from edgekd.backends.base import Backend, RunFn, TensorInfo, Unsupported
+from edgekd.backends.onnxrt import OnnxRuntimeBackend, ort_run_fn, ort_session
+from edgekd.errors import ConfigError
+from edgekd.state import CompileState
+
+if TYPE_CHECKING:
+    import onnx
+
+    from edgekd.specs import TargetSpec
+
+MODEL = "model.onnx"
+SCRIPT = "atc_command.sh"
+OM_STEM = "model"  # atc --output=model writes model.om
+
+
+def shell_quote(arg: str) -> str:
+    """Single-quoted for POSIX shells, always (a quote inside becomes '\\'')."""
+    return "'" + arg.replace("'", "'\\''") + "'"
+
+
+def atc_argv(spec: "TargetSpec", input_name: str, input_shape: tuple[int, ...], precision: str) -> list[str]:
+    """The ``atc`` argv that turns model.onnx into model.om for ``spec``'s SoC."""
+    a = spec.raw.get("ascend", {})
+    soc = a.get("soc_version")
+    if not soc:
+        raise ConfigError(f"target {spec.name} has no [ascend] soc_version", "add e.g. soc_version = \"Ascend310\"")
+    if ":" in input_name or "," in input_name or ";" in input_name:
+        raise ConfigError(f"input name {input_name!r} contains ':', ',' or ';', which atc's --input_shape cannot express",
+                          "rename the model's input (e.g. --input-name input when exporting)")
+    argv = ["atc", f"--model={MODEL}", f"--framework={a.get('framework', 5)}", f"--soc_version={soc}",
+            f"--input_shape={input_name}:{','.join(str(int(d)) for d in input_shape)}",
+            f"--input_format={a.get('input_format', 'NCHW')}", f"--output={OM_STEM}"]
+    mode = a.get("precision_mode", {}).get(precision)
+    if mode:
+        argv.append(f"--precision_mode={mode}")
+    if a.get("log"):
+        argv.append(f"--log={a['log']}")
+    return argv
+
+
+def atc_script(argv: list[str], spec: "TargetSpec", precision: str) -> str:
+    command = " ".join([argv[0], *(shell_quote(x) for x in argv[1:])])
+    return "\n".join([
+        "#!/usr/bin/env bash",
+        f"# Builds {OM_STEM}.om for {spec.raw.get('ascend', {}).get('soc_version')} ({spec.name}, precision {precision}) "
+        f"from {MODEL}.",
+        "# Run it on a machine with CANN installed: source <CANN install dir>/set_env.sh first, so that atc is on PATH.",
+        f"# Written by edgekd {__version__}; the artifact's op_table.md lists every node and the limits it was checked against.",
+        "set -euo pipefail",
+        'cd "$(dirname "$0")"',
+        command,
+        "",
+    ])
+
+
+class AscendBackend(Backend):
+    name = "ascend"
+    runtime = "onnxruntime"  # the local stand-in; the NPU runs model.om, built by atc_command.sh
+    packages = ("onnxruntime", "onnx")
+    modules = ("onnxruntime", "onnx")
+
+    def unsupported(self, model: "onnx.ModelProto", spec: "TargetSpec") -> list[Unsupported]:
+        return unsupported(model, spec)
+
+    def toolchain_versions(self) -> dict[str, str]:
+        out = super().toolchain_versions()
+        out["atc"] = shutil.which("atc") or f"not on PATH (build the .om with {SCRIPT} on a machine with CANN)"
+        return out
+
+    def emit(self, state: CompileState, outdir: Path) -> list[str]:
+        import onnx_ir as ir
+
+        ir.save(state.onnx_model, outdir / MODEL)
+        proto = ir.to_proto(state.onnx_model)
+        shape = tuple(state.input.shape)
+        table = build_table(proto, state.spec, state.precision, state.qparams, input_shape=shape)
+        tables = write_table(table, outdir)
+        argv = atc_argv(state.spec, state.onnx_model.graph.inputs[0].name, shape, state.precision)
+        script = outdir / SCRIPT
+        script.write_text(atc_script(argv, state.spec, state.precision))
+        script.chmod(0o755)
+        state.metrics["backend"] = self._report(state, table, argv, tables)
+        return [MODEL, *tables, SCRIPT]
+
+    def _report(self, state: CompileState, table: dict[str, Any], argv: list[str], tables: list[str]) -> dict[str, Any]:
+        rows = table["rows"]
+        flagged = lambda status: [{"node": r["node"], "op": r["onnx_op"], "reasons": r["reasons"]}  # noqa: E731
+                                  for r in rows if r["status"] == status][:50]
+        return {
+            "executed_with": "onnxruntime (CPUExecutionProvider) on model.onnx; no Ascend runtime in this environment",
+            "om_model": f"not built here: run {SCRIPT} on a machine with CANN (atc on PATH) to produce {OM_STEM}.om",
+            "soc_version": table["soc_version"],
+            "atc_command": " ".join([argv[0], *(shell_quote(x) for x in argv[1:])]),
+            "op_table": {"files": tables, "rows": len(rows), **table["summary"]},
+            "opset": table["opset"],
+            "int8_layers_on_npu": sum(r["ascend_dtype"] == "int8" for r in rows),
+            "constrained": flagged("constrained"),
+            "unsupported": flagged("unsupported"),
+            "fidelity_scope": ("verify compares ONNX Runtime on model.onnx with the QDQ simulation, i.e. the graph, "
+                               "not the NPU: ATC quantizes only the int8 layers the table marks and computes the "
+                               "rest in float16"),
+        }
+
+    def main_file(self, files: list[str]) -> str:
+        return MODEL if MODEL in files else next(f for f in files if f.endswith(".onnx"))
+
+    def session(self, model_path: Path, threads: int = 1) -> RunFn:
+        return ort_run_fn(ort_session(model_path, threads))
+
+    def io(self, model_path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
+        return OnnxRuntimeBackend().io(model_path)
