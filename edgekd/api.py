@@ -11,6 +11,7 @@ import numpy as np
 
 from edgekd.artifact import MANIFEST, ArtifactWriter, check_output_free, write_json
 from edgekd.backends import get_backend
+from edgekd.bench import history
 from edgekd.bench.device import LocalDevice
 from edgekd.bench.inventory import get_device_spec, load_inventory
 from edgekd.bench.session import BenchSettings, run_benchmark, store_result
@@ -187,8 +188,37 @@ def bench(artifact: str | Path, device: str = "local", settings: BenchSettings |
     path = store_result(artifact, result)
     result["plot"] = str(plot_latencies(result, path.with_suffix(".png")).relative_to(artifact))
     write_json(path, result)
+    history.append(artifact, result)
     write_report(artifact)
     return result
+
+
+def bench_many(artifact: str | Path, devices: Sequence[str], settings: BenchSettings | None = None,
+               inventory: str | Path | None = None, accept_new_host_key: bool = False) -> list[dict | Exception]:
+    """Benchmarks on several devices at once, one connection each; a device that fails gives its
+    error in its slot instead of stopping the others."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Each device runs its own asyncio loop in its own thread; boards are independent, so the
+    # wall time is the slowest board's, not the sum.
+    def one(name):
+        try:
+            return bench(artifact, name, settings, inventory=inventory, accept_new_host_key=accept_new_host_key)
+        except Exception as e:  # reported per device by the caller
+            return e
+
+    with ThreadPoolExecutor(max_workers=max(1, len(devices))) as pool:
+        return list(pool.map(one, devices))
+
+
+def compare(artifacts: Sequence[str | Path], plot: str | Path | None = None) -> tuple[list[dict], Path | None]:
+    """The newest run per device/target/runtime across the artifacts' histories, and a latency plot."""
+    paths = [Path(a) for a in artifacts]
+    rows = history.latest_per_device(paths)
+    png = None
+    if rows:
+        png = history.plot_compare(rows, Path(plot) if plot else paths[0] / "results" / "compare.png")
+    return rows, png
 
 
 def inspect(model: str, input_shape: Sequence[int] | None = None, weights: str | Path | None = None,

@@ -12,7 +12,7 @@ import click
 
 from edgekd import __version__, api
 from edgekd.bench.session import BenchSettings
-from edgekd.errors import EdgekdError
+from edgekd.errors import ConfigError, EdgekdError, InputNotFoundError
 from edgekd.report import LATENCY_HEADERS, latency_rows
 from edgekd.ui import text_table
 
@@ -141,7 +141,8 @@ def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape
         _bench(result.output, bench_device, None, None, None, None, quiet)
 
 
-def _bench(artifact, device, threads, warmup, iterations, time_budget, quiet, inventory=None, accept_new=False):
+def _settings(artifact, threads, warmup, iterations, time_budget) -> BenchSettings:
+    """Flags first, then the artifact's target spec defaults."""
     from edgekd.artifact import read_manifest
     from edgekd.specs import load_target
 
@@ -151,8 +152,12 @@ def _bench(artifact, device, threads, warmup, iterations, time_budget, quiet, in
     except EdgekdError:
         pass
     d = spec_bench or BenchSettings()
-    settings = BenchSettings(threads=threads or d.threads, warmup=d.warmup if warmup is None else warmup,
-                             iterations=iterations or d.iterations, time_budget_s=time_budget)
+    return BenchSettings(threads=threads or d.threads, warmup=d.warmup if warmup is None else warmup,
+                         iterations=iterations or d.iterations, time_budget_s=time_budget)
+
+
+def _bench(artifact, device, threads, warmup, iterations, time_budget, quiet, inventory=None, accept_new=False):
+    settings = _settings(artifact, threads, warmup, iterations, time_budget)
     if quiet:
         result = api.bench(artifact, device, settings, inventory=inventory, accept_new_host_key=accept_new)
     else:
@@ -169,8 +174,9 @@ def _bench(artifact, device, threads, warmup, iterations, time_budget, quiet, in
 
 
 @main.command("bench")
-@click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--device", "-d", default="local", show_default=True)
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--device", "-d", default="local", show_default=True, help="a device, or several comma-separated (run at once)")
+@click.option("--compare", is_flag=True, help="print the newest run per device/target from the artifacts' histories, and plot it")
 @click.option("--inventory", type=click.Path(exists=True, path_type=Path), help="device inventory .toml")
 @click.option("--threads", type=int, help="default: the target spec's")
 @click.option("--warmup", type=int)
@@ -179,9 +185,33 @@ def _bench(artifact, device, threads, warmup, iterations, time_budget, quiet, in
 @click.option("--accept-new-host-key", is_flag=True, help="trust and record a board's host key not yet in known_hosts")
 @click.option("-q", "--quiet", is_flag=True)
 @handle_errors
-def bench_cmd(artifact, device, inventory, threads, warmup, iterations, time_budget, accept_new_host_key, quiet):
-    """Benchmark a compiled ARTIFACT directory: p50/p90/p99 latency, throughput, peak memory."""
-    _bench(artifact, device, threads, warmup, iterations, time_budget, quiet, inventory, accept_new_host_key)
+def bench_cmd(artifacts, device, compare, inventory, threads, warmup, iterations, time_budget, accept_new_host_key, quiet):
+    """Benchmark compiled ARTIFACTS: p50/p90/p99 latency, throughput, peak memory."""
+    if compare:
+        rows, png = api.compare(artifacts)
+        if not rows:
+            raise InputNotFoundError("no benchmark runs recorded in these artifacts", "run `edgekd bench OUT --device NAME` first")
+        click.echo(text_table(["target", "device", "runtime", "threads", "p50 ms", "p90 ms", "p99 ms", "fps", "when"],
+                              [[r["target"], r["device"], r["runtime"], r["threads"], r["p50_ms"], r["p90_ms"], r["p99_ms"],
+                                r["throughput_fps"], r["started"]] for r in rows]))
+        click.echo(f"plot: {png}")
+        return
+    if len(artifacts) != 1:
+        raise ConfigError("benchmark one artifact at a time (several are only for --compare)")
+    names = [d.strip() for d in device.split(",") if d.strip()]
+    if len(names) == 1:
+        _bench(artifacts[0], names[0], threads, warmup, iterations, time_budget, quiet, inventory, accept_new_host_key)
+        return
+    settings = _settings(artifacts[0], threads, warmup, iterations, time_budget)
+    results = api.bench_many(artifacts[0], names, settings, inventory, accept_new_host_key)
+    ok = [r for r in results if not isinstance(r, Exception)]
+    if ok:
+        click.echo(text_table(LATENCY_HEADERS, latency_rows(ok)))
+    for name, r in zip(names, results):
+        if isinstance(r, Exception):
+            click.secho(f"{name}: {r}", fg="red", err=True)
+    if len(ok) < len(results):
+        sys.exit(4)
 
 
 @main.group("devices", invoke_without_command=True)

@@ -47,6 +47,8 @@ def _stand_in_atc(bindir: Path) -> Path:
 
 
 def _run_script(script: Path, bindir: Path, out: Path) -> list[str]:
+    """Runs ``script`` with a stand-in ``atc`` first on PATH; returns the argv it received."""
+    _stand_in_atc(bindir)
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "ATC_ARGV_OUT": str(out)}
     subprocess.run(["bash", str(script)], check=True, env=env, capture_output=True, text=True, timeout=30)
     return out.read_text().splitlines()

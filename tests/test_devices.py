@@ -245,3 +245,30 @@ def test_disk_full_on_the_board(tmp_path, ssh_board, art):
         assert "no space" in e.value.message
     finally:
         subprocess.run(["umount", "-l", str(small)])
+
+
+def test_several_devices_at_once_print_one_table(inv, art):
+    r = CliRunner().invoke(main, ["bench", str(art), "-d", "board,local", "--inventory", str(inv), "-n", "10",
+                                  "--warmup", "1", "--threads", "1", "-q"])
+    assert r.exit_code == 0, r.output
+    devices = [line.split()[0] for line in r.output.splitlines()[2:]]
+    assert sorted(devices) == ["board", "local"]
+
+
+def test_one_failing_device_does_not_stop_the_others(tmp_path, inv, art):
+    results = api.bench_many(art, ["board", "nosuch"], FAST, inventory=inv)
+    assert results[0]["device"] == "board" and isinstance(results[1], UnknownNameError)
+
+
+def test_history_and_compare(inv, art):
+    api.bench(art, "local", FAST)
+    api.bench(art, "board", FAST, inventory=inv)
+    api.bench(art, "board", FAST, inventory=inv)
+    from edgekd.bench import history
+
+    assert len(history.runs(art)) == 3
+    r = CliRunner().invoke(main, ["bench", str(art), "--compare"])
+    assert r.exit_code == 0, r.output
+    rows = [line.split() for line in r.output.splitlines()[2:] if line.startswith("onnx-cpu")]
+    assert sorted(row[1] for row in rows) == ["board", "local"]  # newest run per device
+    assert (art / "results" / "compare.png").stat().st_size > 1000
