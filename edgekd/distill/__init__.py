@@ -1,0 +1,1 @@
+"""Knowledge distillation: losses, schedules (the algorithms; passes/ only adapts them)."""

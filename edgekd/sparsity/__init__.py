@@ -1,0 +1,1 @@
+"""Top-k magnitude sparsity: masks, N:M patterns, the gradual schedule."""
