@@ -186,7 +186,8 @@ def bench(artifact: str | Path, device: str = "local", settings: BenchSettings |
     dev = resolve_device(device, inventory, accept_new_host_key)
     result = run_benchmark(artifact, dev, settings or BenchSettings(), progress)
     path = store_result(artifact, result)
-    result["plot"] = str(plot_latencies(result, path.with_suffix(".png")).relative_to(artifact))
+    if result.get("latencies_ms"):
+        result["plot"] = str(plot_latencies(result, path.with_suffix(".png")).relative_to(artifact))
     write_json(path, result)
     history.append(artifact, result)
     write_report(artifact)
@@ -287,16 +288,7 @@ def list_devices(inventory: str | Path | None = None) -> list[dict[str, Any]]:
 
 def check_device(name: str, inventory: str | Path | None = None, accept_new_host_key: bool = False) -> dict[str, Any]:
     """Connects and reports what the device has (OS, CPU, memory, Python, runtimes, Jetson facts)."""
-    import json as _json
-
-    from edgekd.bench.session import PROBE
+    from edgekd.bench.jetson import probe
 
     with resolve_device(name, inventory, accept_new_host_key) as dev:
-        remote = dev.upload(PROBE, "edgekd_probe.py")
-        out = dev.run([dev.python, remote], timeout=60)
-    if out.returncode != 0:
-        from edgekd.errors import RemoteCommandError
-
-        raise RemoteCommandError(f"{name}: the probe failed (exit {out.returncode}): {out.stderr.strip()[-600:]}",
-                                 f"check that {dev.python!r} is a Python 3.8+ interpreter on the device")
-    return {"device": name, **_json.loads(out.stdout)}
+        return {"device": name, **probe(dev)}

@@ -10,14 +10,19 @@ from edgekd.bench.session import load_results
 from edgekd.ui import markdown_table
 
 
+def _r(v, digits):
+    return None if v is None else round(v, digits)
+
+
 def latency_rows(results: list[dict]) -> list[list[Any]]:
+    """One row per result; a figure a runtime does not report (trtexec: std, RSS) shows as –."""
     rows = []
     for r in results:
-        lat, mem = r["latency"], r["memory"]
-        rows.append([r["device"], r["runtime"]["name"], r["settings"]["threads"], lat["iterations"],
-                     round(lat["p50_ms"], 3), round(lat["p90_ms"], 3), round(lat["p99_ms"], 3),
-                     round(lat["mean_ms"], 3), round(lat["std_ms"], 3), round(lat["throughput_fps"], 1),
-                     round(mem["peak_rss_mb"], 1)])
+        lat, mem = r["latency"], r.get("memory") or {}
+        rows.append([r["device"], r["runtime"]["name"], r["settings"]["threads"], lat.get("iterations"),
+                     _r(lat.get("p50_ms"), 3), _r(lat.get("p90_ms"), 3), _r(lat.get("p99_ms"), 3),
+                     _r(lat.get("mean_ms"), 3), _r(lat.get("std_ms"), 3), _r(lat.get("throughput_fps"), 1),
+                     _r(mem.get("peak_rss_mb"), 1)])
     return rows
 
 

@@ -101,8 +101,18 @@ def parse_spec(path: Path) -> TargetSpec:
 
 
 def builtin_targets() -> dict[str, Path]:
+    """Target specs by name. targets/ also holds backend data (op tables: ``kind = "backend-data"``)."""
     d = data_dir("targets")
-    return {p.stem: p for p in sorted(d.glob("*.toml"))} if d.is_dir() else {}
+    if not d.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(d.glob("*.toml")) if not _is_backend_data(p)}
+
+
+def _is_backend_data(path: Path) -> bool:
+    try:
+        return tomllib.loads(path.read_text()).get("kind") == "backend-data"
+    except tomllib.TOMLDecodeError:
+        return False  # a broken spec still shows up, and fails with its parse error
 
 
 def load_target(name_or_path: str | Path) -> TargetSpec:

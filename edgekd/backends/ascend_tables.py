@@ -8,9 +8,6 @@ the data file; this module only evaluates them.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -31,11 +28,6 @@ if TYPE_CHECKING:
 
 QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
 STATUSES = ("supported", "constrained", "unsupported")
-CSV_COLUMNS = ("node", "onnx_op", "ascend_op", "status", "reasons", "input_names", "input_shapes", "output_shapes",
-               "onnx_dtypes", "ascend_dtype", "format", "c0", "ascend_input_shape", "scale_d", "offset_d", "scale_w",
-               "offset_w", "out_scale", "out_offset", "data_tensor", "weight_tensor")
-_JSON_CELLS = frozenset({"reasons", "input_names", "input_shapes", "output_shapes", "onnx_dtypes", "ascend_input_shape",
-                         "scale_w", "offset_w"})
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -382,81 +374,3 @@ def build_table(proto: "onnx.ModelProto", spec: "TargetSpec", precision: str, qp
         "summary": {s: sum(r["status"] == s for r in rows) for s in STATUSES},
         "rows": rows,
     }
-
-
-# ---------------------------------------------------------------------------------------- writing
-
-def _cell(row: dict[str, Any], col: str) -> str:
-    value = row[col]
-    if value is None:
-        return ""
-    if col in _JSON_CELLS or isinstance(value, (list, dict)):
-        return json.dumps(value, separators=(",", ":"))
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def _shape(s: list | None) -> str:
-    return "?" if s is None else "×".join(str(d) for d in s) or "scalar"
-
-
-def _num(x: float | int | None) -> str:
-    return "" if x is None else f"{x:.6g}"
-
-
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _scale_w_md(row: dict[str, Any]) -> str:
-    s = row["scale_w"]
-    if not s:
-        return ""
-    if len(s) == 1:
-        return _num(s[0])
-    return f"per-channel ×{len(s)} [{_num(min(s))} … {_num(max(s))}]"
-
-
-def to_markdown(table: dict[str, Any]) -> str:
-    conv = table["conventions"]
-    opset = table["opset"]
-    lines = [
-        f"# Ascend op table: {table['target']} ({table['soc_version']}), precision {table['precision']}",
-        "",
-        f"- ONNX opset {opset['model']}, ATC range {opset['supported']}: {'ok' if opset['ok'] else opset['problem']}",
-        f"- Rows: {len(table['rows'])} ({', '.join(f'{k} {v}' for k, v in table['summary'].items())}); "
-        "Q/DQ nodes are folded into the quantization columns.",
-        f"- Quantization (AMCT): {conv['quantization']}. {conv['sign']}.",
-        f"- int8 on the NPU only for {', '.join(conv['int8_ops'] or [])}; other ops compute as the ascend dtype says.",
-        f"- NC1HWC0 = {conv['nc1hwc0']}, C0 by dtype {conv['c0']}.",
-        "",
-        "| node | ONNX op | Ascend op | input shapes | output shapes | ONNX dtype | Ascend dtype | format | "
-        "scale_d | offset_d | scale_w | offset_w | status | constraint |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in table["rows"]:
-        ascend = (r["ascend_op"] or "—") + ("" if r["ascend_op_verified"] else " (unverified)")
-        fmt = r["format"] + (f" (C0={r['c0']})" if r["c0"] else "")
-        offset_w = "" if r["offset_w"] is None else ("0" if not any(r["offset_w"]) else json.dumps(r["offset_w"]))
-        cells = [r["node"], r["onnx_op"], ascend, ", ".join(_shape(s) for s in r["input_shapes"]),
-                 ", ".join(_shape(s) for s in r["output_shapes"]), ", ".join(d or "?" for d in r["onnx_dtypes"]["inputs"]),
-                 r["ascend_dtype"], fmt, _num(r["scale_d"]), "" if r["offset_d"] is None else str(r["offset_d"]),
-                 _scale_w_md(r), offset_w, r["status"], "; ".join(r["reasons"])]
-        lines.append("| " + " | ".join(_md_escape(str(c)) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def to_csv(table: dict[str, Any]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
-    for r in table["rows"]:
-        w.writerow([_cell(r, c) for c in CSV_COLUMNS])
-    return buf.getvalue()
-
-
-def write_table(table: dict[str, Any], outdir: Path) -> list[str]:
-    """op_table.json / .csv / .md in ``outdir``; returns their names."""
-    (outdir / "op_table.json").write_text(json.dumps(table, indent=1) + "\n")
-    (outdir / "op_table.csv").write_text(to_csv(table))
-    (outdir / "op_table.md").write_text(to_markdown(table))
-    return ["op_table.json", "op_table.csv", "op_table.md"]

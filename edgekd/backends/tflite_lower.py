@@ -298,13 +298,16 @@ class _Lowering:
             return v
         if self.rank(v) != 4:
             raise _Reject(f"expected a 4-D NCHW tensor, got rank {self.rank(v)}")
-        t = v.t.transpose(TO_NHWC) if v.const else self.tf.transpose(v.t, TO_NHWC)
-        return Val(t, True, v.q, v.w)
+        if v.const:
+            return Val(v.t.transpose(TO_NHWC), True, v.q, v.w)
+        with self.tf.name_scope("derived"):
+            return Val(self.tf.transpose(v.t, TO_NHWC), True, v.q, v.w)
 
     def to_onnx(self, v: Val) -> Val:
         if not v.nhwc:
             return v
-        return Val(self.tf.transpose(v.t, TO_NCHW), False, v.q)
+        with self.tf.name_scope("derived"):
+            return Val(self.tf.transpose(v.t, TO_NCHW), False, v.q)
 
     def axis(self, v: Val, axis: int) -> int:
         axis = axis % self.rank(v)
@@ -345,6 +348,8 @@ class _Lowering:
 
     # ---- the walk
     def run(self, input_nhwc):
+        """Lowers every node (called once per trace; starts from a clean slate each time)."""
+        self.env, self.scopes, self.conv_scopes, self.notes, self.fake_quants = {}, {}, {}, [], 0
         g = self.model.graph
         inits = {i.name for i in g.initializer}
         for i in g.initializer:
@@ -460,7 +465,8 @@ def _conv(cx: _Lowering, node) -> list[Val]:
     padding, explicit = _pads_for(cx, x, a, kernel, strides, dilations)
     xt = x.t
     if explicit is not None:
-        xt = tf.pad(xt, [[0, 0], explicit[0], explicit[1], [0, 0]])
+        with tf.name_scope("derived"):
+            xt = tf.pad(xt, [[0, 0], explicit[0], explicit[1], [0, 0]])
     filt = Val(w.transpose(2, 3, 1, 0), w=wv.w)  # [kh, kw, I/g, O], output channel last
     if group == 1:
         y = tf.nn.conv2d(xt, cx.weight(filt), [1, *strides, 1], padding, dilations=[1, *dilations, 1])
@@ -535,8 +541,11 @@ def _binary(fn_name: str) -> Callable:
             if nhwc and not v.nhwc:
                 if cx.rank(v) > 4:
                     raise _Reject("broadcast of a rank > 4 tensor against an image tensor")
-                v = Val(v.t.reshape((1,) * (4 - v.t.ndim) + v.t.shape), q=v.q, w=v.w) if v.const else \
-                    Val(cx.tf.reshape(v.t, [1] * (4 - cx.rank(v)) + v.t.shape.as_list()), q=v.q)
+                if v.const:
+                    v = Val(v.t.reshape((1,) * (4 - v.t.ndim) + v.t.shape), q=v.q, w=v.w)
+                else:
+                    with cx.tf.name_scope("derived"):
+                        v = Val(cx.tf.reshape(v.t, [1] * (4 - cx.rank(v)) + v.t.shape.as_list()), q=v.q)
                 v = cx.to_nhwc(v)
             ts.append(cx.tensor(v))
         return [Val(getattr(cx.tf.math, fn_name)(ts[0], ts[1]), nhwc)]
@@ -580,8 +589,9 @@ def _hardswish(cx: _Lowering, node) -> list[Val]:
 
 def _hardsigmoid(cx: _Lowering, node) -> list[Val]:
     """max(0, min(1, αx + β)) = α·clip(x + β/α, 0, 1/α). TFLite has no such op: an ADD whose fused
-    RELU6 clips (when 1/α = 6, the usual 1/6) or a clamp, then a MUL by α. The intermediate range
-    follows from the input's grid."""
+    RELU6 clips (when 1/α = 6, the usual 1/6; else a clamp), then a MUL by α. The clipped sum is
+    quantized with scale (1/α)/256 and the lowest code as zero point, so the MUL onto the output's
+    fixed 1/256 grid multiplies codes by exactly 1: one rounding, as the simulation has."""
     tf = cx.tf
     a = _attrs(node)
     alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
@@ -594,11 +604,12 @@ def _hardsigmoid(cx: _Lowering, node) -> list[Val]:
         if abs(top - 6.0) < 1e-6:
             t = tf.nn.relu6(t)
         else:
-            if cx.quantized and x.q is not None:
+            if x.q is not None:
                 lo, hi = _grid(x.q)
                 t = cx.fake_quant_range(t, lo + beta / alpha, hi + beta / alpha)
             t = tf.minimum(tf.maximum(t, 0.0), top)
-        t = cx.fake_quant_range(t, 0.0, top)
+        if cx.quantized:
+            t = cx.fake_quant(t, (top / 256.0, INT8_MIN))
     return [Val(t * np.float32(alpha), x.nhwc)]
 
 
@@ -616,19 +627,25 @@ def _pool(cx: _Lowering, node) -> list[Val]:
                 raise _Reject("ceil_mode=1 changes the output size here; TFLite pools floor it")
     xt = x.t
     maxpool = node.op_type == "MaxPool"
-    if explicit is not None:
+    if explicit is not None or (padding == "SAME" and not maxpool and a.get("count_include_pad", 0)):
+        explicit = explicit or [[p0, p1] for p0, p1 in _same_pads_of(x, kernel, strides)]
+        padding = "VALID"
         if maxpool:  # pad with the lowest value on the grid: the max ignores it, as ONNX's -inf padding
             low = _grid(x.q)[0] if x.q is not None else float(np.finfo(np.float32).min)
-            xt = tf.pad(xt, [[0, 0], explicit[0], explicit[1], [0, 0]], constant_values=low)
+            with tf.name_scope("derived"):
+                xt = tf.pad(xt, [[0, 0], explicit[0], explicit[1], [0, 0]], constant_values=low)
         elif a.get("count_include_pad", 0):
-            xt = tf.pad(xt, [[0, 0], explicit[0], explicit[1], [0, 0]])
+            with tf.name_scope("derived"):
+                xt = tf.pad(xt, [[0, 0], explicit[0], explicit[1], [0, 0]])
         else:
             raise _Reject("AveragePool with padding that excludes the pad from the count, split unlike TF's SAME")
-    elif padding == "SAME" and not maxpool and a.get("count_include_pad", 0):
-        pads = a.get("pads", [0, 0, 0, 0])
-        xt, padding = tf.pad(xt, [[0, 0], [pads[0], pads[2]], [pads[1], pads[3]], [0, 0]]), "VALID"
     fn = tf.nn.max_pool2d if maxpool else tf.nn.avg_pool2d
     return [Val(fn(xt, kernel, strides, padding), True)]
+
+
+def _same_pads_of(x: Val, kernel: list[int], strides: list[int]) -> list[tuple[int, int]]:
+    h, w = x.t.shape.as_list()[1:3]
+    return [_same_pads(size, k, s, 1) for size, k, s in zip((h, w), kernel, strides)]
 
 
 def _global_avg(cx: _Lowering, node) -> list[Val]:
@@ -701,7 +718,7 @@ def _resize(cx: _Lowering, node) -> list[Val]:
     if half is None:
         raise _Reject(f"nearest Resize with coordinate_transformation_mode={coord}, nearest_mode={nearest} picks "
                       "pixels that TFLite's RESIZE_NEAREST_NEIGHBOR does not")
-    y = cx.tf.compat.v1.image.resize_nearest_neighbor(x.t, out, align_corners=False, half_pixel_centers=half)
+    y = cx.tf.raw_ops.ResizeNearestNeighbor(images=x.t, size=out, align_corners=False, half_pixel_centers=half)
     return [Val(y, True, x.q)]
 
 

@@ -15,7 +15,6 @@ from edgekd.bench.device import Device
 from edgekd.errors import BenchmarkError, CorruptModelError, ToolchainMissingError
 
 RUNNER = Path(__file__).with_name("runner.py")
-PROBE = Path(__file__).with_name("probe.py")
 
 
 RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert (or tflite-runtime)", "openvino": "openvino"}
@@ -45,6 +44,12 @@ def run_benchmark(artifact: Path, device: Device, settings: BenchSettings,
             done, total = line.split()[1].split("/")
             progress(int(done), int(total))
 
+    if runtime == "tensorrt":
+        from edgekd.bench.jetson import run_trt_benchmark
+
+        when = []
+        result = run_trt_benchmark(artifact, manifest, device, settings, when.append, progress)
+        return _finish(result, device, manifest, model_file, when[0], settings)
     with device:
         remote_model = device.upload(artifact / model_file, Path(model_file).name)
         remote_runner = device.upload(RUNNER, "edgekd_runner.py")
@@ -64,6 +69,10 @@ def run_benchmark(artifact: Path, device: Device, settings: BenchSettings,
             local = Path(tmp) / "result.json"
             device.fetch(_remote_join(remote_runner, "result.json"), local)
             result = json.loads(local.read_text())
+    return _finish(result, device, manifest, model_file, started, settings)
+
+
+def _finish(result: dict, device: Device, manifest: dict, model_file: str, started: float, settings: BenchSettings) -> dict:
     result["device"] = device.name
     result["artifact"] = {"target": manifest["target"]["name"], "model_file": model_file,
                           "sha256": next(f["sha256"] for f in manifest["files"] if f["path"] == model_file)}

@@ -1,0 +1,295 @@
+"""TensorRT on Jetson boards: the artifact is what ``trtexec`` needs to build the engine on the board.
+
+TensorRT engines are tied to the TensorRT version and the GPU that builds them, and TensorRT does
+not install where edgekd compiles, so the backend emits the build inputs and the exact build
+command, checked statically against the target's TensorRT rules:
+
+* ``model.onnx`` — the explicit-quantization (Q/DQ) ONNX graph: symmetric int8, zero point 0,
+  per-channel weights; int32 bias DequantizeLinear nodes are folded to float constants, since
+  TensorRT's DequantizeLinear reads int8 only (the values are bit-identical).
+* ``model_noqdq.onnx`` + ``calibration.cache`` — the same graph without Q/DQ and TensorRT's text
+  calibration cache of its activation scales, for implicit-int8 builds: DLA takes no explicit
+  quantization, so DLA builds use these (as NVIDIA's qdq-translator does).
+* ``build_engine.sh`` — runs ``trtexec`` with int8 + fp16 fallback, the workspace and timing cache,
+  ``--sparsity=enable`` when the target has 2:4 sparse kernels and the weights have the pattern,
+  and DLA on request (``DLA_CORE=N``).
+
+The fidelity check runs ``model.onnx`` in ONNX Runtime and says so in the manifest.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgekd.backends.base import Backend, RunFn, TensorInfo, Unsupported
+from edgekd.backends.tensorrt_cache import activation_scales, header, write_cache
+from edgekd.backends.tensorrt_rules import (
+    TensorRTFacts, Violation, check_opset, check_qdq, default_opset, dla_report, sparsity_report, unsupported_ops,
+)
+from edgekd.errors import UnsupportedOpsError
+from edgekd.state import QUANTIZED, CompileState
+
+if TYPE_CHECKING:
+    import onnx
+    import onnx_ir as ir
+
+    from edgekd.specs import TargetSpec
+
+MODEL = "model.onnx"
+FLOAT_MODEL = "model_noqdq.onnx"
+CACHE = "calibration.cache"
+SCRIPT = "build_engine.sh"
+EXECUTED_WITH = "onnxruntime (TensorRT not available here; engine is built on the board)"
+QDQ_HINT = ("the Q/DQ graph breaks TensorRT's explicit-quantization rules; compile with the target's own "
+            "activation scheme (symmetric-int8) and without hand edits, or report the graph with EDGEKD_DUMP_IR=DIR")
+
+
+def fold_bias_dequantize(model: "ir.Model") -> int:
+    """Replaces DequantizeLinear nodes of int32 constants (quantized biases) by their float values,
+    computed as DequantizeLinear does ((q - zero_point) * scale in float32); returns how many."""
+    import onnx_ir as ir
+
+    from edgekd.ir.graph import const_array, new_initializer
+
+    graph = model.graph
+    folded = 0
+    for node in list(graph):
+        if node.op_type != "DequantizeLinear":
+            continue
+        q, scale = const_array(node.inputs[0]), const_array(node.inputs[1])
+        if q is None or scale is None or q.dtype != np.int32:
+            continue
+        zp = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else np.zeros_like(q)
+        axis = node.attributes.get_int("axis", 1)
+        shape = [1] * q.ndim
+        if scale.ndim == 1 and q.ndim:
+            shape[axis % q.ndim] = scale.size
+        values = (q.astype(np.int32) - zp.reshape(shape if zp.ndim else ()).astype(np.int32)).astype(np.float32) \
+            * scale.astype(np.float32).reshape(shape if scale.ndim else ())
+        out = node.outputs[0]
+        name = out.name.removesuffix("_DequantizeLinear_out") or out.name
+        value = new_initializer(graph, name, values.astype(np.float32))
+        ir.convenience.replace_all_uses_with(out, value)
+        graph.remove(node, safe=True)
+        folded += 1
+    for name in [n for n, v in graph.initializers.items() if not v.uses() and not v.is_graph_output()]:
+        graph.initializers.pop(name)
+    return folded
+
+
+def precision_flags(precision: str) -> list[str]:
+    """trtexec precision flags: int8 with fp16 fallback (layers without int8 run in fp16, not fp32)."""
+    return {"int8": ["--int8", "--fp16"], "fp16": ["--fp16"], "fp32": []}[precision]
+
+
+def trtexec_args(facts: TensorRTFacts, precision: str, sparsity: bool, engine: str = "model.engine",
+                 artifact: str = "", int8_mode: str = "explicit", dla_core: int | None = None,
+                 workspace_mib: int | None = None, timing_cache: str = "timing.cache") -> list[str]:
+    """The argument list build_engine.sh passes to trtexec; files of the artifact are taken from
+    ``artifact`` (a directory; empty: the current one)."""
+    def at(name: str) -> str:
+        return f"{artifact.rstrip('/')}/{name}" if artifact else name
+
+    implicit = precision == "int8" and (int8_mode == "implicit" or dla_core is not None)
+    onnx_file = FLOAT_MODEL if implicit else MODEL
+    args = [f"--onnx={at(onnx_file)}", f"--saveEngine={engine}", *precision_flags(precision)]
+    if implicit:
+        args.append(f"--calib={at(CACHE)}")
+    if sparsity:
+        args.append("--sparsity=enable")
+    args += [f"--memPoolSize=workspace:{workspace_mib or facts.workspace_mib}", f"--timingCacheFile={timing_cache}"]
+    if dla_core is not None:
+        args += [f"--useDLACore={dla_core}", "--allowGPUFallback"]
+    args.append(facts.build_only_flag)
+    return args
+
+
+def build_script(facts: TensorRTFacts, spec: "TargetSpec", precision: str, sparsity: bool) -> str:
+    """A bash script that builds the engine on the board with trtexec; every expansion is quoted."""
+    from edgekd import __version__
+
+    int8 = precision == "int8"
+    flags = " ".join(f'"{f}"' for f in precision_flags(precision))
+    last_core = facts.dla_cores - 1
+    dla_help = (f"#   DLA_CORE=N         build for DLA core N (0..{last_core}) with GPU fallback; DLA takes no\n"
+                f"#                      explicit quantization, so this reads {FLOAT_MODEL} + {CACHE}\n"
+                if facts.dla_cores else "#   (this board has no DLA)\n")
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# Builds the TensorRT engine for this artifact on the board: {spec.name} (TensorRT {facts.version}).",
+        "# Engines are tied to the TensorRT version and GPU that build them, so this runs on the board.",
+        f"# Written by edgekd {__version__}.",
+        "#",
+        "# Usage: ./build_engine.sh [ENGINE]     (default ENGINE: model.engine beside this script)",
+        dla_help.rstrip("\n"),
+        *(["#   INT8_MODE=implicit  implicit int8 on the GPU too (model_noqdq.onnx + calibration.cache);",
+           "#                      default: explicit, from the Q/DQ scales in model.onnx"] if int8 else []),
+        f"#   WORKSPACE_MIB=N    builder workspace in MiB (default {facts.workspace_mib})",
+        "#   TIMING_CACHE=FILE  timing cache, reused across builds (default timing.cache beside this script)",
+        "#   TRTEXEC=PATH       trtexec to run (default: trtexec on PATH, else /usr/src/tensorrt/bin/trtexec)",
+        "set -euo pipefail",
+        "",
+        'here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"',
+        'engine="${1:-${here}/model.engine}"',
+        f'workspace_mib="${{WORKSPACE_MIB:-{facts.workspace_mib}}}"',
+        'timing_cache="${TIMING_CACHE:-${here}/timing.cache}"',
+        'int8_mode="${INT8_MODE:-explicit}"',
+        'dla_core="${DLA_CORE:-}"',
+        "",
+        'trtexec="${TRTEXEC:-}"',
+        'if [[ -z "${trtexec}" ]]; then',
+        '  if command -v trtexec >/dev/null 2>&1; then',
+        '    trtexec="$(command -v trtexec)"',
+        "  else",
+        '    trtexec="/usr/src/tensorrt/bin/trtexec"',
+        "  fi",
+        "fi",
+        "",
+        'if [[ -n "${dla_core}" ]]; then',
+    ]
+    if facts.dla_cores:
+        lines += [
+            f'  if ! [[ "${{dla_core}}" =~ ^[0-9]+$ ]] || (( 10#${{dla_core}} >= {facts.dla_cores} )); then',
+            f'    echo "build_engine.sh: DLA_CORE must be 0..{last_core} on {spec.name}, '
+            "got '${dla_core}'\" >&2",
+            "    exit 2",
+            "  fi",
+        ]
+        if precision == "fp32":
+            lines += ['  echo "build_engine.sh: DLA runs fp16 or int8, and this artifact is fp32" >&2', "  exit 2"]
+        lines += ['  int8_mode="implicit"']
+    else:
+        lines += [f'  echo "build_engine.sh: {spec.name} has no DLA; unset DLA_CORE" >&2', "  exit 2"]
+    lines += [
+        "fi",
+        'case "${int8_mode}" in',
+        "  explicit|implicit) ;;",
+        '  *) echo "build_engine.sh: INT8_MODE must be explicit or implicit, got \'${int8_mode}\'" >&2; exit 2 ;;',
+        "esac",
+        "",
+    ]
+    if int8:
+        lines += [
+            'if [[ "${int8_mode}" == "implicit" ]]; then',
+            f'  args=("--onnx=${{here}}/{FLOAT_MODEL}" "--saveEngine=${{engine}}" {flags} "--calib=${{here}}/{CACHE}")',
+            "else",
+            f'  args=("--onnx=${{here}}/{MODEL}" "--saveEngine=${{engine}}" {flags})',
+            "fi",
+        ]
+    else:
+        lines += [f'args=("--onnx=${{here}}/{MODEL}" "--saveEngine=${{engine}}"{" " + flags if flags else ""})']
+    if sparsity:
+        lines += ['args+=("--sparsity=enable")  # the weights have the 2:4 pattern and the GPU has sparse kernels']
+    lines += [
+        'args+=("--memPoolSize=workspace:${workspace_mib}" "--timingCacheFile=${timing_cache}")',
+        'if [[ -n "${dla_core}" ]]; then',
+        '  args+=("--useDLACore=${dla_core}" "--allowGPUFallback")',
+        "fi",
+        f'args+=("{facts.build_only_flag}")',
+        "",
+        'echo "+ ${trtexec} ${args[*]}" >&2',
+        'exec "${trtexec}" "${args[@]}"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+    runtime = "tensorrt"
+    # Emitting needs only ONNX tooling; TensorRT itself runs on the board (build_engine.sh).
+    packages = ("onnxruntime", "onnx")
+    modules = ("onnxruntime", "onnx")
+
+    def toolchain_versions(self) -> dict[str, str]:
+        return {**super().toolchain_versions(), "tensorrt": "not used here: the engine is built on the board"}
+
+    # --- checks --------------------------------------------------------------------------------
+
+    def unsupported(self, model: "onnx.ModelProto", spec: "TargetSpec") -> list[Unsupported]:
+        facts = TensorRTFacts.from_spec(spec)
+        found = [Unsupported("(model)", "opset", v.message) for v in check_opset(model, facts)]
+        return found + unsupported_ops(model, facts)
+
+    def validate(self, model: "onnx.ModelProto", spec: "TargetSpec") -> dict[str, Any]:
+        """The static checks; raises UnsupportedOpsError listing every violation, else returns what passed."""
+        facts = TensorRTFacts.from_spec(spec)
+        counts, violations = check_qdq(model)
+        violations = check_opset(model, facts) + violations
+        violations += [Violation("op-support", u.node, u.reason) for u in unsupported_ops(model, facts)]
+        if violations:
+            listing = "\n".join(f"  {v}" for v in violations[:50])
+            more = f"\n  ... and {len(violations) - 50} more" if len(violations) > 50 else ""
+            raise UnsupportedOpsError(f"{len(violations)} violation(s) of TensorRT {facts.version}'s rules for "
+                                      f"{spec.name}:\n{listing}{more}", QDQ_HINT)
+        return {"tensorrt": facts.version, "opset": default_opset(model), "opset_allowed": list(facts.opset_range),
+                "ops_checked": len(model.graph.node), "op_table": facts.op_source, **counts, "violations": []}
+
+    # --- emit --------------------------------------------------------------------------------------
+
+    def emit(self, state: CompileState, outdir: Path) -> list[str]:
+        import onnx
+        import onnx_ir as ir
+
+        spec, precision = state.spec, state.precision
+        facts = TensorRTFacts.from_spec(spec)
+        model = ir.from_proto(ir.to_proto(state.onnx_model))  # the state's graph stays the simulation's
+        folded = fold_bias_dequantize(model)
+        proto = ir.to_proto(model)
+        checks = self.validate(proto, spec)
+        checks["bias_dequantize_folded_to_float"] = folded
+        ir.save(model, outdir / MODEL)
+        files = [MODEL]
+
+        quantized = precision == "int8" and QUANTIZED in state.facts
+        float_proto = proto
+        report: dict[str, Any] = {"executed_with": EXECUTED_WITH, "tensorrt": facts.version,
+                                  "jetpack": spec.raw["tensorrt"].get("jetpack"), "static_checks": checks}
+        if quantized:
+            float_proto = onnx.load_from_string(state.float_onnx)
+            onnx.save(float_proto, outdir / FLOAT_MODEL)
+            weights = {i.name for i in float_proto.graph.initializer}
+            scales = activation_scales(state.qparams, exclude=weights)
+            write_cache(outdir / CACHE, scales, facts.version)
+            files += [FLOAT_MODEL, CACHE]
+            report["calibration_cache"] = {
+                "file": CACHE, "header": header(facts.version), "tensors": len(scales),
+                "for": f"implicit-int8 builds of {FLOAT_MODEL} (DLA_CORE=N or INT8_MODE=implicit)"}
+
+        sparse = sparsity_report(proto)
+        use_sparsity = facts.sparse_2to4 and bool(sparse["sparse_layers"])
+        report["sparsity"] = {"gpu_has_2to4_kernels": facts.sparse_2to4, **sparse, "enabled": use_sparsity}
+        if facts.dla_cores:
+            report["dla"] = dla_report(float_proto, facts)
+
+        (outdir / SCRIPT).write_text(build_script(facts, spec, precision, use_sparsity))
+        (outdir / SCRIPT).chmod(0o755)
+        files.append(SCRIPT)
+        command = ["trtexec", *trtexec_args(facts, precision, use_sparsity)]
+        report["build"] = {"script": SCRIPT, "command": shlex.join(command),
+                           "run_in": "the artifact directory, on the board"}
+        if facts.dla_cores and precision != "fp32":
+            dla = ["trtexec", *trtexec_args(facts, precision, use_sparsity, dla_core=0)]
+            report["build"]["dla_command"] = shlex.join(dla)
+        state.metrics["backend"] = report
+        return files
+
+    def main_file(self, files: list[str]) -> str:
+        return MODEL if MODEL in files else next(f for f in files if f.endswith(".onnx"))
+
+    # --- run here ------------------------------------------------------------------------------------
+
+    def session(self, model_path: Path, threads: int = 1) -> RunFn:
+        """ONNX Runtime on the same Q/DQ ONNX (TensorRT does not run here; see ``executed_with``)."""
+        from edgekd.backends.onnxrt import ort_run_fn, ort_session
+
+        return ort_run_fn(ort_session(model_path, threads))
+
+    def io(self, model_path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
+        from edgekd.backends.onnxrt import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend().io(model_path)

@@ -1,0 +1,221 @@
+"""Checks of a converted TFLite flatbuffer: the converter fails silently (a float op left in, a
+per-channel weight collapsed to one scale, a range it chose itself), so the backend reads the model
+back through the LiteRT interpreter and compares it with what it asked for.
+
+Checked: no float tensor in the compute path (activations and weights int8, biases int32); QUANTIZE /
+DEQUANTIZE ops only where unavoidable (int8 → int8 requantization before a concatenation, float
+model inputs and outputs when asked for); per-channel conv weights with the simulation's scales;
+every activation's scale and zero point equal to the simulation's (matched through the name scopes
+``tflite_lower`` put into the TF graph, which the converter keeps in its tensor names).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from edgekd.backends.tflite_lower import Lowered
+from edgekd.errors import FidelityError, UnsupportedOpsError
+
+CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
+FLOAT_TYPES = (np.float32, np.float16, np.float64)
+SCALE_RTOL = 1e-6  # float32 rounding of min/max → scale; anything beyond means another range
+
+
+def interpreter(model: bytes | str, threads: int = 1, delegates: bool = True):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    kind = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
+    interp = Interpreter(**source, num_threads=threads, experimental_op_resolver_type=kind)
+    interp.allocate_tensors()
+    return interp
+
+
+def _ops(interp) -> list[dict[str, Any]]:
+    # The interpreter's op list (private but long-stable; the Analyzer only prints text).
+    return interp._get_ops_details()
+
+
+def _rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30))) if a.size else 0.0
+
+
+def _owner(name: str, order: dict[str, int]) -> tuple[str | None, bool]:
+    """The lowering scope a tensor belongs to (the latest in graph order among the scopes named in
+    its fused name), and whether it is an intermediate the lowering derived inside that op."""
+    best, derived = None, True
+    for token in name.split(";"):
+        parts = token.split("/")
+        scope = parts[0]
+        if scope not in order:
+            continue
+        if best is None or order[scope] > order[best]:
+            best, derived = scope, "derived" in parts
+        elif scope == best:
+            derived = derived and "derived" in parts
+    return best, (derived if best is not None else False)
+
+
+def delegation(model: bytes, threads: int = 1) -> dict[str, Any]:
+    """Which ops XNNPACK (LiteRT's default delegate) takes, and which it leaves to the builtin kernels."""
+    interp = interpreter(model, threads, delegates=True)
+    ops = _ops(interp)
+    original = [o for o in ops if o["op_name"] != "DELEGATE"]
+    partitions = [o for o in ops if o["op_name"] == "DELEGATE"]
+    producer = {int(t): o["index"] for o in original for t in o["outputs"]}
+    by_index = {o["index"]: o for o in original}
+    taken: set[int] = set()
+    for d in partitions:
+        stop = {int(t) for t in d["inputs"]}
+        stack = [int(t) for t in d["outputs"]]
+        while stack:
+            t = stack.pop()
+            if t in stop or t not in producer or producer[t] in taken:
+                continue
+            taken.add(producer[t])
+            stack.extend(int(i) for i in by_index[producer[t]]["inputs"] if i >= 0)
+    left = Counter(o["op_name"] for o in original if o["index"] not in taken)
+    return {"delegate": "xnnpack", "partitions": len(partitions), "delegated_ops": len(taken),
+            "not_delegated": dict(sorted(left.items()))}
+
+
+def check_flatbuffer(model: bytes, lowered: Lowered, expected: dict[str, dict], quantized: bool) -> dict[str, Any]:
+    """Reads the flatbuffer back and returns the report for ``state.metrics["backend"]``; raises
+    UnsupportedOpsError when it is not fully int8, FidelityError when its ranges are not the ones
+    asked for."""
+    interp = interpreter(model, delegates=False)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    ops = _ops(interp)
+    io_tensors = {d["index"] for d in interp.get_input_details()} | {d["index"] for d in interp.get_output_details()}
+    report: dict[str, Any] = {
+        "ops": dict(sorted(Counter(o["op_name"] for o in ops).items())),
+        "tensor_dtypes": dict(sorted(Counter(t["dtype"].__name__ for t in tensors.values()).items())),
+    }
+    if not quantized:
+        return report
+
+    problems_int8: list[str] = []
+    problems_ranges: list[str] = []
+    float_tensors = [t["name"] for i, t in tensors.items() if t["dtype"] in FLOAT_TYPES and i not in io_tensors]
+    report["float_tensors"] = float_tensors
+    if float_tensors:
+        problems_int8.append(f"{len(float_tensors)} float tensor(s) in the compute path: "
+                             + ", ".join(float_tensors[:8]) + (" ..." if len(float_tensors) > 8 else ""))
+
+    # QUANTIZE / DEQUANTIZE: int8 → int8 requantization is exact integer work; float edges only at I/O.
+    requant, edges, stray = 0, [], []
+    for o in ops:
+        if o["op_name"] not in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        src, dst = tensors[int(o["inputs"][0])], tensors[int(o["outputs"][0])]
+        if src["dtype"] == np.int8 and dst["dtype"] == np.int8:
+            requant += 1
+        elif int(o["inputs"][0]) in io_tensors or int(o["outputs"][0]) in io_tensors:
+            edges.append(f"{o['op_name']} {src['dtype'].__name__}→{dst['dtype'].__name__} at {src['name'] if o['op_name'] == 'QUANTIZE' else dst['name']}")
+        else:
+            stray.append(f"{o['op_name']} {src['name']}")
+    report["requantize_ops"] = requant  # before CONCATENATION, whose inputs must share its scale
+    report["io_conversions"] = edges
+    if stray:
+        problems_int8.append(f"{len(stray)} QUANTIZE/DEQUANTIZE op(s) inside the graph: " + ", ".join(stray[:8]))
+
+    # Conv weights per channel with the simulation's scales; biases int32.
+    per_channel, per_tensor, bias_bad, w_diff = 0, [], [], 0.0
+    for o in ops:
+        if o["op_name"] not in CONV_OPS and o["op_name"] != "FULLY_CONNECTED":
+            continue
+        out_name = tensors[int(o["outputs"][0])]["name"]
+        w = tensors[int(o["inputs"][1])]
+        scales = w["quantization_parameters"]["scales"]
+        if w["dtype"] != np.int8:
+            continue  # already reported as a float tensor
+        if len(o["inputs"]) > 2 and o["inputs"][2] >= 0 and tensors[int(o["inputs"][2])]["dtype"] != np.int32:
+            bias_bad.append(out_name)
+        if o["op_name"] == "FULLY_CONNECTED":
+            continue  # per tensor by construction (see tflite_lower.FC_PER_TENSOR_REASON)
+        channels = w["shape"][-1] if o["op_name"] == "DEPTHWISE_CONV_2D" else w["shape"][0]
+        if len(scales) == channels and (channels == 1 or len(set(scales.tolist())) > 1 or _all_equal_expected(out_name, lowered)):
+            per_channel += 1
+        else:
+            per_tensor.append(out_name)
+        want = _expected_weight_scales(out_name, lowered)
+        if want is not None and np.size(want) == len(scales):
+            w_diff = max(w_diff, _rel(scales, np.broadcast_to(want, scales.shape)))
+    report["conv_weights"] = {"per_channel": per_channel, "per_tensor": per_tensor, "max_rel_scale_diff": w_diff}
+    report["forced"] = lowered.notes
+    if per_tensor:
+        problems_ranges.append(f"{len(per_tensor)} conv(s) lost their per-channel weight scales: " + ", ".join(per_tensor[:5]))
+    if w_diff > SCALE_RTOL:
+        problems_ranges.append(f"conv weight scales differ from the simulation's by up to {w_diff:.2e} (relative)")
+    if bias_bad:
+        problems_int8.append(f"{len(bias_bad)} bias(es) are not int32: " + ", ".join(bias_bad[:5]))
+
+    # Activation ranges: every quantized activation against the simulation's scale and zero point.
+    order = {s: i for i, s in enumerate(lowered.scopes)}
+    requant_outputs = {int(o["outputs"][0]) for o in ops if o["op_name"] == "QUANTIZE"}
+    produced = {int(t) for o in ops for t in o["outputs"]} | {d["index"] for d in interp.get_input_details()}
+    targets: dict[int, str] = {}
+    for i, t in tensors.items():
+        if i in requant_outputs or i not in produced or t["dtype"] != np.int8:
+            continue
+        scope, derived = _owner(t["name"], order)
+        if scope is not None and not derived:
+            targets[i] = lowered.scopes[scope]
+    for d, onnx_name in zip(interp.get_output_details(), lowered.outputs):
+        if d["dtype"] == np.int8:
+            targets[d["index"]] = onnx_name
+    checked, unmatched, zp_bad, scale_bad, a_diff = 0, 0, [], [], 0.0
+    for i, onnx_name in targets.items():
+        want = expected.get(onnx_name)
+        if want is None or np.size(want["scale"]) != 1:
+            unmatched += 1
+            continue
+        qp = tensors[i]["quantization_parameters"]
+        if len(qp["scales"]) != 1:
+            scale_bad.append(f"{onnx_name} (per-channel in the flatbuffer)")
+            continue
+        checked += 1
+        diff = _rel(qp["scales"][0], float(np.float32(want["scale"])))
+        a_diff = max(a_diff, diff)
+        if diff > SCALE_RTOL:
+            scale_bad.append(f"{onnx_name}: scale {qp['scales'][0]:.6g} vs {float(want['scale']):.6g}")
+        if int(qp["zero_points"][0]) != int(want["zero_point"]):
+            zp_bad.append(f"{onnx_name}: zero point {int(qp['zero_points'][0])} vs {int(want['zero_point'])}")
+    report["activations"] = {"checked": checked, "not_matched": unmatched, "max_rel_scale_diff": a_diff,
+                             "scale_mismatches": scale_bad, "zero_point_mismatches": zp_bad}
+    if checked == 0:
+        problems_ranges.append("no activation of the flatbuffer could be matched with the simulation's tensors")
+    if scale_bad or zp_bad:
+        problems_ranges.append(f"{len(scale_bad)} scale and {len(zp_bad)} zero-point mismatch(es), e.g. "
+                               + "; ".join((scale_bad + zp_bad)[:4]))
+
+    if problems_int8:
+        raise UnsupportedOpsError("the converted TFLite model is not fully int8: " + "; ".join(problems_int8),
+                                  "the ops named above have no int8 TFLite kernel or lost their fake quant; change the "
+                                  "model, or keep it in fp32")
+    if problems_ranges:
+        raise FidelityError("the TFLite converter did not keep the simulation's quantization: " + "; ".join(problems_ranges))
+    return report
+
+
+def _conv_scope(out_name: str, lowered: Lowered) -> str | None:
+    for token in out_name.split(";"):
+        scope = token.split("/")[0]
+        if scope in lowered.conv_scopes:
+            return scope
+    return None
+
+
+def _expected_weight_scales(out_name: str, lowered: Lowered):
+    scope = _conv_scope(out_name, lowered)
+    return None if scope is None else lowered.conv_scopes[scope]["weight_scales"]
+
+
+def _all_equal_expected(out_name: str, lowered: Lowered) -> bool:
+    """A per-channel weight whose channels happen to share one scale (e.g. a single channel)."""
+    want = _expected_weight_scales(out_name, lowered)
+    return want is not None and np.size(want) > 1 and len(set(np.ravel(want).tolist())) == 1
