@@ -29,7 +29,7 @@ $(VENV)/.test: $(VENV)/.base
 
 demo: $(VENV)/.base
 	$(VENV)/bin/edgekd compile examples/cifar10/model.toml --target onnx-cpu -o $(DEMO_OUT) --force \
-	  --calib calibration/cifar10 --verify-samples 64
+	  --precision int8 --calib calibration/cifar10 --eval examples/cifar10/val --max-drop 1.0 --verify-samples 64
 	$(VENV)/bin/edgekd bench $(DEMO_OUT) --device local
 	@echo; cat $(DEMO_OUT)/report.md
 

@@ -19,7 +19,11 @@ import numpy as np
 from edgekd.backends.tflite_lower import Lowered
 from edgekd.errors import FidelityError, UnsupportedOpsError
 
-CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
+WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+# Ops whose output must sit on their input's grid (TFLite's int8 spec): a scale the converter moved
+# onto a CONCATENATION's grid travels through them.
+GRID_OPS = ("RESHAPE", "RESIZE_NEAREST_NEIGHBOR", "MAX_POOL_2D", "PAD", "PADV2", "SPLIT", "SPLIT_V",
+            "STRIDED_SLICE", "SLICE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS")
 FLOAT_TYPES = (np.float32, np.float16, np.float64)
 SCALE_RTOL = 1e-6  # float32 rounding of min/max → scale; anything beyond means another range
 
@@ -123,34 +127,32 @@ def check_flatbuffer(model: bytes, lowered: Lowered, expected: dict[str, dict], 
     if stray:
         problems_int8.append(f"{len(stray)} QUANTIZE/DEQUANTIZE op(s) inside the graph: " + ", ".join(stray[:8]))
 
-    # Conv weights per channel with the simulation's scales; biases int32.
+    # Weights per channel with the simulation's scales; biases int32.
     per_channel, per_tensor, bias_bad, w_diff = 0, [], [], 0.0
     for o in ops:
-        if o["op_name"] not in CONV_OPS and o["op_name"] != "FULLY_CONNECTED":
+        if o["op_name"] not in WEIGHTED_OPS:
             continue
         out_name = tensors[int(o["outputs"][0])]["name"]
         w = tensors[int(o["inputs"][1])]
-        scales = w["quantization_parameters"]["scales"]
         if w["dtype"] != np.int8:
             continue  # already reported as a float tensor
         if len(o["inputs"]) > 2 and o["inputs"][2] >= 0 and tensors[int(o["inputs"][2])]["dtype"] != np.int32:
             bias_bad.append(out_name)
-        if o["op_name"] == "FULLY_CONNECTED":
-            continue  # per tensor by construction (see tflite_lower.FC_PER_TENSOR_REASON)
+        scales = w["quantization_parameters"]["scales"]
         channels = w["shape"][-1] if o["op_name"] == "DEPTHWISE_CONV_2D" else w["shape"][0]
-        if len(scales) == channels and (channels == 1 or len(set(scales.tolist())) > 1 or _all_equal_expected(out_name, lowered)):
+        want = _expected_weight_scales(out_name, lowered)
+        if len(scales) == channels and (want is None or np.size(want) == channels):
             per_channel += 1
+            if want is not None:
+                w_diff = max(w_diff, _rel(scales, want))
         else:
             per_tensor.append(out_name)
-        want = _expected_weight_scales(out_name, lowered)
-        if want is not None and np.size(want) == len(scales):
-            w_diff = max(w_diff, _rel(scales, np.broadcast_to(want, scales.shape)))
-    report["conv_weights"] = {"per_channel": per_channel, "per_tensor": per_tensor, "max_rel_scale_diff": w_diff}
-    report["forced"] = lowered.notes
+    report["weights"] = {"per_channel": per_channel, "per_tensor": per_tensor, "max_rel_scale_diff": w_diff}
+    report["forced"] = list(lowered.notes)
     if per_tensor:
-        problems_ranges.append(f"{len(per_tensor)} conv(s) lost their per-channel weight scales: " + ", ".join(per_tensor[:5]))
+        problems_ranges.append(f"{len(per_tensor)} weight(s) lost their per-channel scales: " + ", ".join(per_tensor[:5]))
     if w_diff > SCALE_RTOL:
-        problems_ranges.append(f"conv weight scales differ from the simulation's by up to {w_diff:.2e} (relative)")
+        problems_ranges.append(f"weight scales differ from the simulation's by up to {w_diff:.2e} (relative)")
     if bias_bad:
         problems_int8.append(f"{len(bias_bad)} bias(es) are not int32: " + ", ".join(bias_bad[:5]))
 
@@ -168,7 +170,9 @@ def check_flatbuffer(model: bytes, lowered: Lowered, expected: dict[str, dict], 
     for d, onnx_name in zip(interp.get_output_details(), lowered.outputs):
         if d["dtype"] == np.int8:
             targets[d["index"]] = onnx_name
-    checked, unmatched, zp_bad, scale_bad, a_diff = 0, 0, [], [], 0.0
+    checked, unmatched, a_diff = 0, 0, 0.0
+    mismatched: list[str] = []
+    moved: list[dict[str, Any]] = []
     for i, onnx_name in targets.items():
         want = expected.get(onnx_name)
         if want is None or np.size(want["scale"]) != 1:
@@ -176,22 +180,33 @@ def check_flatbuffer(model: bytes, lowered: Lowered, expected: dict[str, dict], 
             continue
         qp = tensors[i]["quantization_parameters"]
         if len(qp["scales"]) != 1:
-            scale_bad.append(f"{onnx_name} (per-channel in the flatbuffer)")
+            mismatched.append(f"{onnx_name} (per-channel in the flatbuffer)")
             continue
         checked += 1
-        diff = _rel(qp["scales"][0], float(np.float32(want["scale"])))
-        a_diff = max(a_diff, diff)
-        if diff > SCALE_RTOL:
-            scale_bad.append(f"{onnx_name}: scale {qp['scales'][0]:.6g} vs {float(want['scale']):.6g}")
-        if int(qp["zero_points"][0]) != int(want["zero_point"]):
-            zp_bad.append(f"{onnx_name}: zero point {int(qp['zero_points'][0])} vs {int(want['zero_point'])}")
+        got_scale, got_zp = float(qp["scales"][0]), int(qp["zero_points"][0])
+        diff = _rel(got_scale, float(np.float32(want["scale"])))
+        if diff <= SCALE_RTOL and got_zp == int(want["zero_point"]):
+            a_diff = max(a_diff, diff)
+            continue
+        concat = _concat_grid(i, ops, tensors)
+        if concat is not None:
+            moved.append({"tensor": onnx_name, "onto": concat, "scale": got_scale, "zero_point": got_zp,
+                          "asked_scale": float(want["scale"]), "asked_zero_point": int(want["zero_point"])})
+        else:
+            mismatched.append(f"{onnx_name}: scale {got_scale:.6g}, zero point {got_zp} "
+                              f"(asked {float(want['scale']):.6g}, {int(want['zero_point'])})")
     report["activations"] = {"checked": checked, "not_matched": unmatched, "max_rel_scale_diff": a_diff,
-                             "scale_mismatches": scale_bad, "zero_point_mismatches": zp_bad}
+                             "mismatches": mismatched, "moved_onto_concat_grid": len(moved)}
+    if moved:
+        report["forced"].append({"forced": "producer written onto a CONCATENATION's grid", "tensors": moved,
+                                 "reason": "TFLite's int8 CONCATENATION needs every input on its output grid; the "
+                                           "converter moves a producer onto it instead of adding a requantize op "
+                                           "(one rounding instead of the simulation's two)"})
     if checked == 0:
         problems_ranges.append("no activation of the flatbuffer could be matched with the simulation's tensors")
-    if scale_bad or zp_bad:
-        problems_ranges.append(f"{len(scale_bad)} scale and {len(zp_bad)} zero-point mismatch(es), e.g. "
-                               + "; ".join((scale_bad + zp_bad)[:4]))
+    if mismatched:
+        problems_ranges.append(f"{len(mismatched)} activation range(s) differ from the simulation's, e.g. "
+                               + "; ".join(mismatched[:4]))
 
     if problems_int8:
         raise UnsupportedOpsError("the converted TFLite model is not fully int8: " + "; ".join(problems_int8),
@@ -215,7 +230,25 @@ def _expected_weight_scales(out_name: str, lowered: Lowered):
     return None if scope is None else lowered.conv_scopes[scope]["weight_scales"]
 
 
-def _all_equal_expected(out_name: str, lowered: Lowered) -> bool:
-    """A per-channel weight whose channels happen to share one scale (e.g. a single channel)."""
-    want = _expected_weight_scales(out_name, lowered)
-    return want is not None and np.size(want) > 1 and len(set(np.ravel(want).tolist())) == 1
+def _concat_grid(index: int, ops: list[dict], tensors: dict[int, dict]) -> str | None:
+    """The CONCATENATION (reached directly or through grid-preserving ops) whose output grid the
+    tensor was moved onto, if any: TFLite's int8 CONCATENATION needs its inputs on its output grid,
+    and the converter writes a producer straight onto it instead of adding a requantize op."""
+    qp = tensors[index]["quantization_parameters"]
+    mine = (float(qp["scales"][0]), int(qp["zero_points"][0]))
+    seen, stack = set(), [index]
+    while stack:
+        t = stack.pop()
+        for o in ops:
+            if t not in [int(i) for i in o["inputs"]] or o["index"] in seen:
+                continue
+            seen.add(o["index"])
+            out = tensors[int(o["outputs"][0])]
+            oq = out["quantization_parameters"]
+            if not len(oq["scales"]) or (float(oq["scales"][0]), int(oq["zero_points"][0])) != mine:
+                continue
+            if o["op_name"] == "CONCATENATION":
+                return out["name"]
+            if o["op_name"] in GRID_OPS:
+                stack.extend(int(i) for i in o["outputs"])
+    return None
