@@ -139,3 +139,10 @@ class RemoteCommandError(DeviceError):
 
 class DeviceDiskFullError(DeviceError):
     default_hint = "free space in the device's workdir (or point workdir elsewhere in the inventory)"
+
+
+class TrtexecParseError(EdgekdError):
+    """trtexec's output holds no complete performance summary; the message ends with the output's last lines."""
+
+    default_hint = ("trtexec failed or its output was cut off: run the same trtexec command on the board "
+                    "(add --verbose) and read why")

@@ -108,7 +108,7 @@ class TFLiteBackend(Backend):
         import onnx_ir as ir
 
         from edgekd.backends.tflite_lower import lower
-        from edgekd.backends.tflite_verify import check_flatbuffer, delegation
+        from edgekd.backends.tflite_verify import check_flatbuffer, delegation, name_io
 
         opts = state.spec.raw.get("tflite", {})
         quantized = QUANTIZED in state.facts
@@ -117,7 +117,7 @@ class TFLiteBackend(Backend):
         t0 = time.perf_counter()
         lowered = lower(ir.to_proto(state.onnx_model))
         t1 = time.perf_counter()
-        content = convert(lowered, quantized, in_type, out_type)
+        content = name_io(convert(lowered, quantized, in_type, out_type), lowered)
         t2 = time.perf_counter()
         report = check_flatbuffer(content, lowered, state.qparams, quantized)
         report["xnnpack"] = delegation(content, int(opts.get("threads", 1)))
@@ -128,9 +128,8 @@ class TFLiteBackend(Backend):
             "converter": {"seconds": round(t2 - t1, 3), "optimizations": ["DEFAULT"] if quantized else [],
                           "representative_dataset": None, "inference_input_type": in_type,
                           "inference_output_type": out_type},
-            "io": {"input": {"onnx": lowered.input_name, "layout": "NHWC" if len(lowered.input_shape) == 4 else None},
-                   "outputs": [{"onnx": name, "tflite": info.name, "layout": info.layout}
-                               for name, info in zip(lowered.outputs, outputs)]},
+            "layouts": {"input": "NHWC" if len(lowered.input_shape) == 4 else None,
+                        "outputs": {info.name: info.layout for info in outputs}},
         })
         state.metrics["backend"] = report
         return [MODEL_FILE]

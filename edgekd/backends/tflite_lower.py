@@ -40,6 +40,7 @@ from onnx import helper, numpy_helper
 
 from edgekd.backends.base import Unsupported
 from edgekd.errors import UnsupportedOpsError
+from edgekd.quant.qparams import quantize_bias
 
 TO_NHWC = (0, 2, 3, 1)
 TO_NCHW = (0, 3, 1, 2)
@@ -245,6 +246,7 @@ class Lowered:
     input_shape: tuple[int, ...]  # as the TF function takes it (NHWC for images)
     outputs: list[str]  # ONNX output names, in order
     output_nhwc: list[bool]
+    output_sources: list[set[str]]  # per output: the ONNX tensors its value is (through Q/DQ/Identity)
     scopes: dict[str, str] = field(default_factory=dict)  # name scope → ONNX tensor whose range it carries
     conv_scopes: dict[str, dict] = field(default_factory=dict)  # name scope → {node, op, weight scales}
     notes: list[dict] = field(default_factory=list)  # what the lowering had to change, and why
@@ -482,10 +484,22 @@ def _conv(cx: _Lowering, node) -> list[Val]:
         b = cx.get(node.input[2])
         if not b.const:
             raise _Reject("bias computed at run time")
-        y = tf.nn.bias_add(y, b.t.astype(np.float32))
+        y = tf.nn.bias_add(y, _bias(x, wv, b.t))
     cx.conv_scopes[f"n{cx.index}"] = {
         "node": node.name, "op": kind, "weight_scales": None if wv.w is None else wv.w.scale}
     return [Val(y, True)]
+
+
+def _bias(x: Val, w: Val, bias: np.ndarray) -> np.ndarray:
+    """The float bias, snapped to its int32 grid (input scale × weight scale) when the layer is
+    quantized. The simulation's int32 biases already are; a float one (a bias shared through an
+    Identity) must be too, else MLIR merges the identical constants of several convs into one
+    int32 tensor quantized for the first of them (measured: yolo-det's class heads, 28 steps off)."""
+    bias = np.asarray(bias, np.float32)
+    if x.q is None or w.w is None:
+        return bias
+    q, scale = quantize_bias(bias, x.q[0], np.asarray(w.w.scale, np.float32))
+    return (q.astype(np.float64) * scale.astype(np.float64)).astype(np.float32)
 
 
 def _fc(cx: _Lowering, node, x: Val, w: Val, bias: np.ndarray | None) -> Val:
@@ -499,7 +513,7 @@ def _fc(cx: _Lowering, node, x: Val, w: Val, bias: np.ndarray | None) -> Val:
         x4 = tf.reshape(xt, [-1, 1, 1, k])
     y = tf.nn.conv2d(x4, cx.weight(Val(w.t.reshape(1, 1, k, n), w=w.w)), [1, 1, 1, 1], "VALID")
     if bias is not None:
-        y = tf.nn.bias_add(y, bias.astype(np.float32))
+        y = tf.nn.bias_add(y, _bias(x, w, bias))
     cx.conv_scopes[f"n{cx.index}"] = {"node": node.name, "op": "CONV_2D",
                                       "weight_scales": None if w.w is None else w.w.scale}
     if w.w is not None:
@@ -864,5 +878,15 @@ def lower(model: onnx.ModelProto) -> Lowered:
     module = tf.Module()
     module.f = fn
     concrete = fn.get_concrete_function()
+    producers = {o: n for n in g.node for o in n.output}
+
+    def sources(name: str) -> set[str]:
+        out, node = {name}, producers.get(name)
+        while node is not None and node.op_type in ("QuantizeLinear", "DequantizeLinear", "Identity"):
+            name = node.input[0]
+            out.add(name)
+            node = producers.get(name)
+        return out
+
     return Lowered(concrete, module, inputs[0].name, shape, [o.name for o in g.output], holder["nhwc"],
-                   cx.scopes, cx.conv_scopes, cx.notes, cx.fake_quants)
+                   [sources(o.name) for o in g.output], cx.scopes, cx.conv_scopes, cx.notes, cx.fake_quants)

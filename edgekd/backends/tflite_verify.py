@@ -48,7 +48,7 @@ def _rel(a, b) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30))) if a.size else 0.0
 
 
-def _owner(name: str, order: dict[str, int]) -> tuple[str | None, bool]:
+def owner(name: str, order: dict[str, int]) -> tuple[str | None, bool]:
     """The lowering scope a tensor belongs to (the latest in graph order among the scopes named in
     its fused name), and whether it is an intermediate the lowering derived inside that op."""
     best, derived = None, True
@@ -62,6 +62,46 @@ def _owner(name: str, order: dict[str, int]) -> tuple[str | None, bool]:
         elif scope == best:
             derived = derived and "derived" in parts
     return best, (derived if best is not None else False)
+
+
+def name_io(model: bytes, lowered: Lowered) -> bytes:
+    """The flatbuffer with its outputs in the ONNX model's order and its inputs and outputs named as
+    the ONNX model's: the converter orders outputs its own way (yolo-det's six came out permuted).
+    Each output is found by the lowering scope in its tensor name."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    obj = flatbuffer_utils.convert_bytearray_to_object(model)
+    sg = obj.subgraphs[0]
+    order = {s: i for i, s in enumerate(lowered.scopes)}
+    names = [t.name.decode() for t in sg.tensors]
+    remaining = [int(i) for i in sg.outputs]
+    chosen = []
+    for onnx_name, sources in zip(lowered.outputs, lowered.output_sources):
+        found = [i for i in remaining if (owner(names[i], order)[0] in order
+                                          and lowered.scopes[owner(names[i], order)[0]] in sources)]
+        if len(found) != 1:
+            raise FidelityError(f"cannot tell which TFLite output is the ONNX output {onnx_name!r} "
+                                f"(candidates: {[names[i] for i in found] or [names[i] for i in remaining]})",
+                                "report this with the model; the converter named its outputs unexpectedly")
+        chosen.append(found[0])
+        remaining.remove(found[0])
+    sg.outputs = np.asarray(chosen, np.int32)
+    for i, onnx_name in zip(chosen, lowered.outputs):
+        sg.tensors[i].name = onnx_name.encode()
+    sg.tensors[int(sg.inputs[0])].name = lowered.input_name.encode()
+    for sig in obj.signatureDefs or []:
+        if sig.subgraphIndex != 0:
+            continue
+        sig.inputs = [_tensor_map(schema, lowered.input_name, int(sg.inputs[0]))]
+        sig.outputs = [_tensor_map(schema, n, i) for n, i in zip(lowered.outputs, chosen)]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+
+
+def _tensor_map(schema, name: str, index: int):
+    m = schema.TensorMapT()
+    m.name, m.tensorIndex = name.encode(), index
+    return m
 
 
 def delegation(model: bytes, threads: int = 1) -> dict[str, Any]:
@@ -136,9 +176,18 @@ def check_flatbuffer(model: bytes, lowered: Lowered, expected: dict[str, dict], 
         w = tensors[int(o["inputs"][1])]
         if w["dtype"] != np.int8:
             continue  # already reported as a float tensor
-        if len(o["inputs"]) > 2 and o["inputs"][2] >= 0 and tensors[int(o["inputs"][2])]["dtype"] != np.int32:
-            bias_bad.append(out_name)
         scales = w["quantization_parameters"]["scales"]
+        if len(o["inputs"]) > 2 and o["inputs"][2] >= 0:
+            b = tensors[int(o["inputs"][2])]
+            # TFLite's int8 spec: bias scale = input scale × weight scale, per output channel. A bias
+            # tensor shared by several layers (the converter merges equal constants) breaks it.
+            in_scale = tensors[int(o["inputs"][0])]["quantization_parameters"]["scales"]
+            b_scales = b["quantization_parameters"]["scales"]
+            if b["dtype"] != np.int32:
+                bias_bad.append(f"{out_name} ({b['dtype'].__name__})")
+            elif len(in_scale) == 1 and len(b_scales) == len(scales) and \
+                    _rel(b_scales, np.float32(in_scale[0]) * scales) > 1e-5:
+                bias_bad.append(f"{out_name} (bias scale is not input scale x weight scale)")
         channels = w["shape"][-1] if o["op_name"] == "DEPTHWISE_CONV_2D" else w["shape"][0]
         want = _expected_weight_scales(out_name, lowered)
         if len(scales) == channels and (want is None or np.size(want) == channels):
@@ -154,7 +203,8 @@ def check_flatbuffer(model: bytes, lowered: Lowered, expected: dict[str, dict], 
     if w_diff > SCALE_RTOL:
         problems_ranges.append(f"weight scales differ from the simulation's by up to {w_diff:.2e} (relative)")
     if bias_bad:
-        problems_int8.append(f"{len(bias_bad)} bias(es) are not int32: " + ", ".join(bias_bad[:5]))
+        problems_ranges.append(f"{len(bias_bad)} bias(es) are not int32 on the input x weight grid: "
+                               + ", ".join(bias_bad[:5]))
 
     # Activation ranges: every quantized activation against the simulation's scale and zero point.
     order = {s: i for i, s in enumerate(lowered.scopes)}
@@ -164,10 +214,12 @@ def check_flatbuffer(model: bytes, lowered: Lowered, expected: dict[str, dict], 
     for i, t in tensors.items():
         if i in requant_outputs or i not in produced or t["dtype"] != np.int8:
             continue
-        scope, derived = _owner(t["name"], order)
+        scope, derived = owner(t["name"], order)
         if scope is not None and not derived:
             targets[i] = lowered.scopes[scope]
-    for d, onnx_name in zip(interp.get_output_details(), lowered.outputs):
+    # inputs and outputs carry the ONNX names (see tflite.name_io), so they are matched by position
+    for d, onnx_name in [*zip(interp.get_input_details(), [lowered.input_name]),
+                         *zip(interp.get_output_details(), lowered.outputs)]:
         if d["dtype"] == np.int8:
             targets[d["index"]] = onnx_name
     checked, unmatched, a_diff = 0, 0, 0.0
