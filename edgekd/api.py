@@ -17,7 +17,7 @@ from edgekd.bench.inventory import get_device_spec, load_inventory
 from edgekd.bench.session import BenchSettings, run_benchmark, store_result
 from edgekd.config import CompileConfig, InputSpec
 from edgekd.data.preprocess import Preprocess
-from edgekd.errors import FidelityError, InputShapeError, PassFailedError, UnknownNameError
+from edgekd.errors import FidelityError, InputShapeError, PassFailedError
 from edgekd.instruments import Instrument, ProgressInstrument, default_instruments
 from edgekd.ir.profile import profile_onnx
 from edgekd.manifest import build_manifest

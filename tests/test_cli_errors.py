@@ -18,7 +18,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
-from torch import nn
+
 
 from edgekd.cli import main
 

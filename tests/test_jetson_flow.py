@@ -9,7 +9,6 @@ import stat
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from edgekd import api

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from edgekd import __version__
 from edgekd.backends.ascend_tables import build_table, unsupported
-from edgekd.backends.base import Backend, RunFn, TensorInfo, Unsupported
-from edgekd.backends.onnxrt import OnnxRuntimeBackend, ort_run_fn, ort_session
+from edgekd.backends.base import Unsupported
+from edgekd.backends.onnxrt import OnnxRuntimeBackend
 from edgekd.errors import ConfigError
 from edgekd.state import CompileState
 
@@ -159,7 +159,9 @@ def write_table(table: dict[str, Any], outdir: Path) -> list[str]:
 
 # ----------------------------------------------------------------------------------------- backend
 
-class AscendBackend(Backend):
+class AscendBackend(OnnxRuntimeBackend):
+    """Emits for the NPU; here the same ONNX runs in ONNX Runtime (main_file, session, io inherited)."""
+
     name = "ascend"
     runtime = "onnxruntime"  # the local stand-in; the NPU runs model.om, built by atc_command.sh
     packages = ("onnxruntime", "onnx")
@@ -210,10 +212,4 @@ class AscendBackend(Backend):
         }
 
     def main_file(self, files: list[str]) -> str:
-        return MODEL if MODEL in files else next(f for f in files if f.endswith(".onnx"))
-
-    def session(self, model_path: Path, threads: int = 1) -> RunFn:
-        return ort_run_fn(ort_session(model_path, threads))
-
-    def io(self, model_path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
-        return OnnxRuntimeBackend().io(model_path)
+        return MODEL if MODEL in files else super().main_file(files)

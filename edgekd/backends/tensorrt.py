@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekd.backends.base import Backend, RunFn, TensorInfo, Unsupported
+from edgekd.backends.base import Unsupported
+from edgekd.backends.onnxrt import OnnxRuntimeBackend
 from edgekd.backends.tensorrt_cache import activation_scales, header, write_cache
 from edgekd.backends.tensorrt_rules import (
     TensorRTFacts, Violation, check_opset, check_qdq, default_opset, dla_report, sparsity_report, unsupported_ops,
@@ -198,7 +199,9 @@ def build_script(facts: TensorRTFacts, spec: "TargetSpec", precision: str, spars
     return "\n".join(lines)
 
 
-class TensorRTBackend(Backend):
+class TensorRTBackend(OnnxRuntimeBackend):
+    """Emits for the board; here the Q/DQ ONNX runs in ONNX Runtime (session and io inherited)."""
+
     name = "tensorrt"
     runtime = "tensorrt"
     # Emitting needs only ONNX tooling; TensorRT itself runs on the board (build_engine.sh).
@@ -279,17 +282,4 @@ class TensorRTBackend(Backend):
         return files
 
     def main_file(self, files: list[str]) -> str:
-        return MODEL if MODEL in files else next(f for f in files if f.endswith(".onnx"))
-
-    # --- run here ------------------------------------------------------------------------------------
-
-    def session(self, model_path: Path, threads: int = 1) -> RunFn:
-        """ONNX Runtime on the same Q/DQ ONNX (TensorRT does not run here; see ``executed_with``)."""
-        from edgekd.backends.onnxrt import ort_run_fn, ort_session
-
-        return ort_run_fn(ort_session(model_path, threads))
-
-    def io(self, model_path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
-        from edgekd.backends.onnxrt import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend().io(model_path)
+        return MODEL if MODEL in files else super().main_file(files)
