@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 
 from edgekd.artifact import MANIFEST, ArtifactWriter, check_output_free, write_json
 from edgekd.backends import get_backend
@@ -23,6 +22,7 @@ from edgekd.ir.profile import profile_onnx
 from edgekd.manifest import build_manifest
 from edgekd.model_config import read_model_card
 from edgekd.models.load import LoadedModel, load_model
+from edgekd.models.reference import torch_reference as _torch_reference
 from edgekd.pipeline import build_pipeline, run_pipeline
 from edgekd.report import plot_latencies, write_report
 from edgekd.specs import builtin_targets, load_target, parse_spec
@@ -85,18 +85,6 @@ def _onnx_input(loaded: LoadedModel, inp: InputSpec) -> InputSpec:
     pre = inp.preprocess
     size = (shape[2], shape[3]) if pre.layout == "NCHW" else (shape[1], shape[2])
     return dataclasses.replace(inp, name=gi.name, shape=shape, preprocess=dataclasses.replace(pre, size=size))
-
-
-def _torch_reference(module) -> Callable[[np.ndarray], list[np.ndarray]]:
-    import torch
-
-    def run(x: np.ndarray) -> list[np.ndarray]:
-        with torch.no_grad():
-            out = module(torch.from_numpy(x))
-        outs = out if isinstance(out, (tuple, list)) else [out]
-        return [o.numpy() for o in outs]
-
-    return run
 
 
 def _probe_torch_input(module, inp: InputSpec) -> None:

@@ -92,6 +92,11 @@ def main():
 @click.option("--eval", "eval_dir", type=click.Path(path_type=Path), help="labelled images DIR/<class>/* for top-1")
 @click.option("--eval-samples", type=int, default=1000, show_default=True)
 @click.option("--max-drop", type=float, help="top-1 points int8 may lose; with --eval, layers return to float until met")
+@click.option("--student", help="distil into this zoo model (e.g. mobilenetv2-cifar:0.5); needs --data")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), help="training images for --student/--sparsity (class subfolders or flat)")
+@click.option("--epochs", type=int, default=10, show_default=True, help="training epochs for distillation and sparsity")
+@click.option("--sparsity", type=float, help="fraction of Conv/Linear weights set to zero (0..1)")
+@click.option("--sparsity-pattern", type=click.Choice(["unstructured", "2:4"]), default="unstructured", show_default=True)
 @click.option("--passes", callback=_names, help="run exactly these passes, comma-separated")
 @click.option("--skip", callback=_names, help="drop these passes from the target's default pipeline")
 @click.option("--verify-samples", type=int, default=16, show_default=True)
@@ -102,7 +107,8 @@ def main():
 @handle_errors
 def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape, mean, std, scale, channel_order,
                 layout, labels, precision, calib, calib_samples, calib_method, ema_constant, percentile,
-                activation_scheme, keep_float, eval_dir, eval_samples, max_drop, passes, skip, verify_samples,
+                activation_scheme, keep_float, eval_dir, eval_samples, max_drop, student, data_dir, epochs, sparsity,
+                sparsity_pattern, passes, skip, verify_samples,
                 keep_failed, bench_device, seed, quiet):
     """Compile MODEL (.pt TorchScript, .pt2, .onnx, package.module:factory, zoo name, or a model card .toml)."""
     label_names = [l.strip() for l in labels.read_text().splitlines() if l.strip()] if labels else None
@@ -118,6 +124,8 @@ def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape
                              calib_samples=calib_samples, calib_method=calib_method, ema_constant=ema_constant,
                              percentile=percentile, activation_scheme=activation_scheme, keep_float=keep_names,
                              keep_float_count=keep_count, eval=eval_dir, eval_samples=eval_samples, max_drop=max_drop,
+                             student=student, data=data_dir, epochs=epochs, sparsity=sparsity,
+                             sparsity_pattern=sparsity_pattern,
                              passes=passes, skip=skip or (), verify_samples=verify_samples, keep_failed=keep_failed,
                              seed=seed)
     emit = None if quiet else (lambda line: click.echo(line, err=True))

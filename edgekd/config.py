@@ -49,6 +49,7 @@ class CompileConfig:
     data: Path | None = None
     epochs: int = 10
     sparsity: float | None = None
+    sparsity_pattern: str = "unstructured"  # unstructured | 2:4
     passes: tuple[str, ...] | None = None  # None: the target's default pipeline
     skip: tuple[str, ...] = ()
     verify_samples: int = 16

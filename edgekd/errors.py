@@ -146,3 +146,8 @@ class TrtexecParseError(EdgekdError):
 
     default_hint = ("trtexec failed or its output was cut off: run the same trtexec command on the board "
                     "(add --verbose) and read why")
+
+
+class TrainingDivergedError(EdgekdError):
+    default_hint = ("the loss became NaN/Inf; lower the learning rate, set a loss clip (e.g. 0.3), "
+                    "and resume from the last good checkpoint in the output's checkpoints folder")

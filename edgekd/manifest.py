@@ -60,6 +60,8 @@ def build_manifest(state: CompileState, backend: Backend, extra_files: list[str]
         "calibration": state.metrics.get("calibration"),
         "quantization": _quantization(state),
         "accuracy": state.metrics.get("accuracy"),
+        "distill": state.metrics.get("distill"),
+        "sparsity": state.metrics.get("sparsity"),
         "backend_report": state.metrics.get("backend"),  # what the backend checked and recorded
         "config": state.config.to_dict(),
     }

@@ -64,5 +64,5 @@ class BackendTemplate:
         fid = manifest["fidelity"]
         assert fid["reference"] == "QDQ simulation" and fid["samples"] == 16
         assert fid.get("decisive_disagreements", 0) == 0
-        assert fid.get("max_output_steps", 0) <= 4
+        assert fid.get("max_output_steps", 0) <= 4 + 1e-3  # steps are computed in float
         assert manifest["status"] == "ok"

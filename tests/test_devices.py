@@ -272,3 +272,21 @@ def test_history_and_compare(inv, art):
     rows = [line.split() for line in r.output.splitlines()[2:] if line.startswith("onnx-cpu")]
     assert sorted(row[1] for row in rows) == ["board", "local"]  # newest run per device
     assert (art / "results" / "compare.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("target,runtime", [("rpi4", "litert"), ("openvino-cpu", "openvino")])
+def test_tflite_and_openvino_artifacts_run_on_the_board(tmp_path, zoo_models, inv, target, runtime):
+    import warnings
+
+    from edgekd.passes.calibrate import CalibrationWarning
+
+    path, calib, shape = zoo_models["mobilenetv2-cifar:0.5"]
+    config = api.make_config(str(path), target, tmp_path / target, input_shape=shape, precision="int8", calib=calib,
+                             skip=("sensitivity",), verify_samples=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        out = api.compile(config).output
+    local = api.bench(out, "local", FAST)
+    remote = api.bench(out, "board", FAST, inventory=inv)
+    assert local["runtime"]["name"] == remote["runtime"]["name"] == runtime
+    assert remote["latency"]["iterations"] == 10 and remote["input"] == local["input"]

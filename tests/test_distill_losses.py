@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from edgekd.distill.losses import (FeatureHint, attention_map, attention_transfer, clip_term, compensation_weights,
                                    hinton_kd, kd_with_labels)

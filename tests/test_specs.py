@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_builtin_target_loads_with_its_facts():
     spec = load_target("onnx-cpu")
     assert spec.backend == "onnxruntime" and spec.opset_range[0] <= spec.opset <= spec.opset_range[1]
-    assert spec.passes[0] == "export" and "emit" in spec.passes
+    # the torch-stage passes come first; the pipeline drops them unless --student / --sparsity ask for them
+    assert spec.passes[:3] == ("distill", "sparsify", "export") and "emit" in spec.passes
     assert len(spec.sha256) == 64
 
 
@@ -87,7 +88,7 @@ def test_targets_cli_lists_and_explains():
     assert listing.exit_code == 0 and "onnx-cpu" in listing.output and "installed" in listing.output
     explained = CliRunner().invoke(main, ["targets", "--explain", "onnx-cpu"])
     assert explained.exit_code == 0, explained.output
-    for needle in ("backend onnxruntime", "default pipeline: export → fuse", "why this pipeline", "why this scheme", "S8S8"):
+    for needle in ("backend onnxruntime", "default pipeline: distill → sparsify → export → fuse", "why this pipeline", "why this scheme", "S8S8"):
         assert needle in explained.output
     unknown = CliRunner().invoke(main, ["targets", "--explain", "nope"])
     assert unknown.exit_code == 2 and "valid targets" in unknown.output

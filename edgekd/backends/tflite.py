@@ -112,6 +112,12 @@ class TFLiteBackend(Backend):
 
         opts = state.spec.raw.get("tflite", {})
         quantized = QUANTIZED in state.facts
+        kept = sorted(state.keep_float | set(state.config.keep_float))
+        if quantized and kept:
+            raise UnsupportedOpsError(
+                f"{state.spec.name} runs full int8, with no float layers; kept in float: {', '.join(kept)}",
+                "drop --keep-float / --keep-float-count (or loosen --max-drop), calibrate better, or compile "
+                "for a target that mixes precisions (onnx-cpu)")
         in_type, out_type = (_io_type(opts, "input_type"), _io_type(opts, "output_type")) if quantized else ("float32", "float32")
         _import_tf()
         t0 = time.perf_counter()

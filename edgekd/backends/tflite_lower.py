@@ -21,6 +21,8 @@ The converter's quirks this module works around (TF 2.21, measured):
 - depthwise weights get their per-channel fake quant on ``[kh, kw, 1, C·m]`` and are reshaped to
   ``[kh, kw, C, m]`` afterwards (applied to ``[kh, kw, C, 1]`` they silently share one scale);
 - weights use ``narrow_range=True`` (else some channels get zero point -1 and XNNPACK refuses the model);
+- a float bias equal in every channel (a splat) is quantized with the first channel's scale for all
+  channels: biases are snapped to their int32 grid first, so their values differ per channel;
 - ONNX's explicit padding is kept as ``SAME`` only where TF's SAME splits it identically, else it
   becomes an explicit pad (zeros for convs, the grid's lowest value for max pools) and ``VALID``.
 
@@ -46,6 +48,10 @@ TO_NHWC = (0, 2, 3, 1)
 TO_NCHW = (0, 3, 1, 2)
 NCHW_AXIS_IN_NHWC = (0, 3, 1, 2)  # NCHW axis a is NHWC axis NCHW_AXIS_IN_NHWC[a]
 INT8_MIN, INT8_MAX = -128, 127
+CONST_OPERAND = "constant operand quantized to int8 by the converter"
+CONST_OPERAND_REASON = ("TFLite's int8 ADD/SUB/MUL take int8 operands only; the QDQ simulation keeps the constant "
+                        "float, so the artifact differs from it by the constant's rounding (quantize such constants "
+                        "in the QDQ graph to make the simulation exact)")
 FC_AS_CONV = "Gemm/MatMul lowered as 1x1 CONV_2D"
 FC_AS_CONV_REASON = ("the TFLite converter fails on per-channel FULLY_CONNECTED weights ('tfl.transpose' op has "
                      "mismatched quantized axes); a 1x1 CONV_2D keeps the simulation's per-channel weights, where "
@@ -59,14 +65,15 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
 
 
 def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Initializers, Constant outputs and Identity-of-constant outputs, by name."""
+    """Initializers, Constant outputs, and what Identity or DequantizeLinear make of them, by name
+    (a dequantized weight stands as its int8 values: the checks only read shapes)."""
     out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant":
             value = _constant_value(node)
             if value is not None:
                 out[node.output[0]] = value
-        elif node.op_type == "Identity" and node.input[0] in out:
+        elif node.op_type in ("Identity", "DequantizeLinear") and node.input[0] in out:
             out[node.output[0]] = out[node.input[0]]
     return out
 
@@ -82,7 +89,7 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
 
 
 def _check_conv(node, a, consts) -> str | None:
-    if node.input[1] not in consts and not _from_dq(node.input[1], consts):
+    if node.input[1] not in consts:
         return "weights computed at run time; TFLite needs constant conv weights"
     if len(a.get("kernel_shape", [1, 1])) != 2:
         return "only 2-D convolutions lower to TFLite CONV_2D"
@@ -91,15 +98,11 @@ def _check_conv(node, a, consts) -> str | None:
     return None  # grouped convs are checked against the weight shape below
 
 
-def _from_dq(name: str, consts: dict) -> bool:
-    return f"{name}#dq" in consts
-
-
 def _check_group(node, a, consts) -> str | None:
     group = a.get("group", 1)
     if group == 1:
         return None
-    w = consts.get(node.input[1]) if node.input[1] in consts else consts.get(f"{node.input[1]}#dq")
+    w = consts.get(node.input[1])
     if w is None:
         return None
     # depthwise: one input channel per group (any channel multiplier)
@@ -156,10 +159,10 @@ def _check_const_inputs(*indices: int) -> Callable:
 
 
 def _check_quant(node, a, consts) -> str | None:
-    scale = consts.get(node.input[1])
-    zp = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
     if node.op_type == "DequantizeLinear" and node.input[0] in consts:
         return None  # constants (weights, biases) are dequantized at lowering time
+    scale = consts.get(node.input[1])
+    zp = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
     if scale is None:
         return "scale computed at run time"
     if scale.size != 1:
@@ -188,9 +191,6 @@ CHECKS: dict[str, Callable[[onnx.NodeProto, dict, dict], str | None]] = {
 def unsupported_nodes(model: onnx.ModelProto) -> list[Unsupported]:
     """Every node this lowering cannot express, with the reason."""
     consts = _constants(model)
-    for node in model.graph.node:  # weights behind an int8 DequantizeLinear count as constants
-        if node.op_type == "DequantizeLinear" and node.input[0] in consts:
-            consts[f"{node.output[0]}#dq"] = consts[node.input[0]]
     bad = []
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx"):
@@ -247,6 +247,7 @@ class Lowered:
     outputs: list[str]  # ONNX output names, in order
     output_nhwc: list[bool]
     output_sources: list[set[str]]  # per output: the ONNX tensors its value is (through Q/DQ/Identity)
+    output_shapes: list[tuple[int, ...]]  # as the TF function returns them
     scopes: dict[str, str] = field(default_factory=dict)  # name scope → ONNX tensor whose range it carries
     conv_scopes: dict[str, dict] = field(default_factory=dict)  # name scope → {node, op, weight scales}
     notes: list[dict] = field(default_factory=list)  # what the lowering had to change, and why
@@ -274,7 +275,6 @@ class _Lowering:
         self.model = model
         self.env: dict[str, Val] = {}
         self.quantized = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
-        self.result: Lowered | None = None
         self.scopes: dict[str, str] = {}
         self.conv_scopes: dict[str, dict] = {}
         self.notes: list[dict] = []
@@ -484,17 +484,22 @@ def _conv(cx: _Lowering, node) -> list[Val]:
         b = cx.get(node.input[2])
         if not b.const:
             raise _Reject("bias computed at run time")
-        y = tf.nn.bias_add(y, _bias(x, wv, b.t))
+        bias = _bias(x, wv, b.t)
+        y = tf.nn.bias_add(y, bias)
+    else:
+        bias = None
     cx.conv_scopes[f"n{cx.index}"] = {
-        "node": node.name, "op": kind, "weight_scales": None if wv.w is None else wv.w.scale}
+        "node": node.name, "op": kind, "weight_scales": None if wv.w is None else wv.w.scale, "bias": bias}
     return [Val(y, True)]
 
 
 def _bias(x: Val, w: Val, bias: np.ndarray) -> np.ndarray:
-    """The float bias, snapped to its int32 grid (input scale × weight scale) when the layer is
-    quantized. The simulation's int32 biases already are; a float one (a bias shared through an
-    Identity) must be too, else MLIR merges the identical constants of several convs into one
-    int32 tensor quantized for the first of them (measured: yolo-det's class heads, 28 steps off)."""
+    """The float bias, snapped to its int32 grid (input scale × weight scale per channel) when the
+    layer is quantized. The simulation's int32 biases already are; a float one (torch shares equal
+    biases through Identity nodes, which the quantizer leaves float) must be too: a bias whose
+    channels are all equal is a splat constant, and the converter quantizes a splat with the first
+    channel's scale for every channel (measured: yolo-det's class heads, bias -log 99, 28 steps off).
+    Snapped, its values differ per channel."""
     bias = np.asarray(bias, np.float32)
     if x.q is None or w.w is None:
         return bias
@@ -513,9 +518,10 @@ def _fc(cx: _Lowering, node, x: Val, w: Val, bias: np.ndarray | None) -> Val:
         x4 = tf.reshape(xt, [-1, 1, 1, k])
     y = tf.nn.conv2d(x4, cx.weight(Val(w.t.reshape(1, 1, k, n), w=w.w)), [1, 1, 1, 1], "VALID")
     if bias is not None:
-        y = tf.nn.bias_add(y, _bias(x, w, bias))
+        bias = _bias(x, w, bias)
+        y = tf.nn.bias_add(y, bias)
     cx.conv_scopes[f"n{cx.index}"] = {"node": node.name, "op": "CONV_2D",
-                                      "weight_scales": None if w.w is None else w.w.scale}
+                                      "weight_scales": None if w.w is None else w.w.scale, "bias": bias}
     if w.w is not None:
         note = next((nt for nt in cx.notes if nt["forced"] == FC_AS_CONV), None)
         if note is None:
@@ -555,6 +561,12 @@ def _binary(fn_name: str) -> Callable:
     def lower(cx: _Lowering, node) -> list[Val]:
         vals = [cx.get(n) for n in node.input]
         nhwc = any(v.nhwc for v in vals)
+        if cx.quantized and any(v.const and v.w is None for v in vals):
+            note = next((nt for nt in cx.notes if nt["forced"] == CONST_OPERAND), None)
+            if note is None:
+                note = {"forced": CONST_OPERAND, "reason": CONST_OPERAND_REASON, "nodes": []}
+                cx.notes.append(note)
+            note["nodes"].append(node.name)
         ts = []
         for v in vals:
             if nhwc and not v.nhwc:
@@ -818,7 +830,7 @@ def _pad(cx: _Lowering, node) -> list[Val]:
         raise _Reject("negative pads (cropping) are not lowered")
     pairs = [[pads[i], pads[i + rank]] for i in range(rank)]
     if x.nhwc:
-        pairs = [pairs[i] for i in TO_NCHW]
+        pairs = [pairs[i] for i in TO_NHWC]  # NHWC axis j is NCHW axis TO_NHWC[j]
     value = float(cx.get(node.input[2]).t) if len(node.input) > 2 and node.input[2] else 0.0
     mode = a.get("mode", b"constant").decode()
     if mode == "reflect":
@@ -870,7 +882,7 @@ def lower(model: onnx.ModelProto) -> Lowered:
 
     def body(x):
         outs, nhwc = cx.run(x)
-        holder["nhwc"] = nhwc
+        holder["nhwc"], holder["shapes"] = nhwc, [tuple(o.shape.as_list()) for o in outs]
         return outs
 
     fn = tf.function(body, autograph=False,
@@ -889,4 +901,4 @@ def lower(model: onnx.ModelProto) -> Lowered:
         return out
 
     return Lowered(concrete, module, inputs[0].name, shape, [o.name for o in g.output], holder["nhwc"],
-                   [sources(o.name) for o in g.output], cx.scopes, cx.conv_scopes, cx.notes, cx.fake_quants)
+                   [sources(o.name) for o in g.output], holder["shapes"], cx.scopes, cx.conv_scopes, cx.notes, cx.fake_quants)

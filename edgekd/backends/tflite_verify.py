@@ -76,16 +76,24 @@ def name_io(model: bytes, lowered: Lowered) -> bytes:
     order = {s: i for i, s in enumerate(lowered.scopes)}
     names = [t.name.decode() for t in sg.tensors]
     remaining = [int(i) for i in sg.outputs]
-    chosen = []
-    for onnx_name, sources in zip(lowered.outputs, lowered.output_sources):
+    chosen: list[int | None] = []
+    for sources in lowered.output_sources:  # by the lowering scope in the tensor name
         found = [i for i in remaining if (owner(names[i], order)[0] in order
                                           and lowered.scopes[owner(names[i], order)[0]] in sources)]
-        if len(found) != 1:
-            raise FidelityError(f"cannot tell which TFLite output is the ONNX output {onnx_name!r} "
-                                f"(candidates: {[names[i] for i in found] or [names[i] for i in remaining]})",
-                                "report this with the model; the converter named its outputs unexpectedly")
-        chosen.append(found[0])
-        remaining.remove(found[0])
+        chosen.append(found[0] if len(found) == 1 else None)
+        if len(found) == 1:
+            remaining.remove(found[0])
+    for k, shape in enumerate(lowered.output_shapes):  # else by a shape no other output has
+        if chosen[k] is None:
+            found = [i for i in remaining if tuple(sg.tensors[i].shape) == shape]
+            if len(found) == 1 or len(remaining) == 1:
+                chosen[k] = found[0] if len(found) == 1 else remaining[0]
+                remaining.remove(chosen[k])
+    if None in chosen:
+        missing = [n for n, c in zip(lowered.outputs, chosen) if c is None]
+        raise FidelityError(f"cannot tell which TFLite outputs are the ONNX outputs {missing} "
+                            f"(left: {[names[i] for i in remaining]})",
+                            "report this with the model; the converter named its outputs unexpectedly")
     sg.outputs = np.asarray(chosen, np.int32)
     for i, onnx_name in zip(chosen, lowered.outputs):
         sg.tensors[i].name = onnx_name.encode()
@@ -159,7 +167,8 @@ def check_flatbuffer(model: bytes, lowered: Lowered, expected: dict[str, dict], 
         if src["dtype"] == np.int8 and dst["dtype"] == np.int8:
             requant += 1
         elif int(o["inputs"][0]) in io_tensors or int(o["outputs"][0]) in io_tensors:
-            edges.append(f"{o['op_name']} {src['dtype'].__name__}→{dst['dtype'].__name__} at {src['name'] if o['op_name'] == 'QUANTIZE' else dst['name']}")
+            at = src["name"] if o["op_name"] == "QUANTIZE" else dst["name"]
+            edges.append(f"{o['op_name']} {src['dtype'].__name__}→{dst['dtype'].__name__} at {at}")
         else:
             stray.append(f"{o['op_name']} {src['name']}")
     report["requantize_ops"] = requant  # before CONCATENATION, whose inputs must share its scale
@@ -167,20 +176,21 @@ def check_flatbuffer(model: bytes, lowered: Lowered, expected: dict[str, dict], 
     if stray:
         problems_int8.append(f"{len(stray)} QUANTIZE/DEQUANTIZE op(s) inside the graph: " + ", ".join(stray[:8]))
 
-    # Weights per channel with the simulation's scales; biases int32.
-    per_channel, per_tensor, bias_bad, w_diff = 0, [], [], 0.0
+    # Weights per channel with the simulation's scales; biases int32 with the layer's values.
+    per_channel, per_tensor, bias_bad, requantized, w_diff = 0, [], [], [], 0.0
     for o in ops:
         if o["op_name"] not in WEIGHTED_OPS:
             continue
-        out_name = tensors[int(o["outputs"][0])]["name"]
         w = tensors[int(o["inputs"][1])]
+        out_name = tensors[int(o["outputs"][0])]["name"]
+        info = _conv_info(w["name"] + ";" + out_name, lowered)  # outputs carry ONNX names: the weight has the scope
         if w["dtype"] != np.int8:
             continue  # already reported as a float tensor
         scales = w["quantization_parameters"]["scales"]
         if len(o["inputs"]) > 2 and o["inputs"][2] >= 0:
             b = tensors[int(o["inputs"][2])]
-            # TFLite's int8 spec: bias scale = input scale × weight scale, per output channel. A bias
-            # tensor shared by several layers (the converter merges equal constants) breaks it.
+            # TFLite's int8 spec: bias scale = input scale × weight scale, per output channel; and the
+            # values must be the layer's (a splat bias got the first channel's scale for all of them)
             in_scale = tensors[int(o["inputs"][0])]["quantization_parameters"]["scales"]
             b_scales = b["quantization_parameters"]["scales"]
             if b["dtype"] != np.int32:
@@ -188,8 +198,17 @@ def check_flatbuffer(model: bytes, lowered: Lowered, expected: dict[str, dict], 
             elif len(in_scale) == 1 and len(b_scales) == len(scales) and \
                     _rel(b_scales, np.float32(in_scale[0]) * scales) > 1e-5:
                 bias_bad.append(f"{out_name} (bias scale is not input scale x weight scale)")
+            else:
+                want_b = info.get("bias")
+                got_b = interp.get_tensor(int(o["inputs"][2])).astype(np.float64) * b_scales
+                if want_b is not None and got_b.shape == want_b.shape and \
+                        np.any(np.abs(got_b - want_b) > 0.5 * b_scales + 1e-6 * np.abs(want_b)):
+                    bias_bad.append(f"{out_name} (int32 bias values are not the layer's bias)")
         channels = w["shape"][-1] if o["op_name"] == "DEPTHWISE_CONV_2D" else w["shape"][0]
-        want = _expected_weight_scales(out_name, lowered)
+        want = info.get("weight_scales")
+        if want is None and info:
+            requantized.append(out_name)  # float in the simulation, int8 with the converter's own ranges
+            continue
         if len(scales) == channels and (want is None or np.size(want) == channels):
             per_channel += 1
             if want is not None:
@@ -202,6 +221,9 @@ def check_flatbuffer(model: bytes, lowered: Lowered, expected: dict[str, dict], 
         problems_ranges.append(f"{len(per_tensor)} weight(s) lost their per-channel scales: " + ", ".join(per_tensor[:5]))
     if w_diff > SCALE_RTOL:
         problems_ranges.append(f"weight scales differ from the simulation's by up to {w_diff:.2e} (relative)")
+    if requantized:
+        problems_ranges.append(f"{len(requantized)} layer(s) float in the simulation were quantized by the converter "
+                               "with ranges of its own: " + ", ".join(requantized[:5]))
     if bias_bad:
         problems_ranges.append(f"{len(bias_bad)} bias(es) are not int32 on the input x weight grid: "
                                + ", ".join(bias_bad[:5]))
@@ -222,13 +244,17 @@ def check_flatbuffer(model: bytes, lowered: Lowered, expected: dict[str, dict], 
                          *zip(interp.get_output_details(), lowered.outputs)]:
         if d["dtype"] == np.int8:
             targets[d["index"]] = onnx_name
-    checked, unmatched, a_diff = 0, 0, 0.0
+    checked, unmatched, a_diff = 0, [], 0.0
     mismatched: list[str] = []
     moved: list[dict[str, Any]] = []
+    kept_grid: list[dict[str, Any]] = []
+    # a graph output's own tensor is renamed by the quantizer (``<name>_float``); its qparams keep the name
+    output_of = {src: out for out, sources in zip(lowered.outputs, lowered.output_sources) for src in sources}
     for i, onnx_name in targets.items():
+        onnx_name = onnx_name if onnx_name in expected else output_of.get(onnx_name, onnx_name)
         want = expected.get(onnx_name)
         if want is None or np.size(want["scale"]) != 1:
-            unmatched += 1
+            unmatched.append(onnx_name)
             continue
         qp = tensors[i]["quantization_parameters"]
         if len(qp["scales"]) != 1:
@@ -241,19 +267,28 @@ def check_flatbuffer(model: bytes, lowered: Lowered, expected: dict[str, dict], 
             a_diff = max(a_diff, diff)
             continue
         concat = _concat_grid(i, ops, tensors)
+        after = _requantized_after(i, ops, tensors, float(np.float32(want["scale"])), int(want["zero_point"]))
         if concat is not None:
             moved.append({"tensor": onnx_name, "onto": concat, "scale": got_scale, "zero_point": got_zp,
                           "asked_scale": float(want["scale"]), "asked_zero_point": int(want["zero_point"])})
+        elif after is not None:
+            kept_grid.append({"tensor": onnx_name, "op": after})
         else:
             mismatched.append(f"{onnx_name}: scale {got_scale:.6g}, zero point {got_zp} "
                               f"(asked {float(want['scale']):.6g}, {int(want['zero_point'])})")
-    report["activations"] = {"checked": checked, "not_matched": unmatched, "max_rel_scale_diff": a_diff,
-                             "mismatches": mismatched, "moved_onto_concat_grid": len(moved)}
+    report["activations"] = {"checked": checked, "without_qparams": unmatched, "max_rel_scale_diff": a_diff,
+                             "mismatches": mismatched, "moved_onto_concat_grid": len(moved),
+                             "requantized_after_same_grid_op": len(kept_grid)}
     if moved:
         report["forced"].append({"forced": "producer written onto a CONCATENATION's grid", "tensors": moved,
                                  "reason": "TFLite's int8 CONCATENATION needs every input on its output grid; the "
                                            "converter moves a producer onto it instead of adding a requantize op "
                                            "(one rounding instead of the simulation's two)"})
+    if kept_grid:
+        report["forced"].append({"forced": "requantized after an op that keeps its input's grid", "tensors": kept_grid,
+                                 "reason": "TFLite's int8 kernels for these ops need output scale = input scale; the "
+                                           "converter adds a QUANTIZE to the asked range after them (two roundings "
+                                           "where the simulation has one)"})
     if checked == 0:
         problems_ranges.append("no activation of the flatbuffer could be matched with the simulation's tensors")
     if mismatched:
@@ -277,9 +312,29 @@ def _conv_scope(out_name: str, lowered: Lowered) -> str | None:
     return None
 
 
-def _expected_weight_scales(out_name: str, lowered: Lowered):
+def _conv_info(out_name: str, lowered: Lowered) -> dict:
     scope = _conv_scope(out_name, lowered)
-    return None if scope is None else lowered.conv_scopes[scope]["weight_scales"]
+    return {} if scope is None else lowered.conv_scopes[scope]
+
+
+
+def _requantized_after(index: int, ops: list[dict], tensors: dict[int, dict], scale: float, zp: int) -> str | None:
+    """The op that produced the tensor, when it kept its input's grid (TFLite's int8 AVERAGE_POOL_2D,
+    for one, must) and a QUANTIZE right after brings the value to the asked range."""
+    producer = next((o for o in ops if index in [int(t) for t in o["outputs"]]), None)
+    if producer is None or not len(producer["inputs"]):
+        return None
+    src = tensors[int(producer["inputs"][0])]["quantization_parameters"]
+    mine = tensors[index]["quantization_parameters"]
+    if not len(src["scales"]) or (float(src["scales"][0]), int(src["zero_points"][0])) != \
+            (float(mine["scales"][0]), int(mine["zero_points"][0])):
+        return None
+    for o in ops:
+        if o["op_name"] == "QUANTIZE" and int(o["inputs"][0]) == index:
+            qp = tensors[int(o["outputs"][0])]["quantization_parameters"]
+            if int(qp["zero_points"][0]) == zp and _rel(qp["scales"][0], scale) <= SCALE_RTOL:
+                return producer["op_name"]
+    return None
 
 
 def _concat_grid(index: int, ops: list[dict], tensors: dict[int, dict]) -> str | None:

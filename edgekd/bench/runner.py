@@ -140,7 +140,9 @@ class OpenVINOModel:
 
         core = ov.Core()
         self.version = ov.get_version()
-        self.compiled = core.compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads})
+        # f32 pinned: on bf16-capable CPUs the plugin would otherwise run float layers in bf16
+        self.compiled = core.compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                         "INFERENCE_PRECISION_HINT": "f32"})
         self.request = self.compiled.create_infer_request()
         inp = self.compiled.inputs[0]
         self.input_shape = [int(d) for d in inp.get_shape()]

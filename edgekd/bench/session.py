@@ -51,7 +51,9 @@ def run_benchmark(artifact: Path, device: Device, settings: BenchSettings,
         result = run_trt_benchmark(artifact, manifest, device, settings, when.append, progress)
         return _finish(result, device, manifest, model_file, when[0], settings)
     with device:
-        remote_model = device.upload(artifact / model_file, Path(model_file).name)
+        # every file of the artifact: some runtimes read siblings (OpenVINO's .xml needs its .bin)
+        remote = {f["path"]: device.upload(artifact / f["path"], Path(f["path"]).name) for f in manifest["files"]}
+        remote_model = remote[model_file]
         remote_runner = device.upload(RUNNER, "edgekd_runner.py")
         argv = [device.python, remote_runner, remote_model, "--runtime", runtime,
                 "--threads", str(settings.threads), "--warmup", str(settings.warmup),

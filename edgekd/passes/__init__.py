@@ -6,16 +6,18 @@ from edgekd.passes.accuracy_budget import AccuracyBudgetPass
 from edgekd.passes.base import Pass, PassResult
 from edgekd.passes.calibrate import CalibratePass
 from edgekd.passes.check_support import CheckSupportPass
+from edgekd.passes.distill import DistillPass
 from edgekd.passes.emit import EmitPass
 from edgekd.passes.evaluate import EvaluatePass
 from edgekd.passes.export_onnx import ExportOnnxPass
 from edgekd.passes.fuse_conv_bn_relu import FuseConvBnReluPass
 from edgekd.passes.quantize import QuantizePass
 from edgekd.passes.sensitivity import SensitivityPass
+from edgekd.passes.sparsify import SparsifyPass
 from edgekd.passes.verify import VerifyPass
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (
-    ExportOnnxPass, FuseConvBnReluPass, CheckSupportPass, CalibratePass, SensitivityPass, AccuracyBudgetPass, QuantizePass, EmitPass,
+    DistillPass, SparsifyPass, ExportOnnxPass, FuseConvBnReluPass, CheckSupportPass, CalibratePass, SensitivityPass, AccuracyBudgetPass, QuantizePass, EmitPass,
     VerifyPass, EvaluatePass,
 )}
 

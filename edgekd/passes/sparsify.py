@@ -1,0 +1,74 @@
+"""Weight sparsity on the torch model: KD fine-tune against the dense model with a cubic ramp, or
+one-shot magnitude pruning when epochs is 0."""
+
+from __future__ import annotations
+
+import copy
+
+from edgekd.models.reference import torch_reference
+from edgekd.config import CompileConfig
+from edgekd.errors import ConfigError
+from edgekd.passes.base import Pass, PassResult
+from edgekd.passes.distill import require_data
+from edgekd.specs import TargetSpec
+from edgekd.state import TORCH_MODEL, CompileState
+
+
+class SparsifyPass(Pass):
+    name = "sparsify"
+    requires = frozenset({TORCH_MODEL})
+    provides = frozenset({TORCH_MODEL})
+
+    def __init__(self, sparsity: float, pattern: str = "unstructured", scope: str = "layer", data=None,
+                 epochs: int = 0, seed: int = 0, train_overrides: dict | None = None):
+        if pattern not in ("unstructured", "2:4"):
+            raise ConfigError(f"sparsity pattern must be unstructured or 2:4, got {pattern!r}")
+        if not 0 <= sparsity < 1:
+            raise ConfigError(f"sparsity must lie in [0, 1), got {sparsity}")
+        self.sparsity, self.pattern, self.scope = sparsity, pattern, scope
+        self.data, self.epochs, self.seed = data, epochs, seed
+        self.train_overrides = dict(train_overrides or {})
+
+    @classmethod
+    def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "SparsifyPass":
+        if config.epochs > 0:
+            require_data(config, cls.name)
+        return cls(config.sparsity, config.sparsity_pattern, "layer", config.data, config.epochs, config.seed)
+
+    @classmethod
+    def wanted(cls, config: CompileConfig, spec: TargetSpec, initial_facts: set[str]) -> bool:
+        return config.sparsity is not None and TORCH_MODEL in initial_facts
+
+    def run(self, state: CompileState) -> PassResult:
+        from edgekd.distill.schedules import Schedule
+        from edgekd.distill.trainer import TrainConfig, train_kd
+        from edgekd.sparsity.masks import apply_masks, global_masks, magnitude_mask, nm_mask, prunable, sparsity_report
+
+        model = state.torch_model
+        metrics: dict = {"sparsity": self.sparsity, "pattern": self.pattern, "scope": self.scope, "epochs": self.epochs}
+        if self.epochs > 0:
+            teacher = copy.deepcopy(model).eval()
+            cfg = TrainConfig(**{"epochs": self.epochs, "seed": self.seed, "sparsity": self.sparsity,
+                                 "pattern": self.pattern, "scope": self.scope, "lr": 0.01,
+                                 "temperature": Schedule("constant", 2.0),
+                                 **self.train_overrides})
+            result = train_kd(teacher, model, self.data, state.input.preprocess, cfg,
+                              out_dir=state.workdir / "training-sparsify")
+            metrics.update({"val_top1": result.best_acc, "teacher_val_top1": result.teacher_acc,
+                            "seconds": round(result.seconds, 3)})
+        else:
+            layers = prunable(model)
+            if self.pattern == "2:4":
+                layers = {n: m for n, m in layers.items() if m.weight.shape[1] % 4 == 0}
+                masks = {n: nm_mask(m.weight.detach()) for n, m in layers.items()}
+            elif self.scope == "global":
+                masks = global_masks({n: m.weight.detach() for n, m in layers.items()}, self.sparsity)
+            else:
+                masks = {n: magnitude_mask(m.weight.detach(), self.sparsity) for n, m in layers.items()}
+            apply_masks(layers, masks)
+        model.eval()
+        per_layer = sparsity_report(model)
+        metrics["per_layer"] = per_layer
+        state.metrics["sparsity"] = metrics
+        state.reference = state.float_reference = torch_reference(model)
+        return PassResult(state, changed=True, metrics=metrics)
