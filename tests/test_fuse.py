@@ -18,6 +18,8 @@ from edgekd.passes.fuse_conv_bn_relu import FuseConvBnReluPass
 from edgekd.specs import load_target
 from edgekd.state import CompileState
 
+from conftest import realistic
+
 
 def _state(model: ir.Model | None = None, torch_model=None, shape=(1, 3, 32, 32)) -> CompileState:
     from edgekd.config import CompileConfig
@@ -25,18 +27,6 @@ def _state(model: ir.Model | None = None, torch_model=None, shape=(1, 3, 32, 32)
     spec = load_target("onnx-cpu")
     return CompileState(spec=spec, config=CompileConfig("m", "onnx-cpu", "out"), input=InputSpec(shape=shape),
                         workdir=None, torch_model=torch_model, onnx_model=model)
-
-
-def _randomize_bn(model: torch.nn.Module, seed: int = 0) -> None:
-    """Non-trivial BN statistics, so folding has something to get wrong; gains ≤ 1 keep deep nets in range."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=g) * 0.5 + 0.5)
-            m.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
 
 
 def _proto(model: ir.Model) -> bytes:
@@ -52,7 +42,7 @@ def _proto(model: ir.Model) -> bytes:
 def test_fusion_is_numerically_equivalent_on_zoo_models(name, shape):
     torch.manual_seed(0)
     model = build_model(name).eval()
-    _randomize_bn(model)
+    realistic(model)
     state = ExportOnnxPass(opset=17, fold_constants=False).run(_state(torch_model=model, shape=shape)).state
     bn_before = sum(1 for n in state.onnx_model.graph if n.op_type == "BatchNormalization")
     assert bn_before > 0, "the unfolded export must leave BN for this test to mean anything"

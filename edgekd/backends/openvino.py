@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.backends.base import Backend, RunFn, TensorInfo, Unsupported
-from edgekd.errors import ConfigError, FidelityError, UnsupportedOpsError
+from edgekd.backends.base import Backend, RunFn, TensorInfo, Unsupported, in_model_batches
+from edgekd.errors import FidelityError, UnsupportedOpsError
 from edgekd.state import CompileState
 
 MODEL_FILE = "model.xml"
@@ -164,16 +164,7 @@ class OpenVINOBackend(Backend):
             results = request.infer({0: x})
             return [np.array(results[o], copy=True) for o in outputs]  # the request reuses its buffers
 
-        def run(x: np.ndarray) -> list[np.ndarray]:
-            x = np.ascontiguousarray(x, dtype=np.float32)
-            if batch is None or x.shape[0] == batch:
-                return one(x)
-            if x.shape[0] % batch:
-                raise ConfigError(f"batch of {x.shape[0]} does not divide into the model's batch of {batch}")
-            parts = [one(x[i:i + batch]) for i in range(0, x.shape[0], batch)]
-            return [np.concatenate(p) for p in zip(*parts)]
-
-        return run
+        return in_model_batches(one, batch)
 
     def io(self, model_path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
         import openvino as ov

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.backends.base import Backend, RunFn, TensorInfo, Unsupported
+from edgekd.backends.base import Backend, RunFn, TensorInfo, Unsupported, in_model_batches
 from edgekd.errors import ConfigError, UnsupportedOpsError
 from edgekd.state import QUANTIZED, CompileState
 
@@ -168,16 +168,7 @@ class TFLiteBackend(Backend):
                 results.append(y.transpose(0, 3, 1, 2) if y.ndim == 4 else y)
             return results
 
-        def run(x: np.ndarray) -> list[np.ndarray]:
-            x = np.asarray(x, dtype=np.float32)
-            if x.shape[0] == batch:
-                return one(x)
-            if x.shape[0] % batch:
-                raise ConfigError(f"batch of {x.shape[0]} does not divide into the model's batch of {batch}")
-            parts = [one(x[i:i + batch]) for i in range(0, x.shape[0], batch)]
-            return [np.concatenate(p) for p in zip(*parts)]
-
-        return run
+        return in_model_batches(one, batch)
 
     def io(self, model_path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
         from edgekd.backends.tflite_verify import interpreter
