@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -36,6 +35,8 @@ import numpy as np
 
 from edgekd import __version__ as EDGEKD_VERSION
 from edgekd import api
+from edgekd.artifact import sha256_file
+from edgekd.bench.runner import cpu_model
 from edgekd.data.folder import ImageFolder, scan_image_folder, split_holdout
 from edgekd.data.preprocess import Preprocess, load_image
 from edgekd.model_config import ModelCard, read_model_card
@@ -461,24 +462,6 @@ def target_lines(cmp: dict) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- environment
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def machine_info(threads: int) -> dict:
     info = {"cpu": cpu_model(), "cores": os.cpu_count(), "os": platform.platform(), "ort_threads_scoring": threads}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from edgekd import __version__
@@ -88,7 +87,3 @@ def _quantization(state: CompileState) -> dict[str, Any] | None:
         "accuracy_budget": state.metrics.get("accuracy_budget"),
         "tensors": state.qparams,
     }
-
-
-def relative_files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())

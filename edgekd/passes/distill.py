@@ -13,7 +13,9 @@ from edgekd.state import TORCH_MODEL, CompileState
 def require_data(config: CompileConfig, pass_name: str) -> None:
     if config.data is None:
         raise ConfigError(f"pass {pass_name!r} trains and needs training images",
-                          "pass --data DIR (an image folder, with class subfolders for labelled training or flat for label-free KD)")
+                          "pass --data DIR (an image folder, with class subfolders for labelled training or flat for "
+                          "label-free KD)" + ("; or --epochs 0 for one-shot magnitude pruning without fine-tuning"
+                                              if pass_name == "sparsify" else ""))
 
 
 def train_config(config: CompileConfig, **overrides):
