@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -16,6 +17,7 @@ from edgekd.bench.inventory import get_device_spec, load_inventory
 from edgekd.bench.session import BenchSettings, run_benchmark, store_result
 from edgekd.config import CompileConfig, InputSpec
 from edgekd.data.preprocess import Preprocess
+from edgekd.distill.options import checkpoint_root
 from edgekd.errors import FidelityError, InputShapeError, PassFailedError
 from edgekd.instruments import Instrument, ProgressInstrument, default_instruments
 from edgekd.ir.profile import profile_onnx
@@ -35,14 +37,12 @@ class CompileResult:
     manifest: dict[str, Any]
 
 
-def make_config(model: str, target: str, output: str | Path, *, input_shape: Sequence[int] | None = None,
-                mean: Sequence[float] | None = None, std: Sequence[float] | None = None, scale: float | None = None,
-                channel_order: str | None = None, layout: str | None = None, input_name: str | None = None,
-                labels: Sequence[str] | None = None, weights: str | Path | None = None, **options) -> CompileConfig:
-    """A CompileConfig from a model (file, factory, zoo name, or model card .toml) and overrides.
-
-    Explicit arguments win over the model card's values.
-    """
+def model_input(model: str, *, input_shape: Sequence[int] | None = None, mean: Sequence[float] | None = None,
+                std: Sequence[float] | None = None, scale: float | None = None, channel_order: str | None = None,
+                layout: str | None = None, input_name: str | None = None, labels: Sequence[str] | None = None,
+                weights: str | Path | None = None) -> tuple[str, Path | None, InputSpec, tuple[str, ...] | None]:
+    """(model source, weights, input spec, labels) from a model (file, factory, zoo name, or model card .toml)
+    and overrides; explicit arguments win over the model card's values."""
     card_input: dict[str, Any] = {}
     card_labels = None
     if str(model).endswith(".toml"):
@@ -61,9 +61,68 @@ def make_config(model: str, target: str, output: str | Path, *, input_shape: Seq
         pre_kwargs["size"] = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
     pre = Preprocess(layout=layout, **pre_kwargs)
     inp = InputSpec(name=input_name or card_input.get("name", "input"), shape=shape, preprocess=pre)
-    return CompileConfig(model=str(model), target=target, output=Path(output), input=inp,
-                         labels=tuple(labels) if labels else card_labels,
-                         weights=Path(weights) if weights is not None else None, **options)
+    return (str(model), Path(weights) if weights is not None else None, inp,
+            tuple(labels) if labels else card_labels)
+
+
+def make_config(model: str, target: str, output: str | Path, *, input_shape: Sequence[int] | None = None,
+                mean: Sequence[float] | None = None, std: Sequence[float] | None = None, scale: float | None = None,
+                channel_order: str | None = None, layout: str | None = None, input_name: str | None = None,
+                labels: Sequence[str] | None = None, weights: str | Path | None = None, **options) -> CompileConfig:
+    """A CompileConfig from a model (file, factory, zoo name, or model card .toml) and overrides."""
+    source, weights, inp, labels = model_input(model, input_shape=input_shape, mean=mean, std=std, scale=scale,
+                                               channel_order=channel_order, layout=layout, input_name=input_name,
+                                               labels=labels, weights=weights)
+    return CompileConfig(model=source, target=target, output=Path(output), input=inp, labels=labels, weights=weights,
+                         **options)
+
+
+def load_input_model(source: str, weights: Path | None, allow_pickle: bool, inp: InputSpec):
+    """(loaded model, its input spec with the shape checked or read from the ONNX graph)."""
+    loaded = load_model(source, weights, allow_pickle)
+    if loaded.kind == "onnx":
+        return loaded, _onnx_input(loaded, inp)
+    _probe_torch_input(loaded.torch_module, inp)
+    return loaded, inp
+
+
+def distill(model: str, student: str, data: str | Path, output: str | Path, *, epochs: int = 10, seed: int = 0,
+            resume: bool = False, train_options: dict | None = None, allow_pickle: bool = False,
+            progress: Callable | None = None, **input_args) -> dict:
+    """Trains ``student`` (a zoo name) from the teacher ``model`` and writes its state_dict to ``output`` (.pt),
+    a JSON record beside it, and the training curves into ``<output>.training/``. Under ``torchrun`` every
+    worker trains its share of each batch (DistributedDataParallel) and the first one writes."""
+    import torch
+
+    from edgekd.distill.distributed import join
+    from edgekd.distill.onnx_teacher import OnnxTeacher
+    from edgekd.distill.options import train_config
+    from edgekd.distill.student import distill_student
+    from edgekd.models.profile import profile
+
+    output = Path(output)
+    source, weights, inp, _ = model_input(model, **input_args)
+    loaded, inp = load_input_model(source, weights, allow_pickle, inp)
+    shape = tuple(inp.shape)
+    if loaded.kind == "onnx":
+        teacher, teacher_profile = OnnxTeacher(loaded.onnx_proto), profile_onnx(loaded.onnx_proto)
+    else:
+        teacher, teacher_profile = loaded.torch_module.eval(), profile(loaded.torch_module, shape)
+    cfg = train_config(train_options or {}, epochs=epochs, seed=seed, resume=resume,
+                       checkpoint_dir=output.with_name(output.name + ".checkpoints"))
+    world = join()
+    net, metrics = distill_student(teacher, teacher_profile, student, data, inp.preprocess, shape, cfg,
+                                   output.with_name(output.name + ".training") if world.is_main else None, progress)
+    metrics.update({"teacher": loaded.source, "teacher_sha256": loaded.sha256, "workers": world.size,
+                    "input": {"shape": list(shape), "mean": list(inp.preprocess.mean), "std": list(inp.preprocess.std)}})
+    if world.is_main:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(output.name + ".tmp")
+        torch.save({k: v.contiguous() for k, v in net.state_dict().items()}, tmp)
+        tmp.replace(output)
+        write_json(output.with_suffix(".json"), metrics)
+    world.barrier()
+    return metrics
 
 
 def _onnx_input(loaded: LoadedModel, inp: InputSpec) -> InputSpec:
@@ -109,14 +168,11 @@ def compile(config: CompileConfig, progress: Callable[[str], None] | None = None
 
     spec = load_target(config.target)
     check_output_free(config.output, config.force)
-    loaded = load_model(config.model, config.weights, config.allow_pickle)
+    loaded, inp = load_input_model(config.model, config.weights, config.allow_pickle, config.input)
     if loaded.kind == "onnx":
-        inp = _onnx_input(loaded, config.input)
         reference = ort_run_fn(ort_session(loaded.onnx_proto.SerializeToString()))
         facts, ref_name = {ONNX_MODEL}, "source ONNX model in ONNX Runtime"
     else:
-        inp = config.input
-        _probe_torch_input(loaded.torch_module, inp)
         reference = _torch_reference(loaded.torch_module)
         facts, ref_name = {TORCH_MODEL}, "PyTorch model"
     passes = build_pipeline(spec, config, facts)
@@ -150,6 +206,7 @@ def compile(config: CompileConfig, progress: Callable[[str], None] | None = None
         write_report(workdir)
     if failure is not None:
         raise failure
+    shutil.rmtree(checkpoint_root(config.output), ignore_errors=True)  # only an unfinished compile resumes
     out = Path(config.output).absolute()
     if config.bench:
         bench(out, config.bench, BenchSettings(threads=spec.bench.threads, warmup=spec.bench.warmup,

@@ -60,6 +60,45 @@ def handle_errors(fn):
     return wrapper
 
 
+# Training flags shared by `compile` (distillation, sparsity fine-tune) and `distill`; unset ones keep the
+# trainer's defaults (edgekd.distill.trainer.TrainConfig).
+TRAINING_FLAGS = [
+    click.option("--lr", type=float, help="peak learning rate [0.05; sparsity fine-tune 0.01]"),
+    click.option("--batch-size", type=int, help="[64]"),
+    click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), help="[sgd, Nesterov momentum]"),
+    click.option("--lr-schedule", type=click.Choice(["cosine", "onecycle"]), help="[cosine]"),
+    click.option("--temperature", help="KD temperature: a number, or START:END over training [6:2]"),
+    click.option("--temperature-schedule", type=click.Choice(["linear", "cosine"]), help="shape of START:END [linear]"),
+    click.option("--learn-temperature", is_flag=True, default=None, help="train T with the student, from START"),
+    click.option("--alpha", help="KD weight against hard labels: a number or START:END [0.7:0.3; label-free 1]"),
+    click.option("--hint-weight", type=float, help="FitNets hint loss on paired feature maps [0: off]"),
+    click.option("--attention-weight", type=float, help="attention transfer on the same pairs [0: off]"),
+    click.option("--feature-loss", type=click.Choice(["mse", "cosine"]), help="hint distance [mse]"),
+    click.option("--feature-pairs", help="STUDENT_LAYER=TEACHER_LAYER,... [auto: stage ends matched by spatial size]"),
+    click.option("--compensate", is_flag=True, default=None, help="rescale loss weights by gradient-norm sensitivity"),
+    click.option("--loss-clip", type=float, help="clip each loss term at this value (e.g. 0.3)"),
+    click.option("--select-fraction", type=float, help="label-free: keep this fraction with the highest teacher entropy"),
+    click.option("--early-stop", type=int, help="stop after N epochs without a better holdout top-1"),
+    click.option("--sparsity-scope", type=click.Choice(["layer", "global"]), help="magnitude ranking scope [layer]"),
+]
+TRAINING_KEYS = ("lr", "batch_size", "optimizer", "lr_schedule", "temperature", "temperature_schedule",
+                 "learn_temperature", "alpha", "hint_weight", "attention_weight", "feature_loss", "feature_pairs",
+                 "compensate", "loss_clip", "select_fraction", "early_stop", "sparsity_scope")
+
+
+def training_flags(fn):
+    """Adds TRAINING_FLAGS and hands the ones the user set to ``fn`` as one ``train_options`` dict."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        given = {k: kwargs.pop(k) for k in TRAINING_KEYS}
+        return fn(*args, train_options={k: v for k, v in given.items() if v is not None}, **kwargs)
+
+    for flag in reversed(TRAINING_FLAGS):
+        wrapper = flag(wrapper)
+    return wrapper
+
+
 @click.group()
 @click.version_option(__version__, prog_name="edgekd")
 def main():
@@ -97,6 +136,7 @@ def main():
 @click.option("--epochs", type=int, default=10, show_default=True, help="training epochs for distillation and sparsity")
 @click.option("--sparsity", type=float, help="fraction of Conv/Linear weights set to zero (0..1)")
 @click.option("--sparsity-pattern", type=click.Choice(["unstructured", "2:4"]), default="unstructured", show_default=True)
+@click.option("--resume", is_flag=True, help="continue training from OUTPUT.checkpoints (left by an interrupted compile)")
 @click.option("--passes", callback=_names, help="run exactly these passes, comma-separated")
 @click.option("--skip", callback=_names, help="drop these passes from the target's default pipeline")
 @click.option("--verify-samples", type=int, default=16, show_default=True)
@@ -104,12 +144,13 @@ def main():
 @click.option("--bench", "bench_device", help="benchmark the artifact on this device afterwards (e.g. local)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-q", "--quiet", is_flag=True)
+@training_flags
 @handle_errors
 def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape, mean, std, scale, channel_order,
                 layout, labels, precision, calib, calib_samples, calib_method, ema_constant, percentile,
                 activation_scheme, keep_float, eval_dir, eval_samples, max_drop, student, data_dir, epochs, sparsity,
-                sparsity_pattern, passes, skip, verify_samples,
-                keep_failed, bench_device, seed, quiet):
+                sparsity_pattern, resume, passes, skip, verify_samples,
+                keep_failed, bench_device, seed, quiet, train_options):
     """Compile MODEL (.pt TorchScript, .pt2, .onnx, package.module:factory, zoo name, or a model card .toml)."""
     label_names = [l.strip() for l in labels.read_text().splitlines() if l.strip()] if labels else None
     keep_names, keep_count = (), 0
@@ -125,7 +166,7 @@ def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape
                              percentile=percentile, activation_scheme=activation_scheme, keep_float=keep_names,
                              keep_float_count=keep_count, eval=eval_dir, eval_samples=eval_samples, max_drop=max_drop,
                              student=student, data=data_dir, epochs=epochs, sparsity=sparsity,
-                             sparsity_pattern=sparsity_pattern,
+                             sparsity_pattern=sparsity_pattern, resume=resume, train_options=train_options,
                              passes=passes, skip=skip or (), verify_samples=verify_samples, keep_failed=keep_failed,
                              seed=seed)
     emit = None if quiet else (lambda line: click.echo(line, err=True))
@@ -147,6 +188,47 @@ def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape
                         f"the design rule asks {speed['needed_speedup']:.2f}x (2x per point)", fg="yellow")
     if bench_device:
         _bench(result.output, bench_device, None, None, None, None, quiet)
+
+
+@main.command("distill")
+@click.argument("teacher")
+@click.option("--student", required=True, help="zoo model to train, e.g. resnet8:0.625 or mobilenetv2-cifar:0.5")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+              help="training images (class subfolders, or flat for label-free KD); every 10th per class is held out")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="student state_dict (.pt) to write")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--resume", is_flag=True, help="continue from OUTPUT.checkpoints")
+@click.option("--weights", type=click.Path(path_type=Path), help="teacher state_dict for a factory TEACHER")
+@click.option("--allow-pickle", is_flag=True, help="allow unpickling a whole-module teacher file (runs code from it)")
+@click.option("--input-shape", callback=_ints, help="N,C,H,W")
+@click.option("--mean", callback=_floats)
+@click.option("--std", callback=_floats)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+@training_flags
+@handle_errors
+def distill_cmd(teacher, student, data_dir, output, epochs, resume, weights, allow_pickle, input_shape, mean, std, seed,
+                quiet, train_options):
+    """Train a STUDENT from TEACHER by knowledge distillation and write its weights.
+
+    Runs as is, or data-parallel under torchrun (gloo on CPU, nccl on GPUs), e.g.
+    `torchrun --nproc_per_node 2 -m edgekd distill ...`. Compile the result with
+    `edgekd compile STUDENT --weights OUTPUT --target ...`.
+    """
+    def progress(epoch, step, steps, loss, acc):
+        if acc is not None and not quiet:
+            click.echo(f"epoch {epoch}/{epochs}: loss {loss:.4f}, holdout top-1 {acc:.2f} %", err=True)
+
+    m = api.distill(teacher, student, data_dir, output, epochs=epochs, seed=seed, resume=resume,
+                    train_options=train_options, allow_pickle=allow_pickle, progress=progress,
+                    weights=weights, input_shape=input_shape, mean=mean, std=std)
+    from edgekd.distill.distributed import join
+
+    if join().is_main:
+        pct = lambda v: "–" if v is None else f"{v:.2f} %"  # noqa: E731
+        click.echo(f"wrote {output}: {student}, {m['student_params']:,} params ({m['teacher_params'] / m['student_params']:.1f}x "
+                   f"fewer), {m['student_macs'] / 1e6:.2f} M MACs; holdout top-1 {pct(m['student_val_top1'])}"
+                   f" (teacher {pct(m['teacher_val_top1'])}), {m['epochs']} epochs, {m['workers']} worker(s)")
 
 
 def _settings(artifact, threads, warmup, iterations, time_budget) -> BenchSettings:

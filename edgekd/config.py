@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from edgekd.data.preprocess import Preprocess
 
@@ -50,6 +50,8 @@ class CompileConfig:
     epochs: int = 10
     sparsity: float | None = None
     sparsity_pattern: str = "unstructured"  # unstructured | 2:4
+    train_options: Mapping[str, Any] = field(default_factory=dict)  # edgekd.distill.options.KNOWN
+    resume: bool = False  # continue distillation / sparsity training from <output>.checkpoints
     passes: tuple[str, ...] | None = None  # None: the target's default pipeline
     skip: tuple[str, ...] = ()
     verify_samples: int = 16

@@ -151,3 +151,7 @@ class TrtexecParseError(EdgekdError):
 class TrainingDivergedError(EdgekdError):
     default_hint = ("the loss became NaN/Inf; lower the learning rate, set a loss clip (e.g. 0.3), "
                     "and resume from the last good checkpoint in the output's checkpoints folder")
+
+
+class DistributedStateError(EdgekdError):
+    """Data-parallel workers disagree (their weights drifted apart)."""

@@ -31,7 +31,11 @@ def pass_names(spec: TargetSpec, config: CompileConfig, initial_facts: set[str])
                     f"target {spec.name} lists pass {name!r}, which this edgekd does not have",
                     f"edit {spec.path} or pass --passes explicitly; known passes: {', '.join(sorted(PASSES))}",
                 )
-        names = [n for n in default if PASSES[n].wanted(config, spec, initial_facts)]
+        names, facts = [], set(initial_facts)
+        for n in default:  # a pass is wanted given what the passes kept before it provide (a distilled student)
+            if PASSES[n].wanted(config, spec, facts):
+                names.append(n)
+                facts = (facts | PASSES[n].provides) - PASSES[n].removes
     return [n for n in names if n not in config.skip]
 
 

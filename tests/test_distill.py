@@ -90,7 +90,7 @@ def test_nan_loss_raises_and_keeps_the_last_good_checkpoint(labelled, tmp_path, 
     ck = tmp_path / "ck"
     train_kd(teacher, student, labelled, PRE, TrainConfig(epochs=1, batch_size=32, checkpoint_dir=ck))
     before = (ck / "last.pt").read_bytes()
-    monkeypatch.setattr(trainer, "kd_with_labels", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(trainer, "hinton_kd", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(TrainingDivergedError) as e:
         train_kd(teacher, student, labelled, PRE, TrainConfig(epochs=3, batch_size=32, checkpoint_dir=ck, resume=True))
     assert "last.pt" in str(e.value)

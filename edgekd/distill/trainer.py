@@ -1,9 +1,9 @@
-"""A KD training loop a user can leave running: cached teacher outputs, holdout top-1, CSV + PNG
-curves, a checkpoint per epoch with resume, divergence detection, optional sparsity ramp."""
+"""A KD training loop a user can leave running: composable loss terms, holdout top-1, CSV + PNG curves, a
+checkpoint per epoch with resume, divergence detection, optional sparsity ramp, replay for incremental
+updates, and data parallelism under torchrun."""
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import dataclass, field
@@ -15,15 +15,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekd.data.folder import scan_image_folder, split_holdout
-from edgekd.data.preprocess import Preprocess, read_rgb
-from edgekd.distill.losses import clip_term, kd_with_labels
-from edgekd.distill.schedules import Schedule
-from edgekd.errors import ConfigError, TrainingDivergedError
-from edgekd.sparsity.masks import (apply_masks, cubic_sparsity, global_masks, magnitude_mask, nm_mask, prunable,
-                                   sparsity_report)
+from edgekd.distill.curves import write_curves
+from edgekd.distill.data import Dataset, augment, load_folder, to_tensor
+from edgekd.distill.distributed import World, join
+from edgekd.distill.features import FeatureLosses, capture, pair_layers
+from edgekd.distill.losses import clip_term, compensation_weights, hinton_kd
+from edgekd.distill.replay import ReplayBuffer
+from edgekd.distill.schedules import LearnableTemperature, Schedule
+from edgekd.data.preprocess import Preprocess
+from edgekd.errors import ConfigError, DataError, TrainingDivergedError
+from edgekd.sparsity.masks import sparsity_report
+from edgekd.sparsity.ramp import GradualPruner
 
 Progress = Callable[[int, int, int, float, "float | None"], None]  # (epoch, step, steps, loss, acc)
+
+__all__ = ["TrainConfig", "TrainResult", "Dataset", "load_folder", "train_kd", "entropy_select", "predict", "top1"]
 
 
 @dataclass(frozen=True)
@@ -34,8 +40,15 @@ class TrainConfig:
     optimizer: str = "sgd"  # sgd | adamw
     schedule: str = "cosine"  # cosine | onecycle
     temperature: Schedule = field(default_factory=lambda: Schedule("linear", 6.0, 2.0))
-    alpha: Schedule = field(default_factory=lambda: Schedule("linear", 0.7, 0.3))
-    loss_clip: float | None = None  # 0.3 is a good start when KD spikes
+    learn_temperature: bool = False  # T trained with the student, starting at the schedule's first value
+    alpha: Schedule | None = None  # KD share; None: 0.7 → 0.3 with labels, 1 (KD alone) without
+    hint_weight: float = 0.0  # FitNets hint loss on paired feature maps
+    attention_weight: float = 0.0  # attention transfer on the same pairs
+    feature_loss: str = "mse"  # mse | cosine
+    feature_pairs: tuple[tuple[str, str], ...] | None = None  # (student layer, teacher layer); None: by spatial size
+    compensate: bool = False  # rescale term weights by gradient-norm sensitivity, clamped to [0.5, 2]
+    compensate_every: int = 50
+    loss_clip: float | None = None  # per term; 0.3 is a good start when KD spikes
     augment: bool = True  # random horizontal flip + 4-pixel padded crop
     seed: int = 0
     early_stop_patience: int | None = None  # epochs without a better holdout top-1
@@ -52,18 +65,20 @@ class TrainConfig:
         for name, value, valid in (("optimizer", self.optimizer, ("sgd", "adamw")),
                                    ("schedule", self.schedule, ("cosine", "onecycle")),
                                    ("pattern", self.pattern, ("unstructured", "2:4")),
-                                   ("scope", self.scope, ("layer", "global"))):
+                                   ("scope", self.scope, ("layer", "global")),
+                                   ("feature_loss", self.feature_loss, ("mse", "cosine"))):
             if value not in valid:
                 raise ConfigError(f"{name} must be one of {', '.join(valid)}, got {value!r}")
         if self.sparsity is not None and not 0 <= self.sparsity < 1:
             raise ConfigError(f"sparsity must lie in [0, 1), got {self.sparsity}")
+        if self.select_fraction is not None and not 0 < self.select_fraction <= 1:
+            raise ConfigError(f"select fraction must lie in (0, 1], got {self.select_fraction}")
+        if self.loss_clip is not None and self.loss_clip <= 0:
+            raise ConfigError(f"loss clip must be positive, got {self.loss_clip}")
 
-
-@dataclass
-class Dataset:
-    images: np.ndarray  # N,H,W,3 uint8, decoded once
-    labels: np.ndarray | None
-    classes: tuple[str, ...]
+    @property
+    def uses_features(self) -> bool:
+        return self.hint_weight > 0 or self.attention_weight > 0
 
 
 @dataclass
@@ -78,43 +93,9 @@ class TrainResult:
     csv_path: Path | None = None
     png_path: Path | None = None
     sparsity: dict[str, float] | None = None
-
-
-def load_folder(root, size: tuple[int, int], limit: int | None = None, seed: int = 0) -> tuple[Dataset, Dataset | None]:
-    """(train, holdout) decoded into uint8 arrays; holdout only when the folder is labelled."""
-    folder = scan_image_folder(root)
-    if limit is not None and limit < len(folder):
-        idx = np.sort(np.random.default_rng(seed).permutation(len(folder))[:limit])
-        folder = folder.subset(idx)
-
-    def decode(f):
-        imgs = np.stack([read_rgb(p, size) for p in f.files]) if len(f) else np.zeros((0, *size, 3), np.uint8)
-        return Dataset(imgs, None if f.labels is None else np.asarray(f.labels, np.int64), f.classes)
-
-    if folder.labels is None:
-        return decode(folder), None
-    train, held = split_holdout(folder)
-    if not len(held):  # fewer than 10 images per class: hold out every 5th instead
-        train, held = split_holdout(folder, every=5, offset=4)
-    return decode(train), (decode(held) if len(held) else None)
-
-
-def to_tensor(images: np.ndarray, pre: Preprocess) -> torch.Tensor:
-    """uint8 N,H,W,3 → normalised float NCHW (the layout the torch models take)."""
-    x = torch.from_numpy(images).float() * pre.scale
-    x = (x - torch.tensor(pre.mean)) / torch.tensor(pre.std)
-    if pre.channel_order == "BGR":
-        x = x.flip(-1)
-    return x.permute(0, 3, 1, 2).contiguous()
-
-
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    n, _, h, w = x.shape
-    flip = torch.rand(n, generator=gen) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    padded = F.pad(x, (4, 4, 4, 4))
-    dy, dx = torch.randint(0, 9, (2,), generator=gen).tolist()
-    return padded[:, :, dy:dy + h, dx:dx + w]
+    feature_pairs: list[tuple[str, str]] | None = None
+    skipped_images: int = 0
+    replay_size: int = 0
 
 
 @torch.no_grad()
@@ -135,89 +116,95 @@ def entropy_select(teacher_logits: torch.Tensor, fraction: float) -> torch.Tenso
     return ent.argsort(descending=True)[:k].sort().values
 
 
-class _Sparsifier:
-    def __init__(self, model: nn.Module, cfg: TrainConfig, total_steps: int):
-        self.cfg, self.layers = cfg, prunable(model)
-        if cfg.pattern == "2:4":  # layers whose input channels do not group by 4 stay dense
-            self.layers = {n: m for n, m in self.layers.items() if m.weight.shape[1] % 4 == 0}
-        self.ramp_end = max(1, int(total_steps * 2 / 3))
-        self.masks: dict[str, torch.Tensor] = {}
+class Objective(nn.Module):
+    """The student plus everything trained beside it (hint adapters, a learnable temperature): the module
+    DistributedDataParallel wraps, so one forward yields every term and every trained parameter is synced."""
 
-    def step(self, step: int) -> None:
-        if step <= self.ramp_end and (step % self.cfg.mask_every == 0 or step == self.ramp_end or not self.masks):
-            s = cubic_sparsity(step, self.ramp_end, self.cfg.sparsity)
-            weights = {n: m.weight.detach() for n, m in self.layers.items()}
-            if self.cfg.pattern == "2:4":
-                self.masks = {n: nm_mask(w) for n, w in weights.items()} if step >= self.ramp_end // 2 else {}
-            elif self.cfg.scope == "global":
-                self.masks = global_masks(weights, s)
-            else:
-                self.masks = {n: magnitude_mask(w, s) for n, w in weights.items()}
-        apply_masks(self.layers, self.masks)
+    def __init__(self, student: nn.Module, features: FeatureLosses | None, temperature: LearnableTemperature | None):
+        super().__init__()
+        self.student, self.features, self.temperature = student, features, temperature
+        self._names = [s for s, _ in features.pairs] if features is not None else []
 
-    def finish(self) -> None:
-        """Masks at the final sparsity: exact zeros whatever the step count was."""
-        self.step(self.ramp_end)
+    def forward(self, x: torch.Tensor, teacher_features: dict[str, torch.Tensor] | None):
+        with capture(self.student, self._names) as feats:
+            logits = self.student(x)
+        hint = at = None
+        if self.features is not None:
+            hint, at = self.features(feats, teacher_features)
+        t = self.temperature() if self.temperature is not None else None
+        return logits, hint, at, t
 
 
-def _write_curves(history: list[dict], out_dir: Path) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = out_dir / "training.csv", out_dir / "training.png"
-    keys = list(history[0])
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(history)
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    if any(h.get("val_top1") is not None for h in history):
-        ax2 = ax.twinx()
-        ax2.plot(epochs, [h["val_top1"] for h in history], color="tab:orange", marker="s", label="val top-1")
-        ax2.set_ylabel("top-1 %")
-    ax.legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=80)
-    plt.close(fig)
-    return csv_path, png_path
-
-
-def train_kd(teacher: nn.Module, student: nn.Module, data_dir, pre: Preprocess, cfg: TrainConfig,
-             out_dir: Path | None = None, progress: Progress | None = None) -> TrainResult:
-    """Distils ``teacher`` into ``student`` (in place) on the images under ``data_dir``."""
-    t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    train, held = load_folder(data_dir, pre.size, cfg.max_samples, cfg.seed)
-    x = to_tensor(train.images, pre)
-    y = None if train.labels is None else torch.from_numpy(train.labels)
-    teacher.eval()
-    t_logits = predict(teacher, x)  # cached once, on un-augmented data
-    total = len(x)
-    if y is None and cfg.select_fraction is not None:
-        keep = entropy_select(t_logits, cfg.select_fraction)
-        x, t_logits = x[keep], t_logits[keep]
-    xv = None if held is None else to_tensor(held.images, pre)
-    teacher_acc = None if held is None else top1(predict(teacher, xv), held.labels)
-
-    steps_per_epoch = max(1, math.ceil(len(x) / cfg.batch_size))
-    total_steps = steps_per_epoch * max(1, cfg.epochs)
-    params = [p for p in student.parameters() if p.requires_grad]
+def _optimizer(cfg: TrainConfig, params, total_steps: int):
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     else:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
     if cfg.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
-    else:
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=total_steps)
-    sparsifier = _Sparsifier(student, cfg, total_steps) if cfg.sparsity else None
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
+    return opt, torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=total_steps)
+
+
+DEFAULT_ALPHA = Schedule("linear", 0.7, 0.3)
+
+
+def _check_labels(cfg: TrainConfig, train: Dataset, data_dir) -> None:
+    if train.labels is None and cfg.alpha is not None and min(cfg.alpha.start, cfg.alpha.end or cfg.alpha.start) < 1:
+        raise ConfigError(f"alpha below 1 mixes in hard labels, but {data_dir} has no class subfolders",
+                          "put the images in one subfolder per class, or use alpha 1 (label-free KD)")
+    if train.labels is not None and cfg.select_fraction is not None:
+        raise ConfigError("entropy-based selection applies to label-free distillation",
+                          "pass a flat (unlabelled) image folder, or drop the select fraction")
+
+
+def train_kd(teacher: nn.Module, student: nn.Module, data_dir, pre: Preprocess, cfg: TrainConfig,
+             out_dir: Path | None = None, progress: Progress | None = None,
+             replay: ReplayBuffer | None = None) -> TrainResult:
+    """Distils ``teacher`` into ``student`` (in place) on the images under ``data_dir``.
+
+    With ``replay``, every step also learns from an equal number of earlier samples drawn from the buffer
+    (against the teacher logits stored with them), the KD weight grows with the buffer's fill, and the new
+    images are added to the buffer at the end: an incremental update that keeps old behaviour.
+    """
+    t0 = time.perf_counter()
+    world = join()
+    torch.manual_seed(cfg.seed)
+    order_gen = torch.Generator().manual_seed(cfg.seed)  # the same on every worker: they split one permutation
+    aug_gen = torch.Generator().manual_seed(cfg.seed + 1000 * world.rank)
+    replay_rng = np.random.default_rng(cfg.seed + world.rank)
+    train, held = load_folder(data_dir, pre.size, cfg.max_samples, cfg.seed)
+    if not len(train):
+        raise DataError(f"no training images left in {data_dir} after the holdout split", "add images")
+    _check_labels(cfg, train, data_dir)
+    x = to_tensor(train.images, pre)
+    y = None if train.labels is None else torch.from_numpy(train.labels)
+    teacher.eval()
+    t_logits = predict(teacher, x)  # un-augmented; used directly when no feature loss needs a live teacher
+    total = len(x)
+    images = train.images
+    if y is None and cfg.select_fraction is not None:
+        keep = entropy_select(t_logits, cfg.select_fraction)
+        x, t_logits, images = x[keep], t_logits[keep], images[keep.numpy()]
+    xv = None if held is None else to_tensor(held.images, pre)
+    teacher_acc = None if held is None else top1(predict(teacher, xv), held.labels)
+
+    pairs = None
+    features = None
+    if cfg.uses_features:
+        pairs = pair_layers(student, teacher, x[:2], cfg.feature_pairs)
+        features = FeatureLosses(pairs, cfg.feature_loss)
+    temperature = LearnableTemperature(cfg.temperature.start) if cfg.learn_temperature else None
+    objective = Objective(student, features, temperature)
+    model = world.wrap(objective)
+
+    batch = cfg.batch_size
+    steps_per_epoch = max(1, len(x) // batch if world.size > 1 else math.ceil(len(x) / batch))
+    total_steps = steps_per_epoch * max(1, cfg.epochs)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    student_params = [p for p in student.parameters() if p.requires_grad]
+    opt, sched = _optimizer(cfg, params, total_steps)
+    pruner = (GradualPruner(student, cfg.sparsity, cfg.pattern, cfg.scope, total_steps, cfg.mask_every)
+              if cfg.sparsity else None)
 
     history: list[dict] = []
     start_epoch, best, stale = 0, None, 0
@@ -225,64 +212,108 @@ def train_kd(teacher: nn.Module, student: nn.Module, data_dir, pre: Preprocess, 
     last = ckpt_dir / "last.pt" if ckpt_dir else None
     if cfg.resume and last is not None and last.exists():
         ck = torch.load(last, weights_only=True)
-        student.load_state_dict(ck["student"])
+        objective.load_state_dict(ck["objective"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         history, start_epoch, best, stale = ck["history"], ck["epoch"], ck["best"], ck["stale"]
-        if sparsifier is not None:
-            sparsifier.masks = ck.get("masks", {})
+        order_gen.set_state(ck["order_gen"])
+        if pruner is not None:
+            pruner.masks = ck.get("masks", {})
 
+    weights = None
     epochs_run = start_epoch
     for epoch in range(start_epoch, cfg.epochs):
-        student.train()
-        order = torch.randperm(len(x), generator=gen)
-        losses = []
+        model.train()
+        teacher.eval()
+        epoch_start = time.perf_counter()
+        order = torch.randperm(len(x), generator=order_gen)
+        sums: dict[str, float] = {}
         for i in range(steps_per_epoch):
             step = epoch * steps_per_epoch + i
-            progress_frac = step / max(1, total_steps - 1)
-            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            xb = _augment(x[idx], gen) if cfg.augment else x[idx]
-            out = student(xb)
-            loss = kd_with_labels(out, t_logits[idx], None if y is None else y[idx],
-                                  cfg.temperature.at(progress_frac), cfg.alpha.at(progress_frac))
+            frac = step / max(1, total_steps - 1)
+            idx = world.shard(order[i * batch:(i + 1) * batch])
+            xb, tb = x[idx], t_logits[idx]
+            if replay is not None and len(replay):
+                r_img, r_logits = replay.sample(len(idx), replay_rng)
+                xb, tb = torch.cat([xb, to_tensor(r_img, pre)]), torch.cat([tb, torch.from_numpy(r_logits)])
+            if cfg.augment:
+                xb = augment(xb, aug_gen)
+            t_feats = None
+            if cfg.uses_features:
+                with torch.no_grad(), capture(teacher, [t for _, t in features.pairs]) as t_feats:
+                    live = teacher(xb)
+                if replay is None or not len(replay):
+                    tb = live
+            logits, hint, at, learned_t = model(xb, t_feats)
+            temp = learned_t if learned_t is not None else cfg.temperature.at(frac)
+            alpha = 1.0 if y is None else (cfg.alpha or DEFAULT_ALPHA).at(frac)
+            if replay is not None:
+                alpha += (1 - alpha) * replay.fill
+            terms = {"kd": hinton_kd(logits, tb, temp)}
+            base = {"kd": alpha}
+            if y is not None and alpha < 1:
+                terms["ce"] = F.cross_entropy(logits[:len(idx)], y[idx])
+                base["ce"] = 1 - alpha
+            if hint is not None and cfg.hint_weight > 0:
+                terms["hint"], base["hint"] = hint, cfg.hint_weight
+            if at is not None and cfg.attention_weight > 0:
+                terms["attention"], base["attention"] = at, cfg.attention_weight
+            terms = {k: clip_term(v, cfg.loss_clip) for k, v in terms.items()}
+            if cfg.compensate and len(terms) > 1 and (weights is None or step % cfg.compensate_every == 0):
+                weights = compensation_weights(terms, student_params, base)
+            w = weights if cfg.compensate and weights is not None and weights.keys() == base.keys() else base
+            loss = sum(w[k] * v for k, v in terms.items())
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
                     f"the training loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}"
                     + (f"; the last good checkpoint is {last}" if last is not None and last.exists() else ""))
             opt.zero_grad(set_to_none=True)
-            clip_term(loss, cfg.loss_clip).backward()
+            loss.backward()
             opt.step()
             sched.step()
-            if sparsifier is not None:
-                sparsifier.step(step + 1)
-            losses.append(loss.item())
-            if progress:
+            if pruner is not None:
+                pruner.step(step + 1)
+            sums["train_loss"] = sums.get("train_loss", 0.0) + loss.item()
+            for k, v in terms.items():
+                sums[f"loss_{k}"] = sums.get(f"loss_{k}", 0.0) + v.item()
+            if progress and world.is_main:
                 progress(epoch + 1, i + 1, steps_per_epoch, loss.item(), None)
+        world.sync_buffers(student)
         acc = None if xv is None else top1(predict(student, xv), held.labels)
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_top1": acc,
-                        "lr": sched.get_last_lr()[0]})
-        if progress:
-            progress(epoch + 1, steps_per_epoch, steps_per_epoch, history[-1]["train_loss"], acc)
+        row = {"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}, "val_top1": acc,
+               "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - epoch_start, 2)}
+        if temperature is not None:
+            row["temperature"] = float(temperature())
+        history.append(row)
+        if progress and world.is_main:
+            progress(epoch + 1, steps_per_epoch, steps_per_epoch, row["train_loss"], acc)
         epochs_run = epoch + 1
         if acc is not None and (best is None or acc > best):
             best, stale = acc, 0
         else:
             stale += 1
-        if ckpt_dir is not None:
+        if ckpt_dir is not None and world.is_main:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             tmp = ckpt_dir / "last.pt.tmp"
-            torch.save({"epoch": epoch + 1, "student": student.state_dict(), "optimizer": opt.state_dict(),
+            torch.save({"epoch": epoch + 1, "objective": objective.state_dict(), "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict(), "history": history, "best": best, "stale": stale,
-                        "masks": sparsifier.masks if sparsifier else {}}, tmp)
+                        "order_gen": order_gen.get_state(), "masks": pruner.masks if pruner else {}}, tmp)
             tmp.replace(last)  # atomic: a crash mid-save leaves the previous good checkpoint
-        if out_dir is not None:
-            _write_curves(history, Path(out_dir))
+        if out_dir is not None and world.is_main:
+            write_curves(history, Path(out_dir))
+        world.barrier()
         if cfg.early_stop_patience is not None and stale >= cfg.early_stop_patience:
             break
-    if sparsifier is not None:
-        sparsifier.finish()
+    if pruner is not None:
+        pruner.finish()
+    world.check_in_sync(student)
+    if replay is not None:
+        replay.add(images, t_logits.numpy())
     csv_path = png_path = None
-    if out_dir is not None and history:
-        csv_path, png_path = _write_curves(history, Path(out_dir))
+    if out_dir is not None and history and world.is_main:
+        csv_path, png_path = write_curves(history, Path(out_dir))
     return TrainResult(history, best, teacher_acc, len(x), total, epochs_run, time.perf_counter() - t0, csv_path,
-                       png_path, sparsity_report(student) if sparsifier else None)
+                       png_path, sparsity_report(student) if pruner else None,
+                       [(s, t) for s, t, _, _ in pairs] if pairs else None,
+                       train.skipped + (held.skipped if held is not None else 0),
+                       len(replay) if replay is not None else 0)

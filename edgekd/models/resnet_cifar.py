@@ -49,6 +49,11 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
+def resnet8(num_classes: int = 10, width: float = 1.0) -> CifarResNet:
+    """One block per stage: the student size for a ResNet-20 teacher (width 0.625 → 1/8 of its params and MACs)."""
+    return CifarResNet(8, width, num_classes)
+
+
 def resnet20(num_classes: int = 10, width: float = 1.0) -> CifarResNet:
     return CifarResNet(20, width, num_classes)
 

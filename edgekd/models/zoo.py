@@ -10,6 +10,7 @@ from edgekd.errors import UnknownNameError
 from edgekd.models import mobilenetv2, mobilenetv3, resnet_cifar, yolo
 
 ZOO: dict[str, Callable[..., nn.Module]] = {
+    "resnet8": resnet_cifar.resnet8,
     "resnet20": resnet_cifar.resnet20,
     "resnet32": resnet_cifar.resnet32,
     "resnet56": resnet_cifar.resnet56,

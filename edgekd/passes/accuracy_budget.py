@@ -33,7 +33,7 @@ class AccuracyBudgetPass(Pass):
         return cls(config.eval, config.max_drop, config.eval_samples)
 
     @classmethod
-    def wanted(cls, config: CompileConfig, spec: TargetSpec, initial_facts: set[str]) -> bool:
+    def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
         return config.max_drop is not None
 
     def run(self, state: CompileState) -> PassResult:

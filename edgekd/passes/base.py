@@ -31,9 +31,10 @@ class Pass(abc.ABC):
         return cls()
 
     @classmethod
-    def wanted(cls, config: CompileConfig, spec: TargetSpec, initial_facts: set[str]) -> bool:
-        """Whether the target's default pipeline keeps this pass for this compile."""
-        return cls.requires <= initial_facts or not (cls.requires & {TORCH_MODEL})
+    def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
+        """Whether the target's default pipeline keeps this pass for this compile, given the facts the
+        passes kept before it provide."""
+        return cls.requires <= facts or not (cls.requires & {TORCH_MODEL})
 
     def check_requires(self, state: CompileState) -> None:
         missing = sorted(self.requires - state.facts)

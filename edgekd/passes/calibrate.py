@@ -53,7 +53,7 @@ class CalibratePass(Pass):
                    config.calib_samples, config.calib_batch, **args.get(config.calib_method, {}))
 
     @classmethod
-    def wanted(cls, config: CompileConfig, spec: TargetSpec, initial_facts: set[str]) -> bool:
+    def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
         return (config.precision or spec.default_precision) == "int8"
 
     def run(self, state: CompileState) -> PassResult:

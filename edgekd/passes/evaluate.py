@@ -45,7 +45,7 @@ class EvaluatePass(Pass):
         return cls(spec.backend, config.eval, config.eval_samples, spec.bench.threads)
 
     @classmethod
-    def wanted(cls, config: CompileConfig, spec: TargetSpec, initial_facts: set[str]) -> bool:
+    def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
         return config.eval is not None
 
     def run(self, state: CompileState) -> PassResult:

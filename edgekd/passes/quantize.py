@@ -30,7 +30,7 @@ class QuantizePass(Pass):
         return cls(config.keep_float, config.sensitivity_samples)
 
     @classmethod
-    def wanted(cls, config: CompileConfig, spec: TargetSpec, initial_facts: set[str]) -> bool:
+    def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
         return (config.precision or spec.default_precision) == "int8"
 
     def run(self, state: CompileState) -> PassResult:

@@ -25,7 +25,7 @@ class SensitivityPass(Pass):
         return cls(config.sensitivity_samples, config.keep_float_count)
 
     @classmethod
-    def wanted(cls, config: CompileConfig, spec: TargetSpec, initial_facts: set[str]) -> bool:
+    def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
         return (config.precision or spec.default_precision) == "int8"
 
     def run(self, state: CompileState) -> PassResult:

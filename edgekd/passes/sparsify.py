@@ -9,7 +9,8 @@ from edgekd.models.reference import torch_reference
 from edgekd.config import CompileConfig
 from edgekd.errors import ConfigError
 from edgekd.passes.base import Pass, PassResult
-from edgekd.passes.distill import require_data
+from edgekd.distill.schedules import Schedule
+from edgekd.passes.distill import require_data, train_config
 from edgekd.specs import TargetSpec
 from edgekd.state import TORCH_MODEL, CompileState
 
@@ -20,27 +21,29 @@ class SparsifyPass(Pass):
     provides = frozenset({TORCH_MODEL})
 
     def __init__(self, sparsity: float, pattern: str = "unstructured", scope: str = "layer", data=None,
-                 epochs: int = 0, seed: int = 0, train_overrides: dict | None = None):
+                 epochs: int = 0, seed: int = 0, train: "TrainConfig | None" = None):
         if pattern not in ("unstructured", "2:4"):
             raise ConfigError(f"sparsity pattern must be unstructured or 2:4, got {pattern!r}")
         if not 0 <= sparsity < 1:
             raise ConfigError(f"sparsity must lie in [0, 1), got {sparsity}")
         self.sparsity, self.pattern, self.scope = sparsity, pattern, scope
         self.data, self.epochs, self.seed = data, epochs, seed
-        self.train_overrides = dict(train_overrides or {})
+        self.train = train
 
     @classmethod
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "SparsifyPass":
         if config.epochs > 0:
             require_data(config, cls.name)
-        return cls(config.sparsity, config.sparsity_pattern, "layer", config.data, config.epochs, config.seed)
+        # a KD fine-tune against the dense model: a low learning rate and a mild, constant temperature
+        train = train_config(config, cls.name, lr=0.01, temperature=Schedule("constant", 2.0),
+                             sparsity=config.sparsity, pattern=config.sparsity_pattern)
+        return cls(config.sparsity, config.sparsity_pattern, train.scope, config.data, config.epochs, config.seed, train)
 
     @classmethod
-    def wanted(cls, config: CompileConfig, spec: TargetSpec, initial_facts: set[str]) -> bool:
-        return config.sparsity is not None and TORCH_MODEL in initial_facts
+    def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
+        return config.sparsity is not None and TORCH_MODEL in facts
 
     def run(self, state: CompileState) -> PassResult:
-        from edgekd.distill.schedules import Schedule
         from edgekd.distill.trainer import TrainConfig, train_kd
         from edgekd.sparsity.masks import apply_masks, global_masks, magnitude_mask, nm_mask, prunable, sparsity_report
 
@@ -48,10 +51,9 @@ class SparsifyPass(Pass):
         metrics: dict = {"sparsity": self.sparsity, "pattern": self.pattern, "scope": self.scope, "epochs": self.epochs}
         if self.epochs > 0:
             teacher = copy.deepcopy(model).eval()
-            cfg = TrainConfig(**{"epochs": self.epochs, "seed": self.seed, "sparsity": self.sparsity,
-                                 "pattern": self.pattern, "scope": self.scope, "lr": 0.01,
-                                 "temperature": Schedule("constant", 2.0),
-                                 **self.train_overrides})
+            cfg = self.train or TrainConfig(epochs=self.epochs, seed=self.seed, sparsity=self.sparsity,
+                                            pattern=self.pattern, scope=self.scope, lr=0.01,
+                                            temperature=Schedule("constant", 2.0))
             result = train_kd(teacher, model, self.data, state.input.preprocess, cfg,
                               out_dir=state.workdir / "training-sparsify")
             metrics.update({"val_top1": result.best_acc, "teacher_val_top1": result.teacher_acc,

@@ -84,6 +84,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-dir", default=".cache")
     ap.add_argument("--out", default="examples/cifar10/teacher.pth")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", help="start from these weights (a state_dict, e.g. the teacher of an earlier run): "
+                                   "one more learning-rate cycle on top of it; its .json record is kept in ours")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -95,10 +97,16 @@ def main(argv=None) -> int:
     xva, yva = decode(val, Path(args.cache_dir) / "cifar10-val.npz")
 
     model = build_model(args.model, num_classes=len(folder.classes)).to(memory_format=torch.channels_last)
+    earlier = None
+    if args.init:
+        model.load_state_dict(torch.load(args.init, weights_only=True))
+        record_path = Path(args.init).with_suffix(".json")
+        earlier = json.loads(record_path.read_text()) if record_path.exists() else {"weights": args.init}
+        print(f"starting from {args.init} (validation top-1 {evaluate(model, xva, yva):.4f})")
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     steps_per_epoch = len(xtr) // args.batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.25)
-    ckpt_path = Path(args.cache_dir) / f"{args.model}-teacher.ckpt"
+    ckpt_path = Path(args.cache_dir) / f"{args.model}-teacher{'-stage2' if args.init else ''}.ckpt"
     start, history = 0, []
     if args.resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=True)
@@ -136,11 +144,16 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    torch.save(state, out)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(out)
     record = {"command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
               "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
               "train_images": len(xtr), "val_images": len(xva), "val_top1": history[-1]["val_acc"] if history else None,
               "history": history}
+    if earlier is not None:  # this run continued an earlier one: the total is what the teacher has seen
+        record["total_epochs"] = earlier.get("total_epochs", earlier.get("epochs", 0)) + args.epochs
+        record["initialised_from"] = earlier
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB), validation top-1 {record['val_top1']}")
     return 0

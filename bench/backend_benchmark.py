@@ -1,0 +1,353 @@
+"""Backend benchmark: edgekd against the path users take today, on the same float ONNX and the same images.
+
+  TFLite full int8   edgekd (`--target rpi4`)          vs  onnx2tf + TF converter with its own calibration (-oiqt)
+  OpenVINO int8      edgekd (`--target openvino-cpu`)  vs  NNCF `nncf.quantize` on the converted model
+
+For each model (the CIFAR-10 student, and MobileNetV2-1.0 at 224×224 with random weights): compile time,
+top-1 on the held-out split (CIFAR-10; for the random-weight MobileNetV2, top-1 agreement with the float
+model), and latency at batch 1 in LiteRT (XNNPACK) and OpenVINO, int8 and fp32, at --threads threads; ratios
+against the peer and achieved GMAC/s against the CPU's peak.
+
+onnx2tf pins its own TensorFlow, so it lives in its own virtual environment (--onnx2tf, default
+.venv-onnx2tf/bin/onnx2tf; `make bench-backends` creates it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quant_benchmark import (card_input_overrides, export_float, fail, graph_input_name, load_folder,  # noqa: E402
+                             model_labels, preprocess_images, progress, spread_indices)
+
+from edgekd import api  # noqa: E402
+from edgekd.bench.runner import RUNTIMES, cpu_model, summarize  # noqa: E402
+from edgekd.model_config import read_model_card  # noqa: E402
+
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="labelled CIFAR-10 folder (calibration, and scoring the student)")
+    ap.add_argument("--cifar-card", default="examples/cifar10/model.toml", help="card giving the CIFAR preprocessing")
+    ap.add_argument("--cifar-student", default="resnet8:0.625", help="zoo name of the CIFAR student")
+    ap.add_argument("--cifar-weights", default=".cache/student-bench/kd/student.pt",
+                    help="its state_dict (bench/student_benchmark.py writes it)")
+    ap.add_argument("--models", default="cifar,mobilenetv2", help="cifar, mobilenetv2 or both")
+    ap.add_argument("--calib-samples", type=int, default=256)
+    ap.add_argument("--eval-samples", type=int, default=5000, help="CIFAR holdout images scored")
+    ap.add_argument("--agree-samples", type=int, default=200, help="images for MobileNetV2's float agreement")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=200, help="timed runs per artifact (after 20 warm-up runs)")
+    ap.add_argument("--onnx2tf", default=".venv-onnx2tf/bin/onnx2tf")
+    ap.add_argument("--workdir", default=".cache/backend-bench")
+    ap.add_argument("--json")
+    ap.add_argument("--markdown")
+    return ap.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- models and inputs
+
+def write_card(workdir: Path, name: str, source: str, weights: str | None, shape, mean, std, labels=None) -> Path:
+    lines = ["[model]", f'source = "{source}"'] + ([f'weights = "{Path(weights).resolve()}"'] if weights else [])
+    lines += ["", "[input]", 'name = "input"', f"shape = {list(shape)}", f"mean = {mean}", f"std = {std}",
+              "scale = 0.00392156862745098", 'channel_order = "RGB"', 'layout = "NCHW"']
+    if labels:
+        lines += ["", "[labels]", "names = [" + ", ".join(f'"{n}"' for n in labels) + "]"]
+    path = workdir / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def model_cards(args, workdir: Path) -> dict[str, Path]:
+    cifar = read_model_card(args.cifar_card)
+    cards = {}
+    if "cifar" in args.models:
+        if not Path(args.cifar_weights).exists():
+            fail(f"--cifar-weights {args.cifar_weights} does not exist; run bench/student_benchmark.py first "
+                 "or pass a state_dict of --cifar-student")
+        cards["cifar"] = write_card(workdir, "cifar", args.cifar_student, args.cifar_weights, cifar.input["shape"],
+                                    cifar.input["mean"], cifar.input["std"], cifar.labels)
+    if "mobilenetv2" in args.models:
+        cards["mobilenetv2"] = write_card(workdir, "mobilenetv2", "mobilenetv2", None, [1, 3, 224, 224], **IMAGENET)
+    return cards
+
+
+# ----------------------------------------------------------------------------- compilers
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def edgekd_compile(float_onnx: Path, card: Path, target: str, calib_npy: Path, out: Path) -> Path:
+    config = api.make_config(str(float_onnx), target, out, precision="int8", calib=calib_npy, force=True,
+                             skip=("sensitivity",), **card_input_overrides(read_model_card(card)))
+    result = api.compile(config)
+    return result.output / result.manifest["artifact"]["model_file"]
+
+
+def onnx2tf_convert(exe: str, float_onnx: Path, calib_nhwc: Path, mean, std, out: Path) -> dict[str, Path]:
+    """onnx2tf -oiqt: float32 and full-integer TFLite, calibrated by TF's converter on our images."""
+    name = graph_input_name(float_onnx)
+    cmd = [exe, "-i", str(float_onnx), "-o", str(out), "-oiqt", "-cind", name, str(calib_nhwc),
+           json.dumps([[[[m for m in mean]]]]), json.dumps([[[[s for s in std]]]])]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        fail(f"onnx2tf failed ({proc.returncode}): {proc.stderr[-2000:] or proc.stdout[-2000:]}")
+    stem = float_onnx.stem
+    return {"fp32": out / f"{stem}_float32.tflite", "int8": out / f"{stem}_full_integer_quant.tflite"}
+
+
+def nncf_quantize(float_onnx: Path, calib: np.ndarray, out: Path) -> Path:
+    import nncf
+    import openvino as ov
+
+    model = ov.convert_model(str(float_onnx))
+    quantized = nncf.quantize(model, nncf.Dataset([c[None] for c in calib]), subset_size=len(calib))
+    path = out / "nncf_int8.xml"
+    ov.save_model(quantized, str(path), compress_to_fp16=False)
+    return path
+
+
+def openvino_fp32(float_onnx: Path, out: Path) -> Path:
+    import openvino as ov
+
+    path = out / "fp32.xml"
+    ov.save_model(ov.convert_model(str(float_onnx)), str(path), compress_to_fp16=False)
+    return path
+
+
+# ----------------------------------------------------------------------------- measuring
+
+class Runner:
+    """One artifact in its runtime: float NCHW images in, float logits out, whatever its I/O layout and dtype."""
+
+    def __init__(self, path: Path, threads: int):
+        self.runtime = "litert" if path.suffix == ".tflite" else "openvino"
+        self.model = RUNTIMES[self.runtime](str(path), threads)
+        self.in_q = self.out_q = None
+        if self.runtime == "litert":
+            interp = self.model.interp
+            self.in_q = interp.get_input_details()[0]["quantization"]
+            self.out_q = interp.get_output_details()[0]["quantization"]
+
+    def __call__(self, x_nchw: np.ndarray) -> np.ndarray:
+        x = x_nchw
+        if list(self.model.input_shape) != list(x.shape):
+            x = x.transpose(0, 2, 3, 1)  # NHWC models (TFLite)
+        if self.model.input_dtype in ("int8", "uint8"):
+            scale, zp = self.in_q
+            info = np.iinfo(self.model.input_dtype)
+            x = np.clip(np.round(x / scale) + zp, info.min, info.max)
+        y = self.model(np.ascontiguousarray(x.astype(self.model.input_dtype)))[0]
+        if self.out_q and self.out_q[0]:
+            y = (y.astype(np.float32) - self.out_q[1]) * self.out_q[0]
+        return y.reshape(len(x_nchw), -1)
+
+    def predict(self, xs: np.ndarray) -> np.ndarray:
+        return np.concatenate([self(x[None]) for x in xs]).argmax(1)
+
+    def latency(self, x: np.ndarray, runs: int) -> dict:
+        for _ in range(20):
+            self(x)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            self(x)
+            times.append((time.perf_counter() - t0) * 1000)
+        return summarize(times, 1)
+
+
+def cpu_peak_gmacs(threads: int) -> dict:
+    """Peak MAC/s from the ISA: fp32 = 2 FMA ports × SIMD lanes; int8 = 2 ports × (lanes × 4) with VNNI
+    (vpdpbusd does 4 MACs per 32-bit lane), × 2 without (vpmaddubsw+vpmaddwd). Frequency: /proc/cpuinfo."""
+    flags, mhz = set(), 0.0
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+            if line.startswith("cpu MHz") and not mhz:
+                mhz = float(line.split(":", 1)[1])
+    except OSError:
+        pass
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    int8_per_lane = 4 if ("avx512_vnni" in flags or "avx_vnni" in flags) else 2
+    ghz = mhz / 1000
+    return {"ghz": ghz, "simd_fp32_lanes": lanes, "vnni": int8_per_lane == 4,
+            "fp32": threads * ghz * 2 * lanes, "int8": threads * ghz * 2 * lanes * int8_per_lane}
+
+
+# ----------------------------------------------------------------------------- one model
+
+def bench_model(key: str, card: Path, args, train, val, workdir: Path) -> dict:
+    import torch
+
+    from edgekd.models.profile import profile
+    from edgekd.models.load import load_model
+
+    c = read_model_card(card)
+    out = workdir / key
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    progress(f"[{key}] exporting the float ONNX")
+    float_onnx = export_float(str(card), c.weights, out / "float")
+    float_copy = out / f"{key}.onnx"
+    float_copy.write_bytes(float_onnx.read_bytes())
+    module = load_model(c.source, c.weights).torch_module
+    macs = profile(module, tuple(c.input["shape"])).macs
+
+    from edgekd.data.preprocess import Preprocess
+    pre = Preprocess(size=tuple(c.input["shape"][2:]), mean=tuple(c.input["mean"]), std=tuple(c.input["std"]))
+    calib = preprocess_images(train, spread_indices(len(train), args.calib_samples), pre)
+    calib_npy = out / "calib.npy"
+    np.save(calib_npy, calib)
+    raw_nhwc = out / "calib_nhwc01.npy"  # onnx2tf normalises itself: [0,1] NHWC plus mean/std
+    np.save(raw_nhwc, (calib.transpose(0, 2, 3, 1) * np.asarray(pre.std) + np.asarray(pre.mean)).astype(np.float32))
+
+    artifacts, compile_s = {}, {}
+    progress(f"[{key}] edgekd → TFLite int8")
+    artifacts["edgekd tflite int8"], compile_s["edgekd tflite"] = timed(
+        lambda: edgekd_compile(float_copy, card, "rpi4", calib_npy, out / "edgekd-rpi4"))
+    progress(f"[{key}] edgekd → OpenVINO int8")
+    artifacts["edgekd openvino int8"], compile_s["edgekd openvino"] = timed(
+        lambda: edgekd_compile(float_copy, card, "openvino-cpu", calib_npy, out / "edgekd-openvino"))
+    progress(f"[{key}] onnx2tf -oiqt (this is the slow one)")
+    o2t, compile_s["onnx2tf"] = timed(lambda: onnx2tf_convert(args.onnx2tf, float_copy, raw_nhwc, pre.mean, pre.std,
+                                                              out / "onnx2tf"))
+    artifacts["onnx2tf tflite int8"], artifacts["onnx2tf tflite fp32"] = o2t["int8"], o2t["fp32"]
+    progress(f"[{key}] NNCF")
+    artifacts["nncf openvino int8"], compile_s["nncf"] = timed(lambda: nncf_quantize(float_copy, calib, out))
+    artifacts["openvino fp32"], compile_s["openvino fp32"] = timed(lambda: openvino_fp32(float_copy, out))
+
+    rows = {}
+    if key == "cifar":
+        idx = spread_indices(len(val), args.eval_samples)
+        xs, labels = preprocess_images(val, idx, pre), model_labels(val, idx, c.labels)
+    else:
+        xs, labels = calib[:0], None
+        xs = preprocess_images(val, spread_indices(len(val), args.agree_samples), pre)
+    float_pred = Runner(artifacts["openvino fp32"], args.threads).predict(xs)
+    peak = cpu_peak_gmacs(args.threads)
+    for name, path in artifacts.items():
+        progress(f"[{key}] measuring {name}")
+        r = Runner(path, args.threads)
+        pred = r.predict(xs)
+        lat = r.latency(xs[:1], args.runs)
+        precision = "int8" if "int8" in name else "fp32"
+        rows[name] = {"path": str(path), "bytes": path.stat().st_size + (path.with_suffix(".bin").stat().st_size
+                                                                        if path.suffix == ".xml" else 0),
+                      "top1": float((pred == labels).mean() * 100) if labels is not None else None,
+                      "agreement": float((pred == float_pred).mean() * 100),
+                      "latency": lat, "gmacs": macs / lat["p50_ms"] / 1e6,
+                      "peak_fraction": macs / lat["p50_ms"] / 1e6 / peak[precision]}
+    return {"model": c.source, "macs": macs, "float_top1": float((float_pred == labels).mean() * 100)
+            if labels is not None else None, "compile_s": compile_s, "artifacts": rows, "peak": peak}
+
+
+# ----------------------------------------------------------------------------- report
+
+def model_table(key: str, r: dict) -> str:
+    a, cs = r["artifacts"], r["compile_s"]
+    compile_of = {"edgekd tflite int8": cs["edgekd tflite"], "edgekd openvino int8": cs["edgekd openvino"],
+                  "onnx2tf tflite int8": cs["onnx2tf"], "onnx2tf tflite fp32": cs["onnx2tf"],
+                  "nncf openvino int8": cs["nncf"], "openvino fp32": cs["openvino fp32"]}
+    acc_head = "holdout top-1" if r["float_top1"] is not None else "top-1 = float"
+    lines = [f"| artifact | compile | size | {acc_head} | p50 latency | p90 | GMAC/s | of peak |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, row in a.items():
+        acc = f"{row['top1']:.2f} %" if row["top1"] is not None else f"{row['agreement']:.1f} %"
+        lines.append(f"| {name} | {compile_of[name]:.1f} s | {row['bytes'] / 1024:.0f} KiB | {acc} | "
+                     f"{row['latency']['p50_ms']:.3f} ms | {row['latency']['p90_ms']:.3f} ms | {row['gmacs']:.1f} | "
+                     f"{row['peak_fraction'] * 100:.1f} % |")
+    return "\n".join(lines)
+
+
+def ratios(key: str, r: dict) -> list[str]:
+    a, cs = r["artifacts"], r["compile_s"]
+    p50 = {n: row["latency"]["p50_ms"] for n, row in a.items()}
+    verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+    out = [f"- compile time, edgekd TFLite / onnx2tf: **{cs['edgekd tflite'] / cs['onnx2tf']:.3f}×** "
+           f"(target ≤ 0.1×: {verdict(cs['edgekd tflite'] <= 0.1 * cs['onnx2tf'])})",
+           f"- compile time, edgekd OpenVINO / NNCF: {cs['edgekd openvino'] / cs['nncf']:.2f}×",
+           f"- TFLite int8 latency, edgekd / onnx2tf: **{p50['edgekd tflite int8'] / p50['onnx2tf tflite int8']:.2f}×** "
+           f"(target ≤ 1.0×: {verdict(p50['edgekd tflite int8'] <= p50['onnx2tf tflite int8'])})",
+           f"- OpenVINO int8 latency, edgekd / NNCF: **{p50['edgekd openvino int8'] / p50['nncf openvino int8']:.2f}×** "
+           f"(target ≤ 1.0×: {verdict(p50['edgekd openvino int8'] <= p50['nncf openvino int8'])})",
+           f"- int8 speed-up over fp32: TFLite (onnx2tf's fp32 vs edgekd's int8) "
+           f"{p50['onnx2tf tflite fp32'] / p50['edgekd tflite int8']:.2f}×, onnx2tf int8 "
+           f"{p50['onnx2tf tflite fp32'] / p50['onnx2tf tflite int8']:.2f}×; OpenVINO edgekd "
+           f"{p50['openvino fp32'] / p50['edgekd openvino int8']:.2f}×, NNCF {p50['openvino fp32'] / p50['nncf openvino int8']:.2f}×"]
+    if r["float_top1"] is not None:
+        for n in ("edgekd tflite int8", "edgekd openvino int8", "onnx2tf tflite int8", "nncf openvino int8"):
+            drop = r["float_top1"] - a[n]["top1"]
+            out.append(f"- top-1 drop vs float ({r['float_top1']:.2f} %), {n}: {drop:+.2f} pt"
+                       + (f" (target ≤ 0.3 pt: {verdict(drop <= 0.3)})" if n.startswith("edgekd") else ""))
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not Path(args.onnx2tf).exists():
+        fail(f"onnx2tf not found at {args.onnx2tf}; `make bench-backends` installs it in .venv-onnx2tf")
+    train, val = load_folder(args.data)
+    cards = model_cards(args, workdir)
+    results = {key: bench_model(key, card, args, train, val, workdir) for key, card in cards.items()}
+    command = "python bench/backend_benchmark.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    peak = next(iter(results.values()))["peak"]
+    titles = {"cifar": f"CIFAR-10 student `{args.cifar_student}` (32×32)", "mobilenetv2": "MobileNetV2-1.0, 224×224, random weights"}
+    sections = []
+    for key, r in results.items():
+        sections.append(f"## {titles[key]} — {r['macs'] / 1e6:.1f} M MACs\n\n{model_table(key, r)}\n\n" + "\n".join(ratios(key, r)))
+    text = "\n\n".join(sections)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"command": command, "results": results}, indent=2, default=str))
+    if args.markdown:
+        import openvino
+        import tensorflow as tf  # noqa: F401  (version only)
+        versions = subprocess.run([str(Path(args.onnx2tf).parent / "python"), "-c",
+                                   "import onnx2tf, tensorflow as tf; print(onnx2tf.__version__, tf.__version__)"],
+                                  capture_output=True, text=True).stdout.split()
+        Path(args.markdown).write_text(f"""# Backend benchmark: edgekd vs onnx2tf (TFLite) and NNCF (OpenVINO)
+
+Produced by
+
+```
+{command}
+```
+
+on {cpu_model() or platform.processor()} ({os.cpu_count()} cores; peak at {args.threads} threads and
+{peak['ghz']:.2f} GHz: {peak['fp32']:.0f} GMAC/s fp32, {peak['int8']:.0f} GMAC/s int8{' with VNNI' if peak['vnni'] else ''}),
+batch 1, {args.threads} threads, p50 over {args.runs} runs after 20 warm-up runs. LiteRT with XNNPACK (its default);
+OpenVINO CPU plugin with f32 inference precision pinned. Every path starts from the same float ONNX
+(edgekd's fp32 compile, BatchNorm folded) and the same {args.calib_samples} calibration images.
+onnx2tf {versions[0] if versions else '?'} (with TensorFlow {versions[1] if len(versions) > 1 else '?'}, its own venv), OpenVINO
+{openvino.get_version()}, NNCF default `nncf.quantize` (subset = all calibration images).
+Compile time is the whole user-facing step: edgekd's `compile` including its own fidelity check in the
+runtime; onnx2tf's float + int8 conversion; NNCF's conversion + quantization. "of peak" is GMAC/s over the
+ISA peak of the precision (an upper bound no runtime reaches at batch 1 on small layers).
+
+{text}
+""")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""Teacher → a zoo student trained by KD: the shared body of DistillPass and ``edgekd distill``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgekd.data.preprocess import Preprocess
+from edgekd.errors import ConfigError
+
+
+def check_teacher_student(teacher: nn.Module, student: nn.Module, student_name: str, shape: tuple[int, ...]) -> int:
+    """Both give [N, classes] logits of the same shape; returns the class count."""
+    with torch.no_grad():
+        t_out = teacher.eval()(torch.zeros(shape))
+        if not isinstance(t_out, torch.Tensor) or t_out.dim() != 2:
+            raise ConfigError("distillation needs a teacher with one logits output of shape [N, classes]",
+                              "distil a classifier, or drop --student")
+        s_out = student.eval()(torch.zeros(shape))
+    if tuple(s_out.shape) != tuple(t_out.shape):
+        raise ConfigError(f"student {student_name!r} gives outputs of shape {tuple(s_out.shape)}, "
+                          f"the teacher {tuple(t_out.shape)}", "pick a student for the same input size and classes")
+    return t_out.shape[1]
+
+
+def training_summary(cfg) -> dict:
+    """The TrainConfig as plain values for a manifest or record (schedules as {kind, start, end})."""
+    return {k: str(v) if isinstance(v, Path) else [list(p) for p in v] if k == "feature_pairs" and v else v
+            for k, v in asdict(cfg).items()}
+
+
+def distill_student(teacher: nn.Module, teacher_profile, student_name: str, data, pre: Preprocess,
+                    shape: tuple[int, ...], cfg, out_dir: Path | None, progress=None) -> tuple[nn.Module, dict]:
+    from edgekd.distill.trainer import train_kd
+    from edgekd.models.profile import profile
+    from edgekd.models.zoo import build_model
+
+    with torch.no_grad():
+        classes = teacher.eval()(torch.zeros(shape)).shape[-1]
+    student = build_model(student_name, num_classes=classes)
+    check_teacher_student(teacher, student, student_name, shape)
+    result = train_kd(teacher, student, data, pre, cfg, out_dir=out_dir, progress=progress)
+    student.eval()
+    sp = profile(student, shape)
+    last = result.history[-1] if result.history else {}
+    metrics = {"student": student_name, "teacher_params": teacher_profile.params, "student_params": sp.params,
+               "teacher_macs": teacher_profile.macs, "student_macs": sp.macs, "teacher_val_top1": result.teacher_acc,
+               "student_val_top1": last.get("val_top1"), "best_val_top1": result.best_acc,
+               "epochs": result.epochs_run, "seconds": round(result.seconds, 3), "kept_samples": result.kept,
+               "total_samples": result.total, "final_train_loss": last.get("train_loss"),
+               "feature_pairs": result.feature_pairs, "skipped_images": result.skipped_images,
+               "training": training_summary(cfg)}
+    return student, metrics
