@@ -10,6 +10,7 @@ plain state_dict plus a JSON record of the command, epochs and validation accura
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -106,7 +107,9 @@ def main(argv=None) -> int:
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     steps_per_epoch = len(xtr) // args.batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.25)
-    ckpt_path = Path(args.cache_dir) / f"{args.model}-teacher{'-stage2' if args.init else ''}.ckpt"
+    # a continued run checkpoints apart from the run that made its starting weights
+    suffix = f"-from-{hashlib.sha256(Path(args.init).read_bytes()).hexdigest()[:8]}" if args.init else ""
+    ckpt_path = Path(args.cache_dir) / f"{args.model}-teacher{suffix}.ckpt"
     start, history = 0, []
     if args.resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=True)
