@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 DEMO_OUT ?= build/demo
 
-.PHONY: demo test system-deps clean bench-quant
+.PHONY: demo test system-deps clean bench-quant bench-students bench-backends
 
 # Debian packages: python3-venv for the venv itself.
 system-deps:
@@ -53,3 +53,21 @@ $(VENV)/.bench: $(VENV)/.base
 bench-quant: $(VENV)/.bench
 	$(PY) bench/quant_benchmark.py --data $(DATA) --model examples/cifar10/model.toml \
 	  --json build/quant-benchmark.json --markdown docs/quantization-benchmark.md
+
+# Students at equal epochs: labels only, KD, KD + hint/attention, 50 % and 2:4 sparse (bench/README.md).
+# Checkpoints and resumes under .cache/student-bench; rewrites docs/student-benchmark.md.
+bench-students: $(VENV)/.base
+	$(PY) bench/student_benchmark.py --data $(DATA) --json build/student-benchmark.json \
+	  --markdown docs/student-benchmark.md
+
+# onnx2tf pins its own TensorFlow, so it gets its own venv beside ours.
+ONNX2TF_VENV ?= .venv-onnx2tf
+$(ONNX2TF_VENV)/bin/onnx2tf: | system-deps
+	python3 -m venv $(ONNX2TF_VENV)
+	$(ONNX2TF_VENV)/bin/pip --disable-pip-version-check -q install onnx2tf==1.29.24 onnx_graphsurgeon sng4onnx \
+	  onnxsim tf_keras psutil ai-edge-litert
+
+# edgekd vs onnx2tf and NNCF; needs the KD student of bench-students. Rewrites docs/backend-benchmark.md.
+bench-backends: $(VENV)/.bench $(VENV)/.test $(ONNX2TF_VENV)/bin/onnx2tf
+	$(PY) bench/backend_benchmark.py --data $(DATA) --onnx2tf $(ONNX2TF_VENV)/bin/onnx2tf \
+	  --json build/backend-benchmark.json --markdown docs/backend-benchmark.md

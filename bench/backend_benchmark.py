@@ -100,12 +100,18 @@ def edgekd_compile(float_onnx: Path, card: Path, target: str, calib_npy: Path, o
     return result.output / result.manifest["artifact"]["model_file"]
 
 
-def onnx2tf_convert(exe: str, float_onnx: Path, calib_nhwc: Path, mean, std, out: Path) -> dict[str, Path]:
-    """onnx2tf -oiqt: float32 and full-integer TFLite, calibrated by TF's converter on our images."""
+def onnx2tf_convert(exe: str, float_onnx: Path, calib_nhwc: Path, mean, std, out: Path,
+                    sample_images: np.ndarray) -> dict[str, Path]:
+    """onnx2tf -oiqt: float32 and full-integer TFLite, calibrated by TF's converter on our images.
+
+    onnx2tf checks its conversion on 20 sample images that it downloads unless the file is in its working
+    directory; offline, we put 20 of our own there (128×128, [0, 1], the shape it expects)."""
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "calibration_image_sample_data_20x128x128x3_float32.npy", sample_images.astype(np.float32))
     name = graph_input_name(float_onnx)
-    cmd = [exe, "-i", str(float_onnx), "-o", str(out), "-oiqt", "-cind", name, str(calib_nhwc),
-           json.dumps([[[[m for m in mean]]]]), json.dumps([[[[s for s in std]]]])]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [str(Path(exe).absolute()), "-i", str(float_onnx.resolve()), "-o", str(out.resolve()), "-oiqt", "-cind", name,
+           str(calib_nhwc.resolve()), json.dumps([[[[m for m in mean]]]]), json.dumps([[[[s for s in std]]]])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=out)
     if proc.returncode:
         fail(f"onnx2tf failed ({proc.returncode}): {proc.stderr[-2000:] or proc.stdout[-2000:]}")
     stem = float_onnx.stem
@@ -210,7 +216,7 @@ def bench_model(key: str, card: Path, args, train, val, workdir: Path) -> dict:
     module = load_model(c.source, c.weights).torch_module
     macs = profile(module, tuple(c.input["shape"])).macs
 
-    from edgekd.data.preprocess import Preprocess
+    from edgekd.data.preprocess import Preprocess, read_rgb
     pre = Preprocess(size=tuple(c.input["shape"][2:]), mean=tuple(c.input["mean"]), std=tuple(c.input["std"]))
     calib = preprocess_images(train, spread_indices(len(train), args.calib_samples), pre)
     calib_npy = out / "calib.npy"
@@ -226,8 +232,9 @@ def bench_model(key: str, card: Path, args, train, val, workdir: Path) -> dict:
     artifacts["edgekd openvino int8"], compile_s["edgekd openvino"] = timed(
         lambda: edgekd_compile(float_copy, card, "openvino-cpu", calib_npy, out / "edgekd-openvino"))
     progress(f"[{key}] onnx2tf -oiqt (this is the slow one)")
+    samples = np.stack([read_rgb(train.files[i], (128, 128)) for i in spread_indices(len(train), 20)]) / 255.0
     o2t, compile_s["onnx2tf"] = timed(lambda: onnx2tf_convert(args.onnx2tf, float_copy, raw_nhwc, pre.mean, pre.std,
-                                                              out / "onnx2tf"))
+                                                              out / "onnx2tf", samples))
     artifacts["onnx2tf tflite int8"], artifacts["onnx2tf tflite fp32"] = o2t["int8"], o2t["fp32"]
     progress(f"[{key}] NNCF")
     artifacts["nncf openvino int8"], compile_s["nncf"] = timed(lambda: nncf_quantize(float_copy, calib, out))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +70,22 @@ def ssh_board(tmp_path_factory):
     board.start()
     yield board
     board.stop()
+
+
+@pytest.fixture(scope="session")
+def labelled(tmp_path_factory) -> Path:
+    """64 images, class subfolders (the first few files of each of the 10 classes)."""
+    root = tmp_path_factory.mktemp("labelled")
+    for i, d in enumerate(sorted(p for p in (ROOT / "calibration" / "cifar10").iterdir() if p.is_dir())):
+        (root / d.name).mkdir()
+        for f in sorted(d.iterdir())[:7 if i < 4 else 6]:
+            shutil.copy(f, root / d.name / f.name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def flat(tmp_path_factory, labelled) -> Path:
+    root = tmp_path_factory.mktemp("flat")
+    for f in sorted(labelled.rglob("*.jpg")):
+        shutil.copy(f, root / f"{f.parent.name}_{f.name}")
+    return root

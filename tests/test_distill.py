@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,27 +22,7 @@ from edgekd.errors import ConfigError, PassFailedError, TrainingDivergedError
 from edgekd.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-CIFAR = ROOT / "calibration" / "cifar10"
 PRE = Preprocess(size=(32, 32), mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
-
-
-@pytest.fixture(scope="module")
-def labelled(tmp_path_factory) -> Path:
-    """64 images, class subfolders (the first few files of each of the 10 classes)."""
-    root = tmp_path_factory.mktemp("labelled")
-    for i, d in enumerate(sorted(p for p in CIFAR.iterdir() if p.is_dir())):
-        (root / d.name).mkdir()
-        for f in sorted(d.iterdir())[:7 if i < 4 else 6]:
-            shutil.copy(f, root / d.name / f.name)
-    return root
-
-
-@pytest.fixture(scope="module")
-def flat(tmp_path_factory, labelled) -> Path:
-    root = tmp_path_factory.mktemp("flat")
-    for f in sorted(labelled.rglob("*.jpg")):
-        shutil.copy(f, root / f"{f.parent.name}_{f.name}")
-    return root
 
 
 def models(seed=0):

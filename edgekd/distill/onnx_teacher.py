@@ -13,11 +13,15 @@ from edgekd.backends.base import in_model_batches
 from edgekd.backends.onnxrt import ort_session
 
 
-def _static_dims(value: onnx.ValueInfoProto) -> tuple[int, ...] | None:
+def _static_dims(value: onnx.ValueInfoProto, any_batch: bool = False) -> tuple[int, ...] | None:
+    """The tensor's dims when all are known; with ``any_batch`` a symbolic first (batch) dim reads as 1."""
     dims = value.type.tensor_type.shape.dim
-    if not dims or any(not d.HasField("dim_value") for d in dims):
+    known = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    if any_batch and known:
+        known[0] = known[0] or 1
+    if not known or None in known:
         return None
-    return tuple(d.dim_value for d in dims)
+    return tuple(known)
 
 
 class OnnxTeacher(nn.Module):
@@ -48,7 +52,7 @@ class OnnxTeacher(nn.Module):
     def intermediate_shapes(self) -> dict[str, tuple[int, ...]]:
         """Name → shape of every 4-D tensor a node produces, in topological order (shape inference)."""
         inferred = shape_inference.infer_shapes(self.proto)
-        known = {v.name: _static_dims(v) for v in (*inferred.graph.value_info, *inferred.graph.output)}
+        known = {v.name: _static_dims(v, any_batch=True) for v in (*inferred.graph.value_info, *inferred.graph.output)}
         shapes = {}
         for node in inferred.graph.node:
             for out in node.output:

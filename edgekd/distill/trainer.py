@@ -283,7 +283,7 @@ def train_kd(teacher: nn.Module, student: nn.Module, data_dir, pre: Preprocess, 
         row = {"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}, "val_top1": acc,
                "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - epoch_start, 2)}
         if temperature is not None:
-            row["temperature"] = float(temperature())
+            row["temperature"] = float(temperature().detach())
         history.append(row)
         if progress and world.is_main:
             progress(epoch + 1, steps_per_epoch, steps_per_epoch, row["train_loss"], acc)
