@@ -21,7 +21,6 @@ import platform
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -328,7 +327,6 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps({"command": command, "results": results}, indent=2, default=str))
     if args.markdown:
         import openvino
-        import tensorflow as tf  # noqa: F401  (version only)
         versions = subprocess.run([str(Path(args.onnx2tf).parent / "python"), "-c",
                                    "import onnx2tf, tensorflow as tf; print(onnx2tf.__version__, tf.__version__)"],
                                   capture_output=True, text=True).stdout.split()

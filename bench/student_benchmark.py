@@ -17,8 +17,6 @@ finished variants are not retrained. Prints one table and writes it as markdown 
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 import json
 import platform
 import shlex
@@ -36,6 +34,7 @@ from edgekd.model_config import read_model_card
 from edgekd.models.load import load_model
 from edgekd.models.profile import profile
 from edgekd.models.zoo import build_model
+from edgekd.passes.sparsify import gzip_bytes
 
 VARIANTS = ("labels", "kd", "kd-features", "sparse-50", "sparse-2:4")
 TITLES = {"labels": "(a) labels only", "kd": "(b) KD", "kd-features": "(c) KD + hint + attention",
@@ -62,13 +61,6 @@ def preprocess_of(card) -> Preprocess:
     i = card.input
     return Preprocess(size=tuple(i["shape"][2:]), mean=tuple(i["mean"]), std=tuple(i["std"]),
                       scale=i.get("scale", 1 / 255), channel_order=i.get("channel_order", "RGB"))
-
-
-def compressed_bytes(model: torch.nn.Module) -> int:
-    """gzip size of the float weights: where unstructured zeros show up as a smaller download."""
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return len(gzip.compress(buf.getvalue(), 6))
 
 
 def nonzero_params(model: torch.nn.Module) -> int:
@@ -120,7 +112,7 @@ def run_variant(variant, args, teacher, pre, workdir: Path) -> dict:
               "macs": prof.macs, "val_top1": r.history[-1]["val_top1"], "best_val_top1": r.best_acc,
               "teacher_val_top1": r.teacher_acc, "epochs": r.epochs_run,
               "train_seconds": round(sum(h.get("seconds", 0) for h in r.history) or r.seconds, 1),
-              "gzip_bytes": compressed_bytes(student), "weight_sparsity": sparsity,
+              "gzip_bytes": gzip_bytes(student), "weight_sparsity": sparsity,
               "feature_pairs": r.feature_pairs, "history": r.history}
     done.write_text(json.dumps(result, indent=2))
     return result
@@ -185,7 +177,7 @@ def main(argv=None) -> int:
     first = next(iter(results.values()))
     teacher_info = {"name": record.get("model", card.source), "params": tprof.params, "macs": tprof.macs,
                     "val_top1": first["teacher_val_top1"], "epochs": record.get("epochs", "?"),
-                    "gzip_bytes": compressed_bytes(teacher)}
+                    "gzip_bytes": gzip_bytes(teacher)}
     text = table(results, teacher_info)
     lines = verdicts(results, teacher_info)
     print("\n" + text + "\n\n" + "\n".join(lines))

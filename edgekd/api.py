@@ -88,15 +88,21 @@ def load_input_model(source: str, weights: Path | None, allow_pickle: bool, inp:
 
 def distill(model: str, student: str, data: str | Path, output: str | Path, *, epochs: int = 10, seed: int = 0,
             resume: bool = False, train_options: dict | None = None, allow_pickle: bool = False,
+            init: str | Path | None = None, replay: str | Path | None = None, replay_size: int = 5000,
             progress: Callable | None = None, **input_args) -> dict:
-    """Trains ``student`` (a zoo name) from the teacher ``model`` and writes its state_dict to ``output`` (.pt),
-    a JSON record beside it, and the training curves into ``<output>.training/``. Under ``torchrun`` every
-    worker trains its share of each batch (DistributedDataParallel) and the first one writes."""
+    """Trains ``student`` (a zoo name or factory) from the teacher ``model`` and writes its state_dict to
+    ``output`` (.pt), a JSON record beside it, and the training curves into ``<output>.training/``. Under
+    ``torchrun`` every worker trains its share of each batch (DistributedDataParallel) and the first one writes.
+
+    Incremental update: ``init`` is the student's current weights and ``replay`` a replay-buffer file (.npz,
+    created with ``replay_size`` samples if missing); earlier samples are mixed into every step and the new
+    data join the buffer, which is written back."""
     import torch
 
     from edgekd.distill.distributed import join
     from edgekd.distill.onnx_teacher import OnnxTeacher
     from edgekd.distill.options import train_config
+    from edgekd.distill.replay import ReplayBuffer
     from edgekd.distill.student import distill_student
     from edgekd.models.profile import profile
 
@@ -111,8 +117,12 @@ def distill(model: str, student: str, data: str | Path, output: str | Path, *, e
     cfg = train_config(train_options or {}, epochs=epochs, seed=seed, resume=resume,
                        checkpoint_dir=output.with_name(output.name + ".checkpoints"))
     world = join()
+    buffer = None
+    if replay is not None:
+        buffer = ReplayBuffer.load(replay, seed) if Path(replay).exists() else ReplayBuffer(replay_size, seed)
     net, metrics = distill_student(teacher, teacher_profile, student, data, inp.preprocess, shape, cfg,
-                                   output.with_name(output.name + ".training") if world.is_main else None, progress)
+                                   output.with_name(output.name + ".training") if world.is_main else None, progress,
+                                   Path(init) if init is not None else None, buffer)
     metrics.update({"teacher": loaded.source, "teacher_sha256": loaded.sha256, "workers": world.size,
                     "input": {"shape": list(shape), "mean": list(inp.preprocess.mean), "std": list(inp.preprocess.std)}})
     if world.is_main:
@@ -121,6 +131,8 @@ def distill(model: str, student: str, data: str | Path, output: str | Path, *, e
         torch.save({k: v.contiguous() for k, v in net.state_dict().items()}, tmp)
         tmp.replace(output)
         write_json(output.with_suffix(".json"), metrics)
+        if buffer is not None:
+            buffer.save(Path(replay))
     world.barrier()
     return metrics
 

@@ -198,6 +198,10 @@ def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="student state_dict (.pt) to write")
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--resume", is_flag=True, help="continue from OUTPUT.checkpoints")
+@click.option("--init", type=click.Path(exists=True, path_type=Path), help="start from these student weights (an update)")
+@click.option("--replay", type=click.Path(path_type=Path),
+              help="replay buffer .npz: earlier samples mixed into every step, new ones added (created if missing)")
+@click.option("--replay-size", type=int, default=5000, show_default=True, help="capacity of a new replay buffer")
 @click.option("--weights", type=click.Path(path_type=Path), help="teacher state_dict for a factory TEACHER")
 @click.option("--allow-pickle", is_flag=True, help="allow unpickling a whole-module teacher file (runs code from it)")
 @click.option("--input-shape", callback=_ints, help="N,C,H,W")
@@ -207,21 +211,35 @@ def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape
 @click.option("-q", "--quiet", is_flag=True)
 @training_flags
 @handle_errors
-def distill_cmd(teacher, student, data_dir, output, epochs, resume, weights, allow_pickle, input_shape, mean, std, seed,
-                quiet, train_options):
+def distill_cmd(teacher, student, data_dir, output, epochs, resume, init, replay, replay_size, weights, allow_pickle,
+                input_shape, mean, std, seed, quiet, train_options):
     """Train a STUDENT from TEACHER by knowledge distillation and write its weights.
 
     Runs as is, or data-parallel under torchrun (gloo on CPU, nccl on GPUs), e.g.
     `torchrun --nproc_per_node 2 -m edgekd distill ...`. Compile the result with
     `edgekd compile STUDENT --weights OUTPUT --target ...`.
     """
+    bar = None
+
     def progress(epoch, step, steps, loss, acc):
-        if acc is not None and not quiet:
-            click.echo(f"epoch {epoch}/{epochs}: loss {loss:.4f}, holdout top-1 {acc:.2f} %", err=True)
+        nonlocal bar
+        if quiet:
+            return
+        if bar is None:
+            bar = click.progressbar(length=steps, label=f"epoch {epoch}/{epochs}", file=sys.stderr,
+                                    show_pos=True, item_show_func=lambda text: text)
+            bar.__enter__()
+        bar.update(step - bar.pos, f"loss {loss:.4f}")
+        if step == steps:
+            bar.render_finish()
+            bar = None
+            if acc is not None:
+                click.echo(f"epoch {epoch}/{epochs}: loss {loss:.4f}, holdout top-1 {acc:.2f} %", err=True)
 
     m = api.distill(teacher, student, data_dir, output, epochs=epochs, seed=seed, resume=resume,
-                    train_options=train_options, allow_pickle=allow_pickle, progress=progress,
-                    weights=weights, input_shape=input_shape, mean=mean, std=std)
+                    train_options=train_options, allow_pickle=allow_pickle, init=init, replay=replay,
+                    replay_size=replay_size, progress=progress, weights=weights, input_shape=input_shape,
+                    mean=mean, std=std)
     from edgekd.distill.distributed import join
 
     if join().is_main:

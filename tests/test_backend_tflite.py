@@ -243,9 +243,9 @@ def test_a_constant_bias_shared_by_two_convs_stays_per_channel(tmp_path):
 def test_the_checks_catch_what_the_converter_does_silently(tmp_path, monkeypatch):
     """Left float, a bias equal in every channel is a splat that the converter quantizes with the first
     channel's scale for all channels: the flatbuffer check must refuse it before anyone runs it."""
-    from edgekd.backends import tflite_lower
+    from edgekd.backends import tflite_ops
 
-    monkeypatch.setattr(tflite_lower, "_bias", lambda x, w, bias: np.asarray(bias, np.float32))
+    monkeypatch.setattr(tflite_ops, "_bias", lambda x, w, bias: np.asarray(bias, np.float32))
     with pytest.raises(PassFailedError) as e:
         _compile(_shared_bias_model(tmp_path), tmp_path / "bad", (1, 3, 6, 6))
     assert e.value.pass_name == "emit" and isinstance(e.value.cause, FidelityError)

@@ -82,6 +82,8 @@ def test_label_free_with_entropy_selection(flat):
     assert r.total == 64 and r.kept == round(0.3 * 64)
     assert r.teacher_acc is None and r.history[0]["val_top1"] is None
     r = train_kd(teacher, student, flat, PRE, TrainConfig(epochs=1, batch_size=16))
+    assert r.kept == round(0.3 * 64)  # the default selection
+    r = train_kd(teacher, student, flat, PRE, TrainConfig(epochs=1, batch_size=16, select_fraction=1.0))
     assert r.kept == 64
 
 
@@ -132,7 +134,9 @@ def test_cli_compile_distills_and_sparsifies(labelled, tmp_path, pattern):
     d = next(p for p in manifest["passes"] if p["name"] == "distill")["metrics"]
     assert d["student_params"] < d["teacher_params"] and d["epochs"] == 1 and d["kept_samples"] > 0
     assert manifest["distill"] == d and manifest["distill"]["student_macs"] < manifest["distill"]["teacher_macs"]
-    assert manifest["sparsity"]["pattern"] == pattern and manifest["sparsity"]["per_layer"]
+    sp = manifest["sparsity"]
+    assert sp["pattern"] == pattern and sp["per_layer"]
+    assert sp["weights_gzip_bytes_sparse"] < sp["weights_gzip_bytes_dense"]  # the zeros compress
     onnx_files = sorted(out.rglob("*.onnx"))
     assert onnx_files
     weights = _onnx_weights(onnx_files[0])

@@ -304,3 +304,32 @@ def test_two_process_ddp_under_torchrun(labelled, tmp_path):
     student = build_model("resnet8:0.25")
     student.load_state_dict(state)
     assert (out.parent / "student.pt.training" / "training.csv").exists()
+
+
+def test_student_from_a_user_factory():
+    from edgekd.distill.student import build_student
+    from edgekd.errors import FactoryError
+
+    model = build_student("edgekd.models.resnet_cifar:resnet8", 7)
+    assert model(X).shape == (2, 7)
+    with pytest.raises(FactoryError):
+        build_student("no_such_module_xyz:make", 10)
+
+
+def test_cli_distill_then_incremental_update_with_replay(labelled, flat, tmp_path):
+    from click.testing import CliRunner
+    from edgekd.cli import main
+
+    card = str(ROOT / "examples/cifar10/model.toml")
+    first = CliRunner().invoke(main, ["distill", card, "--student", "resnet8:0.25", "--data", str(labelled), "-o",
+                                      str(tmp_path / "s.pt"), "--epochs", "1", "--replay", str(tmp_path / "r.npz"),
+                                      "--replay-size", "32", "-q"])
+    assert first.exit_code == 0, first.output
+    assert ReplayBuffer.load(tmp_path / "r.npz").seen > 0 and len(ReplayBuffer.load(tmp_path / "r.npz")) == 32
+    update = CliRunner().invoke(main, ["distill", card, "--student", "resnet8:0.25", "--data", str(flat), "-o",
+                                       str(tmp_path / "s2.pt"), "--epochs", "1", "--init", str(tmp_path / "s.pt"),
+                                       "--replay", str(tmp_path / "r.npz"), "--select-fraction", "1", "-q"])
+    assert update.exit_code == 0, update.output
+    record = json.loads((tmp_path / "s2.json").read_text())
+    assert record["replay_size"] == 32 and record["kept_samples"] == 64
+    assert ReplayBuffer.load(tmp_path / "r.npz").seen > 32 + 50  # the update's images were offered to the buffer

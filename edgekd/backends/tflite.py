@@ -100,7 +100,7 @@ class TFLiteBackend(Backend):
         return out
 
     def unsupported(self, model, spec) -> list[Unsupported]:
-        from edgekd.backends.tflite_lower import unsupported_nodes
+        from edgekd.backends.tflite_rules import unsupported_nodes
 
         return super().unsupported(model, spec) + unsupported_nodes(model)
 

@@ -32,17 +32,38 @@ def training_summary(cfg) -> dict:
             for k, v in asdict(cfg).items()}
 
 
+def build_student(name: str, classes: int) -> nn.Module:
+    """A zoo name (``resnet8:0.625``) or a user factory (``package.module:function``, called with
+    ``num_classes`` when it takes it)."""
+    import inspect
+
+    from edgekd.models.load import resolve_factory
+    from edgekd.models.zoo import ZOO, build_model
+
+    if name.partition(":")[0] in ZOO:
+        return build_model(name, num_classes=classes)
+    factory = resolve_factory(name)
+    takes_classes = "num_classes" in inspect.signature(factory).parameters
+    model = factory(num_classes=classes) if takes_classes else factory()
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"student factory {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
 def distill_student(teacher: nn.Module, teacher_profile, student_name: str, data, pre: Preprocess,
-                    shape: tuple[int, ...], cfg, out_dir: Path | None, progress=None) -> tuple[nn.Module, dict]:
+                    shape: tuple[int, ...], cfg, out_dir: Path | None, progress=None, init: Path | None = None,
+                    replay=None) -> tuple[nn.Module, dict]:
+    """``init``: the student's current weights (an incremental update); ``replay``: a ReplayBuffer."""
     from edgekd.distill.trainer import train_kd
     from edgekd.models.profile import profile
-    from edgekd.models.zoo import build_model
 
     with torch.no_grad():
         classes = teacher.eval()(torch.zeros(shape)).shape[-1]
-    student = build_model(student_name, num_classes=classes)
+    student = build_student(student_name, classes)
+    if init is not None:
+        student.load_state_dict(torch.load(init, weights_only=True))
     check_teacher_student(teacher, student, student_name, shape)
-    result = train_kd(teacher, student, data, pre, cfg, out_dir=out_dir, progress=progress)
+    result = train_kd(teacher, student, data, pre, cfg, out_dir=out_dir, progress=progress, replay=replay)
     student.eval()
     sp = profile(student, shape)
     last = result.history[-1] if result.history else {}
@@ -52,5 +73,5 @@ def distill_student(teacher: nn.Module, teacher_profile, student_name: str, data
                "epochs": result.epochs_run, "seconds": round(result.seconds, 3), "kept_samples": result.kept,
                "total_samples": result.total, "final_train_loss": last.get("train_loss"),
                "feature_pairs": result.feature_pairs, "skipped_images": result.skipped_images,
-               "training": training_summary(cfg)}
+               "replay_size": result.replay_size, "training": training_summary(cfg)}
     return student, metrics

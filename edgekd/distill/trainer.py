@@ -17,7 +17,7 @@ from torch import nn
 
 from edgekd.distill.curves import write_curves
 from edgekd.distill.data import Dataset, augment, load_folder, to_tensor
-from edgekd.distill.distributed import World, join
+from edgekd.distill.distributed import join
 from edgekd.distill.features import FeatureLosses, capture, pair_layers
 from edgekd.distill.losses import clip_term, compensation_weights, hinton_kd
 from edgekd.distill.replay import ReplayBuffer
@@ -54,7 +54,7 @@ class TrainConfig:
     early_stop_patience: int | None = None  # epochs without a better holdout top-1
     checkpoint_dir: Path | None = None
     resume: bool = False
-    select_fraction: float | None = None  # label-free only: keep this fraction with the highest teacher entropy
+    select_fraction: float | None = None  # label-free: keep this fraction with the highest teacher entropy [0.3]
     max_samples: int | None = None
     sparsity: float | None = None
     pattern: str = "unstructured"  # unstructured | 2:4
@@ -146,6 +146,7 @@ def _optimizer(cfg: TrainConfig, params, total_steps: int):
 
 
 DEFAULT_ALPHA = Schedule("linear", 0.7, 0.3)
+DEFAULT_SELECT = 0.3  # label-free: the most informative 30 % by teacher entropy
 
 
 def _check_labels(cfg: TrainConfig, train: Dataset, data_dir) -> None:
@@ -182,8 +183,8 @@ def train_kd(teacher: nn.Module, student: nn.Module, data_dir, pre: Preprocess, 
     t_logits = predict(teacher, x)  # un-augmented; used directly when no feature loss needs a live teacher
     total = len(x)
     images = train.images
-    if y is None and cfg.select_fraction is not None:
-        keep = entropy_select(t_logits, cfg.select_fraction)
+    if y is None and (cfg.select_fraction or DEFAULT_SELECT) < 1:
+        keep = entropy_select(t_logits, cfg.select_fraction or DEFAULT_SELECT)
         x, t_logits, images = x[keep], t_logits[keep], images[keep.numpy()]
     xv = None if held is None else to_tensor(held.images, pre)
     teacher_acc = None if held is None else top1(predict(teacher, xv), held.labels)

@@ -3,12 +3,17 @@ distillation."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from edgekd.models.reference import torch_reference
 from edgekd.config import CompileConfig
 from edgekd.errors import ConfigError
 from edgekd.passes.base import Pass, PassResult
 from edgekd.specs import TargetSpec
 from edgekd.state import ONNX_MODEL, TORCH_MODEL, CompileState
+
+if TYPE_CHECKING:
+    from edgekd.distill.trainer import TrainConfig
 
 
 def require_data(config: CompileConfig, pass_name: str) -> None:
@@ -34,7 +39,7 @@ class DistillPass(Pass):
     provides = frozenset({TORCH_MODEL})
     removes = frozenset({ONNX_MODEL})  # what is compiled from here on is the student
 
-    def __init__(self, student: str, data, train: "TrainConfig | None" = None):
+    def __init__(self, student: str, data, train: TrainConfig | None = None):
         from edgekd.distill.trainer import TrainConfig
 
         self.student, self.data = student, data

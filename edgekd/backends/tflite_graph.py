@@ -1,0 +1,206 @@
+"""The values the TFLite lowering passes between ONNX nodes (NHWC tensors, fake-quant ranges, int8
+weights), what it hands the backend, and the walk over the graph. The op handlers are in tflite_ops."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgekd.backends.base import Unsupported
+from edgekd.backends.tflite_rules import raise_unsupported
+
+TO_NHWC = (0, 2, 3, 1)
+TO_NCHW = (0, 3, 1, 2)
+NCHW_AXIS_IN_NHWC = (0, 3, 1, 2)  # NCHW axis a is NHWC axis NCHW_AXIS_IN_NHWC[a]
+INT8_MIN, INT8_MAX = -128, 127
+CONST_OPERAND = "constant operand quantized to int8 by the converter"
+CONST_OPERAND_REASON = ("TFLite's int8 ADD/SUB/MUL take int8 operands only; the QDQ simulation keeps the constant "
+                        "float, so the artifact differs from it by the constant's rounding (quantize such constants "
+                        "in the QDQ graph to make the simulation exact)")
+FC_AS_CONV = "Gemm/MatMul lowered as 1x1 CONV_2D"
+FC_AS_CONV_REASON = ("the TFLite converter fails on per-channel FULLY_CONNECTED weights ('tfl.transpose' op has "
+                     "mismatched quantized axes); a 1x1 CONV_2D keeps the simulation's per-channel weights, where "
+                     "per-tensor FC weights would differ from it")
+
+
+@dataclass(frozen=True)
+class WeightQ:
+    """A constant that came from an int8 DequantizeLinear: its int8 values and scales."""
+
+    q: np.ndarray
+    scale: np.ndarray  # () per tensor, (C,) per channel
+    axis: int | None
+
+
+@dataclass
+class Val:
+    t: Any  # tf.Tensor, or np.ndarray for constants
+    nhwc: bool = False  # a 4-D ONNX (NCHW) tensor held as NHWC
+    q: tuple[float, int] | None = None  # (scale, zero point) of the fake quant that produced it
+    w: WeightQ | None = None
+
+    @property
+    def const(self) -> bool:
+        return isinstance(self.t, np.ndarray)
+
+
+@dataclass
+class Lowered:
+    """The traced function and what the backend needs to check and run the converted model."""
+
+    function: Any  # tf.types.experimental.ConcreteFunction
+    module: Any  # a tf.Module that holds it (the converter wants a trackable object)
+    input_name: str
+    input_shape: tuple[int, ...]  # as the TF function takes it (NHWC for images)
+    outputs: list[str]  # ONNX output names, in order
+    output_nhwc: list[bool]
+    output_sources: list[set[str]]  # per output: the ONNX tensors its value is (through Q/DQ/Identity)
+    output_shapes: list[tuple[int, ...]]  # as the TF function returns them
+    scopes: dict[str, str] = field(default_factory=dict)  # name scope → ONNX tensor whose range it carries
+    conv_scopes: dict[str, dict] = field(default_factory=dict)  # name scope → {node, op, weight scales}
+    notes: list[dict] = field(default_factory=list)  # what the lowering had to change, and why
+    fake_quants: int = 0
+
+
+class Reject(Exception):
+    pass
+
+
+def grid(qp: tuple[float, int]) -> tuple[float, float]:
+    s, zp = qp
+    return (INT8_MIN - zp) * s, (INT8_MAX - zp) * s
+
+
+def same_pads(size: int, k: int, s: int, d: int) -> tuple[int, int]:
+    out = math.ceil(size / s)
+    total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class Lowering:
+    def __init__(self, tf, model: onnx.ModelProto, handlers: dict):
+        self.tf = tf
+        self.handlers = handlers  # op type → handler (tflite_ops.HANDLERS)
+        self.model = model
+        self.env: dict[str, Val] = {}
+        self.quantized = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+        self.scopes: dict[str, str] = {}
+        self.conv_scopes: dict[str, dict] = {}
+        self.notes: list[dict] = []
+        self.fake_quants = 0
+        self.index = -1  # of the node being lowered
+
+    # ---- helpers
+    def get(self, name: str) -> Val:
+        if name not in self.env:
+            raise Reject(f"input {name!r} is not available (produced by an unsupported node?)")
+        return self.env[name]
+
+    def tensor(self, v: Val):
+        return self.tf.constant(v.t.astype(np.float32) if v.t.dtype.kind == "f" else v.t) if v.const else v.t
+
+    def rank(self, v: Val) -> int:
+        return v.t.ndim if v.const else v.t.shape.rank
+
+    def onnx_shape(self, v: Val) -> list[int]:
+        shape = list(v.t.shape) if v.const else v.t.shape.as_list()
+        return [shape[i] for i in TO_NCHW] if v.nhwc else shape
+
+    def to_nhwc(self, v: Val) -> Val:
+        """The value as NHWC (4-D) — transposing an ONNX-layout tensor if needed."""
+        if v.nhwc:
+            return v
+        if self.rank(v) != 4:
+            raise Reject(f"expected a 4-D NCHW tensor, got rank {self.rank(v)}")
+        if v.const:
+            return Val(v.t.transpose(TO_NHWC), True, v.q, v.w)
+        with self.tf.name_scope("derived"):
+            return Val(self.tf.transpose(v.t, TO_NHWC), True, v.q, v.w)
+
+    def to_onnx(self, v: Val) -> Val:
+        if not v.nhwc:
+            return v
+        with self.tf.name_scope("derived"):
+            return Val(self.tf.transpose(v.t, TO_NCHW), False, v.q)
+
+    def axis(self, v: Val, axis: int) -> int:
+        axis = axis % self.rank(v)
+        return NCHW_AXIS_IN_NHWC[axis] if v.nhwc else axis
+
+    def fake_quant(self, x, qp: tuple[float, int], name: str = "fq"):
+        lo, hi = grid(qp)
+        self.fake_quants += 1
+        return self.tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=8, narrow_range=False, name=name)
+
+    def fake_quant_range(self, x, lo: float, hi: float):
+        """An intermediate range the lowering derives (inside one ONNX op): only in quantized graphs."""
+        if not self.quantized:
+            return x
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        s = (hi - lo) / 255.0 or 1e-7
+        zp = int(np.clip(np.rint(INT8_MIN - lo / s), INT8_MIN, INT8_MAX))
+        with self.tf.name_scope("derived"):
+            return self.fake_quant(x, (s, zp))
+
+    def weight(self, v: Val):
+        """TF constant for a weight already laid out for TF (output channel last), fake-quantized per
+        channel with narrow range at ∓127·scale when the ONNX weight was int8, so the converter
+        recovers the same int8 values and scales."""
+        tf = self.tf
+        w = v.t.astype(np.float32)
+        if v.w is None:
+            return tf.constant(w)
+        scale = np.broadcast_to(v.w.scale.astype(np.float32), (w.shape[-1],)) if v.w.axis is None else v.w.scale
+        scale = scale.astype(np.float32)
+        return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            tf.constant(w), -INT8_MAX * scale, INT8_MAX * scale, num_bits=8, narrow_range=True)
+
+    # ---- the walk
+    def run(self, input_nhwc):
+        """Lowers every node (called once per trace; starts from a clean slate each time)."""
+        self.env, self.scopes, self.conv_scopes, self.notes, self.fake_quants = {}, {}, {}, [], 0
+        g = self.model.graph
+        inits = {i.name for i in g.initializer}
+        for i in g.initializer:
+            self.env[i.name] = Val(numpy_helper.to_array(i))
+        inp = next(i for i in g.input if i.name not in inits)
+        self.env[inp.name] = Val(input_nhwc, nhwc=input_nhwc.shape.rank == 4)
+        self.scopes[scope_name(inp.name)] = inp.name
+        bad: list[Unsupported] = []
+        for index, node in enumerate(g.node):
+            handler = self.handlers[node.op_type]
+            scope = f"n{index}"
+            try:
+                if node.op_type in ("Constant", "Identity", "QuantizeLinear", "DequantizeLinear"):
+                    outs = handler(self, node)
+                else:
+                    self.index = index
+                    with self.tf.name_scope(scope) as actual:
+                        self.scopes[actual.rstrip("/")] = node.output[0]
+                        outs = handler(self, node)
+            except Reject as e:
+                bad.append(Unsupported(node.name or node.op_type, node.op_type, str(e)))
+                continue
+            for name, v in zip(node.output, outs):
+                if name:
+                    self.env[name] = v
+        if bad:
+            raise_unsupported(bad)
+        outs, nhwc = [], []
+        for o in g.output:
+            v = self.get(o.name)
+            v = self.to_nhwc(v) if self.rank(v) == 4 else self.to_onnx(v)
+            outs.append(self.tf.identity(self.tensor(v)))
+            nhwc.append(v.nhwc)
+        return outs, nhwc
+
+
+def scope_name(onnx_name: str) -> str:
+    """A TF-legal op name for an ONNX tensor name."""
+    name = "".join(c if c.isalnum() or c in "_.-" else "_" for c in onnx_name).lstrip("_.-")
+    return name if name and name[0].isalnum() else f"t{name}"

@@ -1,0 +1,480 @@
+"""One handler per ONNX op: mirrors the node in TensorFlow (NHWC), with a fake quant where the QDQ
+simulation has its Q/DQ pair."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from edgekd.backends.tflite_graph import (CONST_OPERAND, CONST_OPERAND_REASON, FC_AS_CONV, FC_AS_CONV_REASON,
+                                          INT8_MIN, NCHW_AXIS_IN_NHWC, TO_NHWC, Lowering,
+                                          Reject, Val, WeightQ, grid, same_pads, scope_name)
+from edgekd.backends.tflite_rules import CHECKS, constant_value, node_attrs
+from edgekd.quant.qparams import quantize_bias
+
+def _constant(cx: Lowering, node) -> list[Val]:
+    value = constant_value(node)
+    if value is None:
+        raise Reject("Constant without a tensor value")
+    return [Val(value)]
+
+
+def _identity(cx: Lowering, node) -> list[Val]:
+    return [cx.get(node.input[0])]
+
+
+def _quantize(cx: Lowering, node) -> list[Val]:
+    x = cx.get(node.input[0])
+    scale = float(np.float32(cx.get(node.input[1]).t))
+    zp = int(cx.get(node.input[2]).t) if len(node.input) > 2 and node.input[2] else 0
+    if x.const:
+        raise Reject("QuantizeLinear of a constant is not lowered")
+    with cx.tf.name_scope(f"q_{scope_name(node.input[0])}") as scope:
+        cx.scopes[scope.rstrip("/")] = node.input[0]
+        return [Val(cx.fake_quant(x.t, (scale, zp)), x.nhwc, (scale, zp))]
+
+
+def _dequantize(cx: Lowering, node) -> list[Val]:
+    x = cx.get(node.input[0])
+    if not x.const:  # the second half of an activation Q/DQ pair: the fake quant already is both
+        return [x]
+    scale = cx.get(node.input[1]).t.astype(np.float32)
+    zp = cx.get(node.input[2]).t if len(node.input) > 2 and node.input[2] else np.zeros_like(scale, np.int64)
+    axis = node_attrs(node).get("axis", 1) if scale.ndim == 1 and scale.size > 1 else None
+    shape = [1] * x.t.ndim
+    if axis is not None:
+        shape[axis % x.t.ndim] = scale.size
+    deq = ((x.t.astype(np.int64) - zp.reshape(shape).astype(np.int64)).astype(np.float32) * scale.reshape(shape))
+    weight = WeightQ(x.t, scale, axis % x.t.ndim if axis is not None else None) if x.t.dtype == np.int8 else None
+    return [Val(deq, w=weight)]
+
+
+def _pads_for(cx: Lowering, x: Val, a: dict, kernel: list[int], strides: list[int], dilations: list[int]):
+    """('SAME' | 'VALID', explicit [[top, bottom], [left, right]] or None)."""
+    auto = a.get("auto_pad", b"NOTSET")
+    h, w = x.t.shape.as_list()[1:3]
+    same = [same_pads(size, k, s, d) for size, k, s, d in zip((h, w), kernel, strides, dilations)]
+    if auto == b"SAME_UPPER":
+        return "SAME", None
+    if auto == b"VALID":
+        return "VALID", None
+    pads = a.get("pads", [0, 0, 0, 0])
+    onnx_pads = [(pads[0], pads[2]), (pads[1], pads[3])]
+    if all(p == (0, 0) for p in onnx_pads):
+        return "VALID", None
+    if onnx_pads == same:
+        return "SAME", None
+    return "VALID", [list(p) for p in onnx_pads]
+
+
+def _conv(cx: Lowering, node) -> list[Val]:
+    tf = cx.tf
+    a = node_attrs(node)
+    x = cx.to_nhwc(cx.get(node.input[0]))
+    wv = cx.get(node.input[1])
+    if not wv.const:
+        raise Reject("weights computed at run time")
+    w = wv.t  # [O, I/g, kh, kw]
+    group = a.get("group", 1)
+    cin = x.t.shape[-1]
+    kernel = list(w.shape[2:])
+    strides = a.get("strides", [1, 1])
+    dilations = a.get("dilations", [1, 1])
+    padding, explicit = _pads_for(cx, x, a, kernel, strides, dilations)
+    xt = x.t
+    if explicit is not None:
+        with tf.name_scope("derived"):
+            xt = tf.pad(xt, [[0, 0], explicit[0], explicit[1], [0, 0]])
+    filt = Val(w.transpose(2, 3, 1, 0), w=wv.w)  # [kh, kw, I/g, O], output channel last
+    if group == 1:
+        y = tf.nn.conv2d(xt, cx.weight(filt), [1, *strides, 1], padding, dilations=[1, *dilations, 1])
+        kind = "CONV_2D"
+    elif group == cin and w.shape[1] == 1:
+        mult = w.shape[0] // cin
+        # per-channel fake quant on [kh, kw, 1, C·m], then [kh, kw, C, m]: applied to [kh, kw, C, 1]
+        # the converter silently collapses it to one scale
+        f = tf.reshape(cx.weight(filt), [kernel[0], kernel[1], cin, mult])
+        y = tf.nn.depthwise_conv2d(xt, f, [1, *strides, 1], padding, dilations=dilations)
+        kind = "DEPTHWISE_CONV_2D"
+    else:
+        raise Reject(f"grouped convolution (group={group}) that is not depthwise")
+    if len(node.input) > 2 and node.input[2]:
+        b = cx.get(node.input[2])
+        if not b.const:
+            raise Reject("bias computed at run time")
+        bias = _bias(x, wv, b.t)
+        y = tf.nn.bias_add(y, bias)
+    else:
+        bias = None
+    cx.conv_scopes[f"n{cx.index}"] = {
+        "node": node.name, "op": kind, "weight_scales": None if wv.w is None else wv.w.scale, "bias": bias}
+    return [Val(y, True)]
+
+
+def _bias(x: Val, w: Val, bias: np.ndarray) -> np.ndarray:
+    """The float bias, snapped to its int32 grid (input scale × weight scale per channel) when the
+    layer is quantized. The simulation's int32 biases already are; a float one (torch shares equal
+    biases through Identity nodes, which the quantizer leaves float) must be too: a bias whose
+    channels are all equal is a splat constant, and the converter quantizes a splat with the first
+    channel's scale for every channel (measured: yolo-det's class heads, bias -log 99, 28 steps off).
+    Snapped, its values differ per channel."""
+    bias = np.asarray(bias, np.float32)
+    if x.q is None or w.w is None:
+        return bias
+    q, scale = quantize_bias(bias, x.q[0], np.asarray(w.w.scale, np.float32))
+    return (q.astype(np.float64) * scale.astype(np.float64)).astype(np.float32)
+
+
+def _fc(cx: Lowering, node, x: Val, w: Val, bias: np.ndarray | None) -> Val:
+    """x [.., K] @ w [K, N] + bias as a 1×1 CONV_2D on [M, 1, 1, K]: the converter fails on
+    per-channel FULLY_CONNECTED weights, and per-tensor ones would differ from the simulation."""
+    tf = cx.tf
+    xt = cx.tensor(x)
+    k, n = w.t.shape
+    lead = xt.shape.as_list()[:-1]
+    with tf.name_scope("derived"):
+        x4 = tf.reshape(xt, [-1, 1, 1, k])
+    y = tf.nn.conv2d(x4, cx.weight(Val(w.t.reshape(1, 1, k, n), w=w.w)), [1, 1, 1, 1], "VALID")
+    if bias is not None:
+        bias = _bias(x, w, bias)
+        y = tf.nn.bias_add(y, bias)
+    cx.conv_scopes[f"n{cx.index}"] = {"node": node.name, "op": "CONV_2D",
+                                      "weight_scales": None if w.w is None else w.w.scale, "bias": bias}
+    if w.w is not None:
+        note = next((nt for nt in cx.notes if nt["forced"] == FC_AS_CONV), None)
+        if note is None:
+            note = {"forced": FC_AS_CONV, "reason": FC_AS_CONV_REASON, "nodes": []}
+            cx.notes.append(note)
+        note["nodes"].append(node.name)
+    return Val(tf.reshape(y, lead + [n]))
+
+
+def _gemm(cx: Lowering, node) -> list[Val]:
+    a = node_attrs(node)
+    x = cx.to_onnx(cx.get(node.input[0]))
+    b = cx.get(node.input[1])
+    bias = None
+    if len(node.input) > 2 and node.input[2]:
+        c = cx.get(node.input[2])
+        if not c.const:
+            raise Reject("Gemm bias computed at run time")
+        bias = c.t.astype(np.float32) * np.float32(a.get("beta", 1.0))
+    if not b.const:
+        bt = cx.tensor(b)
+        y = cx.tf.matmul(cx.tensor(x), bt, transpose_b=bool(a.get("transB", 0)))
+        return [Val(y + bias if bias is not None else y)]
+    w = Val(b.t.T if a.get("transB", 0) else b.t, w=b.w)
+    return [_fc(cx, node, x, w, bias)]
+
+
+def _matmul(cx: Lowering, node) -> list[Val]:
+    x = cx.to_onnx(cx.get(node.input[0]))
+    b = cx.get(node.input[1])
+    if b.const and b.t.ndim == 2:
+        return [_fc(cx, node, x, b, None)]
+    return [Val(cx.tf.matmul(cx.tensor(x), cx.tensor(cx.to_onnx(b))))]
+
+
+def _binary(fn_name: str) -> Callable:
+    def lower(cx: Lowering, node) -> list[Val]:
+        vals = [cx.get(n) for n in node.input]
+        nhwc = any(v.nhwc for v in vals)
+        if cx.quantized and any(v.const and v.w is None for v in vals):
+            note = next((nt for nt in cx.notes if nt["forced"] == CONST_OPERAND), None)
+            if note is None:
+                note = {"forced": CONST_OPERAND, "reason": CONST_OPERAND_REASON, "nodes": []}
+                cx.notes.append(note)
+            note["nodes"].append(node.name)
+        ts = []
+        for v in vals:
+            if nhwc and not v.nhwc:
+                if cx.rank(v) > 4:
+                    raise Reject("broadcast of a rank > 4 tensor against an image tensor")
+                if v.const:
+                    v = Val(v.t.reshape((1,) * (4 - v.t.ndim) + v.t.shape), q=v.q, w=v.w)
+                else:
+                    with cx.tf.name_scope("derived"):
+                        v = Val(cx.tf.reshape(v.t, [1] * (4 - cx.rank(v)) + v.t.shape.as_list()), q=v.q)
+                v = cx.to_nhwc(v)
+            ts.append(cx.tensor(v))
+        return [Val(getattr(cx.tf.math, fn_name)(ts[0], ts[1]), nhwc)]
+    return lower
+
+
+def _unary(cx: Lowering, node, fn) -> list[Val]:
+    x = cx.get(node.input[0])
+    return [Val(fn(cx.tensor(x)), x.nhwc)]
+
+
+def _clip_bounds(cx: Lowering, node) -> tuple[float | None, float | None]:
+    a = node_attrs(node)
+    lo, hi = a.get("min"), a.get("max")
+    if len(node.input) > 1 and node.input[1]:
+        lo = float(cx.get(node.input[1]).t)
+    if len(node.input) > 2 and node.input[2]:
+        hi = float(cx.get(node.input[2]).t)
+    return lo, hi
+
+
+def _clip(cx: Lowering, node) -> list[Val]:
+    tf = cx.tf
+    lo, hi = _clip_bounds(cx, node)
+    if lo == 0.0 and hi == 6.0:
+        fn = tf.nn.relu6
+    elif lo == 0.0 and hi is None:
+        fn = tf.nn.relu
+    else:
+        def fn(t):
+            t = tf.maximum(t, lo) if lo is not None else t
+            return tf.minimum(t, hi) if hi is not None else t
+    return _unary(cx, node, fn)
+
+
+def _hardswish(cx: Lowering, node) -> list[Val]:
+    tf = cx.tf
+    # the converter fuses exactly this pattern into HARD_SWISH; no fake quant may sit inside it
+    return _unary(cx, node, lambda t: t * tf.nn.relu6(t + 3.0) * (1.0 / 6.0))
+
+
+def _hardsigmoid(cx: Lowering, node) -> list[Val]:
+    """max(0, min(1, αx + β)) = α·clip(x + β/α, 0, 1/α). TFLite has no such op: an ADD whose fused
+    RELU6 clips (when 1/α = 6, the usual 1/6; else a clamp), then a MUL by α. The clipped sum is
+    quantized with scale (1/α)/256 and the lowest code as zero point, so the MUL onto the output's
+    fixed 1/256 grid multiplies codes by exactly 1: one rounding, as the simulation has."""
+    tf = cx.tf
+    a = node_attrs(node)
+    alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
+    if alpha <= 0:
+        raise Reject("HardSigmoid with alpha <= 0")
+    x = cx.get(node.input[0])
+    top = 1.0 / alpha
+    with tf.name_scope("derived"):
+        t = cx.tensor(x) + np.float32(beta / alpha)
+        if abs(top - 6.0) < 1e-6:
+            t = tf.nn.relu6(t)
+        else:
+            if x.q is not None:
+                lo, hi = grid(x.q)
+                t = cx.fake_quant_range(t, lo + beta / alpha, hi + beta / alpha)
+            t = tf.minimum(tf.maximum(t, 0.0), top)
+        if cx.quantized:
+            t = cx.fake_quant(t, (top / 256.0, INT8_MIN))
+    return [Val(t * np.float32(alpha), x.nhwc)]
+
+
+def _pool(cx: Lowering, node) -> list[Val]:
+    tf = cx.tf
+    a = node_attrs(node)
+    x = cx.to_nhwc(cx.get(node.input[0]))
+    kernel, strides = a["kernel_shape"], a.get("strides", [1, 1])
+    padding, explicit = _pads_for(cx, x, a, kernel, strides, [1, 1])
+    if a.get("ceil_mode", 0):
+        h, w = x.t.shape.as_list()[1:3]
+        pads = a.get("pads", [0, 0, 0, 0])
+        for size, k, s, p0, p1 in ((h, kernel[0], strides[0], pads[0], pads[2]), (w, kernel[1], strides[1], pads[1], pads[3])):
+            if (size + p0 + p1 - k) % s:
+                raise Reject("ceil_mode=1 changes the output size here; TFLite pools floor it")
+    xt = x.t
+    maxpool = node.op_type == "MaxPool"
+    if explicit is not None or (padding == "SAME" and not maxpool and a.get("count_include_pad", 0)):
+        explicit = explicit or [[p0, p1] for p0, p1 in _same_pads_of(x, kernel, strides)]
+        padding = "VALID"
+        if maxpool:  # pad with the lowest value on the grid: the max ignores it, as ONNX's -inf padding
+            low = grid(x.q)[0] if x.q is not None else float(np.finfo(np.float32).min)
+            with tf.name_scope("derived"):
+                xt = tf.pad(xt, [[0, 0], explicit[0], explicit[1], [0, 0]], constant_values=low)
+        elif a.get("count_include_pad", 0):
+            with tf.name_scope("derived"):
+                xt = tf.pad(xt, [[0, 0], explicit[0], explicit[1], [0, 0]])
+        else:
+            raise Reject("AveragePool with padding that excludes the pad from the count, split unlike TF's SAME")
+    fn = tf.nn.max_pool2d if maxpool else tf.nn.avg_pool2d
+    return [Val(fn(xt, kernel, strides, padding), True)]
+
+
+def _same_pads_of(x: Val, kernel: list[int], strides: list[int]) -> list[tuple[int, int]]:
+    h, w = x.t.shape.as_list()[1:3]
+    return [same_pads(size, k, s, 1) for size, k, s in zip((h, w), kernel, strides)]
+
+
+def _global_avg(cx: Lowering, node) -> list[Val]:
+    x = cx.to_nhwc(cx.get(node.input[0]))
+    return [Val(cx.tf.reduce_mean(x.t, axis=[1, 2], keepdims=True), True)]
+
+
+def _concat(cx: Lowering, node) -> list[Val]:
+    vals = [cx.get(n) for n in node.input]
+    nhwc = any(v.nhwc for v in vals)
+    vals = [cx.to_nhwc(v) if nhwc else cx.to_onnx(v) for v in vals]
+    axis = cx.axis(vals[0], node_attrs(node)["axis"]) if nhwc else node_attrs(node)["axis"]
+    return [Val(cx.tf.concat([cx.tensor(v) for v in vals], axis), nhwc)]
+
+
+def _split(cx: Lowering, node) -> list[Val]:
+    a = node_attrs(node)
+    x = cx.get(node.input[0])
+    axis = a.get("axis", 0)
+    size = cx.onnx_shape(x)[axis]
+    if len(node.input) > 1 and node.input[1]:
+        sizes = [int(s) for s in cx.get(node.input[1]).t]
+    elif "split" in a:
+        sizes = list(a["split"])
+    else:
+        n = len(node.output)
+        sizes = [size // n] * n
+    parts = cx.tf.split(cx.tensor(x), sizes, axis=cx.axis(x, axis))
+    return [Val(p, x.nhwc) for p in parts]
+
+
+def _slice(cx: Lowering, node) -> list[Val]:
+    x = cx.get(node.input[0])
+    starts = [int(v) for v in cx.get(node.input[1]).t]
+    ends = [int(v) for v in cx.get(node.input[2]).t]
+    rank = cx.rank(x)
+    axes = [int(v) for v in cx.get(node.input[3]).t] if len(node.input) > 3 and node.input[3] else list(range(len(starts)))
+    steps = [int(v) for v in cx.get(node.input[4]).t] if len(node.input) > 4 and node.input[4] else [1] * len(starts)
+    index = [slice(None)] * rank
+    big = np.iinfo(np.int32).max
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        e = None if abs(e) >= big else e
+        index[cx.axis(x, ax)] = slice(s, e, st)
+    t = x.t[tuple(index)] if x.const else x.t.__getitem__(tuple(index))
+    return [Val(t, x.nhwc, x.q)]
+
+
+def _resize(cx: Lowering, node) -> list[Val]:
+    a = node_attrs(node)
+    x = cx.to_nhwc(cx.get(node.input[0]))
+    h, w = x.t.shape.as_list()[1:3]
+    sizes = cx.get(node.input[3]).t if len(node.input) > 3 and node.input[3] else None
+    if sizes is not None:
+        out = [int(sizes[2]), int(sizes[3])]
+        scales = [out[0] / h, out[1] / w]
+    else:
+        sc = cx.get(node.input[2]).t
+        if sc[0] != 1 or sc[1] != 1:
+            raise Reject("Resize that scales batch or channels")
+        scales = [float(sc[2]), float(sc[3])]
+        out = [int(math.floor(h * scales[0])), int(math.floor(w * scales[1]))]
+    coord = a.get("coordinate_transformation_mode", b"half_pixel").decode()
+    nearest = a.get("nearest_mode", b"round_prefer_floor").decode()
+    half = None
+    for candidate in (False, True):
+        if all(np.array_equal(_onnx_nearest(n, o, s, coord, nearest), _tf_nearest(n, o, candidate))
+               for n, o, s in ((h, out[0], scales[0]), (w, out[1], scales[1]))):
+            half = candidate
+            break
+    if half is None:
+        raise Reject(f"nearest Resize with coordinate_transformation_mode={coord}, nearest_mode={nearest} picks "
+                      "pixels that TFLite's RESIZE_NEAREST_NEIGHBOR does not")
+    y = cx.tf.raw_ops.ResizeNearestNeighbor(images=x.t, size=out, align_corners=False, half_pixel_centers=half)
+    return [Val(y, True, x.q)]
+
+
+def _onnx_nearest(size: int, out: int, scale: float, coord: str, mode: str) -> np.ndarray:
+    o = np.arange(out, dtype=np.float64)
+    if coord == "asymmetric":
+        c = o / scale
+    elif coord in ("half_pixel", "pytorch_half_pixel"):
+        c = (o + 0.5) / scale - 0.5 if (coord == "half_pixel" or out > 1) else np.zeros_like(o)
+    elif coord == "align_corners":
+        c = o * (size - 1) / (out - 1) if out > 1 else np.zeros_like(o)
+    elif coord == "tf_half_pixel_for_nn":
+        c = (o + 0.5) / scale
+    else:
+        return np.full(out, -1)
+    rounders = {"floor": np.floor, "ceil": np.ceil,
+                "round_prefer_floor": lambda v: np.where(v - np.floor(v) == 0.5, np.floor(v), np.round(v)),
+                "round_prefer_ceil": lambda v: np.where(v - np.floor(v) == 0.5, np.ceil(v), np.round(v))}
+    return np.clip(rounders[mode](c), 0, size - 1).astype(np.int64)
+
+
+def _tf_nearest(size: int, out: int, half_pixel: bool) -> np.ndarray:
+    scale = np.float32(size / out)
+    o = np.arange(out, dtype=np.float32)
+    c = np.floor((o + 0.5) * scale) if half_pixel else np.floor(o * scale)
+    return np.clip(c, 0, size - 1).astype(np.int64)
+
+
+def _direct_reshape_ok(shape_nchw: list[int]) -> bool:
+    """Whether the NHWC buffer already is in NCHW order (only size-1 dims move)."""
+    order_nchw = [i for i in range(4) if shape_nchw[i] != 1]
+    order_nhwc = [i for i in TO_NHWC if shape_nchw[i] != 1]
+    return order_nchw == order_nhwc
+
+
+def _reshape_to(cx: Lowering, x: Val, shape: list[int]) -> Val:
+    if x.nhwc and _direct_reshape_ok(cx.onnx_shape(x)):
+        return Val(cx.tf.reshape(x.t, shape), False, x.q)
+    x = cx.to_onnx(x)
+    t = x.t.reshape(shape) if x.const else cx.tf.reshape(x.t, shape)
+    return Val(t, False, x.q)
+
+
+def _reshape(cx: Lowering, node) -> list[Val]:
+    x = cx.get(node.input[0])
+    src = cx.onnx_shape(x)
+    shape = [int(s) for s in cx.get(node.input[1]).t]
+    if not node_attrs(node).get("allowzero", 0):
+        shape = [src[i] if s == 0 else s for i, s in enumerate(shape)]
+    return [_reshape_to(cx, x, shape)]
+
+
+def _flatten(cx: Lowering, node) -> list[Val]:
+    x = cx.get(node.input[0])
+    src = cx.onnx_shape(x)
+    axis = node_attrs(node).get("axis", 1) % len(src)
+    return [_reshape_to(cx, x, [int(np.prod(src[:axis])), int(np.prod(src[axis:]))])]
+
+
+def _transpose(cx: Lowering, node) -> list[Val]:
+    x = cx.get(node.input[0])
+    rank = cx.rank(x)
+    perm = list(node_attrs(node).get("perm", list(range(rank))[::-1]))
+    if x.nhwc:
+        perm = [NCHW_AXIS_IN_NHWC[p] for p in perm]
+    if perm == list(range(rank)):
+        return [Val(x.t, False, x.q)]
+    t = x.t.transpose(perm) if x.const else cx.tf.transpose(x.t, perm)
+    return [Val(t, False, x.q)]
+
+
+def _pad(cx: Lowering, node) -> list[Val]:
+    a = node_attrs(node)
+    x = cx.get(node.input[0])
+    rank = cx.rank(x)
+    pads = [int(p) for p in cx.get(node.input[1]).t] if len(node.input) > 1 else list(a["pads"])
+    if any(p < 0 for p in pads):
+        raise Reject("negative pads (cropping) are not lowered")
+    pairs = [[pads[i], pads[i + rank]] for i in range(rank)]
+    if x.nhwc:
+        pairs = [pairs[i] for i in TO_NHWC]  # NHWC axis j is NCHW axis TO_NHWC[j]
+    value = float(cx.get(node.input[2]).t) if len(node.input) > 2 and node.input[2] else 0.0
+    mode = a.get("mode", b"constant").decode()
+    if mode == "reflect":
+        t = cx.tf.pad(cx.tensor(x), pairs, mode="REFLECT")
+    else:
+        t = cx.tf.pad(cx.tensor(x), pairs, constant_values=value)
+    return [Val(t, x.nhwc, x.q)]
+
+
+def _softmax(cx: Lowering, node) -> list[Val]:
+    x = cx.get(node.input[0])
+    axis = cx.axis(x, node_attrs(node).get("axis", -1))
+    return [Val(cx.tf.nn.softmax(cx.tensor(x), axis=axis), x.nhwc)]
+
+
+HANDLERS: dict[str, Callable[[Lowering, onnx.NodeProto], list[Val]]] = {
+    "Constant": _constant, "Identity": _identity, "QuantizeLinear": _quantize, "DequantizeLinear": _dequantize,
+    "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul,
+    "Add": _binary("add"), "Sub": _binary("subtract"), "Mul": _binary("multiply"),
+    "Relu": lambda cx, n: _unary(cx, n, cx.tf.nn.relu), "Clip": _clip,
+    "Sigmoid": lambda cx, n: _unary(cx, n, cx.tf.sigmoid), "HardSwish": _hardswish, "HardSigmoid": _hardsigmoid,
+    "MaxPool": _pool, "AveragePool": _pool, "GlobalAveragePool": _global_avg, "Concat": _concat,
+    "Resize": _resize, "Reshape": _reshape, "Flatten": _flatten, "Transpose": _transpose, "Pad": _pad,
+    "Softmax": _softmax, "Split": _split, "Slice": _slice,
+}
+assert set(HANDLERS) == set(CHECKS), "every checked op needs a handler"

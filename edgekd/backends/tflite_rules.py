@@ -1,0 +1,165 @@
+"""Which ONNX nodes the TFLite lowering can express, and why not where it cannot: checked before any
+converter runs (no TensorFlow needed)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgekd.backends.base import Unsupported
+from edgekd.errors import UnsupportedOpsError
+
+def node_attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def graph_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Initializers, Constant outputs, and what Identity or DequantizeLinear make of them, by name
+    (a dequantized weight stands as its int8 values: the checks only read shapes)."""
+    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            value = constant_value(node)
+            if value is not None:
+                out[node.output[0]] = value
+        elif node.op_type in ("Identity", "DequantizeLinear") and node.input[0] in out:
+            out[node.output[0]] = out[node.input[0]]
+    return out
+
+
+def constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name in ("value_float", "value_int", "value_floats", "value_ints"):
+            v = helper.get_attribute_value(a)
+            return np.asarray(v, np.float32 if "float" in a.name else np.int64)
+    return None
+
+
+def _check_conv(node, a, consts) -> str | None:
+    if node.input[1] not in consts:
+        return "weights computed at run time; TFLite needs constant conv weights"
+    if len(a.get("kernel_shape", [1, 1])) != 2:
+        return "only 2-D convolutions lower to TFLite CONV_2D"
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", b"SAME_UPPER"):
+        return f"auto_pad {a['auto_pad'].decode()} has no TFLite equivalent"
+    return None  # grouped convs are checked against the weight shape below
+
+
+def _check_group(node, a, consts) -> str | None:
+    group = a.get("group", 1)
+    if group == 1:
+        return None
+    w = consts.get(node.input[1])
+    if w is None:
+        return None
+    # depthwise: one input channel per group (any channel multiplier)
+    if w.shape[1] == 1 and w.shape[0] % group == 0:
+        return None
+    return (f"grouped convolution (group={group}, {w.shape[1]} input channels per group) is neither regular nor "
+            "depthwise; TFLite has no grouped CONV_2D that XNNPACK and the int8 kernels run")
+
+
+def _check_pool(node, a, consts) -> str | None:
+    if len(a.get("kernel_shape", [])) != 2:
+        return "only 2-D pooling lowers to TFLite"
+    if any(d != 1 for d in a.get("dilations", [1, 1])):
+        return "dilated pooling has no TFLite equivalent"
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", b"SAME_UPPER"):
+        return f"auto_pad {a['auto_pad'].decode()} has no TFLite equivalent"
+    if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1]:
+        return "MaxPool's indices output has no TFLite equivalent"
+    return None
+
+
+def _check_gemm(node, a, consts) -> str | None:
+    if a.get("transA", 0):
+        return "Gemm with transA=1 is not lowered"
+    if a.get("alpha", 1.0) != 1.0:
+        return "Gemm with alpha != 1 is not lowered"
+    return None
+
+
+def _check_resize(node, a, consts) -> str | None:
+    if a.get("mode", b"nearest") != b"nearest":
+        return f"Resize mode {a['mode'].decode()} is not lowered (nearest only)"
+    return None
+
+
+def _check_pad(node, a, consts) -> str | None:
+    mode = a.get("mode", b"constant")
+    if mode not in (b"constant", b"reflect"):
+        return f"Pad mode {mode.decode()} has no TFLite int8 equivalent"
+    if len(node.input) > 3 and node.input[3]:
+        return "Pad with axes is not lowered"
+    if len(node.input) > 1 and node.input[1] not in consts:
+        return "pads computed at run time"
+    return None
+
+
+def _check_const_inputs(*indices: int) -> Callable:
+    def check(node, a, consts) -> str | None:
+        for i in indices:
+            if len(node.input) > i and node.input[i] and node.input[i] not in consts:
+                return f"input {i} ({node.input[i]}) is computed at run time; TFLite needs it constant"
+        return None
+    return check
+
+
+def _check_quant(node, a, consts) -> str | None:
+    if node.op_type == "DequantizeLinear" and node.input[0] in consts:
+        return None  # constants (weights, biases) are dequantized at lowering time
+    scale = consts.get(node.input[1])
+    zp = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if scale is None:
+        return "scale computed at run time"
+    if scale.size != 1:
+        return "per-channel activation quantization has no TFLite equivalent"
+    if zp is not None and zp.dtype != np.int8:
+        return f"{zp.dtype} activations: this backend emits int8 (use activation scheme asymmetric-int8)"
+    return None
+
+
+def _ok(node, a, consts) -> None:
+    return None
+
+
+CHECKS: dict[str, Callable[[onnx.NodeProto, dict, dict], str | None]] = {
+    "Conv": lambda n, a, c: _check_conv(n, a, c) or _check_group(n, a, c),
+    "Gemm": _check_gemm, "MatMul": _ok, "Add": _ok, "Sub": _ok, "Mul": _ok, "Relu": _ok,
+    "Clip": _check_const_inputs(1, 2), "Sigmoid": _ok, "HardSwish": _ok, "HardSigmoid": _ok,
+    "MaxPool": _check_pool, "AveragePool": _check_pool, "GlobalAveragePool": _ok, "Concat": _ok,
+    "Resize": lambda n, a, c: _check_resize(n, a, c) or _check_const_inputs(2, 3)(n, a, c),
+    "Reshape": _check_const_inputs(1), "Flatten": _ok, "Transpose": _ok, "Pad": _check_pad,
+    "Softmax": _ok, "Split": _check_const_inputs(1), "Slice": _check_const_inputs(1, 2, 3, 4),
+    "Constant": _ok, "Identity": _ok, "QuantizeLinear": _check_quant, "DequantizeLinear": _check_quant,
+}
+
+
+def unsupported_nodes(model: onnx.ModelProto) -> list[Unsupported]:
+    """Every node this lowering cannot express, with the reason."""
+    consts = graph_constants(model)
+    bad = []
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            bad.append(Unsupported(node.name or node.op_type, node.op_type, f"custom domain {node.domain!r}"))
+            continue
+        check = CHECKS.get(node.op_type)
+        if check is None:
+            bad.append(Unsupported(node.name or node.op_type, node.op_type,
+                                   f"{node.op_type} is not lowered to TFLite (supported: {', '.join(sorted(CHECKS))})"))
+            continue
+        reason = check(node, node_attrs(node), consts)
+        if reason:
+            bad.append(Unsupported(node.name or node.op_type, node.op_type, reason))
+    return bad
+
+
+def raise_unsupported(bad: list[Unsupported], where: str = "the tflite backend") -> None:
+    listing = "\n".join(f"  {u.node} ({u.op}): {u.reason}" for u in bad[:50])
+    more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
+    raise UnsupportedOpsError(f"{len(bad)} node(s) cannot be lowered by {where}:\n{listing}{more}")
