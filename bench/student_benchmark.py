@@ -95,7 +95,7 @@ def run_variant(variant, args, teacher, pre, workdir: Path) -> dict:
     started = time.time()
 
     def progress(epoch, step, steps, loss, acc):
-        if acc is not None or step == steps:
+        if step == steps:
             line = f"[{variant}] epoch {epoch}/{cfg.epochs} loss {loss:.4f}"
             print(line + (f" holdout top-1 {acc:.2f} %" if acc is not None else "") +
                   f"  ({time.time() - started:.0f} s)", flush=True)

@@ -196,7 +196,8 @@ def compile(config: CompileConfig, progress: Callable[[str], None] | None = None
         state = CompileState(spec=spec, config=config, input=inp, workdir=workdir,
                              torch_model=loaded.torch_module,
                              onnx_model=ir.from_proto(loaded.onnx_proto) if loaded.onnx_proto is not None else None,
-                             reference=reference, reference_name=ref_name, float_reference=reference, labels=config.labels, facts=set(facts))
+                             reference=reference, reference_name=ref_name, float_reference=reference, labels=config.labels, facts=set(facts),
+                             emit=progress)
         state.metrics["source"] = {"model": loaded.source, "kind": loaded.kind, "sha256": loaded.sha256,
                                    "weights": str(config.weights) if config.weights else None}
         failure = None

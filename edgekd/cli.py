@@ -233,8 +233,8 @@ def distill_cmd(teacher, student, data_dir, output, epochs, resume, init, replay
         if step == steps:
             bar.render_finish()
             bar = None
-            if acc is not None:
-                click.echo(f"epoch {epoch}/{epochs}: loss {loss:.4f}, holdout top-1 {acc:.2f} %", err=True)
+            click.echo(f"epoch {epoch}/{epochs}: loss {loss:.4f}" + (f", holdout top-1 {acc:.2f} %" if acc is not None
+                                                                     else ""), err=True)
 
     m = api.distill(teacher, student, data_dir, output, epochs=epochs, seed=seed, resume=resume,
                     train_options=train_options, allow_pickle=allow_pickle, init=init, replay=replay,

@@ -56,6 +56,7 @@ class CompileState:
     artifact_files: list[str] = field(default_factory=list)  # relative to workdir
     # fidelity, accuracy, model profile; "backend": what the backend checked and wants in the manifest
     metrics: dict[str, Any] = field(default_factory=dict)
+    emit: Callable[[str], None] | None = None  # progress lines for long passes (training), when someone listens
 
     @property
     def precision(self) -> str:

@@ -50,6 +50,18 @@ def build_student(name: str, classes: int) -> nn.Module:
     return model
 
 
+def epoch_reporter(emit, label: str):
+    """A trainer progress callback that emits one line per finished epoch (None when nobody listens)."""
+    if emit is None:
+        return None
+
+    def progress(epoch, step, steps, loss, acc):
+        if step == steps:
+            emit(f"  {label} epoch {epoch}: loss {loss:.4f}" + (f", holdout top-1 {acc:.2f} %" if acc is not None else ""))
+
+    return progress
+
+
 def distill_student(teacher: nn.Module, teacher_profile, student_name: str, data, pre: Preprocess,
                     shape: tuple[int, ...], cfg, out_dir: Path | None, progress=None, init: Path | None = None,
                     replay=None) -> tuple[nn.Module, dict]:

@@ -27,7 +27,8 @@ from edgekd.errors import ConfigError, DataError, TrainingDivergedError
 from edgekd.sparsity.masks import sparsity_report
 from edgekd.sparsity.ramp import GradualPruner
 
-Progress = Callable[[int, int, int, float, "float | None"], None]  # (epoch, step, steps, loss, acc)
+# (epoch, step, steps, loss, holdout top-1); step == steps once per epoch, after validation, with the mean loss
+Progress = Callable[[int, int, int, float, "float | None"], None]
 
 __all__ = ["TrainConfig", "TrainResult", "Dataset", "load_folder", "train_kd", "entropy_select", "predict", "top1"]
 
@@ -277,7 +278,7 @@ def train_kd(teacher: nn.Module, student: nn.Module, data_dir, pre: Preprocess, 
             sums["train_loss"] = sums.get("train_loss", 0.0) + loss.item()
             for k, v in terms.items():
                 sums[f"loss_{k}"] = sums.get(f"loss_{k}", 0.0) + v.item()
-            if progress and world.is_main:
+            if progress and world.is_main and i + 1 < steps_per_epoch:  # the last step reports after validation
                 progress(epoch + 1, i + 1, steps_per_epoch, loss.item(), None)
         world.sync_buffers(student)
         acc = None if xv is None else top1(predict(student, xv), held.labels)

@@ -55,7 +55,7 @@ class DistillPass(Pass):
         return config.student is not None and bool({TORCH_MODEL, ONNX_MODEL} & facts)
 
     def run(self, state: CompileState) -> PassResult:
-        from edgekd.distill.student import distill_student
+        from edgekd.distill.student import distill_student, epoch_reporter
         from edgekd.models.profile import profile
 
         shape = tuple(state.input.shape)
@@ -71,7 +71,8 @@ class DistillPass(Pass):
             proto = ir.to_proto(state.onnx_model)
             teacher, teacher_profile = OnnxTeacher(proto), profile_onnx(proto)
         student, metrics = distill_student(teacher, teacher_profile, self.student, self.data, state.input.preprocess,
-                                           shape, self.train, state.workdir / "training")
+                                           shape, self.train, state.workdir / "training",
+                                           epoch_reporter(state.emit, "distill"))
         state.torch_model, state.onnx_model = student, None
         state.reference = state.float_reference = torch_reference(student)
         state.reference_name = f"distilled student {self.student} (PyTorch)"

@@ -61,6 +61,7 @@ class SparsifyPass(Pass):
         return config.sparsity is not None and TORCH_MODEL in facts
 
     def run(self, state: CompileState) -> PassResult:
+        from edgekd.distill.student import epoch_reporter
         from edgekd.distill.trainer import TrainConfig, train_kd
         from edgekd.sparsity.masks import apply_masks, global_masks, magnitude_mask, nm_mask, prunable, sparsity_report
 
@@ -73,7 +74,7 @@ class SparsifyPass(Pass):
                                             pattern=self.pattern, scope=self.scope, lr=0.01,
                                             temperature=Schedule("constant", 2.0))
             result = train_kd(teacher, model, self.data, state.input.preprocess, cfg,
-                              out_dir=state.workdir / "training-sparsify")
+                              out_dir=state.workdir / "training-sparsify", progress=epoch_reporter(state.emit, "sparsify"))
             metrics.update({"val_top1": result.best_acc, "teacher_val_top1": result.teacher_acc,
                             "seconds": round(result.seconds, 3)})
         else:
