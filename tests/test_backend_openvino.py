@@ -72,11 +72,13 @@ class TestOpenVINOBackend(BackendTemplate):
     def per_channel_weight_tensors(self, artifact, manifest):
         return per_channel_int8_weights(artifact / manifest["artifact"]["model_file"])
 
-    def test_every_weighted_layer_runs_u8_x_i8(self, compiled):
+    def test_every_weighted_layer_runs_int8_x_i8(self, compiled):
         _, manifest, _ = compiled
         report = manifest["backend_report"]
         assert report["int8_layers"] > 0 and report["float_layers"] == 0 and report["unexpected_float"] == []
-        assert all(p == "u8xi8" for per_type in report["runtime_precisions"].values() for p in per_type)
+        # u8 activations mostly; on VNNI/AMX CPUs the plugin reads a layer after a signed activation
+        # (SiLU, HardSwish) as i8 — still an integer kernel
+        assert all(p in ("u8xi8", "i8xi8") for per_type in report["runtime_precisions"].values() for p in per_type)
         assert all(layer["kernel"].endswith("_I8") for layer in report["layers"])
         assert report["openvino"].startswith(manifest["toolchain"]["openvino"])
         assert manifest["artifact"]["runtime"] == "openvino"
