@@ -355,8 +355,8 @@ Compile time is the whole user-facing step: edgekd's `compile` including its own
 runtime; onnx2tf's float + int8 conversion; NNCF's conversion + quantization. "of peak" is GMAC/s over the
 ISA peak of the precision (an upper bound no runtime reaches at batch 1 on small layers).
 The MobileNetV2 has random weights (no pretrained weights can be had here): its activations vanish
-through the random layers (logits ≈ 1e-10), so every int8 path, the peers' included, shows about 0 dB against float there; it measures compile
-time and speed, the CIFAR-10 student measures accuracy. Latency differences under ~2 % are within this
+through the random layers (logits ≈ 1e-10), so every int8 path, the peers' included, shows about 0 dB
+against float there; it measures compile time and speed, the CIFAR-10 student measures accuracy. Latency differences under ~2 % are within this
 machine's run-to-run noise.
 
 {text}

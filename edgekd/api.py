@@ -18,7 +18,7 @@ from edgekd.bench.session import BenchSettings, run_benchmark, store_result
 from edgekd.config import CompileConfig, InputSpec
 from edgekd.data.preprocess import Preprocess
 from edgekd.distill.options import checkpoint_root
-from edgekd.errors import FidelityError, InputShapeError, PassFailedError
+from edgekd.errors import FidelityError, InputShapeError, OutputExistsError, PassFailedError
 from edgekd.instruments import Instrument, ProgressInstrument, default_instruments
 from edgekd.ir.profile import profile_onnx
 from edgekd.manifest import build_manifest
@@ -89,7 +89,7 @@ def load_input_model(source: str, weights: Path | None, allow_pickle: bool, inp:
 def distill(model: str, student: str, data: str | Path, output: str | Path, *, epochs: int = 10, seed: int = 0,
             resume: bool = False, train_options: dict | None = None, allow_pickle: bool = False,
             init: str | Path | None = None, replay: str | Path | None = None, replay_size: int = 5000,
-            progress: Callable | None = None, **input_args) -> dict:
+            force: bool = False, progress: Callable | None = None, **input_args) -> dict:
     """Trains ``student`` (a zoo name or factory) from the teacher ``model`` and writes its state_dict to
     ``output`` (.pt), a JSON record beside it, and the training curves into ``<output>.training/``. Under
     ``torchrun`` every worker trains its share of each batch (DistributedDataParallel) and the first one writes.
@@ -107,6 +107,9 @@ def distill(model: str, student: str, data: str | Path, output: str | Path, *, e
     from edgekd.models.profile import profile
 
     output = Path(output)
+    taken = [p for p in (output, output.with_suffix(".json")) if p.exists()]
+    if taken and not force:
+        raise OutputExistsError(f"{taken[0]} exists", "pass --force to replace it, or choose another -o")
     source, weights, inp, _ = model_input(model, **input_args)
     loaded, inp = load_input_model(source, weights, allow_pickle, inp)
     shape = tuple(inp.shape)

@@ -198,6 +198,7 @@ def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="student state_dict (.pt) to write")
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--resume", is_flag=True, help="continue from OUTPUT.checkpoints")
+@click.option("--force", is_flag=True, help="replace OUTPUT (and its .json record) if they exist")
 @click.option("--init", type=click.Path(exists=True, path_type=Path), help="start from these student weights (an update)")
 @click.option("--replay", type=click.Path(path_type=Path),
               help="replay buffer .npz: earlier samples mixed into every step, new ones added (created if missing)")
@@ -211,7 +212,7 @@ def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape
 @click.option("-q", "--quiet", is_flag=True)
 @training_flags
 @handle_errors
-def distill_cmd(teacher, student, data_dir, output, epochs, resume, init, replay, replay_size, weights, allow_pickle,
+def distill_cmd(teacher, student, data_dir, output, epochs, resume, force, init, replay, replay_size, weights, allow_pickle,
                 input_shape, mean, std, seed, quiet, train_options):
     """Train a STUDENT from TEACHER by knowledge distillation and write its weights.
 
@@ -238,7 +239,7 @@ def distill_cmd(teacher, student, data_dir, output, epochs, resume, init, replay
 
     m = api.distill(teacher, student, data_dir, output, epochs=epochs, seed=seed, resume=resume,
                     train_options=train_options, allow_pickle=allow_pickle, init=init, replay=replay,
-                    replay_size=replay_size, progress=progress, weights=weights, input_shape=input_shape,
+                    replay_size=replay_size, force=force, progress=progress, weights=weights, input_shape=input_shape,
                     mean=mean, std=std)
     from edgekd.distill.distributed import join
 

@@ -333,3 +333,6 @@ def test_cli_distill_then_incremental_update_with_replay(labelled, flat, tmp_pat
     record = json.loads((tmp_path / "s2.json").read_text())
     assert record["replay_size"] == 32 and record["kept_samples"] == 64
     assert ReplayBuffer.load(tmp_path / "r.npz").seen > 32 + 50  # the update's images were offered to the buffer
+    again = CliRunner().invoke(main, ["distill", card, "--student", "resnet8:0.25", "--data", str(flat), "-o",
+                                      str(tmp_path / "s2.pt"), "--epochs", "1", "-q"])
+    assert again.exit_code != 0 and "--force" in again.output  # an existing student is never overwritten silently
