@@ -215,8 +215,9 @@ def bench_model(key: str, card: Path, args, train, val, workdir: Path) -> dict:
     module = load_model(c.source, c.weights).torch_module
     macs = profile(module, tuple(c.input["shape"])).macs
 
-    from edgekd.data.preprocess import Preprocess, read_rgb
-    pre = Preprocess(size=tuple(c.input["shape"][2:]), mean=tuple(c.input["mean"]), std=tuple(c.input["std"]))
+    from edgekd.data.preprocess import read_rgb
+
+    pre = api.model_input(str(card))[2].preprocess
     calib = preprocess_images(train, spread_indices(len(train), args.calib_samples), pre)
     calib_npy = out / "calib.npy"
     np.save(calib_npy, calib)

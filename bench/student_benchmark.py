@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from edgekd.data.preprocess import Preprocess
+from edgekd import api
 from edgekd.distill.schedules import Schedule
 from edgekd.distill.trainer import TrainConfig, train_kd
 from edgekd.model_config import read_model_card
@@ -55,12 +55,6 @@ def parse_args(argv):
     ap.add_argument("--json", help="write all results as JSON here")
     ap.add_argument("--markdown", help="write the table as a markdown page here")
     return ap.parse_args(argv)
-
-
-def preprocess_of(card) -> Preprocess:
-    i = card.input
-    return Preprocess(size=tuple(i["shape"][2:]), mean=tuple(i["mean"]), std=tuple(i["std"]),
-                      scale=i.get("scale", 1 / 255), channel_order=i.get("channel_order", "RGB"))
 
 
 def nonzero_params(model: torch.nn.Module) -> int:
@@ -167,7 +161,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     card = read_model_card(args.model)
-    pre = preprocess_of(card)
+    pre = api.model_input(args.model)[2].preprocess  # the card's preprocessing, as compile reads it
     teacher = load_model(card.source, card.weights).torch_module.eval()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
