@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 
-from edgekd.artifact import MANIFEST, ArtifactWriter, check_output_free, write_json
+from edgekd.artifact import MANIFEST, ArtifactWriter, write_json
 from edgekd.backends import get_backend
 from edgekd.bench import history
 from edgekd.bench.device import LocalDevice
@@ -17,14 +16,15 @@ from edgekd.bench.inventory import get_device_spec, load_inventory
 from edgekd.bench.session import BenchSettings, run_benchmark, store_result
 from edgekd.config import CompileConfig, InputSpec
 from edgekd.data.preprocess import Preprocess
-from edgekd.distill.options import checkpoint_root
-from edgekd.errors import FidelityError, InputShapeError, OutputExistsError, PassFailedError
+from edgekd.distill.options import checkpoint_root, remove_checkpoints
+from edgekd.errors import FidelityError, InputShapeError, PassFailedError
 from edgekd.instruments import Instrument, ProgressInstrument, default_instruments
 from edgekd.ir.profile import profile_onnx
 from edgekd.manifest import build_manifest
 from edgekd.model_config import read_model_card
 from edgekd.models.load import LoadedModel, load_model
 from edgekd.models.reference import torch_reference as _torch_reference
+from edgekd.outputs import check_file_output
 from edgekd.pipeline import build_pipeline, run_pipeline
 from edgekd.report import plot_latencies, write_report
 from edgekd.specs import builtin_targets, load_target, parse_spec
@@ -107,10 +107,10 @@ def distill(model: str, student: str, data: str | Path, output: str | Path, *, e
     from edgekd.models.profile import profile
 
     output = Path(output)
-    taken = [p for p in (output, output.with_suffix(".json")) if p.exists()]
-    if taken and not force:
-        raise OutputExistsError(f"{taken[0]} exists", "pass --force to replace it, or choose another -o")
     source, weights, inp, _ = model_input(model, **input_args)
+    inputs = [Path(source), weights, Path(data), Path(init) if init else None]
+    for path in (output, output.with_suffix(".json")):
+        check_file_output(path, force, lambda _: is_distill_record(output.with_suffix(".json")), inputs)
     loaded, inp = load_input_model(source, weights, allow_pickle, inp)
     shape = tuple(inp.shape)
     if loaded.kind == "onnx":
@@ -138,6 +138,17 @@ def distill(model: str, student: str, data: str | Path, output: str | Path, *, e
             buffer.save(Path(replay))
     world.barrier()
     return metrics
+
+
+def is_distill_record(path: Path) -> bool:
+    """The JSON record `edgekd distill` writes beside a student's weights."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"student", "teacher_sha256"} <= data.keys()
 
 
 def _onnx_input(loaded: LoadedModel, inp: InputSpec) -> InputSpec:
@@ -182,7 +193,7 @@ def compile(config: CompileConfig, progress: Callable[[str], None] | None = None
     import onnx_ir as ir
 
     spec = load_target(config.target)
-    check_output_free(config.output, config.force)
+    writer = ArtifactWriter(config.output, config.force, config.input_paths())
     loaded, inp = load_input_model(config.model, config.weights, config.allow_pickle, config.input)
     if loaded.kind == "onnx":
         reference = ort_run_fn(ort_session(loaded.onnx_proto.SerializeToString()))
@@ -195,7 +206,7 @@ def compile(config: CompileConfig, progress: Callable[[str], None] | None = None
     ins = list(default_instruments() if instruments is None else instruments)
     if progress:
         ins.append(ProgressInstrument(len(passes), progress))
-    with ArtifactWriter(config.output, config.force) as workdir:
+    with writer as workdir:
         state = CompileState(spec=spec, config=config, input=inp, workdir=workdir,
                              torch_model=loaded.torch_module,
                              onnx_model=ir.from_proto(loaded.onnx_proto) if loaded.onnx_proto is not None else None,
@@ -222,7 +233,7 @@ def compile(config: CompileConfig, progress: Callable[[str], None] | None = None
         write_report(workdir)
     if failure is not None:
         raise failure
-    shutil.rmtree(checkpoint_root(config.output), ignore_errors=True)  # only an unfinished compile resumes
+    remove_checkpoints(checkpoint_root(config.output))  # only an unfinished compile resumes
     out = Path(config.output).absolute()
     if config.bench:
         bench(out, config.bench, BenchSettings(threads=spec.bench.threads, warmup=spec.bench.warmup,

@@ -10,9 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgekd.errors import OutputExistsError
-
-MANIFEST = "manifest.json"
+from edgekd.outputs import MANIFEST, check_artifact_output
 REPORT = "report.md"
 RESULTS_DIR = "results"
 
@@ -25,28 +23,22 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_output_free(out: Path, force: bool) -> None:
-    if out.exists() and not force:
-        raise OutputExistsError(f"output {out} already exists")
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"output {out} exists and is a file, not an artifact directory",
-                                "choose another -o; --force replaces directories only")
-
-
 class ArtifactWriter:
-    """``with ArtifactWriter(out, force) as tmp:`` build into ``tmp``; on success it becomes ``out``.
+    """``with ArtifactWriter(out, force, inputs) as tmp:`` build into ``tmp``; on success it becomes ``out``.
 
     On any exception (KeyboardInterrupt included) the temporary directory is removed and ``out``,
-    if it existed, is left exactly as it was.
+    if it existed, is left exactly as it was. What may be replaced is decided by ``edgekd.outputs``;
+    a symlinked ``out`` is written where it points, so the link stays.
     """
 
-    def __init__(self, out: str | Path, force: bool = False):
-        self.out = Path(out).absolute()
-        self.force = force
+    def __init__(self, out: str | Path, force: bool = False, inputs=()):
+        self.requested = Path(out)
+        self.force, self.inputs = force, tuple(inputs)
+        self.out = check_artifact_output(self.requested, force, self.inputs)
         self.tmp: Path | None = None
 
     def __enter__(self) -> Path:
-        check_output_free(self.out, self.force)
+        self.out = check_artifact_output(self.requested, self.force, self.inputs)
         # Parent folders this writer creates, outermost first; removed again (when empty) on failure.
         self._made_parents = [p for p in reversed(self.out.parents) if not p.exists()]
         self.out.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +59,7 @@ class ArtifactWriter:
             return False
         old = None
         try:
-            check_output_free(self.out, self.force)  # someone may have created it meanwhile
+            check_artifact_output(self.requested, self.force, self.inputs)  # someone may have created it meanwhile
             if self.out.exists():
                 old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.edgekd-old-", dir=self.out.parent))
                 os.rmdir(old)

@@ -59,6 +59,11 @@ class CompileConfig:
     bench: str | None = None
     seed: int = 0
 
+    def input_paths(self) -> list[Path]:
+        """Every file or folder this compile reads: an output must never hold one of them."""
+        candidates = [Path(self.model), self.weights, self.calib, self.eval, self.data, Path(self.target)]
+        return [p for p in candidates if p is not None and p.exists()]
+
     def to_dict(self) -> dict[str, Any]:
         def plain(v):
             if isinstance(v, Path):

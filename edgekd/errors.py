@@ -71,6 +71,12 @@ class OutputExistsError(EdgekdError):
     default_hint = "choose another -o directory or pass --force to replace it"
 
 
+class OutputRefusedError(EdgekdError):
+    """An output path edgekd will not write over, even with --force: it holds something of the user's."""
+
+    default_hint = "choose a new path for -o"
+
+
 class ToolchainMissingError(EdgekdError):
     exit_code = 3
 

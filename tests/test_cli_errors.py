@@ -250,6 +250,7 @@ def test_output_is_a_file_even_with_force(models, tmp_path):
 def test_force_replaces_output(models, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
+    (out / "manifest.json").write_text('{"edgekd_version": "0.1.0"}\n')
     (out / "stale.txt").write_text("old artifact")
     r = compile_cli(models["onnx"], out, "-t", "onnx-cpu", "--force", "-q")
     assert r.exit_code == 0, r.output
@@ -352,7 +353,7 @@ def test_keyboard_interrupt_inside_a_pass(models, tmp_path, monkeypatch):
 
     # With --force and an existing OUT: OUT stays exactly as it was.
     out.mkdir()
-    (out / "manifest.json").write_text('{"old": true}\n')
+    (out / "manifest.json").write_text('{"edgekd_version": "0.1.0", "old": true}\n')
     (out / "model.onnx").write_bytes(b"old model")
     before = snapshot(out)
     r = compile_cli(models["ts"], out, "-t", "onnx-cpu", "--input-shape", "1,3,32,32", "--force")

@@ -167,8 +167,14 @@ def test_changed_host_key_is_refused(tmp_path, ssh_board, art):
     keygen(tmp_path / "impostor")
     wrong = tmp_path / "known_hosts"
     wrong.write_text(f"[127.0.0.1]:{ssh_board.port} " + " ".join((tmp_path / "impostor.pub").read_text().split()[:2]) + "\n")
-    with pytest.raises(HostKeyError):
-        api.bench(art, "board", FAST, inventory=ssh_board.inventory(tmp_path / "d.toml", known_hosts=str(wrong)))
+    before = wrong.read_text()
+    inv = ssh_board.inventory(tmp_path / "d.toml", known_hosts=str(wrong))
+    for accept in (False, True):  # OpenSSH's accept-new: a changed key is refused even with the flag
+        with pytest.raises(HostKeyError) as e:
+            api.bench(art, "board", FAST, inventory=inv, accept_new_host_key=accept)
+        assert "CHANGED" in e.value.message
+        assert "ssh-keygen -R" in e.value.hint and "--accept-new-host-key" not in e.value.hint
+    assert wrong.read_text() == before  # nothing appended
 
 
 def test_runtime_missing_on_the_board_says_what_to_install(tmp_path, ssh_board, art):

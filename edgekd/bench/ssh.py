@@ -62,7 +62,24 @@ class SSHDevice(Device):
     def _known_hosts(self) -> str:
         return str(Path(self.spec.known_hosts or "~/.ssh/known_hosts").expanduser())
 
-    async def _connect(self):
+    def _host_label(self) -> str:
+        """The host as known_hosts writes it: ``[host]:port`` off port 22."""
+        return self.spec.host if not self.spec.port or self.spec.port == 22 else f"[{self.spec.host}]:{self.spec.port}"
+
+    def _known_keys(self, known: str) -> int:
+        """How many keys (and CA keys) known_hosts holds for this host; 0 when it does not know it."""
+        import asyncssh
+
+        if not Path(known).exists():
+            return 0
+        try:
+            entries = asyncssh.read_known_hosts(known)
+        except (ValueError, OSError) as e:
+            raise HostKeyError(f"{self.name}: cannot read {known}: {e}", f"fix or move {known}") from e
+        host_keys, ca_keys, *_ = entries.match(self.spec.host, "", self.spec.port or 22)
+        return len(host_keys) + len(ca_keys)
+
+    async def _connect(self, known: str, trust_on_first_use: bool):
         import asyncssh
 
         kwargs = dict(port=self.spec.port, username=self.spec.user, connect_timeout=self.spec.connect_timeout,
@@ -70,33 +87,45 @@ class SSHDevice(Device):
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         if self.spec.key:
             kwargs["client_keys"] = [str(Path(self.spec.key).expanduser())]
-        known = self._known_hosts()
-        kwargs["known_hosts"] = None if self.accept_new_host_key else (known if Path(known).exists() else ())
+        # OpenSSH's accept-new: only a host known_hosts has no key for is trusted on first use; a
+        # known host is always verified, so a changed key is refused.
+        kwargs["known_hosts"] = None if trust_on_first_use else (known if Path(known).exists() else ())
         conn = await asyncssh.connect(self.spec.host, **kwargs)
-        if self.accept_new_host_key:
+        if trust_on_first_use:
             self._record_host_key(conn, known)
         return conn
 
     def _record_host_key(self, conn, known: str) -> None:
         key = conn.get_server_host_key()
-        host = self.spec.host if not self.spec.port or self.spec.port == 22 else f"[{self.spec.host}]:{self.spec.port}"
-        line = f"{host} {key.export_public_key().decode().strip()}\n"
+        line = f"{self._host_label()} {key.export_public_key().decode().strip()}\n"
         path = Path(known)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists() or line not in path.read_text():
-            with open(path, "a") as f:
-                f.write(line)
+        with open(path, "a") as f:
+            f.write(line)
+
+    def _host_key_error(self, known: str, known_keys: int, where: str, e: Exception) -> HostKeyError:
+        if known_keys:
+            return HostKeyError(
+                f"{self.name} ({where}): the host key CHANGED: it matches none of the {known_keys} key(s) "
+                f"{known} holds for {self._host_label()} ({e}). Someone may be intercepting the connection, "
+                "or the board was reinstalled",
+                f"verify the board's new key out of band; if it is right, remove the old one with "
+                f"`ssh-keygen -R {shlex.quote(self._host_label())} -f {shlex.quote(known)}` and connect again")
+        return HostKeyError(f"{self.name} ({where}): host key not verified: {known} has no key for "
+                            f"{self._host_label()}")
 
     def connect(self) -> None:
         import asyncssh
 
         where = f"{self.spec.host}:{self.spec.port or 22}"
+        known = self._known_hosts()
+        known_keys = self._known_keys(known)
         for attempt in range(CONNECT_RETRIES + 1):
             try:
-                self.conn = self._run(self._connect())
+                self.conn = self._run(self._connect(known, self.accept_new_host_key and not known_keys))
                 return
             except asyncssh.HostKeyNotVerifiable as e:
-                raise HostKeyError(f"{self.name} ({where}): host key not verified against {self._known_hosts()}: {e}") from e
+                raise self._host_key_error(known, known_keys, where, e) from e
             except asyncssh.PermissionDenied as e:
                 raise DeviceAuthError(f"{self.name} ({where}): authentication refused for user "
                                       f"{self.spec.user or '(default)'}: {e}") from e

@@ -73,5 +73,28 @@ def train_config(options: Mapping[str, Any], **fixed):
 def checkpoint_root(output: Path) -> Path:
     """Training checkpoints of a compile live beside its output, so an interrupted compile can resume;
     a successful compile removes them."""
-    output = Path(output)
+    output = Path(output).absolute()
     return output.with_name(output.name + ".checkpoints")
+
+
+CHECKPOINT_FILES = ("last.pt", "last.pt.tmp")
+
+
+def remove_checkpoints(root: Path) -> None:
+    """Removes the checkpoint files the trainer wrote under ``root/<pass>/`` and the folders they leave
+    empty; anything else found there is the user's and stays."""
+    if not root.is_dir():
+        return
+    for sub in [root, *(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())]:
+        for name in CHECKPOINT_FILES:
+            (sub / name).unlink(missing_ok=True)
+        if sub != root:
+            _rmdir_if_empty(sub)
+    _rmdir_if_empty(root)
+
+
+def _rmdir_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
