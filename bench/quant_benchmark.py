@@ -189,7 +189,7 @@ def calibration_samples(inputs: Inputs) -> np.ndarray:
 
 def predictions(onnx_path: Path, x: np.ndarray, threads: int) -> np.ndarray:
     """Top-1 class of every sample in ONNX Runtime CPU, one sample per run (the graph's batch is 1)."""
-    from edgekd.backends.onnxrt import ort_session
+    from edgekd.runtime import ort_session
 
     sess = ort_session(onnx_path, threads)
     name = sess.get_inputs()[0].name

@@ -23,7 +23,7 @@ from edgekd.ir.profile import profile_onnx
 from edgekd.manifest import build_manifest
 from edgekd.model_config import read_model_card
 from edgekd.models.load import LoadedModel, load_model
-from edgekd.models.reference import torch_reference as _torch_reference
+from edgekd.runtime import torch_reference
 from edgekd.outputs import check_file_output
 from edgekd.pipeline import build_pipeline, run_pipeline
 from edgekd.report import plot_latencies, write_report
@@ -189,17 +189,17 @@ def _probe_torch_input(module, inp: InputSpec) -> None:
 def compile(config: CompileConfig, progress: Callable[[str], None] | None = None,
             instruments: Sequence[Instrument] | None = None) -> CompileResult:
     """Runs the target's pipeline on the model and writes the artifact directory atomically."""
-    from edgekd.backends.onnxrt import ort_run_fn, ort_session
+    from edgekd.runtime import onnx_run_fn, ort_session
     import onnx_ir as ir
 
     spec = load_target(config.target)
     writer = ArtifactWriter(config.output, config.force, config.input_paths())
     loaded, inp = load_input_model(config.model, config.weights, config.allow_pickle, config.input)
     if loaded.kind == "onnx":
-        reference = ort_run_fn(ort_session(loaded.onnx_proto.SerializeToString()))
+        reference = onnx_run_fn(ort_session(loaded.onnx_proto.SerializeToString()))
         facts, ref_name = {ONNX_MODEL}, "source ONNX model in ONNX Runtime"
     else:
-        reference = _torch_reference(loaded.torch_module)
+        reference = torch_reference(loaded.torch_module)
         facts, ref_name = {TORCH_MODEL}, "PyTorch model"
     passes = build_pipeline(spec, config, facts)
     backend = get_backend(spec.backend)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekd.backends.onnxrt import run_onnx
+from edgekd.runtime import run_onnx
 from edgekd.config import InputSpec
 from edgekd.ir.graph import FUSED_ACTIVATION, FUSED_INTO
 from edgekd.models import build_model

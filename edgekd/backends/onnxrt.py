@@ -6,27 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.backends.base import Backend, RunFn, TensorInfo
+from edgekd.backends.base import Backend, TensorInfo
+from edgekd.runtime import RunFn, onnx_run_fn, ort_session
 from edgekd.state import CompileState
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8",
               "tensor(uint8)": "uint8", "tensor(int32)": "int32", "tensor(int64)": "int64"}
-
-
-def ort_session(model: str | Path | bytes, threads: int = 1):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    src = str(model) if isinstance(model, Path) else model
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
-
-
-def ort_run_fn(sess) -> RunFn:
-    name = sess.get_inputs()[0].name
-    return lambda x: sess.run(None, {name: x})
 
 
 class OnnxRuntimeBackend(Backend):
@@ -45,7 +30,7 @@ class OnnxRuntimeBackend(Backend):
         return next(f for f in files if f.endswith(".onnx"))
 
     def session(self, model_path: Path, threads: int = 1) -> RunFn:
-        return ort_run_fn(ort_session(model_path, threads))
+        return onnx_run_fn(ort_session(model_path, threads))
 
     def io(self, model_path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
         sess = ort_session(model_path)
@@ -54,7 +39,3 @@ class OnnxRuntimeBackend(Backend):
             return [TensorInfo(a.name, tuple(a.shape), _ORT_TYPES.get(a.type, a.type), layout) for a in args]
 
         return info(sess.get_inputs(), "NCHW"), info(sess.get_outputs(), None)
-
-
-def run_onnx(model: str | Path | bytes, x: np.ndarray, threads: int = 1) -> list[np.ndarray]:
-    return ort_run_fn(ort_session(model, threads))(x)

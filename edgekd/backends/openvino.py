@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.backends.base import Backend, RunFn, TensorInfo, Unsupported, in_model_batches
+from edgekd.backends.base import Backend, TensorInfo, Unsupported
+from edgekd.runtime import RunFn, in_model_batches
 from edgekd.errors import FidelityError, UnsupportedOpsError
 from edgekd.state import CompileState
 

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.backends.base import Backend, RunFn, TensorInfo, Unsupported, in_model_batches
+from edgekd.backends.base import Backend, TensorInfo, Unsupported
+from edgekd.runtime import RunFn, in_model_batches
 from edgekd.errors import ConfigError, UnsupportedOpsError
 from edgekd.state import QUANTIZED, CompileState
 

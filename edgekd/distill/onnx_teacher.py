@@ -9,8 +9,8 @@ import torch
 from onnx import shape_inference
 from torch import nn
 
-from edgekd.backends.base import in_model_batches
-from edgekd.backends.onnxrt import ort_session
+from edgekd.runtime import in_model_batches
+from edgekd.runtime import ort_session
 
 
 def _static_dims(value: onnx.ValueInfoProto, any_batch: bool = False) -> tuple[int, ...] | None:

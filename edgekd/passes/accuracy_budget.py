@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekd.backends.onnxrt import ort_run_fn, ort_session
+from edgekd.runtime import onnx_run_fn, ort_session
 from edgekd.config import CompileConfig
 from edgekd.data.samples import iter_labelled
 from edgekd.errors import AccuracyBudgetError, ConfigError
@@ -48,7 +48,7 @@ class AccuracyBudgetPass(Pass):
         def evaluate(kept: tuple[str, ...]) -> float:
             plan = plan_quantization(state.onnx_model, PLACEMENT[cal.scheme], frozenset(kept) | state.keep_float)
             model = quantized_copy(state.onnx_model, plan, cal.activation_qparams(plan))
-            return top1(ort_run_fn(ort_session(ir.to_proto(model).SerializeToString())), data)
+            return top1(onnx_run_fn(ort_session(ir.to_proto(model).SerializeToString())), data)
 
         steps = greedy_keep_float(order, evaluate, float_top1, self.max_drop_pt)
         table = [{"kept_float": len(s.kept_float), "top1": s.top1, "drop_pt": s.drop_pt} for s in steps]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edgekd.models.reference import torch_reference
+from edgekd.runtime import torch_reference
 from edgekd.config import CompileConfig
 from edgekd.errors import ConfigError
 from edgekd.passes.base import Pass, PassResult

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from edgekd.backends import get_backend
-from edgekd.backends.onnxrt import ort_run_fn, ort_session
+from edgekd.runtime import onnx_run_fn, ort_session
 from edgekd.config import CompileConfig
 from edgekd.data.samples import iter_labelled
 from edgekd.passes.base import Pass, PassResult
@@ -57,7 +57,7 @@ class EvaluatePass(Pass):
         acc["drop_pt"] = 100.0 * (acc["float_top1"] - acc["artifact_top1"])
         if state.float_onnx is not None:
             x = data[0][0]
-            float_ms = median_latency_ms(ort_run_fn(ort_session(state.float_onnx, self.threads)), x)
+            float_ms = median_latency_ms(onnx_run_fn(ort_session(state.float_onnx, self.threads)), x)
             art_ms = median_latency_ms(artifact, x)
             acc["speed"] = {"float_ms": float_ms, "artifact_ms": art_ms, "measured_on": "this machine",
                             **speed_rule(acc["drop_pt"], float_ms / art_ms)}

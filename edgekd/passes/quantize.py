@@ -11,7 +11,8 @@ from edgekd.passes.base import Pass, PassResult
 from edgekd.quant.calibrate import PLACEMENT, Calibration
 from edgekd.quant.placement import plan_quantization
 from edgekd.quant.qdq import apply_plan
-from edgekd.quant.simulate import output_sqnr, simulation_fn
+from edgekd.quant.simulate import output_sqnr
+from edgekd.runtime import simulation_fn
 from edgekd.specs import TargetSpec
 from edgekd.state import CALIBRATED, QUANTIZED, CompileState
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import copy
 
-from edgekd.models.reference import torch_reference
+from edgekd.runtime import torch_reference
 from edgekd.config import CompileConfig
 from edgekd.errors import ConfigError
 from edgekd.passes.base import Pass, PassResult

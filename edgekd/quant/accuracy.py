@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-RunFn = Callable[[np.ndarray], list[np.ndarray]]
+from edgekd.runtime import RunFn
 
 
 def top1(run: RunFn, batches: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:

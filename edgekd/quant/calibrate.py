@@ -67,7 +67,7 @@ def with_outputs(model: onnx.ModelProto, tensors: list[str], dynamic_batch: bool
 
 def _session(model: onnx.ModelProto, tensors: list[str], batch: int, threads: int):
     """A session that runs ``batch`` samples at once when the graph allows it, else one at a time."""
-    from edgekd.backends.onnxrt import ort_session
+    from edgekd.runtime import ort_session
 
     if batch > 1:
         try:

@@ -11,9 +11,7 @@ import onnx_ir as ir
 from edgekd.quant.placement import QuantPlan
 from edgekd.quant.qdq import apply_plan
 from edgekd.quant.qparams import QParams, sqnr_db
-
-RunFn = Callable[[np.ndarray], list[np.ndarray]]
-
+from edgekd.runtime import RunFn, onnx_run_fn, ort_session, simulation_fn
 
 def clone(model: ir.Model) -> ir.Model:
     return ir.from_proto(ir.to_proto(model))
@@ -23,21 +21,6 @@ def quantized_copy(model: ir.Model, plan: QuantPlan, act_qparams: dict[str, QPar
     copy = clone(model)
     apply_plan(copy, plan, act_qparams)
     return copy
-
-
-def simulation_fn(model: ir.Model | bytes, threads: int = 2) -> RunFn:
-    """Runs Q/DQ as written, in float arithmetic: ONNX Runtime with graph optimizations off, so no
-    integer kernel replaces the reference math."""
-    import onnxruntime as ort
-
-    data = model if isinstance(model, bytes) else ir.to_proto(model).SerializeToString()
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return lambda x: sess.run(None, {name: x})
 
 
 def only_layer(plan: QuantPlan, layer: str) -> QuantPlan:
@@ -62,9 +45,7 @@ def output_sqnr(run_ref: RunFn, run_test: RunFn, batches: Iterable[np.ndarray]) 
 def layer_sensitivity(model: ir.Model, plan: QuantPlan, act_qparams: dict[str, QParams],
                       batches: list[np.ndarray], progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Per weighted layer: output SQNR when only that layer is quantized. Lower = more sensitive."""
-    from edgekd.backends.onnxrt import ort_run_fn, ort_session
-
-    float_run = ort_run_fn(ort_session(ir.to_proto(model).SerializeToString()))
+    float_run = onnx_run_fn(ort_session(ir.to_proto(model).SerializeToString()))
     layers = [w.node for w in plan.weights]
     out = {}
     for i, layer in enumerate(layers):

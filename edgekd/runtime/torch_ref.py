@@ -1,4 +1,4 @@
-"""The torch model as the reference function the artifact must reproduce."""
+"""A torch module as a RunFn: the reference an artifact compiled from it must reproduce."""
 
 from __future__ import annotations
 

@@ -1,0 +1,35 @@
+"""ONNX Runtime sessions on the CPU, quiet and without telemetry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.runtime.batching import RunFn
+
+
+def ort_session(model: str | Path | bytes, threads: int = 1, optimize: bool = True):
+    """A CPU session for a model file or serialized bytes; ``optimize=False`` runs the graph as written
+    (no fusions, no integer kernels replacing Q/DQ arithmetic)."""
+    import onnxruntime as ort
+
+    ort.disable_telemetry_events()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    src = str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_run_fn(sess) -> RunFn:
+    """The session as a RunFn (its first input fed, every output returned)."""
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x})
+
+
+def run_onnx(model: str | Path | bytes, x: np.ndarray, threads: int = 1) -> list[np.ndarray]:
+    return onnx_run_fn(ort_session(model, threads))(x)
