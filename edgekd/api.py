@@ -360,7 +360,7 @@ def list_devices(inventory: str | Path | None = None) -> list[dict[str, Any]]:
 
 def check_device(name: str, inventory: str | Path | None = None, accept_new_host_key: bool = False) -> dict[str, Any]:
     """Connects and reports what the device has (OS, CPU, memory, Python, runtimes, Jetson facts)."""
-    from edgekd.bench.jetson import probe
+    from edgekd.bench.device import probe
 
     with resolve_device(name, inventory, accept_new_host_key) as dev:
         return {"device": name, **probe(dev)}

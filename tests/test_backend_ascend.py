@@ -20,8 +20,8 @@ from onnx import TensorProto, helper, numpy_helper
 from backend_template import BackendTemplate
 from edgekd import api
 from edgekd.backends import get_backend
-from edgekd.backends.ascend import CSV_COLUMNS, atc_argv, atc_script
-from edgekd.backends.ascend_tables import QDQ, node_names
+from edgekd.backends.ascend.backend import CSV_COLUMNS, atc_argv, atc_script
+from edgekd.backends.ascend.tables import QDQ, node_names
 from edgekd.errors import PassFailedError, UnsupportedOpsError
 from edgekd.passes.calibrate import CalibrationWarning
 from edgekd.specs import load_target

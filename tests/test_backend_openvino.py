@@ -20,7 +20,7 @@ from torch import nn
 from backend_template import BackendTemplate
 from conftest import realistic
 from edgekd import api
-from edgekd.backends.openvino import OpenVINOBackend
+from edgekd.backends.openvino.backend import OpenVINOBackend
 from edgekd.bench.session import BenchSettings
 from edgekd.errors import FidelityError, PassFailedError
 from edgekd.passes.calibrate import CalibrationWarning

@@ -243,7 +243,7 @@ def test_a_constant_bias_shared_by_two_convs_stays_per_channel(tmp_path):
 def test_the_checks_catch_what_the_converter_does_silently(tmp_path, monkeypatch):
     """Left float, a bias equal in every channel is a splat that the converter quantizes with the first
     channel's scale for all channels: the flatbuffer check must refuse it before anyone runs it."""
-    from edgekd.backends import tflite_ops
+    from edgekd.backends.tflite import ops as tflite_ops
 
     monkeypatch.setattr(tflite_ops, "_bias", lambda x, w, bias: np.asarray(bias, np.float32))
     with pytest.raises(PassFailedError) as e:
@@ -263,9 +263,9 @@ def test_keep_float_layer_is_refused(tmp_path):
 def test_a_float_layer_in_a_qdq_graph_is_caught(tmp_path):
     """The same when a QDQ graph arrives with a float layer (here onnx-cpu's, which keeps one): the
     flatbuffer check names it instead of shipping the converter's own quantization of it."""
-    from edgekd.backends.tflite import convert
-    from edgekd.backends.tflite_lower import lower
-    from edgekd.backends.tflite_verify import check_flatbuffer
+    from edgekd.backends.tflite.backend import convert
+    from edgekd.backends.tflite.lower import lower
+    from edgekd.backends.tflite.verify import check_flatbuffer
 
     path = _strided_model(tmp_path, 9)
     calib = tmp_path / "calib.npy"
@@ -321,8 +321,8 @@ def test_float_io_option(tmp_path):
 def test_converter_failure_leaves_a_repro(tmp_path, monkeypatch):
     import tensorflow as tf
 
-    from edgekd.backends.tflite import convert
-    from edgekd.backends.tflite_lower import lower
+    from edgekd.backends.tflite.backend import convert
+    from edgekd.backends.tflite.lower import lower
 
     lowered = lower(onnx.load(_strided_model(tmp_path, 9)))
 

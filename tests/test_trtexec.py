@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgekd.bench import runner
-from edgekd.bench.trtexec import TrtexecSummary, _decode_version, parse_trtexec, to_bench_latency
+from edgekd.backends.tensorrt.trtexec import TrtexecSummary, _decode_version, parse_trtexec, to_bench_latency
 from edgekd.errors import EdgekdError, TrtexecParseError
 
 DATA = Path(__file__).parent / "data" / "trtexec"

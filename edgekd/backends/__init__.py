@@ -9,11 +9,11 @@ from edgekd.backends.base import Backend
 from edgekd.errors import UnknownNameError
 
 BACKENDS: dict[str, str] = {
-    "onnxruntime": "edgekd.backends.onnxrt:OnnxRuntimeBackend",
-    "tflite": "edgekd.backends.tflite:TFLiteBackend",
-    "openvino": "edgekd.backends.openvino:OpenVINOBackend",
-    "tensorrt": "edgekd.backends.tensorrt:TensorRTBackend",
-    "ascend": "edgekd.backends.ascend:AscendBackend",
+    "onnxruntime": "edgekd.backends.onnxruntime.backend:OnnxRuntimeBackend",
+    "tflite": "edgekd.backends.tflite.backend:TFLiteBackend",
+    "openvino": "edgekd.backends.openvino.backend:OpenVINOBackend",
+    "tensorrt": "edgekd.backends.tensorrt.backend:TensorRTBackend",
+    "ascend": "edgekd.backends.ascend.backend:AscendBackend",
 }
 
 

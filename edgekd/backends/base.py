@@ -82,6 +82,12 @@ class Backend(abc.ABC):
         return [Unsupported(n.name or n.op_type, n.op_type, f"{n.op_type} is not supported by {spec.name}")
                 for n in model.graph.node if n.op_type not in allowed and n.op_type != "Constant"]
 
+    def benchmark(self, artifact: Path, manifest: dict[str, Any], device, settings,
+                  progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any], float] | None:
+        """For a runtime timed by its own tool on the device (TensorRT's trtexec): (result, start time).
+        None: edgekd's runner times the artifact, which is what most runtimes want."""
+        return None
+
     @abc.abstractmethod
     def emit(self, state: CompileState, outdir: Path) -> list[str]:
         """Writes the model file(s) into ``outdir``; returns their names relative to it."""

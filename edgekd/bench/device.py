@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from edgekd.errors import BenchmarkError
+from edgekd.errors import BenchmarkError, RemoteCommandError
+
+PROBE = Path(__file__).with_name("probe.py")
 
 
 @dataclass
@@ -83,3 +85,15 @@ class LocalDevice(Device):
 
     def fetch(self, remote: str, local: Path) -> None:
         shutil.copyfile(remote, local)
+
+
+def probe(device: Device) -> dict:
+    """What the device reports about itself (OS, CPU, memory, Python, runtimes, Jetson facts), from the
+    self-contained probe script run there."""
+    import json
+
+    remote = device.upload(PROBE, "edgekd_probe.py")
+    out = device.run([device.python, remote], timeout=60)
+    if out.returncode != 0:
+        raise RemoteCommandError(f"{device.name}: the probe failed (exit {out.returncode}): {out.stderr.strip()[-600:]}")
+    return json.loads(out.stdout)

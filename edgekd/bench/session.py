@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgekd.artifact import RESULTS_DIR, read_manifest, verify_files, write_json
+from edgekd.backends import backend_class
 from edgekd.bench.device import Device
 from edgekd.errors import BenchmarkError, CorruptModelError, ToolchainMissingError
 
@@ -44,12 +45,11 @@ def run_benchmark(artifact: Path, device: Device, settings: BenchSettings,
             done, total = line.split()[1].split("/")
             progress(int(done), int(total))
 
-    if runtime == "tensorrt":
-        from edgekd.bench.jetson import run_trt_benchmark
-
-        when = []
-        result = run_trt_benchmark(artifact, manifest, device, settings, when.append, progress)
-        return _finish(result, device, manifest, model_file, when[0], settings)
+    timed_by_backend = backend_class(manifest["artifact"]["backend"])().benchmark(artifact, manifest, device,
+                                                                                   settings, progress)
+    if timed_by_backend is not None:
+        result, started = timed_by_backend
+        return _finish(result, device, manifest, model_file, started, settings)
     with device:
         # every file of the artifact: some runtimes read siblings (OpenVINO's .xml needs its .bin)
         remote = {f["path"]: device.upload(artifact / f["path"], Path(f["path"]).name) for f in manifest["files"]}

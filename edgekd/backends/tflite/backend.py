@@ -1,9 +1,9 @@
 """TFLite (LiteRT): a full-int8 flatbuffer for ARM CPUs (Raspberry Pi, phones), run by XNNPACK.
 
 The QDQ ONNX graph is lowered to a TF function whose fake-quant nodes carry edgekd's own ranges
-(``tflite_lower``), converted with ``optimizations=[DEFAULT]`` and no representative dataset, so the
+(``lower.py``), converted with ``optimizations=[DEFAULT]`` and no representative dataset, so the
 flatbuffer holds the simulation's scales and zero points rather than ranges the converter measured
-itself; ``tflite_verify`` then reads the flatbuffer back and fails the compile when it is not fully
+itself; ``verify.py`` then reads the flatbuffer back and fails the compile when it is not fully
 int8 or its ranges differ. A float graph (precision fp32) is lowered the same way and converted as is.
 
 The artifact takes NHWC input (int8 by default: quantize with the input's scale and zero point);
@@ -101,15 +101,15 @@ class TFLiteBackend(Backend):
         return out
 
     def unsupported(self, model, spec) -> list[Unsupported]:
-        from edgekd.backends.tflite_rules import unsupported_nodes
+        from edgekd.backends.tflite.rules import unsupported_nodes
 
         return super().unsupported(model, spec) + unsupported_nodes(model)
 
     def emit(self, state: CompileState, outdir: Path) -> list[str]:
         import onnx_ir as ir
 
-        from edgekd.backends.tflite_lower import lower
-        from edgekd.backends.tflite_verify import check_flatbuffer, delegation, name_io
+        from edgekd.backends.tflite.lower import lower
+        from edgekd.backends.tflite.verify import check_flatbuffer, delegation, name_io
 
         opts = state.spec.raw.get("tflite", {})
         quantized = QUANTIZED in state.facts
@@ -145,7 +145,7 @@ class TFLiteBackend(Backend):
         return next(f for f in files if f.endswith(".tflite"))
 
     def session(self, model_path: Path, threads: int = 1) -> RunFn:
-        from edgekd.backends.tflite_verify import interpreter
+        from edgekd.backends.tflite.verify import interpreter
 
         interp = interpreter(Path(model_path), threads)
         inp = interp.get_input_details()[0]
@@ -172,7 +172,7 @@ class TFLiteBackend(Backend):
         return in_model_batches(one, batch)
 
     def io(self, model_path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
-        from edgekd.backends.tflite_verify import interpreter
+        from edgekd.backends.tflite.verify import interpreter
 
         interp = interpreter(Path(model_path), delegates=False)
 

@@ -7,25 +7,14 @@ model hash, the TensorRT version and the SoC, so a second benchmark skips the (m
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
 from typing import Callable
 
-from edgekd.bench.device import Device
-from edgekd.bench.trtexec import parse_trtexec, to_bench_latency
+from edgekd.backends.tensorrt.trtexec import parse_trtexec, to_bench_latency
+from edgekd.bench.device import Device, probe
 from edgekd.errors import BenchmarkError, RemoteCommandError
-
-PROBE = Path(__file__).with_name("probe.py")
-
-
-def probe(device: Device) -> dict:
-    remote = device.upload(PROBE, "edgekd_probe.py")
-    out = device.run([device.python, remote], timeout=60)
-    if out.returncode != 0:
-        raise RemoteCommandError(f"{device.name}: the probe failed (exit {out.returncode}): {out.stderr.strip()[-600:]}")
-    return json.loads(out.stdout)
 
 
 def engine_key(model_sha256: str, tensorrt: str, soc: str) -> str:

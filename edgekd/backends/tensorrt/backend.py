@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekd.backends.base import Unsupported
-from edgekd.backends.onnxrt import OnnxRuntimeBackend
-from edgekd.backends.tensorrt_cache import activation_scales, header, write_cache
-from edgekd.backends.tensorrt_rules import (
+from edgekd.backends.templates import render
+from edgekd.backends.onnxruntime.backend import OnnxRuntimeBackend
+from edgekd.backends.tensorrt.cache import activation_scales, header, write_cache
+from edgekd.backends.tensorrt.rules import (
     TensorRTFacts, Violation, check_opset, check_qdq, default_opset, dla_report, sparsity_report, unsupported_ops,
 )
 from edgekd.errors import UnsupportedOpsError
@@ -110,93 +111,13 @@ def trtexec_args(facts: TensorRTFacts, precision: str, sparsity: bool, engine: s
 
 
 def build_script(facts: TensorRTFacts, spec: "TargetSpec", precision: str, sparsity: bool) -> str:
-    """A bash script that builds the engine on the board with trtexec; every expansion is quoted."""
+    """The bash script that builds the engine on the board with trtexec (templates/build_engine.sh)."""
     from edgekd import __version__
 
-    int8 = precision == "int8"
-    flags = " ".join(f'"{f}"' for f in precision_flags(precision))
-    last_core = facts.dla_cores - 1
-    dla_help = (f"#   DLA_CORE=N         build for DLA core N (0..{last_core}) with GPU fallback; DLA takes no\n"
-                f"#                      explicit quantization, so this reads {FLOAT_MODEL} + {CACHE}\n"
-                if facts.dla_cores else "#   (this board has no DLA)\n")
-    lines = [
-        "#!/usr/bin/env bash",
-        f"# Builds the TensorRT engine for this artifact on the board: {spec.name} (TensorRT {facts.version}).",
-        "# Engines are tied to the TensorRT version and GPU that build them, so this runs on the board.",
-        f"# Written by edgekd {__version__}.",
-        "#",
-        "# Usage: ./build_engine.sh [ENGINE]     (default ENGINE: model.engine beside this script)",
-        dla_help.rstrip("\n"),
-        *(["#   INT8_MODE=implicit  implicit int8 on the GPU too (model_noqdq.onnx + calibration.cache);",
-           "#                      default: explicit, from the Q/DQ scales in model.onnx"] if int8 else []),
-        f"#   WORKSPACE_MIB=N    builder workspace in MiB (default {facts.workspace_mib})",
-        "#   TIMING_CACHE=FILE  timing cache, reused across builds (default timing.cache beside this script)",
-        "#   TRTEXEC=PATH       trtexec to run (default: trtexec on PATH, else /usr/src/tensorrt/bin/trtexec)",
-        "set -euo pipefail",
-        "",
-        'here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"',
-        'engine="${1:-${here}/model.engine}"',
-        f'workspace_mib="${{WORKSPACE_MIB:-{facts.workspace_mib}}}"',
-        'timing_cache="${TIMING_CACHE:-${here}/timing.cache}"',
-        'int8_mode="${INT8_MODE:-explicit}"',
-        'dla_core="${DLA_CORE:-}"',
-        "",
-        'trtexec="${TRTEXEC:-}"',
-        'if [[ -z "${trtexec}" ]]; then',
-        '  if command -v trtexec >/dev/null 2>&1; then',
-        '    trtexec="$(command -v trtexec)"',
-        "  else",
-        '    trtexec="/usr/src/tensorrt/bin/trtexec"',
-        "  fi",
-        "fi",
-        "",
-        'if [[ -n "${dla_core}" ]]; then',
-    ]
-    if facts.dla_cores:
-        lines += [
-            f'  if ! [[ "${{dla_core}}" =~ ^[0-9]+$ ]] || (( 10#${{dla_core}} >= {facts.dla_cores} )); then',
-            f'    echo "build_engine.sh: DLA_CORE must be 0..{last_core} on {spec.name}, '
-            "got '${dla_core}'\" >&2",
-            "    exit 2",
-            "  fi",
-        ]
-        if precision == "fp32":
-            lines += ['  echo "build_engine.sh: DLA runs fp16 or int8, and this artifact is fp32" >&2', "  exit 2"]
-        lines += ['  int8_mode="implicit"']
-    else:
-        lines += [f'  echo "build_engine.sh: {spec.name} has no DLA; unset DLA_CORE" >&2', "  exit 2"]
-    lines += [
-        "fi",
-        'case "${int8_mode}" in',
-        "  explicit|implicit) ;;",
-        '  *) echo "build_engine.sh: INT8_MODE must be explicit or implicit, got \'${int8_mode}\'" >&2; exit 2 ;;',
-        "esac",
-        "",
-    ]
-    if int8:
-        lines += [
-            'if [[ "${int8_mode}" == "implicit" ]]; then',
-            f'  args=("--onnx=${{here}}/{FLOAT_MODEL}" "--saveEngine=${{engine}}" {flags} "--calib=${{here}}/{CACHE}")',
-            "else",
-            f'  args=("--onnx=${{here}}/{MODEL}" "--saveEngine=${{engine}}" {flags})',
-            "fi",
-        ]
-    else:
-        lines += [f'args=("--onnx=${{here}}/{MODEL}" "--saveEngine=${{engine}}"{" " + flags if flags else ""})']
-    if sparsity:
-        lines += ['args+=("--sparsity=enable")  # the weights have the 2:4 pattern and the GPU has sparse kernels']
-    lines += [
-        'args+=("--memPoolSize=workspace:${workspace_mib}" "--timingCacheFile=${timing_cache}")',
-        'if [[ -n "${dla_core}" ]]; then',
-        '  args+=("--useDLACore=${dla_core}" "--allowGPUFallback")',
-        "fi",
-        f'args+=("{facts.build_only_flag}")',
-        "",
-        'echo "+ ${trtexec} ${args[*]}" >&2',
-        'exec "${trtexec}" "${args[@]}"',
-        "",
-    ]
-    return "\n".join(lines)
+    return render(__package__, SCRIPT, TARGET=spec.name, TARGET_QUOTED=shlex.quote(spec.name),
+                  TENSORRT=facts.version, EDGEKD_VERSION=__version__, PRECISION=precision,
+                  DLA_CORES=int(facts.dla_cores), SPARSITY=int(sparsity), WORKSPACE_MIB=int(facts.workspace_mib),
+                  BUILD_ONLY_FLAG=shlex.quote(facts.build_only_flag))
 
 
 class TensorRTBackend(OnnxRuntimeBackend):
@@ -210,6 +131,13 @@ class TensorRTBackend(OnnxRuntimeBackend):
 
     def toolchain_versions(self) -> dict[str, str]:
         return {**super().toolchain_versions(), "tensorrt": "not used here: the engine is built on the board"}
+
+    def benchmark(self, artifact, manifest, device, settings, progress=None):
+        from edgekd.backends.tensorrt.jetson import run_trt_benchmark
+
+        when: list[float] = []
+        result = run_trt_benchmark(artifact, manifest, device, settings, when.append, progress)
+        return result, when[0]
 
     # --- checks --------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 No Ascend toolchain or runtime is needed here. The artifact's runnable file is ``model.onnx`` (run in
 ONNX Runtime for verify and bench); ``model.om`` is built on a machine with CANN by running
 ``atc_command.sh`` beside it. The operator mapping and ATC's limits are data
-(``targets/ascend-ops.toml``), evaluated by :mod:`edgekd.backends.ascend_tables`.
+(``targets/ascend-ops.toml``), evaluated by :mod:`edgekd.backends.ascend.tables`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekd import __version__
-from edgekd.backends.ascend_tables import build_table, unsupported
+from edgekd.backends.ascend.tables import build_table, unsupported
 from edgekd.backends.base import Unsupported
-from edgekd.backends.onnxrt import OnnxRuntimeBackend
+from edgekd.backends.templates import render
+from edgekd.backends.onnxruntime.backend import OnnxRuntimeBackend
 from edgekd.errors import ConfigError
 from edgekd.state import CompileState
 
@@ -58,18 +59,11 @@ def atc_argv(spec: "TargetSpec", input_name: str, input_shape: tuple[int, ...], 
 
 
 def atc_script(argv: list[str], spec: "TargetSpec", precision: str) -> str:
+    """The script that runs ``argv`` beside model.onnx (templates/atc_command.sh); every argument quoted."""
     command = " ".join([argv[0], *(shell_quote(x) for x in argv[1:])])
-    return "\n".join([
-        "#!/usr/bin/env bash",
-        f"# Builds {OM_STEM}.om for {spec.raw.get('ascend', {}).get('soc_version')} ({spec.name}, precision {precision}) "
-        f"from {MODEL}.",
-        "# Run it on a machine with CANN installed: source <CANN install dir>/set_env.sh first, so that atc is on PATH.",
-        f"# Written by edgekd {__version__}; the artifact's op_table.md lists every node and the limits it was checked against.",
-        "set -euo pipefail",
-        'cd "$(dirname "$0")"',
-        command,
-        "",
-    ])
+    soc = spec.raw.get("ascend", {}).get("soc_version")
+    return render(__package__, SCRIPT, SOC_VERSION=soc, TARGET=spec.name, PRECISION=precision,
+                  EDGEKD_VERSION=__version__, COMMAND=command)
 
 
 # ------------------------------------------------------------------------------- op table files

@@ -1,5 +1,5 @@
 """The values the TFLite lowering passes between ONNX nodes (NHWC tensors, fake-quant ranges, int8
-weights), what it hands the backend, and the walk over the graph. The op handlers are in tflite_ops."""
+weights), what it hands the backend, and the walk over the graph. The op handlers are in ops.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgekd.backends.base import Unsupported
-from edgekd.backends.tflite_rules import raise_unsupported
+from edgekd.backends.tflite.rules import raise_unsupported
 
 TO_NHWC = (0, 2, 3, 1)
 TO_NCHW = (0, 3, 1, 2)
@@ -85,7 +85,7 @@ def same_pads(size: int, k: int, s: int, d: int) -> tuple[int, int]:
 class Lowering:
     def __init__(self, tf, model: onnx.ModelProto, handlers: dict):
         self.tf = tf
-        self.handlers = handlers  # op type → handler (tflite_ops.HANDLERS)
+        self.handlers = handlers  # op type → handler (ops.HANDLERS)
         self.model = model
         self.env: dict[str, Val] = {}
         self.quantized = any(n.op_type == "QuantizeLinear" for n in model.graph.node)

@@ -9,10 +9,10 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from edgekd.backends.tflite_graph import (CONST_OPERAND, CONST_OPERAND_REASON, FC_AS_CONV, FC_AS_CONV_REASON,
+from edgekd.backends.tflite.graph import (CONST_OPERAND, CONST_OPERAND_REASON, FC_AS_CONV, FC_AS_CONV_REASON,
                                           INT8_MIN, NCHW_AXIS_IN_NHWC, TO_NHWC, Lowering,
                                           Reject, Val, WeightQ, grid, same_pads, scope_name)
-from edgekd.backends.tflite_rules import CHECKS, constant_value, node_attrs
+from edgekd.backends.tflite.rules import CHECKS, constant_value, node_attrs
 from edgekd.quant.qparams import quantize_bias
 
 def _constant(cx: Lowering, node) -> list[Val]:

@@ -27,7 +27,7 @@ The converter's quirks this module works around (TF 2.21, measured):
   becomes an explicit pad (zeros for convs, the grid's lowest value for max pools) and ``VALID``.
 
 Node names go into TF name scopes (``n<index>``), which the converter keeps in its tensor names;
-``tflite_verify`` reads them back to compare the flatbuffer's scales with the ones asked for.
+``verify.py`` reads them back to compare the flatbuffer's scales with the ones asked for.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from typing import Any
 
 import onnx
 
-from edgekd.backends.tflite_graph import TO_NHWC, Lowered, Lowering, scope_name
-from edgekd.backends.tflite_ops import HANDLERS
-from edgekd.backends.tflite_rules import raise_unsupported, unsupported_nodes
+from edgekd.backends.tflite.graph import TO_NHWC, Lowered, Lowering, scope_name
+from edgekd.backends.tflite.ops import HANDLERS
+from edgekd.backends.tflite.rules import raise_unsupported, unsupported_nodes
 from edgekd.errors import UnsupportedOpsError
 
 __all__ = ["Lowered", "lower", "unsupported_nodes"]

@@ -6,7 +6,7 @@ Checked: no float tensor in the compute path (activations and weights int8, bias
 DEQUANTIZE ops only where unavoidable (int8 → int8 requantization before a concatenation, float
 model inputs and outputs when asked for); per-channel conv weights with the simulation's scales;
 every activation's scale and zero point equal to the simulation's (matched through the name scopes
-``tflite_lower`` put into the TF graph, which the converter keeps in its tensor names).
+``lower.py`` put into the TF graph, which the converter keeps in its tensor names).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.backends.tflite_lower import Lowered
+from edgekd.backends.tflite.lower import Lowered
 from edgekd.errors import FidelityError, UnsupportedOpsError
 
 WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")

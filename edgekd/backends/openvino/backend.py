@@ -4,7 +4,7 @@ The ONNX graph (for int8 the QDQ simulation itself) goes through OpenVINO's ONNX
 (``openvino.convert_model``) and is saved with ``compress_to_fp16=False``, so the IR keeps fp32
 weights and scales: the Q/DQ pairs become FakeQuantize nodes and i8 weight constants, which the
 CPU plugin's low-precision transformations turn into u8 × i8 kernels at compile time. Emit then
-compiles the IR for this machine's CPU and reads the runtime graph back (``openvino_check``): the
+compiles the IR for this machine's CPU and reads the runtime graph back (``check.py``): the
 runtime precision of every weighted layer goes into ``backend_report``, and an int8 compile in
 which no weighted layer runs in int8 fails.
 
@@ -102,7 +102,7 @@ class OpenVINOBackend(Backend):
         import onnx_ir as ir
         import openvino as ov
 
-        from edgekd.backends.openvino_check import (
+        from edgekd.backends.openvino.check import (
             ONNX_WEIGHTED, bin_bytes, cpu_facts, ir_constants, require_int8, runtime_layers, summarize,
         )
 
