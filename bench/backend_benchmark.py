@@ -31,6 +31,7 @@ from quant_benchmark import (card_input_overrides, export_float, fail, graph_inp
                              model_labels, preprocess_images, progress, spread_indices)
 
 from edgekd import api  # noqa: E402
+from edgekd.frontend import model_input  # noqa: E402
 from edgekd.bench.runner import RUNTIMES, cpu_model, summarize  # noqa: E402
 from edgekd.model_config import read_model_card  # noqa: E402
 
@@ -217,7 +218,7 @@ def bench_model(key: str, card: Path, args, train, val, workdir: Path) -> dict:
 
     from edgekd.data.preprocess import read_rgb
 
-    pre = api.model_input(str(card))[2].preprocess
+    pre = model_input(str(card)).input.preprocess
     calib = preprocess_images(train, spread_indices(len(train), args.calib_samples), pre)
     calib_npy = out / "calib.npy"
     np.save(calib_npy, calib)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from edgekd import api
+from edgekd.frontend import model_input
 from edgekd.distill.schedules import Schedule
 from edgekd.distill.trainer import TrainConfig, train_kd
 from edgekd.model_config import read_model_card
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     card = read_model_card(args.model)
-    pre = api.model_input(args.model)[2].preprocess  # the card's preprocessing, as compile reads it
+    pre = model_input(args.model).input.preprocess  # the card's preprocessing, as compile reads it
     teacher = load_model(card.source, card.weights).torch_module.eval()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

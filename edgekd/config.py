@@ -1,14 +1,16 @@
-"""The user's choices for one compile, frozen and written into the manifest."""
+"""The user's choices for one compile, grouped by the pass that reads them, frozen and written into
+the manifest."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from edgekd.data.preprocess import Preprocess
+from edgekd.errors import ConfigError
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,48 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
+class CalibrationOptions:
+    data: Path | None = None  # sample images or .npy/.npz (verification too, calibration for int8)
+    samples: int | None = 512  # at most this many calibration samples (None: all)
+    batch: int = 32  # samples per observer update (EMA step) when the graph allows it
+    method: str = "ema"  # ema | minmax | percentile
+    ema_constant: float = 0.01
+    percentile: float = 99.99
+    activation_scheme: str | None = None  # None: the target's
+
+
+@dataclass(frozen=True)
+class QuantizationOptions:
+    keep_float: tuple[str, ...] = ()  # layer (node) names kept in float
+    keep_float_count: int = 0  # keep the N most sensitive layers in float
+    sensitivity_samples: int = 32
+
+
+@dataclass(frozen=True)
+class EvaluationOptions:
+    data: Path | None = None  # labelled image folder for float vs quantized top-1
+    samples: int | None = 1000
+    max_drop: float | None = None  # top-1 points; with data, return layers to float until met
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    student: str | None = None
+    data: Path | None = None
+    epochs: int = 10
+    sparsity: float | None = None
+    sparsity_pattern: str = "unstructured"  # unstructured | 2:4
+    options: Mapping[str, Any] = field(default_factory=dict)  # edgekd.distill.options.KNOWN
+    resume: bool = False  # continue distillation / sparsity training from <output>.checkpoints
+
+
+@dataclass(frozen=True)
+class VerificationOptions:
+    samples: int = 16
+    keep_failed: bool = False
+
+
+@dataclass(frozen=True)
 class CompileConfig:
     model: str
     target: str
@@ -32,36 +76,20 @@ class CompileConfig:
     input: InputSpec = field(default_factory=InputSpec)
     labels: tuple[str, ...] | None = None
     precision: str | None = None  # None: the target's default
-    calib: Path | None = None
-    calib_samples: int | None = 512  # at most this many calibration samples (None: all)
-    calib_batch: int = 32  # samples per observer update (EMA step) when the graph allows it
-    calib_method: str = "ema"  # ema | minmax | percentile
-    ema_constant: float = 0.01
-    percentile: float = 99.99
-    activation_scheme: str | None = None  # None: the target's
-    keep_float: tuple[str, ...] = ()  # layer (node) names kept in float
-    keep_float_count: int = 0  # keep the N most sensitive layers in float
-    sensitivity_samples: int = 32
-    eval: Path | None = None  # labelled image folder for float vs quantized top-1
-    eval_samples: int | None = 1000
-    max_drop: float | None = None  # top-1 points; with --eval, return layers to float until met
-    student: str | None = None
-    data: Path | None = None
-    epochs: int = 10
-    sparsity: float | None = None
-    sparsity_pattern: str = "unstructured"  # unstructured | 2:4
-    train_options: Mapping[str, Any] = field(default_factory=dict)  # edgekd.distill.options.KNOWN
-    resume: bool = False  # continue distillation / sparsity training from <output>.checkpoints
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
+    quantization: QuantizationOptions = field(default_factory=QuantizationOptions)
+    evaluation: EvaluationOptions = field(default_factory=EvaluationOptions)
+    training: TrainingOptions = field(default_factory=TrainingOptions)
+    verification: VerificationOptions = field(default_factory=VerificationOptions)
     passes: tuple[str, ...] | None = None  # None: the target's default pipeline
     skip: tuple[str, ...] = ()
-    verify_samples: int = 16
-    keep_failed: bool = False
     bench: str | None = None
     seed: int = 0
 
     def input_paths(self) -> list[Path]:
         """Every file or folder this compile reads: an output must never hold one of them."""
-        candidates = [Path(self.model), self.weights, self.calib, self.eval, self.data, Path(self.target)]
+        candidates = [Path(self.model), self.weights, self.calibration.data, self.evaluation.data,
+                      self.training.data, Path(self.target)]
         return [p for p in candidates if p is not None and p.exists()]
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,3 +103,43 @@ class CompileConfig:
             return v
 
         return {"version": CONFIG_VERSION, **plain(asdict(self))}
+
+
+# The flat option names of the CLI and of api.make_config → (group, field).
+FLAT_OPTIONS: dict[str, tuple[str, str]] = {
+    "calib": ("calibration", "data"), "calib_samples": ("calibration", "samples"),
+    "calib_batch": ("calibration", "batch"), "calib_method": ("calibration", "method"),
+    "ema_constant": ("calibration", "ema_constant"), "percentile": ("calibration", "percentile"),
+    "activation_scheme": ("calibration", "activation_scheme"),
+    "keep_float": ("quantization", "keep_float"), "keep_float_count": ("quantization", "keep_float_count"),
+    "sensitivity_samples": ("quantization", "sensitivity_samples"),
+    "eval": ("evaluation", "data"), "eval_samples": ("evaluation", "samples"), "max_drop": ("evaluation", "max_drop"),
+    "student": ("training", "student"), "data": ("training", "data"), "epochs": ("training", "epochs"),
+    "sparsity": ("training", "sparsity"), "sparsity_pattern": ("training", "sparsity_pattern"),
+    "train_options": ("training", "options"), "resume": ("training", "resume"),
+    "verify_samples": ("verification", "samples"), "keep_failed": ("verification", "keep_failed"),
+}
+_GROUPS = {"calibration": CalibrationOptions, "quantization": QuantizationOptions, "evaluation": EvaluationOptions,
+           "training": TrainingOptions, "verification": VerificationOptions}
+_PATHS = {"calib", "eval", "data"}
+
+
+def grouped_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat options (``calib=..., max_drop=...``) → CompileConfig keyword arguments with the groups built;
+    top-level fields pass through, unknown names raise."""
+    top = {f.name for f in fields(CompileConfig)}
+    groups: dict[str, dict[str, Any]] = {g: {} for g in _GROUPS}
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if key in FLAT_OPTIONS:
+            group, name = FLAT_OPTIONS[key]
+            groups[group][name] = Path(value) if key in _PATHS and value is not None else value
+        elif key in top:
+            out[key] = value
+        else:
+            raise ConfigError(f"unknown compile option {key!r}",
+                              f"known: {', '.join(sorted(set(FLAT_OPTIONS) | top))}")
+    for group, kwargs in groups.items():
+        if kwargs:
+            out[group] = _GROUPS[group](**kwargs)
+    return out

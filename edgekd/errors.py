@@ -12,10 +12,11 @@ class EdgekdError(Exception):
     exit_code = 2
     default_hint = ""
 
-    def __init__(self, message: str, hint: str | None = None):
+    def __init__(self, message: str, hint: str | None = None, output=None):
         super().__init__(message)
         self.message = message
         self.hint = self.default_hint if hint is None else hint
+        self.output = output  # a failing pass's record of what it found, kept in a --keep-failed manifest
 
     def __str__(self) -> str:
         return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
@@ -97,6 +98,8 @@ class PassFailedError(EdgekdError):
 
 
 class FidelityError(EdgekdError):
+    """The artifact computes something other than its reference."""
+
     default_hint = "inspect the artifact with --keep-failed, or compare against the simulation with `edgekd inspect`"
 
 

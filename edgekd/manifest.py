@@ -1,9 +1,10 @@
-"""What ``manifest.json`` says about an artifact."""
+"""What ``manifest.json`` says about an artifact, built from the pass records in the state."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import platform
+from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
@@ -14,6 +15,8 @@ from edgekd.state import CompileState
 
 MANIFEST_VERSION = 1
 _TOOLCHAIN = ("torch", "onnx", "onnx-ir", "onnxruntime", "numpy")
+# Manifest entries filled by a pass's output (PassOutput.section), None when that pass did not run.
+SECTIONS = ("fidelity", "calibration", "accuracy", "distill", "sparsity", "backend_report")
 
 
 def toolchain_versions(backend: Backend) -> dict[str, str]:
@@ -27,18 +30,27 @@ def toolchain_versions(backend: Backend) -> dict[str, str]:
     return out
 
 
-def build_manifest(state: CompileState, backend: Backend, extra_files: list[str]) -> dict[str, Any]:
+def pass_sections(state: CompileState) -> dict[str, Any]:
+    """Each section from the latest pass output that fills it."""
+    found: dict[str, Any] = {}
+    for record in state.records:
+        if record.output is not None and record.output.section:
+            found[record.output.section] = record.output.to_manifest()
+    return {name: found.get(name) for name in SECTIONS}
+
+
+def build_manifest(state: CompileState, backend: Backend, extra_files: list[str], profile: dict | None,
+                   status: str) -> dict[str, Any]:
     main = backend.main_file(state.artifact_files)
     inputs, outputs = backend.io(state.workdir / main)
     pre = state.input.preprocess.to_dict()
     input_dicts = []
     for t in inputs:
-        d = t.to_dict()
-        if t.name in state.qparams and "quantization" not in d:  # float input quantized first thing in the graph
-            d["quantization"] = state.qparams[t.name]
+        d = _with_qparams(t.to_dict(), state)  # a float input is quantized first thing in the graph
         d["layout"] = d["layout"] or pre["layout"]
         d["preprocessing"] = pre
         input_dicts.append(d)
+    sections = pass_sections(state)
     return {
         "manifest_version": MANIFEST_VERSION,
         "edgekd_version": __version__,
@@ -46,7 +58,7 @@ def build_manifest(state: CompileState, backend: Backend, extra_files: list[str]
         "target": state.spec.to_dict(),
         "artifact": {"model_file": main, "runtime": backend.runtime, "backend": backend.name,
                      "precision": state.precision},
-        "source": state.metrics.get("source"),
+        "source": asdict(state.source) if state.source else None,
         "toolchain": toolchain_versions(backend),
         "inputs": input_dicts,
         "outputs": [_with_qparams(t.to_dict(), state) for t in outputs],
@@ -54,15 +66,16 @@ def build_manifest(state: CompileState, backend: Backend, extra_files: list[str]
         "files": file_entries(state.workdir, state.artifact_files + extra_files),
         "passes": [{"name": r.name, "seconds": r.seconds, "changed": r.changed, "metrics": r.metrics}
                    for r in state.records],
-        "profile": state.metrics.get("profile"),
-        "fidelity": state.metrics.get("fidelity"),
-        "calibration": state.metrics.get("calibration"),
+        "profile": profile,
+        "fidelity": sections["fidelity"],
+        "calibration": sections["calibration"],
         "quantization": _quantization(state),
-        "accuracy": state.metrics.get("accuracy"),
-        "distill": state.metrics.get("distill"),
-        "sparsity": state.metrics.get("sparsity"),
-        "backend_report": state.metrics.get("backend"),  # what the backend checked and recorded
+        "accuracy": sections["accuracy"],
+        "distill": sections["distill"],
+        "sparsity": sections["sparsity"],
+        "backend_report": sections["backend_report"],
         "config": state.config.to_dict(),
+        "status": status,
     }
 
 
@@ -73,17 +86,20 @@ def _with_qparams(d: dict[str, Any], state: CompileState) -> dict[str, Any]:
 
 
 def _quantization(state: CompileState) -> dict[str, Any] | None:
+    from edgekd.passes.accuracy_budget import AccuracyBudgetOutput
+    from edgekd.passes.quantize import QuantizeOutput
+
     if state.calibration is None:
         return None
-    quant = state.spec.raw.get("quantization", {})
+    quantize, budget = state.output(QuantizeOutput), state.output(AccuracyBudgetOutput)
     return {
         "activation_scheme": state.calibration.scheme,
         "weights": "int8 per-channel symmetric [-127, 127], zero point 0",
         "bias": "int32, scale = input scale x weight scale",
-        "why": quant.get("why"),
-        "layers_in_float": sorted(state.keep_float | set(state.config.keep_float)),
-        "error_vs_float": state.metrics.get("quantization_error"),
-        "sensitivity": state.metrics.get("sensitivity"),
-        "accuracy_budget": state.metrics.get("accuracy_budget"),
+        "why": state.spec.raw.get("quantization", {}).get("why"),
+        "layers_in_float": sorted(state.keep_float),
+        "error_vs_float": quantize.error_vs_float if quantize else None,
+        "sensitivity": [asdict(s) for s in state.sensitivity] or None,
+        "accuracy_budget": budget.to_manifest() if budget else None,
         "tensors": state.qparams,
     }

@@ -7,24 +7,31 @@ from typing import Sequence
 from edgekd.config import CompileConfig
 from edgekd.errors import ConfigError, PassFailedError, PreconditionError, UnknownNameError
 from edgekd.instruments import Instrument
-from edgekd.passes import PASSES
+from edgekd.passes import DEFAULT_PIPELINE, PASSES
 from edgekd.passes.base import Pass
 from edgekd.specs import TargetSpec
-from edgekd.state import QUANTIZED, CompileState
+from edgekd.state import QUANTIZED, CompileState, PassOutput, PassRecord
+
+
+def default_passes(spec: TargetSpec) -> list[str]:
+    """The target's full pipeline: the default one (or the spec's own list), with the spec's legalization
+    passes just before ``emit``."""
+    names = list(spec.passes if spec.passes is not None else DEFAULT_PIPELINE)
+    at = names.index("emit") if "emit" in names else len(names)
+    names[at:at] = spec.legalize_passes
+    return names
 
 
 def pass_names(spec: TargetSpec, config: CompileConfig, initial_facts: set[str]) -> list[str]:
-    """The names to run: ``--passes`` if given, else the target's default list (target legalization
-    passes go just before ``emit``) keeping only the passes this compile asks for; minus ``--skip``."""
+    """The names to run: ``--passes`` if given, else the target's default pipeline keeping only the passes
+    this compile asks for; minus ``--skip``."""
     for name in (*(config.passes or ()), *config.skip):
         if name not in PASSES:
             raise UnknownNameError("pass", name, list(PASSES))
     if config.passes is not None:
         names = list(config.passes)
     else:
-        default = list(spec.passes)
-        at = default.index("emit") if "emit" in default else len(default)
-        default[at:at] = spec.legalize_passes
+        default = default_passes(spec)
         for name in default:
             if name not in PASSES:
                 raise ConfigError(
@@ -69,8 +76,6 @@ def check_pipeline(passes: Sequence[Pass], initial_facts: set[str]) -> None:
 
 
 def run_pipeline(state: CompileState, passes: Sequence[Pass], instruments: Sequence[Instrument] = ()) -> CompileState:
-    from edgekd.state import PassRecord
-
     ran: list[str] = []
     for index, p in enumerate(passes):
         for ins in instruments:
@@ -81,10 +86,12 @@ def run_pipeline(state: CompileState, passes: Sequence[Pass], instruments: Seque
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:
+            if isinstance(getattr(e, "output", None), PassOutput):  # what the pass found before it failed
+                state.records.append(PassRecord(p.name, False, e.output))
             raise PassFailedError(p.name, ran, e) from e
         state = result.state
         state.facts = (state.facts | p.provides) - p.removes
-        record = PassRecord(p.name, result.changed, result.metrics)
+        record = PassRecord(p.name, result.changed, result.output)
         state.records.append(record)
         for ins in instruments:
             ins.after_pass(index, p, state, record)

@@ -34,7 +34,7 @@ class TargetSpec:
     activation_scheme: str
     opset: int
     opset_range: tuple[int, int]
-    passes: tuple[str, ...]  # default pipeline for this class of device, in order
+    passes: tuple[str, ...] | None  # None: the default pipeline (edgekd.passes.DEFAULT_PIPELINE)
     legalize_passes: tuple[str, ...]  # target-specific passes inserted before emit
     fuse_activations: bool
     pipeline_why: str
@@ -89,7 +89,7 @@ def parse_spec(path: Path) -> TargetSpec:
         activation_scheme=scheme,
         opset=opset,
         opset_range=(lo, hi),
-        passes=tuple(_get(t, "pipeline.passes", path)),
+        passes=tuple(p) if (p := _get(t, "pipeline.passes", path, None)) is not None else None,
         legalize_passes=tuple(_get(t, "pipeline.legalize", path, [])),
         fuse_activations=bool(_get(t, "pipeline.fuse_activations", path, True)),
         pipeline_why=_get(t, "pipeline.why", path, ""),

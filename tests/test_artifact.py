@@ -40,7 +40,7 @@ def test_manifest_has_every_field_of_the_contract(resnet_artifact):
     assert m["fidelity"]["top1_agreement"] == 1.0 and m["fidelity"]["samples"] == 8
     assert m["fidelity"]["inputs"] == "calibration images"
     assert m["artifact"]["precision"] == "fp32" and m["artifact"]["runtime"] == "onnxruntime"
-    assert m["config"]["version"] == 1 and m["config"]["target"] == "onnx-cpu"
+    assert m["config"]["version"] == 2 and m["config"]["target"] == "onnx-cpu"
     assert "calibration" in m and "accuracy" in m
 
 

@@ -25,7 +25,8 @@ from torch import nn
 from backend_template import BackendTemplate
 from conftest import realistic
 from edgekd import api
-from edgekd.backends.tensorrt.backend import TensorRTBackend, fold_bias_dequantize, trtexec_args
+from edgekd.backends.tensorrt.backend import TensorRTBackend, trtexec_args
+from edgekd.passes.fold_bias_dequantize import fold_bias_dequantize
 from edgekd.backends.tensorrt.cache import (
     format_cache, hex_to_scale, parse_cache, read_cache, scale_to_hex, version_code,
 )

@@ -289,7 +289,7 @@ def test_state_dict_as_model(models, tmp_path):
 def test_unknown_pass(models, tmp_path):
     out = tmp_path / "out"
     r = compile_cli(models["onnx"], out, "-t", "onnx-cpu", "--passes", "fuse,fold,emit")
-    assert_failed_cleanly(r, out, "unknown pass 'fold'", "export, fuse")  # the hint lists the known passes
+    assert_failed_cleanly(r, out, "unknown pass 'fold'", "export, fold-bias-dequantize, fuse")  # the hint lists the known passes
 
 
 def test_unknown_skipped_pass(models, tmp_path):

@@ -64,7 +64,7 @@ class _Provide(Pass):
     provides = frozenset({"thing"})
 
     def run(self, state):
-        return PassResult(state, changed=True, metrics={"n": 1})
+        return PassResult(state, changed=True, output={"n": 1})
 
 
 class _Need(Pass):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgekd.errors import ConfigError, InputNotFoundError, UnknownTargetError
+from edgekd.pipeline import default_passes
 from edgekd.specs import builtin_targets, load_target
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,9 +19,26 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_builtin_target_loads_with_its_facts():
     spec = load_target("onnx-cpu")
     assert spec.backend == "onnxruntime" and spec.opset_range[0] <= spec.opset <= spec.opset_range[1]
-    # the torch-stage passes come first; the pipeline drops them unless --student / --sparsity ask for them
-    assert spec.passes[:3] == ("distill", "sparsify", "export") and "emit" in spec.passes
+    # targets share the default pipeline; the torch-stage passes come first and drop out unless
+    # --student / --sparsity ask for them
+    assert spec.passes is None
+    names = default_passes(spec)
+    assert names[:3] == ["distill", "sparsify", "export"] and "emit" in names
     assert len(spec.sha256) == 64
+
+
+def test_tensorrt_targets_add_their_legalization_just_before_emit():
+    for name in ("jetson-xavier", "jetson-orin-nano"):
+        names = default_passes(load_target(name))
+        assert names[names.index("emit") - 1] == "fold-bias-dequantize"
+    assert "fold-bias-dequantize" not in default_passes(load_target("onnx-cpu"))
+
+
+def test_a_spec_may_replace_the_default_pipeline(tmp_path):
+    text = (ROOT / "targets" / "onnx-cpu.toml").read_text().replace("[pipeline]\n", '[pipeline]\npasses = ["export", "emit"]\n')
+    path = tmp_path / "mine.toml"
+    path.write_text(text)
+    assert default_passes(load_target(path)) == ["export", "emit"]
 
 
 def test_unknown_target_lists_the_valid_ones():

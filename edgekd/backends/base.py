@@ -11,14 +11,40 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 
-from edgekd.errors import ToolchainMissingError
+from edgekd.errors import EdgekdError, ToolchainMissingError
 from edgekd.runtime import RunFn
-from edgekd.state import CompileState
 
 if TYPE_CHECKING:
     import onnx
+    import onnx_ir as ir
 
     from edgekd.specs import TargetSpec
+
+@dataclass(frozen=True)
+class EmitInput:
+    """What a backend needs to write its artifact."""
+
+    model: "ir.Model"  # the graph to emit; with Q/DQ when quantized (then it is also the simulation)
+    spec: "TargetSpec"
+    precision: str
+    quantized: bool  # Q/DQ in the graph (int8 whose quantize pass ran)
+    qparams: dict[str, Any]  # tensor → {scale, zero_point, ...} as the quantizer wrote them
+    keep_float: frozenset[str]  # layers the compile keeps in float
+    input_shape: tuple[int, ...]
+    float_onnx: bytes | None  # the float graph just before quantization
+    outdir: Path
+
+
+@dataclass
+class EmitResult:
+    """The files written (relative to ``outdir``), the backend's report for the manifest, and a failure
+    found after writing (an artifact that is not what was asked), raised once the files are recorded so
+    that --keep-failed can keep them."""
+
+    files: list[str]
+    report: dict[str, Any] | None = None
+    failure: EdgekdError | None = None
+
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -89,8 +115,8 @@ class Backend(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def emit(self, state: CompileState, outdir: Path) -> list[str]:
-        """Writes the model file(s) into ``outdir``; returns their names relative to it."""
+    def emit(self, inp: EmitInput) -> EmitResult:
+        """Writes the model file(s) into ``inp.outdir``."""
 
     @abc.abstractmethod
     def main_file(self, files: list[str]) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -10,6 +10,29 @@ from torch import nn
 
 from edgekd.data.preprocess import Preprocess
 from edgekd.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistillRecord:
+    """What a distillation produced: sizes, holdout accuracy, the run."""
+
+    student: str
+    teacher_params: int
+    student_params: int
+    teacher_macs: int
+    student_macs: int
+    teacher_val_top1: float | None
+    student_val_top1: float | None
+    best_val_top1: float | None
+    epochs: int
+    seconds: float
+    kept_samples: int
+    total_samples: int
+    final_train_loss: float | None
+    feature_pairs: list | None
+    skipped_images: int
+    replay_size: int
+    training: dict
 
 
 def check_teacher_student(teacher: nn.Module, student: nn.Module, student_name: str, shape: tuple[int, ...]) -> int:
@@ -64,7 +87,7 @@ def epoch_reporter(emit, label: str):
 
 def distill_student(teacher: nn.Module, teacher_profile, student_name: str, data, pre: Preprocess,
                     shape: tuple[int, ...], cfg, out_dir: Path | None, progress=None, init: Path | None = None,
-                    replay=None) -> tuple[nn.Module, dict]:
+                    replay=None) -> tuple[nn.Module, DistillRecord]:
     """``init``: the student's current weights (an incremental update); ``replay``: a ReplayBuffer."""
     from edgekd.distill.trainer import train_kd
     from edgekd.models.profile import profile
@@ -79,11 +102,11 @@ def distill_student(teacher: nn.Module, teacher_profile, student_name: str, data
     student.eval()
     sp = profile(student, shape)
     last = result.history[-1] if result.history else {}
-    metrics = {"student": student_name, "teacher_params": teacher_profile.params, "student_params": sp.params,
-               "teacher_macs": teacher_profile.macs, "student_macs": sp.macs, "teacher_val_top1": result.teacher_acc,
-               "student_val_top1": last.get("val_top1"), "best_val_top1": result.best_acc,
-               "epochs": result.epochs_run, "seconds": round(result.seconds, 3), "kept_samples": result.kept,
-               "total_samples": result.total, "final_train_loss": last.get("train_loss"),
-               "feature_pairs": result.feature_pairs, "skipped_images": result.skipped_images,
-               "replay_size": result.replay_size, "training": training_summary(cfg)}
-    return student, metrics
+    record = DistillRecord(
+        student=student_name, teacher_params=teacher_profile.params, student_params=sp.params,
+        teacher_macs=teacher_profile.macs, student_macs=sp.macs, teacher_val_top1=result.teacher_acc,
+        student_val_top1=last.get("val_top1"), best_val_top1=result.best_acc, epochs=result.epochs_run,
+        seconds=round(result.seconds, 3), kept_samples=result.kept, total_samples=result.total,
+        final_train_loss=last.get("train_loss"), feature_pairs=result.feature_pairs,
+        skipped_images=result.skipped_images, replay_size=result.replay_size, training=training_summary(cfg))
+    return student, record

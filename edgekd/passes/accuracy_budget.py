@@ -3,6 +3,7 @@ within P points of float; fails with the best trade-off found when it cannot be 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgekd.runtime import onnx_run_fn, ort_session
@@ -15,8 +16,26 @@ from edgekd.quant.calibrate import PLACEMENT, Calibration
 from edgekd.quant.placement import plan_quantization
 from edgekd.quant.simulate import quantized_copy
 from edgekd.specs import TargetSpec
-from edgekd.state import CALIBRATED, SENSITIVITY, CompileState
+from edgekd.state import CALIBRATED, SENSITIVITY, CompileState, PassOutput
 from edgekd.ui import text_table
+
+
+@dataclass(frozen=True)
+class AccuracyBudgetOutput(PassOutput):
+    max_drop_pt: float
+    float_top1: float
+    samples: int
+    steps: tuple[dict, ...]  # every trade-off tried: layers in float, top-1, drop
+    kept_float: tuple[str, ...]
+
+    def to_manifest(self) -> dict:
+        return {"max_drop_pt": self.max_drop_pt, "float_top1": self.float_top1, "samples": self.samples,
+                "steps": list(self.steps)}
+
+    def summary(self) -> dict:
+        final = self.steps[-1]
+        return {"float_top1": round(self.float_top1, 4), "int8_top1": round(final["top1"], 4),
+                "drop_pt": round(final["drop_pt"], 2), "kept_float": list(self.kept_float)}
 
 
 class AccuracyBudgetPass(Pass):
@@ -28,13 +47,14 @@ class AccuracyBudgetPass(Pass):
 
     @classmethod
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "AccuracyBudgetPass":
-        if config.eval is None:
+        e = config.evaluation
+        if e.data is None:
             raise ConfigError("--max-drop needs a labelled eval set", "pass --eval DIR with DIR/<class>/*.jpg")
-        return cls(config.eval, config.max_drop, config.eval_samples)
+        return cls(e.data, e.max_drop, e.samples)
 
     @classmethod
     def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
-        return config.max_drop is not None
+        return config.evaluation.max_drop is not None
 
     def run(self, state: CompileState) -> PassResult:
         import onnx_ir as ir
@@ -43,7 +63,7 @@ class AccuracyBudgetPass(Pass):
         data = list(iter_labelled(self.eval_data, state.input.preprocess, tuple(state.input.shape), state.labels,
                                   self.samples))
         float_top1 = top1(state.float_reference, data)
-        order = [s["layer"] for s in state.metrics["sensitivity"] if s["layer"] not in state.keep_float]
+        order = [s.layer for s in state.sensitivity if s.layer not in state.keep_float]
 
         def evaluate(kept: tuple[str, ...]) -> float:
             plan = plan_quantization(state.onnx_model, PLACEMENT[cal.scheme], frozenset(kept) | state.keep_float)
@@ -51,18 +71,16 @@ class AccuracyBudgetPass(Pass):
             return top1(onnx_run_fn(ort_session(ir.to_proto(model).SerializeToString())), data)
 
         steps = greedy_keep_float(order, evaluate, float_top1, self.max_drop_pt)
-        table = [{"kept_float": len(s.kept_float), "top1": s.top1, "drop_pt": s.drop_pt} for s in steps]
-        state.metrics["accuracy_budget"] = {"max_drop_pt": self.max_drop_pt, "float_top1": float_top1,
-                                            "samples": sum(len(y) for _, y in data), "steps": table}
+        table = tuple({"kept_float": len(s.kept_float), "top1": s.top1, "drop_pt": s.drop_pt} for s in steps)
         final = steps[-1]
+        output = AccuracyBudgetOutput(self.max_drop_pt, float_top1, sum(len(y) for _, y in data), table,
+                                      tuple(final.kept_float))
         if not within_budget(final.drop_pt, self.max_drop_pt):
             best = min(steps, key=lambda s: s.drop_pt)
             rows = [[len(s.kept_float), f"{100 * s.top1:.2f}", f"{s.drop_pt:.2f}"] for s in steps]
-            raise AccuracyBudgetError(
+            raise AccuracyBudgetError(output=output, message=
                 f"int8 top-1 stays {best.drop_pt:.2f} pt below float ({100 * float_top1:.2f} %) even with "
                 f"{len(best.kept_float)} layers in float; the budget is {self.max_drop_pt} pt. Trade-offs tried:\n"
                 + text_table(["layers in float", "top-1 %", "drop pt"], rows))
         state.keep_float.update(final.kept_float)
-        return PassResult(state, changed=False, metrics={"float_top1": round(float_top1, 4), "int8_top1": round(final.top1, 4),
-                                                         "drop_pt": round(final.drop_pt, 2),
-                                                         "kept_float": list(final.kept_float)})
+        return PassResult(state, changed=False, output=output)

@@ -1,22 +1,31 @@
-"""The pass interface: a small class, arguments in ``__init__``, ``run(state)`` → ``PassResult``."""
+"""The pass interface: a small class, arguments in ``__init__``, ``run(state)`` → ``PassResult``, whose
+``output`` is the pass's typed record (a ``PassOutput``) of what it produced."""
 
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from edgekd.errors import PreconditionError
 from edgekd.config import CompileConfig
 from edgekd.specs import TargetSpec
-from edgekd.state import TORCH_MODEL, CompileState
+from edgekd.state import TORCH_MODEL, CompileState, Metrics, PassOutput
 
 
 @dataclass
 class PassResult:
     state: CompileState
     changed: bool
-    metrics: dict[str, Any] = field(default_factory=dict)
+    output: PassOutput | dict[str, Any] | None = None  # a dict: free-form figures of a user's own pass
+
+    def __post_init__(self) -> None:
+        if isinstance(self.output, dict):
+            self.output = Metrics(self.output)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.output.summary() if self.output is not None else {}
 
 
 class Pass(abc.ABC):

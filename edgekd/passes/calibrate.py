@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx_ir as ir
@@ -17,7 +18,7 @@ from edgekd.quant.calibrate import PLACEMENT, Calibration, observe
 from edgekd.quant.observers import make_observer
 from edgekd.quant.placement import plan_quantization
 from edgekd.specs import TargetSpec
-from edgekd.state import ACTIVATIONS_MARKED, BN_FOLDED, CALIBRATED, ONNX_MODEL, CompileState
+from edgekd.state import ACTIVATIONS_MARKED, BN_FOLDED, CALIBRATED, ONNX_MODEL, CompileState, PassOutput
 
 MIN_SAMPLES = 256
 
@@ -33,6 +34,26 @@ def source_hash(path: Path, limit: int | None) -> str:
     return folder.subset(range(min(len(folder), limit or len(folder)))).content_hash()
 
 
+@dataclass(frozen=True)
+class CalibrationOutput(PassOutput):
+    section = "calibration"
+
+    samples: int
+    source: str
+    sha256: str
+    method: str
+    scheme: str
+    tensors: int
+    observer_args: dict = field(default_factory=dict)
+
+    def to_manifest(self) -> dict:
+        return {"samples": self.samples, "source": self.source, "sha256": self.sha256, "method": self.method,
+                **self.observer_args, "scheme": self.scheme}
+
+    def summary(self) -> dict:
+        return {"samples": self.samples, "tensors": self.tensors, "method": self.method}
+
+
 class CalibratePass(Pass):
     name = "calibrate"
     requires = frozenset({ONNX_MODEL, BN_FOLDED, ACTIVATIONS_MARKED})
@@ -46,11 +67,12 @@ class CalibratePass(Pass):
 
     @classmethod
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "CalibratePass":
-        if config.calib is None:
+        c = config.calibration
+        if c.data is None:
             raise ConfigError("int8 needs calibration data", "pass --calib DIR (an image folder or .npy/.npz of samples)")
-        args = {"ema": {"averaging_constant": config.ema_constant}, "percentile": {"percentile": config.percentile}}
-        return cls(config.calib, config.activation_scheme or spec.activation_scheme, config.calib_method,
-                   config.calib_samples, config.calib_batch, **args.get(config.calib_method, {}))
+        args = {"ema": {"averaging_constant": c.ema_constant}, "percentile": {"percentile": c.percentile}}
+        return cls(c.data, c.activation_scheme or spec.activation_scheme, c.method, c.samples, c.batch,
+                   **args.get(c.method, {}))
 
     @classmethod
     def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
@@ -69,6 +91,6 @@ class CalibratePass(Pass):
                                   lambda t: make_observer(self.method, **self.observer_args), self.batch)
         state.calibration = Calibration(self.scheme, plan, observers, seen, str(self.data),
                                         source_hash(self.data, n), self.method)
-        state.metrics["calibration"] = {"samples": seen, "source": str(self.data), "sha256": state.calibration.sha256,
-                                        "method": self.method, **self.observer_args, "scheme": self.scheme}
-        return PassResult(state, changed=False, metrics={"samples": seen, "tensors": len(observers), "method": self.method})
+        return PassResult(state, changed=False, output=CalibrationOutput(
+            seen, str(self.data), state.calibration.sha256, self.method, self.scheme, len(observers),
+            dict(self.observer_args)))

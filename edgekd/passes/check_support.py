@@ -3,6 +3,8 @@ instead of failing later inside a converter."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import onnx_ir as ir
 
 from edgekd.backends import get_backend
@@ -10,7 +12,12 @@ from edgekd.config import CompileConfig
 from edgekd.errors import UnsupportedOpsError
 from edgekd.passes.base import Pass, PassResult
 from edgekd.specs import TargetSpec
-from edgekd.state import ONNX_MODEL, CompileState
+from edgekd.state import ONNX_MODEL, CompileState, PassOutput
+
+
+@dataclass(frozen=True)
+class CheckSupportOutput(PassOutput):
+    nodes_checked: int
 
 
 class CheckSupportPass(Pass):
@@ -31,4 +38,4 @@ class CheckSupportPass(Pass):
             listing = "\n".join(f"  {u.node} ({u.op}): {u.reason}" for u in bad[:50])
             more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
             raise UnsupportedOpsError(f"{len(bad)} node(s) cannot run on {self.spec.name}:\n{listing}{more}")
-        return PassResult(state, changed=False, metrics={"nodes_checked": len(state.onnx_model.graph)})
+        return PassResult(state, changed=False, output=CheckSupportOutput(len(state.onnx_model.graph)))

@@ -3,6 +3,7 @@ distillation."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from edgekd.runtime import torch_reference
@@ -10,14 +11,25 @@ from edgekd.config import CompileConfig
 from edgekd.errors import ConfigError
 from edgekd.passes.base import Pass, PassResult
 from edgekd.specs import TargetSpec
-from edgekd.state import ONNX_MODEL, TORCH_MODEL, CompileState
+from edgekd.state import ONNX_MODEL, TORCH_MODEL, CompileState, PassOutput
 
 if TYPE_CHECKING:
+    from edgekd.distill.student import DistillRecord
     from edgekd.distill.trainer import TrainConfig
 
 
+@dataclass(frozen=True)
+class DistillOutput(PassOutput):
+    section = "distill"
+
+    record: "DistillRecord"
+
+    def to_manifest(self) -> dict:
+        return asdict(self.record)
+
+
 def require_data(config: CompileConfig, pass_name: str) -> None:
-    if config.data is None:
+    if config.training.data is None:
         raise ConfigError(f"pass {pass_name!r} trains and needs training images",
                           "pass --data DIR (an image folder, with class subfolders for labelled training or flat for "
                           "label-free KD)" + ("; or --epochs 0 for one-shot magnitude pruning without fine-tuning"
@@ -28,9 +40,10 @@ def train_config(config: CompileConfig, pass_name: str, **defaults):
     """The pass's TrainConfig: its defaults, then the user's options, checkpoints beside the output."""
     from edgekd.distill.options import checkpoint_root, train_config as from_options
 
-    fixed = {"epochs": config.epochs, "seed": config.seed, "resume": config.resume,
+    t = config.training
+    fixed = {"epochs": t.epochs, "seed": config.seed, "resume": t.resume,
              "checkpoint_dir": checkpoint_root(config.output) / pass_name, **defaults}
-    return from_options(config.train_options, **fixed)
+    return from_options(t.options, **fixed)
 
 
 class DistillPass(Pass):
@@ -48,11 +61,11 @@ class DistillPass(Pass):
     @classmethod
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "DistillPass":
         require_data(config, cls.name)
-        return cls(config.student, config.data, train_config(config, cls.name))
+        return cls(config.training.student, config.training.data, train_config(config, cls.name))
 
     @classmethod
     def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
-        return config.student is not None and bool({TORCH_MODEL, ONNX_MODEL} & facts)
+        return config.training.student is not None and bool({TORCH_MODEL, ONNX_MODEL} & facts)
 
     def run(self, state: CompileState) -> PassResult:
         from edgekd.distill.student import distill_student, epoch_reporter
@@ -70,11 +83,10 @@ class DistillPass(Pass):
 
             proto = ir.to_proto(state.onnx_model)
             teacher, teacher_profile = OnnxTeacher(proto), profile_onnx(proto)
-        student, metrics = distill_student(teacher, teacher_profile, self.student, self.data, state.input.preprocess,
+        student, record = distill_student(teacher, teacher_profile, self.student, self.data, state.input.preprocess,
                                            shape, self.train, state.workdir / "training",
                                            epoch_reporter(state.emit, "distill"))
         state.torch_model, state.onnx_model = student, None
         state.reference = state.float_reference = torch_reference(student)
         state.reference_name = f"distilled student {self.student} (PyTorch)"
-        state.metrics["distill"] = metrics
-        return PassResult(state, changed=True, metrics=metrics)
+        return PassResult(state, changed=True, output=DistillOutput(record))

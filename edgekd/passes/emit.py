@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from edgekd.backends import get_backend
+from edgekd.backends.base import EmitInput
 from edgekd.config import CompileConfig
 from edgekd.passes.base import Pass, PassResult
 from edgekd.specs import TargetSpec
-from edgekd.state import EMITTED, ONNX_MODEL, CompileState
+from edgekd.state import EMITTED, ONNX_MODEL, CompileState, PassOutput
+
+
+@dataclass(frozen=True)
+class EmitOutput(PassOutput):
+    section = "backend_report"
+
+    backend: str
+    bytes: int
+    files: tuple[str, ...]
+    report: dict | None = field(default=None)  # what the backend checked and recorded
+
+    def to_manifest(self) -> dict | None:
+        return self.report
+
+    def summary(self) -> dict:
+        return {"backend": self.backend, "bytes": self.bytes}
 
 
 class EmitPass(Pass):
@@ -23,7 +42,14 @@ class EmitPass(Pass):
 
     def run(self, state: CompileState) -> PassResult:
         self.backend.require()
-        files = self.backend.emit(state, state.workdir)
-        state.artifact_files.extend(files)
-        sizes = {f: (state.workdir / f).stat().st_size for f in files}
-        return PassResult(state, changed=True, metrics={"backend": self.backend.name, "bytes": sum(sizes.values())})
+        result = self.backend.emit(EmitInput(
+            model=state.onnx_model, spec=state.spec, precision=state.precision, quantized=state.quantized,
+            qparams=state.qparams, keep_float=frozenset(state.keep_float), input_shape=tuple(state.input.shape),
+            float_onnx=state.float_onnx, outdir=state.workdir))
+        state.artifact_files.extend(result.files)
+        size = sum((state.workdir / f).stat().st_size for f in result.files)
+        output = EmitOutput(self.backend.name, size, tuple(result.files), result.report)
+        if result.failure is not None:
+            result.failure.output = output  # the files and the report stay for --keep-failed
+            raise result.failure
+        return PassResult(state, changed=True, output=output)

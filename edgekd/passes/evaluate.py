@@ -4,6 +4,7 @@ whether the speed bought pays for the accuracy lost (design rule: each point los
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgekd.backends import get_backend
@@ -13,7 +14,7 @@ from edgekd.data.samples import iter_labelled
 from edgekd.passes.base import Pass, PassResult
 from edgekd.quant.accuracy import top1
 from edgekd.specs import TargetSpec
-from edgekd.state import EMITTED, CompileState
+from edgekd.state import EMITTED, CompileState, PassOutput
 
 SPEEDUP_PER_POINT = 2.0
 
@@ -33,6 +34,30 @@ def speed_rule(drop_pt: float, speedup: float) -> dict:
     return {"speedup": speedup, "drop_pt": drop_pt, "needed_speedup": needed, "met": drop_pt <= 0 or speedup >= needed}
 
 
+@dataclass(frozen=True)
+class AccuracyOutput(PassOutput):
+    section = "accuracy"
+
+    source: str
+    samples: int
+    float_top1: float
+    artifact_top1: float
+    drop_pt: float
+    speed: dict | None = None  # float vs artifact latency here, and whether the speed rule is met
+
+    def to_manifest(self) -> dict:
+        out = {"source": self.source, "samples": self.samples, "float_top1": self.float_top1,
+               "artifact_top1": self.artifact_top1, "drop_pt": self.drop_pt}
+        return out | ({"speed": self.speed} if self.speed is not None else {})
+
+    def summary(self) -> dict:
+        out = {k: round(v, 4) if isinstance(v, float) else v for k, v in self.to_manifest().items() if k != "speed"}
+        if self.speed is not None:
+            out["speedup"] = round(self.speed["speedup"], 2)
+            out["speed_rule_met"] = self.speed["met"]
+        return out
+
+
 class EvaluatePass(Pass):
     name = "evaluate"
     requires = frozenset({EMITTED})
@@ -42,28 +67,24 @@ class EvaluatePass(Pass):
 
     @classmethod
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "EvaluatePass":
-        return cls(spec.backend, config.eval, config.eval_samples, spec.bench.threads)
+        return cls(spec.backend, config.evaluation.data, config.evaluation.samples, spec.bench.threads)
 
     @classmethod
     def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
-        return config.eval is not None
+        return config.evaluation.data is not None
 
     def run(self, state: CompileState) -> PassResult:
         data = list(iter_labelled(self.eval_data, state.input.preprocess, tuple(state.input.shape), state.labels,
                                   self.samples))
         artifact = self.backend.session(state.workdir / self.backend.main_file(state.artifact_files), self.threads)
-        acc = {"source": str(self.eval_data), "samples": sum(len(y) for _, y in data),
-               "float_top1": top1(state.float_reference, data), "artifact_top1": top1(artifact, data)}
-        acc["drop_pt"] = 100.0 * (acc["float_top1"] - acc["artifact_top1"])
+        float_top1, artifact_top1 = top1(state.float_reference, data), top1(artifact, data)
+        drop_pt = 100.0 * (float_top1 - artifact_top1)
+        speed = None
         if state.float_onnx is not None:
             x = data[0][0]
             float_ms = median_latency_ms(onnx_run_fn(ort_session(state.float_onnx, self.threads)), x)
             art_ms = median_latency_ms(artifact, x)
-            acc["speed"] = {"float_ms": float_ms, "artifact_ms": art_ms, "measured_on": "this machine",
-                            **speed_rule(acc["drop_pt"], float_ms / art_ms)}
-        state.metrics["accuracy"] = acc
-        metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in acc.items() if k != "speed"}
-        if "speed" in acc:
-            metrics["speedup"] = round(acc["speed"]["speedup"], 2)
-            metrics["speed_rule_met"] = acc["speed"]["met"]
-        return PassResult(state, changed=False, metrics=metrics)
+            speed = {"float_ms": float_ms, "artifact_ms": art_ms, "measured_on": "this machine",
+                     **speed_rule(drop_pt, float_ms / art_ms)}
+        return PassResult(state, changed=False, output=AccuracyOutput(
+            str(self.eval_data), sum(len(y) for _, y in data), float_top1, artifact_top1, drop_pt, speed))

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import io
-import warnings
+from dataclasses import dataclass
 
-import onnx
 import onnx_ir as ir
-import torch
 
 from edgekd.config import CompileConfig
-from edgekd.errors import InputShapeError
 from edgekd.ir.graph import op_counts
+from edgekd.models.export import export_onnx
 from edgekd.passes.base import Pass, PassResult
 from edgekd.specs import TargetSpec
-from edgekd.state import ONNX_MODEL, TORCH_MODEL, CompileState
+from edgekd.state import ONNX_MODEL, TORCH_MODEL, CompileState, PassOutput
+
+
+@dataclass(frozen=True)
+class ExportOutput(PassOutput):
+    opset: int
+    nodes: int
+    ops: dict[str, int]
 
 
 class ExportOnnxPass(Pass):
@@ -24,8 +28,6 @@ class ExportOnnxPass(Pass):
 
     def __init__(self, opset: int, fold_constants: bool = True):
         self.opset = opset
-        # With folding, torch's exporter already folds eval-mode BN into Conv; without it, BN
-        # nodes stay for FuseConvBnReluPass (as they do in graphs from other frameworks).
         self.fold_constants = fold_constants
 
     @classmethod
@@ -33,23 +35,7 @@ class ExportOnnxPass(Pass):
         return cls(spec.opset)
 
     def run(self, state: CompileState) -> PassResult:
-        model = state.torch_model.eval()
-        x = torch.zeros(state.input.shape, dtype=torch.float32)
-        with torch.no_grad():
-            try:
-                outputs = model(x)
-            except RuntimeError as e:
-                raise InputShapeError(f"the model does not accept input shape {tuple(state.input.shape)}: {e}") from e
-        n_out = len(outputs) if isinstance(outputs, (tuple, list)) else 1
-        output_names = ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)]
-        buf = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=self.opset,
-                              input_names=[state.input.name], output_names=output_names,
-                              do_constant_folding=self.fold_constants)
-        proto = onnx.load_from_string(buf.getvalue())
-        onnx.checker.check_model(proto)
+        proto = export_onnx(state.torch_model, state.input.shape, self.opset, state.input.name, self.fold_constants)
         state.onnx_model = ir.from_proto(proto)
-        return PassResult(state, changed=True, metrics={"opset": self.opset, "nodes": len(proto.graph.node),
-                                                        "ops": op_counts(state.onnx_model.graph)})
+        return PassResult(state, changed=True,
+                          output=ExportOutput(self.opset, len(proto.graph.node), op_counts(state.onnx_model.graph)))

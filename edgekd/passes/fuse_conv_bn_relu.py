@@ -8,6 +8,8 @@ between Conv and activation, as backends that fuse activations execute it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_ir as ir
 
@@ -15,7 +17,7 @@ from edgekd.config import CompileConfig
 from edgekd.ir.graph import FUSED_ACTIVATION, FUSED_INTO, bypass, const_array, new_initializer, sole_consumer
 from edgekd.passes.base import Pass, PassResult
 from edgekd.specs import TargetSpec
-from edgekd.state import ACTIVATIONS_MARKED, BN_FOLDED, ONNX_MODEL, CompileState
+from edgekd.state import ACTIVATIONS_MARKED, BN_FOLDED, ONNX_MODEL, CompileState, PassOutput
 
 
 def fold_batchnorm(graph: ir.Graph, bn: ir.Node) -> bool:
@@ -71,6 +73,13 @@ def remove_unused_initializers(graph: ir.Graph) -> None:
         graph.initializers.pop(name)
 
 
+@dataclass(frozen=True)
+class FuseOutput(PassOutput):
+    bn_folded: int
+    activations_marked: int
+    bn_left: int  # BatchNormalization nodes with nothing to fold into
+
+
 class FuseConvBnReluPass(Pass):
     name = "fuse"
     requires = frozenset({ONNX_MODEL})
@@ -98,5 +107,4 @@ class FuseConvBnReluPass(Pass):
         if folded:
             remove_unused_initializers(graph)
         left = sum(1 for n in graph if n.op_type == "BatchNormalization")
-        return PassResult(state, changed=bool(folded or marked),
-                          metrics={"bn_folded": folded, "activations_marked": marked, "bn_left": left})
+        return PassResult(state, changed=bool(folded or marked), output=FuseOutput(folded, marked, left))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import onnx_ir as ir
 
 from edgekd.config import CompileConfig
@@ -14,7 +16,23 @@ from edgekd.quant.qdq import apply_plan
 from edgekd.quant.simulate import output_sqnr
 from edgekd.runtime import simulation_fn
 from edgekd.specs import TargetSpec
-from edgekd.state import CALIBRATED, QUANTIZED, CompileState
+from edgekd.state import CALIBRATED, QUANTIZED, CompileState, PassOutput
+
+
+@dataclass(frozen=True)
+class QuantizeOutput(PassOutput):
+    scheme: str
+    placement: str
+    activations: int  # activation tensors quantized
+    weights: int  # weight tensors quantized
+    kept_float: tuple[str, ...]
+    error_vs_float: dict = field(default_factory=dict)  # simulation vs float on calibration samples
+
+    def summary(self) -> dict:
+        return {"sqnr_db": round(self.error_vs_float["sqnr_db"], 2),
+                "top1_vs_float": self.error_vs_float.get("top1_agreement"), "scheme": self.scheme,
+                "placement": self.placement, "activations": self.activations, "weights": self.weights,
+                "kept_float": list(self.kept_float)}
 
 
 class QuantizePass(Pass):
@@ -22,13 +40,12 @@ class QuantizePass(Pass):
     requires = frozenset({CALIBRATED})
     provides = frozenset({QUANTIZED})
 
-    def __init__(self, keep_float: tuple[str, ...] = (), samples: int = 32):
-        self.keep_float = frozenset(keep_float)
+    def __init__(self, samples: int = 32):
         self.samples = samples  # calibration samples on which the simulation is compared with float
 
     @classmethod
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "QuantizePass":
-        return cls(config.keep_float, config.sensitivity_samples)
+        return cls(config.quantization.sensitivity_samples)
 
     @classmethod
     def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
@@ -36,7 +53,7 @@ class QuantizePass(Pass):
 
     def run(self, state: CompileState) -> PassResult:
         cal: Calibration = state.calibration
-        keep = self.keep_float | state.keep_float
+        keep = frozenset(state.keep_float)
         plan = plan_quantization(state.onnx_model, PLACEMENT[cal.scheme], keep)
         state.float_onnx = ir.to_proto(state.onnx_model).SerializeToString()
         written = apply_plan(state.onnx_model, plan, cal.activation_qparams(plan))
@@ -47,8 +64,6 @@ class QuantizePass(Pass):
         error = compare_outputs([state.reference(x) for x in batches], [float_run(x) for x in batches])
         error["sqnr_db"] = output_sqnr(float_run, state.reference, batches)
         error["samples"] = sum(len(x) for x in batches)
-        state.metrics["quantization_error"] = error
-        weights = sum(1 for w in plan.weights)
-        return PassResult(state, changed=bool(written), metrics={
-            "sqnr_db": round(error["sqnr_db"], 2), "top1_vs_float": error.get("top1_agreement"), "scheme": cal.scheme, "placement": plan.placement, "activations": len(written) - weights,
-            "weights": weights, "kept_float": sorted(keep)})
+        weights = len(plan.weights)
+        return PassResult(state, changed=bool(written), output=QuantizeOutput(
+            cal.scheme, plan.placement, len(written) - weights, weights, tuple(sorted(keep)), error))

@@ -3,13 +3,26 @@ most sensitive layers in float (``--keep-float N``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from edgekd.config import CompileConfig
 from edgekd.data.samples import iter_batches
 from edgekd.passes.base import Pass, PassResult
 from edgekd.quant.calibrate import Calibration
 from edgekd.quant.simulate import layer_sensitivity
 from edgekd.specs import TargetSpec
-from edgekd.state import CALIBRATED, SENSITIVITY, CompileState
+from edgekd.state import CALIBRATED, SENSITIVITY, CompileState, LayerSensitivity, PassOutput
+
+
+@dataclass(frozen=True)
+class SensitivityOutput(PassOutput):
+    table: tuple[LayerSensitivity, ...]  # most sensitive first
+    kept_float: tuple[str, ...]
+
+    def summary(self) -> dict:
+        first = self.table[0] if self.table else None
+        return {"layers": len(self.table), "most_sensitive": first.layer if first else None,
+                "min_sqnr_db": round(first.sqnr_db, 2) if first else None, "kept_float": list(self.kept_float)}
 
 
 class SensitivityPass(Pass):
@@ -22,7 +35,7 @@ class SensitivityPass(Pass):
 
     @classmethod
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "SensitivityPass":
-        return cls(config.sensitivity_samples, config.keep_float_count)
+        return cls(config.quantization.sensitivity_samples, config.quantization.keep_float_count)
 
     @classmethod
     def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
@@ -32,10 +45,7 @@ class SensitivityPass(Pass):
         cal: Calibration = state.calibration
         batches = list(iter_batches(cal.source, state.input.preprocess, tuple(state.input.shape), limit=self.samples))
         sqnr = layer_sensitivity(state.onnx_model, cal.plan, cal.activation_qparams(cal.plan), batches)
-        ranked = sorted(sqnr.items(), key=lambda kv: kv[1])
-        state.metrics["sensitivity"] = [{"layer": k, "sqnr_db": v} for k, v in ranked]
-        chosen = [k for k, _ in ranked[:self.keep_float_count]]
+        state.sensitivity = tuple(LayerSensitivity(k, v) for k, v in sorted(sqnr.items(), key=lambda kv: kv[1]))
+        chosen = tuple(s.layer for s in state.sensitivity[:self.keep_float_count])
         state.keep_float.update(chosen)
-        return PassResult(state, changed=False, metrics={
-            "layers": len(ranked), "most_sensitive": ranked[0][0] if ranked else None,
-            "min_sqnr_db": round(ranked[0][1], 2) if ranked else None, "kept_float": chosen})
+        return PassResult(state, changed=False, output=SensitivityOutput(state.sensitivity, chosen))

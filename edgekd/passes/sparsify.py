@@ -3,9 +3,9 @@ one-shot magnitude pruning when epochs is 0."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import copy
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from edgekd.runtime import torch_reference
 from edgekd.config import CompileConfig
@@ -14,7 +14,7 @@ from edgekd.passes.base import Pass, PassResult
 from edgekd.distill.schedules import Schedule
 from edgekd.passes.distill import require_data, train_config
 from edgekd.specs import TargetSpec
-from edgekd.state import TORCH_MODEL, CompileState
+from edgekd.state import TORCH_MODEL, CompileState, PassOutput
 
 if TYPE_CHECKING:
     from edgekd.distill.trainer import TrainConfig
@@ -30,6 +30,27 @@ def gzip_bytes(model) -> int:
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     return len(gzip.compress(buf.getvalue(), 6))
+
+
+@dataclass(frozen=True)
+class SparsityOutput(PassOutput):
+    section = "sparsity"
+
+    sparsity: float
+    pattern: str
+    scope: str
+    epochs: int
+    weights_gzip_bytes_dense: int
+    # the honest size gain: what the zeros save once compressed (no CPU runtime here runs sparse kernels)
+    weights_gzip_bytes_sparse: int
+    per_layer: dict
+    val_top1: float | None = None  # KD fine-tune only
+    teacher_val_top1: float | None = None
+    seconds: float | None = None
+
+    def to_manifest(self) -> dict:
+        fine_tuned = ("val_top1", "teacher_val_top1", "seconds")
+        return {k: v for k, v in asdict(self).items() if self.epochs > 0 or k not in fine_tuned}
 
 
 class SparsifyPass(Pass):
@@ -49,16 +70,17 @@ class SparsifyPass(Pass):
 
     @classmethod
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "SparsifyPass":
-        if config.epochs > 0:
+        t = config.training
+        if t.epochs > 0:
             require_data(config, cls.name)
         # a KD fine-tune against the dense model: a low learning rate and a mild, constant temperature
         train = train_config(config, cls.name, lr=0.01, temperature=Schedule("constant", 2.0),
-                             sparsity=config.sparsity, pattern=config.sparsity_pattern)
-        return cls(config.sparsity, config.sparsity_pattern, train.scope, config.data, config.epochs, config.seed, train)
+                             sparsity=t.sparsity, pattern=t.sparsity_pattern)
+        return cls(t.sparsity, t.sparsity_pattern, train.scope, t.data, t.epochs, config.seed, train)
 
     @classmethod
     def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
-        return config.sparsity is not None and TORCH_MODEL in facts
+        return config.training.sparsity is not None and TORCH_MODEL in facts
 
     def run(self, state: CompileState) -> PassResult:
         from edgekd.distill.student import epoch_reporter
@@ -66,8 +88,8 @@ class SparsifyPass(Pass):
         from edgekd.sparsity.masks import apply_masks, global_masks, magnitude_mask, nm_mask, prunable, sparsity_report
 
         model = state.torch_model
-        metrics: dict = {"sparsity": self.sparsity, "pattern": self.pattern, "scope": self.scope, "epochs": self.epochs,
-                         "weights_gzip_bytes_dense": gzip_bytes(model)}
+        dense_bytes = gzip_bytes(model)
+        trained = {}
         if self.epochs > 0:
             teacher = copy.deepcopy(model).eval()
             cfg = self.train or TrainConfig(epochs=self.epochs, seed=self.seed, sparsity=self.sparsity,
@@ -75,8 +97,8 @@ class SparsifyPass(Pass):
                                             temperature=Schedule("constant", 2.0))
             result = train_kd(teacher, model, self.data, state.input.preprocess, cfg,
                               out_dir=state.workdir / "training-sparsify", progress=epoch_reporter(state.emit, "sparsify"))
-            metrics.update({"val_top1": result.best_acc, "teacher_val_top1": result.teacher_acc,
-                            "seconds": round(result.seconds, 3)})
+            trained = {"val_top1": result.best_acc, "teacher_val_top1": result.teacher_acc,
+                       "seconds": round(result.seconds, 3)}
         else:
             layers = prunable(model)
             if self.pattern == "2:4":
@@ -88,10 +110,7 @@ class SparsifyPass(Pass):
                 masks = {n: magnitude_mask(m.weight.detach(), self.sparsity) for n, m in layers.items()}
             apply_masks(layers, masks)
         model.eval()
-        per_layer = sparsity_report(model)
-        metrics["per_layer"] = per_layer
-        # the honest size gain: what the zeros save once compressed (no CPU runtime here runs sparse kernels)
-        metrics["weights_gzip_bytes_sparse"] = gzip_bytes(model)
-        state.metrics["sparsity"] = metrics
+        output = SparsityOutput(self.sparsity, self.pattern, self.scope, self.epochs, dense_bytes, gzip_bytes(model),
+                                sparsity_report(model), **trained)
         state.reference = state.float_reference = torch_reference(model)
-        return PassResult(state, changed=True, metrics=metrics)
+        return PassResult(state, changed=True, output=output)

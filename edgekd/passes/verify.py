@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import asdict, dataclass
+
 import numpy as np
 
 from edgekd.backends import get_backend
@@ -11,7 +14,30 @@ from edgekd.errors import FidelityError
 from edgekd.metrics import compare_outputs
 from edgekd.passes.base import Pass, PassResult
 from edgekd.specs import TargetSpec
-from edgekd.state import EMITTED, QUANTIZED, CompileState
+from edgekd.state import EMITTED, CompileState, PassOutput
+
+
+@dataclass(frozen=True)
+class FidelityOutput(PassOutput):
+    section = "fidelity"
+
+    reference: str
+    samples: int
+    inputs: str  # calibration images or random normal
+    max_abs_error: float
+    max_abs_per_output: list[float]
+    mean_abs_error: float
+    relative_error: float
+    reference_range: float
+    top1_agreement: float | None = None
+    decisive_disagreements: int | None = None
+    max_output_steps: float | None = None  # worst output error in the artifact's output quantization steps
+
+    def to_manifest(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def summary(self) -> dict:
+        return {k: v for k, v in self.to_manifest().items() if k not in ("inputs", "max_abs_per_output")}
 
 
 class VerifyPass(Pass):
@@ -31,7 +57,7 @@ class VerifyPass(Pass):
 
     @classmethod
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "VerifyPass":
-        return cls(spec.backend, samples=config.verify_samples, calib=config.calib, seed=config.seed)
+        return cls(spec.backend, samples=config.verification.samples, calib=config.calibration.data, seed=config.seed)
 
     def run(self, state: CompileState) -> PassResult:
         shape = tuple(state.input.shape)
@@ -42,30 +68,33 @@ class VerifyPass(Pass):
         for x in batches:
             got.append(run(x))
             want.append(state.reference(x))
-        quantized = QUANTIZED in state.facts
+        quantized = state.quantized
         scales = [state.qparams.get(o.name, {}).get("scale") if quantized else None for o in state.onnx_model.graph.outputs]
         tie = self.max_output_steps * float(np.max(scales[0])) if scales and scales[0] is not None else 0.0
         metrics = compare_outputs(got, want, tie_margin=tie)
-        metrics.update(reference=state.reference_name, samples=sum(len(w[0]) for w in want),
-                       inputs="calibration images" if self.calib else "random normal")
-        problems = []
         stepped = [(err / float(np.max(s))) for err, s in zip(metrics["max_abs_per_output"], scales) if s is not None]
-        if stepped:
-            metrics["max_output_steps"] = max(stepped)
-            if metrics["max_output_steps"] > self.max_output_steps + 1e-3:  # steps are computed in float
-                problems.append(f"max error {metrics['max_output_steps']:.1f} output steps (limit {self.max_output_steps:g})")
-        if len(stepped) < len(scales) or not quantized:
-            limit = self.max_relative_error_quantized if quantized else self.max_relative_error
-            unscaled = [e for e, s in zip(metrics["max_abs_per_output"], scales) if s is None]
-            rel = max(unscaled) / metrics["reference_range"] if unscaled and metrics["reference_range"] else 0.0
-            if rel > limit:
-                problems.append(f"relative error {rel:.2e} (limit {limit:.0e})")
-        decisive = metrics.get("decisive_disagreements", 0)
-        if decisive > (1 - self.min_top1_agreement) * metrics["samples"]:
-            problems.append(f"top-1 differs on {decisive} of {metrics['samples']} samples where the reference is not a near-tie")
-        state.metrics["fidelity"] = metrics
+        output = FidelityOutput(reference=state.reference_name, samples=sum(len(w[0]) for w in want),
+                                inputs="calibration images" if self.calib else "random normal",
+                                max_output_steps=max(stepped) if stepped else None, **metrics)
+        problems = self._problems(output, scales, quantized)
         if problems:
             raise FidelityError(f"the {self.backend.name} artifact disagrees with the {state.reference_name}: "
-                                + "; ".join(problems))
-        return PassResult(state, changed=False, metrics={k: v for k, v in metrics.items()
-                                                         if k not in ("inputs", "max_abs_per_output")})
+                                + "; ".join(problems), output=output)
+        return PassResult(state, changed=False, output=output)
+
+    def _problems(self, out: FidelityOutput, scales: list, quantized: bool) -> list[str]:
+        if not (math.isfinite(out.max_abs_error) and math.isfinite(out.reference_range)):
+            return ["the outputs contain NaN or Inf (artifact or reference): check --mean/--std and the model"]
+        problems = []
+        if out.max_output_steps is not None and out.max_output_steps > self.max_output_steps + 1e-3:
+            problems.append(f"max error {out.max_output_steps:.1f} output steps (limit {self.max_output_steps:g})")
+        unscaled = [e for e, s in zip(out.max_abs_per_output, scales) if s is None]
+        if unscaled or not quantized:
+            limit = self.max_relative_error_quantized if quantized else self.max_relative_error
+            rel = max(unscaled) / out.reference_range if unscaled and out.reference_range else 0.0
+            if rel > limit:
+                problems.append(f"relative error {rel:.2e} (limit {limit:.0e})")
+        decisive = out.decisive_disagreements or 0
+        if decisive > (1 - self.min_top1_agreement) * out.samples:
+            problems.append(f"top-1 differs on {decisive} of {out.samples} samples where the reference is not a near-tie")
+        return problems

@@ -20,8 +20,8 @@ from edgekd.backends.ascend.tables import build_table, unsupported
 from edgekd.backends.base import Unsupported
 from edgekd.backends.templates import render
 from edgekd.backends.onnxruntime.backend import OnnxRuntimeBackend
+from edgekd.backends.base import EmitInput, EmitResult
 from edgekd.errors import ConfigError
-from edgekd.state import CompileState
 
 if TYPE_CHECKING:
     import onnx
@@ -169,22 +169,20 @@ class AscendBackend(OnnxRuntimeBackend):
         out["atc"] = shutil.which("atc") or f"not on PATH (build the .om with {SCRIPT} on a machine with CANN)"
         return out
 
-    def emit(self, state: CompileState, outdir: Path) -> list[str]:
+    def emit(self, inp: EmitInput) -> EmitResult:
         import onnx_ir as ir
 
-        ir.save(state.onnx_model, outdir / MODEL)
-        proto = ir.to_proto(state.onnx_model)
-        shape = tuple(state.input.shape)
-        table = build_table(proto, state.spec, state.precision, state.qparams, input_shape=shape)
-        tables = write_table(table, outdir)
-        argv = atc_argv(state.spec, state.onnx_model.graph.inputs[0].name, shape, state.precision)
-        script = outdir / SCRIPT
-        script.write_text(atc_script(argv, state.spec, state.precision))
+        ir.save(inp.model, inp.outdir / MODEL)
+        proto = ir.to_proto(inp.model)
+        table = build_table(proto, inp.spec, inp.precision, inp.qparams, input_shape=inp.input_shape)
+        tables = write_table(table, inp.outdir)
+        argv = atc_argv(inp.spec, inp.model.graph.inputs[0].name, inp.input_shape, inp.precision)
+        script = inp.outdir / SCRIPT
+        script.write_text(atc_script(argv, inp.spec, inp.precision))
         script.chmod(0o755)
-        state.metrics["backend"] = self._report(state, table, argv, tables)
-        return [MODEL, *tables, SCRIPT]
+        return EmitResult([MODEL, *tables, SCRIPT], self._report(table, argv, tables))
 
-    def _report(self, state: CompileState, table: dict[str, Any], argv: list[str], tables: list[str]) -> dict[str, Any]:
+    def _report(self, table: dict[str, Any], argv: list[str], tables: list[str]) -> dict[str, Any]:
         rows = table["rows"]
 
         def flagged(status: str) -> list[dict[str, Any]]:

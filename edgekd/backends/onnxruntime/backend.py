@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.backends.base import Backend, TensorInfo
+from edgekd.backends.base import Backend, EmitInput, EmitResult, TensorInfo
 from edgekd.runtime import RunFn, onnx_run_fn, ort_session
-from edgekd.state import CompileState
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8",
               "tensor(uint8)": "uint8", "tensor(int32)": "int32", "tensor(int64)": "int64"}
@@ -20,11 +19,11 @@ class OnnxRuntimeBackend(Backend):
     packages = ("onnxruntime", "onnx")
     modules = ("onnxruntime",)
 
-    def emit(self, state: CompileState, outdir: Path) -> list[str]:
+    def emit(self, inp: EmitInput) -> EmitResult:
         import onnx_ir as ir
 
-        ir.save(state.onnx_model, outdir / "model.onnx")
-        return ["model.onnx"]
+        ir.save(inp.model, inp.outdir / "model.onnx")
+        return EmitResult(["model.onnx"])
 
     def main_file(self, files: list[str]) -> str:
         return next(f for f in files if f.endswith(".onnx"))

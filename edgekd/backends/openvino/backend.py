@@ -28,10 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.backends.base import Backend, TensorInfo, Unsupported
+from edgekd.backends.base import Backend, EmitInput, EmitResult, TensorInfo, Unsupported
 from edgekd.runtime import RunFn, in_model_batches
 from edgekd.errors import FidelityError, UnsupportedOpsError
-from edgekd.state import CompileState
 
 MODEL_FILE = "model.xml"
 WEIGHTS_FILE = "model.bin"
@@ -98,7 +97,7 @@ class OpenVINOBackend(Backend):
                                        f"OpenVINO's ONNX frontend has no conversion rule for {op}"))
         return out
 
-    def emit(self, state: CompileState, outdir: Path) -> list[str]:
+    def emit(self, inp: EmitInput) -> EmitResult:
         import onnx_ir as ir
         import openvino as ov
 
@@ -107,8 +106,9 @@ class OpenVINOBackend(Backend):
         )
 
         t0 = time.perf_counter()
-        model = convert(ir.to_proto(state.onnx_model))
+        model = convert(ir.to_proto(inp.model))
         t1 = time.perf_counter()
+        outdir = inp.outdir
         xml = outdir / MODEL_FILE
         ov.save_model(model, str(xml), compress_to_fp16=False)
         files = [MODEL_FILE, WEIGHTS_FILE]
@@ -124,8 +124,7 @@ class OpenVINOBackend(Backend):
                 f"reproduce with `python -c \"import openvino as ov; ov.Core().compile_model('{repro / MODEL_FILE}', "
                 f"'{DEVICE}')\"`") from e
         t2 = time.perf_counter()
-        weighted = [n for n in state.onnx_model.graph if n.op_type in ONNX_WEIGHTED]
-        keep_float = set(state.config.keep_float) | set(state.keep_float)
+        weighted = [n for n in inp.model.graph if n.op_type in ONNX_WEIGHTED]
         outputs = {v.name: n.name for n in weighted for v in n.outputs}
         layers = runtime_layers(compiled, {n.name for n in weighted}, outputs)
         saved = ov.Core().read_model(str(xml))
@@ -137,17 +136,16 @@ class OpenVINOBackend(Backend):
             "ir": {"constants": ir_constants(saved), "bin_bytes": bin_bytes(xml),
                    "fake_quantize": sum(1 for op in saved.get_ops() if op.get_type_name() == "FakeQuantize")},
             "compile": {"seconds": round(t2 - t1, 3), "device": DEVICE, "config": runtime_config(1)},
-            **summarize(layers, keep_float),
+            **summarize(layers, set(inp.keep_float)),
             "layers": layers,
         }
-        state.metrics["backend"] = report
-        if state.precision == "int8":
+        failure = None
+        if inp.precision == "int8":
             try:
                 require_int8(report, cpu["device"] or DEVICE)
-            except FidelityError:
-                state.artifact_files.extend(files)  # so that --keep-failed keeps the IR and this report
-                raise
-        return files
+            except FidelityError as e:
+                failure = e
+        return EmitResult(files, report, failure)
 
     def main_file(self, files: list[str]) -> str:
         return next(f for f in files if f.endswith(".xml"))

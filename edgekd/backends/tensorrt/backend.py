@@ -5,8 +5,9 @@ not install where edgekd compiles, so the backend emits the build inputs and the
 command, checked statically against the target's TensorRT rules:
 
 * ``model.onnx`` — the explicit-quantization (Q/DQ) ONNX graph: symmetric int8, zero point 0,
-  per-channel weights; int32 bias DequantizeLinear nodes are folded to float constants, since
-  TensorRT's DequantizeLinear reads int8 only (the values are bit-identical).
+  per-channel weights; int32 bias DequantizeLinear nodes were folded to float constants by the
+  target's legalization pass (``fold-bias-dequantize``), since TensorRT's DequantizeLinear reads
+  int8 only (the values are bit-identical).
 * ``model_noqdq.onnx`` + ``calibration.cache`` — the same graph without Q/DQ and TensorRT's text
   calibration cache of its activation scales, for implicit-int8 builds: DLA takes no explicit
   quantization, so DLA builds use these (as NVIDIA's qdq-translator does).
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekd.backends.base import Unsupported
+from edgekd.backends.base import EmitInput, EmitResult, Unsupported
 from edgekd.backends.templates import render
 from edgekd.backends.onnxruntime.backend import OnnxRuntimeBackend
 from edgekd.backends.tensorrt.cache import activation_scales, header, write_cache
@@ -33,7 +34,6 @@ from edgekd.backends.tensorrt.rules import (
     TensorRTFacts, Violation, check_opset, check_qdq, default_opset, dla_report, sparsity_report, unsupported_ops,
 )
 from edgekd.errors import UnsupportedOpsError
-from edgekd.state import QUANTIZED, CompileState
 
 if TYPE_CHECKING:
     import onnx
@@ -48,39 +48,6 @@ SCRIPT = "build_engine.sh"
 EXECUTED_WITH = "onnxruntime (TensorRT not available here; engine is built on the board)"
 QDQ_HINT = ("the Q/DQ graph breaks TensorRT's explicit-quantization rules; compile with the target's own "
             "activation scheme (symmetric-int8) and without hand edits, or report the graph with EDGEKD_DUMP_IR=DIR")
-
-
-def fold_bias_dequantize(model: "ir.Model") -> int:
-    """Replaces DequantizeLinear nodes of int32 constants (quantized biases) by their float values,
-    computed as DequantizeLinear does ((q - zero_point) * scale in float32); returns how many."""
-    import onnx_ir as ir
-
-    from edgekd.ir.graph import const_array, new_initializer
-
-    graph = model.graph
-    folded = 0
-    for node in list(graph):
-        if node.op_type != "DequantizeLinear":
-            continue
-        q, scale = const_array(node.inputs[0]), const_array(node.inputs[1])
-        if q is None or scale is None or q.dtype != np.int32:
-            continue
-        zp = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else np.zeros_like(q)
-        axis = node.attributes.get_int("axis", 1)
-        shape = [1] * q.ndim
-        if scale.ndim == 1 and q.ndim:
-            shape[axis % q.ndim] = scale.size
-        values = (q.astype(np.int32) - zp.reshape(shape if zp.ndim else ()).astype(np.int32)).astype(np.float32) \
-            * scale.astype(np.float32).reshape(shape if scale.ndim else ())
-        out = node.outputs[0]
-        name = out.name.removesuffix("_DequantizeLinear_out") or out.name
-        value = new_initializer(graph, name, values.astype(np.float32))
-        ir.convenience.replace_all_uses_with(out, value)
-        graph.remove(node, safe=True)
-        folded += 1
-    for name in [n for n, v in graph.initializers.items() if not v.uses() and not v.is_graph_output()]:
-        graph.initializers.pop(name)
-    return folded
 
 
 def precision_flags(precision: str) -> list[str]:
@@ -162,29 +129,26 @@ class TensorRTBackend(OnnxRuntimeBackend):
 
     # --- emit --------------------------------------------------------------------------------------
 
-    def emit(self, state: CompileState, outdir: Path) -> list[str]:
+    def emit(self, inp: EmitInput) -> EmitResult:
         import onnx
         import onnx_ir as ir
 
-        spec, precision = state.spec, state.precision
+        spec, precision, outdir = inp.spec, inp.precision, inp.outdir
         facts = TensorRTFacts.from_spec(spec)
-        model = ir.from_proto(ir.to_proto(state.onnx_model))  # the state's graph stays the simulation's
-        folded = fold_bias_dequantize(model)
-        proto = ir.to_proto(model)
+        proto = ir.to_proto(inp.model)
         checks = self.validate(proto, spec)
-        checks["bias_dequantize_folded_to_float"] = folded
-        ir.save(model, outdir / MODEL)
+        ir.save(inp.model, outdir / MODEL)
         files = [MODEL]
 
-        quantized = precision == "int8" and QUANTIZED in state.facts
+        quantized = precision == "int8" and inp.quantized
         float_proto = proto
         report: dict[str, Any] = {"executed_with": EXECUTED_WITH, "tensorrt": facts.version,
                                   "jetpack": spec.raw["tensorrt"].get("jetpack"), "static_checks": checks}
         if quantized:
-            float_proto = onnx.load_from_string(state.float_onnx)
+            float_proto = onnx.load_from_string(inp.float_onnx)
             onnx.save(float_proto, outdir / FLOAT_MODEL)
             weights = {i.name for i in float_proto.graph.initializer}
-            scales = activation_scales(state.qparams, exclude=weights)
+            scales = activation_scales(inp.qparams, exclude=weights)
             write_cache(outdir / CACHE, scales, facts.version)
             files += [FLOAT_MODEL, CACHE]
             report["calibration_cache"] = {
@@ -206,8 +170,7 @@ class TensorRTBackend(OnnxRuntimeBackend):
         if facts.dla_cores and precision != "fp32":
             dla = ["trtexec", *trtexec_args(facts, precision, use_sparsity, dla_core=0)]
             report["build"]["dla_command"] = shlex.join(dla)
-        state.metrics["backend"] = report
-        return files
+        return EmitResult(files, report)
 
     def main_file(self, files: list[str]) -> str:
         return MODEL if MODEL in files else super().main_file(files)

@@ -21,10 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.backends.base import Backend, TensorInfo, Unsupported
+from edgekd.backends.base import Backend, EmitInput, EmitResult, TensorInfo, Unsupported
 from edgekd.runtime import RunFn, in_model_batches
 from edgekd.errors import ConfigError, UnsupportedOpsError
-from edgekd.state import QUANTIZED, CompileState
 
 IO_TYPES = ("int8", "float32")
 MODEL_FILE = "model.tflite"
@@ -105,31 +104,31 @@ class TFLiteBackend(Backend):
 
         return super().unsupported(model, spec) + unsupported_nodes(model)
 
-    def emit(self, state: CompileState, outdir: Path) -> list[str]:
+    def emit(self, inp: EmitInput) -> EmitResult:
         import onnx_ir as ir
 
         from edgekd.backends.tflite.lower import lower
         from edgekd.backends.tflite.verify import check_flatbuffer, delegation, name_io
 
-        opts = state.spec.raw.get("tflite", {})
-        quantized = QUANTIZED in state.facts
-        kept = sorted(state.keep_float | set(state.config.keep_float))
+        opts = inp.spec.raw.get("tflite", {})
+        quantized = inp.quantized
+        kept = sorted(inp.keep_float)
         if quantized and kept:
             raise UnsupportedOpsError(
-                f"{state.spec.name} runs full int8, with no float layers; kept in float: {', '.join(kept)}",
+                f"{inp.spec.name} runs full int8, with no float layers; kept in float: {', '.join(kept)}",
                 "drop --keep-float / --keep-float-count (or loosen --max-drop), calibrate better, or compile "
                 "for a target that mixes precisions (onnx-cpu)")
         in_type, out_type = (_io_type(opts, "input_type"), _io_type(opts, "output_type")) if quantized else ("float32", "float32")
         _import_tf()
         t0 = time.perf_counter()
-        lowered = lower(ir.to_proto(state.onnx_model))
+        lowered = lower(ir.to_proto(inp.model))
         t1 = time.perf_counter()
         content = name_io(convert(lowered, quantized, in_type, out_type), lowered)
         t2 = time.perf_counter()
-        report = check_flatbuffer(content, lowered, state.qparams, quantized)
+        report = check_flatbuffer(content, lowered, inp.qparams, quantized)
         report["xnnpack"] = delegation(content, int(opts.get("threads", 1)))
-        (outdir / MODEL_FILE).write_bytes(content)
-        _, outputs = self.io(outdir / MODEL_FILE)
+        (inp.outdir / MODEL_FILE).write_bytes(content)
+        _, outputs = self.io(inp.outdir / MODEL_FILE)
         report.update({
             "lowering": {"seconds": round(t1 - t0, 3), "fake_quants": lowered.fake_quants, "layout": "NHWC"},
             "converter": {"seconds": round(t2 - t1, 3), "optimizations": ["DEFAULT"] if quantized else [],
@@ -138,8 +137,7 @@ class TFLiteBackend(Backend):
             "layouts": {"input": "NHWC" if len(lowered.input_shape) == 4 else None,
                         "outputs": {info.name: info.layout for info in outputs}},
         })
-        state.metrics["backend"] = report
-        return [MODEL_FILE]
+        return EmitResult([MODEL_FILE], report)
 
     def main_file(self, files: list[str]) -> str:
         return next(f for f in files if f.endswith(".tflite"))

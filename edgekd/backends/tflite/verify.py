@@ -136,7 +136,7 @@ def delegation(model: bytes, threads: int = 1) -> dict[str, Any]:
 
 
 def check_flatbuffer(model: bytes, lowered: Lowered, expected: dict[str, dict], quantized: bool) -> dict[str, Any]:
-    """Reads the flatbuffer back and returns the report for ``state.metrics["backend"]``; raises
+    """Reads the flatbuffer back and returns the backend report for the manifest; raises
     UnsupportedOpsError when it is not fully int8, FidelityError when its ranges are not the ones
     asked for."""
     interp = interpreter(model, delegates=False)
