@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 DEMO_OUT ?= build/demo
 
-.PHONY: demo test system-deps clean bench-quant bench-students bench-backends
+.PHONY: demo test lint system-deps clean bench-quant bench-students bench-backends
 
 # Debian packages: python3-venv for the venv itself.
 system-deps:
@@ -39,6 +39,17 @@ demo: $(VENV)/.base
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q
+
+# ruff, pinned in constraints.txt: lint, then the format check; both report before the target fails.
+# Not part of `make test` yet: the code base gets one formatting sweep first.
+LINT_PATHS := edgekd tests bench examples
+$(VENV)/.lint: constraints.txt | $(PY)
+	$(PIP) install -c constraints.txt ruff
+	touch $@
+
+lint: $(VENV)/.lint
+	$(VENV)/bin/ruff check $(LINT_PATHS); c=$$?; $(VENV)/bin/ruff format --check $(LINT_PATHS); f=$$?; \
+	  test $$c -eq 0 && test $$f -eq 0
 
 clean:
 	rm -rf build .pytest_cache
