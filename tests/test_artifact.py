@@ -9,7 +9,13 @@ from datetime import datetime
 import numpy as np
 import onnxruntime as ort
 
+import torch
+
+from conftest import CALIB, RESNET_SEED
 from edgekd.artifact import verify_files
+from edgekd.data.preprocess import Preprocess
+from edgekd.data.samples import iter_batches
+from edgekd.models import build_model
 
 
 def test_directory_holds_model_labels_manifest_report(resnet_artifact):
@@ -54,9 +60,23 @@ def test_manifest_hashes_every_file(resnet_artifact):
 
 
 def test_model_runs_unchanged_in_a_plain_onnxruntime_session(resnet_artifact):
+    """The artifact needs nothing of edgekd: a plain session on real images gives the PyTorch model's outputs."""
+    torch.manual_seed(RESNET_SEED)
+    model = build_model("resnet20").eval()
+    m = json.loads((resnet_artifact / "manifest.json").read_text())
+    x = np.concatenate(list(iter_batches(CALIB, Preprocess(**_preprocess_args(m)), (1, 3, 32, 32), limit=8)))
     sess = ort.InferenceSession(str(resnet_artifact / "model.onnx"), providers=["CPUExecutionProvider"])
-    (out,) = sess.run(None, {"input": np.zeros((1, 3, 32, 32), np.float32)})
-    assert out.shape == (1, 10) and np.isfinite(out).all()
+    got = np.concatenate([sess.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    assert got.shape == (8, 10)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    assert (got.argmax(1) == want.argmax(1)).all()
+
+
+def _preprocess_args(manifest: dict) -> dict:
+    pre = manifest["inputs"][0]["preprocessing"]
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()}
 
 
 def test_report_is_readable(resnet_artifact):

@@ -19,9 +19,9 @@ import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-
+from edgekd import api
 from edgekd.cli import main
-
+from edgekd.errors import ConfigError, PreconditionError, UnknownNameError
 from edgekd.passes.fuse_conv_bn_relu import FuseConvBnReluPass
 from edgekd.passes.verify import VerifyPass
 
@@ -286,41 +286,38 @@ def test_state_dict_as_model(models, tmp_path):
     assert_failed_cleanly(r, out, "holds a state_dict", "--weights")
 
 
-def test_unknown_pass(models, tmp_path):
+# Pipeline rules, one table: each case through the API (its error class) and through the CLI (message,
+# hint, exit code, nothing written).
+PIPELINE_RULES = [
+    pytest.param({"passes": ("fuse", "fold", "emit")}, UnknownNameError,
+                 ("unknown pass 'fold'", "export, fold-bias-dequantize, fuse"), id="unknown-pass"),  # hint lists them
+    pytest.param({"skip": ("verfy",)}, UnknownNameError, ("unknown pass 'verfy'",), id="unknown-skipped-pass"),
+    pytest.param({"precision": "int8", "skip": ("quantize",), "calib": CALIB}, ConfigError,
+                 ("int8", "no quantization pass"), id="int8-without-quantize"),
+    pytest.param({"precision": "int8"}, ConfigError, ("int8 needs calibration data", "--calib"),
+                 id="int8-without-calibration-data"),
+    pytest.param({"precision": "fp16"}, ConfigError, ("does not support precision fp16", "fp32"),
+                 id="precision-the-target-lacks"),
+    pytest.param({"passes": ("fuse", "emit")}, PreconditionError, ("requires onnx-model", "add export before it"),
+                 id="pass-missing-its-requirement"),
+]
+
+
+def as_flags(options: dict) -> list[str]:
+    flags = []
+    for key, value in options.items():
+        flags += [f"--{key.replace('_', '-')}", ",".join(value) if isinstance(value, tuple) else str(value)]
+    return flags
+
+
+@pytest.mark.parametrize("options, error, needles", PIPELINE_RULES)
+def test_pipeline_rules_through_api_and_cli(models, tmp_path, options, error, needles):
     out = tmp_path / "out"
-    r = compile_cli(models["onnx"], out, "-t", "onnx-cpu", "--passes", "fuse,fold,emit")
-    assert_failed_cleanly(r, out, "unknown pass 'fold'", "export, fold-bias-dequantize, fuse")  # the hint lists the known passes
-
-
-def test_unknown_skipped_pass(models, tmp_path):
-    out = tmp_path / "out"
-    r = compile_cli(models["onnx"], out, "-t", "onnx-cpu", "--skip", "verfy")
-    assert_failed_cleanly(r, out, "unknown pass 'verfy'")
-
-
-def test_int8_without_quantize_pass(models, tmp_path):
-    out = tmp_path / "out"
-    r = compile_cli(models["onnx"], out, "-t", "onnx-cpu", "--precision", "int8", "--skip", "quantize",
-                    "--calib", str(CALIB))
-    assert_failed_cleanly(r, out, "int8", "no quantization pass")
-
-
-def test_int8_without_calibration_data(models, tmp_path):
-    out = tmp_path / "out"
-    r = compile_cli(models["onnx"], out, "-t", "onnx-cpu", "--precision", "int8")
-    assert_failed_cleanly(r, out, "int8 needs calibration data", "--calib")
-
-
-def test_precision_the_target_lacks(models, tmp_path):
-    out = tmp_path / "out"
-    r = compile_cli(models["onnx"], out, "-t", "onnx-cpu", "--precision", "fp16")
-    assert_failed_cleanly(r, out, "does not support precision fp16", "fp32")
-
-
-def test_pass_missing_its_requirement(models, tmp_path):
-    out = tmp_path / "out"
-    r = compile_cli(models["ts"], out, "-t", "onnx-cpu", "--input-shape", "1,3,32,32", "--passes", "fuse,emit")
-    assert_failed_cleanly(r, out, "requires onnx-model", "add export before it")
+    with pytest.raises(error) as e:
+        api.compile(api.make_config(str(models["ts"]), "onnx-cpu", out, input_shape=(1, 3, 32, 32), **options))
+    assert needles[0] in e.value.message and not out.exists()
+    r = compile_cli(models["ts"], out, "-t", "onnx-cpu", "--input-shape", "1,3,32,32", *as_flags(options))
+    assert_failed_cleanly(r, out, *needles)
 
 
 # --- failures during the compile -------------------------------------------------------------------

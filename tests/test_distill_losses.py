@@ -7,8 +7,15 @@ import math
 import pytest
 import torch
 
-from edgekd.distill.losses import (FeatureHint, attention_map, attention_transfer, clip_term, compensation_weights,
-                                   hinton_kd, kd_with_labels)
+from edgekd.distill.losses import (
+    FeatureHint,
+    attention_map,
+    attention_transfer,
+    clip_term,
+    compensation_weights,
+    hinton_kd,
+    kd_with_labels,
+)
 from edgekd.distill.schedules import LearnableTemperature, Schedule
 
 

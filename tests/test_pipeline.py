@@ -8,11 +8,11 @@ import onnx
 import pytest
 
 from edgekd import api
-from edgekd.errors import ConfigError, PassFailedError, PreconditionError, UnknownNameError
+from edgekd.errors import PassFailedError, PreconditionError
 from edgekd.instruments import DumpIRInstrument, TimingInstrument
 from edgekd.passes import PASSES
 from edgekd.passes.base import Pass, PassResult
-from edgekd.pipeline import build_pipeline, check_pipeline, pass_names, run_pipeline
+from edgekd.pipeline import check_pipeline, pass_names, run_pipeline
 from edgekd.specs import load_target
 from edgekd.state import ONNX_MODEL, TORCH_MODEL, CompileState
 
@@ -34,29 +34,6 @@ def test_default_pipeline_follows_the_spec_and_drops_export_for_onnx_sources(spe
 def test_skip_and_explicit_passes(spec):
     assert pass_names(spec, cfg(skip=("verify", "fuse")), {TORCH_MODEL}) == ["export", "check-support", "emit"]
     assert pass_names(spec, cfg(passes=("export", "emit")), {TORCH_MODEL}) == ["export", "emit"]
-
-
-def test_unknown_pass_names_list_the_valid_ones(spec):
-    with pytest.raises(UnknownNameError) as e:
-        pass_names(spec, cfg(skip=("distil",)), {TORCH_MODEL})
-    assert "export" in e.value.hint and "fuse" in e.value.hint
-
-
-def test_unmet_requirement_fails_before_any_pass_runs(spec):
-    with pytest.raises(PreconditionError) as e:
-        build_pipeline(spec, cfg(passes=("fuse", "emit")), {TORCH_MODEL})
-    assert "fuse" in e.value.message and "onnx-model" in e.value.message
-    assert "export" in e.value.hint  # names the pass that would provide it
-
-
-def test_int8_without_a_quantize_pass_is_refused(spec):
-    with pytest.raises(ConfigError, match="int8"):
-        build_pipeline(spec, cfg(precision="int8"), {TORCH_MODEL})
-
-
-def test_precision_the_target_lacks_is_refused(spec):
-    with pytest.raises(ConfigError, match="fp16"):
-        build_pipeline(spec, cfg(precision="fp16"), {TORCH_MODEL})
 
 
 class _Provide(Pass):
