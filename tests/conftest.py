@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,23 @@ from edgekd.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIB = ROOT / "calibration" / "cifar10"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a busy 2-core machine: intra-op threads only contend (5x slower with 2 threads)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def keep_sigterm():
+    """The CLI installs a SIGTERM handler in-process; a test must not leave it behind in the runner."""
+    before = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, before)
 
 
 RESNET_SEED = 0  # the zoo resnet20 of resnet_artifact is built from this torch seed

@@ -8,7 +8,6 @@ from datetime import datetime
 
 import numpy as np
 import onnxruntime as ort
-
 import torch
 
 from conftest import CALIB, RESNET_SEED

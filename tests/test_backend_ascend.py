@@ -7,7 +7,6 @@ import json
 import math
 import os
 import subprocess
-import tomllib
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import tomllib
 from onnx import TensorProto, helper, numpy_helper
 
 from backend_template import BackendTemplate

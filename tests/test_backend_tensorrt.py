@@ -26,13 +26,18 @@ from backend_template import BackendTemplate
 from conftest import realistic
 from edgekd import api
 from edgekd.backends.tensorrt.backend import TensorRTBackend, trtexec_args
-from edgekd.passes.fold_bias_dequantize import fold_bias_dequantize
 from edgekd.backends.tensorrt.cache import (
-    format_cache, hex_to_scale, parse_cache, read_cache, scale_to_hex, version_code,
+    format_cache,
+    hex_to_scale,
+    parse_cache,
+    read_cache,
+    scale_to_hex,
+    version_code,
 )
 from edgekd.backends.tensorrt.rules import TensorRTFacts, is_2to4_sparse
 from edgekd.errors import PassFailedError, UnsupportedOpsError
 from edgekd.passes.calibrate import CalibrationWarning
+from edgekd.passes.fold_bias_dequantize import fold_bias_dequantize
 from edgekd.specs import load_target
 
 

@@ -12,14 +12,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from backend_template import BackendTemplate
 from edgekd import api
 from edgekd.backends import get_backend
 from edgekd.bench.session import BenchSettings
 from edgekd.errors import FidelityError, PassFailedError, UnsupportedOpsError
 from edgekd.passes.calibrate import CalibrationWarning
 from edgekd.specs import load_target
-
-from backend_template import BackendTemplate
 
 pytestmark = pytest.mark.skipif(not get_backend("tflite").available(),
                                 reason="tensorflow and ai-edge-litert are not installed (pip install 'edgekd[tflite]')")

@@ -4,7 +4,6 @@ and nothing written (no -o directory, no temporary sibling, an existing -o untou
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import textwrap
@@ -25,7 +24,7 @@ from edgekd.errors import ConfigError, PreconditionError, UnknownNameError
 from edgekd.passes.fuse_conv_bn_relu import FuseConvBnReluPass
 from edgekd.passes.verify import VerifyPass
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*is deprecated. Please switch to:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:.*is deprecated. Please switch to:DeprecationWarning"), pytest.mark.usefixtures("one_torch_thread", "keep_sigterm")]
 
 EDGEKD = Path(sys.executable).parent / "edgekd"
 CALIB = Path(__file__).resolve().parents[1] / "calibration" / "cifar10"
@@ -54,20 +53,8 @@ NET_SRC = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-@pytest.fixture(autouse=True)
-def _keep_sigterm():
-    # The CLI installs a SIGTERM handler in-process; don't leave it behind in the test runner.
-    before = signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGTERM, before)
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,18 @@ from edgekd import api
 from edgekd.bench.inventory import load_inventory
 from edgekd.bench.session import BenchSettings
 from edgekd.cli import main
-from edgekd.errors import (BenchmarkError, ConfigError, DeviceAuthError, DeviceConnectionLost, DeviceDiskFullError,
-                           DeviceUnreachableError, HostKeyError, RemoteCommandError, ToolchainMissingError,
-                           UnknownNameError)
-
+from edgekd.errors import (
+    BenchmarkError,
+    ConfigError,
+    DeviceAuthError,
+    DeviceConnectionLost,
+    DeviceDiskFullError,
+    DeviceUnreachableError,
+    HostKeyError,
+    RemoteCommandError,
+    ToolchainMissingError,
+    UnknownNameError,
+)
 from ssh_board import keygen, make_board
 
 FAST = BenchSettings(threads=1, warmup=1, iterations=10)

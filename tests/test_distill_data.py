@@ -4,18 +4,13 @@ empty folder."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
-import torch
 
 from edgekd.distill.schedules import Schedule
 from edgekd.distill.trainer import TrainConfig, train_kd
 from edgekd.errors import ConfigError, DataError
 from test_distill import PRE, models
-
-
-
 
 # ----------------------------------------------------------------------------- bad data
 

@@ -3,8 +3,6 @@ compensation and a learnable temperature."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 

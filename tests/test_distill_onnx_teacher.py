@@ -16,8 +16,6 @@ from edgekd.models import build_model
 from test_distill import PRE
 
 
-
-
 def export_onnx(model: torch.nn.Module, path: Path, dynamic: bool = True) -> Path:
     torch.onnx.export(model.eval(), torch.zeros(1, 3, 32, 32), str(path), input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}} if dynamic else None, dynamo=False)

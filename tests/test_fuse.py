@@ -9,16 +9,15 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekd.runtime import run_onnx
+from conftest import realistic
 from edgekd.config import InputSpec
 from edgekd.ir.graph import FUSED_ACTIVATION, FUSED_INTO
 from edgekd.models import build_model
 from edgekd.passes.export_onnx import ExportOnnxPass
 from edgekd.passes.fuse_conv_bn_relu import FuseConvBnReluPass
+from edgekd.runtime import run_onnx
 from edgekd.specs import load_target
 from edgekd.state import CompileState
-
-from conftest import realistic
 
 
 def _state(model: ir.Model | None = None, torch_model=None, shape=(1, 3, 32, 32)) -> CompileState:

@@ -22,15 +22,21 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from edgekd import api
-from edgekd.errors import (ConfigError, CorruptModelError, FactoryError, InputNotFoundError, InputShapeError,
-                           PickleRefusedError)
+from edgekd.errors import (
+    ConfigError,
+    CorruptModelError,
+    FactoryError,
+    InputNotFoundError,
+    InputShapeError,
+    PickleRefusedError,
+)
 from edgekd.model_config import read_model_card
 from edgekd.models import build_model
 from edgekd.models.load import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*is deprecated. Please switch to:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:.*is deprecated. Please switch to:DeprecationWarning"), pytest.mark.usefixtures("one_torch_thread")]
 SHAPE = (1, 3, 16, 16)
 
 # Written to tmp_path as a package, so factories and pickled classes are importable by name.
@@ -72,13 +78,6 @@ NETS_SRC = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models on a busy 2-core machine: intra-op threads only contend.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -10,7 +10,11 @@ import pytest
 
 from edgekd.errors import ConfigError, DataError
 from edgekd.quant.observers import (
-    OBSERVERS, EMAMinMaxObserver, MinMaxObserver, PercentileObserver, make_observer,
+    OBSERVERS,
+    EMAMinMaxObserver,
+    MinMaxObserver,
+    PercentileObserver,
+    make_observer,
 )
 from edgekd.quant.qparams import ACT_INT8_ASYM, ACT_INT8_SYM, qparams_from_range
 

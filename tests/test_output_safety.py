@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,9 @@ from edgekd.cli import main
 from edgekd.distill.options import checkpoint_root, remove_checkpoints
 from test_cli_errors import _static_onnx, assert_failed_cleanly, compile_cli, leftovers, snapshot
 
+pytestmark = pytest.mark.usefixtures("keep_sigterm")
 
-@pytest.fixture(autouse=True)
-def _keep_sigterm():
-    before = signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGTERM, before)
+
 
 
 @pytest.fixture()

@@ -10,8 +10,22 @@ import pytest
 
 from edgekd.errors import ConfigError, DataError
 from edgekd.quant.qparams import (
-    ACT_INT8_ASYM, ACT_INT8_SYM, ACT_UINT8_ASYM, SCALE_EPS, SCHEMES, WEIGHT_INT8, QParams, QScheme,
-    dequantize, fake_quantize, qparams_from_range, quantize, quantize_bias, scheme_for, sqnr_db, weight_qparams,
+    ACT_INT8_ASYM,
+    ACT_INT8_SYM,
+    ACT_UINT8_ASYM,
+    SCALE_EPS,
+    SCHEMES,
+    WEIGHT_INT8,
+    QParams,
+    QScheme,
+    dequantize,
+    fake_quantize,
+    qparams_from_range,
+    quantize,
+    quantize_bias,
+    scheme_for,
+    sqnr_db,
+    weight_qparams,
 )
 from edgekd.specs import ACTIVATION_SCHEMES
 

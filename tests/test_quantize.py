@@ -12,6 +12,8 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from conftest import CALIB, realistic
+from conftest import ZOO_SHAPES as SHAPES
 from edgekd import api
 from edgekd.errors import AccuracyBudgetError, ConfigError, DataError, PassFailedError
 from edgekd.ir.graph import FUSED_ACTIVATION
@@ -19,7 +21,6 @@ from edgekd.models import build_model
 from edgekd.passes.calibrate import CalibrationWarning
 from edgekd.quant.accuracy import greedy_keep_float
 
-from conftest import CALIB, ZOO_SHAPES as SHAPES, realistic
 
 def compile_int8(tmp_path, model, shape, calib, **kw):
     kw.setdefault("sensitivity_samples", 4)

@@ -6,8 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from edgekd.sparsity.masks import (apply_masks, cubic_sparsity, global_masks, is_nm_sparse, magnitude_mask, nm_mask,
-                                   prunable, sparsity_report)
+from edgekd.sparsity.masks import (
+    apply_masks,
+    cubic_sparsity,
+    global_masks,
+    is_nm_sparse,
+    magnitude_mask,
+    nm_mask,
+    prunable,
+    sparsity_report,
+)
 
 
 def test_magnitude_mask_removes_the_smallest():

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edgekd.bench import runner
 from edgekd.backends.tensorrt.trtexec import TrtexecSummary, _decode_version, parse_trtexec, to_bench_latency
+from edgekd.bench import runner
 from edgekd.errors import EdgekdError, TrtexecParseError
 
 DATA = Path(__file__).parent / "data" / "trtexec"

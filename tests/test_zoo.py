@@ -36,14 +36,9 @@ CLASSIFIER_OPS = {
 }
 YOLO_OPS = {"Conv", "Sigmoid", "Mul", "Add", "Concat", "Split", "Slice", "MaxPool", "Resize", "Reshape", "Constant", "Identity"}
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models are tiny: on a busy machine intra-op threads only contend (5× slower with 2 threads on 2 cores).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
 
 
 def _seed_batchnorm(model: nn.Module) -> nn.Module:
