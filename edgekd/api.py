@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from edgekd.artifact import ArtifactWriter, write_json
+from edgekd.artifact import write_json
+from edgekd.atomic import ArtifactWriter
 from edgekd.backends import get_backend
 from edgekd.bench import history
 from edgekd.bench.device import LocalDevice
@@ -17,13 +19,18 @@ from edgekd.config import CompileConfig, grouped_options
 from edgekd.distill.options import checkpoint_root, remove_checkpoints
 from edgekd.errors import FidelityError, PassFailedError
 from edgekd.finalize import finalize_artifact
-from edgekd.frontend import load_input_model, model_input, resolve
+from edgekd.frontend import check_labels, load_input_model, model_input, resolve
 from edgekd.instruments import Instrument, ProgressInstrument, default_instruments
 from edgekd.ir.profile import profile_onnx
 from edgekd.pipeline import build_pipeline, default_passes, run_pipeline
 from edgekd.report import plot_latencies, write_report
 from edgekd.specs import builtin_targets, load_target, parse_spec
 from edgekd.state import CompileState
+from edgekd.validate import check_number, validate_compile
+
+
+def warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
 
 
 @dataclass(frozen=True)
@@ -50,8 +57,10 @@ def compile(config: CompileConfig, progress: Callable[[str], None] | None = None
     import onnx_ir as ir
 
     spec = load_target(config.target)
+    validate_compile(config, spec)
     writer = ArtifactWriter(config.output, config.force, config.input_paths())
     model = resolve(config.model, config.weights, config.allow_pickle, config.input)
+    check_labels(model, config.labels)
     passes = build_pipeline(spec, config, set(model.facts))
     backend = get_backend(spec.backend)
     ins = list(default_instruments() if instruments is None else instruments)
@@ -59,6 +68,8 @@ def compile(config: CompileConfig, progress: Callable[[str], None] | None = None
         ins.append(ProgressInstrument(len(passes), progress))
     loaded = model.loaded
     with writer as workdir:
+        for stale in writer.removed:
+            (progress or warn)(f"removed {stale}, left by a compile that was killed")
         state = CompileState(spec=spec, config=config, input=model.input, workdir=workdir, source=model.source,
                              torch_model=loaded.torch_module,
                              onnx_model=ir.from_proto(loaded.onnx_proto) if loaded.onnx_proto is not None else None,
@@ -95,6 +106,7 @@ def distill(model: str, student: str, data: str | Path, output: str | Path, *, e
     from edgekd.distill.options import train_config
 
     output = Path(output)
+    check_number("--epochs", epochs, minimum=1, integer=True, hint="distillation trains; pass --epochs 1 or more")
     m = model_input(model, **input_args)
     check_outputs(output, force, [Path(m.source), m.weights, Path(data), Path(init) if init else None])
     resolved = resolve(m.source, m.weights, allow_pickle, m.input)

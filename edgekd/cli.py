@@ -261,8 +261,8 @@ def _settings(artifact, threads, warmup, iterations, time_budget) -> BenchSettin
     except EdgekdError:
         pass
     d = spec_bench or BenchSettings()
-    return BenchSettings(threads=threads or d.threads, warmup=d.warmup if warmup is None else warmup,
-                         iterations=iterations or d.iterations, time_budget_s=time_budget)
+    return BenchSettings(threads=d.threads if threads is None else threads, warmup=d.warmup if warmup is None else warmup,
+                         iterations=d.iterations if iterations is None else iterations, time_budget_s=time_budget)
 
 
 def _bench(artifact, device, threads, warmup, iterations, time_budget, quiet, inventory=None, accept_new=False):

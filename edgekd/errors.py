@@ -78,6 +78,12 @@ class OutputRefusedError(EdgekdError):
     default_hint = "choose a new path for -o"
 
 
+class ArtifactError(EdgekdError):
+    """An artifact directory whose manifest is broken or incomplete."""
+
+    default_hint = "recompile it with `edgekd compile`; an artifact's files must not be edited by hand"
+
+
 class ToolchainMissingError(EdgekdError):
     exit_code = 3
 
@@ -86,12 +92,42 @@ class PreconditionError(EdgekdError):
     default_hint = "run the passes it requires first, or leave --passes unset to get the target's default pipeline"
 
 
+def filesystem_hint(error: BaseException) -> str | None:
+    """What to do about an OSError the user's machine caused (full disk, read-only, permissions, long
+    names); None for one that is not theirs."""
+    import errno
+
+    if not isinstance(error, OSError):
+        return None
+    return {errno.ENOSPC: "free space on that filesystem (or write elsewhere) and run again",
+            errno.EDQUOT: "your disk quota is spent: free space (or write elsewhere) and run again",
+            errno.EROFS: "that filesystem is read-only: write to another place",
+            errno.EACCES: "you may not write there: fix its permissions or write to another place",
+            errno.EPERM: "you may not write there: fix its permissions or write to another place",
+            errno.ENAMETOOLONG: "the file name is too long for this filesystem: choose a shorter name",
+            errno.ENOTDIR: "a path component is a file, not a folder: check the path"}.get(error.errno)
+
+
+class OutputWriteError(EdgekdError):
+    """Writing the artifact (or a result) failed on the user's filesystem."""
+
+    default_hint = "check that the output folder is writable and has free space"
+
+    @classmethod
+    def from_os_error(cls, what: str, error: OSError) -> "OutputWriteError":
+        where = f" ({error.filename})" if error.filename else ""
+        return cls(f"{what}: {error.strerror or error}{where}", filesystem_hint(error))
+
+
 class PassFailedError(EdgekdError):
     def __init__(self, pass_name: str, ran_before: list[str], cause: BaseException):
         self.pass_name, self.ran_before, self.cause = pass_name, ran_before, cause
         before = ", ".join(ran_before) if ran_before else "none"
-        inner = cause.message if isinstance(cause, EdgekdError) else f"{type(cause).__name__}: {cause}"
-        hint = cause.hint if isinstance(cause, EdgekdError) and cause.hint else (
+        if isinstance(cause, OSError) and filesystem_hint(cause):
+            inner = f"{cause.strerror}" + (f" ({cause.filename})" if cause.filename else "")
+        else:
+            inner = cause.message if isinstance(cause, EdgekdError) else f"{type(cause).__name__}: {cause}"
+        hint = cause.hint if isinstance(cause, EdgekdError) and cause.hint else filesystem_hint(cause) or (
             "set EDGEKD_DUMP_IR=DIR to save the model after each pass, and report the error with it"
         )
         super().__init__(f"pass {pass_name!r} failed (passes that ran before it: {before}): {inner}", hint)

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from edgekd.config import InputSpec
 from edgekd.data.preprocess import Preprocess
-from edgekd.errors import InputShapeError
+from edgekd.errors import ConfigError, InputShapeError
 from edgekd.model_config import read_model_card
 from edgekd.models.load import LoadedModel, load_model
 from edgekd.runtime import RunFn, onnx_run_fn, ort_session, torch_reference
@@ -85,6 +85,18 @@ def resolve(source: str, weights: Path | None, allow_pickle: bool, inp: InputSpe
         return ResolvedModel(loaded, inp, info, reference, "source ONNX model in ONNX Runtime", frozenset({ONNX_MODEL}))
     return ResolvedModel(loaded, inp, info, torch_reference(loaded.torch_module), "PyTorch model",
                          frozenset({TORCH_MODEL}))
+
+
+def check_labels(model: ResolvedModel, labels: Sequence[str] | None) -> None:
+    """A labels file names every class of a classifier's [N, classes] output, no more, no fewer."""
+    import numpy as np
+
+    if not labels or model.input.shape is None:
+        return
+    outputs = model.reference(np.zeros(model.input.shape, np.float32))
+    if len(outputs) == 1 and outputs[0].ndim == 2 and outputs[0].shape[1] != len(labels):
+        raise ConfigError(f"the labels file has {len(labels)} names, the model's output has {outputs[0].shape[1]} "
+                          "classes", "one class name per line, in the model's output order, for every class")
 
 
 def onnx_input(loaded: LoadedModel, inp: InputSpec) -> InputSpec:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from conftest import CALIB
 from edgekd.cli import main
 from edgekd.distill.options import checkpoint_root, remove_checkpoints
 from test_cli_errors import _static_onnx, assert_failed_cleanly, compile_cli, leftovers, snapshot
@@ -87,7 +89,7 @@ def test_force_never_replaces_a_directory_that_holds_an_input(project, tmp_path)
 
 def test_force_never_replaces_a_directory_that_holds_calibration_data(project, tmp_path):
     out = artifact_dir(tmp_path / "art")
-    (out / "calib").mkdir()
+    shutil.copytree(CALIB / "cat", out / "calib")
     before = tree(out)
     r = compile_cli("model.onnx", out, "-t", "onnx-cpu", "--force", "--calib", str(out / "calib"))
     assert_failed_cleanly(r, out, "holds the input", written=True)

@@ -29,10 +29,20 @@ class BenchSettings:
     time_budget_s: float | None = None
     timeout_s: float = 600.0
 
+    def __post_init__(self):
+        from edgekd.validate import check_number
+
+        check_number("--threads", self.threads, minimum=1, integer=True)
+        check_number("--warmup", self.warmup, minimum=0, integer=True)
+        check_number("--iterations", self.iterations, minimum=1, integer=True)
+        check_number("--time-budget", self.time_budget_s, above=0, hint="seconds, e.g. 30")
+        check_number("the runner timeout", self.timeout_s, above=0)
+
 
 def run_benchmark(artifact: Path, device: Device, settings: BenchSettings,
                   progress: Callable[[int, int], None] | None = None) -> dict:
     manifest = read_manifest(artifact)
+    check_results_writable(artifact)
     changed = verify_files(artifact, manifest)
     if changed:
         raise CorruptModelError(f"files in {artifact} changed since compile: {', '.join(changed)}",
@@ -72,6 +82,19 @@ def run_benchmark(artifact: Path, device: Device, settings: BenchSettings,
             device.fetch(_remote_join(remote_runner, "result.json"), local)
             result = json.loads(local.read_text())
     return _finish(result, device, manifest, model_file, started, settings)
+
+
+def check_results_writable(artifact: Path) -> None:
+    """Fails before the run, not after it, when the result cannot be stored in the artifact."""
+    results = artifact / RESULTS_DIR
+    try:
+        results.mkdir(exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=results, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise BenchmarkError(f"cannot store results in {results}: {e.strerror or e}",
+                             "make the artifact directory writable, or copy it somewhere writable and bench the copy"
+                             ) from e
 
 
 def _finish(result: dict, device: Device, manifest: dict, model_file: str, started: float, settings: BenchSettings) -> dict:

@@ -21,6 +21,7 @@ from edgekd.distill.distributed import join
 from edgekd.distill.features import FeatureLosses, capture, pair_layers
 from edgekd.distill.losses import clip_term, compensation_weights, hinton_kd
 from edgekd.distill.replay import ReplayBuffer
+from edgekd.distill.sanity import check_classes, check_teacher_accuracy
 from edgekd.distill.schedules import LearnableTemperature, Schedule
 from edgekd.data.preprocess import Preprocess
 from edgekd.errors import ConfigError, DataError, TrainingDivergedError
@@ -189,6 +190,8 @@ def train_kd(teacher: nn.Module, student: nn.Module, data_dir, pre: Preprocess, 
         x, t_logits, images = x[keep], t_logits[keep], images[keep.numpy()]
     xv = None if held is None else to_tensor(held.images, pre)
     teacher_acc = None if held is None else top1(predict(teacher, xv), held.labels)
+    check_classes(train.classes, t_logits.shape[1], data_dir)
+    check_teacher_accuracy(teacher_acc, t_logits.shape[1], 0 if held is None else len(held.labels))
 
     pairs = None
     features = None

@@ -12,7 +12,7 @@ import onnx_ir as ir
 from edgekd.config import CompileConfig
 from edgekd.data.folder import scan_image_folder
 from edgekd.data.samples import count_samples, iter_batches
-from edgekd.errors import ConfigError
+from edgekd.errors import ConfigError, UnknownNameError
 from edgekd.passes.base import Pass, PassResult
 from edgekd.quant.calibrate import PLACEMENT, Calibration, observe
 from edgekd.quant.observers import make_observer
@@ -54,6 +54,17 @@ class CalibrationOutput(PassOutput):
         return {"samples": self.samples, "tensors": self.tensors, "method": self.method}
 
 
+def check_layer_names(state: CompileState) -> None:
+    """--keep-float names must name layers of this graph; a typo would otherwise be recorded and ignored."""
+    nodes = {n.name for n in state.onnx_model.graph}
+    unknown = sorted(set(state.config.quantization.keep_float) - nodes)
+    if unknown:
+        weighted = [n.name for n in state.onnx_model.graph if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")]
+        raise UnknownNameError("layer for --keep-float", unknown[0], weighted[:30],
+                               hint=f"layers with weights: {', '.join(weighted[:12])}"
+                                    f"{', …' if len(weighted) > 12 else ''} (`edgekd inspect` lists all)")
+
+
 class CalibratePass(Pass):
     name = "calibrate"
     requires = frozenset({ONNX_MODEL, BN_FOLDED, ACTIVATIONS_MARKED})
@@ -79,6 +90,7 @@ class CalibratePass(Pass):
         return (config.precision or spec.default_precision) == "int8"
 
     def run(self, state: CompileState) -> PassResult:
+        check_layer_names(state)
         available = count_samples(self.data)
         n = min(available, self.limit) if self.limit else available
         if n < MIN_SAMPLES:

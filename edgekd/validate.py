@@ -1,0 +1,100 @@
+"""Every user input of a compile, checked up front, before the first pass runs: numbers, shapes, the
+layout, paths and sample data. A bad value is a named error that says what to pass instead; no hour of
+training runs before a missing calibration folder is noticed."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from edgekd.config import CompileConfig, InputSpec
+from edgekd.errors import ConfigError, DataError, InputNotFoundError, InputShapeError
+from edgekd.specs import TargetSpec
+
+CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: what an image model's channel axis holds
+
+
+def check_number(what: str, value, *, minimum=None, maximum=None, above=None, integer: bool = False,
+                 hint: str | None = None) -> None:
+    """``value`` is a finite number within the bounds (``above``: strictly greater)."""
+    if value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (not integer or float(value).is_integer())
+    ok = ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+    ok = ok and (above is None or value > above)
+    if not ok:
+        bounds = [f">= {minimum}" if minimum is not None else "", f"> {above}" if above is not None else "",
+                  f"<= {maximum}" if maximum is not None else ""]
+        kind = "a whole number" if integer else "a number"
+        raise ConfigError(f"{what} must be {kind} {' and '.join(b for b in bounds if b)}, got {value!r}", hint)
+
+
+def check_shape(inp: InputSpec) -> None:
+    """A 4-D shape of positive sizes whose channel axis (by layout) holds 1, 3 or 4 channels."""
+    if inp.shape is None:
+        return
+    shape = tuple(inp.shape)
+    if len(shape) != 4 or any(not isinstance(d, int) or d < 1 for d in shape):
+        raise InputShapeError(f"input shape {shape} is not four positive sizes",
+                              "image models take N,C,H,W (or N,H,W,C with --layout NHWC)")
+    layout = inp.preprocess.layout
+    channels, other = (shape[1], shape[3]) if layout == "NCHW" else (shape[3], shape[1])
+    if channels not in CHANNELS:
+        flip = "NHWC" if layout == "NCHW" else "NCHW"
+        likely = f"; it looks like {flip}: pass --layout {flip}" if other in CHANNELS else ""
+        raise InputShapeError(f"input shape {shape} with layout {layout} has {channels} channels{likely}",
+                              f"write the shape in the layout's order ({layout}), channels being 1, 3 or 4")
+
+
+def check_paths(config: CompileConfig) -> None:
+    """Inputs exist, sample data hold samples, and data flags come with what uses them."""
+    from edgekd.data.samples import count_samples
+
+    if config.weights is not None and not config.weights.exists():
+        raise InputNotFoundError(f"weights file {config.weights} does not exist")
+    for flag, path in (("--calib", config.calibration.data), ("--eval", config.evaluation.data),
+                       ("--data", config.training.data)):
+        if path is None:
+            continue
+        if not Path(path).exists():
+            raise InputNotFoundError(f"{flag} {path} does not exist")
+        if count_samples(path) == 0:
+            raise DataError(f"{flag} {path} holds no samples", "point it at images (or a non-empty .npy/.npz)")
+    t = config.training
+    if t.student is not None and t.data is None:
+        raise ConfigError("--student trains a student and needs training images", "pass --data DIR")
+    if t.student is not None and t.epochs < 1:
+        raise ConfigError(f"--student with --epochs {t.epochs} would ship an untrained student",
+                          "pass --epochs 1 or more")
+
+
+def validate_compile(config: CompileConfig, spec: TargetSpec) -> None:
+    c, q, e, t, v = (config.calibration, config.quantization, config.evaluation, config.training,
+                     config.verification)
+    check_number("--calib-samples", c.samples, minimum=1, integer=True)
+    check_number("the calibration batch", c.batch, minimum=1, integer=True)
+    check_number("--ema-constant", c.ema_constant, above=0, maximum=1, hint="e.g. 0.01 (torch's default)")
+    check_number("--percentile", c.percentile, above=50, maximum=100, hint="e.g. 99.99")
+    check_number("the sensitivity samples", q.sensitivity_samples, minimum=1, integer=True)
+    check_number("--keep-float N", q.keep_float_count, minimum=0, integer=True)
+    check_number("--eval-samples", e.samples, minimum=1, integer=True)
+    check_number("--max-drop", e.max_drop, minimum=0, hint="top-1 points, e.g. 1.0")
+    check_number("--epochs", t.epochs, minimum=0, integer=True)
+    check_number("--sparsity", t.sparsity, minimum=0, maximum=0.99, hint="a fraction, e.g. 0.5")
+    check_number("--verify-samples", v.samples, minimum=1, integer=True)
+    check_number("--seed", config.seed, minimum=0, integer=True)
+    if len(set(q.keep_float)) != len(q.keep_float) or any(not n for n in q.keep_float):
+        raise ConfigError(f"--keep-float names {list(q.keep_float)} repeat or are empty")
+    if config.labels is not None and (not config.labels or any(not n.strip() for n in config.labels)):
+        raise ConfigError("the labels file has empty names", "one class name per line, in the model's output order")
+    precision = config.precision or spec.default_precision
+    if precision != "int8" and (q.keep_float or q.keep_float_count):
+        raise ConfigError(f"--keep-float applies to int8 compiles; this one is {precision}",
+                          "drop --keep-float, or pass --precision int8 --calib DIR")
+    check_shape(config.input)
+    check_paths(config)
+    if t.options:
+        from edgekd.distill.options import train_config
+
+        train_config(t.options)  # unknown names and malformed schedules fail now, not after export
