@@ -16,7 +16,7 @@ from edgekd.bench.device import LocalDevice
 from edgekd.bench.inventory import get_device_spec, load_inventory
 from edgekd.bench.session import BenchSettings, run_benchmark, store_result
 from edgekd.config import CompileConfig, grouped_options
-from edgekd.distill.options import checkpoint_root, remove_checkpoints
+from edgekd.distill.options import checkpoint_note, checkpoint_root, remove_checkpoints
 from edgekd.errors import FidelityError, PassFailedError
 from edgekd.finalize import finalize_artifact
 from edgekd.frontend import check_labels, load_input_model, model_input, resolve
@@ -66,6 +66,24 @@ def compile(config: CompileConfig, progress: Callable[[str], None] | None = None
     ins = list(default_instruments() if instruments is None else instruments)
     if progress:
         ins.append(ProgressInstrument(len(passes), progress))
+    try:
+        manifest = _run_compile(config, spec, model, passes, backend, writer, ins, progress)
+    except BaseException as e:
+        note = checkpoint_note(config.output)
+        if note:
+            e.add_note(note)
+        raise
+    remove_checkpoints(checkpoint_root(config.output))  # only an unfinished compile resumes
+    out = Path(config.output).absolute()
+    if config.bench:
+        bench(out, config.bench, BenchSettings(threads=spec.bench.threads, warmup=spec.bench.warmup,
+                                                 iterations=spec.bench.iterations))
+    return CompileResult(out, manifest)
+
+
+def _run_compile(config, spec, model, passes, backend, writer, ins, progress) -> dict[str, Any]:
+    import onnx_ir as ir
+
     loaded = model.loaded
     with writer as workdir:
         for stale in writer.removed:
@@ -86,12 +104,7 @@ def compile(config: CompileConfig, progress: Callable[[str], None] | None = None
         manifest = finalize_artifact(state, backend, failure)
     if failure is not None:
         raise failure
-    remove_checkpoints(checkpoint_root(config.output))  # only an unfinished compile resumes
-    out = Path(config.output).absolute()
-    if config.bench:
-        bench(out, config.bench, BenchSettings(threads=spec.bench.threads, warmup=spec.bench.warmup,
-                                                 iterations=spec.bench.iterations))
-    return CompileResult(out, manifest)
+    return manifest
 
 
 def distill(model: str, student: str, data: str | Path, output: str | Path, *, epochs: int = 10, seed: int = 0,

@@ -6,6 +6,7 @@ import functools
 import json
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -39,21 +40,37 @@ def _names(ctx, param, value):
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so it unwinds like Ctrl-C and the atomic writer cleans up."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def _notes(e: BaseException) -> None:
+    for note in getattr(e, "__notes__", ()):
+        click.echo(f"  note: {note}", err=True)
+
+
 def handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        # SIGTERM unwinds like Ctrl-C, so the atomic writer removes its temporary directory.
-        previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             return fn(*args, **kwargs)
         except EdgekdError as e:
             click.secho(f"error: {e.message}", fg="red", err=True)
             if e.hint:
                 click.echo(f"  hint: {e.hint}", err=True)
+            _notes(e)
             sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted; nothing was written", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as e:
+            how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+            kept = getattr(e, "__notes__", None)
+            click.echo(f"{how}; {'no artifact' if kept else 'nothing'} was written", err=True)
+            _notes(e)
+            sys.exit(143 if isinstance(e, Terminated) else 130)
         finally:
             signal.signal(signal.SIGTERM, previous)
 
@@ -103,6 +120,12 @@ def training_flags(fn):
 @click.version_option(__version__, prog_name="edgekd")
 def main():
     """edgekd: compile a trained model into a target's artifact, and benchmark it."""
+    warnings.formatwarning = _one_line_warning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning for a user: what happened, not the source line inside edgekd that noticed it."""
+    return f"warning: {message}\n"
 
 
 @main.command("compile")
@@ -323,8 +346,12 @@ def bench_cmd(artifacts, device, compare, inventory, threads, warmup, iterations
         sys.exit(4)
 
 
+def _inventory_option(fn):
+    return click.option("--inventory", type=click.Path(exists=True, path_type=Path), help="device inventory .toml")(fn)
+
+
 @main.group("devices", invoke_without_command=True)
-@click.option("--inventory", type=click.Path(exists=True, path_type=Path), help="device inventory .toml")
+@_inventory_option
 @click.pass_context
 @handle_errors
 def devices_cmd(ctx, inventory):
@@ -339,13 +366,14 @@ def devices_cmd(ctx, inventory):
 
 @devices_cmd.command("check")
 @click.argument("name")
+@_inventory_option
 @click.option("--accept-new-host-key", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @handle_errors
-def devices_check_cmd(ctx, name, accept_new_host_key, as_json):
+def devices_check_cmd(ctx, name, inventory, accept_new_host_key, as_json):
     """Connect to NAME and report OS, CPU, memory, Python, runtimes (and Jetson facts)."""
-    info = api.check_device(name, ctx.obj["inventory"], accept_new_host_key)
+    info = api.check_device(name, inventory or ctx.obj["inventory"], accept_new_host_key)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return

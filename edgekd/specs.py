@@ -10,6 +10,7 @@ from typing import Any
 
 from edgekd.errors import ConfigError, InputNotFoundError, UnknownTargetError
 from edgekd.resources import data_dir
+from edgekd.schema import Key, at_least, check_table, length, non_empty
 
 ACTIVATION_SCHEMES = ("asymmetric-int8", "asymmetric-uint8", "symmetric-int8")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -58,12 +59,46 @@ def _get(table: dict, dotted: str, path: Path, default=...):
     return node
 
 
+_FREE = {"why": Key("str"), "sources": Key("any")}  # prose and references, in any core table
+SPEC_TABLES: dict[str, dict[str, Key]] = {
+    "precision": {"supported": Key("str-list", required=True, check=non_empty), "default": Key("str", required=True),
+                  **_FREE},
+    "quantization": {"activations": Key("str"), **_FREE},
+    "onnx": {"opset": Key("int", required=True, check=at_least(7)),
+             "opset_range": Key("int-list", required=True, check=length(2)), **_FREE},
+    "pipeline": {"passes": Key("str-list", check=non_empty), "legalize": Key("str-list"),
+                 "fuse_activations": Key("bool"), **_FREE},
+    "bench": {"device": Key("str"), "threads": Key("int", check=at_least(1)), "warmup": Key("int", check=at_least(0)),
+              "iterations": Key("int", check=at_least(1))},
+}
+SPEC_KEYS: dict[str, Key] = {
+    "name": Key("str", required=True, check=non_empty), "description": Key("str"),
+    "backend": Key("str", required=True), "device_class": Key("str", required=True), "kind": Key("str"),
+    **{table: Key("table", required=table in ("precision", "onnx")) for table in SPEC_TABLES},
+    "ops": Key("table"),  # [ops] supported = [...]: the op list a backend checks against
+}
+
+
+def check_spec(path: Path, t: dict) -> None:
+    from edgekd.backends import BACKENDS
+
+    hint = "compare with the built-in specs (`edgekd targets --explain onnx-cpu` shows where they live)"
+    # Facts each backend reads live in a table named after it ([tensorrt], [tflite], [ascend], ...).
+    check_table(f"target spec {path}", t, {**SPEC_KEYS, **{b: Key("table") for b in BACKENDS}}, hint)
+    for table, keys in SPEC_TABLES.items():
+        if table in t:
+            check_table(f"target spec {path} [{table}]", t[table], keys, hint)
+
+
 def parse_spec(path: Path) -> TargetSpec:
+    if path.is_dir():
+        raise ConfigError(f"target spec {path} is a folder", "pass the spec's .toml file, or a built-in target name")
     data = path.read_bytes()
     try:
         t = tomllib.loads(data.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"target spec {path} is not valid TOML: {e}") from e
+    check_spec(path, t)
     precisions = tuple(_get(t, "precision.supported", path))
     default_precision = _get(t, "precision.default", path)
     scheme = _get(t, "quantization.activations", path, "asymmetric-int8")
@@ -76,6 +111,8 @@ def parse_spec(path: Path) -> TargetSpec:
         raise ConfigError(f"target spec {path}: unknown activation scheme {scheme!r}", f"use one of {', '.join(ACTIVATION_SCHEMES)}")
     lo, hi = _get(t, "onnx.opset_range", path)
     opset = _get(t, "onnx.opset", path)
+    if lo > hi:
+        raise ConfigError(f"target spec {path}: opset_range [{lo}, {hi}] is empty", "write it as [lowest, highest]")
     if not lo <= opset <= hi:
         raise ConfigError(f"target spec {path}: opset {opset} is outside its own range [{lo}, {hi}]")
     b = t.get("bench", {})

@@ -78,8 +78,15 @@ def test_unknown_device_names_the_known_ones(inv, art):
     assert "board" in e.value.hint and "local" in e.value.hint
 
 
-@pytest.mark.parametrize("text,match", [("[devices.x]\nport = 22\n", "no host"), ("[devices.x]\nhost='a'\nspeed=1\n", "unknown keys"),
-                                        ("[devices.local]\nhost='a'\n", "built in"), ("nonsense", "TOML")])
+@pytest.mark.parametrize("text,match", [
+    ("[devices.x]\nport = 22\n", "lacks required key 'host'"), ("[devices.x]\nhost='a'\nspeed=1\n", "unknown key"),
+    ("[devices.local]\nhost='a'\n", "built in"), ("nonsense", "TOML"),
+    ("[devices.x]\nhost='a'\nport=70000\n", r"port must lie in \[1, 65535\]"),
+    ("[devices.x]\nhost='a'\nport=0\n", "port must lie in"), ("[devices.x]\nhost='a'\nport='22'\n", "port must be int"),
+    ("[devices.x]\nhost=''\n", "host must not be empty"), ("[devices.x]\nhost='a'\nthreads=0\n", "at least 1"),
+    ("[devices.x]\nhost='a'\nenv={A=1}\n", "env must be str-map"), ("[devices.x]\nhost='a'\nruntimes='onnx'\n", "str-list"),
+    ("devices = 3\n", "no \\[devices.NAME\\]"), ("[devices]\nx = 1\n", "must be a table"),
+])
 def test_bad_inventories_are_named_errors(tmp_path, text, match):
     p = tmp_path / "i.toml"
     p.write_text(text)

@@ -71,9 +71,10 @@ def test_compile_resume_continues_an_interrupted_distillation(labelled, tmp_path
     original = export_pass.ExportOnnxPass.run
     monkeypatch.setattr(export_pass.ExportOnnxPass, "run", lambda self, state: (_ for _ in ()).throw(
         RuntimeError("simulated crash after training")))
-    with pytest.raises(PassFailedError):
+    with pytest.raises(PassFailedError) as failed:
         api.compile(api.make_config("resnet20:0.25", "onnx-cpu", tmp_path / "art", epochs=1, **kwargs))
     ck = tmp_path / "art.checkpoints" / "distill" / "last.pt"
+    assert f"kept in {ck.parent.parent}" in failed.value.__notes__[0] and "--resume" in failed.value.__notes__[0]
     assert ck.exists() and not (tmp_path / "art").exists()
     first_epoch = torch.load(ck, weights_only=True)["history"][0]
     monkeypatch.setattr(export_pass.ExportOnnxPass, "run", original)

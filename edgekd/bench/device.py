@@ -66,22 +66,37 @@ class LocalDevice(Device):
         return str(dest)
 
     def run(self, argv, timeout, on_stderr_line=None) -> RunOutput:
+        import threading
+
         try:
             proc = subprocess.Popen(argv, cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         except OSError as e:
             raise BenchmarkError(f"cannot start {argv[0]}: {e}") from e
-        err_lines = []
-        try:
+        err_lines: list[str] = []
+        out: list[str] = []
+
+        def pump_err():
             for line in proc.stderr:
                 err_lines.append(line)
                 if on_stderr_line:
                     on_stderr_line(line.rstrip("\n"))
-            out = proc.stdout.read()
+
+        readers = [threading.Thread(target=pump_err, daemon=True),
+                   threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)]
+        for t in readers:
+            t.start()
+        try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            raise BenchmarkError(f"benchmark on {self.name} ran past {timeout:.0f} s", "lower --iterations or raise the timeout")
-        return RunOutput(proc.returncode, out, "".join(err_lines))
+            raise BenchmarkError(f"benchmark on {self.name} ran past {timeout:.0f} s",
+                                 "lower --iterations or raise the timeout") from None
+        finally:  # Ctrl-C, SIGTERM or a timeout: the runner must not outlive us (its work dir goes next)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for t in readers:
+                t.join(timeout=5)
+        return RunOutput(proc.returncode, "".join(out), "".join(err_lines))
 
     def fetch(self, remote: str, local: Path) -> None:
         shutil.copyfile(remote, local)

@@ -26,10 +26,17 @@ from pathlib import Path
 
 from edgekd.errors import ConfigError, InputNotFoundError, UnknownNameError
 from edgekd.resources import data_dir
+from edgekd.schema import Key, at_least, between, check_table, non_empty
 
 LOCAL = "local"
-_KEYS = {"host", "port", "user", "key", "arch", "runtimes", "python", "workdir", "threads", "env", "jetson",
-         "known_hosts", "description", "connect_timeout", "keepalive_s"}
+DEVICE_KEYS = {
+    "host": Key("str", required=True, check=non_empty), "port": Key("int", check=between(1, 65535)),
+    "user": Key("str", check=non_empty), "key": Key("str", check=non_empty), "arch": Key("str"),
+    "runtimes": Key("str-list"), "python": Key("str", check=non_empty), "workdir": Key("str", check=non_empty),
+    "threads": Key("int", check=at_least(1)), "env": Key("str-map"), "jetson": Key("bool"),
+    "known_hosts": Key("str", check=non_empty), "description": Key("str"),
+    "connect_timeout": Key("number", check=at_least(0.1)), "keepalive_s": Key("number", check=at_least(0.1)),
+}
 
 
 @dataclass(frozen=True)
@@ -63,25 +70,21 @@ def default_inventory_path() -> Path:
 
 
 def parse_inventory(path: Path) -> dict[str, DeviceSpec]:
+    if path.is_dir():
+        raise ConfigError(f"device inventory {path} is a folder", "pass the inventory's .toml file")
     try:
         data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"device inventory {path} is not valid TOML: {e}") from e
     devices = data.get("devices")
     if not isinstance(devices, dict):
         raise ConfigError(f"device inventory {path} has no [devices.NAME] tables", "see devices/example.toml")
     out = {}
     for name, d in devices.items():
-        unknown = set(d) - _KEYS
-        if unknown:
-            raise ConfigError(f"device {name!r} in {path}: unknown keys {sorted(unknown)}", f"valid keys: {', '.join(sorted(_KEYS))}")
-        if "host" not in d:
-            raise ConfigError(f"device {name!r} in {path} has no host", "set host = \"alias-or-hostname\"")
+        check_table(f"device {name!r} in {path}", d, DEVICE_KEYS, f"see {example_inventory()}")
         if name == LOCAL:
             raise ConfigError(f"{path} defines a device named 'local', which is built in", "choose another name")
         env = d.get("env", {})
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-            raise ConfigError(f"device {name!r}: env values must be strings")
         out[name] = DeviceSpec(
             name=name, host=str(d["host"]), port=d.get("port"), user=d.get("user"), key=d.get("key"),
             arch=d.get("arch"), runtimes=tuple(d.get("runtimes", ())), python=d.get("python", "python3"),

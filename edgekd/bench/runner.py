@@ -88,6 +88,7 @@ class OnnxRuntimeModel:
     name = "onnxruntime"
 
     def __init__(self, path, threads):
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # no device id written into the board user's home
         import onnxruntime as ort
 
         opts = ort.SessionOptions()

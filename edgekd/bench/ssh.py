@@ -19,7 +19,7 @@ from typing import Callable
 
 from edgekd.bench.device import Device, RunOutput
 from edgekd.bench.inventory import DeviceSpec
-from edgekd.errors import (DeviceAuthError, DeviceConnectionLost, DeviceDiskFullError, DeviceUnreachableError,
+from edgekd.errors import (InputNotFoundError, DeviceAuthError, DeviceConnectionLost, DeviceDiskFullError, DeviceUnreachableError,
                            HostKeyError, RemoteCommandError)
 
 CONNECT_RETRIES = 2  # transient failures only: refused/timed-out connects, not auth or host-key errors
@@ -118,6 +118,10 @@ class SSHDevice(Device):
         import asyncssh
 
         where = f"{self.spec.host}:{self.spec.port or 22}"
+        if self.spec.key and not Path(self.spec.key).expanduser().is_file():
+            raise InputNotFoundError(f"{self.name}: the SSH key {self.spec.key} does not exist",
+                                     f"fix key = ... for {self.name} in {self.spec.source or 'the inventory'}, "
+                                     "or remove it to use ssh-agent / ~/.ssh defaults")
         known = self._known_hosts()
         known_keys = self._known_keys(known)
         for attempt in range(CONNECT_RETRIES + 1):

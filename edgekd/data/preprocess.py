@@ -42,7 +42,8 @@ class Preprocess:
         return asdict(self)
 
     def apply(self, rgb_uint8_hwc: np.ndarray) -> np.ndarray:
-        """HWC uint8 RGB image (already at ``size``) → float32 in this layout, no batch axis."""
+        """HWC RGB image on the 0..255 scale (uint8, or float32 from a 16-bit file), already at ``size``
+        → float32 in this layout, no batch axis."""
         x = rgb_uint8_hwc.astype(np.float32) * self.scale
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         if self.channel_order == "BGR":
@@ -52,12 +53,22 @@ class Preprocess:
         return np.ascontiguousarray(x)
 
 
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")  # Pillow's modes for 16-bit (and 32-bit int) grey images
+
+
 def read_rgb(path: str | Path, size: tuple[int, int]) -> np.ndarray:
-    """Decode an image to HWC uint8 RGB at (H, W) = ``size`` (bilinear resize when it differs)."""
+    """Decode an image to HWC RGB at (H, W) = ``size`` (bilinear resize when it differs), on the 0..255
+    scale: uint8, or float32 for 16-bit images, whose extra precision would otherwise be lost (and whose
+    values Pillow's RGB conversion clips at 255)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
+            if im.mode in SIXTEEN_BIT:
+                grey = Image.fromarray(np.asarray(im, dtype=np.float32) / 257.0, mode="F")
+                if grey.size != (size[1], size[0]):
+                    grey = grey.resize((size[1], size[0]), Image.BILINEAR)
+                return np.repeat(np.asarray(grey, dtype=np.float32)[..., None], 3, axis=2)
             im = im.convert("RGB")
             if im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.BILINEAR)

@@ -31,7 +31,8 @@ def decode(folder: ImageFolder, size: tuple[int, int], max_unreadable: float = M
     images, keep, bad = [], [], []
     for i, path in enumerate(folder.files):
         try:
-            images.append(read_rgb(path, size))
+            rgb = read_rgb(path, size)  # float32 from a 16-bit file: training keeps uint8 in memory
+            images.append(rgb if rgb.dtype == np.uint8 else np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
             keep.append(i)
         except DataError:
             bad.append(path)

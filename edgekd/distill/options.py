@@ -93,6 +93,22 @@ def remove_checkpoints(root: Path) -> None:
     _rmdir_if_empty(root)
 
 
+def checkpoint_note(output: Path) -> str | None:
+    """After a failed or interrupted compile: where its resumable training is, and how to continue;
+    an empty checkpoint folder (nothing resumable) is removed."""
+    root = checkpoint_root(output)
+    if not root.is_dir():
+        return None
+    kept = sorted(p for p in root.glob("*/last.pt"))
+    if not kept:
+        for sub in [p for p in root.iterdir() if p.is_dir()]:
+            _rmdir_if_empty(sub)
+        _rmdir_if_empty(root)
+        return None
+    return (f"training checkpoints ({', '.join(p.parent.name for p in kept)}) are kept in {root}: "
+            "run the same command with --resume to continue")
+
+
 def _rmdir_if_empty(path: Path) -> None:
     try:
         path.rmdir()

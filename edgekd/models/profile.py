@@ -70,4 +70,12 @@ class ModelProfile:
 
 
 def profile(model: nn.Module, input_shape: tuple[int, ...]) -> ModelProfile:
+    """Hooks do not fire inside a TorchScript module, so one is counted on its ONNX export instead."""
+    if isinstance(model, torch.jit.ScriptModule):
+        from edgekd.ir.profile import profile_onnx
+        from edgekd.models.export import export_onnx
+
+        shape = (1, *tuple(input_shape)[1:]) if len(input_shape) == 4 else (1, *input_shape)
+        onnx_profile = profile_onnx(export_onnx(model, shape, opset=17))
+        return ModelProfile(count_params(model), onnx_profile.macs, tuple(input_shape))
     return ModelProfile(count_params(model), count_macs(model, input_shape), tuple(input_shape))
