@@ -116,7 +116,23 @@ def training_flags(fn):
     return wrapper
 
 
-@click.group()
+class EdgekdGroup(click.Group):
+    """Command-line mistakes (a bad flag value, an unknown option) read like every other edgekd error."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            click.secho(f"error: {e.format_message()}", fg="red", err=True)
+            command = e.ctx.command_path if e.ctx else "edgekd"
+            click.echo(f"  hint: see `{command} --help` for the accepted values", err=True)
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=EdgekdGroup)
 @click.version_option(__version__, prog_name="edgekd")
 def main():
     """edgekd: compile a trained model into a target's artifact, and benchmark it."""

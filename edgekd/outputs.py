@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from edgekd.errors import OutputExistsError, OutputRefusedError
+from edgekd.errors import OutputExistsError, OutputRefusedError, OutputWriteError
 
 MANIFEST = "manifest.json"
 
@@ -24,6 +24,17 @@ def is_edgekd_artifact(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and "edgekd_version" in data
+
+
+NAME_MAX = 255  # bytes in one path component on Linux filesystems
+
+
+def check_name_lengths(out: Path) -> None:
+    for part in out.parts:
+        if len(part.encode()) > NAME_MAX:
+            raise OutputWriteError(f"-o {str(out)[:80]}…: the name {part[:24]}… is too long "
+                                   f"({len(part.encode())} bytes; filesystems allow {NAME_MAX})",
+                                   "choose a shorter name for -o")
 
 
 def _real(path: Path) -> Path:
@@ -54,6 +65,7 @@ def check_artifact_output(out: Path, force: bool, inputs: Iterable[Path | str | 
     """Where the artifact directory ``out`` goes (a symlink's target, so the link stays); raises when it
     may not be written there."""
     out = Path(out)
+    check_name_lengths(out)
     real = _real(out)
     reason = _protected_reason(real)
     if reason:
@@ -83,6 +95,7 @@ def check_file_output(out: Path, force: bool, is_ours, inputs: Iterable[Path | s
     """A single output file (a student's weights, its record): refuses inputs and directories, and
     replaces an existing file only with ``force`` and when ``is_ours(path)`` says edgekd wrote it."""
     out = Path(out)
+    check_name_lengths(out)
     real = _real(out)
     for p in inputs:
         if p is not None and Path(p).exists() and _real(Path(p)) == real:
