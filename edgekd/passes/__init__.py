@@ -5,6 +5,7 @@ from __future__ import annotations
 from edgekd.passes.accuracy_budget import AccuracyBudgetPass
 from edgekd.passes.base import Pass, PassResult
 from edgekd.passes.calibrate import CalibratePass
+from edgekd.passes.canonicalize import CanonicalizePass
 from edgekd.passes.check_support import CheckSupportPass
 from edgekd.passes.distill import DistillPass
 from edgekd.passes.emit import EmitPass
@@ -17,7 +18,7 @@ from edgekd.passes.sparsify import SparsifyPass
 from edgekd.passes.verify import VerifyPass
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (
-    DistillPass, SparsifyPass, ExportOnnxPass, FuseConvBnReluPass, CheckSupportPass, CalibratePass, SensitivityPass, AccuracyBudgetPass, QuantizePass, EmitPass,
+    DistillPass, SparsifyPass, ExportOnnxPass, CanonicalizePass, FuseConvBnReluPass, CheckSupportPass, CalibratePass, SensitivityPass, AccuracyBudgetPass, QuantizePass, EmitPass,
     VerifyPass, EvaluatePass,
 )}
 
