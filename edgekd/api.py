@@ -294,7 +294,11 @@ def inspect(model: str, input_shape: Sequence[int] | None = None, weights: str |
     import warnings
 
     import onnx
+    import onnx_ir as ir
     import torch
+
+    from edgekd.passes.check_support import canonical_unsupported
+    from edgekd.passes.support_groups import group_unsupported
 
     config = make_config(model, "onnx-cpu", ".", input_shape=input_shape, weights=weights)
     loaded = load_model(config.model, config.weights, allow_pickle)
@@ -316,7 +320,11 @@ def inspect(model: str, input_shape: Sequence[int] | None = None, weights: str |
     if target is not None:
         spec = load_target(target)
         info["target"] = spec.name
-        info["unsupported"] = [u.to_dict() for u in get_backend(spec.backend).unsupported(proto, spec)]
+        backend = get_backend(spec.backend)
+        bad = backend.unsupported(proto, spec)
+        after = canonical_unsupported(backend, ir.from_proto(proto), tuple(inp.shape), spec) if bad else []
+        info["unsupported"] = [u.to_dict() for u in bad]
+        info["unsupported_groups"] = [g.to_dict() for g in group_unsupported(bad, after)]
     return info
 
 

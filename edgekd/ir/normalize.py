@@ -6,7 +6,8 @@ Each function rewrites every match in place and returns how many it rewrote:
 * ``div_by_constant``: ``x / c`` → ``x * (1/c)`` for float constants;
 * ``lower_batchnorm``: a BatchNormalization no Conv/Gemm absorbed → ``x * s + t`` per channel;
 * ``merge_affine_chains``: consecutive ``Mul``/``Add``/``Sub`` by constants → one ``Mul`` and one ``Add``;
-* ``fold_affine_into_conv``: ``Conv → Mul(c) → Add(d)`` with per-channel constants → one Conv.
+* ``fold_affine_into_conv``: ``Conv → Mul(c) → Add(d)`` with per-channel constants → one Conv;
+* ``reduce_mean_to_global_pool``: a mean over every spatial axis → GlobalAveragePool (+ Flatten).
 """
 
 from __future__ import annotations
@@ -203,4 +204,42 @@ def fold_affine_into_conv(graph: ir.Graph) -> int:
             _replace_output(graph, out, conv.outputs[0])
             graph.remove(nxt, safe=True)
             count += 1
+    return count
+
+
+def _reduce_axes(node: ir.Node) -> list[int] | None:
+    if "axes" in node.attributes:
+        return list(node.attributes.get_ints("axes"))
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        axes = const_array(node.inputs[1])
+        return None if axes is None else [int(a) for a in axes.reshape(-1)]
+    return None
+
+
+def reduce_mean_to_global_pool(graph: ir.Graph) -> int:
+    """``x.mean((2, 3))`` as exporters write global pooling → GlobalAveragePool (keepdims=0: + Flatten)."""
+    count = 0
+    for node in [n for n in graph if n.op_type == "ReduceMean" and n.domain in ("", "ai.onnx")]:
+        x = node.inputs[0]
+        axes = _reduce_axes(node)
+        if x.shape is None or len(x.shape) < 3 or axes is None or x.dtype not in (None, ir.DataType.FLOAT):
+            continue
+        rank = len(x.shape)
+        if sorted(a % rank for a in axes) != list(range(2, rank)):
+            continue
+        base = node.name or node.outputs[0].name
+        pool = ir.Node("", "GlobalAveragePool", [x], name=f"{base}_global_pool")
+        pool.outputs[0].name, pool.outputs[0].dtype = f"{base}_pooled", x.dtype
+        pool.outputs[0].shape = ir.Shape(list(x.shape)[:2] + [1] * (rank - 2))
+        graph.insert_after(node, pool)
+        out = pool.outputs[0]
+        if not node.attributes.get_int("keepdims", 1):
+            flat = ir.Node("", "Flatten", [out], attributes={"axis": ir.AttrInt64("axis", 1)}, name=f"{base}_flatten")
+            flat.outputs[0].name, flat.outputs[0].dtype = f"{base}_flat", x.dtype
+            flat.outputs[0].shape = node.outputs[0].shape
+            graph.insert_after(pool, flat)
+            out = flat.outputs[0]
+        _replace_output(graph, node.outputs[0], out)
+        graph.remove(node, safe=True)
+        count += 1
     return count

@@ -18,6 +18,7 @@ from edgekd.ir.graph import op_counts
 # Constants up to this many elements are materialized (a VGG fully connected weight has 1e8): the
 # backends need weights as constants, and the model already holds them in memory once.
 MAX_FOLDED_ELEMENTS = 1 << 28
+MAX_ROUNDS = 8
 
 
 def _fold_weight_generators(node: ir.Node) -> bool | None:
@@ -55,15 +56,20 @@ def simplify(model: ir.Model) -> dict[str, dict[str, int]]:
     quiet = logging.getLogger("onnxscript")
     level, quiet.level = quiet.level, logging.ERROR
     try:
-        optimizer.fold_constants(model, input_size_limit=MAX_FOLDED_ELEMENTS, output_size_limit=MAX_FOLDED_ELEMENTS,
-                                 should_fold=_fold_weight_generators)
-        ir.passes.PassManager([RewritePass(_rewrite_rules()), common.RemoveUnusedNodesPass()], steps=2,
-                              early_stop=True)(model)
-        optimizer.fold_constants(model, input_size_limit=MAX_FOLDED_ELEMENTS, output_size_limit=MAX_FOLDED_ELEMENTS,
-                                 should_fold=_fold_weight_generators)
+        # Folding resolves a Split's sizes or a Reshape's shape; shape inference then knows the shapes
+        # below it, and the next round folds the Shape ops that read them: repeat until nothing changes.
+        for _ in range(MAX_ROUNDS):
+            nodes = len(model.graph)
+            common.ShapeInferencePass(strict_mode=False)(model)
+            optimizer.fold_constants(model, input_size_limit=MAX_FOLDED_ELEMENTS,
+                                     output_size_limit=MAX_FOLDED_ELEMENTS, should_fold=_fold_weight_generators)
+            ir.passes.PassManager([RewritePass(_rewrite_rules()), common.RemoveUnusedNodesPass()], steps=2,
+                                  early_stop=True)(model)
+            common.IdentityEliminationPass()(model)
+            common.RemoveUnusedNodesPass()(model)
+            if len(model.graph) == nodes:
+                break
         ir.passes.Sequential(
-            common.IdentityEliminationPass(),
-            common.RemoveUnusedNodesPass(),
             common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
             common.RemoveUnusedOpsetsPass(),
         )(model)

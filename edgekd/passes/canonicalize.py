@@ -8,6 +8,7 @@ from __future__ import annotations
 from edgekd.config import CompileConfig
 from edgekd.ir.canonical import canonicalize
 from edgekd.passes.base import Pass, PassResult
+from edgekd.quant.qdq import QDQ_MIN_OPSET
 from edgekd.specs import TargetSpec
 from edgekd.state import ONNX_MODEL, CompileState
 
@@ -24,7 +25,10 @@ class CanonicalizePass(Pass):
 
     @classmethod
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "CanonicalizePass":
-        return cls(spec.opset_range, spec.opset)
+        lo, hi = spec.opset_range
+        if (config.precision or spec.default_precision) == "int8" and hi >= QDQ_MIN_OPSET:
+            lo = max(lo, QDQ_MIN_OPSET)  # per-channel DequantizeLinear needs it: convert up first
+        return cls((lo, hi), min(max(spec.opset, lo), hi))
 
     def run(self, state: CompileState) -> PassResult:
         state.onnx_model, report = canonicalize(state.onnx_model, tuple(state.input.shape), self.opset_range,
