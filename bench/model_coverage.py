@@ -63,7 +63,8 @@ def model_files(kinds: list[str], work: Path, calib: Path) -> dict[str, tuple[Pa
     return out
 
 
-def compile_cell(path: Path, shape, target: str, precision: str, calib: Path, samples: int) -> dict:
+def compile_cell(path: Path, shape, target: str, precision: str, calib: Path, samples: int,
+                 skip: tuple[str, ...] = ("sensitivity",)) -> dict:
     from edgekd import api
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,7 +72,7 @@ def compile_cell(path: Path, shape, target: str, precision: str, calib: Path, sa
         try:
             result = api.compile(api.make_config(
                 str(path), target, Path(tmp) / "out", input_shape=shape, precision=precision, calib=calib,
-                calib_samples=samples, sensitivity_samples=8, verify_samples=8))
+                calib_samples=samples, sensitivity_samples=16, verify_samples=8, skip=skip))
         except Exception as e:  # every failure is a result here: the matrix records it
             first = (str(e).splitlines() or [type(e).__name__])[0]
             return {"status": "refused", "error": type(e).__name__, "reason": first[:400],
@@ -125,6 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=64, help="calibration samples per compile")
     ap.add_argument("--json", type=Path, default=ROOT / "build" / "model-coverage.json")
     ap.add_argument("--markdown", type=Path)
+    ap.add_argument("--with-sensitivity", action="store_true", help="run the per-layer sensitivity pass too (slow)")
     ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "model-coverage")
     args = ap.parse_args(argv)
     targets, precisions = args.targets.split(","), args.precisions.split(",")
@@ -139,7 +141,8 @@ def main(argv=None) -> int:
                 key = f"{name}|{target}|{precision}"
                 if key in results:
                     continue
-                results[key] = compile_cell(path, shape, target, precision, args.calib, args.samples)
+                results[key] = compile_cell(path, shape, target, precision, args.calib, args.samples,
+                                            () if args.with_sensitivity else ("sensitivity",))
                 print(f"{key}: {cell_text(results[key])}", flush=True)
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(results, indent=1))
