@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 DEMO_OUT ?= build/demo
 
-.PHONY: demo test lint system-deps clean bench-quant bench-students bench-backends
+.PHONY: demo test lint system-deps clean bench-quant bench-students bench-backends coverage
 
 # Debian packages: python3-venv for the venv itself.
 system-deps:
@@ -82,3 +82,8 @@ $(ONNX2TF_VENV)/bin/onnx2tf: | system-deps
 bench-backends: $(VENV)/.bench $(VENV)/.test $(ONNX2TF_VENV)/bin/onnx2tf
 	$(PY) bench/backend_benchmark.py --data $(DATA) --onnx2tf $(ONNX2TF_VENV)/bin/onnx2tf \
 	  --json build/backend-benchmark.json --markdown docs/backend-benchmark.md
+
+# Third-party models × targets × precisions (bench/model_coverage.py): the onnx wheel's light Caffe2 models and
+# stock architectures at opsets 11/13/17, static and dynamic. Resumes from build/model-coverage.json.
+coverage: $(VENV)/.test
+	$(PY) bench/model_coverage.py --json build/model-coverage.json --markdown docs/model-coverage.md

@@ -186,7 +186,11 @@ def inspect(model: str, input_shape: Sequence[int] | None = None, weights: str |
             allow_pickle: bool = False, opset: int = 17, target: str | None = None) -> dict[str, Any]:
     """Ops, parameters and MACs of a model (exported to ONNX first when it is a PyTorch model), and
     with ``target``, the nodes that target cannot run."""
+    import onnx_ir as ir
+
     from edgekd.models.export import export_onnx
+    from edgekd.passes.check_support import canonical_unsupported
+    from edgekd.passes.support_groups import group_unsupported
 
     m = model_input(model, input_shape=input_shape, weights=weights)
     loaded, inp = load_input_model(m.source, m.weights, allow_pickle, m.input)
@@ -198,7 +202,11 @@ def inspect(model: str, input_shape: Sequence[int] | None = None, weights: str |
             **profile_onnx(proto).to_dict()}
     if spec is not None:
         info["target"] = spec.name
-        info["unsupported"] = [u.to_dict() for u in get_backend(spec.backend).unsupported(proto, spec)]
+        backend = get_backend(spec.backend)
+        bad = backend.unsupported(proto, spec)
+        after = canonical_unsupported(backend, ir.from_proto(proto), tuple(inp.shape), spec) if bad else []
+        info["unsupported"] = [u.to_dict() for u in bad]
+        info["unsupported_groups"] = [g.to_dict() for g in group_unsupported(bad, after)]
     return info
 
 

@@ -458,11 +458,16 @@ def inspect_cmd(model, input_shape, weights, allow_pickle, target, as_json):
     click.echo(f"params {info['params']:,}   MACs {info['macs']:,}")
     click.echo(text_table(["op", "count"], sorted(info["ops"].items(), key=lambda kv: -kv[1])))
     if target:
-        bad = info["unsupported"]
-        click.echo(f"\n{info['target']}: " + ("every node is supported" if not bad else f"{len(bad)} unsupported node(s)"))
+        bad, groups = info["unsupported"], info["unsupported_groups"]
+        click.echo(f"\n{info['target']}: " + ("every node is supported" if not bad else
+                                              f"{len(bad)} unsupported node(s) of {len(groups)} op type(s)"))
         if bad:
-            click.echo(text_table(["node", "op", "reason"], [[u["node"], u["op"], u["reason"]] for u in bad]))
-            sys.exit(1)
+            rows = [[g["op"], g["count"], ", ".join(g["nodes"]) + (", …" if g["count"] > len(g["nodes"]) else ""),
+                     g["reason"] + (f" (+{g['other_reasons']} other)" if g["other_reasons"] else ""),
+                     g["canonicalize_removes"]] for g in groups]
+            click.echo(text_table(["op", "nodes", "e.g.", "reason", "canonicalize removes"], rows))
+            if any(g["canonicalize_removes"] < g["count"] for g in groups):
+                sys.exit(1)
 
 
 if __name__ == "__main__":

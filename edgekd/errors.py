@@ -151,6 +151,12 @@ class AccuracyBudgetError(EdgekdError):
     default_hint = "raise --max-drop, calibrate on more or better samples (--calib-method), or use --precision fp32"
 
 
+class OpsetConversionError(EdgekdError):
+    """The model's opset is outside the target's range and ONNX's version converter cannot move it."""
+
+    default_hint = "re-export the model at an opset inside the target's range (`edgekd targets --explain T` shows it)"
+
+
 class UnsupportedOpsError(EdgekdError):
     default_hint = "run `edgekd inspect MODEL --target T` for the full list; change the model or pick another target"
 

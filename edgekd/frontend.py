@@ -11,6 +11,7 @@ from typing import Any, Sequence
 from edgekd.config import InputSpec
 from edgekd.data.preprocess import Preprocess
 from edgekd.errors import ConfigError, InputShapeError
+from edgekd.ir.bind import bind_shape, proto_dims
 from edgekd.model_config import read_model_card
 from edgekd.models.load import LoadedModel, load_model
 from edgekd.runtime import RunFn, onnx_run_fn, ort_session, torch_reference
@@ -105,16 +106,7 @@ def onnx_input(loaded: LoadedModel, inp: InputSpec) -> InputSpec:
     if len(graph_inputs) != 1:
         raise InputShapeError(f"the model has {len(graph_inputs)} inputs; edgekd compiles single-input image models")
     gi = graph_inputs[0]
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in gi.type.tensor_type.shape.dim]
-    if inp.shape is not None:
-        if len(dims) != len(inp.shape) or any(d is not None and d != s for d, s in zip(dims, inp.shape)):
-            raise InputShapeError(f"--input-shape {tuple(inp.shape)} does not match the model's input "
-                                  f"{gi.name!r} of shape {tuple(d or '?' for d in dims)}")
-        shape = tuple(inp.shape)
-    elif all(d is not None for d in dims[1:]):
-        shape = (dims[0] or 1, *dims[1:])
-    else:
-        raise InputShapeError(f"the model's input {gi.name!r} has unknown dimensions {tuple(d or '?' for d in dims)}")
+    shape = bind_shape(gi.name, proto_dims(gi), inp.shape)
     pre = inp.preprocess
     size = (shape[2], shape[3]) if pre.layout == "NCHW" else (shape[1], shape[2])
     return dataclasses.replace(inp, name=gi.name, shape=shape, preprocess=dataclasses.replace(pre, size=size))

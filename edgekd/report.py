@@ -10,6 +10,11 @@ from edgekd.bench.session import load_results
 from edgekd.ui import markdown_table
 
 
+def _db(v) -> str:
+    """A decibel figure; JSON keeps no infinity, so an SQNR of identical outputs arrives as None."""
+    return "∞" if v is None else f"{v:.1f}"
+
+
 def _r(v, digits):
     return None if v is None else round(v, digits)
 
@@ -141,14 +146,14 @@ def _quantization_section(m: dict, artifact: Path) -> list[str]:
                   f"(sha256 {cal['sha256'][:16]}…).", ""]
     err = q.get("error_vs_float")
     if err:
-        lines += [f"Simulation vs float on {err.get('samples', 'calibration')} samples: output SQNR {err['sqnr_db']:.1f} dB, "
+        lines += [f"Simulation vs float on {err.get('samples', 'calibration')} samples: output SQNR {_db(err['sqnr_db'])} dB, "
                   f"top-1 agreement {err.get('top1_agreement', '–')}.", ""]
     lines += [f"Layers kept in float: {', '.join(q['layers_in_float']) or 'none'}.", ""]
     sens = q.get("sensitivity")
     if sens:
         png = plot_sensitivity(sens, artifact / "sensitivity.png")
         lines += ["Most sensitive layers (output SQNR when only that layer is int8):", "",
-                  markdown_table(["layer", "SQNR dB"], [[s["layer"], f"{s['sqnr_db']:.1f}"] for s in sens[:10]]), "",
+                  markdown_table(["layer", "SQNR dB"], [[s["layer"], _db(s["sqnr_db"])] for s in sens[:10]]), "",
                   f"![sensitivity]({png.name})", ""]
     budget = q.get("accuracy_budget")
     if budget:

@@ -38,7 +38,7 @@ def test_manifest_has_every_field_of_the_contract(resnet_artifact):
     (out,) = m["outputs"]
     assert out["shape"] == [1, 10] and out["dtype"] == "float32" and "quantization" not in out
     assert m["labels"] == [f"c{i}" for i in range(10)]
-    assert [p["name"] for p in m["passes"]] == ["export", "fuse", "check-support", "emit", "verify"]
+    assert [p["name"] for p in m["passes"]] == ["export", "canonicalize", "fuse", "check-support", "emit", "verify"]
     assert m["status"] == "ok"
     assert all(p["seconds"] >= 0 for p in m["passes"])
     assert m["profile"]["params"] > 250_000 and m["profile"]["macs"] > 40_000_000

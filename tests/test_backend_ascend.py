@@ -174,7 +174,7 @@ def test_conv_stride_64_fails_the_compile_at_check_support(tmp_path):
         api.compile(config)
     assert e.value.pass_name == "check-support" and "calibrate" not in e.value.ran_before
     assert isinstance(e.value.cause, UnsupportedOpsError)
-    assert "conv_s64 (Conv): Conv stride 64 outside [1, 63]" in e.value.message
+    assert "Conv ×1: Conv stride 64 outside [1, 63] — conv_s64" in e.value.message
     assert not out.exists()
 
 

@@ -317,7 +317,7 @@ def test_failure_inside_a_pass_names_it(models, tmp_path, monkeypatch):
     monkeypatch.setattr(VerifyPass, "run", boom)
     out = tmp_path / "deep" / "er" / "out"  # parents the writer creates go again too
     r = compile_cli(models["ts"], out, "-t", "onnx-cpu", "--input-shape", "1,3,32,32")
-    text = assert_failed_cleanly(r, out, "pass 'verify' failed", "passes that ran before it: export, fuse, check-support, emit",
+    text = assert_failed_cleanly(r, out, "pass 'verify' failed", "passes that ran before it: export, canonicalize, fuse, check-support, emit",
                                  "RuntimeError: verifier exploded", "EDGEKD_DUMP_IR")
     assert "Traceback" not in text
     assert not (tmp_path / "deep").exists()
@@ -369,7 +369,7 @@ def test_successful_compile_runs_in_plain_onnxruntime(models, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "report.md"]
     assert leftovers(out) == []
     manifest = json.loads((out / "manifest.json").read_text())
-    assert [p["name"] for p in manifest["passes"]] == ["export", "fuse", "check-support", "emit", "verify"]
+    assert [p["name"] for p in manifest["passes"]] == ["export", "canonicalize", "fuse", "check-support", "emit", "verify"]
     assert manifest["artifact"]["model_file"] == "model.onnx"
 
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])

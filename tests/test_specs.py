@@ -87,7 +87,7 @@ def test_targets_cli_lists_and_explains():
     assert listing.exit_code == 0 and "onnx-cpu" in listing.output and "installed" in listing.output
     explained = CliRunner().invoke(main, ["targets", "--explain", "onnx-cpu"])
     assert explained.exit_code == 0, explained.output
-    for needle in ("backend onnxruntime", "default pipeline: distill → sparsify → export → fuse", "why this pipeline", "why this scheme", "S8S8"):
+    for needle in ("backend onnxruntime", "default pipeline: distill → sparsify → export → canonicalize → fuse", "why this pipeline", "why this scheme", "S8S8"):
         assert needle in explained.output
     unknown = CliRunner().invoke(main, ["targets", "--explain", "nope"])
     assert unknown.exit_code == 2 and "valid targets" in unknown.output

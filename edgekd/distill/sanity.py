@@ -11,8 +11,9 @@ MIN_HOLDOUT = 50  # fewer held-out images cannot tell chance from a weak teacher
 
 
 def check_classes(classes: tuple[str, ...] | None, teacher_outputs: int, data_dir) -> None:
-    """Labelled data must have one class folder per teacher output."""
-    if classes and len(classes) != teacher_outputs:
+    """Labelled data cannot have more class folders than the teacher has outputs (an update may bring
+    data for only some of them)."""
+    if classes and len(classes) > teacher_outputs:
         raise DataError(f"{data_dir} has {len(classes)} class folders, the teacher predicts {teacher_outputs} classes",
                         "give the data one subfolder per teacher class (in the teacher's label order), or use a "
                         "flat folder for label-free KD")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from edgekd.passes.accuracy_budget import AccuracyBudgetPass
 from edgekd.passes.base import Pass, PassResult
 from edgekd.passes.calibrate import CalibratePass
+from edgekd.passes.canonicalize import CanonicalizePass
 from edgekd.passes.check_support import CheckSupportPass
 from edgekd.passes.distill import DistillPass
 from edgekd.passes.emit import EmitPass
@@ -18,15 +19,15 @@ from edgekd.passes.sparsify import SparsifyPass
 from edgekd.passes.verify import VerifyPass
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (
-    DistillPass, SparsifyPass, ExportOnnxPass, FuseConvBnReluPass, CheckSupportPass, CalibratePass, SensitivityPass,
-    AccuracyBudgetPass, QuantizePass, FoldBiasDequantizePass, EmitPass, VerifyPass, EvaluatePass,
+    DistillPass, SparsifyPass, ExportOnnxPass, CanonicalizePass, FuseConvBnReluPass, CheckSupportPass, CalibratePass,
+    SensitivityPass, AccuracyBudgetPass, QuantizePass, FoldBiasDequantizePass, EmitPass, VerifyPass, EvaluatePass,
 )}
 
 # Every target runs this list unless its spec's [pipeline] passes says otherwise; a pass that this
 # compile does not ask for (distill without --student, calibrate for fp32) drops out by its `wanted`.
 # A target's [pipeline] legalize passes go just before emit.
 DEFAULT_PIPELINE: tuple[str, ...] = (
-    "distill", "sparsify", "export", "fuse", "check-support", "calibrate", "sensitivity", "accuracy-budget",
+    "distill", "sparsify", "export", "canonicalize", "fuse", "check-support", "calibrate", "sensitivity", "accuracy-budget",
     "quantize", "emit", "verify", "evaluate",
 )
 

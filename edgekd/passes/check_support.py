@@ -9,8 +9,11 @@ import onnx_ir as ir
 
 from edgekd.backends import get_backend
 from edgekd.config import CompileConfig
-from edgekd.errors import UnsupportedOpsError
+from edgekd.errors import EdgekdError, UnsupportedOpsError
+from edgekd.ir.canonical import canonicalize
 from edgekd.passes.base import Pass, PassResult
+from edgekd.passes.canonicalize import CANONICAL
+from edgekd.passes.support_groups import describe_groups, group_unsupported
 from edgekd.specs import TargetSpec
 from edgekd.state import ONNX_MODEL, CompileState, PassOutput
 
@@ -18,6 +21,15 @@ from edgekd.state import ONNX_MODEL, CompileState, PassOutput
 @dataclass(frozen=True)
 class CheckSupportOutput(PassOutput):
     nodes_checked: int
+
+
+def canonical_unsupported(backend, model: ir.Model, shape: tuple[int, ...], spec: TargetSpec) -> list | None:
+    """What ``backend`` cannot run in the canonical form of ``model`` (a copy); None when it has none."""
+    try:
+        canonical, _ = canonicalize(ir.from_proto(ir.to_proto(model)), shape, spec.opset_range, spec.opset)
+    except EdgekdError:
+        return None
+    return backend.unsupported(ir.to_proto(canonical), spec)
 
 
 class CheckSupportPass(Pass):
@@ -35,7 +47,8 @@ class CheckSupportPass(Pass):
     def run(self, state: CompileState) -> PassResult:
         bad = self.backend.unsupported(ir.to_proto(state.onnx_model), self.spec)
         if bad:
-            listing = "\n".join(f"  {u.node} ({u.op}): {u.reason}" for u in bad[:50])
-            more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
-            raise UnsupportedOpsError(f"{len(bad)} node(s) cannot run on {self.spec.name}:\n{listing}{more}")
+            after = None
+            if CANONICAL not in state.facts:  # say what the canonicalize pass would have removed
+                after = canonical_unsupported(self.backend, state.onnx_model, tuple(state.input.shape), self.spec)
+            raise UnsupportedOpsError(describe_groups(group_unsupported(bad, after), self.spec.name))
         return PassResult(state, changed=False, output=CheckSupportOutput(len(state.onnx_model.graph)))

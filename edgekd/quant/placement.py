@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
+from edgekd.ir.dataflow import data_values, is_float_data
 from edgekd.ir.graph import FUSED_ACTIVATION, const_array
 
 WEIGHTED = frozenset({"Conv", "Gemm", "MatMul"})
@@ -79,13 +80,13 @@ def weight_axis(node: ir.Node) -> int | None:
     return None
 
 
-def _is_float_activation(v: ir.Value | None) -> bool:
+def _is_float_activation(v: ir.Value | None, data: set[ir.Value]) -> bool:
     if v is None or v.const_value is not None or v.is_initializer():
         return False
     producer = v.producer()
     if producer is not None and producer.op_type == "Constant":
         return False
-    return v.dtype in (None, ir.DataType.FLOAT)
+    return is_float_data(v, data)  # never a shape or index tensor, even a float one
 
 
 def _node_names(graph: ir.Graph) -> None:
@@ -112,6 +113,7 @@ def plan_quantization(model: ir.Model, placement: str, keep_float: frozenset[str
     graph = model.graph
     _node_names(graph)
     plan = QuantPlan(placement, keep_float=keep_float)
+    data = data_values(graph)
     for node in graph:
         if node.op_type in WEIGHTED and node.name not in keep_float:
             axis = weight_axis(node)
@@ -120,10 +122,10 @@ def plan_quantization(model: ir.Model, placement: str, keep_float: frozenset[str
 
     if placement == "outputs":
         for v in graph.inputs:
-            if _is_float_activation(v):
+            if _is_float_activation(v, data):
                 plan.activations[v.name] = ActivationSite(v.name, _uses(v, keep_float), v.is_graph_output())
         for node in graph:
-            outs = [v for v in node.outputs if _is_float_activation(v)]
+            outs = [v for v in node.outputs if _is_float_activation(v, data)]
             if node.op_type in VALUE_CHANGING:
                 if node.op_type in WEIGHTED and node.metadata_props.get(FUSED_ACTIVATION):
                     continue  # quantized after its fused activation
@@ -145,12 +147,12 @@ def plan_quantization(model: ir.Model, placement: str, keep_float: frozenset[str
                 continue
             if node.op_type in WEIGHTED and weight_axis(node) is not None:
                 edges = [(0, node.inputs[0])]
-            elif node.op_type == "Add" and all(_is_float_activation(v) for v in node.inputs):
+            elif node.op_type == "Add" and all(_is_float_activation(v, data) for v in node.inputs):
                 edges = list(enumerate(node.inputs))
             else:
                 continue
             for idx, v in edges:
-                if _is_float_activation(v):
+                if _is_float_activation(v, data):
                     wanted.setdefault(v.name, set()).add((node.name, idx))
                     values[v.name] = v
         for name, consumers in wanted.items():

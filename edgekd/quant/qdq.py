@@ -13,6 +13,8 @@ from edgekd.ir.graph import const_array, new_initializer
 from edgekd.quant.placement import QuantPlan
 from edgekd.quant.qparams import QParams, quantize, quantize_bias, weight_qparams
 
+QDQ_MIN_OPSET = 13  # the first opset whose DequantizeLinear takes a per-channel axis
+
 
 def _dq(graph: ir.Graph, before: ir.Node, q_value: ir.Value, scale: ir.Value, zp: ir.Value, axis: int | None,
         name: str) -> ir.Value:

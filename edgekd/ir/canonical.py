@@ -1,0 +1,103 @@
+"""The import canonicalization, as one function over an ``onnx_ir`` model: what the canonicalize pass
+runs and what ``edgekd inspect --target`` previews.
+
+Order matters: the input shape is bound first so shape subgraphs become constants; the opset moves
+into the target's range before folding so every later step reads one set of op semantics; folding
+runs before the pattern rewrites so they see constants, not the subgraphs that computed them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+
+from edgekd.ir import normalize
+from edgekd.ir.bind import bind_graph_input
+from edgekd.ir.opset import convert_opset, target_opset
+from edgekd.ir.patterns import count_patterns, fuse_hard_activations
+from edgekd.ir.simplify import simplify
+
+
+@dataclass
+class CanonicalReport:
+    """What canonicalization did, for the manifest: counts per kind."""
+
+    bound_dims: list[str] = field(default_factory=list)
+    opset_from: int | None = None
+    opset_to: int | None = None
+    initializer_inputs_removed: int = 0
+    removed_ops: dict[str, int] = field(default_factory=dict)  # nodes gone (folded, dead, no-op), by op type
+    rewrites: dict[str, int] = field(default_factory=dict)  # pattern rewrites, by kind
+    patterns: dict[str, int] = field(default_factory=dict)  # recognized patterns, by kind
+    nodes_before: int = 0
+    nodes_after: int = 0
+
+    def to_dict(self) -> dict:
+        out = {"nodes_before": self.nodes_before, "nodes_after": self.nodes_after, "bound_dims": self.bound_dims,
+               "opset": {"from": self.opset_from, "to": self.opset_to or self.opset_from},
+               "initializer_inputs_removed": self.initializer_inputs_removed,
+               "removed_ops": self.removed_ops, "rewrites": self.rewrites, "patterns": self.patterns}
+        return out
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.bound_dims or self.opset_to or self.initializer_inputs_removed or self.removed_ops
+                    or any(self.rewrites.values()))
+
+
+def model_opset(model: ir.Model) -> int:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+
+
+def _drop_initializer_inputs(model: ir.Model) -> int:
+    before = len(model.graph.inputs)
+    common.RemoveInitializersFromInputsPass()(model)
+    if model.ir_version is not None and model.ir_version < 4:
+        model.ir_version = 4  # IR 4 is the first where an initializer need not be a graph input
+    return before - len(model.graph.inputs)
+
+
+def _infer_shapes(model: ir.Model) -> None:
+    common.ShapeInferencePass(strict_mode=False)(model)
+
+
+def canonicalize(model: ir.Model, shape: Sequence[int], opset_range: tuple[int, int],
+                 preferred_opset: int) -> tuple[ir.Model, CanonicalReport]:
+    """The canonical form of ``model`` for input ``shape`` and a target's opset range (a new model when
+    the opset changed, else ``model`` edited in place)."""
+    report = CanonicalReport(nodes_before=len(model.graph))
+    report.initializer_inputs_removed = _drop_initializer_inputs(model)
+    report.bound_dims = bind_graph_input(model, shape)
+    report.opset_from = model_opset(model)
+    to = target_opset(report.opset_from, opset_range, preferred_opset)
+    if to is not None:
+        model = ir.from_proto(convert_opset(ir.to_proto(model), to))
+        report.opset_to = to
+    _infer_shapes(model)
+    counts = simplify(model)
+    report.removed_ops = counts["removed"]
+    graph = model.graph
+    report.rewrites = {"hard_activation_fused": fuse_hard_activations(model, model_opset(model))}
+    if report.rewrites["hard_activation_fused"]:
+        common.RemoveUnusedNodesPass()(model)
+    _infer_shapes(model)
+    report.rewrites.update({
+        "sum_to_add": normalize.sum_to_add(graph),
+        "div_by_constant_to_mul": normalize.div_by_constant(graph),
+        "batchnorm_to_mul_add": normalize.lower_batchnorm(graph),
+        "reduce_mean_to_global_pool": normalize.reduce_mean_to_global_pool(graph),
+    })
+    report.rewrites["affine_chain_merged"] = normalize.merge_affine_chains(graph)
+    report.rewrites["affine_folded_into_conv"] = normalize.fold_affine_into_conv(graph)
+    ir.passes.Sequential(common.RemoveUnusedNodesPass(), common.TopologicalSortPass())(model)
+    for name in [n for n, v in graph.initializers.items() if not v.uses() and not v.is_graph_output()]:
+        graph.initializers.pop(name)
+    _infer_shapes(model)
+    report.rewrites = {k: v for k, v in report.rewrites.items() if v}
+    report.patterns = count_patterns(graph)
+    report.nodes_after = len(graph)
+    return model, report
+

@@ -1,0 +1,245 @@
+"""Rewrites that bring graphs from other exporters to the forms edgekd's backends and quantizer know.
+
+Each function rewrites every match in place and returns how many it rewrote:
+
+* ``sum_to_add``: ``Sum(a, b, ...)`` (Caffe2 residual joins) → a chain of ``Add``;
+* ``div_by_constant``: ``x / c`` → ``x * (1/c)`` for float constants;
+* ``lower_batchnorm``: a BatchNormalization no Conv/Gemm absorbed → ``x * s + t`` per channel;
+* ``merge_affine_chains``: consecutive ``Mul``/``Add``/``Sub`` by constants → one ``Mul`` and one ``Add``;
+* ``fold_affine_into_conv``: ``Conv → Mul(c) → Add(d)`` with per-channel constants → one Conv;
+* ``reduce_mean_to_global_pool``: a mean over every spatial axis → GlobalAveragePool (+ Flatten).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from edgekd.ir.graph import const_array, new_initializer, sole_consumer
+
+FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
+
+
+def _replace_output(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
+    """Readers of ``old`` (and a graph output) read ``new`` instead; ``new`` takes the graph output's name."""
+    was_output = old.is_graph_output()
+    ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
+    if was_output:
+        name = old.name
+        old.name = f"{name}_replaced"
+        new.name = name
+
+
+def _binary(graph: ir.Graph, op: str, a: ir.Value, b: ir.Value, name: str, after: ir.Node) -> ir.Node:
+    node = ir.Node("", op, [a, b], name=name)
+    node.outputs[0].name = f"{name}_out"
+    node.outputs[0].dtype = a.dtype
+    node.outputs[0].shape = a.shape
+    graph.insert_after(after, node)
+    return node
+
+
+def sum_to_add(graph: ir.Graph) -> int:
+    count = 0
+    for node in [n for n in graph if n.op_type == "Sum" and n.domain in ("", "ai.onnx")]:
+        inputs = [v for v in node.inputs if v is not None]
+        if len(inputs) < 2:
+            continue
+        acc, at = inputs[0], node
+        for k, v in enumerate(inputs[1:]):
+            add = _binary(graph, "Add", acc, v, f"{node.name}_add{k}", at)
+            acc, at = add.outputs[0], add
+        acc.shape, acc.dtype = node.outputs[0].shape, node.outputs[0].dtype
+        _replace_output(graph, node.outputs[0], acc)
+        graph.remove(node, safe=True)
+        count += 1
+    return count
+
+
+def div_by_constant(graph: ir.Graph) -> int:
+    count = 0
+    for node in [n for n in graph if n.op_type == "Div" and n.domain in ("", "ai.onnx")]:
+        x, c = node.inputs[0], const_array(node.inputs[1])
+        if c is None or const_array(x) is not None or not np.issubdtype(c.dtype, np.floating) or np.any(c == 0):
+            continue
+        inv = new_initializer(graph, f"{node.name or 'div'}_reciprocal", (1.0 / c.astype(np.float64)).astype(c.dtype))
+        mul = _binary(graph, "Mul", x, inv, f"{node.name or 'div'}_as_mul", node)
+        mul.outputs[0].shape, mul.outputs[0].dtype = node.outputs[0].shape, node.outputs[0].dtype
+        _replace_output(graph, node.outputs[0], mul.outputs[0])
+        graph.remove(node, safe=True)
+        count += 1
+    return count
+
+
+def _channel_shape(rank: int, channels: int) -> tuple[int, ...]:
+    return (channels,) + (1,) * (rank - 2)
+
+
+def lower_batchnorm(graph: ir.Graph) -> int:
+    """Inference BatchNormalization → Mul + Add (after the Conv/Gemm folds had their chance)."""
+    count = 0
+    for bn in [n for n in graph if n.op_type == "BatchNormalization" and n.domain in ("", "ai.onnx")]:
+        x = bn.inputs[0]
+        params = [const_array(v) for v in bn.inputs[1:5]]
+        used_extra = any(o.uses() or o.is_graph_output() for o in bn.outputs[1:])
+        if (any(p is None for p in params) or used_extra or bn.attributes.get_int("training_mode", 0)
+                or x.shape is None or len(x.shape) < 2):
+            continue
+        gamma, beta, mean, var = (p.astype(np.float64) for p in params)
+        scale = gamma / np.sqrt(var + bn.attributes.get_float("epsilon", 1e-5))
+        shift = beta - mean * scale
+        shape = _channel_shape(len(x.shape), scale.size)
+        dtype = params[0].dtype
+        base = bn.name or bn.outputs[0].name
+        s = new_initializer(graph, f"{base}_scale", scale.reshape(shape).astype(dtype))
+        t = new_initializer(graph, f"{base}_shift", shift.reshape(shape).astype(dtype))
+        mul = _binary(graph, "Mul", x, s, f"{base}_mul", bn)
+        add = _binary(graph, "Add", mul.outputs[0], t, f"{base}_add", mul)
+        add.outputs[0].shape, add.outputs[0].dtype = bn.outputs[0].shape, bn.outputs[0].dtype
+        _replace_output(graph, bn.outputs[0], add.outputs[0])
+        graph.remove(bn, safe=True)
+        count += 1
+    return count
+
+
+def _affine_step(node: ir.Node) -> tuple[ir.Value, str, np.ndarray] | None:
+    """(data input, 'mul'|'add'|'sub', constant) when ``node`` is Mul/Add/Sub of a data value by a
+    float constant whose broadcast does not grow the data."""
+    if node.op_type not in ("Mul", "Add", "Sub") or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+        return None
+    a, b = node.inputs
+    ca, cb = const_array(a), const_array(b)
+    if (ca is None) == (cb is None):
+        return None
+    if node.op_type == "Sub" and cb is None:
+        return None  # c - x is not x * s + t with the same sign structure we track
+    x, c = (b, ca) if cb is None else (a, cb)
+    if x.shape is None or not x.shape.is_static() or not np.issubdtype(c.dtype, np.floating) or c.ndim > len(x.shape):
+        return None
+    dims = list(x.shape)
+    padded = (1,) * (len(dims) - c.ndim) + c.shape
+    if any(p not in (1, d) for p, d in zip(padded, dims)):
+        return None
+    return x, node.op_type.lower(), c.reshape(padded)
+
+
+def merge_affine_chains(graph: ir.Graph) -> int:
+    """Runs of ``* c`` / ``+ c`` / ``- c`` on one value → ``x * scale + shift`` (two nodes at most)."""
+    count = 0
+    changed = True
+    while changed:
+        changed = False
+        for start in list(graph):
+            step = _affine_step(start)
+            if step is None:
+                continue
+            x, chain = step[0], [start]
+            while (nxt := sole_consumer(chain[-1].outputs[0])) is not None and (s := _affine_step(nxt)) is not None \
+                    and s[0] is chain[-1].outputs[0]:
+                chain.append(nxt)
+            if len(chain) < 2 or (len(chain) == 2 and chain[0].op_type == "Mul" and chain[1].op_type != "Mul"):
+                continue  # already x * s + t
+            scale, shift = np.ones(1, np.float64), np.zeros(1, np.float64)
+            for node in chain:
+                _, kind, c = _affine_step(node)
+                c = c.astype(np.float64)
+                if kind == "mul":
+                    scale, shift = scale * c, shift * c
+                else:
+                    shift = shift + (c if kind == "add" else -c)
+            last = chain[-1].outputs[0]
+            dtype = last.dtype.numpy() if last.dtype is not None else np.float32
+            base, at, out = chain[0].name or last.name, chain[-1], x
+            if np.any(scale != 1):
+                mul = _binary(graph, "Mul", out, new_initializer(graph, f"{base}_scale", scale.astype(dtype)),
+                              f"{base}_merged_mul", at)
+                out, at = mul.outputs[0], mul
+            if np.any(shift != 0) or out is x:
+                add = _binary(graph, "Add", out, new_initializer(graph, f"{base}_shift", shift.astype(dtype)),
+                              f"{base}_merged_add", at)
+                out = add.outputs[0]
+            out.shape, out.dtype = last.shape, last.dtype
+            _replace_output(graph, last, out)
+            for node in reversed(chain):
+                graph.remove(node, safe=True)
+            count += 1
+            changed = True
+            break  # the node list changed: start over
+    return count
+
+
+def _per_channel(c: np.ndarray, rank: int, channels: int) -> np.ndarray | None:
+    """The per-output-channel vector of a constant that varies along axis 1 only, else None."""
+    padded = c.reshape((1,) * (rank - c.ndim) + c.shape)
+    if padded.shape[0] != 1 or any(d != 1 for d in padded.shape[2:]) or padded.shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(padded.reshape(-1), (channels,)).astype(np.float64)
+
+
+def fold_affine_into_conv(graph: ir.Graph) -> int:
+    """``Conv → * c`` and ``Conv → + c`` with per-channel constants become the Conv's weights and bias."""
+    count = 0
+    for conv in [n for n in graph if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]:
+        while (nxt := sole_consumer(conv.outputs[0])) is not None and (step := _affine_step(nxt)) is not None \
+                and step[0] is conv.outputs[0]:
+            w = const_array(conv.inputs[1])
+            b_in = conv.inputs[2] if len(conv.inputs) > 2 else None
+            b = const_array(b_in) if b_in is not None else (np.zeros(w.shape[0], w.dtype) if w is not None else None)
+            vec = _per_channel(step[2], len(conv.outputs[0].shape), w.shape[0]) if w is not None else None
+            if w is None or b is None or vec is None:
+                break
+            b = b.astype(np.float64)
+            if step[1] == "mul":
+                w = w.astype(np.float64) * vec.reshape((-1,) + (1,) * (w.ndim - 1))
+                b = b * vec
+            else:
+                b = b + (vec if step[1] == "add" else -vec)
+            base = conv.name or conv.outputs[0].name
+            dtype = const_array(conv.inputs[1]).dtype
+            conv.replace_input_with(1, new_initializer(graph, f"{base}_weight_affine", w.astype(dtype)))
+            if len(conv.inputs) < 3:
+                conv.resize_inputs(3)
+            conv.replace_input_with(2, new_initializer(graph, f"{base}_bias_affine", b.astype(dtype)))
+            out = nxt.outputs[0]
+            _replace_output(graph, out, conv.outputs[0])
+            graph.remove(nxt, safe=True)
+            count += 1
+    return count
+
+
+def _reduce_axes(node: ir.Node) -> list[int] | None:
+    if "axes" in node.attributes:
+        return list(node.attributes.get_ints("axes"))
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        axes = const_array(node.inputs[1])
+        return None if axes is None else [int(a) for a in axes.reshape(-1)]
+    return None
+
+
+def reduce_mean_to_global_pool(graph: ir.Graph) -> int:
+    """``x.mean((2, 3))`` as exporters write global pooling → GlobalAveragePool (keepdims=0: + Flatten)."""
+    count = 0
+    for node in [n for n in graph if n.op_type == "ReduceMean" and n.domain in ("", "ai.onnx")]:
+        x = node.inputs[0]
+        axes = _reduce_axes(node)
+        if x.shape is None or len(x.shape) < 3 or axes is None or x.dtype not in (None, ir.DataType.FLOAT):
+            continue
+        rank = len(x.shape)
+        if sorted(a % rank for a in axes) != list(range(2, rank)):
+            continue
+        base = node.name or node.outputs[0].name
+        pool = ir.Node("", "GlobalAveragePool", [x], name=f"{base}_global_pool")
+        pool.outputs[0].name, pool.outputs[0].dtype = f"{base}_pooled", x.dtype
+        pool.outputs[0].shape = ir.Shape(list(x.shape)[:2] + [1] * (rank - 2))
+        graph.insert_after(node, pool)
+        out = pool.outputs[0]
+        if not node.attributes.get_int("keepdims", 1):
+            flat = ir.Node("", "Flatten", [out], attributes={"axis": ir.AttrInt64("axis", 1)}, name=f"{base}_flatten")
+            flat.outputs[0].name, flat.outputs[0].dtype = f"{base}_flat", x.dtype
+            flat.outputs[0].shape = node.outputs[0].shape
+            graph.insert_after(pool, flat)
+            out = flat.outputs[0]
+        _replace_output(graph, node.outputs[0], out)
+        graph.remove(node, safe=True)
+        count += 1
+    return count

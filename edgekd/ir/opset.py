@@ -1,0 +1,70 @@
+"""Moving a model into a target's opset range with ONNX's version converter."""
+
+from __future__ import annotations
+
+import re
+
+import onnx
+from onnx import version_converter
+
+from edgekd.errors import OpsetConversionError
+
+
+def onnx_opset(model: onnx.ModelProto) -> int | None:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def target_opset(current: int, opset_range: tuple[int, int], preferred: int) -> int | None:
+    """The opset to convert to: None when ``current`` is inside the range; below it, the target's preferred
+    opset (or the range's floor when that is higher); above it, the range's top (the fewest steps down,
+    which is where the converter has the fewest adapters)."""
+    lo, hi = opset_range
+    if lo <= current <= hi:
+        return None
+    return max(lo, min(preferred, hi)) if current < lo else hi
+
+
+def relabel_safe(model: onnx.ModelProto, opset: int) -> bool:
+    """Whether every default-domain op of ``model`` has the same definition at ``opset`` as at the
+    model's own opset, so going down is only a new version number."""
+    current = onnx_opset(model)
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            since = onnx.defs.get_schema(node.op_type, current, "").since_version
+        except onnx.defs.SchemaError:
+            return False
+        if since > opset:
+            return False
+    return True
+
+
+def _failing_op(message: str, model: onnx.ModelProto) -> str | None:
+    """The op type the converter named in its error, else None."""
+    ops = {n.op_type for n in model.graph.node}
+    named = [op for op in re.findall(r"\b([A-Z][A-Za-z0-9]+)\b", message) if op in ops]
+    return named[0] if named else None
+
+
+def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """``model`` at ``opset``; fails naming the op the converter has no adapter for."""
+    current = onnx_opset(model)
+    if current is not None and opset < current and relabel_safe(model, opset):
+        relabelled = onnx.ModelProto()
+        relabelled.CopyFrom(model)
+        for entry in relabelled.opset_import:
+            if entry.domain in ("", "ai.onnx"):
+                entry.version = opset
+        return relabelled
+    try:
+        converted = version_converter.convert_version(model, opset)
+        onnx.checker.check_model(converted)
+    except Exception as e:  # the converter raises RuntimeError/ValueError/checker errors with free text
+        text = (str(e).splitlines() or [""])[0][:300]
+        op = _failing_op(str(e), model)
+        what = f"op {op}" if op else "the graph"
+        raise OpsetConversionError(
+            f"cannot convert the model from opset {current} to {opset}: {what} does not convert ({text})",
+            f"re-export the model at opset {opset}" + (f", or replace its {op} nodes" if op else "")) from e
+    return converted

@@ -1,0 +1,337 @@
+"""Stock architectures as other people write them, for the conformance suite and `make coverage`.
+
+Small versions of ResNet-18, MobileNetV3 (hard-swish written ``x * relu6(x + 3) / 6``), EfficientNet
+(SiLU, squeeze-excite), ShuffleNetV2 (channel split and shuffle through ``x.size()``) and a ConvNeXt
+stage (7×7 depthwise, channels-last LayerNorm, GELU, layer scale); exported by torch at a chosen
+opset with or without dynamic axes. Weights are random with BatchNorm statistics recalibrated on real
+images, so activations keep a trained network's scale. The onnx wheel's light Caffe2 models get
+random weights of the same kind (``realistic_light_model``).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.a, self.b = conv_bn(cin, cout, 3, stride), conv_bn(cout, cout)
+        self.skip = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
+
+    def forward(self, x):
+        return F.relu(self.b(F.relu(self.a(x))) + self.skip(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18's layout (stem, four stages of two basic blocks) at a quarter of the width."""
+
+    def __init__(self, classes: int = 10, width: int = 16):
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, width, 7, 2), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        chans = [width, width * 2, width * 4, width * 8]
+        blocks, cin = [], width
+        for i, c in enumerate(chans):
+            blocks += [BasicBlock(cin, c, 1 if i == 0 else 2), BasicBlock(c, c, 1)]
+            cin = c
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x):
+        x = self.blocks(self.stem(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def hswish(x):
+    return x * F.relu6(x + 3) / 6
+
+
+def hsigmoid(x):
+    return F.relu6(x + 3) / 6
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, c: int, gate):
+        super().__init__()
+        self.reduce, self.expand, self.gate = nn.Conv2d(c, max(4, c // 4), 1), nn.Conv2d(max(4, c // 4), c, 1), gate
+
+    def forward(self, x):
+        s = x.mean((2, 3), keepdim=True)
+        return x * self.gate(self.expand(F.relu(self.reduce(s))))
+
+
+class MobileBlock(nn.Module):
+    def __init__(self, cin: int, mid: int, cout: int, k: int, stride: int, act, se_gate=None):
+        super().__init__()
+        self.act = act
+        self.expand, self.dw, self.project = conv_bn(cin, mid, 1), conv_bn(mid, mid, k, stride, mid), conv_bn(mid, cout, 1)
+        self.se = SqueezeExcite(mid, se_gate) if se_gate is not None else None
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.act(self.dw(self.act(self.expand(x))))
+        if self.se is not None:
+            y = self.se(y)
+        y = self.project(y)
+        return x + y if self.residual else y
+
+
+class MobileNetV3(nn.Module):
+    """MobileNetV3-Large's first stages, hard-swish and hard-sigmoid written out as the paper does."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = conv_bn(3, 16, 3, 2)
+        self.blocks = nn.Sequential(
+            MobileBlock(16, 16, 16, 3, 1, F.relu), MobileBlock(16, 64, 24, 3, 2, F.relu),
+            MobileBlock(24, 72, 40, 5, 2, F.relu, hsigmoid), MobileBlock(40, 120, 40, 5, 1, F.relu, hsigmoid),
+            MobileBlock(40, 240, 80, 3, 2, hswish), MobileBlock(80, 200, 80, 3, 1, hswish),
+            MobileBlock(80, 480, 112, 3, 1, hswish, hsigmoid),
+        )
+        self.head = nn.Conv2d(112, 256, 1)
+        self.fc = nn.Linear(256, classes)
+
+    def forward(self, x):
+        x = self.blocks(hswish(self.stem(x)))
+        x = hswish(self.head(x)).mean((2, 3))
+        return self.fc(x)
+
+
+def silu(x):
+    return x * torch.sigmoid(x)
+
+
+class EfficientNet(nn.Module):
+    """EfficientNet-B0-style MBConv blocks: SiLU written as x * sigmoid(x), squeeze-excite with sigmoid."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = conv_bn(3, 16, 3, 2)
+        self.blocks = nn.Sequential(
+            MobileBlock(16, 16, 16, 3, 1, silu, torch.sigmoid), MobileBlock(16, 64, 24, 3, 2, silu, torch.sigmoid),
+            MobileBlock(24, 96, 24, 3, 1, silu, torch.sigmoid), MobileBlock(24, 96, 40, 5, 2, silu, torch.sigmoid),
+            MobileBlock(40, 160, 80, 3, 2, silu, torch.sigmoid),
+        )
+        self.head = conv_bn(80, 192, 1)
+        self.fc = nn.Linear(192, classes)
+
+    def forward(self, x):
+        x = self.blocks(silu(self.stem(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(silu(self.head(x)), 1), 1))
+
+
+def channel_shuffle(x, groups: int):
+    b, c, h, w = x.size()
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        half = cout // 2
+        self.branch = nn.Sequential(conv_bn(cin if stride == 2 else half, half, 1), nn.ReLU(),
+                                    conv_bn(half, half, 3, stride, half), conv_bn(half, half, 1), nn.ReLU())
+        self.shortcut = (nn.Sequential(conv_bn(cin, cin, 3, 2, cin), conv_bn(cin, half, 1), nn.ReLU())
+                         if stride == 2 else None)
+
+    def forward(self, x):
+        if self.stride == 1:
+            a, b = x.chunk(2, dim=1)
+            out = torch.cat((a, self.branch(b)), 1)
+        else:
+            out = torch.cat((self.shortcut(x), self.branch(x)), 1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleNetV2(nn.Module):
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, 24, 3, 2), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        self.stages = nn.Sequential(ShuffleUnit(24, 48, 2), ShuffleUnit(48, 48, 1), ShuffleUnit(48, 96, 2),
+                                    ShuffleUnit(96, 96, 1), ShuffleUnit(96, 192, 2))
+        self.fc = nn.Linear(192, classes)
+
+    def forward(self, x):
+        x = self.stages(self.stem(x))
+        return self.fc(x.mean([2, 3]))
+
+
+class ConvNeXtBlock(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c, eps=1e-6)
+        self.up, self.down = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+        self.gamma = nn.Parameter(torch.full((c,), 0.5))
+
+    def forward(self, x):
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.down(F.gelu(self.up(self.norm(y)))) * self.gamma
+        return x + y.permute(0, 3, 1, 2)
+
+
+class ConvNeXt(nn.Module):
+    """A ConvNeXt-T-style network: patchify stem, blocks with 7×7 depthwise, LayerNorm, GELU."""
+
+    def __init__(self, classes: int = 10, c: int = 32):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 4, 4)
+        self.blocks = nn.Sequential(ConvNeXtBlock(c), ConvNeXtBlock(c))
+        self.down = nn.Conv2d(c, 2 * c, 2, 2)
+        self.blocks2 = nn.Sequential(ConvNeXtBlock(2 * c))
+        self.norm = nn.LayerNorm(2 * c)
+        self.fc = nn.Linear(2 * c, classes)
+
+    def forward(self, x):
+        x = self.blocks2(self.down(self.blocks(self.stem(x))))
+        return self.fc(self.norm(x.mean((2, 3))))
+
+
+ARCHITECTURES = {"resnet18": ResNet18, "mobilenetv3": MobileNetV3, "efficientnet": EfficientNet,
+                 "shufflenetv2": ShuffleNetV2, "convnext": ConvNeXt}
+
+
+def realistic_weights(model: nn.Module, images: np.ndarray, seed: int = 0) -> nn.Module:
+    """Kaiming-normal convolutions, a readable classifier scale, and BatchNorm statistics measured on
+    ``images`` (as a trained network's are), so activations neither vanish nor blow up."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_in = m.weight[0].numel()
+            m.weight.data.copy_(torch.randn(m.weight.shape, generator=g) * np.sqrt(2.0 / fan_in))
+        elif isinstance(m, nn.Linear):
+            m.weight.data.copy_(torch.randn(m.weight.shape, generator=g) * np.sqrt(1.0 / m.weight.shape[1]))
+        elif isinstance(m, nn.BatchNorm2d):
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.75)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the recalibration batches
+    model.train()
+    with torch.no_grad():
+        for batch in np.array_split(images, max(1, len(images) // 16)):
+            model(torch.from_numpy(batch))
+    return model.eval()
+
+
+def export(model: nn.Module, path: Path, shape: tuple[int, ...], opset: int, dynamic: bool) -> Path:
+    """torch.onnx (TorchScript exporter) at ``opset``; ``dynamic`` makes N, H and W symbolic."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (torch.zeros(shape),), str(path), dynamo=False, opset_version=opset,
+                          input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "N", 2: "H", 3: "W"}, "logits": {0: "N"}} if dynamic else None)
+    return path
+
+
+def light_model_dir() -> Path:
+    return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+
+LIGHT_MODELS = ("resnet50", "densenet121", "inception_v1", "inception_v2", "shufflenet", "squeezenet", "vgg19",
+                "bvlc_alexnet", "zfnet512")
+
+
+def realistic_light_model(name: str, path: Path, images: np.ndarray | None = None, seed: int = 0) -> Path:
+    """The light Caffe2 model with its ConstantOfShape weight generators replaced by random weights of
+    the same shapes (Kaiming-normal conv/FC weights, near-identity BatchNorm): the graph stays what the
+    exporter wrote (opset 9, initializers listed as inputs, Sum, Dropout, LRN), the activations become
+    those of a trained-like network instead of constants."""
+    model = onnx.load(str(light_model_dir() / f"light_{name}.onnx"))
+    rng = np.random.default_rng(seed)
+    inits = {i.name: i for i in model.graph.initializer}
+    role = {}  # generated tensor → (consumer op, input index), looking through Unsqueeze
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            src = producers.get(name)
+            if src is not None and src.op_type == "Unsqueeze":
+                name = src.input[0]
+            role.setdefault(name, (node.op_type, k))
+    keep = []
+    for node in model.graph.node:
+        if node.op_type != "ConstantOfShape" or node.input[0] not in inits:
+            keep.append(node)
+            continue
+        shape = tuple(int(d) for d in onnx.numpy_helper.to_array(inits[node.input[0]]))
+        out = node.output[0]
+        op, k = role.get(out, ("", 0))
+        if len(shape) >= 2:  # conv [O, I, kh, kw] / fc [O, I] weights
+            value = rng.standard_normal(shape) * np.sqrt(2.0 / int(np.prod(shape[1:])))
+        elif (op, k) in (("BatchNormalization", 1), ("Mul", 1)):  # scales
+            value = 1.0 + 0.1 * rng.standard_normal(shape)
+        elif (op, k) == ("BatchNormalization", 4):  # variances
+            value = 1.0 + 0.2 * rng.random(shape)
+        else:  # biases, shifts, means
+            value = 0.05 * rng.standard_normal(shape)
+        model.graph.initializer.append(onnx.numpy_helper.from_array(value.astype(np.float32), out))
+        model.graph.input.append(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, list(shape)))
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    used = {i for n in model.graph.node for i in n.input}
+    for container in (model.graph.initializer, model.graph.input):
+        for item in [t for t in container if t.name not in used and t.name in inits]:
+            container.remove(item)
+    if images is not None:
+        model = normalize_activations(model, images)
+    onnx.save(model, str(path))
+    return path
+
+
+def _session(model: onnx.ModelProto, outputs: list[str]):
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outputs)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def normalize_activations(model: onnx.ModelProto, images: np.ndarray, logit_std: float = 3.0) -> onnx.ModelProto:
+    """Data-dependent init, layer by layer as LSUV does: in graph order, every BatchNormalization gets
+    the statistics of its input on ``images`` and every Conv/Gemm output is rescaled to unit standard
+    deviation (the last one to ``logit_std``), so each layer sees a trained network's scale."""
+    inits = {i.name: i for i in model.graph.initializer}
+    layers = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm") and n.input[1] in inits]
+    last = layers[-1] if layers else None
+    for node in model.graph.node:
+        if node.op_type == "BatchNormalization" and all(i in inits for i in node.input[1:5]):
+            x = _values(model, node.input[0], images)
+            axes = (0,) + tuple(range(2, x.ndim))
+            for idx, stat in ((node.input[3], x.mean(axes)), (node.input[4], x.var(axes) + 1e-3)):
+                inits[idx].CopyFrom(onnx.numpy_helper.from_array(stat.astype(np.float32), idx))
+        elif node in layers:
+            y = _values(model, node.output[0], images)
+            factor = (logit_std if node is last else 1.0) / max(float(y.std()), 1e-6)
+            for idx in node.input[1:3]:
+                t = inits[idx]
+                t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t) * np.float32(factor), idx))
+    return model
+
+
+def _values(model: onnx.ModelProto, tensor: str, images: np.ndarray) -> np.ndarray:
+    sess = _session(model, [tensor])
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run([tensor], {name: images[i:i + 1]})[0] for i in range(len(images))]).astype(np.float64)
+
+
+def onnx_bytes(model: nn.Module, shape, opset: int) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (torch.zeros(shape),), buf, dynamo=False, opset_version=opset)
+    return buf.getvalue()

@@ -1,0 +1,212 @@
+"""The import canonicalization: binding dynamic dims, opset conversion, folding, pattern rewrites,
+Q/DQ placement on foreign graphs, and the grouped check-support report."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from conformance_models import export, hswish, light_model_dir, silu
+from edgekd import api
+from edgekd.errors import InputShapeError, OpsetConversionError, UnsupportedOpsError
+from edgekd.ir.bind import bind_shape
+from edgekd.ir.canonical import canonicalize
+from edgekd.ir.dataflow import data_values
+from edgekd.ir.graph import op_counts
+from edgekd.ir.opset import convert_opset
+from edgekd.quant.placement import plan_quantization
+from edgekd.runtime import run_onnx
+
+SHAPE = (1, 3, 32, 32)
+
+
+def _run(model: ir.Model | onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
+    proto = ir.to_proto(model) if isinstance(model, ir.Model) else model
+    return run_onnx(proto.SerializeToString(), x)
+
+
+class Shuffle(nn.Module):
+    """Run-time shapes (view through x.size()), BN, hard-swish and SiLU written out, dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc, self.drop = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 10), nn.Dropout(0.2)
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        b, c, h, w = x.size()
+        x = x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+        x = silu(hswish(x))
+        return self.fc(self.drop(x.mean((2, 3))))
+
+
+@pytest.fixture(scope="module")
+def shuffle_onnx(tmp_path_factory):
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("shuffle")
+    return {(op, dyn): export(Shuffle().eval(), d / f"s{op}{dyn}.onnx", SHAPE, op, dyn)
+            for op in (11, 17) for dyn in (False, True)}
+
+
+def test_bind_shape_binds_symbols_and_names_a_fixed_mismatch():
+    assert bind_shape("x", ["N", 3, None, "W"], (2, 3, 48, 192)) == (2, 3, 48, 192)
+    assert bind_shape("x", [None, 3, 224, 224], None) == (1, 3, 224, 224)
+    with pytest.raises(InputShapeError, match=r"\(N, 3, \?, \?\).*fixed dim 1 is 3"):
+        bind_shape("x", ["N", 3, None, None], (1, 4, 48, 192))
+    with pytest.raises(InputShapeError, match="dynamic dimensions"):
+        bind_shape("x", ["N", 3, "H", "W"], None)
+
+
+def test_dynamic_model_compiles_at_the_given_shape(shuffle_onnx, tmp_path):
+    """The issue's refusal: a (-1, 3, '?', '?') model with --input-shape now binds and compiles."""
+    result = api.compile(api.make_config(str(shuffle_onnx[(11, True)]), "onnx-cpu", tmp_path / "out",
+                                         input_shape=(1, 3, 48, 64), verify_samples=2))
+    canon = next(p["metrics"] for p in result.manifest["passes"] if p["name"] == "canonicalize")
+    assert canon["bound_dims"] == ["N", "H", "W"] and canon["opset"] == {"from": 11, "to": 17}
+    assert canon["removed_ops"]["Shape"] >= 4 and canon["rewrites"]["hard_activation_fused"] == 1
+    assert canon["patterns"] == {"hardswish": 1, "silu": 1}
+    assert result.manifest["inputs"][0]["shape"] == [1, 3, 48, 64]
+
+
+@pytest.mark.parametrize("opset,dynamic", [(11, True), (11, False), (17, True)])
+def test_canonical_form_computes_what_the_source_computes(shuffle_onnx, opset, dynamic):
+    source = onnx.load(str(shuffle_onnx[(opset, dynamic)]))
+    x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+    model, report = canonicalize(ir.from_proto(source), SHAPE, (13, 17), 17)
+    ops = op_counts(model.graph)
+    assert not {"Shape", "Gather", "Identity", "Dropout", "BatchNormalization", "Div"} & set(ops)
+    assert ops["HardSwish"] == 1 and ops["GlobalAveragePool"] == 1 and "ReduceMean" not in ops
+    np.testing.assert_allclose(_run(model, x)[0], _run(source, x)[0], rtol=1e-4, atol=1e-5)
+    assert report.nodes_after < report.nodes_before
+
+
+def test_light_caffe2_model_folds_its_generated_weights_and_converts_from_opset_9():
+    source = onnx.load(str(light_model_dir() / "light_resnet50.onnx"))
+    model, report = canonicalize(ir.from_proto(source), (1, 3, 224, 224), (13, 17), 17)
+    ops = op_counts(model.graph)
+    assert report.opset_from == 9 and report.opset_to == 17 and report.initializer_inputs_removed > 200
+    assert report.removed_ops["ConstantOfShape"] == 239 and report.rewrites["sum_to_add"] == 16
+    assert not {"ConstantOfShape", "Sum", "BatchNormalization"} & set(ops)
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    np.testing.assert_allclose(_run(model, x)[0], _run(source, x)[0], atol=1e-6)
+
+
+def _graph(nodes, inits, shape=(1, 4, 8, 8), opset=17, outputs=None):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))
+    outs = outputs or [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    graph = helper.make_graph(nodes, "g", [x], outs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_standalone_batchnorm_and_affine_chains_become_one_mul_add():
+    rng = np.random.default_rng(1)
+    c = 4
+    inits = {"g": rng.random(c, np.float32) + 0.5, "b": rng.standard_normal(c).astype(np.float32),
+             "m": rng.standard_normal(c).astype(np.float32), "v": rng.random(c, np.float32) + 0.5,
+             "s": rng.standard_normal((c, 1, 1)).astype(np.float32), "t": rng.standard_normal((c, 1, 1)).astype(np.float32),
+             "six": np.array(6.0, np.float32)}
+    proto = _graph([helper.make_node("Relu", ["x"], ["r"]),
+                    helper.make_node("BatchNormalization", ["r", "g", "b", "m", "v"], ["bn"]),
+                    helper.make_node("Mul", ["bn", "s"], ["ms"]), helper.make_node("Add", ["ms", "t"], ["at"]),
+                    helper.make_node("Div", ["at", "six"], ["y"])], inits)
+    model, report = canonicalize(ir.from_proto(proto), (1, c, 8, 8), (13, 17), 17)
+    assert op_counts(model.graph) == {"Add": 1, "Mul": 1, "Relu": 1}
+    assert report.rewrites == {"batchnorm_to_mul_add": 1, "div_by_constant_to_mul": 1, "affine_chain_merged": 1}
+    x = rng.standard_normal((1, c, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(_run(model, x)[0], _run(proto, x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_per_channel_affine_after_conv_folds_into_it():
+    rng = np.random.default_rng(2)
+    inits = {"w": rng.standard_normal((6, 4, 3, 3)).astype(np.float32), "s": rng.random((1, 6, 1, 1), np.float32) + 0.5,
+             "t": rng.standard_normal((6, 1, 1)).astype(np.float32)}
+    proto = _graph([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                    helper.make_node("Mul", ["c", "s"], ["m"]), helper.make_node("Add", ["m", "t"], ["y"])], inits)
+    model, report = canonicalize(ir.from_proto(proto), (1, 4, 8, 8), (13, 17), 17)
+    assert op_counts(model.graph) == {"Conv": 1} and report.rewrites == {"affine_folded_into_conv": 2}
+    x = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(_run(model, x)[0], _run(proto, x)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_a_division_by_a_tensor_stays_a_division():
+    proto = _graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Div", ["x", "r"], ["y"])], {})
+    model, report = canonicalize(ir.from_proto(proto), (1, 4, 8, 8), (13, 17), 17)
+    assert op_counts(model.graph) == {"Div": 1, "Relu": 1} and "div_by_constant_to_mul" not in report.rewrites
+
+
+def test_opset_conversion_names_the_op_it_cannot_convert():
+    w = np.ones((4, 4), np.float32)
+    proto = _graph([helper.make_node("LayerNormalization", ["x", "s"], ["y"], axis=-1)], {"s": w[0]}, shape=(1, 4, 4, 4))
+    with pytest.raises(OpsetConversionError, match="op LayerNormalization does not convert") as e:
+        convert_opset(proto, 15)
+    assert "opset 15" in e.value.hint
+
+
+def test_going_down_an_opset_whose_ops_did_not_change_is_a_relabel():
+    proto = _graph([helper.make_node("Conv", ["x", "w"], ["y"])], {"w": np.ones((2, 4, 1, 1), np.float32)}, opset=17)
+    assert next(o.version for o in convert_opset(proto, 15).opset_import if o.domain == "") == 15
+
+
+def test_run_time_shape_subgraphs_get_no_qdq_even_without_canonicalization(shuffle_onnx, tmp_path):
+    """Calibration used to die with `Type (tensor(float)) of output arg ... of node Concat does not match
+    expected type (tensor(int64))`: the placement must see the shape chain as not data."""
+    model = ir.from_proto(onnx.load(str(shuffle_onnx[(17, True)])))
+    data = data_values(model.graph)
+    shapes = [v for n in model.graph if n.op_type in ("Shape", "Gather", "Concat", "Unsqueeze") for v in n.outputs]
+    assert shapes and not set(shapes) & data
+    plan = plan_quantization(model, "outputs")
+    assert not {v.name for v in shapes} & set(plan.activations)
+    result = api.compile(api.make_config(str(shuffle_onnx[(17, True)]), "onnx-cpu", tmp_path / "out",
+                                         input_shape=SHAPE, precision="int8", calib=_calib(tmp_path),
+                                         skip=("canonicalize", "sensitivity"), calib_samples=16, verify_samples=4))
+    assert result.manifest["fidelity"]["max_abs_error"] >= 0
+
+
+def _calib(tmp_path, n=16, shape=SHAPE):
+    path = tmp_path / "calib.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((n,) + shape[1:]).astype(np.float32))
+    return path
+
+
+def test_check_support_groups_nodes_by_op_and_marks_what_canonicalize_removes(shuffle_onnx, tmp_path):
+    with pytest.raises(Exception) as e:
+        api.compile(api.make_config(str(shuffle_onnx[(17, True)]), "rpi4", tmp_path / "out", input_shape=SHAPE,
+                                    precision="fp32", skip=("canonicalize",)))
+    err = e.value.cause
+    assert isinstance(err, UnsupportedOpsError)
+    lines = err.message.splitlines()
+    assert lines[0].endswith("cannot run on rpi4:")
+    assert len(lines) - 1 == len({line.split(" ×")[0] for line in lines[1:]})  # one line per op type
+    shape_line = next(line for line in lines if line.strip().startswith("Shape ×"))
+    names = shape_line.split(" — ")[1].replace(" [canonicalize removes all]", "")
+    assert "[canonicalize removes all]" in shape_line and names == "/Shape, /Shape_1, /Shape_2, …"
+    info = api.inspect(str(shuffle_onnx[(17, True)]), input_shape=SHAPE, target="rpi4")
+    assert {g["op"]: g["canonicalize_removes"] == g["count"] for g in info["unsupported_groups"]}["Gather"]
+
+
+def test_multi_output_models_keep_and_verify_every_output(tmp_path):
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            f = torch.relu(self.body(x))
+            return self.a(f), torch.sigmoid(self.b(f))
+
+    torch.manual_seed(0)
+    path = tmp_path / "two.onnx"
+    torch.onnx.export(TwoHeads().eval(), (torch.zeros(SHAPE),), str(path), dynamo=False, opset_version=13,
+                      input_names=["x"], output_names=["boxes", "scores"],
+                      dynamic_axes={"x": {0: "N", 2: "H", 3: "W"}})
+    for target in ("onnx-cpu", "rpi4"):
+        result = api.compile(api.make_config(str(path), target, tmp_path / target, input_shape=SHAPE, precision="int8",
+                                             calib=_calib(tmp_path), skip=("sensitivity",), calib_samples=16,
+                                             verify_samples=4))
+        assert [o["name"] for o in result.manifest["outputs"]] == ["boxes", "scores"]
+        assert len(result.manifest["fidelity"]["max_abs_per_output"]) == 2
