@@ -104,8 +104,11 @@ def test_with_shapes_pins_the_input_and_infers_the_rest():
 
 def test_a_graph_onnx_cannot_infer_keeps_its_declared_shapes_and_constants():
     """A custom-domain op stops inference behind it; an inference error leaves the declared shapes."""
-    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Mystery", ["a", "k"], ["b"], domain="x.y"),
-             helper.make_node("Relu", ["b"], ["c"])]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"]),
+        helper.make_node("Mystery", ["a", "k"], ["b"], domain="x.y"),
+        helper.make_node("Relu", ["b"], ["c"]),
+    ]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
     k = numpy_helper.from_array(np.ones(4, np.float32), "k")
     model = _model(nodes, [x], [helper.make_tensor_value_info("c", TensorProto.FLOAT, None)], [k])
@@ -139,6 +142,7 @@ def test_attribute_helpers():
 
 @pytest.mark.parametrize("opset_imports, want", [([("", 13)], 13), ([("ai.onnx", 19)], 19), ([("x.y", 1)], None)])
 def test_default_opset(opset_imports, want):
-    model = helper.make_model(helper.make_graph([], "g", [], []),
-                              opset_imports=[helper.make_opsetid(d, v) for d, v in opset_imports])
+    model = helper.make_model(
+        helper.make_graph([], "g", [], []), opset_imports=[helper.make_opsetid(d, v) for d, v in opset_imports]
+    )
     assert default_opset(model) == want

@@ -109,8 +109,9 @@ class GraphIndex:
         for info in (*g.input, *g.value_info, *g.output):
             t = info.type.tensor_type
             if t.HasField("shape"):
-                self.shapes[info.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                                          for d in t.shape.dim]
+                self.shapes[info.name] = [
+                    d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim
+                ]
             if t.elem_type:
                 self.dtypes[info.name] = dtype_name(t.elem_type)
 
