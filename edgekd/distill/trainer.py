@@ -8,7 +8,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from torch import nn
 
 from edgekd.distill.curves import write_curves
 from edgekd.distill.data import Dataset, augment, load_folder, to_tensor
-from edgekd.distill.distributed import join
+from edgekd.distill.distributed import World, join
 from edgekd.distill.features import FeatureLosses, capture, pair_layers
 from edgekd.distill.losses import clip_term, compensation_weights, hinton_kd
 from edgekd.distill.replay import ReplayBuffer
@@ -160,6 +160,206 @@ def _check_labels(cfg: TrainConfig, train: Dataset, data_dir) -> None:
                           "pass a flat (unlabelled) image folder, or drop the select fraction")
 
 
+@dataclass
+class _TrainSet:
+    """The training images as tensors with their teacher logits (after label-free selection), and the holdout."""
+
+    x: torch.Tensor
+    labels: torch.Tensor | None
+    teacher_logits: torch.Tensor  # un-augmented; used directly when no feature loss needs a live teacher
+    images: np.ndarray  # the kept images as loaded, for the replay buffer
+    total: int  # images before selection
+    held: Dataset | None
+    held_x: torch.Tensor | None
+    teacher_acc: float | None
+    skipped: int  # unreadable images, training and holdout
+
+
+def _prepare_data(teacher: nn.Module, data_dir, pre: Preprocess, cfg: TrainConfig) -> _TrainSet:
+    train, held = load_folder(data_dir, pre.size, cfg.max_samples, cfg.seed)
+    if not len(train):
+        raise DataError(f"no training images left in {data_dir} after the holdout split", "add images")
+    _check_labels(cfg, train, data_dir)
+    x = to_tensor(train.images, pre)
+    y = None if train.labels is None else torch.from_numpy(train.labels)
+    teacher.eval()
+    t_logits = predict(teacher, x)
+    total, images = len(x), train.images
+    if y is None and (cfg.select_fraction or DEFAULT_SELECT) < 1:
+        keep = entropy_select(t_logits, cfg.select_fraction or DEFAULT_SELECT)
+        x, t_logits, images = x[keep], t_logits[keep], images[keep.numpy()]
+    xv = None if held is None else to_tensor(held.images, pre)
+    teacher_acc = None if held is None else top1(predict(teacher, xv), held.labels)
+    check_classes(train.classes, t_logits.shape[1], data_dir)
+    check_teacher_accuracy(teacher_acc, t_logits.shape[1], 0 if held is None else len(held.labels))
+    skipped = train.skipped + (held.skipped if held is not None else 0)
+    return _TrainSet(x, y, t_logits, images, total, held, xv, teacher_acc, skipped)
+
+
+@dataclass
+class _Run:
+    """One training run: what the loop reads, and what it updates (a checkpoint saves and restores the latter)."""
+
+    cfg: TrainConfig
+    world: World  # this worker's place in the data-parallel group
+    teacher: nn.Module
+    pre: Preprocess
+    replay: ReplayBuffer | None
+    data: _TrainSet
+    objective: Objective
+    model: nn.Module  # the objective as the workers train it (wrapped for data parallelism)
+    student_params: list[nn.Parameter]  # what loss compensation measures gradients on
+    feature_pairs: list[tuple[str, str]] | None
+    steps_per_epoch: int
+    total_steps: int
+    opt: torch.optim.Optimizer
+    sched: Any
+    pruner: GradualPruner | None
+    order_gen: torch.Generator  # the same on every worker: they split one permutation
+    aug_gen: torch.Generator
+    replay_rng: np.random.Generator
+    history: list[dict] = field(default_factory=list)
+    start_epoch: int = 0
+    best: float | None = None
+    stale: int = 0  # epochs since the best holdout top-1
+    weights: dict[str, float] | None = None  # the loss-compensation weights in force
+
+    @property
+    def student(self) -> nn.Module:
+        return self.objective.student
+
+
+def _start_run(teacher: nn.Module, student: nn.Module, data: _TrainSet, pre: Preprocess, cfg: TrainConfig,
+               world: World, replay: ReplayBuffer | None) -> _Run:
+    pairs = features = None
+    if cfg.uses_features:
+        pairs = pair_layers(student, teacher, data.x[:2], cfg.feature_pairs)
+        features = FeatureLosses(pairs, cfg.feature_loss)
+    temperature = LearnableTemperature(cfg.temperature.start) if cfg.learn_temperature else None
+    objective = Objective(student, features, temperature)
+    model = world.wrap(objective)
+    n = len(data.x)
+    steps_per_epoch = max(1, n // cfg.batch_size if world.size > 1 else math.ceil(n / cfg.batch_size))
+    total_steps = steps_per_epoch * max(1, cfg.epochs)
+    opt, sched = _optimizer(cfg, [p for p in objective.parameters() if p.requires_grad], total_steps)
+    pruner = (GradualPruner(student, cfg.sparsity, cfg.pattern, cfg.scope, total_steps, cfg.mask_every)
+              if cfg.sparsity else None)
+    return _Run(cfg=cfg, world=world, teacher=teacher, pre=pre, replay=replay, data=data, objective=objective,
+                model=model, student_params=[p for p in student.parameters() if p.requires_grad],
+                feature_pairs=[(s, t) for s, t, _, _ in pairs] if pairs else None,
+                steps_per_epoch=steps_per_epoch, total_steps=total_steps, opt=opt, sched=sched, pruner=pruner,
+                order_gen=torch.Generator().manual_seed(cfg.seed),
+                aug_gen=torch.Generator().manual_seed(cfg.seed + 1000 * world.rank),
+                replay_rng=np.random.default_rng(cfg.seed + world.rank))
+
+
+def _load_checkpoint(run: _Run, path: Path) -> None:
+    ck = torch.load(path, weights_only=True)
+    run.objective.load_state_dict(ck["objective"])
+    run.opt.load_state_dict(ck["optimizer"])
+    run.sched.load_state_dict(ck["scheduler"])
+    run.history, run.start_epoch, run.best, run.stale = ck["history"], ck["epoch"], ck["best"], ck["stale"]
+    run.order_gen.set_state(ck["order_gen"])
+    if run.pruner is not None:
+        run.pruner.masks = ck.get("masks", {})
+
+
+def _save_checkpoint(run: _Run, epochs_done: int, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"epoch": epochs_done, "objective": run.objective.state_dict(), "optimizer": run.opt.state_dict(),
+                "scheduler": run.sched.state_dict(), "history": run.history, "best": run.best, "stale": run.stale,
+                "order_gen": run.order_gen.get_state(), "masks": run.pruner.masks if run.pruner else {}}, tmp)
+    tmp.replace(path)  # atomic: a crash mid-save leaves the previous good checkpoint
+
+
+def _batch(run: _Run, idx: torch.Tensor):
+    """The step's inputs, teacher logits and (for feature losses) teacher features: the samples ``idx``, plus as
+    many replayed ones, augmented."""
+    xb, tb = run.data.x[idx], run.data.teacher_logits[idx]
+    replaying = run.replay is not None and len(run.replay)
+    if replaying:
+        r_img, r_logits = run.replay.sample(len(idx), run.replay_rng)
+        xb, tb = torch.cat([xb, to_tensor(r_img, run.pre)]), torch.cat([tb, torch.from_numpy(r_logits)])
+    if run.cfg.augment:
+        xb = augment(xb, run.aug_gen)
+    t_feats = None
+    if run.cfg.uses_features:
+        with torch.no_grad(), capture(run.teacher, [t for _, t in run.objective.features.pairs]) as t_feats:
+            live = run.teacher(xb)
+        if not replaying:  # replayed samples keep the logits stored with them
+            tb = live
+    return xb, tb, t_feats
+
+
+def _loss(run: _Run, idx: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The step's weighted loss and its terms (KD, labels, hint, attention), each clipped."""
+    cfg, labels = run.cfg, run.data.labels
+    frac = step / max(1, run.total_steps - 1)
+    xb, tb, t_feats = _batch(run, idx)
+    logits, hint, at, learned_t = run.model(xb, t_feats)
+    temp = learned_t if learned_t is not None else cfg.temperature.at(frac)
+    alpha = 1.0 if labels is None else (cfg.alpha or DEFAULT_ALPHA).at(frac)
+    if run.replay is not None:
+        alpha += (1 - alpha) * run.replay.fill
+    terms = {"kd": hinton_kd(logits, tb, temp)}
+    base = {"kd": alpha}
+    if labels is not None and alpha < 1:
+        terms["ce"] = F.cross_entropy(logits[:len(idx)], labels[idx])
+        base["ce"] = 1 - alpha
+    if hint is not None and cfg.hint_weight > 0:
+        terms["hint"], base["hint"] = hint, cfg.hint_weight
+    if at is not None and cfg.attention_weight > 0:
+        terms["attention"], base["attention"] = at, cfg.attention_weight
+    terms = {k: clip_term(v, cfg.loss_clip) for k, v in terms.items()}
+    if cfg.compensate and len(terms) > 1 and (run.weights is None or step % cfg.compensate_every == 0):
+        run.weights = compensation_weights(terms, run.student_params, base)
+    w = run.weights if cfg.compensate and run.weights is not None and run.weights.keys() == base.keys() else base
+    return sum(w[k] * v for k, v in terms.items()), terms
+
+
+def _train_epoch(run: _Run, epoch: int, checkpoint: Path | None, progress: Progress | None) -> dict[str, float]:
+    """One pass over the (sharded) training set; returns the summed loss and loss terms."""
+    run.model.train()
+    run.teacher.eval()
+    batch = run.cfg.batch_size
+    order = torch.randperm(len(run.data.x), generator=run.order_gen)
+    sums: dict[str, float] = {}
+    for i in range(run.steps_per_epoch):
+        step = epoch * run.steps_per_epoch + i
+        idx = run.world.shard(order[i * batch:(i + 1) * batch])
+        loss, terms = _loss(run, idx, step)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"the training loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}"
+                + (f"; the last good checkpoint is {checkpoint}" if checkpoint is not None and checkpoint.exists()
+                   else ""))
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+        run.sched.step()
+        if run.pruner is not None:
+            run.pruner.step(step + 1)
+        sums["train_loss"] = sums.get("train_loss", 0.0) + loss.item()
+        for k, v in terms.items():
+            sums[f"loss_{k}"] = sums.get(f"loss_{k}", 0.0) + v.item()
+        if progress and run.world.is_main and i + 1 < run.steps_per_epoch:  # the last step reports after validation
+            progress(epoch + 1, i + 1, run.steps_per_epoch, loss.item(), None)
+    run.world.sync_buffers(run.student)
+    return sums
+
+
+def _validate(run: _Run, epoch: int, sums: dict[str, float], started: float) -> dict:
+    """The epoch's history row: mean losses, holdout top-1, learning rate, seconds (and a learned temperature)."""
+    data = run.data
+    acc = None if data.held_x is None else top1(predict(run.student, data.held_x), data.held.labels)
+    row = {"epoch": epoch + 1, **{k: v / run.steps_per_epoch for k, v in sums.items()}, "val_top1": acc,
+           "lr": run.sched.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 2)}
+    if run.objective.temperature is not None:
+        row["temperature"] = float(run.objective.temperature().detach())
+    return row
+
+
 def train_kd(teacher: nn.Module, student: nn.Module, data_dir, pre: Preprocess, cfg: TrainConfig,
              out_dir: Path | None = None, progress: Progress | None = None,
              replay: ReplayBuffer | None = None) -> TrainResult:
@@ -172,153 +372,38 @@ def train_kd(teacher: nn.Module, student: nn.Module, data_dir, pre: Preprocess, 
     t0 = time.perf_counter()
     world = join()
     torch.manual_seed(cfg.seed)
-    order_gen = torch.Generator().manual_seed(cfg.seed)  # the same on every worker: they split one permutation
-    aug_gen = torch.Generator().manual_seed(cfg.seed + 1000 * world.rank)
-    replay_rng = np.random.default_rng(cfg.seed + world.rank)
-    train, held = load_folder(data_dir, pre.size, cfg.max_samples, cfg.seed)
-    if not len(train):
-        raise DataError(f"no training images left in {data_dir} after the holdout split", "add images")
-    _check_labels(cfg, train, data_dir)
-    x = to_tensor(train.images, pre)
-    y = None if train.labels is None else torch.from_numpy(train.labels)
-    teacher.eval()
-    t_logits = predict(teacher, x)  # un-augmented; used directly when no feature loss needs a live teacher
-    total = len(x)
-    images = train.images
-    if y is None and (cfg.select_fraction or DEFAULT_SELECT) < 1:
-        keep = entropy_select(t_logits, cfg.select_fraction or DEFAULT_SELECT)
-        x, t_logits, images = x[keep], t_logits[keep], images[keep.numpy()]
-    xv = None if held is None else to_tensor(held.images, pre)
-    teacher_acc = None if held is None else top1(predict(teacher, xv), held.labels)
-    check_classes(train.classes, t_logits.shape[1], data_dir)
-    check_teacher_accuracy(teacher_acc, t_logits.shape[1], 0 if held is None else len(held.labels))
-
-    pairs = None
-    features = None
-    if cfg.uses_features:
-        pairs = pair_layers(student, teacher, x[:2], cfg.feature_pairs)
-        features = FeatureLosses(pairs, cfg.feature_loss)
-    temperature = LearnableTemperature(cfg.temperature.start) if cfg.learn_temperature else None
-    objective = Objective(student, features, temperature)
-    model = world.wrap(objective)
-
-    batch = cfg.batch_size
-    steps_per_epoch = max(1, len(x) // batch if world.size > 1 else math.ceil(len(x) / batch))
-    total_steps = steps_per_epoch * max(1, cfg.epochs)
-    params = [p for p in objective.parameters() if p.requires_grad]
-    student_params = [p for p in student.parameters() if p.requires_grad]
-    opt, sched = _optimizer(cfg, params, total_steps)
-    pruner = (GradualPruner(student, cfg.sparsity, cfg.pattern, cfg.scope, total_steps, cfg.mask_every)
-              if cfg.sparsity else None)
-
-    history: list[dict] = []
-    start_epoch, best, stale = 0, None, 0
-    ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
-    last = ckpt_dir / "last.pt" if ckpt_dir else None
+    data = _prepare_data(teacher, data_dir, pre, cfg)
+    run = _start_run(teacher, student, data, pre, cfg, world, replay)
+    last = Path(cfg.checkpoint_dir) / "last.pt" if cfg.checkpoint_dir else None
     if cfg.resume and last is not None and last.exists():
-        ck = torch.load(last, weights_only=True)
-        objective.load_state_dict(ck["objective"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        history, start_epoch, best, stale = ck["history"], ck["epoch"], ck["best"], ck["stale"]
-        order_gen.set_state(ck["order_gen"])
-        if pruner is not None:
-            pruner.masks = ck.get("masks", {})
-
-    weights = None
-    epochs_run = start_epoch
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        teacher.eval()
-        epoch_start = time.perf_counter()
-        order = torch.randperm(len(x), generator=order_gen)
-        sums: dict[str, float] = {}
-        for i in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + i
-            frac = step / max(1, total_steps - 1)
-            idx = world.shard(order[i * batch:(i + 1) * batch])
-            xb, tb = x[idx], t_logits[idx]
-            if replay is not None and len(replay):
-                r_img, r_logits = replay.sample(len(idx), replay_rng)
-                xb, tb = torch.cat([xb, to_tensor(r_img, pre)]), torch.cat([tb, torch.from_numpy(r_logits)])
-            if cfg.augment:
-                xb = augment(xb, aug_gen)
-            t_feats = None
-            if cfg.uses_features:
-                with torch.no_grad(), capture(teacher, [t for _, t in features.pairs]) as t_feats:
-                    live = teacher(xb)
-                if replay is None or not len(replay):
-                    tb = live
-            logits, hint, at, learned_t = model(xb, t_feats)
-            temp = learned_t if learned_t is not None else cfg.temperature.at(frac)
-            alpha = 1.0 if y is None else (cfg.alpha or DEFAULT_ALPHA).at(frac)
-            if replay is not None:
-                alpha += (1 - alpha) * replay.fill
-            terms = {"kd": hinton_kd(logits, tb, temp)}
-            base = {"kd": alpha}
-            if y is not None and alpha < 1:
-                terms["ce"] = F.cross_entropy(logits[:len(idx)], y[idx])
-                base["ce"] = 1 - alpha
-            if hint is not None and cfg.hint_weight > 0:
-                terms["hint"], base["hint"] = hint, cfg.hint_weight
-            if at is not None and cfg.attention_weight > 0:
-                terms["attention"], base["attention"] = at, cfg.attention_weight
-            terms = {k: clip_term(v, cfg.loss_clip) for k, v in terms.items()}
-            if cfg.compensate and len(terms) > 1 and (weights is None or step % cfg.compensate_every == 0):
-                weights = compensation_weights(terms, student_params, base)
-            w = weights if cfg.compensate and weights is not None and weights.keys() == base.keys() else base
-            loss = sum(w[k] * v for k, v in terms.items())
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"the training loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}"
-                    + (f"; the last good checkpoint is {last}" if last is not None and last.exists() else ""))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if pruner is not None:
-                pruner.step(step + 1)
-            sums["train_loss"] = sums.get("train_loss", 0.0) + loss.item()
-            for k, v in terms.items():
-                sums[f"loss_{k}"] = sums.get(f"loss_{k}", 0.0) + v.item()
-            if progress and world.is_main and i + 1 < steps_per_epoch:  # the last step reports after validation
-                progress(epoch + 1, i + 1, steps_per_epoch, loss.item(), None)
-        world.sync_buffers(student)
-        acc = None if xv is None else top1(predict(student, xv), held.labels)
-        row = {"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}, "val_top1": acc,
-               "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - epoch_start, 2)}
-        if temperature is not None:
-            row["temperature"] = float(temperature().detach())
-        history.append(row)
+        _load_checkpoint(run, last)
+    epochs_run = run.start_epoch
+    for epoch in range(run.start_epoch, cfg.epochs):
+        started = time.perf_counter()
+        row = _validate(run, epoch, _train_epoch(run, epoch, last, progress), started)
+        run.history.append(row)
         if progress and world.is_main:
-            progress(epoch + 1, steps_per_epoch, steps_per_epoch, row["train_loss"], acc)
+            progress(epoch + 1, run.steps_per_epoch, run.steps_per_epoch, row["train_loss"], row["val_top1"])
         epochs_run = epoch + 1
-        if acc is not None and (best is None or acc > best):
-            best, stale = acc, 0
+        if row["val_top1"] is not None and (run.best is None or row["val_top1"] > run.best):
+            run.best, run.stale = row["val_top1"], 0
         else:
-            stale += 1
-        if ckpt_dir is not None and world.is_main:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt_dir / "last.pt.tmp"
-            torch.save({"epoch": epoch + 1, "objective": objective.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "history": history, "best": best, "stale": stale,
-                        "order_gen": order_gen.get_state(), "masks": pruner.masks if pruner else {}}, tmp)
-            tmp.replace(last)  # atomic: a crash mid-save leaves the previous good checkpoint
+            run.stale += 1
+        if last is not None and world.is_main:
+            _save_checkpoint(run, epoch + 1, last)
         if out_dir is not None and world.is_main:
-            write_curves(history, Path(out_dir))
+            write_curves(run.history, Path(out_dir))
         world.barrier()
-        if cfg.early_stop_patience is not None and stale >= cfg.early_stop_patience:
+        if cfg.early_stop_patience is not None and run.stale >= cfg.early_stop_patience:
             break
-    if pruner is not None:
-        pruner.finish()
+    if run.pruner is not None:
+        run.pruner.finish()
     world.check_in_sync(student)
     if replay is not None:
-        replay.add(images, t_logits.numpy())
+        replay.add(data.images, data.teacher_logits.numpy())
     csv_path = png_path = None
-    if out_dir is not None and history and world.is_main:
-        csv_path, png_path = write_curves(history, Path(out_dir))
-    return TrainResult(history, best, teacher_acc, len(x), total, epochs_run, time.perf_counter() - t0, csv_path,
-                       png_path, sparsity_report(student) if pruner else None,
-                       [(s, t) for s, t, _, _ in pairs] if pairs else None,
-                       train.skipped + (held.skipped if held is not None else 0),
-                       len(replay) if replay is not None else 0)
+    if out_dir is not None and run.history and world.is_main:
+        csv_path, png_path = write_curves(run.history, Path(out_dir))
+    return TrainResult(run.history, run.best, data.teacher_acc, len(data.x), data.total, epochs_run,
+                       time.perf_counter() - t0, csv_path, png_path, sparsity_report(student) if run.pruner else None,
+                       run.feature_pairs, data.skipped, len(replay) if replay is not None else 0)

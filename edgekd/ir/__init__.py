@@ -1,1 +1,3 @@
-"""Helpers over ``onnx_ir`` graphs shared by the ONNX-stage passes and the backends."""
+"""Graph helpers: ``graph`` edits ``onnx_ir`` models (the ONNX-stage passes); ``proto_index`` reads
+``onnx.ModelProto`` graphs without changing them (the backends' rules and tables); ``profile`` counts
+parameters and MACs."""

@@ -1,4 +1,8 @@
-"""Small queries and edits on an ``onnx_ir`` graph."""
+"""Small queries and edits on an ``onnx_ir`` graph, for the ONNX-stage passes that change a model.
+
+Read-only checks of an ``onnx.ModelProto`` (the backends' rules and tables) use
+``edgekd.ir.proto_index.GraphIndex`` instead, which needs no conversion and changes nothing.
+"""
 
 from __future__ import annotations
 

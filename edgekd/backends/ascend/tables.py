@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ import numpy as np
 
 from edgekd.backends.base import Unsupported
 from edgekd.errors import ConfigError
+from edgekd.ir.proto_index import DEFAULT_DOMAINS, GraphIndex, default_opset, node_attrs
 from edgekd.resources import data_dir
 
 if TYPE_CHECKING:
@@ -55,93 +55,8 @@ def load_ops(spec: "TargetSpec") -> dict[str, Any]:
     return _load(path, path.stat().st_mtime)
 
 
-# ------------------------------------------------------------------------------------- graph view
-
-@dataclass
-class GraphView:
-    """A shape-inferred ONNX graph with the lookups the table needs."""
-
-    proto: "onnx.ModelProto"
-    opset: int | None
-    shapes: dict[str, list[int | str]] = field(default_factory=dict)
-    dtypes: dict[str, str] = field(default_factory=dict)
-    inits: dict[str, np.ndarray] = field(default_factory=dict)
-    producer: dict[str, Any] = field(default_factory=dict)
-    consumers: dict[str, list[Any]] = field(default_factory=dict)
-
-    @property
-    def nodes(self):
-        return self.proto.graph.node
-
-
-def model_opset(proto: "onnx.ModelProto") -> int | None:
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-
-
-def view(proto: "onnx.ModelProto", input_shape: tuple[int, ...] | None = None) -> GraphView:
-    """Runs ONNX shape inference (with the compile's input shape pinned, when given)."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    init_names = {i.name for i in model.graph.initializer}
-    graph_inputs = [i for i in model.graph.input if i.name not in init_names]
-    if input_shape is not None and len(graph_inputs) == 1:
-        dims = graph_inputs[0].type.tensor_type.shape.dim
-        if len(dims) == len(input_shape):
-            for d, size in zip(dims, input_shape):
-                d.Clear()
-                d.dim_value = int(size)
-    try:
-        model = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 — a graph ONNX cannot infer still gets a table, with unknown shapes
-        pass
-    v = GraphView(model, model_opset(model))
-    for info in (*model.graph.input, *model.graph.value_info, *model.graph.output):
-        t = info.type.tensor_type
-        if t.HasField("shape"):
-            v.shapes[info.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
-        if t.elem_type:
-            v.dtypes[info.name] = _dtype_name(t.elem_type)
-    for init in model.graph.initializer:
-        arr = numpy_helper.to_array(init)
-        v.inits[init.name] = arr
-        v.shapes[init.name] = list(arr.shape)
-        v.dtypes[init.name] = arr.dtype.name
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value":
-                    arr = numpy_helper.to_array(a.t)
-                    v.inits[node.output[0]] = arr
-                    v.shapes.setdefault(node.output[0], list(arr.shape))
-                    v.dtypes.setdefault(node.output[0], arr.dtype.name)
-        for out in node.output:
-            v.producer[out] = node
-        for name in node.input:
-            if name:
-                v.consumers.setdefault(name, []).append(node)
-    return v
-
-
-def _dtype_name(elem_type: int) -> str:
-    import onnx
-
-    try:
-        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
-    except (KeyError, TypeError):
-        return onnx.TensorProto.DataType.Name(elem_type).lower()
-
-
 def _attrs(node) -> dict[str, Any]:
-    import onnx
-
-    out = {}
-    for a in node.attribute:
-        value = onnx.helper.get_attribute_value(a)
-        out[a.name] = value.decode() if isinstance(value, bytes) else value
-    return out
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in node_attrs(node).items()}
 
 
 def node_names(nodes) -> list[str]:
@@ -191,9 +106,9 @@ def _check(c: dict[str, Any], op: str, attrs: dict[str, Any], in_shapes: list[li
     return c["text"].format(op=op, attr=c.get("attr", ""), value=bad, lo=lo, hi=hi)
 
 
-def node_problems(node, view_: GraphView, ops: dict[str, Any]) -> list[tuple[str, str]]:
+def node_problems(node, view_: GraphIndex, ops: dict[str, Any]) -> list[tuple[str, str]]:
     """(severity, text) for every rule of ascend-ops.toml this node breaks."""
-    if node.domain not in ("", "ai.onnx"):
+    if node.domain not in DEFAULT_DOMAINS:
         return [("error", f"{node.op_type} from domain {node.domain!r} is not an ai.onnx operator; ATC parses ai.onnx only")]
     entry = ops.get("ops", {}).get(node.op_type)
     if entry is None:
@@ -213,7 +128,7 @@ def node_problems(node, view_: GraphView, ops: dict[str, Any]) -> list[tuple[str
 
 
 def opset_problem(proto: "onnx.ModelProto", spec: "TargetSpec") -> str | None:
-    opset = model_opset(proto)
+    opset = default_opset(proto)
     lo, hi = spec.opset_range
     if opset is not None and not lo <= opset <= hi:
         return f"ONNX opset {opset} outside supported range [{lo}, {hi}] (ATC --framework=5)"
@@ -223,7 +138,7 @@ def opset_problem(proto: "onnx.ModelProto", spec: "TargetSpec") -> str | None:
 def unsupported(proto: "onnx.ModelProto", spec: "TargetSpec") -> list[Unsupported]:
     """Every node ATC refuses or whose documented limits it breaks, by name; and the model's opset."""
     ops = load_ops(spec)
-    v = view(proto)
+    v = GraphIndex.with_shapes(proto)
     out = []
     problem = opset_problem(proto, spec)
     if problem:
@@ -250,43 +165,43 @@ def _qparams_key(candidates: list[str], qparams: dict[str, Any]) -> str:
     return next((c for c in candidates if c in qparams), candidates[0])
 
 
-def _dequantized(name: str, v: GraphView):
+def _dequantized(name: str, v: GraphIndex):
     """The DequantizeLinear producing ``name``, if any."""
-    p = v.producer.get(name)
-    return p if p is not None and p.op_type == "DequantizeLinear" else None
+    return v.produced_by(name, "DequantizeLinear")
 
 
-def _source_name(name: str, v: GraphView) -> str:
+def _source_name(name: str, v: GraphIndex) -> str:
     """The tensor behind a DQ(Q(x)) or DQ(initializer) chain; ``name`` itself otherwise."""
     dq = _dequantized(name, v)
     if dq is None:
         return name
-    q = v.producer.get(dq.input[0])
-    return q.input[0] if q is not None and q.op_type == "QuantizeLinear" else dq.input[0]
+    q = v.produced_by(dq.input[0], "QuantizeLinear")
+    return q.input[0] if q is not None else dq.input[0]
 
 
-def _quantization(node, v: GraphView, qops: dict[str, Any], qparams: dict[str, Any]) -> dict[str, Any] | None:
+def _quantization(node, v: GraphIndex, qops: dict[str, Any], qparams: dict[str, Any]) -> dict[str, Any] | None:
     """The node's Q/DQ in AMCT terms: scale_d/offset_d (data input), scale_w/offset_w, out_scale/out_offset."""
     q: dict[str, Any] = {}
     dq = _dequantized(node.input[0], v) if node.input and node.input[0] else None
     if dq is not None:
         data = _source_name(node.input[0], v)
-        zp = _scalar(v.inits.get(dq.input[2])) if len(dq.input) > 2 and dq.input[2] else None
-        q.update(scale_d=_scalar(v.inits.get(dq.input[1])), offset_d=0 if zp is None else zp,
+        zp = _scalar(v.constants.get(dq.input[2])) if len(dq.input) > 2 and dq.input[2] else None
+        q.update(scale_d=_scalar(v.constants.get(dq.input[1])), offset_d=0 if zp is None else zp,
                  data_tensor=_qparams_key([data, data.removesuffix("_float")], qparams))
     if node.op_type in qops.get("ops", ()) and len(node.input) > 1:
         wdq = _dequantized(node.input[1], v)
-        if wdq is not None and v.inits.get(wdq.input[0]) is not None:
-            scale = np.atleast_1d(v.inits[wdq.input[1]]).astype(np.float64)
-            zp = np.atleast_1d(v.inits[wdq.input[2]]) if len(wdq.input) > 2 and wdq.input[2] else np.zeros(scale.shape)
+        if wdq is not None and v.constants.get(wdq.input[0]) is not None:
+            scale = np.atleast_1d(v.constants[wdq.input[1]]).astype(np.float64)
+            zp_name = v.input(wdq, 2)
+            zp = np.atleast_1d(v.constants[zp_name]) if zp_name else np.zeros(scale.shape)
             q.update(scale_w=[float(s) for s in scale], offset_w=[int(z) for z in zp],
                      weight_tensor=_qparams_key([wdq.name.removesuffix("_DequantizeLinear"),
                                                  wdq.input[0].removesuffix("_quantized")], qparams))
-    quantizers = [c for c in v.consumers.get(node.output[0], []) if c.op_type == "QuantizeLinear"] if node.output else []
+    quantizers = [c for c in v.readers(node.output[0]) if c.op_type == "QuantizeLinear"] if node.output else []
     if quantizers:
         oq = quantizers[0]
-        q.update(out_scale=_scalar(v.inits.get(oq.input[1])),
-                 out_offset=_scalar(v.inits.get(oq.input[2])) if len(oq.input) > 2 else 0)
+        q.update(out_scale=_scalar(v.constants.get(oq.input[1])),
+                 out_offset=_scalar(v.constants.get(oq.input[2])) if len(oq.input) > 2 else 0)
     return q or None
 
 
@@ -297,7 +212,7 @@ def _layout(entry: dict[str, Any] | None, shape: list | None) -> str:
     return "NCHW" if rank == 4 else "ND"
 
 
-def _row(name: str, node, v: GraphView, ops: dict[str, Any], compute: str,
+def _row(name: str, node, v: GraphIndex, ops: dict[str, Any], compute: str,
          qparams: dict[str, Any]) -> dict[str, Any]:
     entry = ops.get("ops", {}).get(node.op_type)
     qops = ops.get("quantization", {})
@@ -347,7 +262,7 @@ def build_table(proto: "onnx.ModelProto", spec: "TargetSpec", precision: str, qp
                 input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
     """The op table of ``proto`` for ``spec``: rows, the model-level checks, and the conventions used."""
     ops = load_ops(spec)
-    v = view(proto, input_shape)
+    v = GraphIndex.with_shapes(proto, input_shape)
     compute = "float32" if precision == "fp32" else "float16"
     rows = [_row(name, node, v, ops, compute, qparams or {})
             for name, node in zip(node_names(v.nodes), v.nodes) if node.op_type not in QDQ]

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekd.backends.base import Unsupported
+from edgekd.ir.proto_index import DEFAULT_DOMAINS, GraphIndex, attr, default_opset
 
 if TYPE_CHECKING:
     import onnx
@@ -84,60 +85,8 @@ class TensorRTFacts:
         )
 
 
-class Graph:
-    """Read-only indexes over an ``onnx.ModelProto``: constants, producers, consumers."""
-
-    def __init__(self, model: "onnx.ModelProto"):
-        from onnx import numpy_helper
-
-        self.model = model
-        self.nodes = list(model.graph.node)
-        self.consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-        for n in self.nodes:
-            if n.op_type == "Constant" and n.output:
-                value = next((a for a in n.attribute if a.name == "value"), None)
-                if value is not None:
-                    self.consts[n.output[0]] = numpy_helper.to_array(value.t)
-        self.producer = {o: n for n in self.nodes for o in n.output if o}
-        self.consumers: dict[str, list[tuple[Any, int]]] = {}
-        for n in self.nodes:
-            for i, name in enumerate(n.input):
-                if name:
-                    self.consumers.setdefault(name, []).append((n, i))
-        self.outputs = {o.name for o in model.graph.output}
-
-    def input(self, node, i: int) -> str | None:
-        return node.input[i] if len(node.input) > i and node.input[i] else None
-
-    def const(self, node, i: int) -> np.ndarray | None:
-        name = self.input(node, i)
-        return self.consts.get(name) if name else None
-
-    def weight(self, node) -> np.ndarray | None:
-        """A weighted node's weight (input 1) as stored: the int8 tensor behind a DequantizeLinear, or
-        the float constant."""
-        name = self.input(node, 1)
-        if name is None:
-            return None
-        if name in self.consts:
-            return self.consts[name]
-        dq = self.producer.get(name)
-        return self.const(dq, 0) if dq is not None and dq.op_type == "DequantizeLinear" else None
-
-
-def _attr(node, name: str, default=None):
-    from onnx import helper
-
-    a = next((a for a in node.attribute if a.name == name), None)
-    return default if a is None else helper.get_attribute_value(a)
-
-
 def _label(node) -> str:
     return node.name or (node.output[0] if node.output else node.op_type)
-
-
-def default_opset(model: "onnx.ModelProto") -> int | None:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def output_channel_axis(node, weight_ndim: int) -> int:
@@ -147,7 +96,7 @@ def output_channel_axis(node, weight_ndim: int) -> int:
     if node.op_type == "ConvTranspose":
         return 1
     if node.op_type == "Gemm":
-        return 0 if _attr(node, "transB", 0) else 1
+        return 0 if attr(node, "transB", 0) else 1
     return weight_ndim - 1  # MatMul [.., K, N]
 
 
@@ -170,14 +119,14 @@ def unsupported_ops(model: "onnx.ModelProto", facts: TensorRTFacts) -> list[Unsu
     out = []
     for n in model.graph.node:
         label = _label(n)
-        if n.domain not in ("", "ai.onnx"):
+        if n.domain not in DEFAULT_DOMAINS:
             out.append(Unsupported(label, n.op_type, f"custom domain {n.domain!r} needs a TensorRT plugin"))
         elif facts.supported_ops and n.op_type not in facts.supported_ops:
             out.append(Unsupported(label, n.op_type, f"{n.op_type} is not supported by TensorRT {facts.version}'s "
                                    f"ONNX parser ({facts.op_source})"))
         elif n.op_type == "Resize":
-            mode = _attr(n, "mode", b"nearest")
-            coord = _attr(n, "coordinate_transformation_mode", b"half_pixel")
+            mode = attr(n, "mode", b"nearest")
+            coord = attr(n, "coordinate_transformation_mode", b"half_pixel")
             mode, coord = (v.decode() if isinstance(v, bytes) else v for v in (mode, coord))
             if facts.resize_modes and mode not in facts.resize_modes:
                 out.append(Unsupported(label, n.op_type,
@@ -186,7 +135,7 @@ def unsupported_ops(model: "onnx.ModelProto", facts: TensorRTFacts) -> list[Unsu
                 out.append(Unsupported(label, n.op_type,
                                        f"Resize coordinate_transformation_mode {coord!r} is not supported"))
         elif n.op_type in ("MaxPool", "AveragePool", "LpPool"):
-            kernel = _attr(n, "kernel_shape", [])
+            kernel = attr(n, "kernel_shape", [])
             if len(kernel) not in (2, 3):
                 out.append(Unsupported(label, n.op_type, f"{len(kernel)}-D pooling: TensorRT pools in 2-D or 3-D only"))
             if n.op_type == "MaxPool" and len([o for o in n.output if o]) > 1:
@@ -196,11 +145,11 @@ def unsupported_ops(model: "onnx.ModelProto", facts: TensorRTFacts) -> list[Unsu
 
 # --- explicit quantization -----------------------------------------------------------------------
 
-def _qdq_params(g: Graph, node) -> tuple[np.ndarray | None, np.ndarray | None, int | None]:
-    return g.const(node, 1), g.const(node, 2), _attr(node, "axis")
+def _qdq_params(g: GraphIndex, node) -> tuple[np.ndarray | None, np.ndarray | None, int | None]:
+    return g.const(node, 1), g.const(node, 2), attr(node, "axis")
 
 
-def _check_params(g: Graph, node, out: list[Violation]) -> None:
+def _check_params(g: GraphIndex, node, out: list[Violation]) -> None:
     label = _label(node)
     scale, zp, _ = _qdq_params(g, node)
     if scale is None:
@@ -223,7 +172,7 @@ def _check_params(g: Graph, node, out: list[Violation]) -> None:
                              f"zero point shape {zp.shape} differs from scale shape {scale.shape}"))
 
 
-def _check_weight_dq(g: Graph, node, out: list[Violation], counts: dict[str, int]) -> None:
+def _check_weight_dq(g: GraphIndex, node, out: list[Violation], counts: dict[str, int]) -> None:
     label = _label(node)
     data = g.const(node, 0)
     scale, _, axis = _qdq_params(g, node)
@@ -252,7 +201,7 @@ def _check_weight_dq(g: Graph, node, out: list[Violation], counts: dict[str, int
     counts["weights_per_channel"] += 1
 
 
-def _check_pair(g: Graph, q, out: list[Violation]) -> bool:
+def _check_pair(g: GraphIndex, q, out: list[Violation]) -> bool:
     """A QuantizeLinear must feed only DequantizeLinear nodes with its own scale, zero point and axis."""
     readers = g.consumers.get(q.output[0], [])
     if not readers or q.output[0] in g.outputs:
@@ -279,7 +228,7 @@ def _check_pair(g: Graph, q, out: list[Violation]) -> bool:
 
 def check_qdq(model: "onnx.ModelProto") -> tuple[dict[str, int], list[Violation]]:
     """TensorRT's explicit-quantization rules; returns counts of what passed and the violations."""
-    g = Graph(model)
+    g = GraphIndex(model)
     out: list[Violation] = []
     counts = {"quantize_linear": 0, "dequantize_linear": 0, "activation_pairs": 0, "weights_per_channel": 0,
               "weights_per_tensor": 0}
@@ -289,7 +238,7 @@ def check_qdq(model: "onnx.ModelProto") -> tuple[dict[str, int], list[Violation]
         is_q = n.op_type == "QuantizeLinear"
         counts["quantize_linear" if is_q else "dequantize_linear"] += 1
         _check_params(g, n, out)
-        constant_input = g.input(n, 0) in g.consts
+        constant_input = g.input(n, 0) in g.constants
         if constant_input and not is_q:  # a weight (or other constant) stored in int8
             _check_weight_dq(g, n, out, counts)
             continue
@@ -300,8 +249,7 @@ def check_qdq(model: "onnx.ModelProto") -> tuple[dict[str, int], list[Violation]
                 out.append(Violation("activation-per-tensor", _label(n), "activations are quantized per tensor: a "
                                      f"scalar scale and no axis attribute (scale shape {shape}, axis {axis})"))
         if not is_q:
-            q = g.producer.get(g.input(n, 0))
-            if q is None or q.op_type != "QuantizeLinear":
+            if g.produced_by(g.input(n, 0), "QuantizeLinear") is None:
                 out.append(Violation("qdq-pair", _label(n), f"DequantizeLinear of {g.input(n, 0)!r}, which no "
                                      "QuantizeLinear produces"))
         elif _check_pair(g, n, out) and not constant_input:
@@ -316,17 +264,17 @@ def _within(value, bounds) -> bool:
     return all(lo <= v <= hi for v in value)
 
 
-def _dla_reason(g: Graph, n, dla: dict[str, Any]) -> str | None:
+def _dla_reason(g: GraphIndex, n, dla: dict[str, Any]) -> str | None:
     """Why TensorRT would run ``n`` on the GPU instead of the DLA, or None."""
     ops = set(dla.get("ops", ()))
     if n.op_type not in ops:
         return f"{n.op_type} is not a layer TensorRT runs on {dla.get('platform', 'this')} DLA"
     if n.op_type in ("Conv", "ConvTranspose"):
-        kernel = _attr(n, "kernel_shape") or (list(g.weight(n).shape[2:]) if g.weight(n) is not None else [])
+        kernel = attr(n, "kernel_shape") or (list(g.weight(n).shape[2:]) if g.weight(n) is not None else [])
         if len(kernel) != 2:
             return f"{len(kernel)}-D convolution (DLA: 2-D only)"
-        pads, strides = _attr(n, "pads", [0] * 4), _attr(n, "strides", [1, 1])
-        dil, groups = _attr(n, "dilations", [1, 1]), _attr(n, "group", 1)
+        pads, strides = attr(n, "pads", [0] * 4), attr(n, "strides", [1, 1])
+        dil, groups = attr(n, "dilations", [1, 1]), attr(n, "group", 1)
         if not _within(kernel, dla.get("conv_kernel", (1, 32))):
             return f"kernel {kernel} outside {dla.get('conv_kernel')}"
         if not _within(pads, dla.get("conv_padding", (0, 31))) or any(p >= k for p, k in zip(pads, kernel + kernel)):
@@ -338,22 +286,22 @@ def _dla_reason(g: Graph, n, dla: dict[str, Any]) -> str | None:
         if not _within([groups], dla.get("conv_groups", (1, 8192))):
             return f"{groups} groups outside {dla.get('conv_groups')}"
     elif n.op_type in ("MaxPool", "AveragePool"):
-        kernel = _attr(n, "kernel_shape", [])
+        kernel = attr(n, "kernel_shape", [])
         if len(kernel) != 2:
             return f"{len(kernel)}-D pooling (DLA: 2-D only)"
         if not _within(kernel, dla.get("pool_kernel", (1, 8))):
             return f"pooling window {kernel} outside {dla.get('pool_kernel')}"
-        if not _within(_attr(n, "pads", [0] * 4), dla.get("pool_padding", (0, 7))):
+        if not _within(attr(n, "pads", [0] * 4), dla.get("pool_padding", (0, 7))):
             return f"pooling padding outside {dla.get('pool_padding')}"
-        if not _within(_attr(n, "strides", [1, 1]), dla.get("pool_stride", (1, 16))):
+        if not _within(attr(n, "strides", [1, 1]), dla.get("pool_stride", (1, 16))):
             return f"pooling stride outside {dla.get('pool_stride')}"
     elif n.op_type == "Clip":
         lo, hi = g.const(n, 1), g.const(n, 2)
         bounds = dla.get("clip_max", (1, 127))
         if lo is None or hi is None or float(lo) != 0.0 or not bounds[0] <= float(hi) <= bounds[1]:
             return f"Clip runs on DLA only as clipped ReLU: min 0, max in {list(bounds)}"
-    elif n.op_type == "Concat" and _attr(n, "axis") != 1:
-        return f"Concat along axis {_attr(n, 'axis')} (DLA: channel axis only)"
+    elif n.op_type == "Concat" and attr(n, "axis") != 1:
+        return f"Concat along axis {attr(n, 'axis')} (DLA: channel axis only)"
     elif n.op_type in ("Gemm", "MatMul") and g.weight(n) is None:
         return f"{n.op_type} with a weight computed at run time (DLA: constant weights only)"
     return None
@@ -361,7 +309,7 @@ def _dla_reason(g: Graph, n, dla: dict[str, Any]) -> str | None:
 
 def dla_report(model: "onnx.ModelProto", facts: TensorRTFacts) -> dict[str, Any]:
     """Which nodes of the (Q/DQ-free) graph TensorRT would leave on the GPU when building for DLA."""
-    g = Graph(model)
+    g = GraphIndex(model)
     fallback, on_dla = [], 0
     for n in g.nodes:
         if n.op_type in QDQ or n.op_type == "Constant":
@@ -387,7 +335,7 @@ def _as_out_in(node, w: np.ndarray) -> np.ndarray | None:
     if node.op_type == "Conv" and w.ndim >= 3:
         return w
     if node.op_type == "Gemm" and w.ndim == 2:
-        return w if _attr(node, "transB", 0) else w.T
+        return w if attr(node, "transB", 0) else w.T
     if node.op_type == "MatMul" and w.ndim == 2:
         return w.T
     return None
@@ -403,7 +351,7 @@ def is_2to4_sparse(w: np.ndarray) -> bool:
 
 
 def sparsity_report(model: "onnx.ModelProto") -> dict[str, Any]:
-    g = Graph(model)
+    g = GraphIndex(model)
     eligible, sparse = [], []
     for n in g.nodes:
         if n.op_type not in ("Conv", "Gemm", "MatMul"):

@@ -12,11 +12,12 @@ import onnx
 from edgekd.backends.tflite.graph import (CONST_OPERAND, CONST_OPERAND_REASON, FC_AS_CONV, FC_AS_CONV_REASON,
                                           INT8_MIN, NCHW_AXIS_IN_NHWC, TO_NHWC, Lowering,
                                           Reject, Val, WeightQ, grid, same_pads, scope_name)
-from edgekd.backends.tflite.rules import CHECKS, constant_value, node_attrs
+from edgekd.backends.tflite.rules import CHECKS
+from edgekd.ir.proto_index import constant_node_value, node_attrs
 from edgekd.quant.qparams import quantize_bias
 
 def _constant(cx: Lowering, node) -> list[Val]:
-    value = constant_value(node)
+    value = constant_node_value(node)
     if value is None:
         raise Reject("Constant without a tensor value")
     return [Val(value)]

@@ -3,41 +3,14 @@ converter runs (no TensorFlow needed)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
 from edgekd.backends.base import Unsupported
 from edgekd.errors import UnsupportedOpsError
-
-def node_attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def graph_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Initializers, Constant outputs, and what Identity or DequantizeLinear make of them, by name
-    (a dequantized weight stands as its int8 values: the checks only read shapes)."""
-    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            value = constant_value(node)
-            if value is not None:
-                out[node.output[0]] = value
-        elif node.op_type in ("Identity", "DequantizeLinear") and node.input[0] in out:
-            out[node.output[0]] = out[node.input[0]]
-    return out
-
-
-def constant_value(node: onnx.NodeProto) -> np.ndarray | None:
-    for a in node.attribute:
-        if a.name == "value":
-            return numpy_helper.to_array(a.t)
-        if a.name in ("value_float", "value_int", "value_floats", "value_ints"):
-            v = helper.get_attribute_value(a)
-            return np.asarray(v, np.float32 if "float" in a.name else np.int64)
-    return None
+from edgekd.ir.proto_index import DEFAULT_DOMAINS, GraphIndex, node_attrs
 
 
 def _check_conv(node, a, consts) -> str | None:
@@ -142,10 +115,10 @@ CHECKS: dict[str, Callable[[onnx.NodeProto, dict, dict], str | None]] = {
 
 def unsupported_nodes(model: onnx.ModelProto) -> list[Unsupported]:
     """Every node this lowering cannot express, with the reason."""
-    consts = graph_constants(model)
+    consts = GraphIndex(model).constants_through(("Identity", "DequantizeLinear"))  # shapes, not values
     bad = []
     for node in model.graph.node:
-        if node.domain not in ("", "ai.onnx"):
+        if node.domain not in DEFAULT_DOMAINS:
             bad.append(Unsupported(node.name or node.op_type, node.op_type, f"custom domain {node.domain!r}"))
             continue
         check = CHECKS.get(node.op_type)

@@ -12,6 +12,7 @@ every activation's scale and zero point equal to the simulation's (matched throu
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -135,75 +136,99 @@ def delegation(model: bytes, threads: int = 1) -> dict[str, Any]:
             "not_delegated": dict(sorted(left.items()))}
 
 
+@dataclass(frozen=True)
+class _Readback:
+    """The converted flatbuffer as the LiteRT interpreter reads it back (no delegate)."""
+
+    interp: Any
+    tensors: dict[int, dict]
+    ops: list[dict]
+    io_tensors: set[int]
+
+    @classmethod
+    def of(cls, model: bytes) -> "_Readback":
+        interp = interpreter(model, delegates=False)
+        io = {d["index"] for d in interp.get_input_details()} | {d["index"] for d in interp.get_output_details()}
+        return cls(interp, {t["index"]: t for t in interp.get_tensor_details()}, _ops(interp), io)
+
+    def qparams(self, index: int) -> dict:
+        return self.tensors[index]["quantization_parameters"]
+
+
 def check_flatbuffer(model: bytes, lowered: Lowered, expected: dict[str, dict], quantized: bool) -> dict[str, Any]:
     """Reads the flatbuffer back and returns the backend report for the manifest; raises
     UnsupportedOpsError when it is not fully int8, FidelityError when its ranges are not the ones
     asked for."""
-    interp = interpreter(model, delegates=False)
-    tensors = {t["index"]: t for t in interp.get_tensor_details()}
-    ops = _ops(interp)
-    io_tensors = {d["index"] for d in interp.get_input_details()} | {d["index"] for d in interp.get_output_details()}
+    fb = _Readback.of(model)
     report: dict[str, Any] = {
-        "ops": dict(sorted(Counter(o["op_name"] for o in ops).items())),
-        "tensor_dtypes": dict(sorted(Counter(t["dtype"].__name__ for t in tensors.values()).items())),
+        "ops": dict(sorted(Counter(o["op_name"] for o in fb.ops).items())),
+        "tensor_dtypes": dict(sorted(Counter(t["dtype"].__name__ for t in fb.tensors.values()).items())),
     }
     if not quantized:
         return report
-
     problems_int8: list[str] = []
     problems_ranges: list[str] = []
-    float_tensors = [t["name"] for i, t in tensors.items() if t["dtype"] in FLOAT_TYPES and i not in io_tensors]
-    report["float_tensors"] = float_tensors
-    if float_tensors:
-        problems_int8.append(f"{len(float_tensors)} float tensor(s) in the compute path: "
-                             + ", ".join(float_tensors[:8]) + (" ..." if len(float_tensors) > 8 else ""))
+    report["float_tensors"] = _float_tensors(fb, problems_int8)
+    report["requantize_ops"], report["io_conversions"] = _quantize_ops(fb, problems_int8)
+    report["weights"] = _check_weights(fb, lowered, problems_ranges)
+    report["forced"] = list(lowered.notes)
+    report["activations"] = _check_activations(fb, lowered, expected, report["forced"], problems_ranges)
+    if problems_int8:
+        raise UnsupportedOpsError("the converted TFLite model is not fully int8: " + "; ".join(problems_int8),
+                                  "the ops named above have no int8 TFLite kernel or lost their fake quant; change the "
+                                  "model, or keep it in fp32")
+    if problems_ranges:
+        raise FidelityError("the TFLite converter did not keep the simulation's quantization: "
+                            + "; ".join(problems_ranges))
+    return report
 
-    # QUANTIZE / DEQUANTIZE: int8 → int8 requantization is exact integer work; float edges only at I/O.
+
+def _float_tensors(fb: _Readback, problems: list[str]) -> list[str]:
+    """Float tensors outside the model's inputs and outputs: the compute path must be int8."""
+    float_tensors = [t["name"] for i, t in fb.tensors.items() if t["dtype"] in FLOAT_TYPES and i not in fb.io_tensors]
+    if float_tensors:
+        problems.append(f"{len(float_tensors)} float tensor(s) in the compute path: "
+                        + ", ".join(float_tensors[:8]) + (" ..." if len(float_tensors) > 8 else ""))
+    return float_tensors
+
+
+def _quantize_ops(fb: _Readback, problems: list[str]) -> tuple[int, list[str]]:
+    """QUANTIZE / DEQUANTIZE: int8 → int8 requantization is exact integer work; float edges only at I/O.
+    Returns the number of requantize ops (before CONCATENATION, whose inputs must share its scale) and
+    the I/O conversions."""
     requant, edges, stray = 0, [], []
-    for o in ops:
+    for o in fb.ops:
         if o["op_name"] not in ("QUANTIZE", "DEQUANTIZE"):
             continue
-        src, dst = tensors[int(o["inputs"][0])], tensors[int(o["outputs"][0])]
+        src, dst = fb.tensors[int(o["inputs"][0])], fb.tensors[int(o["outputs"][0])]
         if src["dtype"] == np.int8 and dst["dtype"] == np.int8:
             requant += 1
-        elif int(o["inputs"][0]) in io_tensors or int(o["outputs"][0]) in io_tensors:
+        elif int(o["inputs"][0]) in fb.io_tensors or int(o["outputs"][0]) in fb.io_tensors:
             at = src["name"] if o["op_name"] == "QUANTIZE" else dst["name"]
             edges.append(f"{o['op_name']} {src['dtype'].__name__}→{dst['dtype'].__name__} at {at}")
         else:
             stray.append(f"{o['op_name']} {src['name']}")
-    report["requantize_ops"] = requant  # before CONCATENATION, whose inputs must share its scale
-    report["io_conversions"] = edges
     if stray:
-        problems_int8.append(f"{len(stray)} QUANTIZE/DEQUANTIZE op(s) inside the graph: " + ", ".join(stray[:8]))
+        problems.append(f"{len(stray)} QUANTIZE/DEQUANTIZE op(s) inside the graph: " + ", ".join(stray[:8]))
+    return requant, edges
 
-    # Weights per channel with the simulation's scales; biases int32 with the layer's values.
+
+def _check_weights(fb: _Readback, lowered: Lowered, problems: list[str]) -> dict[str, Any]:
+    """Weights per channel with the simulation's scales; biases int32 with the layer's values."""
     per_channel, per_tensor, bias_bad, requantized, w_diff = 0, [], [], [], 0.0
-    for o in ops:
+    for o in fb.ops:
         if o["op_name"] not in WEIGHTED_OPS:
             continue
-        w = tensors[int(o["inputs"][1])]
-        out_name = tensors[int(o["outputs"][0])]["name"]
+        w = fb.tensors[int(o["inputs"][1])]
+        out_name = fb.tensors[int(o["outputs"][0])]["name"]
         info = _conv_info(w["name"] + ";" + out_name, lowered)  # outputs carry ONNX names: the weight has the scope
         if w["dtype"] != np.int8:
             continue  # already reported as a float tensor
         scales = w["quantization_parameters"]["scales"]
         if len(o["inputs"]) > 2 and o["inputs"][2] >= 0:
-            b = tensors[int(o["inputs"][2])]
-            # TFLite's int8 spec: bias scale = input scale × weight scale, per output channel; and the
-            # values must be the layer's (a splat bias got the first channel's scale for all of them)
-            in_scale = tensors[int(o["inputs"][0])]["quantization_parameters"]["scales"]
-            b_scales = b["quantization_parameters"]["scales"]
-            if b["dtype"] != np.int32:
-                bias_bad.append(f"{out_name} ({b['dtype'].__name__})")
-            elif len(in_scale) == 1 and len(b_scales) == len(scales) and \
-                    _rel(b_scales, np.float32(in_scale[0]) * scales) > 1e-5:
-                bias_bad.append(f"{out_name} (bias scale is not input scale x weight scale)")
-            else:
-                want_b = info.get("bias")
-                got_b = interp.get_tensor(int(o["inputs"][2])).astype(np.float64) * b_scales
-                if want_b is not None and got_b.shape == want_b.shape and \
-                        np.any(np.abs(got_b - want_b) > 0.5 * b_scales + 1e-6 * np.abs(want_b)):
-                    bias_bad.append(f"{out_name} (int32 bias values are not the layer's bias)")
+            bad = _bias_problem(fb, o, scales, info.get("bias"))
+            if bad is not None:
+                bias_bad.append(f"{out_name} ({bad})")
         channels = w["shape"][-1] if o["op_name"] == "DEPTHWISE_CONV_2D" else w["shape"][0]
         want = info.get("weight_scales")
         if want is None and info:
@@ -215,93 +240,121 @@ def check_flatbuffer(model: bytes, lowered: Lowered, expected: dict[str, dict], 
                 w_diff = max(w_diff, _rel(scales, want))
         else:
             per_tensor.append(out_name)
-    report["weights"] = {"per_channel": per_channel, "per_tensor": per_tensor, "max_rel_scale_diff": w_diff}
-    report["forced"] = list(lowered.notes)
     if per_tensor:
-        problems_ranges.append(f"{len(per_tensor)} weight(s) lost their per-channel scales: " + ", ".join(per_tensor[:5]))
+        problems.append(f"{len(per_tensor)} weight(s) lost their per-channel scales: " + ", ".join(per_tensor[:5]))
     if w_diff > SCALE_RTOL:
-        problems_ranges.append(f"weight scales differ from the simulation's by up to {w_diff:.2e} (relative)")
+        problems.append(f"weight scales differ from the simulation's by up to {w_diff:.2e} (relative)")
     if requantized:
-        problems_ranges.append(f"{len(requantized)} layer(s) float in the simulation were quantized by the converter "
-                               "with ranges of its own: " + ", ".join(requantized[:5]))
+        problems.append(f"{len(requantized)} layer(s) float in the simulation were quantized by the converter "
+                        "with ranges of its own: " + ", ".join(requantized[:5]))
     if bias_bad:
-        problems_ranges.append(f"{len(bias_bad)} bias(es) are not int32 on the input x weight grid: "
-                               + ", ".join(bias_bad[:5]))
+        problems.append(f"{len(bias_bad)} bias(es) are not int32 on the input x weight grid: "
+                        + ", ".join(bias_bad[:5]))
+    return {"per_channel": per_channel, "per_tensor": per_tensor, "max_rel_scale_diff": w_diff}
 
-    # Activation ranges: every quantized activation against the simulation's scale and zero point.
+
+def _bias_problem(fb: _Readback, op: dict, w_scales: np.ndarray, want_bias: np.ndarray | None) -> str | None:
+    """What is wrong with a weighted op's bias (input 2), or None. TFLite's int8 spec: bias scale = input
+    scale × weight scale, per output channel; and the values must be the layer's (a splat bias got the
+    first channel's scale for all of them)."""
+    b = fb.tensors[int(op["inputs"][2])]
+    in_scale = fb.qparams(int(op["inputs"][0]))["scales"]
+    b_scales = b["quantization_parameters"]["scales"]
+    if b["dtype"] != np.int32:
+        return b["dtype"].__name__
+    if len(in_scale) == 1 and len(b_scales) == len(w_scales) and \
+            _rel(b_scales, np.float32(in_scale[0]) * w_scales) > 1e-5:
+        return "bias scale is not input scale x weight scale"
+    got = fb.interp.get_tensor(int(op["inputs"][2])).astype(np.float64) * b_scales
+    if want_bias is not None and got.shape == want_bias.shape and \
+            np.any(np.abs(got - want_bias) > 0.5 * b_scales + 1e-6 * np.abs(want_bias)):
+        return "int32 bias values are not the layer's bias"
+    return None
+
+
+def _activation_targets(fb: _Readback, lowered: Lowered) -> dict[int, str]:
+    """Each int8 activation of the flatbuffer → the ONNX tensor whose range it must hold."""
     order = {s: i for i, s in enumerate(lowered.scopes)}
-    requant_outputs = {int(o["outputs"][0]) for o in ops if o["op_name"] == "QUANTIZE"}
-    produced = {int(t) for o in ops for t in o["outputs"]} | {d["index"] for d in interp.get_input_details()}
+    requant_outputs = {int(o["outputs"][0]) for o in fb.ops if o["op_name"] == "QUANTIZE"}
+    inputs, outputs = fb.interp.get_input_details(), fb.interp.get_output_details()
+    produced = {int(t) for o in fb.ops for t in o["outputs"]} | {d["index"] for d in inputs}
     targets: dict[int, str] = {}
-    for i, t in tensors.items():
+    for i, t in fb.tensors.items():
         if i in requant_outputs or i not in produced or t["dtype"] != np.int8:
             continue
         scope, derived = owner(t["name"], order)
         if scope is not None and not derived:
             targets[i] = lowered.scopes[scope]
     # inputs and outputs carry the ONNX names (see tflite.name_io), so they are matched by position
-    for d, onnx_name in [*zip(interp.get_input_details(), [lowered.input_name]),
-                         *zip(interp.get_output_details(), lowered.outputs)]:
+    for d, onnx_name in [*zip(inputs, [lowered.input_name]), *zip(outputs, lowered.outputs)]:
         if d["dtype"] == np.int8:
             targets[d["index"]] = onnx_name
+    return targets
+
+
+def _check_activations(fb: _Readback, lowered: Lowered, expected: dict[str, dict], forced: list,
+                       problems: list[str]) -> dict[str, Any]:
+    """Every quantized activation against the simulation's scale and zero point; a difference the
+    converter is forced into (a CONCATENATION's grid, an op keeping its input's grid) is added to
+    ``forced`` instead of ``problems``."""
     checked, unmatched, a_diff = 0, [], 0.0
     mismatched: list[str] = []
     moved: list[dict[str, Any]] = []
     kept_grid: list[dict[str, Any]] = []
     # a graph output's own tensor is renamed by the quantizer (``<name>_float``); its qparams keep the name
     output_of = {src: out for out, sources in zip(lowered.outputs, lowered.output_sources) for src in sources}
-    for i, onnx_name in targets.items():
+    for i, onnx_name in _activation_targets(fb, lowered).items():
         onnx_name = onnx_name if onnx_name in expected else output_of.get(onnx_name, onnx_name)
         want = expected.get(onnx_name)
         if want is None or np.size(want["scale"]) != 1:
             unmatched.append(onnx_name)
             continue
-        qp = tensors[i]["quantization_parameters"]
+        qp = fb.qparams(i)
         if len(qp["scales"]) != 1:
             mismatched.append(f"{onnx_name} (per-channel in the flatbuffer)")
             continue
         checked += 1
         got_scale, got_zp = float(qp["scales"][0]), int(qp["zero_points"][0])
-        diff = _rel(got_scale, float(np.float32(want["scale"])))
-        if diff <= SCALE_RTOL and got_zp == int(want["zero_point"]):
+        want_scale, want_zp = float(np.float32(want["scale"])), int(want["zero_point"])
+        diff = _rel(got_scale, want_scale)
+        if diff <= SCALE_RTOL and got_zp == want_zp:
             a_diff = max(a_diff, diff)
             continue
-        concat = _concat_grid(i, ops, tensors)
-        after = _requantized_after(i, ops, tensors, float(np.float32(want["scale"])), int(want["zero_point"]))
+        concat = _concat_grid(i, fb.ops, fb.tensors)
+        after = _requantized_after(i, fb.ops, fb.tensors, want_scale, want_zp)
         if concat is not None:
             moved.append({"tensor": onnx_name, "onto": concat, "scale": got_scale, "zero_point": got_zp,
-                          "asked_scale": float(want["scale"]), "asked_zero_point": int(want["zero_point"])})
+                          "asked_scale": float(want["scale"]), "asked_zero_point": want_zp})
         elif after is not None:
             kept_grid.append({"tensor": onnx_name, "op": after})
         else:
             mismatched.append(f"{onnx_name}: scale {got_scale:.6g}, zero point {got_zp} "
-                              f"(asked {float(want['scale']):.6g}, {int(want['zero_point'])})")
-    report["activations"] = {"checked": checked, "without_qparams": unmatched, "max_rel_scale_diff": a_diff,
-                             "mismatches": mismatched, "moved_onto_concat_grid": len(moved),
-                             "requantized_after_same_grid_op": len(kept_grid)}
-    if moved:
-        report["forced"].append({"forced": "producer written onto a CONCATENATION's grid", "tensors": moved,
-                                 "reason": "TFLite's int8 CONCATENATION needs every input on its output grid; the "
-                                           "converter moves a producer onto it instead of adding a requantize op "
-                                           "(one rounding instead of the simulation's two)"})
-    if kept_grid:
-        report["forced"].append({"forced": "requantized after an op that keeps its input's grid", "tensors": kept_grid,
-                                 "reason": "TFLite's int8 kernels for these ops need output scale = input scale; the "
-                                           "converter adds a QUANTIZE to the asked range after them (two roundings "
-                                           "where the simulation has one)"})
+                              f"(asked {float(want['scale']):.6g}, {want_zp})")
+    forced.extend(_forced_grids(moved, kept_grid))
     if checked == 0:
-        problems_ranges.append("no activation of the flatbuffer could be matched with the simulation's tensors")
+        problems.append("no activation of the flatbuffer could be matched with the simulation's tensors")
     if mismatched:
-        problems_ranges.append(f"{len(mismatched)} activation range(s) differ from the simulation's, e.g. "
-                               + "; ".join(mismatched[:4]))
+        problems.append(f"{len(mismatched)} activation range(s) differ from the simulation's, e.g. "
+                        + "; ".join(mismatched[:4]))
+    return {"checked": checked, "without_qparams": unmatched, "max_rel_scale_diff": a_diff,
+            "mismatches": mismatched, "moved_onto_concat_grid": len(moved),
+            "requantized_after_same_grid_op": len(kept_grid)}
 
-    if problems_int8:
-        raise UnsupportedOpsError("the converted TFLite model is not fully int8: " + "; ".join(problems_int8),
-                                  "the ops named above have no int8 TFLite kernel or lost their fake quant; change the "
-                                  "model, or keep it in fp32")
-    if problems_ranges:
-        raise FidelityError("the TFLite converter did not keep the simulation's quantization: " + "; ".join(problems_ranges))
-    return report
+
+def _forced_grids(moved: list[dict], kept_grid: list[dict]) -> list[dict[str, Any]]:
+    """The report's notes for activation ranges TFLite's int8 kernels force the converter to change."""
+    notes = []
+    if moved:
+        notes.append({"forced": "producer written onto a CONCATENATION's grid", "tensors": moved,
+                      "reason": "TFLite's int8 CONCATENATION needs every input on its output grid; the "
+                                "converter moves a producer onto it instead of adding a requantize op "
+                                "(one rounding instead of the simulation's two)"})
+    if kept_grid:
+        notes.append({"forced": "requantized after an op that keeps its input's grid", "tensors": kept_grid,
+                      "reason": "TFLite's int8 kernels for these ops need output scale = input scale; the "
+                                "converter adds a QUANTIZE to the asked range after them (two roundings "
+                                "where the simulation has one)"})
+    return notes
 
 
 def _conv_scope(out_name: str, lowered: Lowered) -> str | None:
