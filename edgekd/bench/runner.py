@@ -6,6 +6,10 @@ Runs on Python 3.8+ (JetPack 5). Prints ``edgekd-progress DONE/TOTAL`` lines on 
 writes one JSON result.
 
     python3 runner.py model.onnx --runtime onnxruntime --threads 2 --warmup 10 --iterations 100 --out r.json
+
+With ``--inputs x.npy --save-outputs y.npz`` it first runs every sample once, untimed, and saves the
+raw outputs (``output0``, ``output1``, ...: one array per model output, samples stacked on axis 0),
+so a board's results can be compared with the host's.
 """
 import argparse
 import json
@@ -171,6 +175,15 @@ def make_input(model, inputs_path, seed=0):
     return [rng.standard_normal(model.input_shape).astype(model.input_dtype)]
 
 
+def save_outputs(model, samples, path):
+    import numpy as np
+
+    results = [model(x) for x in samples]
+    arrays = {"output%d" % k: np.stack([np.array(r[k], copy=True) for r in results]) for k in range(len(results[0]))}
+    with open(path, "wb") as f:  # a file object: np.savez would append .npz to a bare name
+        np.savez(f, **arrays)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="edgekd benchmark runner")
     ap.add_argument("model")
@@ -180,9 +193,12 @@ def main(argv=None):
     ap.add_argument("--iterations", type=int, default=100)
     ap.add_argument("--time-budget", type=float, default=None, help="seconds; stop early when spent")
     ap.add_argument("--inputs", default=None, help=".npy of input samples, cycled")
+    ap.add_argument("--save-outputs", default=None, help=".npz: the outputs for every --inputs sample, run once")
     ap.add_argument("--out", default=None)
     ap.add_argument("--progress-every", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.save_outputs and not args.inputs:
+        ap.error("--save-outputs needs --inputs")
 
     before = machine_state()
     rss_start = rss_mb()
@@ -194,7 +210,17 @@ def main(argv=None):
         return 4
     load_s = time.perf_counter() - t0
     rss_loaded = rss_mb()
+    if args.save_outputs:
+        import numpy as np
+
+        given = np.load(args.inputs, mmap_mode="r").dtype
+        if given != model.input_dtype:  # make_input's cast would turn float samples into garbage integers
+            sys.stderr.write("edgekd-error inputs-dtype: the samples are %s, the model takes %s\n"
+                             % (given, model.input_dtype))
+            return 2
     samples = make_input(model, args.inputs)
+    if args.save_outputs:
+        save_outputs(model, samples, args.save_outputs)
     for i in range(args.warmup):
         model(samples[i % len(samples)])
     latencies = []

@@ -12,7 +12,7 @@ from typing import Callable
 
 from edgekd.artifact import RESULTS_DIR, read_manifest, verify_files, write_json
 from edgekd.backends import backend_class
-from edgekd.bench.device import Device
+from edgekd.bench.device import Device, RunOutput
 from edgekd.errors import BenchmarkError, CorruptModelError, ToolchainMissingError
 
 RUNNER = Path(__file__).with_name("runner.py")
@@ -43,10 +43,7 @@ def run_benchmark(artifact: Path, device: Device, settings: BenchSettings,
                   progress: Callable[[int, int], None] | None = None) -> dict:
     manifest = read_manifest(artifact)
     check_results_writable(artifact)
-    changed = verify_files(artifact, manifest)
-    if changed:
-        raise CorruptModelError(f"files in {artifact} changed since compile: {', '.join(changed)}",
-                                "recompile; the manifest's sha256 no longer matches")
+    check_unchanged(artifact, manifest)
     model_file = manifest["artifact"]["model_file"]
     runtime = manifest["artifact"]["runtime"]
 
@@ -61,10 +58,7 @@ def run_benchmark(artifact: Path, device: Device, settings: BenchSettings,
         result, started = timed_by_backend
         return _finish(result, device, manifest, model_file, started, settings)
     with device:
-        # every file of the artifact: some runtimes read siblings (OpenVINO's .xml needs its .bin)
-        remote = {f["path"]: device.upload(artifact / f["path"], Path(f["path"]).name) for f in manifest["files"]}
-        remote_model = remote[model_file]
-        remote_runner = device.upload(RUNNER, "edgekd_runner.py")
+        remote_model, remote_runner = upload_artifact(artifact, manifest, device)
         argv = [device.python, remote_runner, remote_model, "--runtime", runtime,
                 "--threads", str(settings.threads), "--warmup", str(settings.warmup),
                 "--iterations", str(settings.iterations), "--out", "result.json"]
@@ -72,14 +66,10 @@ def run_benchmark(artifact: Path, device: Device, settings: BenchSettings,
             argv += ["--time-budget", str(settings.time_budget_s)]
         started = time.time()
         out = device.run(argv, timeout=settings.timeout_s, on_stderr_line=on_line)
-        if out.returncode == 4 and "runtime-missing" in out.stderr:
-            raise ToolchainMissingError(f"{runtime} does not import on {device.name}: {out.stderr.strip()[-300:]}",
-                                        f"install it on the device: pip install {RUNTIME_PACKAGES.get(runtime, runtime)}")
-        if out.returncode != 0:
-            raise BenchmarkError(f"the runner failed on {device.name} (exit {out.returncode}): {out.stderr.strip()[-800:]}")
+        check_runner_exit(out, runtime, device)
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / "result.json"
-            device.fetch(_remote_join(remote_runner, "result.json"), local)
+            device.fetch(remote_join(remote_runner, "result.json"), local)
             result = json.loads(local.read_text())
     return _finish(result, device, manifest, model_file, started, settings)
 
@@ -97,6 +87,28 @@ def check_results_writable(artifact: Path) -> None:
                              ) from e
 
 
+def check_unchanged(artifact: Path, manifest: dict) -> None:
+    changed = verify_files(artifact, manifest)
+    if changed:
+        raise CorruptModelError(f"files in {artifact} changed since compile: {', '.join(changed)}",
+                                "recompile; the manifest's sha256 no longer matches")
+
+
+def upload_artifact(artifact: Path, manifest: dict, device: Device) -> tuple[str, str]:
+    """Every file of the artifact (some runtimes read siblings: OpenVINO's .xml needs its .bin) and the
+    runner, into the device's run dir; returns the remote model and runner paths."""
+    remote = {f["path"]: device.upload(artifact / f["path"], Path(f["path"]).name) for f in manifest["files"]}
+    return remote[manifest["artifact"]["model_file"]], device.upload(RUNNER, "edgekd_runner.py")
+
+
+def check_runner_exit(out: RunOutput, runtime: str, device: Device) -> None:
+    if out.returncode == 4 and "runtime-missing" in out.stderr:
+        raise ToolchainMissingError(f"{runtime} does not import on {device.name}: {out.stderr.strip()[-300:]}",
+                                    f"install it on the device: pip install {RUNTIME_PACKAGES.get(runtime, runtime)}")
+    if out.returncode != 0:
+        raise BenchmarkError(f"the runner failed on {device.name} (exit {out.returncode}): {out.stderr.strip()[-800:]}")
+
+
 def _finish(result: dict, device: Device, manifest: dict, model_file: str, started: float, settings: BenchSettings) -> dict:
     result["device"] = device.name
     result["artifact"] = {"target": manifest["target"]["name"], "model_file": model_file,
@@ -106,7 +118,7 @@ def _finish(result: dict, device: Device, manifest: dict, model_file: str, start
     return result
 
 
-def _remote_join(sibling: str, name: str) -> str:
+def remote_join(sibling: str, name: str) -> str:
     return str(Path(sibling).with_name(name))
 
 
