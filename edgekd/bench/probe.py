@@ -48,7 +48,10 @@ def memory_mb():
     for line in (read("/proc/meminfo") or "").splitlines():
         if line.startswith("MemTotal:"):
             return int(line.split()[1]) // 1024
-    return None
+    try:  # no /proc (a chroot, a container without it): the C library asks the kernel
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    except (ValueError, OSError):
+        return None
 
 
 def runtime_versions():
