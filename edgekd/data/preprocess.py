@@ -18,6 +18,7 @@ class Preprocess:
     scale: float = 1.0 / 255.0  # pixel (0..255) → scale · pixel
     channel_order: str = "RGB"
     layout: str = "NCHW"
+    resize: str = "stretch"  # or "letterbox" (detectors): see edgekd.data.detection.letterbox
 
     def __post_init__(self):
         if self.channel_order not in ("RGB", "BGR"):
@@ -28,6 +29,8 @@ class Preprocess:
             raise ConfigError("mean and std take three values, one per channel", "e.g. --mean 0.485,0.456,0.406")
         if any(s == 0 for s in self.std):
             raise ConfigError("std must not contain 0")
+        if self.resize not in ("stretch", "letterbox"):
+            raise ConfigError(f"resize must be stretch or letterbox, got {self.resize!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,14 +46,14 @@ class Preprocess:
         return np.ascontiguousarray(x)
 
 
-def read_rgb(path: str | Path, size: tuple[int, int]) -> np.ndarray:
-    """Decode an image to HWC uint8 RGB at (H, W) = ``size`` (bilinear resize when it differs)."""
+def read_rgb(path: str | Path, size: tuple[int, int] | None) -> np.ndarray:
+    """Decode an image to HWC uint8 RGB at (H, W) = ``size`` (bilinear resize when it differs; None: as stored)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
-            if im.size != (size[1], size[0]):
+            if size is not None and im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as e:
@@ -58,4 +61,8 @@ def read_rgb(path: str | Path, size: tuple[int, int]) -> np.ndarray:
 
 
 def load_image(path: str | Path, pre: Preprocess) -> np.ndarray:
+    if pre.resize == "letterbox":
+        from edgekd.data.detection.letterbox import read_letterboxed
+
+        return pre.apply(read_letterboxed(path, pre.size)[0])
     return pre.apply(read_rgb(path, pre.size))
