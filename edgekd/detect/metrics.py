@@ -59,7 +59,8 @@ def coco_map(truth: list[GroundTruth], preds: list[Detections], num_classes: int
             w, h = box[2] - box[0], box[3] - box[1]
             annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": int(cls), "iscrowd": 0,
                                 "bbox": [box[0], box[1], w, h], "area": w * h})
-        for box, score, cls in zip(det.boxes.tolist(), det.scores.tolist(), det.classes.tolist()):
+        top = np.argsort(-det.scores, kind="stable")[:max_dets]  # COCO keeps the best max_dets per image
+        for box, score, cls in zip(det.boxes[top].tolist(), det.scores[top].tolist(), det.classes[top].tolist()):
             results.append({"image_id": i, "category_id": int(cls), "score": float(score),
                             "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
     if not annotations or not results:
@@ -69,7 +70,7 @@ def coco_map(truth: list[GroundTruth], preds: list[Detections], num_classes: int
                   "categories": [{"id": c, "name": str(c)} for c in range(num_classes)]}
     gt.createIndex()
     ev = COCOeval_faster(gt, gt.loadRes(results), "bbox")
-    ev.params.maxDets = [1, 10, max_dets]  # summarize() reads AP at the last entry
+    ev.params.maxDets = sorted({1, 10, max_dets})  # summarize() reads AP at the last (largest) entry
     ev.evaluate()
     ev.accumulate()
     ev.summarize()

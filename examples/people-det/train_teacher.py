@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     ap.add_argument("--weight-decay", type=float, default=5e-4)
     ap.add_argument("--warmup-steps", type=int, default=300)
     ap.add_argument("--eval-every", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads; 1 is fastest on a shared machine (2 threads on 2 busy cores spin)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default=".cache")
     ap.add_argument("--out", default="examples/people-det/teacher.pth")

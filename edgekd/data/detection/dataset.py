@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.errors import DataError, InputNotFoundError
+from edgekd.errors import DataError, DetectionDataError, InputNotFoundError
 
 ISSUE_KINDS = {
     "malformed": "not a class id followed by 4 box values or an even number (≥ 6) of polygon values",
@@ -105,6 +105,6 @@ def load_detection_set(source: str | Path, split: str = "val", images: str | Pat
         return read_yolo(path, split)
     if path.suffix.lower() == ".json":
         return read_coco(path, images)
-    raise DataError(f"{path} is neither a YOLO data.yaml nor a COCO .json",
+    raise DetectionDataError(f"{path} is neither a YOLO data.yaml nor a COCO .json",
                     "pass the data.yaml of a YOLO dataset (train/val image folders, labels/ beside images/) "
                     "or a COCO annotation file (instances_val.json)")
