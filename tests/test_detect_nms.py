@@ -105,10 +105,19 @@ def test_graph_nms_matches_numpy_per_class():
         assert selected[selected[:, 1] == cls, 2].tolist() == want.tolist()
 
 
+def test_graph_nms_finds_unnamed_outputs_by_shape():
+    model = _decoded_graph(10, 2)
+    model.graph.outputs[0].name, model.graph.outputs[1].name = "output1", "output0"
+    model.graph.outputs.reverse()  # scores first
+    add_nms(model)
+    nms_node = next(n for n in model.graph if n.op_type == "NonMaxSuppression")
+    assert nms_node.inputs[0].name == "output1"
+
+
 def test_graph_nms_refuses_a_graph_without_decoded_outputs():
     model = _decoded_graph(10, 1)
-    model.graph.outputs[0].name = "raw0"
-    with pytest.raises(ConfigError, match="'boxes' output"):
+    model.graph.outputs.pop()
+    with pytest.raises(ConfigError, match=r"decoded boxes \[N, A, 4\]"):
         add_nms(model)
     model = add_nms(_decoded_graph(10, 1))
     with pytest.raises(ConfigError, match="already"):

@@ -23,12 +23,24 @@ from edgekd.ir.graph import new_initializer
 SELECTED = "selected"
 
 
-def _output(graph: ir.Graph, name: str) -> ir.Value:
-    for v in graph.outputs:
-        if v.name == name:
-            return v
-    raise ConfigError(f"--nms needs the detector's {name!r} output; the graph has {[v.name for v in graph.outputs]}",
-                      "export the decoded detector (boxes [N, A, 4] and scores [N, A, C] as two outputs)")
+def decoded_outputs(graph: ir.Graph, boxes: str = "boxes", scores: str = "scores") -> tuple[ir.Value, ir.Value]:
+    """The (boxes, scores) outputs: by name, else the one pair of 3-D outputs ``[N, A, 4]`` and ``[N, A, C]``
+    (a TorchScript detector exports as output0/output1)."""
+    named = {v.name: v for v in graph.outputs}
+    if boxes in named and scores in named:
+        return named[boxes], named[scores]
+    dims = {v.name: tuple(v.shape.dims) if v.shape is not None else () for v in graph.outputs}
+    three = [v for v in graph.outputs if len(dims[v.name]) == 3]
+    if len(three) == 2:
+        a, b = three
+        if dims[a.name][:2] == dims[b.name][:2]:
+            if dims[a.name][2] == 4:
+                return a, b
+            if dims[b.name][2] == 4:
+                return b, a
+    raise ConfigError(f"--nms needs the detector's decoded boxes [N, A, 4] and scores [N, A, C]; the graph's outputs are "
+                      f"{', '.join(f'{n} {list(d)}' for n, d in dims.items())}",
+                      "export the decoded detector (yolo-det with decode=True, or yolo-det-p2)")
 
 
 def add_nms(model: ir.Model, iou_threshold: float = 0.7, score_threshold: float = 0.001,
@@ -39,7 +51,7 @@ def add_nms(model: ir.Model, iou_threshold: float = 0.7, score_threshold: float 
         raise ConfigError(f"the graph already has a {SELECTED!r} output (NMS was added before)")
     if model.opset_imports.get("", 0) < 11:
         raise ConfigError("NonMaxSuppression in the graph needs ONNX opset ≥ 11", "compile at a newer opset")
-    box_v, score_v = _output(graph, boxes), _output(graph, scores)
+    box_v, score_v = decoded_outputs(graph, boxes, scores)
     per_class = ir.Node("", "Transpose", [score_v], attributes=[ir.AttrInt64s("perm", [0, 2, 1])], name="nms_scores_per_class")
     consts = [new_initializer(graph, f"nms_{k}", np.asarray([v], dtype))
               for k, v, dtype in (("max_per_class", max_per_class, np.int64), ("iou_threshold", iou_threshold, np.float32),

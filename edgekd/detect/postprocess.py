@@ -32,7 +32,9 @@ class NmsSettings:
 
 
 def split_outputs(outputs: list[np.ndarray], num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(boxes [N, A, 4] xyxy, scores [N, A, C]) from the model's outputs."""
+    """(boxes [N, A, 4] xyxy, scores [N, A, C]) from the model's outputs; a graph NMS's integer ``selected``
+    output is passed over (evaluation runs its own NMS at its own thresholds)."""
+    outputs = [o for o in outputs if not np.issubdtype(o.dtype, np.integer)]
     if len(outputs) == 2:
         a, b = outputs
         if a.ndim == 3 and b.ndim == 3 and a.shape[:2] == b.shape[:2]:

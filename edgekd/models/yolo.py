@@ -18,6 +18,8 @@ import math
 import torch
 from torch import nn
 
+from edgekd.models.yolo_decode import DECODED_OUTPUTS, DecodedYolo, decode_outputs
+
 STRIDES = (8, 16, 32)
 # Backbone channels (before ``width``) at each stride the neck can tap.
 _STAGE_CHANNELS = {4: 128, 8: 256, 16: 512, 32: 1024}
@@ -118,11 +120,15 @@ class YoloDet(nn.Module):
 
     ``head_channels=(box, cls)`` sets the head branch widths; by default YOLOv8's rule on the first
     level's channels. The backbone runs down to the largest stride, with SPPF at its end.
+
+    ``decode=True`` (or setting ``model.decode``) returns ``(boxes [N, A, 4], scores [N, A, C])`` instead,
+    decoded in float by :func:`edgekd.models.yolo_decode.decode_outputs`; the weights are the same either way.
     """
 
     def __init__(self, num_classes: int = 80, width: float = 0.25, depth: float = 0.33,
-                 strides: tuple[int, ...] = STRIDES, head_channels: tuple[int, int] | None = None):
+                 strides: tuple[int, ...] = STRIDES, head_channels: tuple[int, int] | None = None, decode: bool = False):
         super().__init__()
+        self.decode = decode
         self.strides = _check_strides(strides)
         self.num_classes = num_classes
         self.input_size = (3, 320, 320)
@@ -162,10 +168,28 @@ class YoloDet(nn.Module):
             out.append(block(torch.cat([down(out[-1]), top[i + 1]], 1)))
         return out
 
+    @property
+    def output_names(self) -> tuple[str, ...] | None:
+        """Names for the exported graph's outputs (the export pass reads them)."""
+        return DECODED_OUTPUTS if self.decode else None
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.head(self.neck(x))
+        raw = self.head(self.neck(x))
+        return decode_outputs(raw, self.strides, DecodedYolo.grid) if self.decode else raw
 
 
 def yolo_det(num_classes: int = 80, width: float = 0.25, depth: float = 0.33, strides: tuple[int, ...] = STRIDES,
-             head_channels: tuple[int, int] | None = None) -> YoloDet:
-    return YoloDet(num_classes, width, depth, strides, head_channels)
+             head_channels: tuple[int, int] | None = None, decode: bool = False) -> YoloDet:
+    return YoloDet(num_classes, width, depth, strides, head_channels, decode)
+
+
+def yolo_det_p2(num_classes: int = 80, width: float = 0.25, depth: float = 0.33, decode: bool = True) -> YoloDet:
+    """For small objects: levels at strides 4/8/16 (no 32), head branches as wide as the stride-4 level
+    (YOLOv8's 64-channel minimum would triple the cost at stride 4), decoded outputs."""
+    c = _ch(_STAGE_CHANNELS[4], width)
+    return YoloDet(num_classes, width, depth, (4, 8, 16), (c, c), decode)
+
+
+def person_detector() -> YoloDet:
+    """The architecture of the people-det teacher (examples/people-det): one class, ``yolo_det_p2``."""
+    return yolo_det_p2(num_classes=1)

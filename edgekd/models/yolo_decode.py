@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+DECODED_OUTPUTS = ("boxes", "scores")
 MAX_LOG_SIZE = 8.0  # exp(8) ≈ 3000 cells: far past any image, small enough that exp stays finite in fp16
 
 
@@ -52,19 +53,16 @@ class DecodedYolo(nn.Module):
     stride, smallest stride first. The grids are cached per input size.
     """
 
-    output_names = ("boxes", "scores")
+    output_names = DECODED_OUTPUTS
 
     def __init__(self, model: nn.Module, strides: tuple[int, ...] | None = None):
         super().__init__()
         self.model = model
         self.strides = tuple(strides or model.strides)
-        self._grids: dict[tuple[int, int], torch.Tensor] = {}
 
-    def grid(self, h: int, w: int, device: torch.device) -> torch.Tensor:
-        key = (int(h), int(w))
-        if key not in self._grids:
-            self._grids[key] = torch.from_numpy(cell_grid(*key))
-        return self._grids[key].to(device)
+    @staticmethod
+    def grid(h: int, w: int, device: torch.device) -> torch.Tensor:
+        return torch.from_numpy(cell_grid(int(h), int(w))).to(device)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return decode_outputs(self.model(x), self.strides, self.grid)

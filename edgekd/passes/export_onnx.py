@@ -41,7 +41,11 @@ class ExportOnnxPass(Pass):
             except RuntimeError as e:
                 raise InputShapeError(f"the model does not accept input shape {tuple(state.input.shape)}: {e}") from e
         n_out = len(outputs) if isinstance(outputs, (tuple, list)) else 1
-        output_names = ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)]
+        named = getattr(model, "output_names", None)  # e.g. a decoded detector's ("boxes", "scores")
+        if named and len(named) == n_out:
+            output_names = list(named)
+        else:
+            output_names = ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)]
         buf = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

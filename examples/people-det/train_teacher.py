@@ -37,13 +37,18 @@ from edgekd.data.detection.letterbox import fit, letterbox
 from edgekd.data.preprocess import Preprocess, read_rgb
 from edgekd.detect.evaluate import evaluate
 from edgekd.detect.loss import DetectionLoss
-from edgekd.models.yolo import YoloDet
-from edgekd.models.yolo_decode import DecodedYolo
+from edgekd.models.yolo import person_detector
 from edgekd.runtime import torch_reference
 
 ATTRIBUTION = ("people-det: 'Tiny people detection RPI' v1, Roboflow Universe workspace resq, repository "
                "projectaeroaiml/human_rpi, CC BY 4.0")
-MODEL_ARGS = {"num_classes": 1, "width": 0.25, "depth": 0.33, "strides": (4, 8, 16), "head_channels": (32, 32)}
+MODEL = "edgekd.models.yolo:person_detector"  # yolo_det_p2(num_classes=1): width 0.25, strides 4/8/16, head 32/32
+
+
+def build() -> torch.nn.Module:
+    model = person_detector()
+    model.decode = False  # raw heads while training (the loss decodes the assigned cells itself)
+    return model
 
 
 def decode_split(dataset, size: int, cache: Path) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -126,7 +131,7 @@ class Ema:
     """Exponential moving average of the weights (and BN statistics), ramped in over the first updates."""
 
     def __init__(self, model: torch.nn.Module, decay: float = 0.9995, ramp: float = 1000.0):
-        self.model = YoloDet(**MODEL_ARGS)
+        self.model = build()
         self.model.load_state_dict(model.state_dict())
         self.model.eval().requires_grad_(False)
         self.decay, self.ramp, self.updates = decay, ramp, 0
@@ -144,7 +149,11 @@ class Ema:
 
 def validate(model: torch.nn.Module, val_set, size: int, limit: int | None = None) -> dict:
     pre = Preprocess(size=(size, size), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize="letterbox")
-    m = evaluate(torch_reference(DecodedYolo(model).eval()), val_set, pre, batch=4, limit=limit)
+    model.decode = True
+    try:
+        m = evaluate(torch_reference(model.eval()), val_set, pre, batch=4, limit=limit)
+    finally:
+        model.decode = False
     return {"map50_95": m.map50_95, "map50": m.map50, "precision": m.precision, "recall": m.recall,
             "best_f1": m.best_f1, "best_f1_conf": m.best_f1_conf}
 
@@ -178,7 +187,7 @@ def main(argv=None) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     images, boxes = decode_split(train_set, args.size, cache / f"people-det-train-{args.size}.npy")
 
-    model = YoloDet(**MODEL_ARGS).to(memory_format=torch.channels_last)
+    model = build().to(memory_format=torch.channels_last)
     loss_fn = DetectionLoss(model.strides)
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.999))
     steps_per_epoch = len(train_set) * args.crops_per_image // args.batch_size
@@ -239,7 +248,7 @@ def main(argv=None) -> int:
     tmp.replace(out)
     evals = [h for h in history if "val" in h]
     record = {"command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
-              "data": ATTRIBUTION, "model": "edgekd.models.yolo:yolo_det", "model_args": MODEL_ARGS,
+              "data": ATTRIBUTION, "model": MODEL,
               "epochs": args.epochs, "batch_size": args.batch_size, "crop": args.crop, "lr": args.lr,
               "train_images": len(train_set), "val_images": len(val_set), "eval_size": args.size,
               "valid": evals[-1]["val"] if evals else None, "history": history}
