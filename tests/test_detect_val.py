@@ -20,6 +20,7 @@ from edgekd.detect.evaluate import evaluate
 from edgekd.detect.loss import DetectionLoss
 from edgekd.models.yolo import YoloDet
 from edgekd.models.yolo_decode import DecodedYolo
+from edgekd.passes.calibrate import CalibrationWarning
 from edgekd.runtime import torch_reference
 
 SIZE = (64, 64)
@@ -92,3 +93,16 @@ def test_decoded_zoo_detector_exports_named_outputs(tmp_path):
     api.compile(api.make_config("yolo-det-p2:0.125", "onnx-cpu", out, input_shape=(1, 3, 32, 32), precision="fp32"))
     outputs = json.loads((out / "manifest.json").read_text())["outputs"]
     assert [(o["name"], o["shape"]) for o in outputs] == [("boxes", [1, 84, 4]), ("scores", [1, 84, 80])]
+
+
+def test_int8_detector_warns_on_few_calibration_images_and_keeps_its_map(trained, tmp_path):
+    data, model_file, decoded = trained
+    card = tmp_path / "det.toml"
+    card.write_text(f'[model]\nsource = "{model_file}"\n[input]\nshape = [1, 3, {SIZE[0]}, {SIZE[1]}]\n'
+                    f'resize = "letterbox"\n')
+    out = tmp_path / "int8"
+    with pytest.warns(CalibrationWarning, match="calibrating a detector on 16 samples; use at least 300"):
+        api.compile(api.make_config(str(card), "onnx-cpu", out, precision="int8", calib=data.parent / "train" / "images"))
+    got = api.val(out, data).metrics
+    ref = evaluate(torch_reference(decoded), load_detection_set(data, "val"), PRE)
+    assert got.map50 >= ref.map50 - 0.1, (got.line(), ref.line())

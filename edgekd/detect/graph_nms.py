@@ -17,30 +17,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from edgekd.detect.graph_outputs import decoded_outputs
 from edgekd.errors import ConfigError
 from edgekd.ir.graph import new_initializer
 
 SELECTED = "selected"
-
-
-def decoded_outputs(graph: ir.Graph, boxes: str = "boxes", scores: str = "scores") -> tuple[ir.Value, ir.Value]:
-    """The (boxes, scores) outputs: by name, else the one pair of 3-D outputs ``[N, A, 4]`` and ``[N, A, C]``
-    (a TorchScript detector exports as output0/output1)."""
-    named = {v.name: v for v in graph.outputs}
-    if boxes in named and scores in named:
-        return named[boxes], named[scores]
-    dims = {v.name: tuple(v.shape.dims) if v.shape is not None else () for v in graph.outputs}
-    three = [v for v in graph.outputs if len(dims[v.name]) == 3]
-    if len(three) == 2:
-        a, b = three
-        if dims[a.name][:2] == dims[b.name][:2]:
-            if dims[a.name][2] == 4:
-                return a, b
-            if dims[b.name][2] == 4:
-                return b, a
-    raise ConfigError(f"--nms needs the detector's decoded boxes [N, A, 4] and scores [N, A, C]; the graph's outputs are "
-                      f"{', '.join(f'{n} {list(d)}' for n, d in dims.items())}",
-                      "export the decoded detector (yolo-det with decode=True, or yolo-det-p2)")
 
 
 def add_nms(model: ir.Model, iou_threshold: float = 0.7, score_threshold: float = 0.001,
