@@ -102,5 +102,5 @@ def test_student_moves_towards_the_teacher():
         loss.backward()
         opt.step()
     # a random teacher on noise is hard to copy exactly; each term must still fall clearly
-    for term, factor in (("kd", 0.3), ("hint", 0.85), ("attention", 0.5), ("box", 0.85)):
+    for term, factor in (("kd", 0.3), ("hint", 0.85), ("attention", 0.5), ("box_kd", 0.85)):
         assert parts[term] < factor * first[term], (term, first[term], parts[term])

@@ -77,7 +77,10 @@ def neck_layers(model: nn.Module) -> tuple[str, ...]:
 
 
 class DetectionDistillLoss(nn.Module):
-    """labels · DetectionLoss + kd · class_map_kd + box · box_kd + hint · FitNets + attention · AT.
+    """labels · DetectionLoss + kd · class_map_kd + box_kd · box_kd + hint · FitNets + attention · AT.
+
+    The returned parts name the terms ``labels``, ``kd``, ``box_kd``, ``hint``, ``attention`` (and the labels
+    loss's own ``box``, ``cls``, ``iou``, ``positives``).
 
     Its only parameters are the neck adapters (train them with the student). ``forward`` takes both
     models' raw head outputs, the targets, and the neck features captured by name
@@ -85,14 +88,14 @@ class DetectionDistillLoss(nn.Module):
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, example: torch.Tensor, temperature: float = 2.0,
-                 labels: float = 1.0, kd: float = 1.0, box: float = 1.0, hint: float = 1.0, attention: float = 0.0):
+                 labels: float = 1.0, kd: float = 1.0, box_kd: float = 1.0, hint: float = 1.0, attention: float = 0.0):
         super().__init__()
         if tuple(student.strides) != tuple(teacher.strides):
             raise ConfigError(f"student strides {student.strides} differ from the teacher's {teacher.strides}")
         self.strides = tuple(student.strides)
         self.labels_loss = DetectionLoss(self.strides)
         self.temperature = temperature
-        self.weights = {"labels": labels, "kd": kd, "box": box, "hint": hint, "attention": attention}
+        self.weights = {"labels": labels, "kd": kd, "box_kd": box_kd, "hint": hint, "attention": attention}
         pairs = pair_layers(student, teacher, example, tuple(zip(neck_layers(student), neck_layers(teacher))))
         self.features = FeatureLosses(pairs)
         self.student_layers = [s for s, _, _, _ in pairs]
@@ -104,7 +107,7 @@ class DetectionDistillLoss(nn.Module):
         if self.weights["labels"]:
             terms["labels"], parts = self.labels_loss(s_raw, targets)
         terms["kd"] = class_map_kd(s_raw, t_raw, self.temperature)
-        terms["box"] = box_kd(s_raw, t_raw, self.strides)
+        terms["box_kd"] = box_kd(s_raw, t_raw, self.strides)
         if self.weights["hint"] or self.weights["attention"]:
             terms["hint"], terms["attention"] = self.features(s_feats, t_feats)
         loss = sum(self.weights[k] * v for k, v in terms.items())

@@ -130,8 +130,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 class Ema:
     """Exponential moving average of the weights (and BN statistics), ramped in over the first updates."""
 
-    def __init__(self, model: torch.nn.Module, decay: float = 0.9995, ramp: float = 1000.0):
-        self.model = build()
+    def __init__(self, model: torch.nn.Module, decay: float = 0.9995, ramp: float = 1000.0, factory=None):
+        self.model = (factory or build)()
         self.model.load_state_dict(model.state_dict())
         self.model.eval().requires_grad_(False)
         self.decay, self.ramp, self.updates = decay, ramp, 0
