@@ -15,14 +15,17 @@ import numpy as np
 
 from edgekd.data.detection.dataset import DetectionSet, ImageLabels, LabelIssue, image_size
 from edgekd.data.folder import IMAGE_SUFFIXES
-from edgekd.errors import DetectionDataError, InputNotFoundError
+from edgekd.errors import DetectionDataError, InputNotFoundError, ToolchainMissingError
 
 # Exporters write 1.0000001 and -1e-9; within this margin a coordinate is clipped, beyond it the line is refused.
 COORD_TOLERANCE = 1e-3
 
 
 def _read_yaml(path: Path) -> dict:
-    import yaml
+    try:
+        import yaml
+    except ImportError as e:
+        raise ToolchainMissingError("reading a YOLO data.yaml needs PyYAML", "pip install 'edgekd[detect]' (or pyyaml)") from e
 
     try:
         data = yaml.safe_load(path.read_text())
