@@ -86,3 +86,21 @@ def test_evaluate_maps_boxes_back_through_the_letterbox(tmp_path):
 
     m = evaluate(oracle, ds, pre, batch=1)
     assert m.map50_95 == pytest.approx(1.0, abs=1e-3) and m.objects == ds.num_objects
+
+
+def test_drawn_boxes_land_on_the_box_edges(tmp_path):
+    from PIL import Image
+
+    from edgekd.detect.draw import LABELLED, PREDICTED, draw, sheet
+
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    det = _det([[10, 5, 20, 15], [30, 30, 40, 38]], [0.9, 0.1])
+    im = np.asarray(draw(rgb, det, GroundTruth(np.asarray([[2, 2, 8, 30]], np.float32), np.asarray([0])), conf=0.25))
+    assert tuple(im[5, 15]) == PREDICTED and tuple(im[10, 10]) == PREDICTED  # top and left edge of the kept box
+    assert tuple(im[30, 35]) == (0, 0, 0)  # the 0.1 detection is below conf: not drawn
+    assert tuple(im[2, 5]) == LABELLED
+    zoomed = np.asarray(draw(rgb, det, zoom=3))
+    assert zoomed.shape == (120, 180, 3) and tuple(zoomed[15, 45]) == PREDICTED
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    out = sheet([tmp_path / "a.png"] * 3, [det] * 3, None, tmp_path / "s.jpg", columns=2, width=120)
+    assert Image.open(out).size == (240, 160)
