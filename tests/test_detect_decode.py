@@ -15,7 +15,7 @@ import torch
 from edgekd.detect.postprocess import split_outputs
 from edgekd.errors import DataError
 from edgekd.models.yolo import YoloDet
-from edgekd.models.yolo_decode import MAX_LOG_SIZE, DecodedYolo, cell_grid, decode_level
+from edgekd.models.yolo_decode import DecodedYolo, cell_grid, decode_level
 from edgekd.runtime import ort_session
 
 
@@ -27,22 +27,30 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def test_zero_raw_output_is_a_stride_sized_box_on_the_cell_centre():
+def test_zero_raw_output_is_a_four_stride_box_on_the_cell_centre():
     box = torch.zeros(1, 4, 2, 3)
     out = decode_level(box, 8, torch.from_numpy(cell_grid(2, 3)))
     assert out.shape == (1, 6, 4)
-    # cell (gx=2, gy=1): centre (2.5·8, 1.5·8) = (20, 12), size 8 × 8
-    np.testing.assert_allclose(out[0, 5].numpy(), [16, 8, 24, 16])
+    # cell (gx=2, gy=1): centre (2.5·8, 1.5·8) = (20, 12), size (2·½)² · 4 · 8 = 32
+    np.testing.assert_allclose(out[0, 5].numpy(), [4, -4, 36, 28])
 
 
 def test_offsets_and_sizes_by_hand():
-    raw = torch.tensor([math.log(3.0), -100.0, math.log(2.0), math.log(0.5)]).view(1, 4, 1, 1)
+    raw = torch.tensor([math.log(3.0), -100.0, -math.log(3.0), 100.0]).view(1, 4, 1, 1)
     out = decode_level(raw, 4, torch.from_numpy(cell_grid(1, 1)))[0, 0]
     cx = (0 + 2 * 0.75 - 0.5) * 4  # σ(log 3) = 0.75
     cy = (0 + 0 - 0.5) * 4  # σ(-100) = 0: reaches half a cell above
-    np.testing.assert_allclose(out.numpy(), [cx - 4, cy - 1, cx + 4, cy + 1], atol=1e-5)
-    huge = decode_level(torch.full((1, 4, 1, 1), 1e4), 1, torch.from_numpy(cell_grid(1, 1)))[0, 0]
-    assert torch.isfinite(huge).all() and float(huge[2] - huge[0]) == pytest.approx(math.exp(MAX_LOG_SIZE), rel=1e-5)
+    w = (2 * 0.25) ** 2 * 4 * 4  # σ(-log 3) = 0.25 → one stride
+    h = 4 * 4 * 4  # σ(100) = 1: the largest box, 16 strides
+    np.testing.assert_allclose(out.numpy(), [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], atol=1e-5)
+
+
+def test_a_new_head_starts_with_stride_sized_boxes():
+    model = YoloDet(1, width=0.125, strides=(4, 8, 16), head_channels=(16, 16), decode=True).eval()
+    with torch.no_grad():
+        boxes, _ = model(torch.zeros(1, 3, 64, 64))
+    sizes = (boxes[0, :, 2:] - boxes[0, :, :2])
+    assert sizes[0].tolist() == pytest.approx([4.0, 4.0], rel=0.5)  # stride-4 cell: about 4 px
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +78,7 @@ def test_decoded_graph_exports_without_shape_ops_and_runs_the_same(decoded):
     proto = onnx.load_from_string(buf.getvalue())
     ops = {n.op_type for n in proto.graph.node}
     assert not ops & {"Shape", "Range", "ConstantOfShape"}  # grids are constants: static, quantizer-friendly
-    assert {"Exp", "Sigmoid"} <= ops
+    assert "Sigmoid" in ops and not ops & {"Exp", "Pow"}  # lowerable everywhere (TFLite has no Exp in edgekd)
     assert [o.name for o in proto.graph.output] == ["boxes", "scores"]
     got = ort_session(buf.getvalue()).run(None, {"input": x.numpy()})
     with torch.no_grad():

@@ -97,6 +97,9 @@ class DetectHead(nn.Module):
         for branch in self.cls:
             # Start every class at p≈0.01 so the loss of the many background cells doesn't swamp early training.
             nn.init.constant_(branch[-1].bias, -math.log(99.0))
+        for branch in self.box:
+            # Start boxes one stride wide: (2σ(b))² · 4 = 1 at σ(b) = 1/4 (see yolo_decode.decode_boxes).
+            nn.init.constant_(branch[-1].bias[2:], -math.log(3.0))
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         out: list[torch.Tensor] = []

@@ -2,10 +2,13 @@
 
 Per cell ``(gx, gy)`` of a level with stride ``s`` the box branch predicts ``(tx, ty, tw, th)``:
 
-    cx = (gx + 2·σ(tx) − 0.5) · s      cy = (gy + 2·σ(ty) − 0.5) · s     (centre within ±1 cell, as YOLOv5)
-    w  = exp(tw) · s                   h  = exp(th) · s                  (tw, th clipped to ±MAX_LOG_SIZE)
+    cx = (gx + 2·σ(tx) − 0.5) · s      cy = (gy + 2·σ(ty) − 0.5) · s     (centre within ±1 cell)
+    w  = (2·σ(tw))² · 4s               h  = (2·σ(th))² · 4s              (0 … 16 cells)
 
-and the class branch a logit per class (score = σ). :class:`DecodedYolo` returns **two outputs**:
+(YOLOv5's bounded form, with a per-level anchor of 4 strides instead of learned anchors). No Exp: every
+op is Sigmoid, Mul, Add, Sub, Concat, Reshape, Transpose or Slice, which every target lowers (edgekd's
+TFLite lowering has no Exp), and each intermediate has a bounded range, which int8 needs. The price: a
+box can be at most 16 strides wide (256 px at stride 16, 512 at stride 32). The class branch a logit per class (score = σ). :class:`DecodedYolo` returns **two outputs**:
 ``boxes [N, A, 4]`` (xyxy, input pixels) and ``scores [N, A, C]`` (A = cells over all levels, smallest
 stride first). They are never concatenated into one tensor: quantized, one tensor has one scale, and
 scores in [0, 1] beside coordinates up to the image size would round to a handful of levels.
@@ -20,7 +23,7 @@ import torch
 from torch import nn
 
 DECODED_OUTPUTS = ("boxes", "scores")
-MAX_LOG_SIZE = 8.0  # exp(8) ≈ 3000 cells: far past any image, small enough that exp stays finite in fp16
+ANCHOR_STRIDES = 4.0  # the size at σ = 0.5 is 4 strides; the largest box is 4× that
 
 
 def cell_grid(h: int, w: int) -> np.ndarray:
@@ -32,7 +35,8 @@ def cell_grid(h: int, w: int) -> np.ndarray:
 def decode_boxes(t: torch.Tensor, grid: torch.Tensor, stride: int) -> torch.Tensor:
     """Raw ``(tx, ty, tw, th)`` ``[..., 4]`` at cells ``grid [..., 2]`` (gx, gy) → xyxy in input pixels."""
     centre = (grid + 2.0 * torch.sigmoid(t[..., :2]) - 0.5) * stride
-    half = 0.5 * stride * torch.exp(t[..., 2:].clamp(-MAX_LOG_SIZE, MAX_LOG_SIZE))
+    g = 2.0 * torch.sigmoid(t[..., 2:])
+    half = (0.5 * ANCHOR_STRIDES * stride) * (g * g)  # g·g, not g**2: Pow is not lowered everywhere
     return torch.cat([centre - half, centre + half], -1)
 
 
