@@ -179,7 +179,11 @@ def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape
         click.echo(f"fidelity vs {fid['reference']}: max abs error {fid['max_abs_error']:.3g}, "
                    f"top-1 agreement {fid.get('top1_agreement', '–')}")
     acc = m.get("accuracy")
-    if acc:
+    if acc and acc.get("kind") == "detection":
+        click.echo(f"mAP50 on {acc['images']} eval images: " + ", ".join(
+            f"{k} {acc[k]['map50']:.4f}" for k in ("float", "simulation", "artifact") if k in acc) +
+            (f" (drop {acc['drop_map50_pt']:.2f} pt)" if "drop_map50_pt" in acc else ""))
+    elif acc:
         click.echo(f"top-1 on {acc['samples']} eval images: float {100 * acc['float_top1']:.2f} %, "
                    f"artifact {100 * acc['artifact_top1']:.2f} % (drop {acc['drop_pt']:.2f} pt)")
         speed = acc.get("speed")

@@ -95,14 +95,20 @@ def test_decoded_zoo_detector_exports_named_outputs(tmp_path):
     assert [(o["name"], o["shape"]) for o in outputs] == [("boxes", [1, 84, 4]), ("scores", [1, 84, 80])]
 
 
-def test_int8_detector_warns_on_few_calibration_images_and_keeps_its_map(trained, tmp_path):
+def test_int8_detector_compile_eval_reports_map_per_stage(trained, tmp_path):
     data, model_file, decoded = trained
     card = tmp_path / "det.toml"
     card.write_text(f'[model]\nsource = "{model_file}"\n[input]\nshape = [1, 3, {SIZE[0]}, {SIZE[1]}]\n'
                     f'resize = "letterbox"\n')
     out = tmp_path / "int8"
     with pytest.warns(CalibrationWarning, match="calibrating a detector on 16 samples; use at least 300"):
-        api.compile(api.make_config(str(card), "onnx-cpu", out, precision="int8", calib=data.parent / "train" / "images"))
-    got = api.val(out, data).metrics
+        result = api.compile(api.make_config(str(card), "onnx-cpu", out, precision="int8",
+                                             calib=data.parent / "train" / "images", eval=data))
+    acc = result.manifest["accuracy"]
     ref = evaluate(torch_reference(decoded), load_detection_set(data, "val"), PRE)
-    assert got.map50 >= ref.map50 - 0.1, (got.line(), ref.line())
+    assert acc["kind"] == "detection" and acc["images"] == 6 and acc["objects"] == ref.objects
+    assert acc["float"]["map50"] == pytest.approx(ref.map50, abs=1e-3)
+    assert acc["artifact"]["map50"] >= ref.map50 - 0.1 and acc["simulation"]["map50"] >= ref.map50 - 0.1
+    assert acc["drop_map50_pt"] == pytest.approx(100 * (acc["float"]["map50"] - acc["artifact"]["map50"]))
+    assert "## Accuracy (detection)" in (out / "report.md").read_text()
+    assert api.val(out, data).metrics.map50 == pytest.approx(acc["artifact"]["map50"], abs=1e-6)
