@@ -5,8 +5,9 @@
     nice -n 19 python examples/people-det/train_student.py --labels-only \\
         --epochs 20 --out examples/people-det/student-labels.pth
 
-Student: yolo_det_p2(num_classes=1, width=0.125, depth=0.2) (strides 4/8/16 like the teacher, so every
-head cell has a teacher counterpart): 0.87 G MACs at 640 against the teacher's 3.71 (23.6 %).
+Student: edgekd.models.yolo:person_detector_student, i.e. yolo_det_p2(num_classes=1, width=0.125,
+depth=0.2), with strides 4/8/16 like the teacher, so every head cell has a teacher counterpart:
+0.87 G MACs at 640 against the teacher's 3.71 (23.6 %).
 Same data, crops, augmentation, schedule, EMA and evaluation as train_teacher.py. With ``--teacher`` the
 loss is edgekd.distill.detection.DetectionDistillLoss: the labels' loss plus class-map KD (temperature
 ``--temperature``), box KD and neck imitation (FitNets hints through 1×1 adapters), weights below.
@@ -31,14 +32,16 @@ from edgekd.detect.loss import DetectionLoss
 from edgekd.distill.detection import DetectionDistillLoss
 from edgekd.distill.features import capture
 from edgekd.models.profile import count_macs
-from edgekd.models.yolo import person_detector, yolo_det_p2
+from edgekd.models.yolo import person_detector, person_detector_student
 from train_teacher import ATTRIBUTION, Ema, decode_split, make_batch, param_groups, validate
 
-STUDENT = {"num_classes": 1, "width": 0.125, "depth": 0.2}
+STUDENT = "edgekd.models.yolo:person_detector_student"  # yolo_det_p2(num_classes=1, width=0.125, depth=0.2)
 
 
 def build_student() -> torch.nn.Module:
-    return yolo_det_p2(**STUDENT, decode=False)
+    student = person_detector_student()
+    student.decode = False
+    return student
 
 
 def load_teacher(path: str) -> torch.nn.Module:
@@ -161,7 +164,7 @@ def main(argv=None) -> int:
     tmp.replace(out)
     evals = [h for h in history if "val" in h]
     record = {"command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
-              "data": ATTRIBUTION, "model": "edgekd.models.yolo:yolo_det_p2", "model_args": STUDENT,
+              "data": ATTRIBUTION, "model": STUDENT,
               "macs": macs, "distillation": None if loss_fn is None else
               {"teacher": args.teacher, "temperature": args.temperature, "weights": loss_fn.weights},
               "epochs": args.epochs, "batch_size": args.batch_size, "crop": args.crop, "lr": args.lr,
