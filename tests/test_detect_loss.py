@@ -3,7 +3,6 @@ object wins a contested cell, CIoU by hand, and a tiny detector that learns boxe
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

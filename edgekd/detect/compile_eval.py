@@ -8,7 +8,7 @@ from pathlib import Path
 from edgekd.data.detection import load_detection_set
 from edgekd.data.preprocess import Preprocess
 from edgekd.detect.evaluate import evaluate
-from edgekd.detect.postprocess import NmsSettings
+from edgekd.detect.postprocess import DEFAULT_NMS, NmsSettings
 from edgekd.runtime.batching import RunFn, in_model_batches
 
 DETECTION_SUFFIXES = (".yaml", ".yml", ".json")
@@ -19,7 +19,7 @@ def is_detection_data(path: str | Path) -> bool:
 
 
 def detection_accuracy(runs: dict[str, RunFn | None], data: str | Path, pre: Preprocess, batch: int,
-                       limit: int | None = None, split: str = "val", settings: NmsSettings = NmsSettings()) -> dict:
+                       limit: int | None = None, split: str = "val", settings: NmsSettings = DEFAULT_NMS) -> dict:
     """``runs``: name (float, simulation, artifact) → RunFn, None to skip. mAP figures per run, the label
     issues the reader skipped, and the mAP50 drop of the artifact against the float model in points."""
     dataset = load_detection_set(data, split)

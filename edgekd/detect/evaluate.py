@@ -13,7 +13,7 @@ from edgekd.data.detection.dataset import DetectionSet
 from edgekd.data.detection.letterbox import Letterbox, read_letterboxed
 from edgekd.data.preprocess import Preprocess
 from edgekd.detect.metrics import DetectionMetrics, GroundTruth, evaluate_detections
-from edgekd.detect.postprocess import Detections, NmsSettings, select, split_outputs
+from edgekd.detect.postprocess import DEFAULT_NMS, Detections, NmsSettings, select, split_outputs
 from edgekd.runtime.batching import RunFn
 
 
@@ -30,7 +30,7 @@ def input_batches(dataset: DetectionSet, pre: Preprocess, batch: int,
         yield np.stack(xs).astype(np.float32), fits
 
 
-def predict(run: RunFn, dataset: DetectionSet, pre: Preprocess, batch: int = 1, settings: NmsSettings = NmsSettings(),
+def predict(run: RunFn, dataset: DetectionSet, pre: Preprocess, batch: int = 1, settings: NmsSettings = DEFAULT_NMS,
             limit: int | None = None, progress: Callable[[int, int], None] | None = None) -> list[Detections]:
     """Detections per image, in source-image pixels."""
     out: list[Detections] = []
@@ -50,7 +50,7 @@ def ground_truth(dataset: DetectionSet, limit: int | None = None) -> list[Ground
     return [GroundTruth(im.boxes, im.classes) for im in images]
 
 
-def evaluate(run: RunFn, dataset: DetectionSet, pre: Preprocess, batch: int = 1, settings: NmsSettings = NmsSettings(),
+def evaluate(run: RunFn, dataset: DetectionSet, pre: Preprocess, batch: int = 1, settings: NmsSettings = DEFAULT_NMS,
              conf: float = 0.25, limit: int | None = None, progress=None) -> DetectionMetrics:
     preds = predict(run, dataset, pre, batch, settings, limit, progress)
     return evaluate_detections(ground_truth(dataset, limit), preds, len(dataset.names), conf, settings.max_det)

@@ -31,6 +31,9 @@ class NmsSettings:
     max_candidates: int = 30000  # best-scoring boxes that enter NMS
 
 
+DEFAULT_NMS = NmsSettings()
+
+
 def split_outputs(outputs: list[np.ndarray], num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(boxes [N, A, 4] xyxy, scores [N, A, C]) from the model's outputs; a graph NMS's integer ``selected``
     output is passed over (evaluation runs its own NMS at its own thresholds)."""
@@ -51,7 +54,7 @@ def split_outputs(outputs: list[np.ndarray], num_classes: int | None = None) -> 
                     "compile the detector with its decode (edgekd.models.yolo_decode.DecodedYolo for zoo yolo-det)")
 
 
-def select(boxes: np.ndarray, scores: np.ndarray, settings: NmsSettings = NmsSettings()) -> Detections:
+def select(boxes: np.ndarray, scores: np.ndarray, settings: NmsSettings = DEFAULT_NMS) -> Detections:
     """One image: ``boxes [A, 4]``, ``scores [A, C]`` → its detections (model-input pixels), best first."""
     cls = scores.argmax(1)
     best = scores[np.arange(len(scores)), cls]

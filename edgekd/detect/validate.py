@@ -13,7 +13,7 @@ from edgekd.data.detection import load_detection_set
 from edgekd.data.preprocess import Preprocess
 from edgekd.detect.evaluate import evaluate
 from edgekd.detect.metrics import DetectionMetrics
-from edgekd.detect.postprocess import NmsSettings
+from edgekd.detect.postprocess import DEFAULT_NMS, NmsSettings
 from edgekd.errors import CorruptModelError
 from edgekd.runtime.batching import in_model_batches
 
@@ -42,7 +42,7 @@ def artifact_preprocess(manifest: dict) -> Preprocess:
     return Preprocess(**d)
 
 
-def validate_artifact(artifact: str | Path, data: str | Path, split: str = "val", settings: NmsSettings = NmsSettings(),
+def validate_artifact(artifact: str | Path, data: str | Path, split: str = "val", settings: NmsSettings = DEFAULT_NMS,
                       conf: float = 0.25, limit: int | None = None, threads: int = 2, progress=None) -> ValResult:
     artifact = Path(artifact)
     manifest = read_manifest(artifact)

@@ -122,7 +122,7 @@ def make_batch(images, boxes, idx, args, rng, gen) -> tuple[torch.Tensor, torch.
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         (decay if p.ndim == 4 else no_decay).append(p)  # conv weights decay; BN and biases do not
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
