@@ -8,7 +8,9 @@ Per cell ``(gx, gy)`` of a level with stride ``s`` the box branch predicts ``(tx
 (YOLOv5's bounded form, with a per-level anchor of 4 strides instead of learned anchors). No Exp: every
 op is Sigmoid, Mul, Add, Sub, Concat, Reshape, Transpose or Slice, which every target lowers (edgekd's
 TFLite lowering has no Exp), and each intermediate has a bounded range, which int8 needs. The price: a
-box can be at most 16 strides wide (256 px at stride 16, 512 at stride 32). The class branch a logit per class (score = σ). :class:`DecodedYolo` returns **two outputs**:
+box can be at most 16 strides wide (256 px at stride 16, 512 at stride 32).
+
+The class branch predicts a logit per class (score = σ). :class:`DecodedYolo` returns **two outputs**:
 ``boxes [N, A, 4]`` (xyxy, input pixels) and ``scores [N, A, C]`` (A = cells over all levels, smallest
 stride first). They are never concatenated into one tensor: quantized, one tensor has one scale, and
 scores in [0, 1] beside coordinates up to the image size would round to a handful of levels.
