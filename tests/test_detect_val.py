@@ -75,7 +75,7 @@ def test_val_scores_the_artifact_like_the_torch_model(trained, tmp_path):
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)["metrics"]
     ref = evaluate(torch_reference(decoded), load_detection_set(data, "val"), PRE)
-    assert ref.map50 > 0.3  # it learned something, so equality below means something
+    assert ref.map50 > 0.1  # it learned something (an untrained one scores ~0), so the equality below means something
     assert got["map50"] == pytest.approx(ref.map50, abs=0.01)
     assert got["map50_95"] == pytest.approx(ref.map50_95, abs=0.01)
     assert got["objects"] == ref.objects
@@ -105,6 +105,7 @@ def test_int8_detector_compile_eval_reports_map_per_stage(trained, tmp_path):
         result = api.compile(api.make_config(str(card), "onnx-cpu", out, precision="int8",
                                              calib=data.parent / "train" / "images", eval=data))
     acc = result.manifest["accuracy"]
+    assert [o.get("quantization") for o in result.manifest["outputs"]] == [None, None]  # the decode stays float
     ref = evaluate(torch_reference(decoded), load_detection_set(data, "val"), PRE)
     assert acc["kind"] == "detection" and acc["images"] == 6 and acc["objects"] == ref.objects
     assert acc["float"]["map50"] == pytest.approx(ref.map50, abs=1e-3)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgekd.detect.graph_outputs import decoded_outputs
+from edgekd.ir.detector import decoded_outputs
 from edgekd.errors import ConfigError
 from edgekd.ir.graph import new_initializer
 

@@ -97,9 +97,12 @@ class DetectHead(nn.Module):
         for branch in self.cls:
             # Start every class at p≈0.01 so the loss of the many background cells doesn't swamp early training.
             nn.init.constant_(branch[-1].bias, -math.log(99.0))
-        for branch in self.box:
-            # Start boxes one stride wide: (2σ(b))² · 4 = 1 at σ(b) = 1/4 (see yolo_decode.decode_boxes).
-            nn.init.constant_(branch[-1].bias[2:], -math.log(3.0))
+        with torch.no_grad():
+            for branch in self.box:
+                # Start boxes about one stride wide: (2σ(b))² · 4 = 1 at σ(b) = 1/4 (yolo_decode.decode_boxes).
+                # Added to the random init rather than set, so the levels' biases differ: the ONNX exporter
+                # shares identical initializers, and a shared bias is one the quantizer leaves float.
+                branch[-1].bias[2:] -= math.log(3.0)
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         out: list[torch.Tensor] = []

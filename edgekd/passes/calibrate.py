@@ -11,7 +11,7 @@ import onnx_ir as ir
 from edgekd.config import CompileConfig
 from edgekd.data.folder import scan_image_folder
 from edgekd.data.samples import count_samples, iter_batches
-from edgekd.detect.graph_outputs import looks_like_detector
+from edgekd.ir.detector import looks_like_detector
 from edgekd.errors import ConfigError
 from edgekd.passes.base import Pass, PassResult
 from edgekd.quant.calibrate import PLACEMENT, Calibration, observe
