@@ -22,13 +22,13 @@ $(VENV)/.base: pyproject.toml constraints.txt | $(PY)
 	$(PIP) install -c constraints.txt -e .
 	touch $@
 
-# Every extra, so no backend test skips: TFLite (tensorflow-cpu, ai-edge-litert), OpenVINO, asyncssh.
+# Every extra, so no backend test skips: TFLite (tensorflow-cpu, ai-edge-litert), OpenVINO, asyncssh, detection (faster-coco-eval, pyyaml).
 # The device tests talk to Debian's OpenSSH server on loopback.
 $(VENV)/.test: $(VENV)/.base
 	@test -x /usr/sbin/sshd || { \
 	  echo "installing openssh-server with apt-get (for the device tests)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server; }
-	$(PIP) install -c constraints.txt -e '.[test,tflite,openvino,devices]'
+	$(PIP) install -c constraints.txt -e '.[test,tflite,openvino,devices,detect]'
 	touch $@
 
 demo: $(VENV)/.base

@@ -210,6 +210,16 @@ def inspect(model: str, input_shape: Sequence[int] | None = None, weights: str |
     return info
 
 
+def val(artifact: str | Path, data: str | Path, *, split: str = "val", conf: float = 0.25, iou: float = 0.7,
+        max_det: int = 300, limit: int | None = None, threads: int = 2, progress: Callable | None = None):
+    """COCO mAP50-95 / mAP50 and precision/recall at ``conf`` of a compiled detector on a YOLO ``data.yaml``
+    split or a COCO JSON, run in the artifact's own runtime (see edgekd.detect.validate)."""
+    from edgekd.detect.postprocess import NmsSettings
+    from edgekd.detect.validate import validate_artifact
+
+    return validate_artifact(artifact, data, split, NmsSettings(iou=iou, max_det=max_det), conf, limit, threads, progress)
+
+
 def list_targets() -> list[dict[str, Any]]:
     rows = []
     for name, path in builtin_targets().items():

@@ -218,7 +218,11 @@ def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape
         click.echo(f"fidelity vs {fid['reference']}: max abs error {fid['max_abs_error']:.3g}, "
                    f"top-1 agreement {fid.get('top1_agreement', '–')}")
     acc = m.get("accuracy")
-    if acc:
+    if acc and acc.get("kind") == "detection":
+        click.echo(f"mAP50 on {acc['images']} eval images: " + ", ".join(
+            f"{k} {acc[k]['map50']:.4f}" for k in ("float", "simulation", "artifact") if k in acc) +
+            (f" (drop {acc['drop_map50_pt']:.2f} pt)" if "drop_map50_pt" in acc else ""))
+    elif acc:
         click.echo(f"top-1 on {acc['samples']} eval images: float {100 * acc['float_top1']:.2f} %, "
                    f"artifact {100 * acc['artifact_top1']:.2f} % (drop {acc['drop_pt']:.2f} pt)")
         speed = acc.get("speed")
@@ -400,6 +404,33 @@ def devices_check_cmd(ctx, name, inventory, accept_new_host_key, as_json):
     for k, v in (info.get("jetson") or {}).items():
         rows.append([f"jetson {k}", (v or "–").splitlines()[0] if isinstance(v, str) else v])
     click.echo(text_table([name, ""], rows))
+
+
+@main.command("val")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="YOLO data.yaml or COCO annotation .json")
+@click.option("--split", default="val", show_default=True, help="data.yaml split")
+@click.option("--conf", default=0.25, show_default=True, help="confidence for precision/recall (mAP uses every detection)")
+@click.option("--iou", default=0.7, show_default=True, help="NMS IoU threshold")
+@click.option("--max-det", default=300, show_default=True, help="detections kept per image")
+@click.option("--limit", type=int, help="first N images only")
+@click.option("--threads", default=2, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def val_cmd(artifact, data, split, conf, iou, max_det, limit, threads, as_json):
+    """Score a compiled detector: COCO mAP50-95, mAP50, precision and recall on DATA, in its own runtime."""
+    with click.progressbar(length=1, label="evaluating", file=sys.stderr) as bar:
+        def progress(done, total):
+            bar.length = total
+            bar.update(done - bar.pos)
+
+        r = api.val(artifact, data, split=split, conf=conf, iou=iou, max_det=max_det, limit=limit, threads=threads,
+                    progress=progress)
+    if as_json:
+        click.echo(json.dumps(r.to_dict(), indent=2))
+        return
+    click.echo(r.data)
+    click.echo(f"{r.model_file} ({r.runtime}): {r.metrics.line()}")
 
 
 @main.command("targets")

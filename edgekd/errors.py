@@ -147,6 +147,11 @@ class DataError(EdgekdError):
     default_hint = "point at an image folder (with or without class subfolders) or a .npy/.npz array"
 
 
+class DetectionDataError(DataError):
+    default_hint = ("a YOLO dataset is a data.yaml (path, train, val, names) with images/ and labels/ folders side by "
+                    "side; a COCO dataset is one annotation .json (images, annotations, categories) and its image folder")
+
+
 class AccuracyBudgetError(EdgekdError):
     default_hint = "raise --max-drop, calibrate on more or better samples (--calib-method), or use --precision fp32"
 

@@ -55,7 +55,7 @@ def model_input(model: str, *, input_shape: Sequence[int] | None = None, mean: S
     shape = tuple(input_shape) if input_shape is not None else (tuple(card_input["shape"]) if "shape" in card_input else None)
     layout = layout or card_input.get("layout", "NCHW")
     pre_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in card_input.items()
-                  if k in ("mean", "std", "scale", "channel_order")}
+                  if k in ("mean", "std", "scale", "channel_order", "resize")}
     pre_kwargs.update({k: v for k, v in (("mean", tuple(mean) if mean else None), ("std", tuple(std) if std else None),
                                          ("scale", scale), ("channel_order", channel_order)) if v is not None})
     if shape is not None:

@@ -11,6 +11,7 @@
     scale = 0.00392156862745098           # pixel 0..255 → 0..1 before mean/std
     channel_order = "RGB"
     layout = "NCHW"
+    resize = "stretch"                    # or "letterbox" (detectors: keep the aspect ratio, pad with grey)
     [labels]
     names = ["airplane", ...]             # or file = "labels.txt"
 """
@@ -24,7 +25,7 @@ from typing import Any
 
 from edgekd.errors import ConfigError, InputNotFoundError
 
-_INPUT_KEYS = {"name", "shape", "mean", "std", "scale", "channel_order", "layout", "size"}
+_INPUT_KEYS = {"name", "shape", "mean", "std", "scale", "channel_order", "layout", "size", "resize"}
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,9 @@ def render_report(artifact: str | Path) -> str:
                                    f"{fid['relative_error']:.3g}", fid.get("top1_agreement")]]), ""]
     lines += _quantization_section(m, artifact)
     acc = m.get("accuracy")
-    if acc:
+    if acc and acc.get("kind") == "detection":
+        lines += _detection_section(acc)
+    elif acc:
         lines += ["## Accuracy", "", f"Top-1 on {acc['samples']} images of `{acc['source']}`:", "",
                   markdown_table(["float top-1 %", "artifact top-1 %", "drop pt"],
                                  [[f"{100 * acc['float_top1']:.2f}", f"{100 * acc['artifact_top1']:.2f}", f"{acc['drop_pt']:.2f}"]]), ""]
@@ -167,3 +169,18 @@ def write_report(artifact: str | Path) -> Path:
     path = Path(artifact) / REPORT
     path.write_text(render_report(artifact))
     return path
+
+
+def _detection_section(acc: dict) -> list[str]:
+    rows = [[name, f"{acc[name]['map50_95']:.4f}", f"{acc[name]['map50']:.4f}", f"{acc[name]['precision']:.3f}",
+             f"{acc[name]['recall']:.3f}"] for name in ("float", "simulation", "artifact") if name in acc]
+    lines = ["## Accuracy (detection)", "",
+             f"COCO mAP (faster-coco-eval, ≤ {acc['nms']['max_det']} detections per image, NMS IoU {acc['nms']['iou']}) "
+             f"on {acc['images']} images ({acc['objects']} objects) of `{acc['source']}` [{acc['split']}]; precision and "
+             f"recall at confidence {acc['artifact' if 'artifact' in acc else 'float']['conf']}:", "",
+             markdown_table(["model", "mAP50-95", "mAP50", "precision", "recall"], rows), ""]
+    if "drop_map50_pt" in acc:
+        lines += [f"mAP50 drop of the artifact against the float model: {acc['drop_map50_pt']:.2f} pt.", ""]
+    if acc.get("label_issues"):
+        lines += ["Labels the reader skipped: " + ", ".join(f"{n} {k}" for k, n in acc["label_issues"].items()), ""]
+    return lines

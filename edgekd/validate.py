@@ -50,6 +50,7 @@ def check_shape(inp: InputSpec) -> None:
 def check_paths(config: CompileConfig) -> None:
     """Inputs exist, sample data hold samples, and data flags come with what uses them."""
     from edgekd.data.samples import count_samples
+    from edgekd.detect.compile_eval import is_detection_data
 
     if config.weights is not None and not config.weights.exists():
         raise InputNotFoundError(f"weights file {config.weights} does not exist")
@@ -59,6 +60,8 @@ def check_paths(config: CompileConfig) -> None:
             continue
         if not Path(path).exists():
             raise InputNotFoundError(f"{flag} {path} does not exist")
+        if flag == "--eval" and is_detection_data(path):
+            continue  # a data.yaml or COCO JSON: its reader names what is wrong with it
         if count_samples(path) == 0:
             raise DataError(f"{flag} {path} holds no samples", "point it at images (or a non-empty .npy/.npz)")
     t = config.training

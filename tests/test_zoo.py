@@ -27,6 +27,7 @@ CLASSIFIERS = [
     ("mobilenetv3-small-cifar:0.5", 32, 10),
 ]
 YOLO = "yolo-det:0.25"
+YOLO_P2 = "yolo-det-p2:0.25"  # strides 4/8/16, decoded: boxes and scores
 
 # Exporting in eval mode folds BatchNorm into Conv. Identity nodes come from the exporter sharing
 # identical initializers (e.g. the all-zero biases of freshly folded convs).
@@ -35,6 +36,7 @@ CLASSIFIER_OPS = {
     "GlobalAveragePool", "Flatten", "Gemm", "Constant", "Identity",
 }
 YOLO_OPS = {"Conv", "Sigmoid", "Mul", "Add", "Concat", "Split", "Slice", "MaxPool", "Resize", "Reshape", "Constant", "Identity"}
+DECODED_YOLO_OPS = YOLO_OPS | {"Sub", "Transpose"}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -67,7 +69,7 @@ def _export_and_run(model: nn.Module, x: torch.Tensor, path) -> tuple[list[np.nd
 
 
 def test_every_zoo_entry_is_tested():
-    tested = {name.partition(":")[0] for name, _, _ in CLASSIFIERS} | {YOLO.partition(":")[0]}
+    tested = {name.partition(":")[0] for name, _, _ in CLASSIFIERS} | {YOLO.partition(":")[0], YOLO_P2.partition(":")[0]}
     assert tested == set(ZOO)
 
 
@@ -102,9 +104,18 @@ def test_yolo_outputs_three_strides():
     assert [tuple(t.shape) for t in out] == expected
 
 
+def test_yolo_p2_outputs_decoded_boxes_and_scores():
+    model = build_model(YOLO_P2, num_classes=3).eval()
+    with torch.no_grad():
+        boxes, scores = model(torch.randn(2, 3, 64, 96))
+    cells = sum((64 // s) * (96 // s) for s in (4, 8, 16))
+    assert model.strides == (4, 8, 16) and model.output_names == ("boxes", "scores")
+    assert boxes.shape == (2, cells, 4) and scores.shape == (2, cells, 3)
+
+
 # dynamo=False is deliberate (the TorchScript exporter is what edgekd uses); its deprecation notice is noise here.
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.parametrize("name,side,allowed", [(n, s, CLASSIFIER_OPS) for n, s, _ in CLASSIFIERS] + [(YOLO, 64, YOLO_OPS)])
+@pytest.mark.parametrize("name,side,allowed", [(n, s, CLASSIFIER_OPS) for n, s, _ in CLASSIFIERS] + [(YOLO, 64, YOLO_OPS), (YOLO_P2, 64, DECODED_YOLO_OPS)])
 def test_onnx_export_matches_torch(name, side, allowed, tmp_path):
     torch.manual_seed(0)
     model = _seed_batchnorm(build_model(name))

@@ -19,6 +19,7 @@ class Preprocess:
     scale: float = 1.0 / 255.0  # pixel (0..255) → scale · pixel
     channel_order: str = "RGB"
     layout: str = "NCHW"
+    resize: str = "stretch"  # or "letterbox" (detectors): see edgekd.data.detection.letterbox
 
     def __post_init__(self):
         if self.channel_order not in ("RGB", "BGR"):
@@ -37,6 +38,8 @@ class Preprocess:
                               "e.g. --std 0.229,0.224,0.225; the default scale 1/255 maps pixels to [0, 1]")
         if len(self.size) != 2 or any(int(s) < 1 for s in self.size):
             raise ConfigError(f"image size must be two positive numbers (H, W), got {self.size}")
+        if self.resize not in ("stretch", "letterbox"):
+            raise ConfigError(f"resize must be stretch or letterbox, got {self.resize!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,21 +59,21 @@ class Preprocess:
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")  # Pillow's modes for 16-bit (and 32-bit int) grey images
 
 
-def read_rgb(path: str | Path, size: tuple[int, int]) -> np.ndarray:
-    """Decode an image to HWC RGB at (H, W) = ``size`` (bilinear resize when it differs), on the 0..255
-    scale: uint8, or float32 for 16-bit images, whose extra precision would otherwise be lost (and whose
-    values Pillow's RGB conversion clips at 255)."""
+def read_rgb(path: str | Path, size: tuple[int, int] | None) -> np.ndarray:
+    """Decode an image to HWC RGB at (H, W) = ``size`` (bilinear resize when it differs; None: as stored), on
+    the 0..255 scale: uint8, or float32 for 16-bit images, whose extra precision would otherwise be lost (and
+    whose values Pillow's RGB conversion clips at 255)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             if im.mode in SIXTEEN_BIT:
                 grey = Image.fromarray(np.asarray(im, dtype=np.float32) / 257.0, mode="F")
-                if grey.size != (size[1], size[0]):
+                if size is not None and grey.size != (size[1], size[0]):
                     grey = grey.resize((size[1], size[0]), Image.BILINEAR)
                 return np.repeat(np.asarray(grey, dtype=np.float32)[..., None], 3, axis=2)
             im = im.convert("RGB")
-            if im.size != (size[1], size[0]):
+            if size is not None and im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as e:
@@ -78,4 +81,8 @@ def read_rgb(path: str | Path, size: tuple[int, int]) -> np.ndarray:
 
 
 def load_image(path: str | Path, pre: Preprocess) -> np.ndarray:
+    if pre.resize == "letterbox":
+        from edgekd.data.detection.letterbox import read_letterboxed
+
+        return pre.apply(read_letterboxed(path, pre.size)[0])
     return pre.apply(read_rgb(path, pre.size))

@@ -31,7 +31,11 @@ def export_onnx(module, shape: Sequence[int], opset: int, input_name: str = "inp
     import torch
 
     n_out = output_count(module, shape)
-    output_names = ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)]
+    named = getattr(module, "output_names", None)  # e.g. a decoded detector's ("boxes", "scores")
+    if named and len(named) == n_out:
+        output_names = list(named)
+    else:
+        output_names = ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)]
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices are not the user's business

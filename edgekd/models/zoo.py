@@ -19,6 +19,7 @@ ZOO: dict[str, Callable[..., nn.Module]] = {
     "mobilenetv3-small": mobilenetv3.mobilenetv3_small,
     "mobilenetv3-small-cifar": mobilenetv3.mobilenetv3_small_cifar,
     "yolo-det": yolo.yolo_det,
+    "yolo-det-p2": yolo.yolo_det_p2,
 }
 
 

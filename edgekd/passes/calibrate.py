@@ -13,6 +13,7 @@ from edgekd.config import CompileConfig
 from edgekd.data.folder import scan_image_folder
 from edgekd.data.samples import count_samples, iter_batches
 from edgekd.errors import ConfigError, UnknownNameError
+from edgekd.ir.detector import looks_like_detector
 from edgekd.passes.base import Pass, PassResult
 from edgekd.quant.calibrate import PLACEMENT, Calibration, observe
 from edgekd.quant.observers import make_observer
@@ -21,6 +22,7 @@ from edgekd.specs import TargetSpec
 from edgekd.state import ACTIVATIONS_MARKED, BN_FOLDED, CALIBRATED, ONNX_MODEL, CompileState, PassOutput
 
 MIN_SAMPLES = 256
+DETECTOR_MIN_SAMPLES = 300  # a detector's ranges depend on how many objects, of which sizes, the images hold
 
 
 class CalibrationWarning(UserWarning):
@@ -93,8 +95,11 @@ class CalibratePass(Pass):
         check_layer_names(state)
         available = count_samples(self.data)
         n = min(available, self.limit) if self.limit else available
-        if n < MIN_SAMPLES:
-            warnings.warn(f"calibrating on {n} samples; use at least {MIN_SAMPLES} (detectors need far more)",
+        detector = looks_like_detector(state.onnx_model.graph)
+        minimum = DETECTOR_MIN_SAMPLES if detector else MIN_SAMPLES
+        if n < minimum:
+            warnings.warn(f"calibrating {'a detector ' if detector else ''}on {n} samples; use at least {minimum}"
+                          f"{' images like those it will see (e.g. a YOLO train/images folder)' if detector else ''}",
                           CalibrationWarning, stacklevel=2)
         plan = plan_quantization(state.onnx_model, PLACEMENT[self.scheme])
         proto = ir.to_proto(state.onnx_model)

@@ -11,6 +11,7 @@ from edgekd.backends import get_backend
 from edgekd.runtime import onnx_run_fn, ort_session
 from edgekd.config import CompileConfig
 from edgekd.data.samples import iter_labelled
+from edgekd.detect.compile_eval import detection_accuracy, is_detection_data
 from edgekd.passes.base import Pass, PassResult
 from edgekd.quant.accuracy import top1
 from edgekd.specs import TargetSpec
@@ -58,6 +59,24 @@ class AccuracyOutput(PassOutput):
         return out
 
 
+@dataclass(frozen=True)
+class DetectionAccuracyOutput(PassOutput):
+    section = "accuracy"
+
+    accuracy: dict  # per model (float, simulation, artifact): mAP50-95, mAP50, precision, recall; the drop
+
+    def to_manifest(self) -> dict:
+        return dict(self.accuracy)
+
+    def summary(self) -> dict:
+        acc = self.accuracy
+        out = {f"{k}_{m}": round(acc[k][m], 4) for k in ("float", "simulation", "artifact") if k in acc
+               for m in ("map50_95", "map50")}
+        if "drop_map50_pt" in acc:
+            out["drop_map50_pt"] = round(acc["drop_map50_pt"], 2)
+        return out
+
+
 class EvaluatePass(Pass):
     name = "evaluate"
     requires = frozenset({EMITTED})
@@ -74,6 +93,8 @@ class EvaluatePass(Pass):
         return config.evaluation.data is not None
 
     def run(self, state: CompileState) -> PassResult:
+        if is_detection_data(self.eval_data):
+            return self._run_detection(state)
         data = list(iter_labelled(self.eval_data, state.input.preprocess, tuple(state.input.shape), state.labels,
                                   self.samples))
         artifact = self.backend.session(state.workdir / self.backend.main_file(state.artifact_files), self.threads)
@@ -88,3 +109,11 @@ class EvaluatePass(Pass):
                      **speed_rule(drop_pt, float_ms / art_ms)}
         return PassResult(state, changed=False, output=AccuracyOutput(
             str(self.eval_data), sum(len(y) for _, y in data), float_top1, artifact_top1, drop_pt, speed))
+
+    def _run_detection(self, state: CompileState) -> PassResult:
+        """A YOLO data.yaml or COCO JSON: mAP of the float model, the simulation and the artifact."""
+        artifact = self.backend.session(state.workdir / self.backend.main_file(state.artifact_files), self.threads)
+        simulation = state.reference if state.reference is not state.float_reference else None
+        acc = detection_accuracy({"float": state.float_reference, "simulation": simulation, "artifact": artifact},
+                                 self.eval_data, state.input.preprocess, state.input.shape[0], self.samples)
+        return PassResult(state, changed=False, output=DetectionAccuracyOutput(acc))

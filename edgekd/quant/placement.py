@@ -13,6 +13,9 @@ Two placements, both standard QDQ ONNX:
 
 Weights of Conv/Gemm/MatMul are always per-channel int8; layers named in ``keep_float`` keep float
 weights and read float inputs.
+
+A detector's decode (the nodes after its last head convolutions, :func:`edgekd.ir.detector.decode_tail`)
+stays float under both placements: the head outputs are quantized, the decode reads them dequantized.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 
 from edgekd.ir.dataflow import data_values, is_float_data
+from edgekd.ir.detector import decode_tail
 from edgekd.ir.graph import FUSED_ACTIVATION, const_array
 
 WEIGHTED = frozenset({"Conv", "Gemm", "MatMul"})
@@ -60,6 +64,7 @@ class QuantPlan:
     activations: dict[str, ActivationSite] = field(default_factory=dict)
     weights: list[WeightSite] = field(default_factory=list)
     keep_float: frozenset[str] = frozenset()
+    float_tail: frozenset[str] = frozenset()  # a detector's decode: no Q/DQ inside it
 
     @property
     def observed(self) -> list[str]:
@@ -112,7 +117,8 @@ def _uses(v: ir.Value, keep_float: frozenset[str], only_ops: frozenset[str] | No
 def plan_quantization(model: ir.Model, placement: str, keep_float: frozenset[str] = frozenset()) -> QuantPlan:
     graph = model.graph
     _node_names(graph)
-    plan = QuantPlan(placement, keep_float=keep_float)
+    tail = decode_tail(graph)
+    plan = QuantPlan(placement, keep_float=keep_float, float_tail=tail)
     data = data_values(graph)
     for node in graph:
         if node.op_type in WEIGHTED and node.name not in keep_float:
@@ -125,6 +131,8 @@ def plan_quantization(model: ir.Model, placement: str, keep_float: frozenset[str
             if _is_float_activation(v, data):
                 plan.activations[v.name] = ActivationSite(v.name, _uses(v, keep_float), v.is_graph_output())
         for node in graph:
+            if node.name in tail:
+                continue
             outs = [v for v in node.outputs if _is_float_activation(v, data)]
             if node.op_type in VALUE_CHANGING:
                 if node.op_type in WEIGHTED and node.metadata_props.get(FUSED_ACTIVATION):
@@ -143,7 +151,7 @@ def plan_quantization(model: ir.Model, placement: str, keep_float: frozenset[str
         wanted: dict[str, set[tuple[str, int]]] = {}
         values: dict[str, ir.Value] = {}
         for node in graph:
-            if node.name in keep_float:
+            if node.name in keep_float or node.name in tail:
                 continue
             if node.op_type in WEIGHTED and weight_axis(node) is not None:
                 edges = [(0, node.inputs[0])]

@@ -1,0 +1,77 @@
+"""Fitting an image to the model's input, and mapping boxes between the two: the one function that
+calibration, evaluation, training and the runner side all use, so a detector sees the same pixels everywhere.
+
+``letterbox``: scale by one factor so the image fits, centre it, fill the rest with grey 114 (as YOLO
+exporters expect); ``stretch``: scale each axis on its own (what ``read_rgb`` does for classifiers).
+Resizing is PIL bilinear, as in :func:`edgekd.data.preprocess.read_rgb`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgekd.errors import ConfigError
+
+RESIZE_MODES = ("letterbox", "stretch")
+PAD_VALUE = 114
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How one image was fitted: ``input = source · scale + pad`` per axis (x, y)."""
+
+    source: tuple[int, int]  # (H, W) of the image before fitting
+    size: tuple[int, int]  # (H, W) of the model input
+    scale: tuple[float, float]  # (sx, sy)
+    pad: tuple[int, int]  # (left, top)
+
+    def to_input(self, boxes: np.ndarray) -> np.ndarray:
+        """xyxy boxes in source pixels → model-input pixels."""
+        sx, sy = self.scale
+        return boxes * np.asarray([sx, sy, sx, sy], np.float32) + np.asarray([*self.pad, *self.pad], np.float32)
+
+    def to_source(self, boxes: np.ndarray) -> np.ndarray:
+        """xyxy boxes in model-input pixels → source pixels, clipped to the source image."""
+        sx, sy = self.scale
+        out = (boxes - np.asarray([*self.pad, *self.pad], np.float32)) / np.asarray([sx, sy, sx, sy], np.float32)
+        h, w = self.source
+        return out.clip(0, np.asarray([w, h, w, h], np.float32)).astype(np.float32)
+
+
+def fit(source: tuple[int, int], size: tuple[int, int], mode: str = "letterbox") -> Letterbox:
+    """The transform alone (no pixels): for mapping boxes of an image whose pixels are not needed."""
+    if mode not in RESIZE_MODES:
+        raise ConfigError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
+    (h, w), (H, W) = source, size
+    if mode == "stretch":
+        return Letterbox(source, size, (W / w, H / h), (0, 0))
+    r = min(H / h, W / w)
+    nw, nh = max(1, round(w * r)), max(1, round(h * r))
+    # the scale actually applied per axis, after rounding to whole pixels
+    return Letterbox(source, size, (nw / w, nh / h), ((W - nw) // 2, (H - nh) // 2))
+
+
+def letterbox(rgb: np.ndarray, size: tuple[int, int], mode: str = "letterbox") -> tuple[np.ndarray, Letterbox]:
+    """HWC uint8 RGB image → (HWC uint8 image of ``size``, the transform)."""
+    from PIL import Image
+
+    t = fit(rgb.shape[:2], size, mode)
+    H, W = size
+    nw, nh = round(rgb.shape[1] * t.scale[0]), round(rgb.shape[0] * t.scale[1])
+    resized = rgb if (nh, nw) == rgb.shape[:2] else np.asarray(
+        Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR), dtype=np.uint8)
+    if (nh, nw) == (H, W):
+        return np.ascontiguousarray(resized), t
+    out = np.full((H, W, 3), PAD_VALUE, np.uint8)
+    left, top = t.pad
+    out[top:top + nh, left:left + nw] = resized
+    return out, t
+
+
+def read_letterboxed(path, size: tuple[int, int], mode: str = "letterbox") -> tuple[np.ndarray, Letterbox]:
+    """Decode an image file and fit it to ``size``."""
+    from edgekd.data.preprocess import read_rgb
+
+    return letterbox(read_rgb(path, None), size, mode)

@@ -1,0 +1,1 @@
+"""Detection: label assignment and loss for training, NMS and post-processing, mAP evaluation."""
