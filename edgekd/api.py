@@ -226,6 +226,7 @@ def explain_target(name: str) -> dict[str, Any]:
     return {"name": spec.name, "description": spec.description, "backend": spec.backend,
             "device_class": spec.device_class, "precisions": list(spec.precisions),
             "default_precision": spec.default_precision, "activation_scheme": spec.activation_scheme,
+            "placement": spec.placement,
             "opset": spec.opset, "opset_range": list(spec.opset_range), "passes": default_passes(spec),
             "pipeline_why": spec.pipeline_why, "quantization_why": spec.raw.get("quantization", {}).get("why"),
             "bench": dataclasses.asdict(spec.bench), "path": str(spec.path), "spec_sha256": spec.sha256,

@@ -418,7 +418,7 @@ def targets_cmd(explain, as_json):
         click.echo(f"  backend {info['backend']} ({'installed' if info['toolchain_installed'] else 'toolchain missing'}), "
                    f"class {info['device_class']}")
         click.echo(f"  precisions {', '.join(info['precisions'])} (default {info['default_precision']}), "
-                   f"activations {info['activation_scheme']}, opset {info['opset']} in {info['opset_range']}")
+                   f"activations {info['activation_scheme']}, placement {info['placement']}, opset {info['opset']} in {info['opset_range']}")
         click.echo(f"  default pipeline: {' → '.join(info['passes'])}")
         for title, text in (("why this pipeline", info["pipeline_why"]), ("why this scheme", info["quantization_why"])):
             if text:
