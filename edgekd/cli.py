@@ -225,6 +225,11 @@ def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape
         if speed and not speed["met"]:
             click.secho(f"note: {speed['drop_pt']:.2f} pt lost for {speed['speedup']:.2f}x speed on this machine; "
                         f"the design rule asks {speed['needed_speedup']:.2f}x (2x per point)", fg="yellow")
+    sc = m.get("speed_check")
+    if sc and sc["int8_slower"]:
+        click.secho(f"warning: this int8 artifact is slower than the float model on {sc['measured_on']} "
+                    f"({sc['speedup']['median']:.2f}x in {sc['speedup']['repeats']} repeats); ship --precision fp32, "
+                    "or let --precision auto choose", fg="yellow")
     if bench_device:
         _bench(result.output, bench_device, None, None, None, None, quiet)
 
