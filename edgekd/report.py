@@ -92,6 +92,8 @@ def render_report(artifact: str | Path) -> str:
     lines += _quantization_section(m, artifact)
     lines += coverage_section(m.get("int8_coverage"))
     lines += speed_section(m.get("speed_check"))
+    lines += precision_section(m.get("precision_search"))
+    lines += budget_section(m.get("latency_budget"))
     acc = m.get("accuracy")
     if acc:
         lines += ["## Accuracy", "", f"Top-1 on {acc['samples']} images of `{acc['source']}`:", "",
@@ -162,6 +164,54 @@ def _quantization_section(m: dict, artifact: Path) -> list[str]:
                   markdown_table(["layers in float", "int8 top-1 %", "drop pt"],
                                  [[s["kept_float"], f"{100 * s['top1']:.2f}", f"{s['drop_pt']:.2f}"] for s in budget["steps"]]), ""]
     return lines
+
+
+PRECISION_HEADERS = ["precision", "top-1 %", "drop pt", "p50 ms", "speed-up vs fp32", "≥ 2× per point lost"]
+BUDGET_HEADERS = ["student", "MACs", "p50 ms", "within budget", "proxy top-1 %"]
+
+
+def precision_rows(record: dict) -> list[list[Any]]:
+    rows = []
+    for c in record["candidates"]:
+        s = c["speedup_vs_float"]
+        rule = c.get("speedup_per_point_met")
+        rows.append([c["precision"] + (" (shipped)" if c["precision"] == record["chosen"] else ""),
+                     "–" if c["top1"] is None else f"{100 * c['top1']:.2f}",
+                     "–" if c["drop_pt"] is None else f"{c['drop_pt']:.2f}",
+                     "–" if c["p50_ms"] is None else f"{c['p50_ms']:.3f}",
+                     c["error"] or ("–" if s is None else f"{s['median']:.2f}× [{s['min']:.2f}, {s['max']:.2f}]"),
+                     "–" if rule is None else ("yes" if rule else "no")])
+    return rows
+
+
+def budget_rows(record: dict) -> list[list[Any]]:
+    return [[c["student"] + (" (chosen)" if c["student"] == record["chosen"] else ""),
+             "–" if c["macs"] is None else f"{c['macs'] / 1e6:.2f} M",
+             "–" if c["p50_ms"] is None else f"{c['p50_ms']:.3f}",
+             c["error"] or ("yes" if c["fits"] else "no"),
+             "–" if c["proxy_top1"] is None else f"{c['proxy_top1']:.2f}"] for c in record["candidates"]]
+
+
+def precision_section(rec: dict | None) -> list[str]:
+    if not rec:
+        return []
+    return ["## Precision search", "",
+            f"`--precision auto`: every precision compiled, scored on the eval set and timed on `{rec['device']}` "
+            f"({rec['repeats']} interleaved repeats; speed-up = float's latency over the candidate's, median "
+            f"[min, max] of the repeats); budget {rec['max_drop_pt']} pt of top-1.", "",
+            markdown_table(PRECISION_HEADERS, precision_rows(rec)), "",
+            f"Shipped **{rec['chosen']}**: {rec['why']}.", ""]
+
+
+def budget_section(rec: dict | None) -> list[str]:
+    if not rec:
+        return []
+    return ["## Latency budget", "",
+            f"Students compiled untrained at {rec['precision'] or 'the target default'} precision and timed on "
+            f"`{rec['device']}` ({rec['repeats']} interleaved repeats, median p50); budget {rec['budget_ms']:g} ms. "
+            f"Those within it were ranked by holdout top-1 after {rec['proxy_epochs']} epoch(s) of distillation; the "
+            f"winner was distilled for {rec['epochs']} epoch(s).", "",
+            markdown_table(BUDGET_HEADERS, budget_rows(rec)), "", f"Chosen: **{rec['chosen']}**.", ""]
 
 
 SLOWER = ("**WARNING: this int8 artifact is slower than the float model on {where}** (in every repeat). "
