@@ -201,6 +201,7 @@ def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape
                 train_options):
     """Compile MODEL (.pt TorchScript, .pt2, .onnx, package.module:factory, zoo name, or a model card .toml)."""
     label_names = [l.strip() for l in labels.read_text().splitlines() if l.strip()] if labels else None
+    searching = precision == "auto" or latency_budget is not None
     keep_names, keep_count = (), 0
     if keep_float:
         if keep_float.strip().isdigit():
@@ -216,7 +217,8 @@ def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape
                              student=student, data=data_dir, epochs=epochs, sparsity=sparsity,
                              sparsity_pattern=sparsity_pattern, resume=resume, train_options=train_options,
                              passes=passes, skip=skip or (), verify_samples=verify_samples, keep_failed=keep_failed,
-                             seed=seed, device=search_device or bench_device, inventory=inventory,
+                             seed=seed, inventory=inventory if searching else None,
+                             device=search_device or (bench_device if searching else None),
                              latency_budget=latency_budget, proxy_epochs=proxy_epochs)
     emit = None if quiet else (lambda line: click.echo(line, err=True))
     result = api.compile(config, progress=emit)

@@ -85,6 +85,9 @@ def validate_compile(config: CompileConfig, spec: TargetSpec) -> None:
     check_number("--verify-samples", v.samples, minimum=1, integer=True)
     check_number("--seed", config.seed, minimum=0, integer=True)
     s = config.search
+    if (s.device or s.inventory) and not (config.precision == "auto" or s.latency_budget_ms is not None):
+        raise ConfigError("--device and --inventory say where --precision auto / --latency-budget time their "
+                          "candidates; this compile has neither", "to benchmark the artifact afterwards use --bench DEVICE")
     check_number("--latency-budget", s.latency_budget_ms, above=0, hint="milliseconds on the device, e.g. 5")
     check_number("--proxy-epochs", s.proxy_epochs, minimum=1, integer=True)
     check_number("the timing repeats", s.repeats, minimum=3, integer=True,

@@ -141,3 +141,20 @@ def test_budget_search_times_students_on_the_loopback_board(tmp_path, zoo_models
     assert lb["device"] == "board" and lb["repeats"] == 3
     assert all(len(c["ms"]) == 3 and min(c["ms"]) > 0 and c["fits"] for c in lb["candidates"])
     assert not list((ssh_board.dir / "work").glob("edgekd-run-*"))  # the board keeps nothing
+
+
+def test_device_without_a_search_is_refused_up_front(tmp_path, zoo_models):
+    path, calib, shape = zoo_models["resnet20"]
+    r = CliRunner().invoke(main, ["compile", str(path), "-t", "onnx-cpu", "-o", str(tmp_path / "out"),
+                                  "--input-shape", "1,3,32,32", "--device", "board"])
+    assert r.exit_code == 2 and "--device and --inventory say where" in r.output and "--bench DEVICE" in r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_device_fails_before_any_candidate_compiles(tmp_path, zoo_models, labelled):
+    from edgekd.errors import UnknownNameError
+
+    config = auto_config(tmp_path, zoo_models, labelled, device="nosuch")
+    with pytest.raises(UnknownNameError, match="unknown device 'nosuch'"):
+        api.compile(config)
+    assert not (tmp_path / "out").exists()
