@@ -19,7 +19,7 @@ from edgekd.config import CompileConfig
 from edgekd.passes.base import Pass, PassResult
 from edgekd.runtime.timing import REPEATS, interleaved, ratio
 from edgekd.specs import TargetSpec
-from edgekd.state import EMITTED, QUANTIZED, CompileState, PassOutput
+from edgekd.state import EMITTED, CompileState, PassOutput
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def float_artifact(backend, state: CompileState, outdir: Path) -> Path:
 
 class SpeedCheckPass(Pass):
     name = "speed-check"
-    requires = frozenset({EMITTED, QUANTIZED})
+    requires = frozenset({EMITTED})
 
     def __init__(self, backend: str, threads: int = 2, repeats: int = REPEATS, iterations: int = 30):
         self.backend, self.threads = get_backend(backend), threads
@@ -81,6 +81,8 @@ class SpeedCheckPass(Pass):
         return (config.precision or spec.default_precision) == "int8" and spec.bench.device == "local"
 
     def run(self, state: CompileState) -> PassResult:
+        if state.float_onnx is None:  # nothing was quantized: there is no float graph to compare with
+            return PassResult(state, changed=False)
         x = np.random.default_rng(0).standard_normal(tuple(state.input.shape)).astype(np.float32)
         with tempfile.TemporaryDirectory(prefix="edgekd-float-") as d:
             float_run = self.backend.session(float_artifact(self.backend, state, Path(d)), self.threads)
