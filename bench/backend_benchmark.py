@@ -319,8 +319,8 @@ def bench_model(key: str, card: Path, args, train, val, workdir: Path) -> dict:
                       "top1": float((pred == labels).mean() * 100) if labels is not None else None,
                       "agreement": float((pred == float_pred).mean() * 100),
                       # random weights give near-tied logits, so top-1 agreement says little there: SQNR does
-                      "sqnr_db": float(10 * np.log10((float_logits ** 2).sum() / max(((logits - float_logits) ** 2).sum(),
-                                                                                     1e-30)))}
+                      "sqnr_db": float(10 * np.log10((float_logits ** 2).sum()
+                                                     / max(((logits - float_logits) ** 2).sum(), 1e-30)))}
     progress(f"[{key}] latency: {len(runners)} artifacts, {args.repeats} interleaved repeats of {args.runs} runs")
     for name, lat in interleaved_latency(runners, xs[:1], args.repeats, args.runs).items():
         precision = "int8" if "int8" in name else "fp32"
@@ -411,12 +411,14 @@ def write_markdown(args, command: str, peak: dict, load: dict, text: str) -> Non
         versions = subprocess.run([str(Path(args.onnx2tf).parent / "python"), "-c",
                                    "import onnx2tf, tensorflow as tf; print(onnx2tf.__version__, tf.__version__)"],
                                   capture_output=True, text=True).stdout.split()
-    onnx2tf = (f"onnx2tf {versions[0] if versions else '?'} (with TensorFlow {versions[1] if len(versions) > 1 else '?'}, "
-               "its own venv)" if args.onnx2tf != "none" else "onnx2tf not run (--onnx2tf none)")
+    tf = versions[1] if len(versions) > 1 else "?"
+    onnx2tf = (f"onnx2tf {versions[0] if versions else '?'} (with TensorFlow {tf}, its own venv)"
+               if args.onnx2tf != "none" else "onnx2tf not run (--onnx2tf none)")
     import onnxruntime
 
     la = lambda t: ", ".join(f"{v:.1f}" for v in t)  # noqa: E731
-    Path(args.markdown).write_text(f"""# Backend benchmark: edgekd vs onnx2tf (TFLite), NNCF (OpenVINO) and float (ONNX Runtime)
+    title = "Backend benchmark: edgekd vs onnx2tf (TFLite), NNCF (OpenVINO) and float (ONNX Runtime)"
+    Path(args.markdown).write_text(f"""# {title}
 
 Produced by
 
@@ -463,7 +465,8 @@ def main(argv=None) -> int:
     load["end"] = os.getloadavg()
     command = "python bench/backend_benchmark.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     peak = next(iter(results.values()))["peak"]
-    titles = {"cifar": f"CIFAR-10 model `{args.cifar_student}` (32×32)", "mobilenetv2": "MobileNetV2-1.0, 224×224, random weights"}
+    titles = {"cifar": f"CIFAR-10 model `{args.cifar_student}` (32×32)",
+              "mobilenetv2": "MobileNetV2-1.0, 224×224, random weights"}
     sections = []
     for key, r in results.items():
         sections.append(f"## {titles[key]} — {r['macs'] / 1e6:.1f} M MACs\n\n{model_table(r)}\n\n" + "\n".join(ratios(r)))

@@ -44,7 +44,7 @@ class Int8CoverageOutput(PassOutput):
         """Runs of float layers in execution order: each is dequantized into, computed in float, and
         quantized out of."""
         islands: list[list[ExecutedLayer]] = []
-        for prev, layer in zip((None, *self.layers), self.layers):
+        for prev, layer in zip((None, *self.layers), self.layers, strict=False):
             if layer.integer:
                 continue
             if prev is None or prev.integer or not islands:

@@ -28,7 +28,7 @@ class Ratio:
 
 def ratio(numerator: list[float], denominator: list[float]) -> Ratio:
     """Per-repeat ratios of two interleaved series, summarized."""
-    per = [a / b for a, b in zip(numerator, denominator)]
+    per = [a / b for a, b in zip(numerator, denominator, strict=True)]
     return Ratio(statistics.median(per), min(per), max(per), len(per))
 
 

@@ -20,9 +20,9 @@ from edgekd.config import CompileConfig
 from edgekd.errors import ConfigError, EdgekdError, SearchError
 from edgekd.models.zoo import parse_zoo_name
 from edgekd.outputs import check_artifact_output
+from edgekd.report import BUDGET_HEADERS, budget_rows
 from edgekd.search.finish import ship
 from edgekd.search.timing import TimingFn, time_interleaved
-from edgekd.report import BUDGET_HEADERS, budget_rows
 from edgekd.ui import text_table
 
 DEFAULT_WIDTHS = (0.25, 0.35, 0.5, 0.75, 1.0)  # a zoo name without widths: these
@@ -107,7 +107,8 @@ def time_students(config, students: list[Student], workdir: Path, timing: Timing
         compiled.append((s, result.output))
     if progress:
         progress(f"latency budget: timing {len(compiled)} students, {config.search.repeats} interleaved repeats")
-    for (s, _), ms in zip(compiled, time_interleaved([p for _, p in compiled], timing, config.search.repeats)):
+    series = time_interleaved([p for _, p in compiled], timing, config.search.repeats)
+    for (s, _), ms in zip(compiled, series, strict=True):
         s.ms = ms
 
 

@@ -15,14 +15,14 @@ from typing import Any, Callable
 from edgekd.config import CompileConfig
 from edgekd.errors import ConfigError, EdgekdError, SearchError
 from edgekd.outputs import check_artifact_output
+from edgekd.passes.evaluate import SPEEDUP_PER_POINT
+from edgekd.report import PRECISION_HEADERS, precision_rows
 from edgekd.runtime.timing import REPEATS, Ratio, ratio
 from edgekd.search.finish import ship
 from edgekd.search.timing import TimingFn, time_interleaved
 from edgekd.specs import load_target
-from edgekd.report import PRECISION_HEADERS, precision_rows
 from edgekd.ui import text_table
 
-SPEEDUP_PER_POINT = 2.0  # design rule: each point of top-1 lost should buy at least 2x speed
 ORDER = ("fp32", "fp16", "int8")
 
 
@@ -113,7 +113,7 @@ def search_precision(config: CompileConfig, timing: TimingFn, device: str, compi
                 (c.error for c in candidates if c.precision == "fp32"), "fp32 is not among the target's precisions"))
         if progress:
             progress(f"precision search: timing {', '.join(c.precision for c in ok)} on {device}, {repeats} repeats")
-        for c, ms in zip(ok, time_interleaved([c.path for c in ok], timing, repeats)):
+        for c, ms in zip(ok, time_interleaved([c.path for c in ok], timing, repeats), strict=True):
             c.ms = ms
         base = next(c for c in ok if c.precision == "fp32")
         for c in ok:
