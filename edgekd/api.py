@@ -52,12 +52,17 @@ def make_config(model: str, target: str, output: str | Path, *, input_shape: Seq
 
 
 def compile(config: CompileConfig, progress: Callable[[str], None] | None = None,
-            instruments: Sequence[Instrument] | None = None) -> CompileResult:
-    """Runs the target's pipeline on the model and writes the artifact directory atomically."""
-    import onnx_ir as ir
+            instruments: Sequence[Instrument] | None = None, timing=None) -> CompileResult:
+    """Runs the target's pipeline on the model and writes the artifact directory atomically. ``--precision
+    auto`` and ``--latency-budget`` compile several candidates and ship one (edgekd.search); ``timing``
+    (artifact folder, repeat → ms) replaces their device timing."""
+    from edgekd.search.run import is_search, run_search
 
     spec = load_target(config.target)
     validate_compile(config, spec)
+    if is_search(config):
+        manifest = run_search(config, lambda c: compile(c, progress, instruments), progress, timing)
+        return _benched(config, spec, CompileResult(Path(config.output).absolute(), manifest))
     writer = ArtifactWriter(config.output, config.force, config.input_paths())
     model = resolve(config.model, config.weights, config.allow_pickle, config.input)
     check_labels(model, config.labels)
@@ -74,11 +79,15 @@ def compile(config: CompileConfig, progress: Callable[[str], None] | None = None
             e.add_note(note)
         raise
     remove_checkpoints(checkpoint_root(config.output))  # only an unfinished compile resumes
-    out = Path(config.output).absolute()
+    return _benched(config, spec, CompileResult(Path(config.output).absolute(), manifest))
+
+
+def _benched(config: CompileConfig, spec, result: CompileResult) -> CompileResult:
     if config.bench:
-        bench(out, config.bench, BenchSettings(threads=spec.bench.threads, warmup=spec.bench.warmup,
-                                                 iterations=spec.bench.iterations))
-    return CompileResult(out, manifest)
+        bench(result.output, config.bench, BenchSettings(threads=spec.bench.threads, warmup=spec.bench.warmup,
+                                                           iterations=spec.bench.iterations),
+              inventory=config.search.inventory)
+    return result
 
 
 def _run_compile(config, spec, model, passes, backend, writer, ins, progress) -> dict[str, Any]:
@@ -236,6 +245,7 @@ def explain_target(name: str) -> dict[str, Any]:
     return {"name": spec.name, "description": spec.description, "backend": spec.backend,
             "device_class": spec.device_class, "precisions": list(spec.precisions),
             "default_precision": spec.default_precision, "activation_scheme": spec.activation_scheme,
+            "placement": spec.placement,
             "opset": spec.opset, "opset_range": list(spec.opset_range), "passes": default_passes(spec),
             "pipeline_why": spec.pipeline_why, "quantization_why": spec.raw.get("quantization", {}).get("why"),
             "bench": dataclasses.asdict(spec.bench), "path": str(spec.path), "spec_sha256": spec.sha256,

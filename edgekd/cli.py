@@ -158,7 +158,8 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 @click.option("--channel-order", type=click.Choice(["RGB", "BGR"]))
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]))
 @click.option("--labels", type=click.Path(exists=True, path_type=Path), help="text file, one class name per line")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="default: the target's")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "auto"]),
+              help="default: the target's; auto: the fastest on --device within --max-drop (needs --eval)")
 @click.option("--calib", type=click.Path(path_type=Path), help="sample images or .npy/.npz (verification now, calibration for int8)")
 @click.option("--calib-samples", type=int, default=512, show_default=True, help="use at most this many calibration samples")
 @click.option("--calib-method", type=click.Choice(["ema", "minmax", "percentile"]), default="ema", show_default=True)
@@ -181,6 +182,13 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 @click.option("--verify-samples", type=int, default=16, show_default=True)
 @click.option("--keep-failed", is_flag=True, help="keep an artifact that fails the fidelity check (status in manifest)")
 @click.option("--bench", "bench_device", help="benchmark the artifact on this device afterwards (e.g. local)")
+@click.option("--device", "search_device", help="time the candidates of --precision auto / --latency-budget here "
+              "[--bench's device, else the target's]")
+@click.option("--inventory", type=click.Path(exists=True, path_type=Path), help="device inventory .toml (SSH boards)")
+@click.option("--latency-budget", type=float, help="ms on --device: distil the most accurate --student that fits "
+              "(--student NAME:W1,W2,... or a zoo name for its widths)")
+@click.option("--proxy-epochs", type=int, default=1, show_default=True,
+              help="distillation epochs that rank the students within --latency-budget")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-q", "--quiet", is_flag=True)
 @training_flags
@@ -189,9 +197,11 @@ def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape
                 layout, labels, precision, calib, calib_samples, calib_method, ema_constant, percentile,
                 activation_scheme, keep_float, eval_dir, eval_samples, max_drop, student, data_dir, epochs, sparsity,
                 sparsity_pattern, resume, passes, skip, verify_samples,
-                keep_failed, bench_device, seed, quiet, train_options):
+                keep_failed, bench_device, search_device, inventory, latency_budget, proxy_epochs, seed, quiet,
+                train_options):
     """Compile MODEL (.pt TorchScript, .pt2, .onnx, package.module:factory, zoo name, or a model card .toml)."""
     label_names = [l.strip() for l in labels.read_text().splitlines() if l.strip()] if labels else None
+    searching = precision == "auto" or latency_budget is not None
     keep_names, keep_count = (), 0
     if keep_float:
         if keep_float.strip().isdigit():
@@ -207,7 +217,9 @@ def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape
                              student=student, data=data_dir, epochs=epochs, sparsity=sparsity,
                              sparsity_pattern=sparsity_pattern, resume=resume, train_options=train_options,
                              passes=passes, skip=skip or (), verify_samples=verify_samples, keep_failed=keep_failed,
-                             seed=seed)
+                             seed=seed, inventory=inventory if searching else None,
+                             device=search_device or (bench_device if searching else None),
+                             latency_budget=latency_budget, proxy_epochs=proxy_epochs)
     emit = None if quiet else (lambda line: click.echo(line, err=True))
     result = api.compile(config, progress=emit)
     m = result.manifest
@@ -229,8 +241,25 @@ def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape
         if speed and not speed["met"]:
             click.secho(f"note: {speed['drop_pt']:.2f} pt lost for {speed['speedup']:.2f}x speed on this machine; "
                         f"the design rule asks {speed['needed_speedup']:.2f}x (2x per point)", fg="yellow")
+    sc = m.get("speed_check")
+    if sc and sc["int8_slower"]:
+        click.secho(f"warning: this int8 artifact is slower than the float model on {sc['measured_on']} "
+                    f"({sc['speedup']['median']:.2f}x in {sc['speedup']['repeats']} repeats); ship --precision fp32, "
+                    "or let --precision auto choose", fg="yellow")
+    _search_tables(m)
     if bench_device:
-        _bench(result.output, bench_device, None, None, None, None, quiet)
+        _bench(result.output, bench_device, None, None, None, None, quiet, inventory)
+
+
+def _search_tables(m: dict) -> None:
+    from edgekd.report import BUDGET_HEADERS, PRECISION_HEADERS, budget_rows, precision_rows
+
+    if m.get("latency_budget"):
+        click.echo(text_table(BUDGET_HEADERS, budget_rows(m["latency_budget"])))
+    if m.get("precision_search"):
+        ps = m["precision_search"]
+        click.echo(text_table(PRECISION_HEADERS, precision_rows(ps)))
+        click.echo(f"shipped {ps['chosen']}: {ps['why']}")
 
 
 @main.command("distill")
@@ -449,7 +478,7 @@ def targets_cmd(explain, as_json):
         click.echo(f"  backend {info['backend']} ({'installed' if info['toolchain_installed'] else 'toolchain missing'}), "
                    f"class {info['device_class']}")
         click.echo(f"  precisions {', '.join(info['precisions'])} (default {info['default_precision']}), "
-                   f"activations {info['activation_scheme']}, opset {info['opset']} in {info['opset_range']}")
+                   f"activations {info['activation_scheme']}, placement {info['placement']}, opset {info['opset']} in {info['opset_range']}")
         click.echo(f"  default pipeline: {' → '.join(info['passes'])}")
         for title, text in (("why this pipeline", info["pipeline_why"]), ("why this scheme", info["quantization_why"])):
             if text:

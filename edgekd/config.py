@@ -66,6 +66,17 @@ class VerificationOptions:
 
 
 @dataclass(frozen=True)
+class SearchOptions:
+    """``--precision auto`` and ``--latency-budget``: where candidates are timed, and how."""
+
+    device: str | None = None  # None: --bench's device, else the target's bench device
+    inventory: Path | None = None  # device inventory for SSH boards
+    latency_budget_ms: float | None = None  # keep only students at most this slow on the device
+    proxy_epochs: int = 1  # distillation epochs that rank the students within the budget
+    repeats: int = 3  # interleaved timing repeats per candidate
+
+
+@dataclass(frozen=True)
 class CompileConfig:
     model: str
     target: str
@@ -75,12 +86,13 @@ class CompileConfig:
     allow_pickle: bool = False
     input: InputSpec = field(default_factory=InputSpec)
     labels: tuple[str, ...] | None = None
-    precision: str | None = None  # None: the target's default
+    precision: str | None = None  # None: the target's default; "auto": the fastest within --max-drop
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     quantization: QuantizationOptions = field(default_factory=QuantizationOptions)
     evaluation: EvaluationOptions = field(default_factory=EvaluationOptions)
     training: TrainingOptions = field(default_factory=TrainingOptions)
     verification: VerificationOptions = field(default_factory=VerificationOptions)
+    search: SearchOptions = field(default_factory=SearchOptions)
     passes: tuple[str, ...] | None = None  # None: the target's default pipeline
     skip: tuple[str, ...] = ()
     bench: str | None = None
@@ -118,10 +130,13 @@ FLAT_OPTIONS: dict[str, tuple[str, str]] = {
     "sparsity": ("training", "sparsity"), "sparsity_pattern": ("training", "sparsity_pattern"),
     "train_options": ("training", "options"), "resume": ("training", "resume"),
     "verify_samples": ("verification", "samples"), "keep_failed": ("verification", "keep_failed"),
+    "device": ("search", "device"), "inventory": ("search", "inventory"),
+    "latency_budget": ("search", "latency_budget_ms"), "proxy_epochs": ("search", "proxy_epochs"),
+    "search_repeats": ("search", "repeats"),
 }
 _GROUPS = {"calibration": CalibrationOptions, "quantization": QuantizationOptions, "evaluation": EvaluationOptions,
-           "training": TrainingOptions, "verification": VerificationOptions}
-_PATHS = {"calib", "eval", "data"}
+           "training": TrainingOptions, "verification": VerificationOptions, "search": SearchOptions}
+_PATHS = {"calib", "eval", "data", "inventory"}
 
 
 def grouped_options(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -156,6 +156,12 @@ class AccuracyBudgetError(EdgekdError):
     default_hint = "raise --max-drop, calibrate on more or better samples (--calib-method), or use --precision fp32"
 
 
+class SearchError(EdgekdError):
+    """A search over precisions or students found nothing to ship (every candidate failed, or none fits)."""
+
+    default_hint = "see the candidates table above; loosen --max-drop or --latency-budget, or add candidates"
+
+
 class OpsetConversionError(EdgekdError):
     """The model's opset is outside the target's range and ONNX's version converter cannot move it."""
 

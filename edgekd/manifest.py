@@ -16,7 +16,8 @@ from edgekd.state import CompileState
 MANIFEST_VERSION = 1
 _TOOLCHAIN = ("torch", "onnx", "onnx-ir", "onnxruntime", "numpy")
 # Manifest entries filled by a pass's output (PassOutput.section), None when that pass did not run.
-SECTIONS = ("fidelity", "calibration", "accuracy", "distill", "sparsity", "backend_report")
+SECTIONS = ("fidelity", "calibration", "accuracy", "distill", "sparsity", "backend_report", "int8_coverage",
+            "speed_check")
 
 
 def toolchain_versions(backend: Backend) -> dict[str, str]:
@@ -74,6 +75,8 @@ def build_manifest(state: CompileState, backend: Backend, extra_files: list[str]
         "distill": sections["distill"],
         "sparsity": sections["sparsity"],
         "backend_report": sections["backend_report"],
+        "int8_coverage": sections["int8_coverage"],
+        "speed_check": sections["speed_check"],
         "config": state.config.to_dict(),
         "status": status,
     }

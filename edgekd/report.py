@@ -90,6 +90,10 @@ def render_report(artifact: str | Path) -> str:
                                  [[f"{fid['max_abs_error']:.3g}", f"{fid['mean_abs_error']:.3g}",
                                    f"{fid['relative_error']:.3g}", fid.get("top1_agreement")]]), ""]
     lines += _quantization_section(m, artifact)
+    lines += coverage_section(m.get("int8_coverage"))
+    lines += speed_section(m.get("speed_check"))
+    lines += precision_section(m.get("precision_search"))
+    lines += budget_section(m.get("latency_budget"))
     acc = m.get("accuracy")
     if acc and acc.get("kind") == "detection":
         lines += _detection_section(acc)
@@ -100,9 +104,8 @@ def render_report(artifact: str | Path) -> str:
         sp = acc.get("speed")
         if sp:
             verdict = "meets" if sp["met"] else "does NOT meet"
-            lines += [f"Speed on {sp['measured_on']} (ONNX Runtime, median of 50): float {sp['float_ms']:.3f} ms, artifact "
-                      f"{sp['artifact_ms']:.3f} ms ({sp['speedup']:.2f}×). This {verdict} the rule that each point of "
-                      f"accuracy lost should buy ≥ 2× speed (needed {sp['needed_speedup']:.2f}×).", ""]
+            lines += [f"Speed-up on {sp['measured_on']}: {sp['speedup']:.2f}× (see Speed). This {verdict} the rule "
+                      f"that each point of accuracy lost should buy ≥ 2× speed (needed {sp['needed_speedup']:.2f}×).", ""]
     results = load_results(artifact)
     if results:
         lines += ["## Latency", "", markdown_table(LATENCY_HEADERS, latency_rows(results)), ""]
@@ -163,6 +166,90 @@ def _quantization_section(m: dict, artifact: Path) -> list[str]:
                   markdown_table(["layers in float", "int8 top-1 %", "drop pt"],
                                  [[s["kept_float"], f"{100 * s['top1']:.2f}", f"{s['drop_pt']:.2f}"] for s in budget["steps"]]), ""]
     return lines
+
+
+PRECISION_HEADERS = ["precision", "top-1 %", "drop pt", "p50 ms", "speed-up vs fp32", "≥ 2× per point lost"]
+BUDGET_HEADERS = ["student", "MACs", "p50 ms", "within budget", "proxy top-1 %"]
+
+
+def precision_rows(record: dict) -> list[list[Any]]:
+    rows = []
+    for c in record["candidates"]:
+        s = c["speedup_vs_float"]
+        rule = c.get("speedup_per_point_met")
+        rows.append([c["precision"] + (" (shipped)" if c["precision"] == record["chosen"] else ""),
+                     "–" if c["top1"] is None else f"{100 * c['top1']:.2f}",
+                     "–" if c["drop_pt"] is None else f"{c['drop_pt']:.2f}",
+                     "–" if c["p50_ms"] is None else f"{c['p50_ms']:.3f}",
+                     c["error"] or ("–" if s is None else f"{s['median']:.2f}× [{s['min']:.2f}, {s['max']:.2f}]"),
+                     "–" if rule is None else ("yes" if rule else "no")])
+    return rows
+
+
+def budget_rows(record: dict) -> list[list[Any]]:
+    return [[c["student"] + (" (chosen)" if c["student"] == record["chosen"] else ""),
+             "–" if c["macs"] is None else f"{c['macs'] / 1e6:.2f} M",
+             "–" if c["p50_ms"] is None else f"{c['p50_ms']:.3f}",
+             c["error"] or ("yes" if c["fits"] else "no"),
+             "–" if c["proxy_top1"] is None else f"{c['proxy_top1']:.2f}"] for c in record["candidates"]]
+
+
+def precision_section(rec: dict | None) -> list[str]:
+    if not rec:
+        return []
+    return ["## Precision search", "",
+            f"`--precision auto`: every precision compiled, scored on the eval set and timed on `{rec['device']}` "
+            f"({rec['repeats']} interleaved repeats; speed-up = float's latency over the candidate's, median "
+            f"[min, max] of the repeats); budget {rec['max_drop_pt']} pt of top-1.", "",
+            markdown_table(PRECISION_HEADERS, precision_rows(rec)), "",
+            f"Shipped **{rec['chosen']}**: {rec['why']}.", ""]
+
+
+def budget_section(rec: dict | None) -> list[str]:
+    if not rec:
+        return []
+    return ["## Latency budget", "",
+            f"Students compiled untrained at {rec['precision'] or 'the target default'} precision and timed on "
+            f"`{rec['device']}` ({rec['repeats']} interleaved repeats, median p50); budget {rec['budget_ms']:g} ms. "
+            f"Those within it were ranked by holdout top-1 after {rec['proxy_epochs']} epoch(s) of distillation; the "
+            f"winner was distilled for {rec['epochs']} epoch(s).", "",
+            markdown_table(BUDGET_HEADERS, budget_rows(rec)), "", f"Chosen: **{rec['chosen']}**.", ""]
+
+
+SLOWER = ("**WARNING: this int8 artifact is slower than the float model on {where}** (in every repeat). "
+          "Ship float (`--precision fp32`), or let `--precision auto` time both and choose.")
+
+
+def speed_section(sc: dict | None) -> list[str]:
+    if not sc:
+        return []
+    s = sc["speedup"]
+    lines = ["## Speed", "", f"int8 vs float on {sc['measured_on']} ({sc['runtime']}, {sc['threads']} threads, the same "
+             f"backend's float artifact): float {min(sc['float_ms']):.3f}–{max(sc['float_ms']):.3f} ms, int8 "
+             f"{min(sc['artifact_ms']):.3f}–{max(sc['artifact_ms']):.3f} ms; speed-up **{s['median']:.2f}×** "
+             f"[{s['min']:.2f}, {s['max']:.2f}] over {s['repeats']} interleaved repeats.", ""]
+    if sc["int8_slower"]:
+        lines += [SLOWER.format(where=sc["measured_on"]), ""]
+    return lines
+
+
+def coverage_section(cov: dict | None) -> list[str]:
+    if not cov:
+        return []
+    lines = ["## What runs in int8", ""]
+    if not cov["measured"]:
+        return lines + [f"Not read: {cov['note']}.", ""]
+    share = cov["coverage_macs"]
+    lines += [f"As {cov['backend']}'s runtime compiled the artifact: {cov['int8_layers']} of {cov['layers']} layers on "
+              f"integer kernels, **{100 * share:.1f} % of the multiply-accumulates in int8**"
+              + (" (by layer count: no layer has MACs)." if not cov["macs"] else "."), ""]
+    islands = cov["float_islands"]
+    if not islands:
+        return lines + ["No float islands: every layer reads and writes integers.", ""]
+    rows = [[i + 1, ", ".join(island["layers"][:4]) + (", …" if len(island["layers"]) > 4 else ""),
+             ", ".join(sorted(set(island["ops"]))), f"{island['macs']:,}"] for i, island in enumerate(islands)]
+    return lines + [f"Float islands ({len(islands)}; dequantized into, computed in float, quantized out of):", "",
+                    markdown_table(["#", "layers", "ops", "MACs"], rows), ""]
 
 
 def write_report(artifact: str | Path) -> Path:

@@ -14,6 +14,10 @@ from edgekd.schema import Key, at_least, check_table, length, non_empty
 
 ACTIVATION_SCHEMES = ("asymmetric-int8", "asymmetric-uint8", "symmetric-int8")
 PRECISIONS = ("fp32", "fp16", "int8")
+# Where Q/DQ pairs go (edgekd.quant.placement): chosen per runtime from what it runs on integer kernels.
+PLACEMENTS = ("outputs", "qlinear", "inputs", "quantizable-inputs")
+# A spec without ``placement``, or a compile that overrides the target's activation scheme, gets the scheme's.
+DEFAULT_PLACEMENT = {"symmetric-int8": "inputs", "asymmetric-int8": "outputs", "asymmetric-uint8": "outputs"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class TargetSpec:
     precisions: tuple[str, ...]
     default_precision: str
     activation_scheme: str
+    placement: str  # where Q/DQ pairs go for this runtime (PLACEMENTS)
     opset: int
     opset_range: tuple[int, int]
     passes: tuple[str, ...] | None  # None: the default pipeline (edgekd.passes.DEFAULT_PIPELINE)
@@ -43,6 +48,10 @@ class TargetSpec:
     path: Path
     sha256: str
     raw: dict[str, Any] = field(repr=False, compare=False)
+
+    def placement_for(self, scheme: str) -> str:
+        """The Q/DQ placement for ``scheme``: this runtime's for its own scheme, the scheme's default for another."""
+        return self.placement if scheme == self.activation_scheme else DEFAULT_PLACEMENT[scheme]
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "backend": self.backend, "spec_sha256": self.sha256, "spec_path": str(self.path)}
@@ -63,7 +72,7 @@ _FREE = {"why": Key("str"), "sources": Key("any")}  # prose and references, in a
 SPEC_TABLES: dict[str, dict[str, Key]] = {
     "precision": {"supported": Key("str-list", required=True, check=non_empty), "default": Key("str", required=True),
                   **_FREE},
-    "quantization": {"activations": Key("str"), **_FREE},
+    "quantization": {"activations": Key("str"), "placement": Key("str"), **_FREE},
     "onnx": {"opset": Key("int", required=True, check=at_least(7)),
              "opset_range": Key("int-list", required=True, check=length(2)), **_FREE},
     "pipeline": {"passes": Key("str-list", check=non_empty), "legalize": Key("str-list"),
@@ -109,6 +118,9 @@ def parse_spec(path: Path) -> TargetSpec:
         raise ConfigError(f"target spec {path}: default precision {default_precision!r} is not in {precisions}")
     if scheme not in ACTIVATION_SCHEMES:
         raise ConfigError(f"target spec {path}: unknown activation scheme {scheme!r}", f"use one of {', '.join(ACTIVATION_SCHEMES)}")
+    placement = _get(t, "quantization.placement", path, DEFAULT_PLACEMENT[scheme])
+    if placement not in PLACEMENTS:
+        raise ConfigError(f"target spec {path}: unknown placement {placement!r}", f"use one of {', '.join(PLACEMENTS)}")
     lo, hi = _get(t, "onnx.opset_range", path)
     opset = _get(t, "onnx.opset", path)
     if lo > hi:
@@ -124,6 +136,7 @@ def parse_spec(path: Path) -> TargetSpec:
         precisions=precisions,
         default_precision=default_precision,
         activation_scheme=scheme,
+        placement=placement,
         opset=opset,
         opset_range=(lo, hi),
         passes=tuple(p) if (p := _get(t, "pipeline.passes", path, None)) is not None else None,

@@ -87,12 +87,20 @@ def validate_compile(config: CompileConfig, spec: TargetSpec) -> None:
     check_number("--sparsity", t.sparsity, minimum=0, maximum=0.99, hint="a fraction, e.g. 0.5")
     check_number("--verify-samples", v.samples, minimum=1, integer=True)
     check_number("--seed", config.seed, minimum=0, integer=True)
+    s = config.search
+    if (s.device or s.inventory) and not (config.precision == "auto" or s.latency_budget_ms is not None):
+        raise ConfigError("--device and --inventory say where --precision auto / --latency-budget time their "
+                          "candidates; this compile has neither", "to benchmark the artifact afterwards use --bench DEVICE")
+    check_number("--latency-budget", s.latency_budget_ms, above=0, hint="milliseconds on the device, e.g. 5")
+    check_number("--proxy-epochs", s.proxy_epochs, minimum=1, integer=True)
+    check_number("the timing repeats", s.repeats, minimum=3, integer=True,
+                 hint="a latency ratio is quoted from at least 3 interleaved repeats")
     if len(set(q.keep_float)) != len(q.keep_float) or any(not n for n in q.keep_float):
         raise ConfigError(f"--keep-float names {list(q.keep_float)} repeat or are empty")
     if config.labels is not None and (not config.labels or any(not n.strip() for n in config.labels)):
         raise ConfigError("the labels file has empty names", "one class name per line, in the model's output order")
     precision = config.precision or spec.default_precision
-    if precision != "int8" and (q.keep_float or q.keep_float_count):
+    if precision not in ("int8", "auto") and (q.keep_float or q.keep_float_count):
         raise ConfigError(f"--keep-float applies to int8 compiles; this one is {precision}",
                           "drop --keep-float, or pass --precision int8 --calib DIR")
     check_shape(config.input)

@@ -270,7 +270,8 @@ def test_a_float_layer_in_a_qdq_graph_is_caught(tmp_path):
     calib = tmp_path / "calib.npy"
     np.save(calib, np.random.default_rng(1).standard_normal((32, 3, 9, 9)).astype(np.float32))
     config = api.make_config(str(path), "onnx-cpu", tmp_path / "qdq", input_shape=(1, 3, 9, 9), precision="int8",
-                             calib=calib, skip=("sensitivity",), verify_samples=4, keep_float=("proj",))
+                             calib=calib, skip=("sensitivity",), verify_samples=4, keep_float=("proj",),
+                             activation_scheme="asymmetric-int8")  # int8 activations, as TFLite reads them
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
         result = api.compile(config)

@@ -62,8 +62,10 @@ def test_simulation_tracks_float_on_zoo_models(tmp_path, zoo_models, name, schem
 
 
 def test_outputs_placement_quantizes_after_fused_activations(tmp_path, zoo_models):
+    """asymmetric-int8 is not onnx-cpu's own scheme, so it gets the scheme's placement: outputs (TFLite's)."""
     path, calib, shape = zoo_models["resnet20"]
-    result, model = compile_int8(tmp_path, path, shape, calib)
+    result, model = compile_int8(tmp_path, path, shape, calib, activation_scheme="asymmetric-int8")
+    assert result.manifest["calibration"]["placement"] == "outputs"
     g = model.graph
     prod = producers(g)
     for node in g.node:
@@ -130,7 +132,7 @@ def test_bias_is_int32_with_input_times_weight_scale(tmp_path, zoo_models):
 
 def test_fixed_range_outputs_use_the_runtime_convention(tmp_path, zoo_models):
     path, calib, shape = zoo_models["yolo-det:0.25"]
-    _, model = compile_int8(tmp_path, path, shape, calib, skip=("sensitivity",))
+    _, model = compile_int8(tmp_path, path, shape, calib, skip=("sensitivity",), activation_scheme="asymmetric-int8")
     prod, values = producers(model.graph), inits(model.graph)
     sig_q = [n for n in model.graph.node
              if n.op_type == "QuantizeLinear" and n.input[0] in prod and prod[n.input[0]].op_type == "Sigmoid"]
@@ -170,9 +172,9 @@ def test_manifest_records_calibration_and_qparams(tmp_path, zoo_models):
     assert cal["samples"] == 48 and cal["method"] == "percentile" and len(cal["sha256"]) == 64
     assert m["artifact"]["precision"] == "int8"
     inp = m["inputs"][0]["quantization"]
-    assert inp["scheme"]["dtype"] == "int8" and inp["axis"] is None and inp["scale"] > 0
-    assert m["outputs"][0]["quantization"]["scale"] > 0
-    assert m["quantization"]["why"] and "S8S8" in m["quantization"]["why"]
+    assert inp["scheme"]["dtype"] == "uint8" and inp["axis"] is None and inp["scale"] > 0
+    assert "quantization" not in m["outputs"][0]  # qlinear: QGemm writes the logits in float
+    assert m["quantization"]["why"] and "U8S8" in m["quantization"]["why"]
     conv_w = [v for k, v in m["quantization"]["tensors"].items() if v["axis"] == 0]
     assert len(conv_w) == 22
 

@@ -55,7 +55,9 @@ def test_user_spec_by_path(tmp_path):
 
 @pytest.mark.parametrize("edit,match", [
     (lambda t: t.replace('default = "fp32"', 'default = "int4"'), "default precision"),
-    (lambda t: t.replace('activations = "asymmetric-int8"', 'activations = "whatever"'), "activation scheme"),
+    (lambda t: t.replace('activations = "asymmetric-uint8"', 'activations = "whatever"'), "activation scheme"),
+    (lambda t: t.replace('placement = "qlinear"', 'placement = "everywhere"'), "unknown placement 'everywhere'"),
+    (lambda t: t.replace('placement = "qlinear"', "placement = 3"), "placement must be str"),
     (lambda t: t.replace("opset = 17", "opset = 9"), "outside"),
     (lambda t: t.replace('backend = "onnxruntime"', ""), "backend"),
     (lambda t: t + "\n[[[", "TOML"),
@@ -65,6 +67,18 @@ def test_broken_specs_are_named_errors(tmp_path, edit, match):
     path.write_text(edit((ROOT / "targets" / "onnx-cpu.toml").read_text()))
     with pytest.raises(ConfigError, match=match):
         load_target(str(path))
+
+
+def test_each_runtime_names_its_placement_and_a_user_spec_may_omit_it(tmp_path):
+    expected = {"onnx-cpu": "qlinear", "openvino-cpu": "quantizable-inputs", "rpi4": "outputs", "rpi5": "outputs",
+                "jetson-xavier": "inputs", "jetson-orin-nano": "inputs", "ascend310": "outputs"}
+    assert {name: load_target(name).placement for name in expected} == expected
+    text = (ROOT / "targets" / "onnx-cpu.toml").read_text().replace('placement = "qlinear"\n', "")
+    path = tmp_path / "mine.toml"
+    path.write_text(text)
+    spec = load_target(path)
+    assert spec.placement == "outputs"  # the scheme's default
+    assert load_target("onnx-cpu").placement_for("symmetric-int8") == "inputs"  # an overridden scheme: its own
 
 
 def test_missing_spec_file():
@@ -87,7 +101,8 @@ def test_targets_cli_lists_and_explains():
     assert listing.exit_code == 0 and "onnx-cpu" in listing.output and "installed" in listing.output
     explained = CliRunner().invoke(main, ["targets", "--explain", "onnx-cpu"])
     assert explained.exit_code == 0, explained.output
-    for needle in ("backend onnxruntime", "default pipeline: distill → sparsify → export → canonicalize → fuse", "why this pipeline", "why this scheme", "S8S8"):
+    for needle in ("backend onnxruntime", "default pipeline: distill → sparsify → export → canonicalize → fuse", "why this pipeline", "why this scheme", "U8S8",
+                   "placement qlinear"):
         assert needle in explained.output
     unknown = CliRunner().invoke(main, ["targets", "--explain", "nope"])
     assert unknown.exit_code == 2 and "valid targets" in unknown.output

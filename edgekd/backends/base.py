@@ -63,6 +63,20 @@ class TensorInfo:
 
 
 @dataclass(frozen=True)
+class ExecutedLayer:
+    """One compute layer as the runtime compiled it: whether its kernel computes on integers."""
+
+    name: str  # the emitted ONNX node it comes from, else the runtime's name for it
+    op: str  # the ONNX op type, else the runtime's
+    integer: bool
+    kernel: str  # the runtime's op or kernel
+    macs: int = 0  # multiply-accumulates (weighted layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "op": self.op, "integer": self.integer, "kernel": self.kernel, "macs": self.macs}
+
+
+@dataclass(frozen=True)
 class Unsupported:
     """A node the target cannot run, and the rule it breaks."""
 
@@ -112,6 +126,12 @@ class Backend(abc.ABC):
                   progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any], float] | None:
         """For a runtime timed by its own tool on the device (TensorRT's trtexec): (result, start time).
         None: edgekd's runner times the artifact, which is what most runtimes want."""
+        return None
+
+    def executed_layers(self, model_path: Path, model: "ir.Model") -> list[ExecutedLayer] | None:
+        """The compute layers of the artifact as the runtime compiled it, in execution order (layout moves
+        and quantize/dequantize steps left out); ``model`` is the emitted graph. None: the runtime cannot
+        be asked here (an engine built on the board)."""
         return None
 
     @abc.abstractmethod

@@ -31,26 +31,33 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
     return out
 
 
+def node_macs(model: onnx.ModelProto) -> dict[str, int]:
+    """Multiply-accumulates of each Conv/Gemm/MatMul node, by node name (``op_index`` for an unnamed one)."""
+    shapes = _shapes(model)
+    out: dict[str, int] = {}
+    for i, node in enumerate(model.graph.node):
+        key = node.name or f"{node.op_type}_{i}"
+        shape = shapes.get(node.output[0])
+        if shape is None:
+            continue
+        if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
+            w = shapes.get(node.input[3] if node.op_type == "QLinearConv" else node.input[1])
+            if w:
+                out[key] = int(np.prod(shape)) * int(np.prod(w[1:]))
+        elif node.op_type in ("Gemm", "MatMul", "MatMulInteger"):
+            a = shapes.get(node.input[0])
+            if a:
+                k = a[0] if node.op_type == "Gemm" and any(at.name == "transA" and at.i for at in node.attribute) else a[-1]
+                out[key] = int(np.prod(shape)) * k
+    return out
+
+
 def profile_onnx(model: onnx.ModelProto) -> GraphProfile:
     g = model.graph
     params = sum(int(np.prod(i.dims)) for i in g.initializer
                  if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8,
                                     onnx.TensorProto.UINT8, onnx.TensorProto.DOUBLE))
-    shapes = _shapes(model)
-    macs, ops = 0, {}
+    ops: dict[str, int] = {}
     for node in g.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
-        out = shapes.get(node.output[0])
-        if out is None:
-            continue
-        if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
-            w_name = node.input[3] if node.op_type == "QLinearConv" else node.input[1]
-            w = shapes.get(w_name)
-            if w:
-                macs += int(np.prod(out)) * int(np.prod(w[1:]))
-        elif node.op_type in ("Gemm", "MatMul", "MatMulInteger"):
-            a = shapes.get(node.input[0])
-            if a:
-                k = a[0] if node.op_type == "Gemm" and any(at.name == "transA" and at.i for at in node.attribute) else a[-1]
-                macs += int(np.prod(out)) * k
-    return GraphProfile(params, macs, dict(sorted(ops.items())))
+    return GraphProfile(params, sum(node_macs(model).values()), dict(sorted(ops.items())))

@@ -13,14 +13,17 @@ from edgekd.passes.evaluate import EvaluatePass
 from edgekd.passes.export_onnx import ExportOnnxPass
 from edgekd.passes.fold_bias_dequantize import FoldBiasDequantizePass
 from edgekd.passes.fuse_conv_bn_relu import FuseConvBnReluPass
+from edgekd.passes.int8_coverage import Int8CoveragePass
 from edgekd.passes.quantize import QuantizePass
 from edgekd.passes.sensitivity import SensitivityPass
 from edgekd.passes.sparsify import SparsifyPass
+from edgekd.passes.speed_check import SpeedCheckPass
 from edgekd.passes.verify import VerifyPass
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (
     DistillPass, SparsifyPass, ExportOnnxPass, CanonicalizePass, FuseConvBnReluPass, CheckSupportPass, CalibratePass,
-    SensitivityPass, AccuracyBudgetPass, QuantizePass, FoldBiasDequantizePass, EmitPass, VerifyPass, EvaluatePass,
+    SensitivityPass, AccuracyBudgetPass, QuantizePass, FoldBiasDequantizePass, EmitPass, VerifyPass, Int8CoveragePass,
+    SpeedCheckPass, EvaluatePass,
 )}
 
 # Every target runs this list unless its spec's [pipeline] passes says otherwise; a pass that this
@@ -28,7 +31,8 @@ PASSES: dict[str, type[Pass]] = {p.name: p for p in (
 # A target's [pipeline] legalize passes go just before emit.
 DEFAULT_PIPELINE: tuple[str, ...] = (
     "distill", "sparsify", "export", "canonicalize", "fuse", "check-support", "calibrate", "sensitivity", "accuracy-budget",
-    "quantize", "emit", "verify", "evaluate",
+    "quantize", "emit", "verify", "int8-coverage", "speed-check",
+    "evaluate",
 )
 
 __all__ = ["DEFAULT_PIPELINE", "PASSES", "Pass", "PassResult"]

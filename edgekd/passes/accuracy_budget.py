@@ -12,7 +12,7 @@ from edgekd.data.samples import iter_labelled
 from edgekd.errors import AccuracyBudgetError, ConfigError
 from edgekd.passes.base import Pass, PassResult
 from edgekd.quant.accuracy import greedy_keep_float, top1, within_budget
-from edgekd.quant.calibrate import PLACEMENT, Calibration
+from edgekd.quant.calibrate import Calibration
 from edgekd.quant.placement import plan_quantization
 from edgekd.quant.simulate import quantized_copy
 from edgekd.specs import TargetSpec
@@ -66,7 +66,7 @@ class AccuracyBudgetPass(Pass):
         order = [s.layer for s in state.sensitivity if s.layer not in state.keep_float]
 
         def evaluate(kept: tuple[str, ...]) -> float:
-            plan = plan_quantization(state.onnx_model, PLACEMENT[cal.scheme], frozenset(kept) | state.keep_float)
+            plan = plan_quantization(state.onnx_model, cal.plan.placement, frozenset(kept) | state.keep_float)
             model = quantized_copy(state.onnx_model, plan, cal.activation_qparams(plan))
             return top1(onnx_run_fn(ort_session(ir.to_proto(model).SerializeToString())), data)
 

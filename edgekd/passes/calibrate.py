@@ -15,10 +15,10 @@ from edgekd.data.samples import count_samples, iter_batches
 from edgekd.errors import ConfigError, UnknownNameError
 from edgekd.ir.detector import looks_like_detector
 from edgekd.passes.base import Pass, PassResult
-from edgekd.quant.calibrate import PLACEMENT, Calibration, observe
+from edgekd.quant.calibrate import Calibration, observe
 from edgekd.quant.observers import make_observer
 from edgekd.quant.placement import plan_quantization
-from edgekd.specs import TargetSpec
+from edgekd.specs import DEFAULT_PLACEMENT, TargetSpec
 from edgekd.state import ACTIVATIONS_MARKED, BN_FOLDED, CALIBRATED, ONNX_MODEL, CompileState, PassOutput
 
 MIN_SAMPLES = 256
@@ -45,12 +45,14 @@ class CalibrationOutput(PassOutput):
     sha256: str
     method: str
     scheme: str
+    placement: str
     tensors: int
     observer_args: dict = field(default_factory=dict)
 
     def to_manifest(self) -> dict:
         return {"samples": self.samples, "source": self.source, "sha256": self.sha256, "method": self.method,
-                **self.observer_args, "scheme": self.scheme}
+                **self.observer_args, "scheme": self.scheme,
+                "placement": self.placement}
 
     def summary(self) -> dict:
         return {"samples": self.samples, "tensors": self.tensors, "method": self.method}
@@ -73,8 +75,9 @@ class CalibratePass(Pass):
     provides = frozenset({CALIBRATED})
 
     def __init__(self, data: Path, scheme: str, method: str = "ema", limit: int | None = 512, batch: int = 32,
-                 **observer_args):
+                 placement: str | None = None, **observer_args):
         self.data, self.scheme, self.method, self.limit, self.batch = Path(data), scheme, method, limit, batch
+        self.placement = placement or DEFAULT_PLACEMENT[scheme]
         self.observer_args = observer_args
         make_observer(method, **observer_args)  # bad names and arguments fail at build time
 
@@ -84,8 +87,8 @@ class CalibratePass(Pass):
         if c.data is None:
             raise ConfigError("int8 needs calibration data", "pass --calib DIR (an image folder or .npy/.npz of samples)")
         args = {"ema": {"averaging_constant": c.ema_constant}, "percentile": {"percentile": c.percentile}}
-        return cls(c.data, c.activation_scheme or spec.activation_scheme, c.method, c.samples, c.batch,
-                   **args.get(c.method, {}))
+        scheme = c.activation_scheme or spec.activation_scheme
+        return cls(c.data, scheme, c.method, c.samples, c.batch, spec.placement_for(scheme), **args.get(c.method, {}))
 
     @classmethod
     def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
@@ -101,7 +104,7 @@ class CalibratePass(Pass):
             warnings.warn(f"calibrating {'a detector ' if detector else ''}on {n} samples; use at least {minimum}"
                           f"{' images like those it will see (e.g. a YOLO train/images folder)' if detector else ''}",
                           CalibrationWarning, stacklevel=2)
-        plan = plan_quantization(state.onnx_model, PLACEMENT[self.scheme])
+        plan = plan_quantization(state.onnx_model, self.placement)
         proto = ir.to_proto(state.onnx_model)
         batches = iter_batches(self.data, state.input.preprocess, tuple(state.input.shape), limit=n)
         observers, seen = observe(proto, plan.observed, batches,
@@ -109,5 +112,5 @@ class CalibratePass(Pass):
         state.calibration = Calibration(self.scheme, plan, observers, seen, str(self.data),
                                         source_hash(self.data, n), self.method)
         return PassResult(state, changed=False, output=CalibrationOutput(
-            seen, str(self.data), state.calibration.sha256, self.method, self.scheme, len(observers),
+            seen, str(self.data), state.calibration.sha256, self.method, self.scheme, self.placement, len(observers),
             dict(self.observer_args)))

@@ -1,33 +1,24 @@
-"""``--eval DIR``: top-1 of the float model and of the emitted artifact on a labelled set, and
-whether the speed bought pays for the accuracy lost (design rule: each point lost should buy ≥ 2×)."""
+"""``--eval DIR``: top-1 of the float model and of the emitted artifact on a labelled set, and, with the
+speed check's figures, whether the speed bought pays for the accuracy lost (design rule: each point lost
+should buy ≥ 2×)."""
 
 from __future__ import annotations
 
-import time
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgekd.backends import get_backend
-from edgekd.runtime import onnx_run_fn, ort_session
 from edgekd.config import CompileConfig
 from edgekd.data.samples import iter_labelled
 from edgekd.detect.compile_eval import detection_accuracy, is_detection_data
 from edgekd.passes.base import Pass, PassResult
+from edgekd.passes.speed_check import SpeedCheckOutput
 from edgekd.quant.accuracy import top1
 from edgekd.specs import TargetSpec
 from edgekd.state import EMITTED, CompileState, PassOutput
 
 SPEEDUP_PER_POINT = 2.0
-
-
-def median_latency_ms(run, x, iterations: int = 50) -> float:
-    run(x)
-    times = []
-    for _ in range(iterations):
-        t = time.perf_counter()
-        run(x)
-        times.append((time.perf_counter() - t) * 1000)
-    return sorted(times)[len(times) // 2]
 
 
 def speed_rule(drop_pt: float, speedup: float) -> dict:
@@ -44,7 +35,7 @@ class AccuracyOutput(PassOutput):
     float_top1: float
     artifact_top1: float
     drop_pt: float
-    speed: dict | None = None  # float vs artifact latency here, and whether the speed rule is met
+    speed: dict | None = None  # float vs artifact latency (the speed check's), and whether the speed rule is met
 
     def to_manifest(self) -> dict:
         out = {"source": self.source, "samples": self.samples, "float_top1": self.float_top1,
@@ -101,12 +92,12 @@ class EvaluatePass(Pass):
         float_top1, artifact_top1 = top1(state.float_reference, data), top1(artifact, data)
         drop_pt = 100.0 * (float_top1 - artifact_top1)
         speed = None
-        if state.float_onnx is not None:
-            x = data[0][0]
-            float_ms = median_latency_ms(onnx_run_fn(ort_session(state.float_onnx, self.threads)), x)
-            art_ms = median_latency_ms(artifact, x)
-            speed = {"float_ms": float_ms, "artifact_ms": art_ms, "measured_on": "this machine",
-                     **speed_rule(drop_pt, float_ms / art_ms)}
+        timed = state.output(SpeedCheckOutput)
+        if timed is not None:
+            s = timed.speedup
+            speed = {"float_ms": statistics.median(timed.float_ms), "artifact_ms": statistics.median(timed.artifact_ms),
+                     "measured_on": timed.measured_on, "runtime": timed.runtime, "spread": [s.low, s.high],
+                     "repeats": s.repeats, **speed_rule(drop_pt, s.median)}
         return PassResult(state, changed=False, output=AccuracyOutput(
             str(self.eval_data), sum(len(y) for _, y in data), float_top1, artifact_top1, drop_pt, speed))
 

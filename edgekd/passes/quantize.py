@@ -10,7 +10,7 @@ from edgekd.config import CompileConfig
 from edgekd.data.samples import iter_batches
 from edgekd.metrics import compare_outputs
 from edgekd.passes.base import Pass, PassResult
-from edgekd.quant.calibrate import PLACEMENT, Calibration
+from edgekd.quant.calibrate import Calibration
 from edgekd.quant.placement import plan_quantization
 from edgekd.quant.qdq import apply_plan
 from edgekd.quant.simulate import output_sqnr
@@ -54,7 +54,7 @@ class QuantizePass(Pass):
     def run(self, state: CompileState) -> PassResult:
         cal: Calibration = state.calibration
         keep = frozenset(state.keep_float)
-        plan = plan_quantization(state.onnx_model, PLACEMENT[cal.scheme], keep)
+        plan = plan_quantization(state.onnx_model, cal.plan.placement, keep)
         state.float_onnx = ir.to_proto(state.onnx_model).SerializeToString()
         written = apply_plan(state.onnx_model, plan, cal.activation_qparams(plan))
         state.qparams = written

@@ -70,7 +70,7 @@ class VerifyPass(Pass):
             want.append(state.reference(x))
         quantized = state.quantized
         scales = [state.qparams.get(o.name, {}).get("scale") if quantized else None for o in state.onnx_model.graph.outputs]
-        tie = self.max_output_steps * float(np.max(scales[0])) if scales and scales[0] is not None else 0.0
+        tie = self._tie_margin(scales[0] if scales else None, quantized, got, want)
         metrics = compare_outputs(got, want, tie_margin=tie)
         stepped = [(err / float(np.max(s))) for err, s in zip(metrics["max_abs_per_output"], scales) if s is not None]
         output = FidelityOutput(reference=state.reference_name, samples=sum(len(w[0]) for w in want),
@@ -81,6 +81,18 @@ class VerifyPass(Pass):
             raise FidelityError(f"the {self.backend.name} artifact disagrees with the {state.reference_name}: "
                                 + "; ".join(problems), output=output)
         return PassResult(state, changed=False, output=output)
+
+    def _tie_margin(self, scale, quantized: bool, got: list, want: list) -> float:
+        """How far the reference's top-1 must lead for a flipped top-1 to count. A quantized output: the
+        ``max_output_steps`` steps allowed. A float output of a quantized graph (placements that leave
+        the logits in float): the error seen on both logits, within the relative limit (checked apart)."""
+        if scale is not None:
+            return self.max_output_steps * float(np.max(scale))
+        if not quantized or not want:
+            return 0.0
+        seen = max(float(np.abs(np.asarray(g[0], np.float64) - w[0]).max()) for g, w in zip(got, want))
+        reference_range = max(float(np.abs(w[0]).max()) for w in want)
+        return 2 * min(seen, self.max_relative_error_quantized * reference_range)
 
     def _problems(self, out: FidelityOutput, scales: list, quantized: bool) -> list[str]:
         if not (math.isfinite(out.max_abs_error) and math.isfinite(out.reference_range)):

@@ -13,15 +13,12 @@ from edgekd.quant.observers import Observer
 from edgekd.quant.placement import QuantPlan
 from edgekd.quant.qparams import QParams, scheme_for
 
-PLACEMENT = {"symmetric-int8": "inputs", "asymmetric-int8": "outputs", "asymmetric-uint8": "outputs"}
-
-
 @dataclass
 class Calibration:
     """What calibration leaves for quantization: the plan it observed for, and the observers."""
 
     scheme: str
-    plan: QuantPlan
+    plan: QuantPlan  # observed for plan.placement, which quantize and accuracy-budget reuse
     observers: dict[str, Observer]
     samples: int
     source: str

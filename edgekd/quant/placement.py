@@ -1,15 +1,25 @@
-"""Where Q/DQ pairs go, for each activation scheme.
+"""Where Q/DQ pairs go. A target spec names its placement (``[quantization] placement``), chosen from
+what its runtime turns into integer kernels; all are standard QDQ ONNX, and the QDQ graph is the
+simulation, so the fidelity check follows whichever is chosen.
 
-Two placements, both standard QDQ ONNX:
-
-* ``outputs`` (asymmetric schemes: TFLite, OpenVINO, ONNX Runtime): the graph input and the output
-  of every value-changing op are quantized, as integer-only runtimes execute them. A Conv/Gemm
-  whose activation the fuse pass marked is quantized after the activation, not before it. Ops that
-  only move values (pooling by max, reshapes, slicing, nearest resize) keep their input's grid and
-  get no pair of their own.
+* ``outputs`` (integer-only runtimes: TFLite): the graph input and the output of every value-changing
+  op are quantized, as integer-only runtimes execute them. A Conv/Gemm whose activation the fuse pass
+  marked is quantized after the activation, not before it. Ops that only move values (pooling by max,
+  reshapes, slicing, nearest resize) keep their input's grid and get no pair of their own.
+* ``qlinear`` (ONNX Runtime): ``outputs``, shaped to the node units ORT's QDQ optimizer replaces by
+  QLinearConv/QLinearAdd/QGemm/...: an Add/Sub/Mul whose only reader is a ReLU is quantized after the
+  ReLU (ORT drops a ReLU whose Q starts at zero, so the unit becomes DQ → Add → Q), the output of a
+  Gemm/MatMul that is a graph output stays float (QGemm writes float). Activations must be uint8 on
+  x86: ORT's x86 selectors take int8 activations only after converting a Q/DQ pair to uint8, which it
+  does only for a Q with one reader, so every tensor read twice stayed float under int8.
 * ``inputs`` (symmetric int8, TensorRT): following TensorRT's guidance on Q/DQ placement, the data
   inputs of weighted ops and both inputs of element-wise Add (the residual join) are quantized;
   outputs of weighted ops are not, so TensorRT can fuse them with what follows.
+* ``quantizable-inputs`` (OpenVINO): the data inputs of the ops OpenVINO's low-precision
+  transformations run on integers (NNCF's CPU configuration: weighted ops, element-wise arithmetic,
+  Concat, average pooling, ReduceMean); the CPU plugin folds each FakeQuantize into the layer that
+  produces its input. Nothing is quantized only because an op wrote it: no pair on a value that only a
+  float op (the SE gate's HardSigmoid, the graph output) reads, none between an Add and its ReLU.
 
 Weights of Conv/Gemm/MatMul are always per-channel int8; layers named in ``keep_float`` keep float
 weights and read float inputs.
@@ -27,6 +37,7 @@ import onnx_ir as ir
 from edgekd.ir.dataflow import data_values, is_float_data
 from edgekd.ir.detector import decode_tail
 from edgekd.ir.graph import FUSED_ACTIVATION, const_array
+from edgekd.specs import PLACEMENTS
 
 WEIGHTED = frozenset({"Conv", "Gemm", "MatMul"})
 # Ops whose outputs hold a new set of values, so their own range must be observed.
@@ -40,6 +51,16 @@ GRID_PRESERVING = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Sque
                              "Resize", "Pad", "Identity"})
 # Outputs whose range is fixed by the function, as integer runtimes require (TFLite: scale 1/256).
 FIXED_RANGE = {"Sigmoid": (0.0, 1.0), "Softmax": (0.0, 1.0), "HardSigmoid": (0.0, 1.0)}
+
+
+# Ops whose data inputs each consumer-driven placement quantizes (weighted ops: input 0 only).
+QUANTIZED_INPUTS = {
+    "inputs": WEIGHTED | {"Add"},
+    "quantizable-inputs": WEIGHTED | {"Add", "Sub", "Mul", "Concat", "AveragePool", "GlobalAveragePool",
+                                      "ReduceMean"},
+}
+ELEMENTWISE = frozenset({"Add", "Sub", "Mul"})
+RELU_LIKE = frozenset({"Relu"})  # ORT's ReluQuantFusion drops these in front of a Q starting at zero
 
 
 @dataclass(frozen=True)
@@ -125,46 +146,85 @@ def plan_quantization(model: ir.Model, placement: str, keep_float: frozenset[str
             axis = weight_axis(node)
             if axis is not None:
                 plan.weights.append(WeightSite(node.name, 1, axis))
-
-    if placement == "outputs":
-        for v in graph.inputs:
-            if _is_float_activation(v, data):
-                plan.activations[v.name] = ActivationSite(v.name, _uses(v, keep_float), v.is_graph_output())
-        for node in graph:
-            if node.name in tail:
-                continue
-            outs = [v for v in node.outputs if _is_float_activation(v, data)]
-            if node.op_type in VALUE_CHANGING:
-                if node.op_type in WEIGHTED and node.metadata_props.get(FUSED_ACTIVATION):
-                    continue  # quantized after its fused activation
-                fixed = FIXED_RANGE.get(node.op_type)
-                for v in outs:
-                    plan.activations[v.name] = ActivationSite(v.name, _uses(v, keep_float), v.is_graph_output(), fixed)
-            elif node.op_type in GRID_PRESERVING and node.inputs and node.inputs[0] is not None:
-                source = node.inputs[0].name
-                if source in plan.activations:
-                    root = plan.activations[source].same_as or source
-                    for v in outs:
-                        plan.activations[v.name] = ActivationSite(v.name, _uses(v, keep_float), v.is_graph_output(),
-                                                                  same_as=root)
-    elif placement == "inputs":
-        wanted: dict[str, set[tuple[str, int]]] = {}
-        values: dict[str, ir.Value] = {}
-        for node in graph:
-            if node.name in keep_float or node.name in tail:
-                continue
-            if node.op_type in WEIGHTED and weight_axis(node) is not None:
-                edges = [(0, node.inputs[0])]
-            elif node.op_type == "Add" and all(_is_float_activation(v, data) for v in node.inputs):
-                edges = list(enumerate(node.inputs))
-            else:
-                continue
-            for idx, v in edges:
-                if _is_float_activation(v, data):
-                    wanted.setdefault(v.name, set()).add((node.name, idx))
-                    values[v.name] = v
-        for name, consumers in wanted.items():
-            plan.activations[name] = ActivationSite(name, tuple(sorted(consumers)), False, None)
+    if placement in ("outputs", "qlinear"):
+        _output_sites(graph, data, plan, ort_units=placement == "qlinear")
+    elif placement in QUANTIZED_INPUTS:
+        _input_sites(graph, data, plan, QUANTIZED_INPUTS[placement], hoist=placement == "quantizable-inputs")
     else:
-        raise ValueError(f"unknown placement {placement!r}")
+        raise ValueError(f"unknown placement {placement!r}; known: {', '.join(PLACEMENTS)}")
     return plan
+
+
+def _skips_own_pair(node: ir.Node, ort_units: bool) -> bool:
+    """Whether a value-changing node's output is quantized later (after its activation) or not at all."""
+    if node.op_type in WEIGHTED and node.metadata_props.get(FUSED_ACTIVATION):
+        return True  # quantized after its fused activation
+    if not ort_units:
+        return False
+    out = node.outputs[0]
+    if node.op_type in ELEMENTWISE:
+        readers = out.consumers()
+        return len(readers) == 1 and readers[0].op_type in RELU_LIKE and not out.is_graph_output()
+    return node.op_type in ("Gemm", "MatMul") and out.is_graph_output() and not out.uses()
+
+
+def _output_sites(graph: ir.Graph, data: set[ir.Value], plan: QuantPlan, ort_units: bool) -> None:
+    # A layer kept in float reads the float tensor, also under qlinear, although its producer then loses
+    # its integer kernel (the tensor has a reader beside its Q): between a DQ and a Q, ONNX Runtime's
+    # WeightBiasQuantization would quantize the layer's float weights itself, per tensor.
+    keep_float = plan.keep_float
+    for v in graph.inputs:
+        if _is_float_activation(v, data):
+            plan.activations[v.name] = ActivationSite(v.name, _uses(v, keep_float), v.is_graph_output())
+    for node in graph:
+        if node.name in plan.float_tail:
+            continue
+        outs = [v for v in node.outputs if _is_float_activation(v, data)]
+        if node.op_type in VALUE_CHANGING:
+            if _skips_own_pair(node, ort_units):
+                continue
+            fixed = FIXED_RANGE.get(node.op_type)
+            for v in outs:
+                plan.activations[v.name] = ActivationSite(v.name, _uses(v, keep_float), v.is_graph_output(), fixed)
+        elif node.op_type in GRID_PRESERVING and node.inputs and node.inputs[0] is not None:
+            source = node.inputs[0].name
+            if source in plan.activations:
+                root = plan.activations[source].same_as or source
+                for v in outs:
+                    plan.activations[v.name] = ActivationSite(v.name, _uses(v, keep_float), v.is_graph_output(),
+                                                              same_as=root)
+
+
+def _hoisted(node: ir.Node, idx: int, v: ir.Value, data: set[ir.Value]) -> tuple[ir.Node, int, ir.Value]:
+    """The edge to quantize for ``node``'s input ``idx``: moved up through ops that only move values
+    (Flatten, Reshape, MaxPool, ...) while each is the value's only reader, so the pair lands on the
+    output of the op that computed the values and the runtime folds it in there (as NNCF propagates
+    its quantizers)."""
+    while True:
+        producer = v.producer()
+        if (producer is None or producer.op_type not in GRID_PRESERVING or len(v.uses()) != 1
+                or v.is_graph_output() or not _is_float_activation(producer.inputs[0], data)):
+            return node, idx, v
+        node, idx, v = producer, 0, producer.inputs[0]
+
+
+def _input_sites(graph: ir.Graph, data: set[ir.Value], plan: QuantPlan, ops: frozenset[str], hoist: bool) -> None:
+    """Q/DQ on the data inputs of ``ops`` only, each pair read by exactly those inputs (``hoist``: moved
+    above value-moving ops). An element-wise op is quantized only when all its inputs are activations
+    (not a bias or scale constant)."""
+    wanted: dict[str, set[tuple[str, int]]] = {}
+    for node in graph:
+        if node.name in plan.keep_float or node.name in plan.float_tail or node.op_type not in ops:
+            continue
+        if node.op_type in WEIGHTED:
+            edges = [(0, node.inputs[0])] if weight_axis(node) is not None else []
+        elif node.op_type in ELEMENTWISE:
+            edges = list(enumerate(node.inputs)) if all(_is_float_activation(v, data) for v in node.inputs) else []
+        else:
+            edges = list(enumerate(node.inputs))
+        for idx, v in edges:
+            if _is_float_activation(v, data):
+                reader, at, v = _hoisted(node, idx, v, data) if hoist else (node, idx, v)
+                wanted.setdefault(v.name, set()).add((reader.name, at))
+    for name, consumers in wanted.items():
+        plan.activations[name] = ActivationSite(name, tuple(sorted(consumers)), False, None)

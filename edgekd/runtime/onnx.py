@@ -9,9 +9,11 @@ import numpy as np
 from edgekd.runtime.batching import RunFn
 
 
-def ort_session(model: str | Path | bytes, threads: int = 1, optimize: bool = True):
+def ort_session(model: str | Path | bytes, threads: int = 1, optimize: bool = True,
+                optimized_path: Path | None = None):
     """A CPU session for a model file or serialized bytes; ``optimize=False`` runs the graph as written
-    (no fusions, no integer kernels replacing Q/DQ arithmetic)."""
+    (no fusions, no integer kernels replacing Q/DQ arithmetic); ``optimized_path``: where ONNX Runtime
+    writes the graph it optimized (what it executes)."""
     import onnxruntime as ort
 
     ort.disable_telemetry_events()
@@ -21,6 +23,8 @@ def ort_session(model: str | Path | bytes, threads: int = 1, optimize: bool = Tr
     opts.log_severity_level = 3
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if optimized_path is not None:
+        opts.optimized_model_filepath = str(optimized_path)
     src = str(model) if isinstance(model, Path) else model
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.backends.base import Backend, EmitInput, EmitResult, TensorInfo
+from edgekd.backends.base import Backend, EmitInput, EmitResult, ExecutedLayer, TensorInfo
 from edgekd.runtime import RunFn, onnx_run_fn, ort_session
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8",
@@ -24,6 +24,11 @@ class OnnxRuntimeBackend(Backend):
 
         ir.save(inp.model, inp.outdir / "model.onnx")
         return EmitResult(["model.onnx"])
+
+    def executed_layers(self, model_path: Path, model) -> list[ExecutedLayer]:
+        from edgekd.backends.onnxruntime.coverage import executed_layers
+
+        return executed_layers(model_path, model)
 
     def main_file(self, files: list[str]) -> str:
         return next(f for f in files if f.endswith(".onnx"))

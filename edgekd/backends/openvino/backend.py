@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.backends.base import Backend, EmitInput, EmitResult, TensorInfo, Unsupported
+from edgekd.backends.base import Backend, EmitInput, EmitResult, ExecutedLayer, TensorInfo, Unsupported
 from edgekd.runtime import RunFn, in_model_batches
 from edgekd.errors import FidelityError, UnsupportedOpsError
 
@@ -146,6 +146,18 @@ class OpenVINOBackend(Backend):
             except FidelityError as e:
                 failure = e
         return EmitResult(files, report, failure)
+
+    def executed_layers(self, model_path: Path, model) -> list[ExecutedLayer]:
+        import onnx_ir as ir
+        import openvino as ov
+
+        from edgekd.backends.openvino.check import executed_layers
+        from edgekd.ir.profile import node_macs
+
+        compiled = ov.Core().compile_model(str(model_path), DEVICE, runtime_config(1))
+        outputs = {v.name: n.name for n in model.graph for v in n.outputs}
+        return executed_layers(compiled, {n.name: n.op_type for n in model.graph}, outputs,
+                               node_macs(ir.to_proto(model)))
 
     def main_file(self, files: list[str]) -> str:
         return next(f for f in files if f.endswith(".xml"))

@@ -20,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from edgekd.backends.base import ExecutedLayer
 from edgekd.errors import FidelityError
 
 # Runtime layer types of weighted layers (the CPU plugin's names, and the IR's for other plugins).
@@ -73,6 +74,37 @@ def runtime_layers(compiled, names: set[str], outputs: dict[str, str]) -> list[d
             "runtime_precision": _rt(node, "runtimePrecision"),
             "kernel": _rt(node, "primitiveType"),
         })
+    return layers
+
+
+# Runtime nodes that move, reorder or feed data: not compute layers.
+NOT_LAYERS = frozenset({"Input", "Output", "Const", "Reorder", "Reshape", "Transpose", "Concatenation", "Split",
+                        "StridedSlice", "Gather", "ShapeOf"})
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+
+
+def executed_layers(compiled, op_types: dict[str, str], outputs: dict[str, str],
+                    macs: dict[str, int]) -> list[ExecutedLayer]:
+    """Every compute node of the compiled model, mapped to the ONNX node it came from (``op_types``: node
+    name → op type; ``outputs``: output tensor → node). A weighted layer is integer when its activation
+    and its weight are; another when the plugin computes it in u8/i8 (``runtimePrecision``). A node that
+    only quantizes the model input (a FakeQuantize from a Q/DQ pair) is not a layer."""
+    layers = []
+    for node in compiled.get_runtime_model().get_ordered_ops():
+        kind = _rt(node, "layerType")
+        if kind in NOT_LAYERS:
+            continue
+        fused = [n for n in _rt(node, "originalLayersNames").split(",") if n]
+        name = onnx_name(fused, set(op_types), outputs) or (fused[0] if fused else node.get_friendly_name())
+        op = op_types.get(name, kind)
+        if op in QDQ_OPS:
+            continue
+        inputs = [_port_type(p) for p in node.inputs()]
+        if kind in WEIGHTED_LAYER_TYPES:
+            integer = len(inputs) > 1 and inputs[0] in INTEGER and inputs[1] in INTEGER
+        else:
+            integer = _rt(node, "runtimePrecision") in INTEGER
+        layers.append(ExecutedLayer(name, op, integer, f"{kind}:{_rt(node, 'primitiveType')}", macs.get(name, 0)))
     return layers
 
 

@@ -139,6 +139,11 @@ class TFLiteBackend(Backend):
         })
         return EmitResult([MODEL_FILE], report)
 
+    def executed_layers(self, model_path: Path, model) -> list:
+        from edgekd.backends.tflite.coverage import executed_layers
+
+        return executed_layers(model_path)
+
     def main_file(self, files: list[str]) -> str:
         return next(f for f in files if f.endswith(".tflite"))
 

@@ -1,0 +1,169 @@
+"""Q/DQ placement per runtime: the sites each placement chooses on a small residual graph, and what each
+runtime makes of them (ONNX Runtime's optimized graph, OpenVINO's IR and compiled CPU model)."""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import ROOT
+from edgekd import api
+from edgekd.ir.graph import FUSED_ACTIVATION
+from edgekd.passes.calibrate import CalibrationWarning
+from edgekd.quant.placement import plan_quantization
+
+
+def residual_graph() -> ir.Model:
+    """x → Conv+Relu (stem) → Conv+Relu → Conv → Add(stem) → Relu → GlobalAveragePool → Flatten → Gemm,
+    with the Conv+Relu pairs marked as the fuse pass marks them."""
+    rng = np.random.default_rng(0)
+    w = lambda *s: numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) * 0.2)  # noqa: E731
+    inits = []
+    for name, shape in (("w0", (8, 3, 3, 3)), ("w1", (8, 8, 3, 3)), ("w2", (8, 8, 3, 3)), ("fc", (10, 8))):
+        t = w(*shape)
+        t.name = name
+        inits.append(t)
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c0"], name="stem", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["r0"], name="stem_relu"),
+        helper.make_node("Conv", ["r0", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "r0"], ["sum"], name="join"),
+        helper.make_node("Relu", ["sum"], ["r2"], name="join_relu"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["gap"], name="pool"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], inits)
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    for node in model.graph:
+        if node.name in ("stem", "conv1"):
+            node.metadata_props[FUSED_ACTIVATION] = "Relu"
+    return model
+
+
+def sites(placement: str) -> dict[str, list[str]]:
+    plan = plan_quantization(residual_graph(), placement)
+    assert [w.node for w in plan.weights] == ["stem", "conv1", "conv2", "fc"]  # weights: every placement
+    return {t: sorted(n for n, _ in s.consumers) + (["<output>"] if s.to_graph_output else [])
+            for t, s in plan.activations.items()}
+
+
+def test_outputs_quantizes_every_value_changing_output():
+    got = sites("outputs")
+    assert set(got) == {"x", "r0", "r1", "c2", "sum", "r2", "gap", "flat", "logits"}
+    assert got["logits"] == ["<output>"] and got["sum"] == ["join_relu"]
+
+
+def test_qlinear_quantizes_an_add_after_its_relu_and_leaves_gemm_logits_float():
+    got = sites("qlinear")
+    # DQ → Add → Q(after the ReLU) is one QLinearAdd unit; QGemm writes float logits itself
+    assert "sum" not in got and "logits" not in got
+    assert got["r2"] == ["pool"] and got["r0"] == ["conv1", "join"] and got["c2"] == ["join"]
+    assert set(got) == {"x", "r0", "r1", "c2", "r2", "gap", "flat"}
+
+
+def test_quantizable_inputs_quantize_only_what_an_integer_layer_reads():
+    got = sites("quantizable-inputs")
+    # the GlobalAveragePool output is quantized above the Flatten (the plugin folds it into the pooling);
+    # nothing on the Add's output nor on the logits
+    assert got == {"x": ["stem"], "r0": ["conv1", "join"], "r1": ["conv2"], "c2": ["join"], "r2": ["pool"],
+                   "gap": ["flatten"]}
+
+
+def test_inputs_keeps_tensorrts_placement():
+    got = sites("inputs")
+    assert got == {"x": ["stem"], "r0": ["conv1", "join"], "r1": ["conv2"], "c2": ["join"], "flat": ["fc"]}
+
+
+def test_keep_float_layers_read_float_in_consumer_placements():
+    plan = plan_quantization(residual_graph(), "quantizable-inputs", frozenset({"conv1"}))
+    assert [n for n, _ in plan.activations["r0"].consumers] == ["join"]  # conv1 reads float r0
+    assert "conv1" not in [w.node for w in plan.weights]
+
+
+def test_unknown_placement_is_named():
+    with pytest.raises(ValueError, match="unknown placement 'anywhere'; known: outputs, qlinear"):
+        plan_quantization(residual_graph(), "anywhere")
+
+
+# --- what the runtimes make of it --------------------------------------------------------------------
+
+def compile_int8(tmp_path, zoo_models, target, name="out", **kw):
+    path, calib, shape = zoo_models["resnet20"]
+    config = api.make_config(str(path), target, tmp_path / name, input_shape=shape, precision="int8", calib=calib,
+                             skip=("sensitivity",), verify_samples=8, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        return api.compile(config)
+
+
+def ort_optimized_ops(model_path, tmp_path) -> Counter:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+
+
+def test_onnxruntime_runs_every_conv_add_and_the_gemm_on_integer_kernels(tmp_path, zoo_models):
+    result = compile_int8(tmp_path, zoo_models, "onnx-cpu")
+    assert result.manifest["calibration"]["placement"] == "qlinear"
+    source = Counter(n.op_type for n in onnx.load(str(result.output / "model.onnx")).graph.node)
+    ops = ort_optimized_ops(result.output / "model.onnx", tmp_path)
+    assert ops["QLinearConv"] == source["Conv"] == 21 and ops["QLinearAdd"] == source["Add"] == 9
+    assert ops["QGemm"] == 1 and ops["QLinearGlobalAveragePool"] == 1
+    assert not {"Conv", "Add", "Gemm", "DequantizeLinear"} & set(ops)  # no float island left
+    assert ops["QuantizeLinear"] == 1  # the input, once
+
+
+def test_onnxruntime_with_int8_activations_leaves_shared_tensors_in_float(tmp_path, zoo_models):
+    """Why onnx-cpu uses uint8: with int8 activations ORT's x86 selectors skip every Conv whose Q/DQ is
+    shared by two readers (the ResNet's block inputs)."""
+    result = compile_int8(tmp_path, zoo_models, "onnx-cpu", activation_scheme="asymmetric-int8")
+    ops = ort_optimized_ops(result.output / "model.onnx", tmp_path)
+    assert ops["Conv"] > 0 and ops["QLinearConv"] < 21
+
+
+def openvino_spec_with(tmp_path, placement: str):
+    text = (ROOT / "targets" / "openvino-cpu.toml").read_text()
+    path = tmp_path / f"openvino-{placement}.toml"
+    path.write_text(text.replace('placement = "quantizable-inputs"', f'placement = "{placement}"'))
+    return path
+
+
+def openvino_graphs(xml):
+    import openvino as ov
+
+    core = ov.Core()
+    ir_ops = Counter(op.get_type_name() for op in core.read_model(str(xml)).get_ops())
+    compiled = core.compile_model(str(xml), "CPU", {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32"})
+    runtime = Counter(n.get_rt_info()["layerType"].astype(str) for n in compiled.get_runtime_model().get_ordered_ops())
+    return ir_ops, runtime
+
+
+def test_openvino_needs_fewer_fake_quantize_for_the_same_integer_layers(tmp_path, zoo_models):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    new = compile_int8(tmp_path, zoo_models, "openvino-cpu", "new")
+    old = compile_int8(tmp_path, zoo_models, str(openvino_spec_with(tmp_path, "outputs")), "old")
+    assert new.manifest["calibration"]["placement"] == "quantizable-inputs"
+    new_ir, new_rt = openvino_graphs(new.output / "model.xml")
+    old_ir, old_rt = openvino_graphs(old.output / "model.xml")
+    # no pair on the nine Adds' outputs, on the Flatten's and on the logits
+    assert new_ir["FakeQuantize"] == old_ir["FakeQuantize"] - 11
+    assert sum(new_rt.values()) <= sum(old_rt.values()) and "FakeQuantize" not in new_rt
+    for result in (new, old):
+        report = result.manifest["backend_report"]
+        assert report["float_layers"] == 0 and report["int8_layers"] == 22
+    # fewer rounding points: the simulation is no further from float
+    new_db, old_db = (r.manifest["quantization"]["error_vs_float"]["sqnr_db"] for r in (new, old))
+    assert new_db >= old_db - 0.5
