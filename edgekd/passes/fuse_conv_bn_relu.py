@@ -20,6 +20,11 @@ from edgekd.specs import TargetSpec
 from edgekd.state import ACTIVATIONS_MARKED, BN_FOLDED, ONNX_MODEL, CompileState, PassOutput
 
 
+# Ops integer runtimes run with the ReLU / ReLU6 after them fused in, one rounding for both (TFLite's
+# CONV_2D and ADD/SUB/MUL take a fused activation; oneDNN and TensorRT fuse them as post-ops).
+FUSES_ACTIVATION = frozenset({"Conv", "Add", "Sub", "Mul"})
+
+
 def fold_batchnorm(graph: ir.Graph, bn: ir.Node) -> bool:
     """Folds one inference-mode BN into its producer Conv; False (graph untouched) when it cannot."""
     if bn.op_type != "BatchNormalization" or len(bn.outputs) != 1 or bn.attributes.get_int("training_mode", 0):
@@ -97,7 +102,7 @@ class FuseConvBnReluPass(Pass):
         folded = sum(fold_batchnorm(graph, node) for node in list(graph) if node.op_type == "BatchNormalization")
         marked = 0
         if self.mark_activations:
-            for conv in (n for n in graph if n.op_type == "Conv"):
+            for conv in (n for n in graph if n.op_type in FUSES_ACTIVATION):
                 act = sole_consumer(conv.outputs[0])
                 kind = activation_kind(act) if act is not None else None
                 if kind and conv.metadata_props.get(FUSED_ACTIVATION) != kind:

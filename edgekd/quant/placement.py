@@ -11,7 +11,10 @@ Two placements, both standard QDQ ONNX:
   inputs of weighted ops and both inputs of element-wise Add (the residual join) are quantized;
   outputs of weighted ops are not, so TensorRT can fuse them with what follows.
 
-Weights of Conv/Gemm/MatMul are always per-channel int8; layers named in ``keep_float`` keep float
+Functions written out in primitive ops that integer runtimes run as one kernel (GELU with Erf,
+``edgekd.ir.patterns.composites``) get no pair inside them, only on their output.
+
+Weights of Conv/ConvTranspose/Gemm/MatMul are always per-channel int8; layers named in ``keep_float`` keep float
 weights and read float inputs.
 """
 
@@ -19,23 +22,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx_ir as ir
 
 from edgekd.ir.dataflow import data_values, is_float_data
 from edgekd.ir.graph import FUSED_ACTIVATION, const_array
+from edgekd.ir.patterns import composites
 
-WEIGHTED = frozenset({"Conv", "Gemm", "MatMul"})
+WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 # Ops whose outputs hold a new set of values, so their own range must be observed.
 VALUE_CHANGING = frozenset({
-    "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Relu", "Clip", "LeakyRelu", "HardSwish", "HardSigmoid",
-    "Sigmoid", "Tanh", "Softmax", "Concat", "AveragePool", "GlobalAveragePool", "ReduceMean", "BatchNormalization",
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "LeakyRelu", "PRelu",
+    "Elu", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Gelu", "Erf", "Exp", "Pow", "Sqrt", "Softmax", "Concat",
+    "AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "BatchNormalization", "LayerNormalization",
+    "LRN",
 })
 # Ops that only move or select values: their output stays on the input's grid, so its Q/DQ pair
-# copies the input's parameters (exact) and integer runtimes see one scale on both sides.
-GRID_PRESERVING = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Split", "Slice",
+# copies the input's parameters (exact) and integer runtimes see one scale on both sides. (A bilinear
+# Resize interpolates; it is here because TFLite's int8 RESIZE_BILINEAR keeps its input's grid too.)
+GRID_PRESERVING = frozenset({"MaxPool", "GlobalMaxPool", "ReduceMax", "Reshape", "Flatten", "Transpose", "Squeeze",
+                             "Unsqueeze", "Split", "Slice", "Gather", "DepthToSpace", "SpaceToDepth", "Tile",
                              "Resize", "Pad", "Identity"})
-# Outputs whose range is fixed by the function, as integer runtimes require (TFLite: scale 1/256).
-FIXED_RANGE = {"Sigmoid": (0.0, 1.0), "Softmax": (0.0, 1.0), "HardSigmoid": (0.0, 1.0)}
+# Outputs whose range is fixed by the function, as integer runtimes require (TFLite: LOGISTIC and
+# SOFTMAX at scale 1/256, TANH at 1/128 with zero point 0).
+FIXED_RANGE = {"Sigmoid": (0.0, 1.0), "Softmax": (0.0, 1.0), "HardSigmoid": (0.0, 1.0), "Tanh": (-1.0, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -54,12 +64,22 @@ class WeightSite:
     axis: int
 
 
+@dataclass(frozen=True)
+class ConstantSite:
+    """A float constant operand of an element-wise op, quantized per tensor on the activation scheme:
+    integer kernels (TFLite's ADD/SUB/MUL/DIV) take it as an int8 tensor, so the simulation must too."""
+
+    node: str
+    input_index: int
+
+
 @dataclass
 class QuantPlan:
     placement: str
     activations: dict[str, ActivationSite] = field(default_factory=dict)
     weights: list[WeightSite] = field(default_factory=list)
     keep_float: frozenset[str] = frozenset()
+    constants: list[ConstantSite] = field(default_factory=list)
 
     @property
     def observed(self) -> list[str]:
@@ -73,6 +93,8 @@ def weight_axis(node: ir.Node) -> int | None:
         return None
     if node.op_type == "Conv":
         return 0
+    if node.op_type == "ConvTranspose":  # [C_in, C_out / group, kh, kw]
+        return 1 if node.attributes.get_int("group", 1) == 1 else None
     if node.op_type == "Gemm":
         return 0 if node.attributes.get_int("transB", 0) else 1
     if node.op_type == "MatMul":
@@ -109,7 +131,27 @@ def _uses(v: ir.Value, keep_float: frozenset[str], only_ops: frozenset[str] | No
     return tuple(out)
 
 
-def plan_quantization(model: ir.Model, placement: str, keep_float: frozenset[str] = frozenset()) -> QuantPlan:
+# Element-wise ops whose constant operand an integer kernel reads as int8 (``constant_operands``).
+CONSTANT_OPERAND_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
+
+
+def _constant_sites(graph: ir.Graph, data: set[ir.Value], skip: set[ir.Node],
+                    keep_float: frozenset[str]) -> list[ConstantSite]:
+    sites = []
+    for node in graph:
+        if node.op_type not in CONSTANT_OPERAND_OPS or node in skip or node.name in keep_float or len(node.inputs) != 2:
+            continue
+        for idx, v in enumerate(node.inputs):
+            c = const_array(v)
+            if c is not None and c.dtype == np.float32 and _is_float_activation(node.inputs[1 - idx], data):
+                sites.append(ConstantSite(node.name, idx))
+    return sites
+
+
+def plan_quantization(model: ir.Model, placement: str, keep_float: frozenset[str] = frozenset(),
+                      constant_operands: bool = False) -> QuantPlan:
+    """Where the Q/DQ pairs go. ``constant_operands`` (a target fact): float constants read by
+    element-wise ops are quantized too, as the target's integer kernels need them."""
     graph = model.graph
     _node_names(graph)
     plan = QuantPlan(placement, keep_float=keep_float)
@@ -121,13 +163,17 @@ def plan_quantization(model: ir.Model, placement: str, keep_float: frozenset[str
                 plan.weights.append(WeightSite(node.name, 1, axis))
 
     if placement == "outputs":
+        found = composites(graph)
+        inside = {v for c in found for n in c.nodes[:-1] for v in n.outputs}
+        if constant_operands:
+            plan.constants = _constant_sites(graph, data, {n for c in found for n in c.nodes}, keep_float)
         for v in graph.inputs:
             if _is_float_activation(v, data):
                 plan.activations[v.name] = ActivationSite(v.name, _uses(v, keep_float), v.is_graph_output())
         for node in graph:
-            outs = [v for v in node.outputs if _is_float_activation(v, data)]
+            outs = [v for v in node.outputs if _is_float_activation(v, data) and v not in inside]
             if node.op_type in VALUE_CHANGING:
-                if node.op_type in WEIGHTED and node.metadata_props.get(FUSED_ACTIVATION):
+                if node.metadata_props.get(FUSED_ACTIVATION):
                     continue  # quantized after its fused activation
                 fixed = FIXED_RANGE.get(node.op_type)
                 for v in outs:

@@ -12,7 +12,6 @@ import onnx
 from edgekd.backends.tflite.graph import (CONST_OPERAND, CONST_OPERAND_REASON, FC_AS_CONV, FC_AS_CONV_REASON,
                                           INT8_MIN, NCHW_AXIS_IN_NHWC, TO_NHWC, Lowering,
                                           Reject, Val, WeightQ, grid, same_pads, scope_name)
-from edgekd.backends.tflite.rules import CHECKS
 from edgekd.ir.proto_index import constant_node_value, node_attrs
 from edgekd.quant.qparams import quantize_bias
 
@@ -48,8 +47,9 @@ def _dequantize(cx: Lowering, node) -> list[Val]:
     shape = [1] * x.t.ndim
     if axis is not None:
         shape[axis % x.t.ndim] = scale.size
-    deq = ((x.t.astype(np.int64) - zp.reshape(shape).astype(np.int64)).astype(np.float32) * scale.reshape(shape))
-    weight = WeightQ(x.t, scale, axis % x.t.ndim if axis is not None else None) if x.t.dtype == np.int8 else None
+    deq = np.asarray((x.t.astype(np.int64) - zp.reshape(shape).astype(np.int64)).astype(np.float32) * scale.reshape(shape))
+    weight = (WeightQ(x.t, scale, axis % x.t.ndim if axis is not None else None, int(zp) if axis is None else 0)
+              if x.t.dtype == np.int8 else None)
     return [Val(deq, w=weight)]
 
 
@@ -200,7 +200,7 @@ def _binary(fn_name: str) -> Callable:
                     with cx.tf.name_scope("derived"):
                         v = Val(cx.tf.reshape(v.t, [1] * (4 - cx.rank(v)) + v.t.shape.as_list()), q=v.q)
                 v = cx.to_nhwc(v)
-            ts.append(cx.tensor(v))
+            ts.append(cx.operand(v))
         return [Val(getattr(cx.tf.math, fn_name)(ts[0], ts[1]), nhwc)]
     return lower
 
@@ -361,6 +361,8 @@ def _resize(cx: Lowering, node) -> list[Val]:
         scales = [float(sc[2]), float(sc[3])]
         out = [int(math.floor(h * scales[0])), int(math.floor(w * scales[1]))]
     coord = a.get("coordinate_transformation_mode", b"half_pixel").decode()
+    if a.get("mode", b"nearest") == b"linear":
+        return [_bilinear(cx, x, out, coord)]
     nearest = a.get("nearest_mode", b"round_prefer_floor").decode()
     half = None
     for candidate in (False, True):
@@ -373,6 +375,23 @@ def _resize(cx: Lowering, node) -> list[Val]:
                       "pixels that TFLite's RESIZE_NEAREST_NEIGHBOR does not")
     y = cx.tf.raw_ops.ResizeNearestNeighbor(images=x.t, size=out, align_corners=False, half_pixel_centers=half)
     return [Val(y, True, x.q)]
+
+
+# ONNX coordinate_transformation_mode → TF ResizeBilinear's (align_corners, half_pixel_centers).
+# pytorch_half_pixel is half_pixel except for an output of size 1 (checked below).
+BILINEAR_MODES = {"half_pixel": (False, True), "pytorch_half_pixel": (False, True), "align_corners": (True, False),
+                  "asymmetric": (False, False)}
+
+
+def _bilinear(cx: Lowering, x: Val, out: list[int], coord: str) -> Val:
+    if coord not in BILINEAR_MODES:
+        raise Reject(f"linear Resize with coordinate_transformation_mode={coord} has no TFLite equivalent "
+                     f"(lowered: {', '.join(BILINEAR_MODES)})")
+    if coord == "pytorch_half_pixel" and 1 in out:
+        raise Reject("linear Resize to size 1 with pytorch_half_pixel samples pixel 0, TFLite's half-pixel centre")
+    align, half = BILINEAR_MODES[coord]
+    y = cx.tf.raw_ops.ResizeBilinear(images=x.t, size=out, align_corners=align, half_pixel_centers=half)
+    return Val(y, True, x.q)
 
 
 def _onnx_nearest(size: int, out: int, scale: float, coord: str, mode: str) -> np.ndarray:
@@ -478,4 +497,3 @@ HANDLERS: dict[str, Callable[[Lowering, onnx.NodeProto], list[Val]]] = {
     "Resize": _resize, "Reshape": _reshape, "Flatten": _flatten, "Transpose": _transpose, "Pad": _pad,
     "Softmax": _softmax, "Split": _split, "Slice": _slice,
 }
-assert set(HANDLERS) == set(CHECKS), "every checked op needs a handler"
