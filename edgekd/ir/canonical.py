@@ -89,6 +89,7 @@ def canonicalize(model: ir.Model, shape: Sequence[int], opset_range: tuple[int, 
         "div_by_constant_to_mul": normalize.div_by_constant(graph),
         "batchnorm_to_mul_add": normalize.lower_batchnorm(graph),
         "reduce_mean_to_global_pool": normalize.reduce_mean_to_global_pool(graph),
+        "channel_shuffle_to_gather": normalize.channel_shuffle_to_gather(graph),
     })
     report.rewrites["affine_chain_merged"] = normalize.merge_affine_chains(graph)
     report.rewrites["affine_folded_into_conv"] = normalize.fold_affine_into_conv(graph)

@@ -7,7 +7,8 @@ Each function rewrites every match in place and returns how many it rewrote:
 * ``lower_batchnorm``: a BatchNormalization no Conv/Gemm absorbed → ``x * s + t`` per channel;
 * ``merge_affine_chains``: consecutive ``Mul``/``Add``/``Sub`` by constants → one ``Mul`` and one ``Add``;
 * ``fold_affine_into_conv``: ``Conv → Mul(c) → Add(d)`` with per-channel constants → one Conv;
-* ``reduce_mean_to_global_pool``: a mean over every spatial axis → GlobalAveragePool (+ Flatten).
+* ``reduce_mean_to_global_pool``: a mean over every spatial axis → GlobalAveragePool (+ Flatten);
+* ``channel_shuffle_to_gather``: ShuffleNet's Reshape → Transpose → Reshape → one Gather of channels.
 """
 
 from __future__ import annotations
@@ -241,5 +242,44 @@ def reduce_mean_to_global_pool(graph: ir.Graph) -> int:
             out = flat.outputs[0]
         _replace_output(graph, node.outputs[0], out)
         graph.remove(node, safe=True)
+        count += 1
+    return count
+
+
+def _static_shape(v: ir.Value | None) -> list[int] | None:
+    if v is None or v.shape is None or not v.shape.is_static():
+        return None
+    return [int(d) for d in v.shape]
+
+
+def channel_shuffle_to_gather(graph: ir.Graph) -> int:
+    """ShuffleNet's channel shuffle, ``x.view(N, g, C/g, H, W).transpose(1, 2).reshape(N, C, H, W)``,
+    → one Gather of the channels in their shuffled order. The same values, but an op every backend
+    lowers without leaving the channels-last layout (TFLite: a GATHER on the channel axis instead of
+    two layout transposes, which the converter reorders around the Q/DQ of the tensor before them)."""
+    count = 0
+    for first in [n for n in graph if n.op_type == "Reshape" and n.domain in ("", "ai.onnx")]:
+        x, mid = first.inputs[0], first.outputs[0]
+        shape, split = _static_shape(x), _static_shape(mid)
+        trans = sole_consumer(mid)
+        if shape is None or split is None or len(shape) != 4 or len(split) != 5 or trans is None \
+                or trans.op_type != "Transpose" or list(trans.attributes.get_ints("perm", [])) != [0, 2, 1, 3, 4]:
+            continue
+        n, c, h, w = shape
+        g = split[1]
+        last = sole_consumer(trans.outputs[0])
+        if split != [n, g, c // g, h, w] or g * (c // g) != c or last is None or last.op_type != "Reshape" \
+                or _static_shape(last.outputs[0]) != shape:
+            continue
+        base = first.name or mid.name
+        perm = np.arange(c).reshape(g, c // g).T.reshape(-1).astype(np.int64)
+        gather = ir.Node("", "Gather", [x, new_initializer(graph, f"{base}_shuffled_channels", perm)],
+                         attributes={"axis": ir.AttrInt64("axis", 1)}, name=f"{base}_channel_shuffle")
+        gather.outputs[0].name = f"{base}_shuffled"
+        gather.outputs[0].dtype, gather.outputs[0].shape = last.outputs[0].dtype, last.outputs[0].shape
+        graph.insert_after(last, gather)
+        _replace_output(graph, last.outputs[0], gather.outputs[0])
+        for node in (last, trans, first):
+            graph.remove(node, safe=True)
         count += 1
     return count

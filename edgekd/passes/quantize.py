@@ -41,14 +41,16 @@ class QuantizePass(Pass):
     requires = frozenset({CALIBRATED})
     provides = frozenset({QUANTIZED})
 
-    def __init__(self, samples: int = 32, constant_operands: bool = False):
+    def __init__(self, samples: int = 32, constant_operands: bool = False, concat_grid: bool = False):
         self.samples = samples  # calibration samples on which the simulation is compared with float
-        self.constant_operands = constant_operands  # the target's kernels read constant operands as int8
+        # target facts (edgekd.quant.placement.plan_quantization): int8 constant operands, Concat grids
+        self.constant_operands, self.concat_grid = constant_operands, concat_grid
 
     @classmethod
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "QuantizePass":
-        return cls(config.quantization.sensitivity_samples,
-                   bool(spec.raw.get("quantization", {}).get("constant_operands", False)))
+        q = spec.raw.get("quantization", {})
+        return cls(config.quantization.sensitivity_samples, bool(q.get("constant_operands", False)),
+                   bool(q.get("concat_grid", False)))
 
     @classmethod
     def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
@@ -57,7 +59,8 @@ class QuantizePass(Pass):
     def run(self, state: CompileState) -> PassResult:
         cal: Calibration = state.calibration
         keep = frozenset(state.keep_float)
-        plan = plan_quantization(state.onnx_model, PLACEMENT[cal.scheme], keep, self.constant_operands)
+        plan = plan_quantization(state.onnx_model, PLACEMENT[cal.scheme], keep, self.constant_operands,
+                                 self.concat_grid)
         state.float_onnx = ir.to_proto(state.onnx_model).SerializeToString()
         written = apply_plan(state.onnx_model, plan, cal.activation_qparams(plan))
         state.qparams = written

@@ -20,13 +20,13 @@ weights and read float inputs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx_ir as ir
 
 from edgekd.ir.dataflow import data_values, is_float_data
-from edgekd.ir.graph import FUSED_ACTIVATION, const_array
+from edgekd.ir.graph import FUSED_ACTIVATION, FUSED_ADD, const_array, sole_consumer
 from edgekd.ir.patterns import composites
 
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
@@ -148,10 +148,27 @@ def _constant_sites(graph: ir.Graph, data: set[ir.Value], skip: set[ir.Node],
     return sites
 
 
+def _onto_concat_grids(graph: ir.Graph, plan: QuantPlan) -> None:
+    """A value-changing producer read only by a Concat is quantized straight onto the Concat's grid."""
+    for node in graph:
+        if node.op_type != "Concat" or node.outputs[0].name not in plan.activations:
+            continue
+        out = node.outputs[0].name
+        for v in node.inputs:
+            site = plan.activations.get(v.name) if v is not None else None
+            producer = v.producer() if v is not None else None
+            if (site is not None and site.same_as is None and site.fixed_range is None and producer is not None
+                    and producer.op_type in VALUE_CHANGING and sole_consumer(v) is node):
+                plan.activations[v.name] = replace(site, same_as=out)
+
+
 def plan_quantization(model: ir.Model, placement: str, keep_float: frozenset[str] = frozenset(),
-                      constant_operands: bool = False) -> QuantPlan:
-    """Where the Q/DQ pairs go. ``constant_operands`` (a target fact): float constants read by
-    element-wise ops are quantized too, as the target's integer kernels need them."""
+                      constant_operands: bool = False, concat_grid: bool = False) -> QuantPlan:
+    """Where the Q/DQ pairs go. Two target facts change it: ``constant_operands``, float constants read
+    by element-wise ops are quantized too, as the target's integer kernels need them; ``concat_grid``,
+    a producer read only by a Concat is quantized onto the Concat's grid, as the target's converter
+    writes it (TFLite: its int8 CONCATENATION needs every input on the output's grid, and the
+    converter moves such a producer there instead of adding a requantize op)."""
     graph = model.graph
     _node_names(graph)
     plan = QuantPlan(placement, keep_float=keep_float)
@@ -173,8 +190,8 @@ def plan_quantization(model: ir.Model, placement: str, keep_float: frozenset[str
         for node in graph:
             outs = [v for v in node.outputs if _is_float_activation(v, data) and v not in inside]
             if node.op_type in VALUE_CHANGING:
-                if node.metadata_props.get(FUSED_ACTIVATION):
-                    continue  # quantized after its fused activation
+                if node.metadata_props.get(FUSED_ACTIVATION) or node.metadata_props.get(FUSED_ADD):
+                    continue  # quantized after its fused activation, or summed in float into its residual Add
                 fixed = FIXED_RANGE.get(node.op_type)
                 for v in outs:
                     plan.activations[v.name] = ActivationSite(v.name, _uses(v, keep_float), v.is_graph_output(), fixed)
@@ -185,6 +202,8 @@ def plan_quantization(model: ir.Model, placement: str, keep_float: frozenset[str
                     for v in outs:
                         plan.activations[v.name] = ActivationSite(v.name, _uses(v, keep_float), v.is_graph_output(),
                                                                   same_as=root)
+        if concat_grid:
+            _onto_concat_grids(graph, plan)
     elif placement == "inputs":
         wanted: dict[str, set[tuple[str, int]]] = {}
         values: dict[str, ir.Value] = {}
