@@ -208,16 +208,16 @@ def test_fp32_artifact_is_float(tmp_path):
 
 def test_unsupported_ops_are_named(tmp_path):
     rng = np.random.default_rng(0)
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="grouped_conv", group=2, kernel_shape=[1, 1]),
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="same_lower_conv", auto_pad="SAME_LOWER", kernel_shape=[1, 1]),
              helper.make_node("Erf", ["c"], ["y"], name="the_erf")]
-    path = _save(tmp_path, nodes, {"w": rng.standard_normal((4, 2, 1, 1))}, (1, 4, 4, 4), [1, 4, 4, 4], "bad")
+    path = _save(tmp_path, nodes, {"w": rng.standard_normal((4, 4, 1, 1))}, (1, 4, 4, 4), [1, 4, 4, 4], "bad")
     bad = get_backend("tflite").unsupported(onnx.load(path), load_target("rpi4"))
-    assert {(u.node, u.op) for u in bad} == {("grouped_conv", "Conv"), ("the_erf", "Erf")}
-    assert "depthwise" in next(u.reason for u in bad if u.op == "Conv")
+    assert {(u.node, u.op) for u in bad} == {("same_lower_conv", "Conv"), ("the_erf", "Erf")}
+    assert "SAME_LOWER" in next(u.reason for u in bad if u.op == "Conv")
     with pytest.raises(PassFailedError) as e:
         _compile(path, tmp_path / "out", (1, 4, 4, 4))
     assert e.value.pass_name == "check-support" and isinstance(e.value.cause, UnsupportedOpsError)
-    assert "grouped_conv" in str(e.value) and "the_erf" in str(e.value)
+    assert "same_lower_conv" in str(e.value) and "the_erf" in str(e.value)
 
 
 def _shared_bias_model(tmp_path: Path) -> Path:

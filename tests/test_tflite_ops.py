@@ -71,6 +71,10 @@ def _resize(coord: str):
 
 # name → (nodes, initializers, TFLite ops the artifact must hold)
 CASES = {
+    "grouped_conv": ([_conv(), helper.make_node("Conv", ["c", "wg", "bg"], ["y"], name="y", group=4, pads=[1, 1, 1, 1],
+                                                kernel_shape=[3, 3])],
+                     {"wg": RNG.standard_normal((12, 2, 3, 3)) * 0.3, "bg": RNG.standard_normal(12) * 0.1},
+                     {"CONV_2D", "CONCATENATION"}),
     "div_by_tensor": ([_conv(), _conv("c2", "w2", "b2"), _n("Sigmoid", ["c2"], "s"), _n("Add", ["s", "half"], "d"),
                        _n("Div", ["c", "d"], "y")],
                       {"w2": RNG.standard_normal((8, 4, 3, 3)) * 0.3, "b2": np.zeros(8), "half": np.float32(0.5)}, {"DIV"}),

@@ -12,7 +12,7 @@ from edgekd.config import CompileConfig
 from edgekd.errors import EdgekdError, UnsupportedOpsError
 from edgekd.ir.canonical import canonicalize
 from edgekd.passes.base import Pass, PassResult
-from edgekd.passes.canonicalize import CANONICAL
+from edgekd.passes.canonicalize import CANONICAL, ops_to_decompose
 from edgekd.passes.support_groups import describe_groups, group_unsupported
 from edgekd.specs import TargetSpec
 from edgekd.state import ONNX_MODEL, CompileState, PassOutput
@@ -26,7 +26,8 @@ class CheckSupportOutput(PassOutput):
 def canonical_unsupported(backend, model: ir.Model, shape: tuple[int, ...], spec: TargetSpec) -> list | None:
     """What ``backend`` cannot run in the canonical form of ``model`` (a copy); None when it has none."""
     try:
-        canonical, _ = canonicalize(ir.from_proto(ir.to_proto(model)), shape, spec.opset_range, spec.opset)
+        canonical, _ = canonicalize(ir.from_proto(ir.to_proto(model)), shape, spec.opset_range, spec.opset,
+                                    ops_to_decompose(spec))
     except EdgekdError:
         return None
     return backend.unsupported(ir.to_proto(canonical), spec)

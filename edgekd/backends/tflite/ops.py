@@ -101,18 +101,48 @@ def _conv(cx: Lowering, node) -> list[Val]:
         y = tf.nn.depthwise_conv2d(xt, f, [1, *strides, 1], padding, dilations=dilations)
         kind = "DEPTHWISE_CONV_2D"
     else:
-        raise Reject(f"grouped convolution (group={group}) that is not depthwise")
-    if len(node.input) > 2 and node.input[2]:
-        b = cx.get(node.input[2])
-        if not b.const:
-            raise Reject("bias computed at run time")
-        bias = _bias(x, wv, b.t)
+        return [_grouped_conv(cx, node, x, xt, wv, group, (strides, padding, dilations))]
+    bias = _conv_bias(cx, node, x, wv)
+    if bias is not None:
         y = tf.nn.bias_add(y, bias)
-    else:
-        bias = None
     cx.conv_scopes[f"n{cx.index}"] = {
         "node": node.name, "op": kind, "weight_scales": None if wv.w is None else wv.w.scale, "bias": bias}
     return [Val(y, True)]
+
+
+def _conv_bias(cx: Lowering, node, x: Val, wv: Val) -> np.ndarray | None:
+    if len(node.input) < 3 or not node.input[2]:
+        return None
+    b = cx.get(node.input[2])
+    if not b.const:
+        raise Reject("bias computed at run time")
+    return _bias(x, wv, b.t)
+
+
+def _grouped_conv(cx: Lowering, node, x: Val, xt, wv: Val, group: int, geometry) -> Val:
+    """A grouped convolution (ShuffleNet, ResNeXt) as TFLite has none: the channels split into
+    ``group`` parts, one CONV_2D each, concatenated. The simulation rounds the whole output once on one
+    grid; TFLite's int8 CONCATENATION needs its inputs on that grid, so each CONV_2D writes onto it."""
+    tf = cx.tf
+    strides, padding, dilations = geometry
+    w = wv.t
+    out = w.shape[0] // group
+    bias = _conv_bias(cx, node, x, wv)
+    with tf.name_scope("derived"):
+        parts = tf.split(xt, group, axis=3)
+    ys = []
+    for k in range(group):
+        rows = slice(k * out, (k + 1) * out)
+        q = None if wv.w is None else WeightQ(wv.w.q[rows], np.broadcast_to(wv.w.scale, (w.shape[0],))[rows], 3)
+        with tf.name_scope(f"g{k}") as scope:
+            y = tf.nn.conv2d(parts[k], cx.weight(Val(w[rows].transpose(2, 3, 1, 0), w=q)), [1, *strides, 1], padding,
+                             dilations=[1, *dilations, 1])
+            if bias is not None:
+                y = tf.nn.bias_add(y, bias[rows])
+        cx.conv_scopes[scope.rstrip("/")] = {"node": node.name, "op": "CONV_2D", "bias": None if bias is None else bias[rows],
+                                             "weight_scales": None if q is None else q.scale}
+        ys.append(y)
+    return Val(tf.concat(ys, axis=3), True)
 
 
 def _bias(x: Val, w: Val, bias: np.ndarray) -> np.ndarray:

@@ -31,11 +31,10 @@ def _check_group(node, a, consts) -> str | None:
     w = consts.get(node.input[1])
     if w is None:
         return None
-    # depthwise: one input channel per group (any channel multiplier)
-    if w.shape[1] == 1 and w.shape[0] % group == 0:
+    # depthwise: one input channel per group (any channel multiplier); else one CONV_2D per group
+    if w.shape[0] % group == 0:
         return None
-    return (f"grouped convolution (group={group}, {w.shape[1]} input channels per group) is neither regular nor "
-            "depthwise; TFLite has no grouped CONV_2D that XNNPACK and the int8 kernels run")
+    return f"grouped convolution (group={group}) whose {w.shape[0]} output channels do not split into its groups"
 
 
 def _check_pool(node, a, consts) -> str | None:

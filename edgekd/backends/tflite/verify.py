@@ -364,10 +364,13 @@ def _forced_grids(moved: list[dict], kept_grid: list[dict]) -> list[dict[str, An
 
 
 def _conv_scope(out_name: str, lowered: Lowered) -> str | None:
+    """The lowering scope of a weighted op: ``n<index>``, or ``n<index>/g<k>`` for one group of a
+    grouped convolution."""
     for token in out_name.split(";"):
-        scope = token.split("/")[0]
-        if scope in lowered.conv_scopes:
-            return scope
+        parts = token.split("/")
+        for scope in ("/".join(parts[:2]), parts[0]):
+            if scope in lowered.conv_scopes:
+                return scope
     return None
 
 
