@@ -372,7 +372,7 @@ def trained_weights(model: nn.Module, images: np.ndarray, labels: np.ndarray, ep
     channels that carried almost nothing are amplified like the rest; such a network is chaotic (Yang
     et al., "A Mean Field Theory of Batch Normalization", ICLR 2019): measured on the conformance
     ResNet-18, a one-step rounding difference early on grows to 11 output steps, and its logits sit so
-    close together that a third of the top-1 decisions flip under int8 noise. Eight epochs on 500
+    close together that a third of the top-1 decisions flip under int8 noise. A few epochs on 500
     CIFAR-10 images give a trained network's structure: the same ResNet-18 then keeps its integer
     artifacts within one output step of the simulation."""
     realistic_weights(model, images, seed)
