@@ -109,7 +109,7 @@ def markdown(results: dict, targets: list[str], precisions: list[str], command: 
               "- `light/* (realistic)`: the same graphs with Kaiming-normal weights in place of the generators and "
               "every Conv/Gemm output rescaled to unit deviation on real images (LSUV-style), so that fidelity is "
               "meaningful; untrained, so top-1 agreement is measured on near-tied logits and is a harsh test.",
-              "- the stock architectures (tests/conformance_models.py), trained 5 epochs on the 500 CIFAR-10 "
+              "- the stock architectures (tests/conformance_models.py), trained 3 epochs on the 500 CIFAR-10 "
               "calibration images (the U-Net segmenter and the YOLO detector keep random weights with BatchNorm "
               "recalibrated), exported by torch at opset 11 with dynamic N/H/W and at opsets 13 and 17 static; 64×64 "
               "input (YOLO: 320×320).", ""]

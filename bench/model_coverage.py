@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calib", type=Path, default=ROOT / "calibration" / "cifar10")
     ap.add_argument("--samples", type=int, default=64, help="calibration samples per compile")
     ap.add_argument("--val-images", type=int, default=500, help="held-out images for fidelity (light: a fifth)")
-    ap.add_argument("--epochs", type=int, default=5, help="training epochs of the stock architectures (0: random)")
+    ap.add_argument("--epochs", type=int, default=3, help="training epochs of the stock architectures (0: random)")
     ap.add_argument("--json", type=Path, default=ROOT / "build" / "model-coverage.json")
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--with-sensitivity", action="store_true", help="run the per-layer sensitivity pass too (slow)")

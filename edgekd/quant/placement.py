@@ -34,13 +34,15 @@ WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 VALUE_CHANGING = frozenset({
     "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "LeakyRelu", "PRelu",
     "Elu", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Gelu", "Erf", "Exp", "Pow", "Sqrt", "Softmax", "Concat",
-    "AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "BatchNormalization", "LayerNormalization",
+    "GlobalAveragePool", "ReduceMean", "ReduceSum", "BatchNormalization", "LayerNormalization",
     "LRN",
 })
 # Ops that only move or select values: their output stays on the input's grid, so its Q/DQ pair
-# copies the input's parameters (exact) and integer runtimes see one scale on both sides. (A bilinear
-# Resize interpolates; it is here because TFLite's int8 RESIZE_BILINEAR keeps its input's grid too.)
-GRID_PRESERVING = frozenset({"MaxPool", "GlobalMaxPool", "ReduceMax", "Reshape", "Flatten", "Transpose", "Squeeze",
+# copies the input's parameters (exact) and integer runtimes see one scale on both sides. A bilinear
+# Resize and a local AveragePool interpolate; they are here because their int8 TFLite kernels need the
+# input's grid on the output (AVERAGE_POOL_2D refuses a scale 5e-6 off it: light DenseNet-121), and an
+# average never leaves its input's range.
+GRID_PRESERVING = frozenset({"MaxPool", "AveragePool", "GlobalMaxPool", "ReduceMax", "Reshape", "Flatten", "Transpose", "Squeeze",
                              "Unsqueeze", "Split", "Slice", "Gather", "DepthToSpace", "SpaceToDepth", "Tile",
                              "Resize", "Pad", "Identity"})
 # Outputs whose range is fixed by the function, as integer runtimes require (TFLite: LOGISTIC and
