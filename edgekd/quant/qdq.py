@@ -90,9 +90,33 @@ def apply_plan(model: ir.Model, plan: QuantPlan, act_qparams: dict[str, QParams]
         written[w_value.name] = wq.to_dict()
         _quantize_bias(graph, node, wq)
     _quantize_constants(graph, plan, by_name, next(iter(act_qparams.values())).scheme if act_qparams else None)
+    _guard_divisors(graph)
     for name in [n for n, v in graph.initializers.items() if not v.uses()]:
         graph.initializers.pop(name)
     return written
+
+
+def _guard_divisors(graph: ir.Graph) -> int:
+    """A Div by a quantized activation on a non-negative grid (LayerNorm's standard deviation) divides by
+    at least one step: integer kernels cannot divide by the zero code (TFLite's DIV stops the model), and
+    a float division by it is inf anyway. ``Clip(d, min=scale)`` changes nothing else: every other code
+    is already at least one step."""
+    count = 0
+    for node in [n for n in graph if n.op_type == "Div" and len(n.inputs) == 2]:
+        dq = node.inputs[1].producer() if node.inputs[1] is not None else None
+        if dq is None or dq.op_type != "DequantizeLinear" or const_array(dq.inputs[0]) is not None:
+            continue
+        scale, zp = const_array(dq.inputs[1]), const_array(dq.inputs[2])
+        if scale is None or zp is None or scale.size != 1 or int(zp) != int(np.iinfo(zp.dtype).min):
+            continue
+        step = new_initializer(graph, f"{dq.name}_one_step", np.asarray(scale, np.float32).reshape(()))
+        clip = ir.Node("", "Clip", [node.inputs[1], step], name=f"{node.name}_nonzero_divisor")
+        clip.outputs[0].name = f"{node.name}_nonzero_divisor"
+        clip.outputs[0].dtype, clip.outputs[0].shape = node.inputs[1].dtype, node.inputs[1].shape
+        graph.insert_before(node, clip)
+        node.replace_input_with(1, clip.outputs[0])
+        count += 1
+    return count
 
 
 def _quantize_constants(graph: ir.Graph, plan: QuantPlan, by_name: dict[str, ir.Node], scheme) -> None:

@@ -332,7 +332,11 @@ def _same_pads_of(x: Val, kernel: list[int], strides: list[int]) -> list[tuple[i
 
 
 def _global_avg(cx: Lowering, node) -> list[Val]:
-    x = cx.to_nhwc(cx.get(node.input[0]))
+    x = cx.get(node.input[0])
+    if cx.rank(x) != 4:  # [N, C, L]: canonicalize writes a mean over a sequence's last axis this way
+        x = cx.to_onnx(x)
+        return [Val(cx.tf.reduce_mean(cx.tensor(x), axis=list(range(2, cx.rank(x))), keepdims=True))]
+    x = cx.to_nhwc(x)
     return [Val(cx.tf.reduce_mean(x.t, axis=[1, 2], keepdims=True), True)]
 
 

@@ -46,7 +46,11 @@ def _reduce(fn_name: str):
 
 
 def _global_max(cx: Lowering, node) -> list[Val]:
-    x = cx.to_nhwc(cx.get(node.input[0]))
+    x = cx.get(node.input[0])
+    if cx.rank(x) != 4:
+        x = cx.to_onnx(x)
+        return [Val(cx.tf.reduce_max(cx.tensor(x), axis=list(range(2, cx.rank(x))), keepdims=True))]
+    x = cx.to_nhwc(x)
     return [Val(cx.tf.reduce_max(x.t, axis=[1, 2], keepdims=True), True)]
 
 
