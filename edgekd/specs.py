@@ -72,11 +72,12 @@ _FREE = {"why": Key("str"), "sources": Key("any")}  # prose and references, in a
 SPEC_TABLES: dict[str, dict[str, Key]] = {
     "precision": {"supported": Key("str-list", required=True, check=non_empty), "default": Key("str", required=True),
                   **_FREE},
-    "quantization": {"activations": Key("str"), "placement": Key("str"), **_FREE},
+    "quantization": {"activations": Key("str"), "placement": Key("str"), "constant_operands": Key("bool"),
+                     "concat_grid": Key("bool"), **_FREE},
     "onnx": {"opset": Key("int", required=True, check=at_least(7)),
              "opset_range": Key("int-list", required=True, check=length(2)), **_FREE},
     "pipeline": {"passes": Key("str-list", check=non_empty), "legalize": Key("str-list"),
-                 "fuse_activations": Key("bool"), **_FREE},
+                 "fuse_activations": Key("bool"), "fuse_conv_add": Key("bool"), **_FREE},
     "bench": {"device": Key("str"), "threads": Key("int", check=at_least(1)), "warmup": Key("int", check=at_least(0)),
               "iterations": Key("int", check=at_least(1))},
 }

@@ -1,8 +1,10 @@
 """Stock architectures as other people write them, for the conformance suite and `make coverage`.
 
 Small versions of ResNet-18, MobileNetV3 (hard-swish written ``x * relu6(x + 3) / 6``), EfficientNet
-(SiLU, squeeze-excite), ShuffleNetV2 (channel split and shuffle through ``x.size()``) and a ConvNeXt
-stage (7×7 depthwise, channels-last LayerNorm, GELU, layer scale); exported by torch at a chosen
+(SiLU, squeeze-excite), ShuffleNetV2 (channel split and shuffle through ``x.size()``), a ConvNeXt
+stage (7×7 depthwise, channels-last LayerNorm, GELU, layer scale), SqueezeNet 1.1, DenseNet blocks, a
+ViT-Tiny (patch embedding, attention with MatMul and Softmax, LayerNorm, GELU), a U-Net segmenter
+(ConvTranspose, bilinear Resize, Concat) and the zoo's YOLO at 320; exported by torch at a chosen
 opset with or without dynamic axes. Weights are random with BatchNorm statistics recalibrated on real
 images, so activations keep a trained network's scale. The onnx wheel's light Caffe2 models get
 random weights of the same kind (``realistic_light_model``).
@@ -200,8 +202,144 @@ class ConvNeXt(nn.Module):
         return self.fc(self.norm(x.mean((2, 3))))
 
 
+class Fire(nn.Module):
+    def __init__(self, cin: int, squeeze: int, expand: int):
+        super().__init__()
+        self.squeeze = nn.Conv2d(cin, squeeze, 1)
+        self.e1, self.e3 = nn.Conv2d(squeeze, expand, 1), nn.Conv2d(squeeze, expand, 3, padding=1)
+
+    def forward(self, x):
+        s = F.relu(self.squeeze(x))
+        return torch.cat((F.relu(self.e1(s)), F.relu(self.e3(s))), 1)
+
+
+class SqueezeNet(nn.Module):
+    """SqueezeNet 1.1 as torchvision writes it (no BatchNorm, ceil-mode max pools, a conv classifier)."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, 3, 2), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True), Fire(32, 16, 32), Fire(64, 16, 32),
+            nn.MaxPool2d(3, 2, ceil_mode=True), Fire(64, 24, 48), Fire(96, 24, 48))
+        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(96, classes, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+
+    def forward(self, x):
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, cin: int, growth: int):
+        super().__init__()
+        self.n1, self.c1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, 4 * growth, 1, bias=False)
+        self.n2, self.c2 = nn.BatchNorm2d(4 * growth), nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        return torch.cat((x, self.c2(F.relu(self.n2(self.c1(F.relu(self.n1(x))))))), 1)
+
+
+class DenseNet(nn.Module):
+    """DenseNet-121's pieces (pre-activation BN-ReLU-conv, concatenating dense blocks, transitions)."""
+
+    def __init__(self, classes: int = 10, growth: int = 12):
+        super().__init__()
+        c = 2 * growth
+        layers: list[nn.Module] = [nn.Conv2d(3, c, 3, 2, 1, bias=False)]
+        for block in range(2):
+            for _ in range(4):
+                layers.append(DenseLayer(c, growth))
+                c += growth
+            if block == 0:
+                layers += [nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False), nn.AvgPool2d(2)]
+                c //= 2
+        self.features = nn.Sequential(*layers, nn.BatchNorm2d(c), nn.ReLU())
+        self.fc = nn.Linear(c, classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q @ k.transpose(-2, -1)) * self.scale
+        return self.proj((attn.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class ViTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.n1, self.attn, self.n2 = nn.LayerNorm(dim), Attention(dim, heads), nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.n1(x))
+        return x + self.fc2(F.gelu(self.fc1(self.n2(x))))
+
+
+class ViT(nn.Module):
+    """ViT-Tiny's layout, small: 8×8 patch embedding, class token, position embedding, pre-norm blocks
+    (multi-head attention with MatMul and Softmax, GELU MLP), LayerNorm, the class token's logits."""
+
+    def __init__(self, classes: int = 10, dim: int = 64, depth: int = 2, heads: int = 4, patch: int = 8,
+                 tokens: int = 64):
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, patch, patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.zeros(1, tokens + 1, dim))
+        self.blocks = nn.Sequential(*[ViTBlock(dim, heads) for _ in range(depth)])
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, classes)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat((self.cls.expand(x.shape[0], -1, -1), x), 1) + self.pos
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+def double_conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(conv_bn(cin, cout), nn.ReLU(), conv_bn(cout, cout), nn.ReLU())
+
+
+class UNet(nn.Module):
+    """A U-Net segmenter: two down steps, a ConvTranspose and a bilinear Resize up, skip Concats,
+    per-pixel class logits."""
+
+    def __init__(self, classes: int = 4, c: int = 16):
+        super().__init__()
+        self.e1, self.e2, self.mid = double_conv(3, c), double_conv(c, 2 * c), double_conv(2 * c, 4 * c)
+        self.up2 = nn.ConvTranspose2d(4 * c, 2 * c, 2, 2)
+        self.d2, self.d1 = double_conv(4 * c, 2 * c), double_conv(3 * c, c)
+        self.out = nn.Conv2d(c, classes, 1)
+
+    def forward(self, x):
+        s1 = self.e1(x)
+        s2 = self.e2(F.max_pool2d(s1, 2))
+        m = self.mid(F.max_pool2d(s2, 2))
+        y = self.d2(torch.cat((self.up2(m), s2), 1))
+        y = F.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return self.out(self.d1(torch.cat((y, s1), 1)))
+
+
+def yolo320():
+    """The zoo's YOLO detector (CSP backbone, SiLU, PAN neck, six raw head outputs), exported at 320."""
+    from edgekd.models.zoo import build_model
+
+    return build_model("yolo-det:0.25", num_classes=4)
+
+
 ARCHITECTURES = {"resnet18": ResNet18, "mobilenetv3": MobileNetV3, "efficientnet": EfficientNet,
-                 "shufflenetv2": ShuffleNetV2, "convnext": ConvNeXt}
+                 "shufflenetv2": ShuffleNetV2, "convnext": ConvNeXt, "squeezenet": SqueezeNet, "densenet": DenseNet,
+                 "vit": ViT, "unet": UNet, "yolo": yolo320}
+# Input shape per architecture, where not (1, 3, 64, 64).
+SHAPES = {"yolo": (1, 3, 320, 320)}
+# Architectures whose output is not class logits (fidelity: SQNR, not top-1 agreement).
+DENSE_OUTPUTS = ("unet", "yolo")
 
 
 def realistic_weights(model: nn.Module, images: np.ndarray, seed: int = 0) -> nn.Module:
@@ -223,6 +361,34 @@ def realistic_weights(model: nn.Module, images: np.ndarray, seed: int = 0) -> nn
     with torch.no_grad():
         for batch in np.array_split(images, max(1, len(images) // 16)):
             model(torch.from_numpy(batch))
+    return model.eval()
+
+
+def trained_weights(model: nn.Module, images: np.ndarray, labels: np.ndarray, epochs: int = 8, seed: int = 0,
+                    batch: int = 32) -> nn.Module:
+    """``realistic_weights``, then a short supervised training (AdamW, random flips) on ``images``.
+
+    Why: BatchNorm recalibrated per channel on a random network gives every channel unit variance, so
+    channels that carried almost nothing are amplified like the rest; such a network is chaotic (Yang
+    et al., "A Mean Field Theory of Batch Normalization", ICLR 2019): measured on the conformance
+    ResNet-18, a one-step rounding difference early on grows to 11 output steps, and its logits sit so
+    close together that a third of the top-1 decisions flip under int8 noise. A few epochs on 500
+    CIFAR-10 images give a trained network's structure: the same ResNet-18 then keeps its integer
+    artifacts within one output step of the simulation."""
+    realistic_weights(model, images, seed)
+    x, y = torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=5e-4)
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), batch):
+            idx = order[i:i + batch]
+            xb = x[idx].flip(3) if torch.rand((), generator=g) < 0.5 else x[idx]
+            loss = F.cross_entropy(model(xb), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     return model.eval()
 
 

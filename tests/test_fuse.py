@@ -153,4 +153,5 @@ def test_empty_graph_is_unchanged():
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])])
     model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     result = FuseConvBnReluPass().run(_state(model))
-    assert not result.changed and result.metrics == {"bn_folded": 0, "activations_marked": 0, "bn_left": 0}
+    assert not result.changed and result.metrics == {"bn_folded": 0, "activations_marked": 0, "bn_left": 0,
+                                                     "conv_add_marked": 0}

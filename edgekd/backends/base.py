@@ -122,6 +122,11 @@ class Backend(abc.ABC):
         return [Unsupported(n.name or n.op_type, n.op_type, f"{n.op_type} is not supported by {spec.name}")
                 for n in model.graph.node if n.op_type not in allowed and n.op_type != "Constant"]
 
+    def float_only(self, model: "onnx.ModelProto", spec: "TargetSpec") -> list[Unsupported]:
+        """Nodes this backend runs only in float. A target that runs int8 with no float layer between
+        the edges (TFLite full int8) cannot take them in an int8 compile; the others ignore this."""
+        return []
+
     def benchmark(self, artifact: Path, manifest: dict[str, Any], device, settings,
                   progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any], float] | None:
         """For a runtime timed by its own tool on the device (TensorRT's trtexec): (result, start time).

@@ -65,13 +65,18 @@ def _infer_shapes(model: ir.Model) -> None:
 
 
 def canonicalize(model: ir.Model, shape: Sequence[int], opset_range: tuple[int, int],
-                 preferred_opset: int) -> tuple[ir.Model, CanonicalReport]:
+                 preferred_opset: int, decompose: frozenset[str] = frozenset()) -> tuple[ir.Model, CanonicalReport]:
     """The canonical form of ``model`` for input ``shape`` and a target's opset range (a new model when
-    the opset changed, else ``model`` edited in place)."""
+    the opset changed, else ``model`` edited in place). ``decompose``: fused ops the target lacks
+    (LayerNormalization), written out in primitives before the opset moves."""
     report = CanonicalReport(nodes_before=len(model.graph))
     report.initializer_inputs_removed = _drop_initializer_inputs(model)
     report.bound_dims = bind_graph_input(model, shape)
     report.opset_from = model_opset(model)
+    decomposed = {}
+    if "LayerNormalization" in decompose:
+        _infer_shapes(model)
+        decomposed["layernorm_decomposed"] = normalize.decompose_layernorm(model.graph, report.opset_from)
     to = target_opset(report.opset_from, opset_range, preferred_opset)
     if to is not None:
         model = ir.from_proto(convert_opset(ir.to_proto(model), to))
@@ -80,7 +85,7 @@ def canonicalize(model: ir.Model, shape: Sequence[int], opset_range: tuple[int, 
     counts = simplify(model)
     report.removed_ops = counts["removed"]
     graph = model.graph
-    report.rewrites = {"hard_activation_fused": fuse_hard_activations(model, model_opset(model))}
+    report.rewrites = {**decomposed, "hard_activation_fused": fuse_hard_activations(model, model_opset(model))}
     if report.rewrites["hard_activation_fused"]:
         common.RemoveUnusedNodesPass()(model)
     _infer_shapes(model)
@@ -89,6 +94,8 @@ def canonicalize(model: ir.Model, shape: Sequence[int], opset_range: tuple[int, 
         "div_by_constant_to_mul": normalize.div_by_constant(graph),
         "batchnorm_to_mul_add": normalize.lower_batchnorm(graph),
         "reduce_mean_to_global_pool": normalize.reduce_mean_to_global_pool(graph),
+        "channel_shuffle_to_gather": normalize.channel_shuffle_to_gather(graph),
+        "square_to_mul": normalize.square_to_mul(graph),
     })
     report.rewrites["affine_chain_merged"] = normalize.merge_affine_chains(graph)
     report.rewrites["affine_folded_into_conv"] = normalize.fold_affine_into_conv(graph)

@@ -11,6 +11,7 @@ import onnx_ir as ir
 
 FUSED_ACTIVATION = "edgekd.fused_activation"  # Conv node metadata: the activation fused after it
 FUSED_INTO = "edgekd.fused_into"  # activation node metadata: the Conv it is fused into
+FUSED_ADD = "edgekd.fused_add"  # Conv node metadata: the residual Add the runtime sums into it
 
 
 def const_array(value: ir.Value | None) -> np.ndarray | None:

@@ -7,7 +7,10 @@ Each function rewrites every match in place and returns how many it rewrote:
 * ``lower_batchnorm``: a BatchNormalization no Conv/Gemm absorbed → ``x * s + t`` per channel;
 * ``merge_affine_chains``: consecutive ``Mul``/``Add``/``Sub`` by constants → one ``Mul`` and one ``Add``;
 * ``fold_affine_into_conv``: ``Conv → Mul(c) → Add(d)`` with per-channel constants → one Conv;
-* ``reduce_mean_to_global_pool``: a mean over every spatial axis → GlobalAveragePool (+ Flatten).
+* ``reduce_mean_to_global_pool``: a mean over every spatial axis → GlobalAveragePool (+ Flatten);
+* ``channel_shuffle_to_gather``: ShuffleNet's Reshape → Transpose → Reshape → one Gather of channels;
+* ``square_to_mul``: ``Pow(x, 2)`` → ``Mul(x, x)``;
+* ``decompose_layernorm``: LayerNormalization → its primitives, for targets without it.
 """
 
 from __future__ import annotations
@@ -240,6 +243,107 @@ def reduce_mean_to_global_pool(graph: ir.Graph) -> int:
             graph.insert_after(pool, flat)
             out = flat.outputs[0]
         _replace_output(graph, node.outputs[0], out)
+        graph.remove(node, safe=True)
+        count += 1
+    return count
+
+
+def _static_shape(v: ir.Value | None) -> list[int] | None:
+    if v is None or v.shape is None or not v.shape.is_static():
+        return None
+    return [int(d) for d in v.shape]
+
+
+def channel_shuffle_to_gather(graph: ir.Graph) -> int:
+    """ShuffleNet's channel shuffle, ``x.view(N, g, C/g, H, W).transpose(1, 2).reshape(N, C, H, W)``,
+    → one Gather of the channels in their shuffled order. The same values, but an op every backend
+    lowers without leaving the channels-last layout (TFLite: a GATHER on the channel axis instead of
+    two layout transposes, which the converter reorders around the Q/DQ of the tensor before them)."""
+    count = 0
+    for first in [n for n in graph if n.op_type == "Reshape" and n.domain in ("", "ai.onnx")]:
+        x, mid = first.inputs[0], first.outputs[0]
+        shape, split = _static_shape(x), _static_shape(mid)
+        trans = sole_consumer(mid)
+        if shape is None or split is None or len(shape) != 4 or len(split) != 5 or trans is None \
+                or trans.op_type != "Transpose" or list(trans.attributes.get_ints("perm", [])) != [0, 2, 1, 3, 4]:
+            continue
+        n, c, h, w = shape
+        g = split[1]
+        last = sole_consumer(trans.outputs[0])
+        if split != [n, g, c // g, h, w] or g * (c // g) != c or last is None or last.op_type != "Reshape" \
+                or _static_shape(last.outputs[0]) != shape:
+            continue
+        base = first.name or mid.name
+        perm = np.arange(c).reshape(g, c // g).T.reshape(-1).astype(np.int64)
+        gather = ir.Node("", "Gather", [x, new_initializer(graph, f"{base}_shuffled_channels", perm)],
+                         attributes={"axis": ir.AttrInt64("axis", 1)}, name=f"{base}_channel_shuffle")
+        gather.outputs[0].name = f"{base}_shuffled"
+        gather.outputs[0].dtype, gather.outputs[0].shape = last.outputs[0].dtype, last.outputs[0].shape
+        graph.insert_after(last, gather)
+        _replace_output(graph, last.outputs[0], gather.outputs[0])
+        for node in (last, trans, first):
+            graph.remove(node, safe=True)
+        count += 1
+    return count
+
+
+def decompose_layernorm(graph: ir.Graph, opset: int) -> int:
+    """LayerNormalization (opset 17) → ReduceMean, Sub, Mul, ReduceMean, Add, Sqrt, Div, Mul, Add, for
+    targets whose opset range or op list lacks it. ``(x - μ)²`` is a Mul, not a Pow: every target that
+    lacks the fused op takes a Mul (Ascend's op table has no Pow). Nodes whose Mean / InvStdDev outputs
+    are read stay."""
+    count = 0
+    for ln in [n for n in graph if n.op_type == "LayerNormalization" and n.domain in ("", "ai.onnx")]:
+        x, scale = ln.inputs[0], ln.inputs[1]
+        bias = ln.inputs[2] if len(ln.inputs) > 2 else None
+        if x.shape is None or any(o.uses() or o.is_graph_output() for o in ln.outputs[1:]):
+            continue
+        rank = len(x.shape)
+        axes = list(range(ln.attributes.get_int("axis", -1) % rank, rank))
+        base = ln.name or ln.outputs[0].name
+        eps = new_initializer(graph, f"{base}_epsilon", np.asarray(ln.attributes.get_float("epsilon", 1e-5), np.float32))
+        at = ln
+
+        def add(op: str, inputs: list[ir.Value], suffix: str, reduce: bool = False) -> ir.Value:
+            nonlocal at
+            attrs = {}
+            if reduce and opset >= 18:
+                inputs = inputs + [new_initializer(graph, f"{base}_axes", np.asarray(axes, np.int64))]
+            elif reduce:
+                attrs["axes"] = ir.AttrInt64s("axes", axes)
+            node = ir.Node("", op, inputs, attributes=attrs, name=f"{base}_{suffix}")
+            node.outputs[0].name, node.outputs[0].dtype = f"{base}_{suffix}", x.dtype
+            node.outputs[0].shape = (ir.Shape([1 if i in axes else d for i, d in enumerate(x.shape)]) if reduce
+                                     else inputs[0].shape)
+            graph.insert_after(at, node)
+            at = node
+            return node.outputs[0]
+
+        centred = add("Sub", [x, add("ReduceMean", [x], "mean", reduce=True)], "centred")
+        var = add("ReduceMean", [add("Mul", [centred, centred], "square")], "variance", reduce=True)
+        out = add("Mul", [add("Div", [centred, add("Sqrt", [add("Add", [var, eps], "variance_eps")], "std")],
+                              "normalized"), scale], "scaled")
+        if bias is not None:
+            out = add("Add", [out, bias], "shifted")
+        out.shape = ln.outputs[0].shape
+        _replace_output(graph, ln.outputs[0], out)
+        graph.remove(ln, safe=True)
+        count += 1
+    return count
+
+
+def square_to_mul(graph: ir.Graph) -> int:
+    """``Pow(x, 2)`` (LayerNorm as exported below opset 17) → ``Mul(x, x)``: the same value, an op every
+    target runs (Ascend's op table has no Pow; TFLite's int8 MUL computes it)."""
+    count = 0
+    for node in [n for n in graph if n.op_type == "Pow" and n.domain in ("", "ai.onnx")]:
+        e = const_array(node.inputs[1])
+        if e is None or e.size != 1 or float(e.reshape(-1)[0]) != 2.0 or const_array(node.inputs[0]) is not None:
+            continue
+        x = node.inputs[0]
+        mul = _binary(graph, "Mul", x, x, f"{node.name or 'pow'}_square", node)
+        mul.outputs[0].shape, mul.outputs[0].dtype = node.outputs[0].shape, node.outputs[0].dtype
+        _replace_output(graph, node.outputs[0], mul.outputs[0])
         graph.remove(node, safe=True)
         count += 1
     return count

@@ -7,6 +7,8 @@ every target takes at the opsets edgekd emits, so they are recognized and counte
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_ir as ir
 
@@ -96,3 +98,57 @@ def count_patterns(graph: ir.Graph) -> dict[str, int]:
         for name in names:
             counts[name] = counts.get(name, 0) + 1
     return dict(sorted(counts.items()))
+
+
+@dataclass(frozen=True)
+class Composite:
+    """A function written out in primitive ops that integer runtimes compute as one op (TFLite's GELU
+    has an int8 kernel; ``Erf`` has none). The quantizer puts no Q/DQ inside it (the simulation rounds
+    once, at ``output``, as the single kernel does) and a backend lowers it from ``input`` to ``output``."""
+
+    kind: str  # "gelu"
+    input: ir.Value
+    output: ir.Value
+    nodes: tuple[ir.Node, ...]  # every node of it, the one producing ``output`` last
+
+
+def _sole_use(v: ir.Value) -> ir.Node | None:
+    uses = v.consumers()
+    return uses[0] if len(uses) == 1 and not v.is_graph_output() else None
+
+
+def _gelu_at(erf: ir.Node) -> Composite | None:
+    """``0.5 * x * (1 + erf(x / sqrt(2)))`` around ``erf``, in the orders torch and Keras export it."""
+    scaled = erf.inputs[0].producer() if erf.inputs[0] is not None else None
+    if scaled is None or not is_gelu(erf) or _sole_use(scaled.outputs[0]) is not erf:
+        return None
+    x = next(v for v in scaled.inputs if const_array(v) is None) if scaled.op_type == "Mul" else scaled.inputs[0]
+    add = _sole_use(erf.outputs[0])
+    if add is None or add.op_type != "Add":
+        return None
+    mul = _sole_use(add.outputs[0])
+    if mul is None or mul.op_type != "Mul":
+        return None
+    other = _other(mul, add.outputs[0])
+    nodes = [scaled, erf, add]
+    if other is x:  # x * (1 + erf) * 0.5
+        last = _sole_use(mul.outputs[0])
+        if last is None or last.op_type != "Mul" or not _is_const(_other(last, mul.outputs[0]), 0.5):
+            return None
+        nodes += [mul, last]
+    elif (half := other.producer()) is not None and half.op_type == "Mul" and x in half.inputs \
+            and _is_const(_other(half, x), 0.5) and _sole_use(other) is mul:  # (x * 0.5) * (1 + erf)
+        nodes += [half, mul]
+    elif _is_const(other, 0.5):  # (1 + erf) * 0.5 * x
+        last = _sole_use(mul.outputs[0])
+        if last is None or last.op_type != "Mul" or _other(last, mul.outputs[0]) is not x:
+            return None
+        nodes += [mul, last]
+    else:
+        return None
+    return Composite("gelu", x, nodes[-1].outputs[0], tuple(nodes))
+
+
+def composites(graph: ir.Graph) -> list[Composite]:
+    """Every GELU written out with Erf in ``graph``."""
+    return [c for node in graph if node.op_type == "Erf" and (c := _gelu_at(node)) is not None]

@@ -1,4 +1,5 @@
-"""Folds BatchNormalization into the Conv before it, and marks the ReLU / ReLU6 after a Conv as fused.
+"""Folds BatchNormalization into the Conv before it, and marks the ReLU / ReLU6 after a Conv (or an
+Add/Sub/Mul) as fused; on targets that sum a residual Add into a convolution, marks that Conv too.
 
 BN folding changes the graph: ``W' = W·γ/σ`` per output channel and ``b' = (b − μ)·γ/σ + β`` with
 ``σ = sqrt(var + ε)``. Activations stay in the graph (plain ONNX must run everywhere) and are
@@ -14,10 +15,15 @@ import numpy as np
 import onnx_ir as ir
 
 from edgekd.config import CompileConfig
-from edgekd.ir.graph import FUSED_ACTIVATION, FUSED_INTO, bypass, const_array, new_initializer, sole_consumer
+from edgekd.ir.graph import FUSED_ACTIVATION, FUSED_ADD, FUSED_INTO, bypass, const_array, new_initializer, sole_consumer
 from edgekd.passes.base import Pass, PassResult
 from edgekd.specs import TargetSpec
 from edgekd.state import ACTIVATIONS_MARKED, BN_FOLDED, ONNX_MODEL, CompileState, PassOutput
+
+
+# Ops integer runtimes run with the ReLU / ReLU6 after them fused in, one rounding for both (TFLite's
+# CONV_2D and ADD/SUB/MUL take a fused activation; oneDNN and TensorRT fuse them as post-ops).
+FUSES_ACTIVATION = frozenset({"Conv", "Add", "Sub", "Mul"})
 
 
 def fold_batchnorm(graph: ir.Graph, bn: ir.Node) -> bool:
@@ -73,11 +79,26 @@ def remove_unused_initializers(graph: ir.Graph) -> None:
         graph.initializers.pop(name)
 
 
+def conv_summed_into(add: ir.Node) -> ir.Node | None:
+    """The Conv feeding residual ``add`` that a runtime with conv-sum fusion merges it into: OpenVINO's
+    CPU plugin takes the first input's Conv when that Conv has no other reader, else the second's
+    (both inputs quantized; a Conv with a fused activation keeps its own output)."""
+    if add.op_type != "Add" or len(add.inputs) != 2 or any(const_array(v) is not None for v in add.inputs):
+        return None
+    for v in add.inputs:
+        conv = v.producer() if v is not None else None
+        if (conv is not None and conv.op_type == "Conv" and sole_consumer(v) is add
+                and not conv.metadata_props.get(FUSED_ACTIVATION)):
+            return conv
+    return None
+
+
 @dataclass(frozen=True)
 class FuseOutput(PassOutput):
     bn_folded: int
     activations_marked: int
     bn_left: int  # BatchNormalization nodes with nothing to fold into
+    conv_add_marked: int = 0  # residual Adds summed into the Conv before them (fuse_conv_add targets)
 
 
 class FuseConvBnReluPass(Pass):
@@ -85,26 +106,35 @@ class FuseConvBnReluPass(Pass):
     requires = frozenset({ONNX_MODEL})
     provides = frozenset({BN_FOLDED, ACTIVATIONS_MARKED})
 
-    def __init__(self, mark_activations: bool = True):
-        self.mark_activations = mark_activations
+    def __init__(self, mark_activations: bool = True, mark_conv_add: bool = False):
+        self.mark_activations, self.mark_conv_add = mark_activations, mark_conv_add
 
     @classmethod
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "FuseConvBnReluPass":
-        return cls(mark_activations=spec.fuse_activations)
+        return cls(mark_activations=spec.fuse_activations,
+                   mark_conv_add=bool(spec.raw.get("pipeline", {}).get("fuse_conv_add", False)))
 
     def run(self, state: CompileState) -> PassResult:
         graph = state.onnx_model.graph
         folded = sum(fold_batchnorm(graph, node) for node in list(graph) if node.op_type == "BatchNormalization")
         marked = 0
         if self.mark_activations:
-            for conv in (n for n in graph if n.op_type == "Conv"):
+            for conv in (n for n in graph if n.op_type in FUSES_ACTIVATION):
                 act = sole_consumer(conv.outputs[0])
                 kind = activation_kind(act) if act is not None else None
                 if kind and conv.metadata_props.get(FUSED_ACTIVATION) != kind:
                     conv.metadata_props[FUSED_ACTIVATION] = kind
                     act.metadata_props[FUSED_INTO] = conv.name
                     marked += 1
+        summed = 0
+        if self.mark_conv_add:
+            for add in [n for n in graph if n.op_type == "Add"]:
+                conv = conv_summed_into(add)
+                if conv is not None and conv.metadata_props.get(FUSED_ADD) != add.name:
+                    conv.metadata_props[FUSED_ADD] = add.name or add.outputs[0].name
+                    summed += 1
         if folded:
             remove_unused_initializers(graph)
         left = sum(1 for n in graph if n.op_type == "BatchNormalization")
-        return PassResult(state, changed=bool(folded or marked), output=FuseOutput(folded, marked, left))
+        return PassResult(state, changed=bool(folded or marked or summed),
+                          output=FuseOutput(folded, marked, left, summed))

@@ -27,6 +27,7 @@ class QuantizeOutput(PassOutput):
     weights: int  # weight tensors quantized
     kept_float: tuple[str, ...]
     error_vs_float: dict = field(default_factory=dict)  # simulation vs float on calibration samples
+    constant_operands: int = 0  # float constants of element-wise ops quantized for integer kernels
 
     def summary(self) -> dict:
         return {"sqnr_db": round(self.error_vs_float["sqnr_db"], 2),
@@ -40,12 +41,16 @@ class QuantizePass(Pass):
     requires = frozenset({CALIBRATED})
     provides = frozenset({QUANTIZED})
 
-    def __init__(self, samples: int = 32):
+    def __init__(self, samples: int = 32, constant_operands: bool = False, concat_grid: bool = False):
         self.samples = samples  # calibration samples on which the simulation is compared with float
+        # target facts (edgekd.quant.placement.plan_quantization): int8 constant operands, Concat grids
+        self.constant_operands, self.concat_grid = constant_operands, concat_grid
 
     @classmethod
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "QuantizePass":
-        return cls(config.quantization.sensitivity_samples)
+        q = spec.raw.get("quantization", {})
+        return cls(config.quantization.sensitivity_samples, bool(q.get("constant_operands", False)),
+                   bool(q.get("concat_grid", False)))
 
     @classmethod
     def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
@@ -54,7 +59,8 @@ class QuantizePass(Pass):
     def run(self, state: CompileState) -> PassResult:
         cal: Calibration = state.calibration
         keep = frozenset(state.keep_float)
-        plan = plan_quantization(state.onnx_model, cal.plan.placement, keep)
+        plan = plan_quantization(state.onnx_model, cal.plan.placement, keep, self.constant_operands,
+                                 self.concat_grid)
         state.float_onnx = ir.to_proto(state.onnx_model).SerializeToString()
         written = apply_plan(state.onnx_model, plan, cal.activation_qparams(plan))
         state.qparams = written
@@ -66,4 +72,5 @@ class QuantizePass(Pass):
         error["samples"] = sum(len(x) for x in batches)
         weights = len(plan.weights)
         return PassResult(state, changed=bool(written), output=QuantizeOutput(
-            cal.scheme, plan.placement, len(written) - weights, weights, tuple(sorted(keep)), error))
+            cal.scheme, plan.placement, len(written) - weights, weights, tuple(sorted(keep)), error,
+            len(plan.constants)))

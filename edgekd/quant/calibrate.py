@@ -26,8 +26,9 @@ class Calibration:
     method: str
 
     def activation_qparams(self, plan: QuantPlan) -> dict[str, QParams]:
-        """Observed tensors get their observer's range; fixed-range outputs (sigmoid, softmax) get
-        what integer runtimes require: scale 1/256 with the lowest code as zero point."""
+        """Observed tensors get their observer's range; fixed-range outputs (sigmoid, softmax, tanh) get
+        what integer runtimes require: 256 codes over the range, its low end on the lowest code (sigmoid:
+        scale 1/256, zero point -128; tanh: 1/128, 0 in int8)."""
         scheme = scheme_for(self.scheme)
         out = {t: obs.qparams(scheme) for t, obs in self.observers.items()}
         for name, site in plan.activations.items():
@@ -37,7 +38,10 @@ class Calibration:
                 amax = max(abs(v) for v in site.fixed_range)
                 out[name] = QParams(np.asarray(amax / scheme.qmax, np.float32), np.asarray(0, scheme.dtype), None, scheme)
             else:
-                out[name] = QParams(np.asarray(1 / 256, np.float32), np.asarray(scheme.qmin, scheme.dtype), None, scheme)
+                lo, hi = site.fixed_range
+                scale = (hi - lo) / 256
+                out[name] = QParams(np.asarray(scale, np.float32), np.asarray(scheme.qmin - round(lo / scale), scheme.dtype),
+                                    None, scheme)
         return out
 
 

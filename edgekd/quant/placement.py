@@ -21,7 +21,10 @@ simulation, so the fidelity check follows whichever is chosen.
   produces its input. Nothing is quantized only because an op wrote it: no pair on a value that only a
   float op (the SE gate's HardSigmoid, the graph output) reads, none between an Add and its ReLU.
 
-Weights of Conv/Gemm/MatMul are always per-channel int8; layers named in ``keep_float`` keep float
+Functions written out in primitive ops that integer runtimes run as one kernel (GELU with Erf,
+``edgekd.ir.patterns.composites``) get no pair inside them, only on their output.
+
+Weights of Conv/ConvTranspose/Gemm/MatMul are always per-channel int8; layers named in ``keep_float`` keep float
 weights and read float inputs.
 
 A detector's decode (the nodes after its last head convolutions, :func:`edgekd.ir.detector.decode_tail`)
@@ -30,27 +33,36 @@ stays float under both placements: the head outputs are quantized, the decode re
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import numpy as np
 import onnx_ir as ir
 
 from edgekd.ir.dataflow import data_values, is_float_data
 from edgekd.ir.detector import decode_tail
-from edgekd.ir.graph import FUSED_ACTIVATION, const_array
+from edgekd.ir.graph import FUSED_ACTIVATION, FUSED_ADD, const_array, sole_consumer
+from edgekd.ir.patterns import composites
 from edgekd.specs import PLACEMENTS
 
-WEIGHTED = frozenset({"Conv", "Gemm", "MatMul"})
+WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 # Ops whose outputs hold a new set of values, so their own range must be observed.
 VALUE_CHANGING = frozenset({
-    "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Relu", "Clip", "LeakyRelu", "HardSwish", "HardSigmoid",
-    "Sigmoid", "Tanh", "Softmax", "Concat", "AveragePool", "GlobalAveragePool", "ReduceMean", "BatchNormalization",
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "LeakyRelu", "PRelu",
+    "Elu", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Gelu", "Erf", "Exp", "Pow", "Sqrt", "Softmax", "Concat",
+    "GlobalAveragePool", "ReduceMean", "ReduceSum", "BatchNormalization", "LayerNormalization",
+    "LRN",
 })
 # Ops that only move or select values: their output stays on the input's grid, so its Q/DQ pair
-# copies the input's parameters (exact) and integer runtimes see one scale on both sides.
-GRID_PRESERVING = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Split", "Slice",
+# copies the input's parameters (exact) and integer runtimes see one scale on both sides. A bilinear
+# Resize and a local AveragePool interpolate; they are here because their int8 TFLite kernels need the
+# input's grid on the output (AVERAGE_POOL_2D refuses a scale 5e-6 off it: light DenseNet-121), and an
+# average never leaves its input's range.
+GRID_PRESERVING = frozenset({"MaxPool", "AveragePool", "GlobalMaxPool", "ReduceMax", "Reshape", "Flatten", "Transpose", "Squeeze",
+                             "Unsqueeze", "Split", "Slice", "Gather", "DepthToSpace", "SpaceToDepth", "Tile",
                              "Resize", "Pad", "Identity"})
-# Outputs whose range is fixed by the function, as integer runtimes require (TFLite: scale 1/256).
-FIXED_RANGE = {"Sigmoid": (0.0, 1.0), "Softmax": (0.0, 1.0), "HardSigmoid": (0.0, 1.0)}
+# Outputs whose range is fixed by the function, as integer runtimes require (TFLite: LOGISTIC and
+# SOFTMAX at scale 1/256, TANH at 1/128 with zero point 0).
+FIXED_RANGE = {"Sigmoid": (0.0, 1.0), "Softmax": (0.0, 1.0), "HardSigmoid": (0.0, 1.0), "Tanh": (-1.0, 1.0)}
 
 
 # Ops whose data inputs each consumer-driven placement quantizes (weighted ops: input 0 only).
@@ -79,6 +91,15 @@ class WeightSite:
     axis: int
 
 
+@dataclass(frozen=True)
+class ConstantSite:
+    """A float constant operand of an element-wise op, quantized per tensor on the activation scheme:
+    integer kernels (TFLite's ADD/SUB/MUL/DIV) take it as an int8 tensor, so the simulation must too."""
+
+    node: str
+    input_index: int
+
+
 @dataclass
 class QuantPlan:
     placement: str
@@ -86,6 +107,7 @@ class QuantPlan:
     weights: list[WeightSite] = field(default_factory=list)
     keep_float: frozenset[str] = frozenset()
     float_tail: frozenset[str] = frozenset()  # a detector's decode: no Q/DQ inside it
+    constants: list[ConstantSite] = field(default_factory=list)
 
     @property
     def observed(self) -> list[str]:
@@ -99,6 +121,8 @@ def weight_axis(node: ir.Node) -> int | None:
         return None
     if node.op_type == "Conv":
         return 0
+    if node.op_type == "ConvTranspose":  # [C_in, C_out / group, kh, kw]
+        return 1 if node.attributes.get_int("group", 1) == 1 else None
     if node.op_type == "Gemm":
         return 0 if node.attributes.get_int("transB", 0) else 1
     if node.op_type == "MatMul":
@@ -135,7 +159,44 @@ def _uses(v: ir.Value, keep_float: frozenset[str], only_ops: frozenset[str] | No
     return tuple(out)
 
 
-def plan_quantization(model: ir.Model, placement: str, keep_float: frozenset[str] = frozenset()) -> QuantPlan:
+# Element-wise ops whose constant operand an integer kernel reads as int8 (``constant_operands``).
+CONSTANT_OPERAND_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
+
+
+def _constant_sites(graph: ir.Graph, data: set[ir.Value], skip: set[ir.Node],
+                    keep_float: frozenset[str]) -> list[ConstantSite]:
+    sites = []
+    for node in graph:
+        if node.op_type not in CONSTANT_OPERAND_OPS or node in skip or node.name in keep_float or len(node.inputs) != 2:
+            continue
+        for idx, v in enumerate(node.inputs):
+            c = const_array(v)
+            if c is not None and c.dtype == np.float32 and _is_float_activation(node.inputs[1 - idx], data):
+                sites.append(ConstantSite(node.name, idx))
+    return sites
+
+
+def _onto_concat_grids(graph: ir.Graph, plan: QuantPlan) -> None:
+    """A value-changing producer read only by a Concat is quantized straight onto the Concat's grid."""
+    for node in graph:
+        if node.op_type != "Concat" or node.outputs[0].name not in plan.activations:
+            continue
+        out = node.outputs[0].name
+        for v in node.inputs:
+            site = plan.activations.get(v.name) if v is not None else None
+            producer = v.producer() if v is not None else None
+            if (site is not None and site.same_as is None and site.fixed_range is None and producer is not None
+                    and producer.op_type in VALUE_CHANGING and sole_consumer(v) is node):
+                plan.activations[v.name] = replace(site, same_as=out)
+
+
+def plan_quantization(model: ir.Model, placement: str, keep_float: frozenset[str] = frozenset(),
+                      constant_operands: bool = False, concat_grid: bool = False) -> QuantPlan:
+    """Where the Q/DQ pairs go. Two target facts change it: ``constant_operands``, float constants read
+    by element-wise ops are quantized too, as the target's integer kernels need them; ``concat_grid``,
+    a producer read only by a Concat is quantized onto the Concat's grid, as the target's converter
+    writes it (TFLite: its int8 CONCATENATION needs every input on the output's grid, and the
+    converter moves such a producer there instead of adding a requantize op)."""
     graph = model.graph
     _node_names(graph)
     tail = decode_tail(graph)
@@ -147,7 +208,9 @@ def plan_quantization(model: ir.Model, placement: str, keep_float: frozenset[str
             if axis is not None:
                 plan.weights.append(WeightSite(node.name, 1, axis))
     if placement in ("outputs", "qlinear"):
-        _output_sites(graph, data, plan, ort_units=placement == "qlinear")
+        _output_sites(graph, data, plan, ort_units=placement == "qlinear", constant_operands=constant_operands)
+        if concat_grid:
+            _onto_concat_grids(graph, plan)
     elif placement in QUANTIZED_INPUTS:
         _input_sites(graph, data, plan, QUANTIZED_INPUTS[placement], hoist=placement == "quantizable-inputs")
     else:
@@ -157,8 +220,8 @@ def plan_quantization(model: ir.Model, placement: str, keep_float: frozenset[str
 
 def _skips_own_pair(node: ir.Node, ort_units: bool) -> bool:
     """Whether a value-changing node's output is quantized later (after its activation) or not at all."""
-    if node.op_type in WEIGHTED and node.metadata_props.get(FUSED_ACTIVATION):
-        return True  # quantized after its fused activation
+    if node.metadata_props.get(FUSED_ACTIVATION) or node.metadata_props.get(FUSED_ADD):
+        return True  # quantized after its fused activation, or summed in float into its residual Add
     if not ort_units:
         return False
     out = node.outputs[0]
@@ -168,18 +231,24 @@ def _skips_own_pair(node: ir.Node, ort_units: bool) -> bool:
     return node.op_type in ("Gemm", "MatMul") and out.is_graph_output() and not out.uses()
 
 
-def _output_sites(graph: ir.Graph, data: set[ir.Value], plan: QuantPlan, ort_units: bool) -> None:
+def _output_sites(graph: ir.Graph, data: set[ir.Value], plan: QuantPlan, ort_units: bool,
+                  constant_operands: bool) -> None:
     # A layer kept in float reads the float tensor, also under qlinear, although its producer then loses
     # its integer kernel (the tensor has a reader beside its Q): between a DQ and a Q, ONNX Runtime's
     # WeightBiasQuantization would quantize the layer's float weights itself, per tensor.
     keep_float = plan.keep_float
+    found = composites(graph)
+    inside = {v for c in found for n in c.nodes[:-1] for v in n.outputs}
+    if constant_operands:
+        tail = {n for n in graph if n.name in plan.float_tail}
+        plan.constants = _constant_sites(graph, data, {n for c in found for n in c.nodes} | tail, keep_float)
     for v in graph.inputs:
         if _is_float_activation(v, data):
             plan.activations[v.name] = ActivationSite(v.name, _uses(v, keep_float), v.is_graph_output())
     for node in graph:
         if node.name in plan.float_tail:
             continue
-        outs = [v for v in node.outputs if _is_float_activation(v, data)]
+        outs = [v for v in node.outputs if _is_float_activation(v, data) and v not in inside]
         if node.op_type in VALUE_CHANGING:
             if _skips_own_pair(node, ort_units):
                 continue
@@ -208,6 +277,13 @@ def _hoisted(node: ir.Node, idx: int, v: ir.Value, data: set[ir.Value]) -> tuple
         node, idx, v = producer, 0, producer.inputs[0]
 
 
+def _summed_in_float(v: ir.Value) -> bool:
+    """The output of a convolution the runtime sums its residual Add into (``fuse_conv_add``): the sum is
+    taken before that output is rounded, so a pair there would round what the runtime never rounds."""
+    producer = v.producer()
+    return producer is not None and bool(producer.metadata_props.get(FUSED_ADD))
+
+
 def _input_sites(graph: ir.Graph, data: set[ir.Value], plan: QuantPlan, ops: frozenset[str], hoist: bool) -> None:
     """Q/DQ on the data inputs of ``ops`` only, each pair read by exactly those inputs (``hoist``: moved
     above value-moving ops). An element-wise op is quantized only when all its inputs are activations
@@ -223,7 +299,7 @@ def _input_sites(graph: ir.Graph, data: set[ir.Value], plan: QuantPlan, ops: fro
         else:
             edges = list(enumerate(node.inputs))
         for idx, v in edges:
-            if _is_float_activation(v, data):
+            if _is_float_activation(v, data) and not _summed_in_float(v):
                 reader, at, v = _hoisted(node, idx, v, data) if hoist else (node, idx, v)
                 wanted.setdefault(v.name, set()).add((reader.name, at))
     for name, consumers in wanted.items():

@@ -11,7 +11,7 @@ import onnx_ir as ir
 
 from edgekd.ir.graph import const_array, new_initializer
 from edgekd.quant.placement import QuantPlan
-from edgekd.quant.qparams import QParams, quantize, quantize_bias, weight_qparams
+from edgekd.quant.qparams import QParams, qparams_from_range, quantize, quantize_bias, weight_qparams
 
 QDQ_MIN_OPSET = 13  # the first opset whose DequantizeLinear takes a per-channel axis
 
@@ -89,9 +89,50 @@ def apply_plan(model: ir.Model, plan: QuantPlan, act_qparams: dict[str, QParams]
                                                        f"{w_value.name}_DequantizeLinear"))
         written[w_value.name] = wq.to_dict()
         _quantize_bias(graph, node, wq)
+    _quantize_constants(graph, plan, by_name, next(iter(act_qparams.values())).scheme if act_qparams else None)
+    _guard_divisors(graph)
     for name in [n for n, v in graph.initializers.items() if not v.uses()]:
         graph.initializers.pop(name)
     return written
+
+
+def _guard_divisors(graph: ir.Graph) -> int:
+    """A Div by a quantized activation on a non-negative grid (LayerNorm's standard deviation) divides by
+    at least one step: integer kernels cannot divide by the zero code (TFLite's DIV stops the model), and
+    a float division by it is inf anyway. ``Clip(d, min=scale)`` changes nothing else: every other code
+    is already at least one step."""
+    count = 0
+    for node in [n for n in graph if n.op_type == "Div" and len(n.inputs) == 2]:
+        dq = node.inputs[1].producer() if node.inputs[1] is not None else None
+        if dq is None or dq.op_type != "DequantizeLinear" or const_array(dq.inputs[0]) is not None:
+            continue
+        scale, zp = const_array(dq.inputs[1]), const_array(dq.inputs[2])
+        if scale is None or zp is None or scale.size != 1 or int(zp) != int(np.iinfo(zp.dtype).min):
+            continue
+        step = new_initializer(graph, f"{dq.name}_one_step", np.asarray(scale, np.float32).reshape(()))
+        clip = ir.Node("", "Clip", [node.inputs[1], step], name=f"{node.name}_nonzero_divisor")
+        clip.outputs[0].name = f"{node.name}_nonzero_divisor"
+        clip.outputs[0].dtype, clip.outputs[0].shape = node.inputs[1].dtype, node.inputs[1].shape
+        graph.insert_before(node, clip)
+        node.replace_input_with(1, clip.outputs[0])
+        count += 1
+    return count
+
+
+def _quantize_constants(graph: ir.Graph, plan: QuantPlan, by_name: dict[str, ir.Node], scheme) -> None:
+    """Each constant operand of the plan → DequantizeLinear of its int8 values, per tensor on the
+    activation scheme over the constant's own range (so a scalar lands exactly on a code)."""
+    if scheme is None:
+        return
+    for k, site in enumerate(plan.constants):
+        node = by_name[site.node]
+        value = node.inputs[site.input_index]
+        c = const_array(value)
+        qp = qparams_from_range(float(c.min()), float(c.max()), scheme)
+        q_init = new_initializer(graph, f"{value.name}_operand{k}_quantized", quantize(c, qp))
+        scale, zp = _qp_initializers(graph, f"{value.name}_operand{k}", qp)
+        node.replace_input_with(site.input_index, _dq(graph, node, q_init, scale, zp, None,
+                                                       f"{value.name}_operand{k}_DequantizeLinear"))
 
 
 def _input_scale(node: ir.Node) -> float | None:
@@ -105,7 +146,7 @@ def _input_scale(node: ir.Node) -> float | None:
 
 def _quantize_bias(graph: ir.Graph, node: ir.Node, wq: QParams) -> None:
     """int32 bias with scale = input scale × weight scale, when the layer's input is quantized."""
-    if node.op_type not in ("Conv", "Gemm") or len(node.inputs) < 3 or node.inputs[2] is None:
+    if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(node.inputs) < 3 or node.inputs[2] is None:
         return
     s_in = _input_scale(node)
     bias = const_array(node.inputs[2])

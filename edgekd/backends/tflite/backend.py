@@ -104,6 +104,11 @@ class TFLiteBackend(Backend):
 
         return super().unsupported(model, spec) + unsupported_nodes(model)
 
+    def float_only(self, model, spec) -> list[Unsupported]:
+        from edgekd.backends.tflite.rules import float_only_nodes
+
+        return float_only_nodes(model)
+
     def emit(self, inp: EmitInput) -> EmitResult:
         import onnx_ir as ir
 

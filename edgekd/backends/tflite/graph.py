@@ -12,7 +12,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgekd.backends.base import Unsupported
-from edgekd.backends.tflite.rules import raise_unsupported
+from edgekd.backends.tflite.rules import composite_nodes, raise_unsupported
 
 TO_NHWC = (0, 2, 3, 1)
 TO_NCHW = (0, 3, 1, 2)
@@ -35,6 +35,7 @@ class WeightQ:
     q: np.ndarray
     scale: np.ndarray  # () per tensor, (C,) per channel
     axis: int | None
+    zero_point: int = 0  # per tensor only (constant operands; weights are symmetric)
 
 
 @dataclass
@@ -83,9 +84,11 @@ def same_pads(size: int, k: int, s: int, d: int) -> tuple[int, int]:
 
 
 class Lowering:
-    def __init__(self, tf, model: onnx.ModelProto, handlers: dict):
+    def __init__(self, tf, model: onnx.ModelProto, handlers: dict, composites: dict | None = None):
         self.tf = tf
-        self.handlers = handlers  # op type → handler (ops.HANDLERS)
+        self.handlers = handlers  # op type → handler (handlers.HANDLERS)
+        self.composites = composites or {}  # kind → lowering of a composite from its input (handlers.COMPOSITES)
+        self.inside = composite_nodes(model)  # first output of a composite's node → (kind, input, is last)
         self.model = model
         self.env: dict[str, Val] = {}
         self.quantized = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
@@ -147,6 +150,14 @@ class Lowering:
         with self.tf.name_scope("derived"):
             return self.fake_quant(x, (s, zp))
 
+    def operand(self, v: Val):
+        """A value as an operand of an element-wise op: a constant the simulation quantized per tensor
+        gets a fake quant on its own grid, so the converter stores the simulation's int8 values."""
+        if v.const and v.w is not None and v.w.axis is None and self.quantized:
+            with self.tf.name_scope("derived"):
+                return self.fake_quant(self.tf.constant(v.t.astype(np.float32)), (float(v.w.scale), v.w.zero_point))
+        return self.tensor(v)
+
     def weight(self, v: Val):
         """TF constant for a weight already laid out for TF (output channel last), fake-quantized per
         channel with narrow range at ∓127·scale when the ONNX weight was int8, so the converter
@@ -174,6 +185,12 @@ class Lowering:
         bad: list[Unsupported] = []
         for index, node in enumerate(g.node):
             handler = self.handlers[node.op_type]
+            composite = self.inside.get(node.output[0]) if node.output else None
+            if composite is not None:
+                if not composite[2]:
+                    continue  # inside a composite: lowered with its last node
+                kind, source = composite[0], composite[1]
+                handler = lambda cx, n, kind=kind, source=source: [cx.composites[kind](cx, cx.get(source))]  # noqa: E731
             scope = f"n{index}"
             try:
                 if node.op_type in ("Constant", "Identity", "QuantizeLinear", "DequantizeLinear"):

@@ -37,7 +37,7 @@ from typing import Any
 import onnx
 
 from edgekd.backends.tflite.graph import TO_NHWC, Lowered, Lowering, scope_name
-from edgekd.backends.tflite.ops import HANDLERS
+from edgekd.backends.tflite.handlers import COMPOSITES, HANDLERS
 from edgekd.backends.tflite.rules import raise_unsupported, unsupported_nodes
 from edgekd.errors import UnsupportedOpsError
 
@@ -62,7 +62,7 @@ def lower(model: onnx.ModelProto) -> Lowered:
         raise UnsupportedOpsError(f"input {inputs[0].name!r} has unknown dimensions {dims}",
                                   "compile with a fixed --input-shape")
     shape = tuple(dims[i] for i in TO_NHWC) if len(dims) == 4 else tuple(dims)
-    cx = Lowering(tf, model, HANDLERS)
+    cx = Lowering(tf, model, HANDLERS, COMPOSITES)
     holder: dict[str, Any] = {}
 
     def body(x):

@@ -12,7 +12,6 @@ import onnx
 from edgekd.backends.tflite.graph import (CONST_OPERAND, CONST_OPERAND_REASON, FC_AS_CONV, FC_AS_CONV_REASON,
                                           INT8_MIN, NCHW_AXIS_IN_NHWC, TO_NHWC, Lowering,
                                           Reject, Val, WeightQ, grid, same_pads, scope_name)
-from edgekd.backends.tflite.rules import CHECKS
 from edgekd.ir.proto_index import constant_node_value, node_attrs
 from edgekd.quant.qparams import quantize_bias
 
@@ -48,8 +47,9 @@ def _dequantize(cx: Lowering, node) -> list[Val]:
     shape = [1] * x.t.ndim
     if axis is not None:
         shape[axis % x.t.ndim] = scale.size
-    deq = ((x.t.astype(np.int64) - zp.reshape(shape).astype(np.int64)).astype(np.float32) * scale.reshape(shape))
-    weight = WeightQ(x.t, scale, axis % x.t.ndim if axis is not None else None) if x.t.dtype == np.int8 else None
+    deq = np.asarray((x.t.astype(np.int64) - zp.reshape(shape).astype(np.int64)).astype(np.float32) * scale.reshape(shape))
+    weight = (WeightQ(x.t, scale, axis % x.t.ndim if axis is not None else None, int(zp) if axis is None else 0)
+              if x.t.dtype == np.int8 else None)
     return [Val(deq, w=weight)]
 
 
@@ -101,18 +101,48 @@ def _conv(cx: Lowering, node) -> list[Val]:
         y = tf.nn.depthwise_conv2d(xt, f, [1, *strides, 1], padding, dilations=dilations)
         kind = "DEPTHWISE_CONV_2D"
     else:
-        raise Reject(f"grouped convolution (group={group}) that is not depthwise")
-    if len(node.input) > 2 and node.input[2]:
-        b = cx.get(node.input[2])
-        if not b.const:
-            raise Reject("bias computed at run time")
-        bias = _bias(x, wv, b.t)
+        return [_grouped_conv(cx, node, x, xt, wv, group, (strides, padding, dilations))]
+    bias = _conv_bias(cx, node, x, wv)
+    if bias is not None:
         y = tf.nn.bias_add(y, bias)
-    else:
-        bias = None
     cx.conv_scopes[f"n{cx.index}"] = {
         "node": node.name, "op": kind, "weight_scales": None if wv.w is None else wv.w.scale, "bias": bias}
     return [Val(y, True)]
+
+
+def _conv_bias(cx: Lowering, node, x: Val, wv: Val) -> np.ndarray | None:
+    if len(node.input) < 3 or not node.input[2]:
+        return None
+    b = cx.get(node.input[2])
+    if not b.const:
+        raise Reject("bias computed at run time")
+    return _bias(x, wv, b.t)
+
+
+def _grouped_conv(cx: Lowering, node, x: Val, xt, wv: Val, group: int, geometry) -> Val:
+    """A grouped convolution (ShuffleNet, ResNeXt) as TFLite has none: the channels split into
+    ``group`` parts, one CONV_2D each, concatenated. The simulation rounds the whole output once on one
+    grid; TFLite's int8 CONCATENATION needs its inputs on that grid, so each CONV_2D writes onto it."""
+    tf = cx.tf
+    strides, padding, dilations = geometry
+    w = wv.t
+    out = w.shape[0] // group
+    bias = _conv_bias(cx, node, x, wv)
+    with tf.name_scope("derived"):
+        parts = tf.split(xt, group, axis=3)
+    ys = []
+    for k in range(group):
+        rows = slice(k * out, (k + 1) * out)
+        q = None if wv.w is None else WeightQ(wv.w.q[rows], np.broadcast_to(wv.w.scale, (w.shape[0],))[rows], 3)
+        with tf.name_scope(f"g{k}") as scope:
+            y = tf.nn.conv2d(parts[k], cx.weight(Val(w[rows].transpose(2, 3, 1, 0), w=q)), [1, *strides, 1], padding,
+                             dilations=[1, *dilations, 1])
+            if bias is not None:
+                y = tf.nn.bias_add(y, bias[rows])
+        cx.conv_scopes[scope.rstrip("/")] = {"node": node.name, "op": "CONV_2D", "bias": None if bias is None else bias[rows],
+                                             "weight_scales": None if q is None else q.scale}
+        ys.append(y)
+    return Val(tf.concat(ys, axis=3), True)
 
 
 def _bias(x: Val, w: Val, bias: np.ndarray) -> np.ndarray:
@@ -200,7 +230,7 @@ def _binary(fn_name: str) -> Callable:
                     with cx.tf.name_scope("derived"):
                         v = Val(cx.tf.reshape(v.t, [1] * (4 - cx.rank(v)) + v.t.shape.as_list()), q=v.q)
                 v = cx.to_nhwc(v)
-            ts.append(cx.tensor(v))
+            ts.append(cx.operand(v))
         return [Val(getattr(cx.tf.math, fn_name)(ts[0], ts[1]), nhwc)]
     return lower
 
@@ -302,7 +332,11 @@ def _same_pads_of(x: Val, kernel: list[int], strides: list[int]) -> list[tuple[i
 
 
 def _global_avg(cx: Lowering, node) -> list[Val]:
-    x = cx.to_nhwc(cx.get(node.input[0]))
+    x = cx.get(node.input[0])
+    if cx.rank(x) != 4:  # [N, C, L]: canonicalize writes a mean over a sequence's last axis this way
+        x = cx.to_onnx(x)
+        return [Val(cx.tf.reduce_mean(cx.tensor(x), axis=list(range(2, cx.rank(x))), keepdims=True))]
+    x = cx.to_nhwc(x)
     return [Val(cx.tf.reduce_mean(x.t, axis=[1, 2], keepdims=True), True)]
 
 
@@ -361,6 +395,8 @@ def _resize(cx: Lowering, node) -> list[Val]:
         scales = [float(sc[2]), float(sc[3])]
         out = [int(math.floor(h * scales[0])), int(math.floor(w * scales[1]))]
     coord = a.get("coordinate_transformation_mode", b"half_pixel").decode()
+    if a.get("mode", b"nearest") == b"linear":
+        return [_bilinear(cx, x, out, coord)]
     nearest = a.get("nearest_mode", b"round_prefer_floor").decode()
     half = None
     for candidate in (False, True):
@@ -373,6 +409,23 @@ def _resize(cx: Lowering, node) -> list[Val]:
                       "pixels that TFLite's RESIZE_NEAREST_NEIGHBOR does not")
     y = cx.tf.raw_ops.ResizeNearestNeighbor(images=x.t, size=out, align_corners=False, half_pixel_centers=half)
     return [Val(y, True, x.q)]
+
+
+# ONNX coordinate_transformation_mode → TF ResizeBilinear's (align_corners, half_pixel_centers).
+# pytorch_half_pixel is half_pixel except for an output of size 1 (checked below).
+BILINEAR_MODES = {"half_pixel": (False, True), "pytorch_half_pixel": (False, True), "align_corners": (True, False),
+                  "asymmetric": (False, False)}
+
+
+def _bilinear(cx: Lowering, x: Val, out: list[int], coord: str) -> Val:
+    if coord not in BILINEAR_MODES:
+        raise Reject(f"linear Resize with coordinate_transformation_mode={coord} has no TFLite equivalent "
+                     f"(lowered: {', '.join(BILINEAR_MODES)})")
+    if coord == "pytorch_half_pixel" and 1 in out:
+        raise Reject("linear Resize to size 1 with pytorch_half_pixel samples pixel 0, TFLite's half-pixel centre")
+    align, half = BILINEAR_MODES[coord]
+    y = cx.tf.raw_ops.ResizeBilinear(images=x.t, size=out, align_corners=align, half_pixel_centers=half)
+    return Val(y, True, x.q)
 
 
 def _onnx_nearest(size: int, out: int, scale: float, coord: str, mode: str) -> np.ndarray:
@@ -478,4 +531,3 @@ HANDLERS: dict[str, Callable[[Lowering, onnx.NodeProto], list[Val]]] = {
     "Resize": _resize, "Reshape": _reshape, "Flatten": _flatten, "Transpose": _transpose, "Pad": _pad,
     "Softmax": _softmax, "Split": _split, "Slice": _slice,
 }
-assert set(HANDLERS) == set(CHECKS), "every checked op needs a handler"

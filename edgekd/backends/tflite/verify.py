@@ -20,11 +20,15 @@ import numpy as np
 from edgekd.backends.tflite.lower import Lowered
 from edgekd.errors import FidelityError, UnsupportedOpsError
 
-WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+# Input positions of (data, weights, bias) where they are not (0, 1, 2): TRANSPOSE_CONV takes the output
+# shape first.
+OPERANDS = {"TRANSPOSE_CONV": (2, 1, 3)}
 # Ops whose output must sit on their input's grid (TFLite's int8 spec): a scale the converter moved
 # onto a CONCATENATION's grid travels through them.
-GRID_OPS = ("RESHAPE", "RESIZE_NEAREST_NEIGHBOR", "MAX_POOL_2D", "PAD", "PADV2", "SPLIT", "SPLIT_V",
-            "STRIDED_SLICE", "SLICE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS")
+GRID_OPS = ("RESHAPE", "RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR", "MAX_POOL_2D", "PAD", "PADV2", "SPLIT",
+            "SPLIT_V", "STRIDED_SLICE", "SLICE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "GATHER", "DEPTH_TO_SPACE",
+            "SPACE_TO_DEPTH", "REDUCE_MAX", "TILE")
 FLOAT_TYPES = (np.float32, np.float16, np.float64)
 SCALE_RTOL = 1e-6  # float32 rounding of min/max → scale; anything beyond means another range
 
@@ -219,13 +223,14 @@ def _check_weights(fb: _Readback, lowered: Lowered, problems: list[str]) -> dict
     for o in fb.ops:
         if o["op_name"] not in WEIGHTED_OPS:
             continue
-        w = fb.tensors[int(o["inputs"][1])]
+        _, w_at, b_at = OPERANDS.get(o["op_name"], (0, 1, 2))
+        w = fb.tensors[int(o["inputs"][w_at])]
         out_name = fb.tensors[int(o["outputs"][0])]["name"]
         info = _conv_info(w["name"] + ";" + out_name, lowered)  # outputs carry ONNX names: the weight has the scope
         if w["dtype"] != np.int8:
             continue  # already reported as a float tensor
         scales = w["quantization_parameters"]["scales"]
-        if len(o["inputs"]) > 2 and o["inputs"][2] >= 0:
+        if len(o["inputs"]) > b_at and o["inputs"][b_at] >= 0:
             bad = _bias_problem(fb, o, scales, info.get("bias"))
             if bad is not None:
                 bias_bad.append(f"{out_name} ({bad})")
@@ -257,15 +262,16 @@ def _bias_problem(fb: _Readback, op: dict, w_scales: np.ndarray, want_bias: np.n
     """What is wrong with a weighted op's bias (input 2), or None. TFLite's int8 spec: bias scale = input
     scale × weight scale, per output channel; and the values must be the layer's (a splat bias got the
     first channel's scale for all of them)."""
-    b = fb.tensors[int(op["inputs"][2])]
-    in_scale = fb.qparams(int(op["inputs"][0]))["scales"]
+    x_at, _, b_at = OPERANDS.get(op["op_name"], (0, 1, 2))
+    b = fb.tensors[int(op["inputs"][b_at])]
+    in_scale = fb.qparams(int(op["inputs"][x_at]))["scales"]
     b_scales = b["quantization_parameters"]["scales"]
     if b["dtype"] != np.int32:
         return b["dtype"].__name__
     if len(in_scale) == 1 and len(b_scales) == len(w_scales) and \
             _rel(b_scales, np.float32(in_scale[0]) * w_scales) > 1e-5:
         return "bias scale is not input scale x weight scale"
-    got = fb.interp.get_tensor(int(op["inputs"][2])).astype(np.float64) * b_scales
+    got = fb.interp.get_tensor(int(op["inputs"][b_at])).astype(np.float64) * b_scales
     if want_bias is not None and got.shape == want_bias.shape and \
             np.any(np.abs(got - want_bias) > 0.5 * b_scales + 1e-6 * np.abs(want_bias)):
         return "int32 bias values are not the layer's bias"
@@ -358,10 +364,13 @@ def _forced_grids(moved: list[dict], kept_grid: list[dict]) -> list[dict[str, An
 
 
 def _conv_scope(out_name: str, lowered: Lowered) -> str | None:
+    """The lowering scope of a weighted op: ``n<index>``, or ``n<index>/g<k>`` for one group of a
+    grouped convolution."""
     for token in out_name.split(";"):
-        scope = token.split("/")[0]
-        if scope in lowered.conv_scopes:
-            return scope
+        parts = token.split("/")
+        for scope in ("/".join(parts[:2]), parts[0]):
+            if scope in lowered.conv_scopes:
+                return scope
     return None
 
 
