@@ -13,6 +13,7 @@ from edgekd.passes.evaluate import EvaluatePass
 from edgekd.passes.export_onnx import ExportOnnxPass
 from edgekd.passes.fold_bias_dequantize import FoldBiasDequantizePass
 from edgekd.passes.fuse_conv_bn_relu import FuseConvBnReluPass
+from edgekd.passes.qat import QATPass
 from edgekd.passes.quantize import QuantizePass
 from edgekd.passes.sensitivity import SensitivityPass
 from edgekd.passes.sparsify import SparsifyPass
@@ -20,15 +21,15 @@ from edgekd.passes.verify import VerifyPass
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (
     DistillPass, SparsifyPass, ExportOnnxPass, CanonicalizePass, FuseConvBnReluPass, CheckSupportPass, CalibratePass,
-    SensitivityPass, AccuracyBudgetPass, QuantizePass, FoldBiasDequantizePass, EmitPass, VerifyPass, EvaluatePass,
+    QATPass, SensitivityPass, AccuracyBudgetPass, QuantizePass, FoldBiasDequantizePass, EmitPass, VerifyPass, EvaluatePass,
 )}
 
 # Every target runs this list unless its spec's [pipeline] passes says otherwise; a pass that this
 # compile does not ask for (distill without --student, calibrate for fp32) drops out by its `wanted`.
 # A target's [pipeline] legalize passes go just before emit.
 DEFAULT_PIPELINE: tuple[str, ...] = (
-    "distill", "sparsify", "export", "canonicalize", "fuse", "check-support", "calibrate", "sensitivity", "accuracy-budget",
-    "quantize", "emit", "verify", "evaluate",
+    "distill", "sparsify", "export", "canonicalize", "fuse", "check-support", "calibrate", "qat", "sensitivity",
+    "accuracy-budget", "quantize", "emit", "verify", "evaluate",
 )
 
 __all__ = ["DEFAULT_PIPELINE", "PASSES", "Pass", "PassResult"]
