@@ -63,7 +63,7 @@ class TrainingOptions:
 class QATOptions:
     epochs: int = 0  # quantization-aware training after calibration (0: none asked for)
     ranges: str = "learn"  # learn (LSQ-style, by gradient) | ema (moving average of batch min/max)
-    lr: float = 0.002  # QAT fine-tunes a trained model: far below distillation's learning rate
+    lr: float = 0.0005  # QAT fine-tunes a trained model: far below distillation's learning rate
     alpha: float = 1.0  # KD share of the loss; below 1 mixes in cross-entropy on the labels
     fallback_epochs: int = 3  # QAT run when --max-drop is missed after PTQ and mixed precision (0: fail instead)
 

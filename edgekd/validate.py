@@ -87,7 +87,7 @@ def validate_compile(config: CompileConfig, spec: TargetSpec) -> None:
     check_number("--verify-samples", v.samples, minimum=1, integer=True)
     check_number("--qat-epochs", a.epochs, minimum=0, integer=True)
     check_number("--qat-fallback-epochs", a.fallback_epochs, minimum=0, integer=True)
-    check_number("--qat-lr", a.lr, above=0, hint="e.g. 0.002")
+    check_number("--qat-lr", a.lr, above=0, hint="e.g. 0.0005")
     check_number("--qat-alpha", a.alpha, minimum=0, maximum=1, hint="1: KD alone; below 1 mixes in the labels")
     check_number("--seed", config.seed, minimum=0, integer=True)
     if len(set(q.keep_float)) != len(q.keep_float) or any(not n for n in q.keep_float):

@@ -233,3 +233,62 @@ def test_qat_options_reach_the_record(tmp_path, model_file, labelled):
     assert t["batch_size"] == 16 and t["hint_weight"] == 0.0
     config = json.loads((result.output / "manifest.json").read_text())["config"]
     assert config["qat"] == {"epochs": 1, "ranges": "ema", "lr": 0.001, "alpha": 0.8, "fallback_epochs": 3}
+
+
+DDP_SCRIPT = '''
+import json, sys
+import onnx_ir as ir, torch
+from edgekd.data.preprocess import Preprocess
+from edgekd.data.samples import iter_batches
+from edgekd.distill.distributed import join
+from edgekd.distill.trainer import TrainConfig
+from edgekd.ir.canonical import canonicalize
+from edgekd.models import build_model
+from edgekd.models.export import export_onnx
+from edgekd.passes.fuse_conv_bn_relu import FuseConvBnReluPass
+from edgekd.qat.train import train_quantized
+from edgekd.quant.calibrate import Calibration, observe
+from edgekd.quant.observers import make_observer
+from edgekd.quant.placement import plan_quantization
+
+data, calib, out = sys.argv[1:4]
+pre, shape = Preprocess(size=(32, 32), mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26)), (1, 3, 32, 32)
+torch.manual_seed(0)
+model = build_model("resnet8:0.25").eval()
+with torch.no_grad():
+    model.fc.weight.mul_(20)
+graph, _ = canonicalize(ir.from_proto(export_onnx(model, shape, 17)), shape, (13, 17), 17)
+FuseConvBnReluPass().run(type("State", (), {"onnx_model": graph})())
+plan = plan_quantization(graph, "outputs")
+observers, n = observe(ir.to_proto(graph), plan.observed, iter_batches(calib, pre, shape, limit=32),
+                       lambda t: make_observer("ema"), 16)
+run = train_quantized(graph, plan, Calibration("asymmetric-int8", plan, observers, n, calib, "", "ema"), data, pre,
+                      shape, TrainConfig(epochs=2, batch_size=16, lr=0.01, augment=False), "learn")
+world = join()
+if world.is_main:  # every worker ended with the same weights and ranges, or train_kd would have raised
+    json.dump({"world": world.size, "epochs": run.result.epochs_run, "ranges": run.ranges,
+               "initial": run.initial_ranges}, open(out, "w"))
+'''
+
+
+def test_two_process_qat_under_torchrun(labelled, tmp_path):
+    """QAT trains data-parallel like distillation: DistributedDataParallel over the quantized graph, ranges
+    included; the trainer checks at the end that both workers hold the same parameters."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    script, out = tmp_path / "qat_ddp.py", tmp_path / "out.json"
+    script.write_text(DDP_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(port), str(script), str(labelled), str(CALIB), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["world"] == 2 and record["epochs"] == 2
+    assert any(record["ranges"][t] != record["initial"][t] for t in record["ranges"])

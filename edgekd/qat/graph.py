@@ -85,21 +85,18 @@ class QuantGraph(nn.Module):
     # ------------------------------------------------------------------ construction
 
     def _place_quantizers(self, plan: QuantPlan, sites: SiteRanges) -> None:
+        """One quantizer per range (a grid-preserving copy reads its source's), for the tensors that get a Q/DQ
+        pair: the plan lists readers or the graph output for them, and the range has parameters."""
         roots: dict[str, str] = {}
         for name, site in plan.activations.items():
             root = site.same_as or name
+            if (not site.consumers and not site.to_graph_output) or (root not in sites.fixed and root not in sites.ranges):
+                continue  # the quantize pass inserts no pair here either
             if root not in roots:
-                if root in sites.fixed:
-                    module = FixedQuantizer(sites.fixed[root])
-                elif root in sites.ranges:
-                    module = RangeQuantizer(*sites.ranges[root], sites.scheme, sites.mode)
-                else:
-                    continue  # no parameters: the quantize pass inserts no pair either
                 roots[root] = f"a{len(roots)}"
-                self.quantizers[roots[root]] = module
+                self.quantizers[roots[root]] = (FixedQuantizer(sites.fixed[root]) if root in sites.fixed else
+                                                RangeQuantizer(*sites.ranges[root], sites.scheme, sites.mode))
                 self._roots[roots[root]] = root
-            if not site.consumers and not site.to_graph_output:
-                continue
             self._quantizer_of[name] = roots[root]
             if site.same_as is None:
                 self._observed.add(name)
