@@ -72,7 +72,7 @@ def link_folder(root: Path, files: list[Path], classes_of: list[str]) -> Path:
     if root.exists():
         return root
     tmp = root.with_name(root.name + ".tmp")
-    for f, cls in zip(files, classes_of):
+    for f, cls in zip(files, classes_of, strict=True):
         (tmp / cls).mkdir(parents=True, exist_ok=True)
         (tmp / cls / f.name).symlink_to(f.resolve())
     tmp.rename(root)
@@ -156,7 +156,8 @@ def table(rows: dict) -> str:
             continue
         v = verdict(ptq, qat)
         rec = "no PTQ drop" if v["recovered"] is None else f"{100 * v['recovered']:.0f} %"
-        lines.append(f"| {target} | {100 * ptq['float_top1']:.2f} | {100 * ptq['int8_top1']:.2f} | {ptq['drop_pt']:+.2f} | "
+        lines.append(f"| {target} | {100 * ptq['float_top1']:.2f} | {100 * ptq['int8_top1']:.2f} | "
+                     f"{ptq['drop_pt']:+.2f} | "
                      f"{100 * qat['int8_top1']:.2f} | {qat['drop_pt']:+.2f} | {rec} | "
                      f"{'met' if v['gap_met'] else 'NOT met'} |")
     return "\n".join(lines)
@@ -165,6 +166,8 @@ def table(rows: dict) -> str:
 def markdown(rows: dict, args, folders: dict, command: str) -> str:
     any_qat = next((r["qat"]["qat"] for r in rows.values() if r.get("qat") and "error" not in r["qat"]), None)
     training = any_qat["training"] if any_qat else {}
+    temperature = training.get("temperature", {}).get("start", "–")
+    kd_share = training.get("alpha", {}).get("start", "–")
     return f"""# QAT benchmark: post-training quantization vs quantization-aware training
 
 Produced by
@@ -179,7 +182,7 @@ Calibration: {folders['calib_images']} training images evenly spaced over the tr
 for PTQ and QAT. Scored: {folders['eval_images']} held-out images (every 10th of each class), by each target's own
 runtime running the emitted artifact (`evaluate` pass); float is the PyTorch student on the same images.
 QAT: {args.qat_epochs} epochs on {folders['train_images']} train-split images, KD from the float student
-(temperature {training.get('temperature', {}).get('start', '–')}, KD share {training.get('alpha', {}).get('start', '–')}),
+(temperature {temperature}, KD share {kd_share}),
 SGD lr {training.get('lr', '–')} cosine, batch {training.get('batch_size', '–')}, ranges {args.qat_ranges}
 (from the EMA calibration), BatchNorm folded as deployed. One image is {100 / max(1, folders['eval_images']):.2f} pt.
 

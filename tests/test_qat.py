@@ -26,9 +26,9 @@ from edgekd.models.export import export_onnx
 from edgekd.passes.calibrate import CalibrationWarning
 from edgekd.passes.fuse_conv_bn_relu import FuseConvBnReluPass
 from edgekd.qat.graph import QuantGraph, SiteRanges
+from edgekd.quant.accuracy import greedy_keep_float
 from edgekd.quant.calibrate import observe
 from edgekd.quant.observers import make_observer
-from edgekd.quant.accuracy import greedy_keep_float
 from edgekd.quant.placement import plan_quantization
 from edgekd.quant.qparams import SCHEMES, qparams_from_range
 
@@ -75,7 +75,7 @@ def test_learned_ranges_narrow_to_the_data_and_lower_the_loss(one_torch_thread):
 
     with torch.no_grad():
         before = loss(False).item()
-    for step in range(40):
+    for _ in range(40):
         opt.zero_grad()
         loss(True).backward()
         opt.step()
@@ -114,7 +114,8 @@ def test_compile_with_qat_epochs_ships_the_trained_ranges(tmp_path, model_file, 
         qp = qparams_from_range(*r["trained"], scheme)
         assert tensors[tensor]["scale"] == float(qp.scale) and tensors[tensor]["zero_point"] == int(qp.zero_point)
     if target == "onnx-cpu":
-        inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(result.output / "model.onnx")).graph.initializer}
+        graph = onnx.load(str(result.output / "model.onnx")).graph
+        inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
         t = next(iter(qat["tensor_ranges"]))
         assert float(inits[f"{t}_scale"]) == tensors[t]["scale"]
     assert "## Quantization-aware training" in (result.output / "report.md").read_text()

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgekd.runtime import onnx_run_fn, ort_session
 from edgekd.config import CompileConfig
 from edgekd.data.samples import iter_labelled
 from edgekd.errors import AccuracyBudgetError, ConfigError
@@ -20,6 +19,7 @@ from edgekd.quant.accuracy import BudgetStep, greedy_keep_float, top1, within_bu
 from edgekd.quant.calibrate import PLACEMENT, Calibration
 from edgekd.quant.placement import plan_quantization
 from edgekd.quant.simulate import quantized_copy
+from edgekd.runtime import onnx_run_fn, ort_session
 from edgekd.specs import TargetSpec
 from edgekd.state import CALIBRATED, SENSITIVITY, CompileState, PassOutput, PassRecord
 from edgekd.ui import text_table

@@ -104,7 +104,8 @@ def run_qat(state: CompileState, data: Path, ranges: str, cfg: "TrainConfig", tr
     last = r.history[-1]["val_top1"] if r.history else None
     return QATOutput(trigger, r.epochs_run, ranges, str(data), r.kept, r.teacher_acc, r.initial_acc, last, run.sites,
                      run.weights_changed, _moved(run.initial_ranges, run.ranges),
-                     {t: {"calibrated": list(run.initial_ranges[t]), "trained": list(r)} for t, r in run.ranges.items()},
+                     {t: {"calibrated": list(run.initial_ranges[t]), "trained": list(r)}
+                      for t, r in run.ranges.items()},
                      round(time.perf_counter() - started, 3), training_summary(cfg), tuple(r.history))
 
 

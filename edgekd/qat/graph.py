@@ -90,7 +90,8 @@ class QuantGraph(nn.Module):
         roots: dict[str, str] = {}
         for name, site in plan.activations.items():
             root = site.same_as or name
-            if (not site.consumers and not site.to_graph_output) or (root not in sites.fixed and root not in sites.ranges):
+            read = site.consumers or site.to_graph_output
+            if not read or (root not in sites.fixed and root not in sites.ranges):
                 continue  # the quantize pass inserts no pair here either
             if root not in roots:
                 roots[root] = f"a{len(roots)}"
@@ -130,8 +131,9 @@ class QuantGraph(nn.Module):
         return ("const", self._consts[value.name]), array
 
     def _step(self, graph: ir.Graph, node: ir.Node, weights: dict[str, int]) -> _Step:
-        refs, consts = zip(*(self._input_ref(graph, node, i, v) for i, v in enumerate(node.inputs))) \
-            if node.inputs else ((), ())
+        refs, consts = ((), ())
+        if node.inputs:
+            refs, consts = zip(*(self._input_ref(graph, node, i, v) for i, v in enumerate(node.inputs)), strict=True)
         spec = NodeSpec(node.name, node.op_type, _attributes(node), tuple(consts), len(node.outputs))
         axis = weights.get(node.name)
         bias = (axis is not None and node.op_type in BIAS_QUANTIZED and len(refs) > 2 and refs[2][0] == "param"
@@ -152,7 +154,7 @@ class QuantGraph(nn.Module):
         return env[key]
 
     def forward(self, *inputs: torch.Tensor):
-        env = dict(zip(self.input_names, inputs))
+        env = dict(zip(self.input_names, inputs, strict=True))
         done: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
         def quantized(tensor: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,7 +175,7 @@ class QuantGraph(nn.Module):
                 args[1], weight_scales = fake_quantize_weight(args[1], step.weight_axis)
                 if step.quantize_bias and input_scale is not None:
                     args[2] = fake_quantize_bias(args[2], input_scale, weight_scales)
-            env.update(zip(step.outputs, step.kernel(args)))
+            env.update(zip(step.outputs, step.kernel(args), strict=True))
         outputs = [quantized(n)[0] if n in self._output_sites else env[n] for n in self.output_names]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
@@ -186,7 +188,8 @@ class QuantGraph(nn.Module):
 
     def site_counts(self) -> dict[str, int]:
         kinds = [type(q).__name__ for q in self.quantizers.values()]
-        return {"activations_trained": kinds.count("RangeQuantizer"), "activations_fixed": kinds.count("FixedQuantizer"),
+        return {"activations_trained": kinds.count("RangeQuantizer"),
+                "activations_fixed": kinds.count("FixedQuantizer"),
                 "weights": sum(s.weight_axis is not None for s in self._steps),
                 "biases_int32": sum(s.quantize_bias for s in self._steps)}
 

@@ -34,7 +34,8 @@ class NodeSpec:
             return None
         value = self.consts[index]
         if value is None:
-            raise QATError(f"node {self.name!r} ({self.op_type}) computes its {what} at run time; QAT needs it constant")
+            raise QATError(f"node {self.name!r} ({self.op_type}) computes its {what} at run time; "
+                           "QAT needs it constant")
         return value
 
     def has_input(self, index: int) -> bool:
@@ -56,7 +57,7 @@ def _pads(spec: NodeSpec, spatial: int) -> tuple[list[int], list[int] | None]:
     if begin == end:
         return begin, None
     flat = []
-    for b, e in zip(reversed(begin), reversed(end)):
+    for b, e in zip(reversed(begin), reversed(end), strict=True):
         flat += [b, e]
     return [0] * spatial, flat
 
@@ -224,7 +225,7 @@ def slice_(spec: NodeSpec) -> Kernel:
     def run(args):
         x = args[0]
         index = [slice(None)] * x.dim()
-        for s, e, a, st in zip(starts, ends, axes, steps):
+        for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
             n = x.shape[int(a)]
             index[int(a)] = slice(max(-n, min(int(s), n)), max(-n, min(int(e), n)), int(st))
         return [x[tuple(index)]]
@@ -260,7 +261,7 @@ def pad(spec: NodeSpec) -> Kernel:
     value = float(spec.const(2, "constant value")) if spec.has_input(2) else 0.0
     rank = len(pads) // 2
     flat = []
-    for b, e in zip(reversed(pads[:rank]), reversed(pads[rank:])):
+    for b, e in zip(reversed(pads[:rank]), reversed(pads[rank:]), strict=True):
         flat += [b, e]
     return lambda args: [F.pad(args[0], flat, value=value)]
 
@@ -274,6 +275,11 @@ def batch_norm(spec: NodeSpec) -> Kernel:
     """A BatchNormalization the fuse pass could not fold stays frozen, as the deployment graph runs it."""
     eps = float(spec.attrs.get("epsilon", 1e-5))
     return lambda args: [F.batch_norm(args[0], args[3], args[4], args[1], args[2], False, 0.0, eps)]
+
+
+def transpose(spec: NodeSpec) -> Kernel:
+    perm = [int(p) for p in spec.attrs["perm"]] if "perm" in spec.attrs else None
+    return lambda args: [args[0].permute(*(perm or reversed(range(args[0].dim()))))]
 
 
 def _unary(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[NodeSpec], Kernel]:
@@ -293,8 +299,7 @@ OPS: dict[str, Callable[[NodeSpec], Kernel]] = {
     "GlobalAveragePool": _unary(lambda x: x.mean(dim=tuple(range(2, x.dim())), keepdim=True)),
     "AveragePool": pool("average"), "MaxPool": pool("max"), "ReduceMean": reduce_mean,
     "Flatten": flatten, "Reshape": reshape, "Squeeze": squeeze, "Unsqueeze": unsqueeze,
-    "Transpose": lambda spec: (lambda args: [args[0].permute(*[int(p) for p in spec.attrs["perm"]])
-                                             if "perm" in spec.attrs else args[0].permute(*reversed(range(args[0].dim())))]),
+    "Transpose": transpose,
     "Concat": lambda spec: (lambda args: [torch.cat(list(args), dim=int(spec.attrs["axis"]))]),
     "Split": split, "Slice": slice_, "Resize": resize, "Pad": pad, "Identity": _unary(lambda x: x),
     "BatchNormalization": batch_norm,

@@ -73,8 +73,8 @@ def train_quantized(model: ir.Model, plan: QuantPlan, calibration: Calibration, 
         teacher, student = _frozen(_ChannelsLast(teacher)), _ChannelsLast(student)
         shape = (shape[0], shape[3], shape[1], shape[2])
     _check_classifier(teacher, shape)
-    result = train_kd(teacher, student, data, pre, replace(cfg, validate_first=True, live_teacher=True), out_dir=out_dir,
-                      progress=progress)
+    cfg = replace(cfg, validate_first=True, live_teacher=True)  # the "before" score; targets of augmented batches
+    result = train_kd(teacher, student, data, pre, cfg, out_dir=out_dir, progress=progress)
     graph = student.graph if isinstance(student, _ChannelsLast) else student
     graph.eval()
     trained = graph.ranges()

@@ -26,7 +26,8 @@ class FixedRange(Observer):
         self._min, self._max = np.float64(lo), np.float64(hi)
 
     def _observe(self, x, batch_min, batch_max):
-        raise ConfigError("a fixed range does not observe data", "calibrate with the ema, minmax or percentile observer")
+        raise ConfigError("a fixed range does not observe data",
+                          "calibrate with the ema, minmax or percentile observer")
 
 
 def with_ranges(calibration: Calibration, ranges: Mapping[str, tuple[float, float]], method: str) -> Calibration:
