@@ -47,6 +47,12 @@ def parse_args(argv):
     ap.add_argument("--weights", required=True, help="the student's state_dict (e.g. from student_benchmark.py)")
     ap.add_argument("--targets", default="onnx-cpu,rpi4,openvino-cpu")
     ap.add_argument("--calib-samples", type=int, default=512)
+    ap.add_argument("--calib-method", default="ema", choices=["ema", "minmax", "percentile"],
+                    help="calibration for both PTQ and QAT's starting ranges (default: ema, edgekd's default)")
+    ap.add_argument("--percentile", type=float, default=99.99)
+    ap.add_argument("--fallback-max-drop", type=float,
+                    help="also compile the first target with --max-drop this and no --qat-epochs: the accuracy "
+                         "budget's automatic QAT fallback, with its before/after search")
     ap.add_argument("--eval-samples", type=int, default=5000, help="held-out images scored (default: all 5000)")
     ap.add_argument("--qat-epochs", type=int, default=3)
     ap.add_argument("--qat-lr", type=float, help="default: edgekd's")
@@ -112,14 +118,19 @@ def student_card(args, workdir: Path) -> Path:
     return path
 
 
-def compile_one(card: Path, target: str, out: Path, folders: dict, args, qat: bool) -> dict:
+def compile_one(card: Path, target: str, out: Path, folders: dict, args, qat: bool | str) -> dict:
     done = out.with_suffix(".json")
     if done.exists():
         return json.loads(done.read_text())
     options = dict(precision="int8", calib=folders["calib"], calib_samples=args.calib_samples,
-                   eval=folders["eval"], eval_samples=args.eval_samples, skip=("sensitivity",), force=True)
+                   calib_method=args.calib_method, percentile=args.percentile, eval=folders["eval"],
+                   eval_samples=args.eval_samples, skip=("sensitivity",), force=True)
     if qat:
-        options.update(qat_epochs=args.qat_epochs, data=folders["train"], resume=True, qat_ranges=args.qat_ranges)
+        options.update(data=folders["train"], resume=True, qat_ranges=args.qat_ranges)
+        if qat == "fallback":
+            options.update(max_drop=args.fallback_max_drop, qat_fallback_epochs=args.qat_epochs, skip=())
+        else:
+            options.update(qat_epochs=args.qat_epochs)
         if args.qat_lr is not None:
             options["qat_lr"] = args.qat_lr
     started = time.time()
@@ -134,6 +145,7 @@ def compile_one(card: Path, target: str, out: Path, folders: dict, args, qat: bo
     result = {"float_top1": acc["float_top1"], "int8_top1": acc["artifact_top1"], "drop_pt": acc["drop_pt"],
               "samples": acc["samples"], "seconds": round(time.time() - started, 1),
               "ranges_from": m["quantization"]["ranges_from"], "fidelity": m["fidelity"],
+              "accuracy_budget": m["quantization"]["accuracy_budget"],
               "qat": {k: v for k, v in (m.get("qat") or {}).items() if k not in ("tensor_ranges",)} or None}
     done.write_text(json.dumps(result, indent=2))
     return result
@@ -163,7 +175,29 @@ def table(rows: dict) -> str:
     return "\n".join(lines)
 
 
-def markdown(rows: dict, args, folders: dict, command: str) -> str:
+def fallback_text(result: dict, args) -> str:
+    """The accuracy budget's search before and after the QAT it ran, from the compile's manifest."""
+    budget = result.get("accuracy_budget")
+    if "error" in result or not budget:
+        return f"Fallback run (--max-drop {args.fallback_max_drop}): {result.get('error', 'no budget record')}"
+    rows = lambda steps: "\n".join(  # noqa: E731
+        f"| {s['kept_float']} | {100 * s['top1']:.2f} | {s['drop_pt']:+.2f} |" for s in steps)
+    head = "| layers in float | int8 top-1 % | drop pt |\n|---:|---:|---:|"
+    text = [f"--max-drop {args.fallback_max_drop}, no --qat-epochs (float top-1 {100 * budget['float_top1']:.2f} % "
+            f"on {budget['samples']} images):", ""]
+    if budget.get("before_qat"):
+        text += ["Post-training quantization, layers returned to float one by one (most sensitive first):", "",
+                 head, rows(budget["before_qat"]), "",
+                 f"missed, so QAT ran ({result['qat']['trigger']}), and the search again:", ""]
+    else:
+        text += ["Post-training quantization met it; no QAT ran:", ""]
+    text += [head, rows(budget["steps"]), "",
+             f"Shipped: int8 top-1 {100 * result['int8_top1']:.2f} % in the target's runtime (drop "
+             f"{result['drop_pt']:+.2f} pt), ranges from {result['ranges_from']}."]
+    return "\n".join(text)
+
+
+def markdown(rows: dict, args, folders: dict, command: str, fallback: dict | None = None) -> str:
     any_qat = next((r["qat"]["qat"] for r in rows.values() if r.get("qat") and "error" not in r["qat"]), None)
     training = any_qat["training"] if any_qat else {}
     temperature = training.get("temperature", {}).get("start", "–")
@@ -178,18 +212,19 @@ Produced by
 
 on {platform.processor() or platform.machine()}, edgekd {EDGEKD_VERSION}, {time.strftime('%Y-%m-%d')}.
 Student `{args.student}` (weights `{args.weights}`), preprocessing and labels of `{args.card}`.
-Calibration: {folders['calib_images']} training images evenly spaced over the train split (EMA observer), the same
-for PTQ and QAT. Scored: {folders['eval_images']} held-out images (every 10th of each class), by each target's own
-runtime running the emitted artifact (`evaluate` pass); float is the PyTorch student on the same images.
+Calibration: {folders['calib_images']} training images evenly spaced over the train split, observer
+`{args.calib_method}`{f" at {args.percentile}" if args.calib_method == "percentile" else ""}, the same for PTQ and
+QAT (its starting ranges). Scored: {folders['eval_images']} held-out images (every 10th of each class), by each
+target's own runtime running the emitted artifact (`evaluate` pass); float is the PyTorch model on the same images.
 QAT: {args.qat_epochs} epochs on {folders['train_images']} train-split images, KD from the float student
 (temperature {temperature}, KD share {kd_share}),
 SGD lr {training.get('lr', '–')} cosine, batch {training.get('batch_size', '–')}, ranges {args.qat_ranges}
-(from the EMA calibration), BatchNorm folded as deployed. One image is {100 / max(1, folders['eval_images']):.2f} pt.
+(from the calibration), BatchNorm folded as deployed. One image is {100 / max(1, folders['eval_images']):.2f} pt.
 
 {table(rows)}
 
 Targets: QAT recovers ≥ {100 * TARGET_RECOVERY:.0f} % of the PTQ drop and ends within {TARGET_GAP_PT} pt of float.
-"""
+{chr(10) + fallback_text(fallback, args) + chr(10) if fallback else ""}"""
 
 
 def main(argv=None) -> int:
@@ -207,15 +242,20 @@ def main(argv=None) -> int:
             continue
         progress(f"{target}: quantization-aware training, {args.qat_epochs} epochs ...")
         rows[target]["qat"] = compile_one(card, target, workdir / f"{target}-qat", folders, args, qat=True)
-    text = table(rows)
+    fallback = None
+    if args.fallback_max_drop is not None:
+        target = next(iter(rows))
+        progress(f"{target}: --max-drop {args.fallback_max_drop} with the QAT fallback ...")
+        fallback = compile_one(card, target, workdir / f"{target}-fallback", folders, args, qat="fallback")
+    text = table(rows) + ("\n\n" + fallback_text(fallback, args) if fallback else "")
     print("\n" + text)
     command = "python bench/qat_benchmark.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"command": command, "folders": {k: str(v) for k, v in folders.items()},
-                                               "results": rows}, indent=2))
+                                               "results": rows, "fallback": fallback}, indent=2))
     if args.markdown:
-        Path(args.markdown).write_text(markdown(rows, args, folders, command))
+        Path(args.markdown).write_text(markdown(rows, args, folders, command, fallback))
     return 0
 
 
