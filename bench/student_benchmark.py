@@ -7,6 +7,7 @@ each class, the split the teacher was trained with):
   (a) labels only            cross-entropy on the hard labels, no teacher
   (b) KD                     Hinton KD (T 6 → 2, T²-scaled) mixed with the labels (α 0.7 → 0.3)
   (c) KD + features          (b) plus hint (1×1 adapters, MSE) and attention-transfer losses on the stage ends
+  (f) decoupled KD           DKD (Zhao et al. 2022: TCKD + 8·NCKD, T 4) mixed half and half with the labels
   (d) 50 % sparse            (b)'s student, magnitude-pruned per layer with a cubic ramp during a KD fine-tune
   (e) 2:4 sparse             (b)'s student, N:M 2:4 along input channels during a KD fine-tune
 
@@ -36,9 +37,9 @@ from edgekd.models.profile import profile
 from edgekd.models.zoo import build_model
 from edgekd.passes.sparsify import gzip_bytes
 
-VARIANTS = ("labels", "kd", "kd-features", "sparse-50", "sparse-2:4")
+VARIANTS = ("labels", "kd", "kd-features", "dkd", "sparse-50", "sparse-2:4")
 TITLES = {"labels": "(a) labels only", "kd": "(b) KD", "kd-features": "(c) KD + hint + attention",
-          "sparse-50": "(d) 50 % sparse, KD fine-tune", "sparse-2:4": "(e) 2:4 sparse, KD fine-tune"}
+          "dkd": "(f) decoupled KD", "sparse-50": "(d) 50 % sparse, KD fine-tune", "sparse-2:4": "(e) 2:4 sparse, KD fine-tune"}
 
 
 def parse_args(argv):
@@ -72,6 +73,10 @@ def config_for(variant: str, args, ckpt: Path) -> TrainConfig:
         # our AT term sums over positions, ≈ Zagoruyko & Komodakis' β = 10³ on their per-position mean at 32×32;
         # gradient-norm compensation keeps any one term from dominating the update
         return replace(base, hint_weight=1.0, attention_weight=1.0, compensate=True)
+    if variant == "dkd":
+        # the paper's CIFAR setting: CE + DKD(α 1, β 8, T 4) with equal weights
+        return replace(base, kd_loss="dkd", dkd_beta=8.0, temperature=Schedule("constant", 4.0),
+                       alpha=Schedule("constant", 0.5))
     fine = replace(base, epochs=args.finetune_epochs, lr=args.lr / 5, sparsity=0.5,
                    pattern="2:4" if variant == "sparse-2:4" else "unstructured")
     return fine

@@ -60,6 +60,15 @@ class TrainingOptions:
 
 
 @dataclass(frozen=True)
+class QATOptions:
+    epochs: int = 0  # quantization-aware training after calibration (0: none asked for)
+    ranges: str = "learn"  # learn (LSQ-style, by gradient) | ema (moving average of batch min/max)
+    lr: float = 0.0005  # QAT fine-tunes a trained model: far below distillation's learning rate
+    alpha: float = 1.0  # KD share of the loss; below 1 mixes in cross-entropy on the labels
+    fallback_epochs: int = 3  # QAT run when --max-drop is missed after PTQ and mixed precision (0: fail instead)
+
+
+@dataclass(frozen=True)
 class VerificationOptions:
     samples: int = 16
     keep_failed: bool = False
@@ -91,6 +100,7 @@ class CompileConfig:
     quantization: QuantizationOptions = field(default_factory=QuantizationOptions)
     evaluation: EvaluationOptions = field(default_factory=EvaluationOptions)
     training: TrainingOptions = field(default_factory=TrainingOptions)
+    qat: QATOptions = field(default_factory=QATOptions)
     verification: VerificationOptions = field(default_factory=VerificationOptions)
     search: SearchOptions = field(default_factory=SearchOptions)
     passes: tuple[str, ...] | None = None  # None: the target's default pipeline
@@ -129,13 +139,16 @@ FLAT_OPTIONS: dict[str, tuple[str, str]] = {
     "student": ("training", "student"), "data": ("training", "data"), "epochs": ("training", "epochs"),
     "sparsity": ("training", "sparsity"), "sparsity_pattern": ("training", "sparsity_pattern"),
     "train_options": ("training", "options"), "resume": ("training", "resume"),
+    "qat_epochs": ("qat", "epochs"), "qat_ranges": ("qat", "ranges"), "qat_lr": ("qat", "lr"),
+    "qat_alpha": ("qat", "alpha"), "qat_fallback_epochs": ("qat", "fallback_epochs"),
     "verify_samples": ("verification", "samples"), "keep_failed": ("verification", "keep_failed"),
     "device": ("search", "device"), "inventory": ("search", "inventory"),
     "latency_budget": ("search", "latency_budget_ms"), "proxy_epochs": ("search", "proxy_epochs"),
     "search_repeats": ("search", "repeats"),
 }
 _GROUPS = {"calibration": CalibrationOptions, "quantization": QuantizationOptions, "evaluation": EvaluationOptions,
-           "training": TrainingOptions, "verification": VerificationOptions, "search": SearchOptions}
+           "training": TrainingOptions, "qat": QATOptions, "verification": VerificationOptions,
+           "search": SearchOptions}
 _PATHS = {"calib", "eval", "data", "inventory"}
 
 

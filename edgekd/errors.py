@@ -217,3 +217,10 @@ class TrainingDivergedError(EdgekdError):
 
 class DistributedStateError(EdgekdError):
     """Data-parallel workers disagree (their weights drifted apart)."""
+
+
+class QATError(EdgekdError):
+    """Quantization-aware training cannot run this graph (an operator it has no torch kernel for, outputs that
+    are not classifier logits)."""
+
+    default_hint = "compile without --qat-epochs (post-training quantization), or with a classifier graph QAT can run"

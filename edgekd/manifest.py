@@ -16,7 +16,7 @@ from edgekd.state import CompileState
 MANIFEST_VERSION = 1
 _TOOLCHAIN = ("torch", "onnx", "onnx-ir", "onnxruntime", "numpy")
 # Manifest entries filled by a pass's output (PassOutput.section), None when that pass did not run.
-SECTIONS = ("fidelity", "calibration", "accuracy", "distill", "sparsity", "backend_report", "int8_coverage",
+SECTIONS = ("fidelity", "calibration", "accuracy", "distill", "sparsity", "qat", "backend_report", "int8_coverage",
             "speed_check")
 
 
@@ -74,6 +74,7 @@ def build_manifest(state: CompileState, backend: Backend, extra_files: list[str]
         "accuracy": sections["accuracy"],
         "distill": sections["distill"],
         "sparsity": sections["sparsity"],
+        "qat": sections["qat"],
         "backend_report": sections["backend_report"],
         "int8_coverage": sections["int8_coverage"],
         "speed_check": sections["speed_check"],
@@ -97,6 +98,7 @@ def _quantization(state: CompileState) -> dict[str, Any] | None:
     quantize, budget = state.output(QuantizeOutput), state.output(AccuracyBudgetOutput)
     return {
         "activation_scheme": state.calibration.scheme,
+        "ranges_from": state.calibration.method,  # the calibration's observer, or qat
         "weights": "int8 per-channel symmetric [-127, 127], zero point 0",
         "bias": "int32, scale = input scale x weight scale",
         "why": state.spec.raw.get("quantization", {}).get("why"),

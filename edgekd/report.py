@@ -149,6 +149,10 @@ def _quantization_section(m: dict, artifact: Path) -> list[str]:
     if cal:
         lines += [f"Calibrated with {cal['method']} on {cal['samples']} samples of `{cal['source']}` "
                   f"(sha256 {cal['sha256'][:16]}…).", ""]
+    qat = m.get("qat")
+    if q.get("ranges_from") == "qat" and qat:
+        lines += [f"Ranges and weights from quantization-aware training ({qat['trigger']}); the calibrated ranges "
+                  "were its starting point (see Quantization-aware training below).", ""]
     err = q.get("error_vs_float")
     if err:
         lines += [f"Simulation vs float on {err.get('samples', 'calibration')} samples: output SQNR {_db(err['sqnr_db'])} dB, "
@@ -162,10 +166,33 @@ def _quantization_section(m: dict, artifact: Path) -> list[str]:
                   f"![sensitivity]({png.name})", ""]
     budget = q.get("accuracy_budget")
     if budget:
-        lines += [f"Accuracy budget {budget['max_drop_pt']} pt (float top-1 {100 * budget['float_top1']:.2f} %):", "",
-                  markdown_table(["layers in float", "int8 top-1 %", "drop pt"],
-                                 [[s["kept_float"], f"{100 * s['top1']:.2f}", f"{s['drop_pt']:.2f}"] for s in budget["steps"]]), ""]
-    return lines
+        table = lambda steps: markdown_table(  # noqa: E731
+            ["layers in float", "int8 top-1 %", "drop pt"],
+            [[s["kept_float"], f"{100 * s['top1']:.2f}", f"{s['drop_pt']:.2f}"] for s in steps])
+        lines += [f"Accuracy budget {budget['max_drop_pt']} pt (float top-1 {100 * budget['float_top1']:.2f} %):", ""]
+        if budget.get("before_qat"):
+            lines += ["Post-training quantization with layers returned to float missed it:", "",
+                      table(budget["before_qat"]), "",
+                      "so quantization-aware training ran (fallback), and the search was repeated:", ""]
+        lines += [table(budget["steps"]), ""]
+    return lines + _qat_section(m)
+
+
+def _qat_section(m: dict) -> list[str]:
+    qat = m.get("qat")
+    if not qat:
+        return []
+    pct = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+    moved = qat.get("ranges_moved") or {}
+    return ["## Quantization-aware training", "",
+            f"Why: {qat['trigger']}. {qat['epochs']} epochs on {qat['train_samples']} images of `{qat['data']}`, "
+            f"KD from the float graph, ranges {'learned (LSQ-style)' if qat['ranges'] == 'learn' else 'EMA-updated'} "
+            f"from the calibration, BatchNorm folded as deployed.", "",
+            markdown_table(["holdout top-1 %", "float", "int8 before QAT", "int8 after QAT"],
+                           [["", pct(qat["float_top1"]), pct(qat["ptq_top1"]), pct(qat["qat_top1"])]]), "",
+            f"Trained: {qat['sites'].get('activations_trained', 0)} activation ranges "
+            f"(median width change {100 * moved.get('median_width_change', 0):.2f} %), "
+            f"{qat['sites'].get('weights', 0)} int8 weights, {qat['sites'].get('biases_int32', 0)} int32 biases.", ""]
 
 
 PRECISION_HEADERS = ["precision", "top-1 %", "drop pt", "p50 ms", "speed-up vs fp32", "≥ 2× per point lost"]

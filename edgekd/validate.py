@@ -67,14 +67,16 @@ def check_paths(config: CompileConfig) -> None:
     t = config.training
     if t.student is not None and t.data is None:
         raise ConfigError("--student trains a student and needs training images", "pass --data DIR")
+    if config.qat.epochs and t.data is None:
+        raise ConfigError("--qat-epochs trains and needs training images", "pass --data DIR")
     if t.student is not None and t.epochs < 1:
         raise ConfigError(f"--student with --epochs {t.epochs} would ship an untrained student",
                           "pass --epochs 1 or more")
 
 
 def validate_compile(config: CompileConfig, spec: TargetSpec) -> None:
-    c, q, e, t, v = (config.calibration, config.quantization, config.evaluation, config.training,
-                     config.verification)
+    c, q, e, t, v, a = (config.calibration, config.quantization, config.evaluation, config.training,
+                        config.verification, config.qat)
     check_number("--calib-samples", c.samples, minimum=1, integer=True)
     check_number("the calibration batch", c.batch, minimum=1, integer=True)
     check_number("--ema-constant", c.ema_constant, above=0, maximum=1, hint="e.g. 0.01 (torch's default)")
@@ -86,6 +88,10 @@ def validate_compile(config: CompileConfig, spec: TargetSpec) -> None:
     check_number("--epochs", t.epochs, minimum=0, integer=True)
     check_number("--sparsity", t.sparsity, minimum=0, maximum=0.99, hint="a fraction, e.g. 0.5")
     check_number("--verify-samples", v.samples, minimum=1, integer=True)
+    check_number("--qat-epochs", a.epochs, minimum=0, integer=True)
+    check_number("--qat-fallback-epochs", a.fallback_epochs, minimum=0, integer=True)
+    check_number("--qat-lr", a.lr, above=0, hint="e.g. 0.0005")
+    check_number("--qat-alpha", a.alpha, minimum=0, maximum=1, hint="1: KD alone; below 1 mixes in the labels")
     check_number("--seed", config.seed, minimum=0, integer=True)
     s = config.search
     if (s.device or s.inventory) and not (config.precision == "auto" or s.latency_budget_ms is not None):
@@ -103,6 +109,11 @@ def validate_compile(config: CompileConfig, spec: TargetSpec) -> None:
     if precision not in ("int8", "auto") and (q.keep_float or q.keep_float_count):
         raise ConfigError(f"--keep-float applies to int8 compiles; this one is {precision}",
                           "drop --keep-float, or pass --precision int8 --calib DIR")
+    if a.epochs and precision != "int8":
+        raise ConfigError(f"--qat-epochs trains int8 ranges; this compile is {precision}",
+                          "pass --precision int8 --calib DIR, or drop --qat-epochs")
+    if a.ranges not in ("learn", "ema"):
+        raise ConfigError(f"--qat-ranges must be learn or ema, got {a.ranges!r}")
     check_shape(config.input)
     check_paths(config)
     if t.options:

@@ -48,6 +48,16 @@ def test_kd_trains_and_writes_curves(labelled, tmp_path):
     assert (tmp_path / "ck" / "last.pt").exists()
 
 
+@pytest.mark.parametrize("data", ["labelled", "flat"])
+def test_decoupled_kd_trains_with_labels_and_label_free(data, request):
+    teacher, student = models()
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3, optimizer="adamw", augment=False, kd_loss="dkd",
+                      dkd_beta=2.0, temperature=Schedule("constant", 4.0), alpha=Schedule("constant", 1.0))
+    r = train_kd(teacher, student, request.getfixturevalue(data), PRE, cfg)
+    losses = [h["loss_kd"] for h in r.history]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+
+
 def test_resume_continues_from_the_saved_epoch(labelled, tmp_path):
     teacher, student = models()
     ck = tmp_path / "ck"

@@ -13,6 +13,7 @@ from edgekd.distill.losses import (
     attention_transfer,
     clip_term,
     compensation_weights,
+    decoupled_kd,
     hinton_kd,
     kd_with_labels,
 )
@@ -38,6 +39,33 @@ def test_hinton_kd_is_zero_for_equal_logits_and_averages_the_batch():
     a, b = torch.randn(2, 4), torch.randn(2, 4)
     per_sample = [hinton_kd(a[i:i + 1], b[i:i + 1], 3.0).item() for i in range(2)]
     assert hinton_kd(a, b, 3.0).item() == pytest.approx(sum(per_sample) / 2, rel=1e-5)
+
+
+def test_decoupled_kd_closed_form():
+    s, t, T, y = [1.0, 2.0, 0.5], [0.2, 3.0, -1.0], 4.0, 1
+    p_t, p_s = softmax(t, T), softmax(s, T)
+    b_t, b_s = [p_t[y], 1 - p_t[y]], [p_s[y], 1 - p_s[y]]
+    tckd = sum(a * math.log(a / b) for a, b in zip(b_t, b_s))
+    q_t, q_s = softmax([t[0], t[2]], T), softmax([s[0], s[2]], T)  # the non-target classes alone
+    nckd = sum(a * math.log(a / b) for a, b in zip(q_t, q_s))
+    got = decoupled_kd(torch.tensor([s]), torch.tensor([t]), torch.tensor([y]), T, alpha=0.5, beta=8.0)
+    assert got.item() == pytest.approx((0.5 * tckd + 8.0 * nckd) * T * T, rel=1e-4)  # float32, β amplifies
+
+
+def test_hinton_kd_is_decoupled_kd_with_beta_one_minus_the_teachers_target_probability():
+    torch.manual_seed(0)
+    s, t, y, T = torch.randn(6, 10) * 3, torch.randn(6, 10) * 3, torch.randint(0, 10, (6,)), 4.0
+    for i in range(6):
+        p_target = torch.softmax(t[i] / T, -1)[y[i]].item()
+        dkd = decoupled_kd(s[i:i + 1], t[i:i + 1], y[i:i + 1], T, alpha=1.0, beta=1 - p_target)
+        assert dkd.item() == pytest.approx(hinton_kd(s[i:i + 1], t[i:i + 1], T).item(), rel=1e-5)
+    assert decoupled_kd(s, s, y, T).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_decoupled_kd_gradients_are_finite_with_confident_teachers():
+    s = torch.tensor([[30.0, -30.0, 0.0]], requires_grad=True)
+    decoupled_kd(s, torch.tensor([[-50.0, 50.0, 0.0]]), torch.tensor([1]), 1.0).backward()
+    assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
 
 
 def test_alpha_mix_with_hard_labels():

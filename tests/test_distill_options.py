@@ -37,7 +37,10 @@ def test_training_options_parse_into_the_train_config():
     assert cfg.temperature == Schedule("cosine", 5.0, 1.0) and cfg.alpha == Schedule("constant", 1.0)
     assert (cfg.optimizer, cfg.select_fraction, cfg.loss_clip, cfg.scope, cfg.early_stop_patience, cfg.epochs, cfg.lr) \
         == ("adamw", 0.3, 0.3, "global", 2, 3, 0.01)
-    for bad in ({"temperature": "a:b"}, {"feature_pairs": "layers.0"}, {"nonsense": 1}, {"select_fraction": 1.5}):
+    dkd = train_config({"kd_loss": "dkd", "dkd_beta": 2.0})
+    assert (dkd.kd_loss, dkd.dkd_beta) == ("dkd", 2.0)
+    for bad in ({"temperature": "a:b"}, {"feature_pairs": "layers.0"}, {"nonsense": 1}, {"select_fraction": 1.5},
+                {"kd_loss": "fitnet"}):
         with pytest.raises(ConfigError):
             train_config(bad)
 

@@ -20,6 +20,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
                      "edgekd.distill", "edgekd.bench"),
     "edgekd.distill": ("edgekd.backends", "edgekd.passes", "edgekd.pipeline", "edgekd.api", "edgekd.cli",
                        "edgekd.quant", "edgekd.bench"),
+    # quantization-aware training joins the two layers below it: quant's fake quantization, distill's trainer
+    "edgekd.qat": ("edgekd.backends", "edgekd.passes", "edgekd.pipeline", "edgekd.api", "edgekd.cli", "edgekd.bench"),
     "edgekd.passes": tuple(f"edgekd.backends.{b}" for b in BACKENDS) + ("edgekd.api", "edgekd.cli", "edgekd.pipeline",
                                                                        "edgekd.bench"),
     "edgekd.runtime": ("edgekd.backends", "edgekd.passes", "edgekd.pipeline", "edgekd.api", "edgekd.cli",

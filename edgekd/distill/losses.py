@@ -19,6 +19,30 @@ def hinton_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     return kl * t * t
 
 
+def decoupled_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+                 temperature: float | torch.Tensor, alpha: float = 1.0, beta: float = 8.0) -> torch.Tensor:
+    """Decoupled KD (Zhao et al., CVPR 2022): α·TCKD + β·NCKD, each · T², averaged over the batch.
+
+    TCKD is the KL divergence between the binary (target class, all others) probabilities of teacher and
+    student; NCKD the one between their distributions over the non-target classes alone. Hinton KD is
+    TCKD + (1 − p_t)·NCKD per sample (p_t: the teacher's target probability), so the teacher's confident
+    samples all but switch off NCKD, the "dark knowledge"; DKD weighs it by a constant β instead.
+    ``target`` holds the class per sample (the labels, or the teacher's top-1 without them).
+    """
+    t = temperature
+    gt = F.one_hot(target, student_logits.shape[-1]).to(torch.bool)
+    p_s = F.softmax(student_logits / t, dim=-1)
+    p_t = F.softmax(teacher_logits / t, dim=-1)
+    b_s = torch.stack([(p_s * gt).sum(-1), (p_s * ~gt).sum(-1)], dim=-1).clamp_min(1e-12)
+    b_t = torch.stack([(p_t * gt).sum(-1), (p_t * ~gt).sum(-1)], dim=-1).clamp_min(1e-12)
+    tckd = (b_t * (b_t.log() - b_s.log())).sum(-1).mean()
+    masked = -1e9  # the target class leaves the non-target softmax (finite: no inf − inf in the KL)
+    log_q_s = F.log_softmax((student_logits / t).masked_fill(gt, masked), dim=-1)
+    log_q_t = F.log_softmax((teacher_logits / t).masked_fill(gt, masked), dim=-1)
+    nckd = (log_q_t.exp() * (log_q_t - log_q_s)).masked_fill(gt, 0.0).sum(-1).mean()
+    return (alpha * tckd + beta * nckd) * t * t
+
+
 def kd_with_labels(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None,
                    temperature: float | torch.Tensor, alpha: float) -> torch.Tensor:
     """α·KD + (1 − α)·CE(labels); KD alone when there are no labels (label-free distillation)."""

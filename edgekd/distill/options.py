@@ -17,7 +17,8 @@ DIRECT = {"lr": "lr", "batch_size": "batch_size", "optimizer": "optimizer", "lr_
           "learn_temperature": "learn_temperature", "hint_weight": "hint_weight",
           "attention_weight": "attention_weight", "feature_loss": "feature_loss", "compensate": "compensate",
           "loss_clip": "loss_clip", "select_fraction": "select_fraction", "early_stop": "early_stop_patience",
-          "sparsity_scope": "scope", "max_samples": "max_samples", "augment": "augment"}
+          "sparsity_scope": "scope", "max_samples": "max_samples", "augment": "augment", "kd_loss": "kd_loss",
+          "dkd_beta": "dkd_beta"}
 KNOWN = set(DIRECT) | {"temperature", "temperature_schedule", "alpha", "feature_pairs"}
 
 

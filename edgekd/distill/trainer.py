@@ -19,7 +19,7 @@ from edgekd.distill.curves import write_curves
 from edgekd.distill.data import Dataset, augment, load_folder, to_tensor
 from edgekd.distill.distributed import World, join
 from edgekd.distill.features import FeatureLosses, capture, pair_layers
-from edgekd.distill.losses import clip_term, compensation_weights, hinton_kd
+from edgekd.distill.losses import clip_term, compensation_weights, decoupled_kd, hinton_kd
 from edgekd.distill.replay import ReplayBuffer
 from edgekd.distill.sanity import check_classes, check_teacher_accuracy
 from edgekd.distill.schedules import LearnableTemperature, Schedule
@@ -44,6 +44,8 @@ class TrainConfig:
     temperature: Schedule = field(default_factory=lambda: Schedule("linear", 6.0, 2.0))
     learn_temperature: bool = False  # T trained with the student, starting at the schedule's first value
     alpha: Schedule | None = None  # KD share; None: 0.7 → 0.3 with labels, 1 (KD alone) without
+    kd_loss: str = "hinton"  # hinton | dkd (decoupled KD: TCKD + dkd_beta · NCKD)
+    dkd_beta: float = 8.0  # NCKD weight (Zhao et al. use 8 on CIFAR-100 ResNets)
     hint_weight: float = 0.0  # FitNets hint loss on paired feature maps
     attention_weight: float = 0.0  # attention transfer on the same pairs
     feature_loss: str = "mse"  # mse | cosine
@@ -62,13 +64,16 @@ class TrainConfig:
     pattern: str = "unstructured"  # unstructured | 2:4
     scope: str = "layer"  # layer | global
     mask_every: int = 10  # steps between mask updates during the ramp
+    validate_first: bool = False  # also score the student on the holdout before training (TrainResult.initial_acc)
+    live_teacher: bool = False  # teacher logits of each augmented batch, not the stored un-augmented ones
 
     def __post_init__(self):
         for name, value, valid in (("optimizer", self.optimizer, ("sgd", "adamw")),
                                    ("schedule", self.schedule, ("cosine", "onecycle")),
                                    ("pattern", self.pattern, ("unstructured", "2:4")),
                                    ("scope", self.scope, ("layer", "global")),
-                                   ("feature_loss", self.feature_loss, ("mse", "cosine"))):
+                                   ("feature_loss", self.feature_loss, ("mse", "cosine")),
+                                   ("kd_loss", self.kd_loss, ("hinton", "dkd"))):
             if value not in valid:
                 raise ConfigError(f"{name} must be one of {', '.join(valid)}, got {value!r}")
         if self.sparsity is not None and not 0 <= self.sparsity < 1:
@@ -98,6 +103,7 @@ class TrainResult:
     feature_pairs: list[tuple[str, str]] | None = None
     skipped_images: int = 0
     replay_size: int = 0
+    initial_acc: float | None = None  # holdout top-1 before training, with validate_first
 
 
 @torch.no_grad()
@@ -135,6 +141,17 @@ class Objective(nn.Module):
             hint, at = self.features(feats, teacher_features)
         t = self.temperature() if self.temperature is not None else None
         return logits, hint, at, t
+
+
+def _param_groups(objective: nn.Module):
+    """The trained parameters; those a module lists in ``no_weight_decay()`` (quantization ranges: decay would
+    pull them toward zero) in a second group without weight decay."""
+    trained = [p for p in objective.parameters() if p.requires_grad]
+    exempt = {id(p) for m in objective.modules() if hasattr(m, "no_weight_decay") for p in m.no_weight_decay()}
+    if not exempt:
+        return trained
+    return [{"params": [p for p in trained if id(p) not in exempt]},
+            {"params": [p for p in trained if id(p) in exempt], "weight_decay": 0.0}]
 
 
 def _optimizer(cfg: TrainConfig, params, total_steps: int):
@@ -223,6 +240,7 @@ class _Run:
     best: float | None = None
     stale: int = 0  # epochs since the best holdout top-1
     weights: dict[str, float] | None = None  # the loss-compensation weights in force
+    initial_acc: float | None = None  # holdout top-1 before the first epoch (validate_first)
 
     @property
     def student(self) -> nn.Module:
@@ -241,7 +259,7 @@ def _start_run(teacher: nn.Module, student: nn.Module, data: _TrainSet, pre: Pre
     n = len(data.x)
     steps_per_epoch = max(1, n // cfg.batch_size if world.size > 1 else math.ceil(n / cfg.batch_size))
     total_steps = steps_per_epoch * max(1, cfg.epochs)
-    opt, sched = _optimizer(cfg, [p for p in objective.parameters() if p.requires_grad], total_steps)
+    opt, sched = _optimizer(cfg, _param_groups(objective), total_steps)
     pruner = (GradualPruner(student, cfg.sparsity, cfg.pattern, cfg.scope, total_steps, cfg.mask_every)
               if cfg.sparsity else None)
     return _Run(cfg=cfg, world=world, teacher=teacher, pre=pre, replay=replay, data=data, objective=objective,
@@ -260,6 +278,7 @@ def _load_checkpoint(run: _Run, path: Path) -> None:
     run.sched.load_state_dict(ck["scheduler"])
     run.history, run.start_epoch, run.best, run.stale = ck["history"], ck["epoch"], ck["best"], ck["stale"]
     run.order_gen.set_state(ck["order_gen"])
+    run.initial_acc = ck.get("initial_acc")
     if run.pruner is not None:
         run.pruner.masks = ck.get("masks", {})
 
@@ -269,7 +288,8 @@ def _save_checkpoint(run: _Run, epochs_done: int, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"epoch": epochs_done, "objective": run.objective.state_dict(), "optimizer": run.opt.state_dict(),
                 "scheduler": run.sched.state_dict(), "history": run.history, "best": run.best, "stale": run.stale,
-                "order_gen": run.order_gen.get_state(), "masks": run.pruner.masks if run.pruner else {}}, tmp)
+                "order_gen": run.order_gen.get_state(), "masks": run.pruner.masks if run.pruner else {},
+                "initial_acc": run.initial_acc}, tmp)
     tmp.replace(path)  # atomic: a crash mid-save leaves the previous good checkpoint
 
 
@@ -284,12 +304,23 @@ def _batch(run: _Run, idx: torch.Tensor):
     if run.cfg.augment:
         xb = augment(xb, run.aug_gen)
     t_feats = None
-    if run.cfg.uses_features:
-        with torch.no_grad(), capture(run.teacher, [t for _, t in run.objective.features.pairs]) as t_feats:
+    if run.cfg.uses_features or run.cfg.live_teacher:
+        names = [t for _, t in run.objective.features.pairs] if run.cfg.uses_features else []
+        with torch.no_grad(), capture(run.teacher, names) as feats:
             live = run.teacher(xb)
+        t_feats = feats if run.cfg.uses_features else None
         if not replaying:  # replayed samples keep the logits stored with them
             tb = live
     return xb, tb, t_feats
+
+
+def _kd_term(run: _Run, logits: torch.Tensor, teacher_logits: torch.Tensor, idx: torch.Tensor, temp) -> torch.Tensor:
+    if run.cfg.kd_loss == "hinton":
+        return hinton_kd(logits, teacher_logits, temp)
+    target = teacher_logits.argmax(-1)  # label-free and replayed samples: the teacher's class
+    if run.data.labels is not None:
+        target = torch.cat([run.data.labels[idx], target[len(idx):]])
+    return decoupled_kd(logits, teacher_logits, target, temp, 1.0, run.cfg.dkd_beta)
 
 
 def _loss(run: _Run, idx: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -302,7 +333,7 @@ def _loss(run: _Run, idx: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[s
     alpha = 1.0 if labels is None else (cfg.alpha or DEFAULT_ALPHA).at(frac)
     if run.replay is not None:
         alpha += (1 - alpha) * run.replay.fill
-    terms = {"kd": hinton_kd(logits, tb, temp)}
+    terms = {"kd": _kd_term(run, logits, tb, idx, temp)}
     base = {"kd": alpha}
     if labels is not None and alpha < 1:
         terms["ce"] = F.cross_entropy(logits[:len(idx)], labels[idx])
@@ -377,6 +408,8 @@ def train_kd(teacher: nn.Module, student: nn.Module, data_dir, pre: Preprocess, 
     last = Path(cfg.checkpoint_dir) / "last.pt" if cfg.checkpoint_dir else None
     if cfg.resume and last is not None and last.exists():
         _load_checkpoint(run, last)
+    if cfg.validate_first and run.start_epoch == 0 and data.held_x is not None:
+        run.initial_acc = top1(predict(student, data.held_x), data.held.labels)
     epochs_run = run.start_epoch
     for epoch in range(run.start_epoch, cfg.epochs):
         started = time.perf_counter()
@@ -406,4 +439,4 @@ def train_kd(teacher: nn.Module, student: nn.Module, data_dir, pre: Preprocess, 
         csv_path, png_path = write_curves(run.history, Path(out_dir))
     return TrainResult(run.history, run.best, data.teacher_acc, len(data.x), data.total, epochs_run,
                        time.perf_counter() - t0, csv_path, png_path, sparsity_report(student) if run.pruner else None,
-                       run.feature_pairs, data.skipped, len(replay) if replay is not None else 0)
+                       run.feature_pairs, data.skipped, len(replay) if replay is not None else 0, run.initial_acc)

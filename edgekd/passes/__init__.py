@@ -14,6 +14,7 @@ from edgekd.passes.export_onnx import ExportOnnxPass
 from edgekd.passes.fold_bias_dequantize import FoldBiasDequantizePass
 from edgekd.passes.fuse_conv_bn_relu import FuseConvBnReluPass
 from edgekd.passes.int8_coverage import Int8CoveragePass
+from edgekd.passes.qat import QATPass
 from edgekd.passes.quantize import QuantizePass
 from edgekd.passes.sensitivity import SensitivityPass
 from edgekd.passes.sparsify import SparsifyPass
@@ -22,17 +23,16 @@ from edgekd.passes.verify import VerifyPass
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (
     DistillPass, SparsifyPass, ExportOnnxPass, CanonicalizePass, FuseConvBnReluPass, CheckSupportPass, CalibratePass,
-    SensitivityPass, AccuracyBudgetPass, QuantizePass, FoldBiasDequantizePass, EmitPass, VerifyPass, Int8CoveragePass,
-    SpeedCheckPass, EvaluatePass,
+    QATPass, SensitivityPass, AccuracyBudgetPass, QuantizePass, FoldBiasDequantizePass, EmitPass, VerifyPass,
+    Int8CoveragePass, SpeedCheckPass, EvaluatePass,
 )}
 
 # Every target runs this list unless its spec's [pipeline] passes says otherwise; a pass that this
 # compile does not ask for (distill without --student, calibrate for fp32) drops out by its `wanted`.
 # A target's [pipeline] legalize passes go just before emit.
 DEFAULT_PIPELINE: tuple[str, ...] = (
-    "distill", "sparsify", "export", "canonicalize", "fuse", "check-support", "calibrate", "sensitivity", "accuracy-budget",
-    "quantize", "emit", "verify", "int8-coverage", "speed-check",
-    "evaluate",
+    "distill", "sparsify", "export", "canonicalize", "fuse", "check-support", "calibrate", "qat", "sensitivity",
+    "accuracy-budget", "quantize", "emit", "verify", "int8-coverage", "speed-check", "evaluate",
 )
 
 __all__ = ["DEFAULT_PIPELINE", "PASSES", "Pass", "PassResult"]

@@ -1,23 +1,31 @@
 """``--max-drop P --eval DIR``: returns the most sensitive layers to float until the int8 top-1 is
-within P points of float; fails with the best trade-off found when it cannot be met."""
+within P points of float. When even that misses the budget and training images are given (``--data``),
+it runs quantization-aware training (``--qat-fallback-epochs``, unless ``--qat-epochs`` already ran) and
+searches again; it fails with every trade-off tried, before and after QAT, when the budget stays out of
+reach."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgekd.runtime import onnx_run_fn, ort_session
 from edgekd.config import CompileConfig
 from edgekd.data.samples import iter_labelled
 from edgekd.errors import AccuracyBudgetError, ConfigError
 from edgekd.passes.base import Pass, PassResult
-from edgekd.quant.accuracy import greedy_keep_float, top1, within_budget
+from edgekd.passes.qat import QAT_TRAINED, qat_train_config, run_qat
+from edgekd.quant.accuracy import BudgetStep, greedy_keep_float, top1, within_budget
 from edgekd.quant.calibrate import Calibration
 from edgekd.quant.placement import plan_quantization
 from edgekd.quant.simulate import quantized_copy
+from edgekd.runtime import onnx_run_fn, ort_session
 from edgekd.specs import TargetSpec
-from edgekd.state import CALIBRATED, SENSITIVITY, CompileState, PassOutput
+from edgekd.state import CALIBRATED, SENSITIVITY, CompileState, PassOutput, PassRecord
 from edgekd.ui import text_table
+
+if TYPE_CHECKING:
+    from edgekd.distill.trainer import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -27,42 +35,70 @@ class AccuracyBudgetOutput(PassOutput):
     samples: int
     steps: tuple[dict, ...]  # every trade-off tried: layers in float, top-1, drop
     kept_float: tuple[str, ...]
+    before_qat: tuple[dict, ...] | None = None  # the trade-offs tried before the QAT fallback ran
 
     def to_manifest(self) -> dict:
-        return {"max_drop_pt": self.max_drop_pt, "float_top1": self.float_top1, "samples": self.samples,
-                "steps": list(self.steps)}
+        out = {"max_drop_pt": self.max_drop_pt, "float_top1": self.float_top1, "samples": self.samples,
+               "steps": list(self.steps)}
+        return out | ({"qat_fallback": True, "before_qat": list(self.before_qat)} if self.before_qat else {})
 
     def summary(self) -> dict:
         final = self.steps[-1]
-        return {"float_top1": round(self.float_top1, 4), "int8_top1": round(final["top1"], 4),
-                "drop_pt": round(final["drop_pt"], 2), "kept_float": list(self.kept_float)}
+        out = {"float_top1": round(self.float_top1, 4), "int8_top1": round(final["top1"], 4),
+               "drop_pt": round(final["drop_pt"], 2), "kept_float": list(self.kept_float)}
+        if self.before_qat:
+            best = min(self.before_qat, key=lambda s: s["drop_pt"])
+            out |= {"qat_fallback": True, "drop_pt_before_qat": round(best["drop_pt"], 2)}
+        return out
+
+
+@dataclass(frozen=True)
+class QATFallback:
+    """What the pass needs to run QAT when the budget is missed."""
+
+    data: Path
+    ranges: str
+    train: "TrainConfig"
+
+
+def _table(steps) -> tuple[dict, ...]:
+    return tuple({"kept_float": len(s.kept_float), "top1": s.top1, "drop_pt": s.drop_pt} for s in steps)
+
+
+def _rows(steps: tuple[dict, ...]) -> str:
+    return text_table(["layers in float", "top-1 %", "drop pt"],
+                      [[s["kept_float"], f"{100 * s['top1']:.2f}", f"{s['drop_pt']:.2f}"] for s in steps])
 
 
 class AccuracyBudgetPass(Pass):
     name = "accuracy-budget"
     requires = frozenset({CALIBRATED, SENSITIVITY})
 
-    def __init__(self, eval_data: Path, max_drop_pt: float, samples: int | None = 1000):
+    def __init__(self, eval_data: Path, max_drop_pt: float, samples: int | None = 1000,
+                 fallback: QATFallback | None = None, suggest_data: bool = False):
         self.eval_data, self.max_drop_pt, self.samples = Path(eval_data), max_drop_pt, samples
+        self.fallback, self.suggest_data = fallback, suggest_data  # suggest: QAT would run, given --data
 
     @classmethod
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "AccuracyBudgetPass":
         e = config.evaluation
         if e.data is None:
             raise ConfigError("--max-drop needs a labelled eval set", "pass --eval DIR with DIR/<class>/*.jpg")
-        return cls(e.data, e.max_drop, e.samples)
+        fallback = None
+        if config.qat.fallback_epochs > 0 and config.training.data is not None:
+            fallback = QATFallback(config.training.data, config.qat.ranges,
+                                   qat_train_config(config, config.qat.fallback_epochs))
+        return cls(e.data, e.max_drop, e.samples, fallback,
+                   suggest_data=config.qat.fallback_epochs > 0 and config.training.data is None)
 
     @classmethod
     def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
         return config.evaluation.max_drop is not None
 
-    def run(self, state: CompileState) -> PassResult:
+    def _search(self, state: CompileState, data, float_top1: float) -> list[BudgetStep]:
         import onnx_ir as ir
 
         cal: Calibration = state.calibration
-        data = list(iter_labelled(self.eval_data, state.input.preprocess, tuple(state.input.shape), state.labels,
-                                  self.samples))
-        float_top1 = top1(state.float_reference, data)
         order = [s.layer for s in state.sensitivity if s.layer not in state.keep_float]
 
         def evaluate(kept: tuple[str, ...]) -> float:
@@ -70,17 +106,45 @@ class AccuracyBudgetPass(Pass):
             model = quantized_copy(state.onnx_model, plan, cal.activation_qparams(plan))
             return top1(onnx_run_fn(ort_session(ir.to_proto(model).SerializeToString())), data)
 
-        steps = greedy_keep_float(order, evaluate, float_top1, self.max_drop_pt)
-        table = tuple({"kept_float": len(s.kept_float), "top1": s.top1, "drop_pt": s.drop_pt} for s in steps)
-        final = steps[-1]
-        output = AccuracyBudgetOutput(self.max_drop_pt, float_top1, sum(len(y) for _, y in data), table,
-                                      tuple(final.kept_float))
-        if not within_budget(final.drop_pt, self.max_drop_pt):
+        return greedy_keep_float(order, evaluate, float_top1, self.max_drop_pt)
+
+    def run(self, state: CompileState) -> PassResult:
+        data = list(iter_labelled(self.eval_data, state.input.preprocess, tuple(state.input.shape), state.labels,
+                                  self.samples))
+        float_top1 = top1(state.float_reference, data)
+        steps = self._search(state, data, float_top1)
+        before = None
+        if not within_budget(steps[-1].drop_pt, self.max_drop_pt) and self._can_fall_back(state):
+            before = _table(steps)
             best = min(steps, key=lambda s: s.drop_pt)
-            rows = [[len(s.kept_float), f"{100 * s.top1:.2f}", f"{s.drop_pt:.2f}"] for s in steps]
-            raise AccuracyBudgetError(output=output, message=
-                f"int8 top-1 stays {best.drop_pt:.2f} pt below float ({100 * float_top1:.2f} %) even with "
-                f"{len(best.kept_float)} layers in float; the budget is {self.max_drop_pt} pt. Trade-offs tried:\n"
-                + text_table(["layers in float", "top-1 %", "drop pt"], rows))
+            trigger = (f"accuracy budget missed: int8 stays {best.drop_pt:.2f} pt below float with "
+                       f"{len(best.kept_float)} layers in float; the budget is {self.max_drop_pt} pt")
+            if state.emit:
+                state.emit(f"  {trigger}: quantization-aware training for {self.fallback.train.epochs} epochs")
+            qat = run_qat(state, self.fallback.data, self.fallback.ranges, self.fallback.train, trigger)
+            state.records.append(PassRecord("qat", True, qat, qat.seconds))  # it ran, as this pass's fallback
+            steps = self._search(state, data, float_top1)
+        final = steps[-1]
+        output = AccuracyBudgetOutput(self.max_drop_pt, float_top1, sum(len(y) for _, y in data), _table(steps),
+                                      tuple(final.kept_float), before)
+        if not within_budget(final.drop_pt, self.max_drop_pt):
+            raise self._missed(steps, float_top1, output)
         state.keep_float.update(final.kept_float)
-        return PassResult(state, changed=False, output=output)
+        return PassResult(state, changed=before is not None, output=output)
+
+    def _can_fall_back(self, state: CompileState) -> bool:
+        return self.fallback is not None and QAT_TRAINED not in state.facts
+
+    def _missed(self, steps: list[BudgetStep], float_top1: float, output: AccuracyBudgetOutput) -> AccuracyBudgetError:
+        best = min(steps, key=lambda s: s.drop_pt)
+        message = (f"int8 top-1 stays {best.drop_pt:.2f} pt below float ({100 * float_top1:.2f} %) even with "
+                   f"{len(best.kept_float)} layers in float; the budget is {self.max_drop_pt} pt. ")
+        if output.before_qat:
+            message += f"Trade-offs tried before QAT:\n{_rows(output.before_qat)}\nand after QAT:\n"
+        else:
+            message += "Trade-offs tried:\n"
+        hint = None
+        if self.suggest_data:
+            hint = ("pass --data DIR (training images) so quantization-aware training can run when the budget is "
+                    "missed (--qat-fallback-epochs), raise --max-drop, or use --precision fp32")
+        return AccuracyBudgetError(output=output, message=message + _rows(output.steps), hint=hint)

@@ -1,0 +1,263 @@
+"""PTQ vs QAT: the same student, the same calibration images, the same held-out images, per target.
+
+    python bench/qat_benchmark.py --data ../shared/data/cifar10/train \\
+        --student resnet8:0.625 --weights .cache/student-bench/kd/student.pt \\
+        --targets onnx-cpu,rpi4,openvino-cpu --qat-epochs 3 \\
+        --json build/qat-benchmark.json --markdown docs/qat-benchmark.md
+
+For each target, two `edgekd.api.compile` runs of the student with the teacher card's preprocessing and
+labels (examples/cifar10/model.toml): post-training quantization (EMA calibration on 512 training images,
+evenly spaced over the train split), and the same plus `--qat-epochs N` on the train split. Both score
+the float model and the emitted artifact, in the target's own runtime, on the held-out images (every
+10th image of each class: the split every edgekd training uses, so QAT never trains on them). Reported:
+float, PTQ int8 and QAT int8 top-1, the drops, and how much of the PTQ drop QAT recovers.
+
+Each compile's result is kept under --workdir, and an interrupted QAT resumes from its checkpoints, so
+the run can be stopped and restarted; finished compiles are not redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from edgekd import __version__ as EDGEKD_VERSION
+from edgekd import api
+from edgekd.data.folder import scan_image_folder, split_holdout
+from edgekd.errors import EdgekdError
+from edgekd.model_config import read_model_card
+
+TARGET_RECOVERY = 0.5  # QAT recovers at least half of the PTQ drop ...
+TARGET_GAP_PT = 0.1  # ... and ends within 0.1 pt of float
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="labelled CIFAR-10 folder (DIR/<class>/*.jpg)")
+    ap.add_argument("--card", default="examples/cifar10/model.toml", help="model card giving preprocessing and labels")
+    ap.add_argument("--student", default="resnet8:0.625", help="zoo model (default: resnet8:0.625)")
+    ap.add_argument("--weights", required=True, help="the student's state_dict (e.g. from student_benchmark.py)")
+    ap.add_argument("--targets", default="onnx-cpu,rpi4,openvino-cpu")
+    ap.add_argument("--calib-samples", type=int, default=512)
+    ap.add_argument("--calib-method", default="ema", choices=["ema", "minmax", "percentile"],
+                    help="calibration for both PTQ and QAT's starting ranges (default: ema, edgekd's default)")
+    ap.add_argument("--percentile", type=float, default=99.99)
+    ap.add_argument("--fallback-max-drop", type=float,
+                    help="also compile the first target with --max-drop this and no --qat-epochs: the accuracy "
+                         "budget's automatic QAT fallback, with its before/after search")
+    ap.add_argument("--eval-samples", type=int, default=5000, help="held-out images scored (default: all 5000)")
+    ap.add_argument("--qat-epochs", type=int, default=3)
+    ap.add_argument("--qat-lr", type=float, help="default: edgekd's")
+    ap.add_argument("--qat-ranges", default="learn", choices=["learn", "ema"])
+    ap.add_argument("--qat-images", type=int, help="train QAT on this many train-split images (spread over the "
+                                                   "classes) instead of all 45,000")
+    ap.add_argument("--workdir", default=".cache/qat-bench")
+    ap.add_argument("--json")
+    ap.add_argument("--markdown")
+    return ap.parse_args(argv)
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def spread(n: int, k: int) -> list[int]:
+    return sorted(set(np.linspace(0, n - 1, min(k, n)).round().astype(int).tolist()))
+
+
+def link_folder(root: Path, files: list[Path], classes_of: list[str]) -> Path:
+    """``root/<class>/<file>`` symlinks: an image folder edgekd reads, made of chosen files."""
+    if root.exists():
+        return root
+    tmp = root.with_name(root.name + ".tmp")
+    for f, cls in zip(files, classes_of, strict=True):
+        (tmp / cls).mkdir(parents=True, exist_ok=True)
+        (tmp / cls / f.name).symlink_to(f.resolve())
+    tmp.rename(root)
+    return root
+
+
+def class_names(folder) -> list[str]:
+    return [folder.classes[label] for label in folder.labels]
+
+
+def prepare_folders(args, workdir: Path) -> dict:
+    folder = scan_image_folder(args.data)
+    train, held = split_holdout(folder)
+    calib_idx = spread(len(train), args.calib_samples)
+    calib = train.subset(calib_idx)
+    held_idx = spread(len(held), args.eval_samples)
+    evalset = held.subset(held_idx)
+    out = {"calib": link_folder(workdir / "calib", list(calib.files), class_names(calib)),
+           "eval": link_folder(workdir / "holdout", list(evalset.files), class_names(evalset)),
+           "train": Path(args.data), "train_images": len(train), "held_images": len(held),
+           "calib_images": len(calib), "eval_images": len(evalset)}
+    if args.qat_images:
+        sub = train.subset(spread(len(train), args.qat_images))
+        # its own every-10th holdout is taken from these train-split files: QAT still never sees the eval images
+        out["train"] = link_folder(workdir / f"qat-train-{args.qat_images}", list(sub.files), class_names(sub))
+        out["train_images"] = len(sub)
+    return out
+
+
+def student_card(args, workdir: Path) -> Path:
+    """The teacher card's input and labels, with the student and its weights as the model."""
+    card = read_model_card(args.card)
+    path = workdir / "student.toml"
+    text = Path(args.card).read_text().split("[input]", 1)[1]
+    path.write_text(f'[model]\nsource = "{args.student}"\nweights = "{Path(args.weights).resolve()}"\n\n[input]{text}')
+    assert read_model_card(path).labels == card.labels
+    return path
+
+
+def compile_one(card: Path, target: str, out: Path, folders: dict, args, qat: bool | str) -> dict:
+    done = out.with_suffix(".json")
+    if done.exists():
+        return json.loads(done.read_text())
+    options = dict(precision="int8", calib=folders["calib"], calib_samples=args.calib_samples,
+                   calib_method=args.calib_method, percentile=args.percentile, eval=folders["eval"],
+                   eval_samples=args.eval_samples, skip=("sensitivity",), force=True)
+    if qat:
+        options.update(data=folders["train"], resume=True, qat_ranges=args.qat_ranges)
+        if qat == "fallback":
+            options.update(max_drop=args.fallback_max_drop, qat_fallback_epochs=args.qat_epochs, skip=())
+        else:
+            options.update(qat_epochs=args.qat_epochs)
+        if args.qat_lr is not None:
+            options["qat_lr"] = args.qat_lr
+    started = time.time()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = api.compile(api.make_config(str(card), target, out, **options),
+                            progress=lambda line: progress(f"  [{target} {'qat' if qat else 'ptq'}] {line}")).manifest
+    except EdgekdError as e:
+        return {"error": e.message}
+    acc = m["accuracy"]
+    result = {"float_top1": acc["float_top1"], "int8_top1": acc["artifact_top1"], "drop_pt": acc["drop_pt"],
+              "samples": acc["samples"], "seconds": round(time.time() - started, 1),
+              "ranges_from": m["quantization"]["ranges_from"], "fidelity": m["fidelity"],
+              "accuracy_budget": m["quantization"]["accuracy_budget"],
+              "qat": {k: v for k, v in (m.get("qat") or {}).items() if k not in ("tensor_ranges",)} or None}
+    done.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def verdict(ptq: dict, qat: dict) -> dict:
+    recovered = None if ptq["drop_pt"] <= 0 else (ptq["drop_pt"] - qat["drop_pt"]) / ptq["drop_pt"]
+    return {"recovered": recovered, "recovery_met": recovered is None or recovered >= TARGET_RECOVERY,
+            "gap_met": qat["drop_pt"] <= TARGET_GAP_PT + 1e-9}
+
+
+def table(rows: dict) -> str:
+    lines = ["| target | float top-1 % | PTQ int8 % | PTQ drop pt | QAT int8 % | QAT drop pt | PTQ drop recovered | "
+             "QAT within 0.1 pt |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for target, r in rows.items():
+        ptq, qat = r["ptq"], r.get("qat")
+        if "error" in ptq or qat is None or "error" in qat:
+            why = ptq.get("error") or (qat or {}).get("error") or "not run"
+            lines.append(f"| {target} | – | – | – | – | – | – | {why} |")
+            continue
+        v = verdict(ptq, qat)
+        rec = "no PTQ drop" if v["recovered"] is None else f"{100 * v['recovered']:.0f} %"
+        lines.append(f"| {target} | {100 * ptq['float_top1']:.2f} | {100 * ptq['int8_top1']:.2f} | "
+                     f"{ptq['drop_pt']:+.2f} | "
+                     f"{100 * qat['int8_top1']:.2f} | {qat['drop_pt']:+.2f} | {rec} | "
+                     f"{'met' if v['gap_met'] else 'NOT met'} |")
+    return "\n".join(lines)
+
+
+def fallback_text(result: dict, args) -> str:
+    """The accuracy budget's search before and after the QAT it ran, from the compile's manifest."""
+    budget = result.get("accuracy_budget")
+    if "error" in result or not budget:
+        return f"Fallback run (--max-drop {args.fallback_max_drop}): {result.get('error', 'no budget record')}"
+    rows = lambda steps: "\n".join(  # noqa: E731
+        f"| {s['kept_float']} | {100 * s['top1']:.2f} | {s['drop_pt']:+.2f} |" for s in steps)
+    head = "| layers in float | int8 top-1 % | drop pt |\n|---:|---:|---:|"
+    text = [f"--max-drop {args.fallback_max_drop}, no --qat-epochs (float top-1 {100 * budget['float_top1']:.2f} % "
+            f"on {budget['samples']} images):", ""]
+    if budget.get("before_qat"):
+        text += ["Post-training quantization, layers returned to float one by one (most sensitive first):", "",
+                 head, rows(budget["before_qat"]), "",
+                 f"missed, so QAT ran ({result['qat']['trigger']}), and the search again:", ""]
+    else:
+        text += ["Post-training quantization met it; no QAT ran:", ""]
+    text += [head, rows(budget["steps"]), "",
+             f"Shipped: int8 top-1 {100 * result['int8_top1']:.2f} % in the target's runtime (drop "
+             f"{result['drop_pt']:+.2f} pt), ranges from {result['ranges_from']}."]
+    return "\n".join(text)
+
+
+def markdown(rows: dict, args, folders: dict, command: str, fallback: dict | None = None) -> str:
+    any_qat = next((r["qat"]["qat"] for r in rows.values() if r.get("qat") and "error" not in r["qat"]), None)
+    training = any_qat["training"] if any_qat else {}
+    temperature = training.get("temperature", {}).get("start", "–")
+    kd_share = training.get("alpha", {}).get("start", "–")
+    return f"""# QAT benchmark: post-training quantization vs quantization-aware training
+
+Produced by
+
+```
+{command}
+```
+
+on {platform.processor() or platform.machine()}, edgekd {EDGEKD_VERSION}, {time.strftime('%Y-%m-%d')}.
+Student `{args.student}` (weights `{args.weights}`), preprocessing and labels of `{args.card}`.
+Calibration: {folders['calib_images']} training images evenly spaced over the train split, observer
+`{args.calib_method}`{f" at {args.percentile}" if args.calib_method == "percentile" else ""}, the same for PTQ and
+QAT (its starting ranges). Scored: {folders['eval_images']} held-out images (every 10th of each class), by each
+target's own runtime running the emitted artifact (`evaluate` pass); float is the PyTorch model on the same images.
+QAT: {args.qat_epochs} epochs on {folders['train_images']} train-split images, KD from the float student
+(temperature {temperature}, KD share {kd_share}),
+SGD lr {training.get('lr', '–')} cosine, batch {training.get('batch_size', '–')}, ranges {args.qat_ranges}
+(from the calibration), BatchNorm folded as deployed. One image is {100 / max(1, folders['eval_images']):.2f} pt.
+
+{table(rows)}
+
+Targets: QAT recovers ≥ {100 * TARGET_RECOVERY:.0f} % of the PTQ drop and ends within {TARGET_GAP_PT} pt of float.
+{chr(10) + fallback_text(fallback, args) + chr(10) if fallback else ""}"""
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    folders = prepare_folders(args, workdir)
+    card = student_card(args, workdir)
+    rows = {}
+    for target in [t for t in args.targets.split(",") if t]:
+        progress(f"{target}: post-training quantization ...")
+        rows[target] = {"ptq": compile_one(card, target, workdir / f"{target}-ptq", folders, args, qat=False)}
+        if "error" in rows[target]["ptq"]:
+            progress(f"{target}: {rows[target]['ptq']['error']}")
+            continue
+        progress(f"{target}: quantization-aware training, {args.qat_epochs} epochs ...")
+        rows[target]["qat"] = compile_one(card, target, workdir / f"{target}-qat", folders, args, qat=True)
+    fallback = None
+    if args.fallback_max_drop is not None:
+        target = next(iter(rows))
+        progress(f"{target}: --max-drop {args.fallback_max_drop} with the QAT fallback ...")
+        fallback = compile_one(card, target, workdir / f"{target}-fallback", folders, args, qat="fallback")
+    text = table(rows) + ("\n\n" + fallback_text(fallback, args) if fallback else "")
+    print("\n" + text)
+    command = "python bench/qat_benchmark.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"command": command, "folders": {k: str(v) for k, v in folders.items()},
+                                               "results": rows, "fallback": fallback}, indent=2))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(rows, args, folders, command, fallback))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
