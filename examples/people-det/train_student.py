@@ -12,6 +12,10 @@ Same data, crops, augmentation, schedule, EMA and evaluation as train_teacher.py
 loss is edgekd.distill.detection.DetectionDistillLoss: the labels' loss plus class-map KD (temperature
 ``--temperature``), box KD and neck imitation (FitNets hints through 1×1 adapters), weights below.
 
+``--resume --epochs N`` with N above the checkpoint's total stretches the cosine schedule over N epochs (the
+learning rate steps back up to where the longer cycle would be, then decays to the same floor); the record
+lists every command.
+
 Data: "Tiny people detection RPI" v1 (Roboflow Universe, workspace resq), CC BY 4.0.
 """
 
@@ -49,6 +53,12 @@ def load_teacher(path: str) -> torch.nn.Module:
     teacher.load_state_dict(torch.load(path, weights_only=True))
     teacher.decode = False
     return teacher.eval().requires_grad_(False)
+
+
+def previous_commands(out: Path) -> list[str]:
+    """Commands of a run checkpointed before the checkpoint kept them: the record it wrote, if any."""
+    record = out.with_suffix(".json")
+    return [json.loads(record.read_text())["command"]] if record.exists() else []
 
 
 def main(argv=None) -> int:
@@ -106,7 +116,8 @@ def main(argv=None) -> int:
         opt, lambda s: min(1.0, (s + 1) / args.warmup_steps) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / total))))
     ema = Ema(student, factory=build_student)
     ckpt_path = Path(args.cache_dir) / f"{Path(args.out).stem}.ckpt"
-    start, history = 0, []
+    start, history, commands = 0, [], []
+    command = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
     if args.resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=True)
         student.load_state_dict(ck["model"]); opt.load_state_dict(ck["opt"]); sched.load_state_dict(ck["sched"])
@@ -114,6 +125,7 @@ def main(argv=None) -> int:
         if loss_fn is not None:
             loss_fn.load_state_dict(ck["adapters"])
         start, history = ck["epoch"], json.loads(ck["history"])
+        commands = json.loads(ck.get("commands", "[]")) or previous_commands(Path(args.out))
         print(f"resumed after epoch {start}", flush=True)
     for epoch in range(start, args.epochs):
         rng = np.random.default_rng(args.seed * 1000 + epoch)
@@ -155,7 +167,8 @@ def main(argv=None) -> int:
         tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
         torch.save({"model": student.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                     "ema": ema.model.state_dict(), "ema_updates": ema.updates, "epoch": epoch + 1,
-                    "adapters": loss_fn.state_dict() if loss_fn is not None else {}, "history": json.dumps(history)}, tmp)
+                    "adapters": loss_fn.state_dict() if loss_fn is not None else {}, "history": json.dumps(history),
+                    "commands": json.dumps(commands + [command])}, tmp)
         tmp.replace(ckpt_path)
 
     out = Path(args.out)
@@ -163,7 +176,7 @@ def main(argv=None) -> int:
     torch.save({k: v.contiguous() for k, v in ema.model.state_dict().items()}, tmp)
     tmp.replace(out)
     evals = [h for h in history if "val" in h]
-    record = {"command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+    record = {"command": " && ".join(dict.fromkeys(commands + [command])),
               "data": ATTRIBUTION, "model": STUDENT,
               "macs": macs, "distillation": None if loss_fn is None else
               {"teacher": args.teacher, "temperature": args.temperature, "weights": loss_fn.weights},
