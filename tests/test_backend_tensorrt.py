@@ -161,6 +161,19 @@ class WithLayerNorm(nn.Module):
         return self.norm(self.conv(x))
 
 
+class WithDeterminant(nn.Module):
+    """A Det node: outside TensorRT 8.5's ONNX op table, and no canonical rewrite replaces it (LayerNorm is
+    written out in primitive ops for targets without it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y * torch.linalg.det(y[:, 0, :2, :2]).view(-1, 1, 1, 1)
+
+
 SHAPE = (1, 3, 16, 16)
 
 
@@ -170,7 +183,7 @@ def tiny(tmp_path_factory):
     np.save(d / "calib.npy", np.random.default_rng(0).standard_normal((48,) + SHAPE[1:]).astype(np.float32))
     paths = {}
     for name, make in (("dense", lambda: realistic(Tiny())), ("sparse", lambda: realistic(Tiny()).prune_2to4()),
-                       ("layernorm", lambda: realistic(WithLayerNorm()))):
+                       ("layernorm", lambda: realistic(WithLayerNorm())), ("det", lambda: realistic(WithDeterminant()))):
         torch.manual_seed(0)
         paths[name] = d / f"{name}.pt"
         torch.jit.save(torch.jit.trace(make(), torch.zeros(SHAPE)), str(paths[name]))
@@ -395,6 +408,13 @@ def test_inspect_reports_ops_outside_the_support_table(tiny):
 
 def test_compile_stops_before_calibration_on_unsupported_ops(tiny, tmp_path):
     with pytest.raises(PassFailedError) as e:
-        compile_tiny(tiny, "layernorm", "jetson-xavier", tmp_path / "ln")
+        compile_tiny(tiny, "det", "jetson-xavier", tmp_path / "det")
     assert e.value.pass_name == "check-support" and isinstance(e.value.cause, UnsupportedOpsError)
-    assert "LayerNormalization" in e.value.message
+    assert "Det" in e.value.message and not (tmp_path / "det").exists()
+
+
+def test_layernorm_compiles_written_out_in_primitive_ops(tiny, tmp_path):
+    out = compile_tiny(tiny, "layernorm", "jetson-xavier", tmp_path / "ln")
+    assert manifest_of(out)["status"] == "ok"
+    ops = {n.op_type for n in onnx.load(out / "model.onnx").graph.node}
+    assert "LayerNormalization" not in ops and {"ReduceMean", "Sqrt", "Div"} <= ops

@@ -14,7 +14,7 @@ from edgekd.models.export import export_onnx
 from edgekd.passes.fuse_conv_bn_relu import FuseConvBnReluPass
 from edgekd.qat.graph import QuantGraph, SiteRanges
 from edgekd.quant.activation_quant import FixedQuantizer, RangeQuantizer
-from edgekd.quant.calibrate import PLACEMENT, Calibration
+from edgekd.quant.calibrate import Calibration
 from edgekd.quant.fakequant import fake_quantize, fake_quantize_bias, fake_quantize_weight, range_qparams, weight_scale
 from edgekd.quant.fixed_ranges import FixedRange, with_ranges
 from edgekd.quant.placement import plan_quantization
@@ -22,6 +22,7 @@ from edgekd.quant.qparams import SCHEMES, dequantize, qparams_from_range, quanti
 from edgekd.quant.qparams import fake_quantize as np_fake_quantize
 from edgekd.quant.simulate import quantized_copy
 from edgekd.runtime import simulation_fn
+from edgekd.specs import DEFAULT_PLACEMENT as PLACEMENT
 
 SCHEME_NAMES = list(SCHEMES)
 

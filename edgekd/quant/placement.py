@@ -299,7 +299,7 @@ def _input_sites(graph: ir.Graph, data: set[ir.Value], plan: QuantPlan, ops: fro
         else:
             edges = list(enumerate(node.inputs))
         for idx, v in edges:
-            if _is_float_activation(v, data) and not _summed_in_float(v):
+            if _is_float_activation(v, data):
                 reader, at, v = _hoisted(node, idx, v, data) if hoist else (node, idx, v)
                 wanted.setdefault(v.name, set()).add((reader.name, at))
     for name, consumers in wanted.items():

@@ -81,7 +81,7 @@ def latency_config(config: CompileConfig, student: str, out: Path) -> CompileCon
         training=dataclasses.replace(config.training, student=None, sparsity=None),
         evaluation=dataclasses.replace(config.evaluation, data=None, max_drop=None),
         quantization=dataclasses.replace(config.quantization, keep_float=(), keep_float_count=0),
-        search=dataclasses.replace(config.search, latency_budget_ms=None))
+        search=dataclasses.replace(config.search, latency_budget_ms=None, device=None, inventory=None))
 
 
 def proxy_top1(config: CompileConfig, student: str, out: Path) -> float | None:
@@ -146,6 +146,6 @@ def search_students(config: CompileConfig, timing: TimingFn, device: str, compil
             progress(f"latency budget: distilling {winner.name} for {t.epochs} epoch(s)")
         final = dataclasses.replace(config, output=work / "final", force=True, bench=None,
                                     training=dataclasses.replace(t, student=winner.name),
-                                    search=dataclasses.replace(config.search, latency_budget_ms=None))
+                                    search=dataclasses.replace(config.search, latency_budget_ms=None, device=None, inventory=None))
         result = compile_fn(final)
         return ship(result.output, config, "latency_budget", record)

@@ -60,7 +60,7 @@ def candidate_config(config: CompileConfig, precision: str, out: Path) -> Compil
                                                                           keep_float_count=0)
     return dataclasses.replace(config, precision=precision, output=out, force=True, bench=None, evaluation=evaluation,
                                quantization=quantization,
-                               search=dataclasses.replace(config.search, latency_budget_ms=None))
+                               search=dataclasses.replace(config.search, latency_budget_ms=None, device=None, inventory=None))
 
 
 def choose(candidates: list[Candidate], max_drop: float) -> tuple[Candidate, str]:
