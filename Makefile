@@ -39,7 +39,7 @@ demo: $(VENV)/.base
 	$(VENV)/bin/edgekd bench $(DEMO_OUT) --device local
 	@echo; cat $(DEMO_OUT)/report.md
 
-test: $(VENV)/.test arm-board
+test: $(VENV)/.test arm-board lint
 	EDGEKD_ARM_BOARD=$(abspath $(BOARD_DIR)) $(PY) -m pytest -q
 
 # An emulated Raspberry Pi 4 for tests/test_arm_board.py (tools/arm-board.sh: aarch64 Debian bookworm, Python 3.11,
@@ -61,7 +61,6 @@ $(BOARD_STAMP):
 	else echo "arm board: BUILD FAILED (see above); the board tests skip until it builds" >&2; fi
 
 # ruff, pinned in constraints.txt: lint, then the format check; both report before the target fails.
-# Not part of `make test` yet: the code base gets one formatting sweep first.
 LINT_PATHS := edgekd tests bench examples
 $(VENV)/.lint: constraints.txt | $(PY)
 	$(PIP) install -c constraints.txt ruff

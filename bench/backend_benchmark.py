@@ -32,12 +32,21 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quant_benchmark import (card_input_overrides, export_float, fail, graph_input_name, load_folder,  # noqa: E402
-                             model_labels, preprocess_images, progress, spread_indices)
+from quant_benchmark import (
+    card_input_overrides,
+    export_float,
+    fail,
+    graph_input_name,
+    load_folder,  # noqa: E402
+    model_labels,
+    preprocess_images,
+    progress,
+    spread_indices,
+)
 
 from edgekd import api  # noqa: E402
-from edgekd.frontend import model_input  # noqa: E402
 from edgekd.bench.runner import RUNTIMES, cpu_model, summarize  # noqa: E402
+from edgekd.frontend import model_input  # noqa: E402
 from edgekd.model_config import read_model_card  # noqa: E402
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -48,8 +57,11 @@ def parse_args(argv):
     ap.add_argument("--data", required=True, help="labelled CIFAR-10 folder (calibration, and scoring the student)")
     ap.add_argument("--cifar-card", default="examples/cifar10/model.toml", help="card giving the CIFAR preprocessing")
     ap.add_argument("--cifar-student", default="resnet8:0.625", help="zoo name of the CIFAR student")
-    ap.add_argument("--cifar-weights", default=".cache/student-bench/kd/student.pt",
-                    help="its state_dict (bench/student_benchmark.py writes it)")
+    ap.add_argument(
+        "--cifar-weights",
+        default=".cache/student-bench/kd/student.pt",
+        help="its state_dict (bench/student_benchmark.py writes it)",
+    )
     ap.add_argument("--models", default="cifar,mobilenetv2", help="cifar, mobilenetv2 or both")
     ap.add_argument("--calib-samples", type=int, default=256)
     ap.add_argument("--eval-samples", type=int, default=5000, help="CIFAR holdout images scored")
@@ -57,8 +69,12 @@ def parse_args(argv):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=100, help="timed runs per artifact and repeat (after 20 warm-up runs)")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved repeats (at least 3)")
-    ap.add_argument("--before", action=argparse.BooleanOptionalAction, default=True,
-                    help="also measure edgekd's previous placements (OpenVINO outputs, ONNX Runtime int8 activations)")
+    ap.add_argument(
+        "--before",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure edgekd's previous placements (OpenVINO outputs, ONNX Runtime int8 activations)",
+    )
     ap.add_argument("--onnx2tf", default=".venv-onnx2tf/bin/onnx2tf", help="'none': leave the onnx2tf rows out")
     ap.add_argument("--workdir", default=".cache/backend-bench")
     ap.add_argument("--json")
@@ -68,10 +84,20 @@ def parse_args(argv):
 
 # ----------------------------------------------------------------------------- models and inputs
 
+
 def write_card(workdir: Path, name: str, source: str, weights: str | None, shape, mean, std, labels=None) -> Path:
     lines = ["[model]", f'source = "{source}"'] + ([f'weights = "{Path(weights).resolve()}"'] if weights else [])
-    lines += ["", "[input]", 'name = "input"', f"shape = {list(shape)}", f"mean = {mean}", f"std = {std}",
-              "scale = 0.00392156862745098", 'channel_order = "RGB"', 'layout = "NCHW"']
+    lines += [
+        "",
+        "[input]",
+        'name = "input"',
+        f"shape = {list(shape)}",
+        f"mean = {mean}",
+        f"std = {std}",
+        "scale = 0.00392156862745098",
+        'channel_order = "RGB"',
+        'layout = "NCHW"',
+    ]
     if labels:
         lines += ["", "[labels]", "names = [" + ", ".join(f'"{n}"' for n in labels) + "]"]
     path = workdir / f"{name}.toml"
@@ -84,10 +110,20 @@ def model_cards(args, workdir: Path) -> dict[str, Path]:
     cards = {}
     if "cifar" in args.models:
         if not Path(args.cifar_weights).exists():
-            fail(f"--cifar-weights {args.cifar_weights} does not exist; run bench/student_benchmark.py first "
-                 "or pass a state_dict of --cifar-student")
-        cards["cifar"] = write_card(workdir, "cifar", args.cifar_student, args.cifar_weights, cifar.input["shape"],
-                                    cifar.input["mean"], cifar.input["std"], cifar.labels)
+            fail(
+                f"--cifar-weights {args.cifar_weights} does not exist; run bench/student_benchmark.py first "
+                "or pass a state_dict of --cifar-student"
+            )
+        cards["cifar"] = write_card(
+            workdir,
+            "cifar",
+            args.cifar_student,
+            args.cifar_weights,
+            cifar.input["shape"],
+            cifar.input["mean"],
+            cifar.input["std"],
+            cifar.labels,
+        )
     if "mobilenetv2" in args.models:
         cards["mobilenetv2"] = write_card(workdir, "mobilenetv2", "mobilenetv2", None, [1, 3, 224, 224], **IMAGENET)
     return cards
@@ -95,24 +131,38 @@ def model_cards(args, workdir: Path) -> dict[str, Path]:
 
 # ----------------------------------------------------------------------------- compilers
 
+
 def timed(fn):
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
 
 
-def edgekd_compile(float_onnx: Path, card: Path, target: str, calib_npy: Path, out: Path,
-                   precision: str = "int8") -> Path:
-    config = api.make_config(str(float_onnx), target, out, precision=precision, calib=calib_npy, force=True,
-                             skip=("sensitivity",), **card_input_overrides(read_model_card(card)))
+def edgekd_compile(
+    float_onnx: Path, card: Path, target: str, calib_npy: Path, out: Path, precision: str = "int8"
+) -> Path:
+    config = api.make_config(
+        str(float_onnx),
+        target,
+        out,
+        precision=precision,
+        calib=calib_npy,
+        force=True,
+        skip=("sensitivity",),
+        **card_input_overrides(read_model_card(card)),
+    )
     result = api.compile(config)
     return result.output / result.manifest["artifact"]["model_file"]
 
 
 # edgekd's placements before per-runtime placement (commit 3521a8c): a spec edit reproduces each.
-BEFORE = {"openvino-cpu": [('placement = "quantizable-inputs"', 'placement = "outputs"')],
-          "onnx-cpu": [('activations = "asymmetric-uint8"', 'activations = "asymmetric-int8"'),
-                       ('placement = "qlinear"', 'placement = "outputs"')]}
+BEFORE = {
+    "openvino-cpu": [('placement = "quantizable-inputs"', 'placement = "outputs"')],
+    "onnx-cpu": [
+        ('activations = "asymmetric-uint8"', 'activations = "asymmetric-int8"'),
+        ('placement = "qlinear"', 'placement = "outputs"'),
+    ],
+}
 
 
 def before_spec(target: str, workdir: Path) -> str:
@@ -128,8 +178,9 @@ def before_spec(target: str, workdir: Path) -> str:
     return str(path)
 
 
-def onnx2tf_convert(exe: str, float_onnx: Path, calib_nhwc: Path, mean, std, out: Path,
-                    sample_images: np.ndarray) -> dict[str, Path]:
+def onnx2tf_convert(
+    exe: str, float_onnx: Path, calib_nhwc: Path, mean, std, out: Path, sample_images: np.ndarray
+) -> dict[str, Path]:
     """onnx2tf -oiqt: float32 and full-integer TFLite, calibrated by TF's converter on our images.
 
     onnx2tf checks its conversion on 20 sample images that it downloads unless the file is in its working
@@ -137,8 +188,19 @@ def onnx2tf_convert(exe: str, float_onnx: Path, calib_nhwc: Path, mean, std, out
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "calibration_image_sample_data_20x128x128x3_float32.npy", sample_images.astype(np.float32))
     name = graph_input_name(float_onnx)
-    cmd = [str(Path(exe).absolute()), "-i", str(float_onnx.resolve()), "-o", str(out.resolve()), "-oiqt", "-cind", name,
-           str(calib_nhwc.resolve()), json.dumps([[[[m for m in mean]]]]), json.dumps([[[[s for s in std]]]])]
+    cmd = [
+        str(Path(exe).absolute()),
+        "-i",
+        str(float_onnx.resolve()),
+        "-o",
+        str(out.resolve()),
+        "-oiqt",
+        "-cind",
+        name,
+        str(calib_nhwc.resolve()),
+        json.dumps([[[[m for m in mean]]]]),
+        json.dumps([[[[s for s in std]]]]),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=out)
     if proc.returncode:
         fail(f"onnx2tf failed ({proc.returncode}): {proc.stderr[-2000:] or proc.stdout[-2000:]}")
@@ -166,6 +228,7 @@ def openvino_fp32(float_onnx: Path, out: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- measuring
+
 
 class Runner:
     """One artifact in its runtime: float NCHW images in, float logits out, whatever its I/O layout and dtype."""
@@ -218,8 +281,14 @@ def interleaved_latency(runners: dict[str, Runner], x: np.ndarray, repeats: int,
     out = {}
     for name, reps in per.items():
         p50s = [s["p50_ms"] for s in reps]
-        out[name] = {"p50_ms": float(np.median(p50s)), "p50_per_repeat": p50s, "p50_range": [min(p50s), max(p50s)],
-                     "p90_ms": float(np.median([s["p90_ms"] for s in reps])), "runs": runs, "repeats": repeats}
+        out[name] = {
+            "p50_ms": float(np.median(p50s)),
+            "p50_per_repeat": p50s,
+            "p50_range": [min(p50s), max(p50s)],
+            "p90_ms": float(np.median([s["p90_ms"] for s in reps])),
+            "runs": runs,
+            "repeats": repeats,
+        }
     return out
 
 
@@ -238,17 +307,23 @@ def cpu_peak_gmacs(threads: int) -> dict:
     lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
     int8_per_lane = 4 if ("avx512_vnni" in flags or "avx_vnni" in flags) else 2
     ghz = mhz / 1000
-    return {"ghz": ghz, "simd_fp32_lanes": lanes, "vnni": int8_per_lane == 4,
-            "fp32": threads * ghz * 2 * lanes, "int8": threads * ghz * 2 * lanes * int8_per_lane}
+    return {
+        "ghz": ghz,
+        "simd_fp32_lanes": lanes,
+        "vnni": int8_per_lane == 4,
+        "fp32": threads * ghz * 2 * lanes,
+        "int8": threads * ghz * 2 * lanes * int8_per_lane,
+    }
 
 
 # ----------------------------------------------------------------------------- one model
 
+
 def bench_model(key: str, card: Path, args, train, val, workdir: Path) -> dict:
     import torch
 
-    from edgekd.models.profile import profile
     from edgekd.models.load import load_model
+    from edgekd.models.profile import profile
 
     c = read_model_card(card)
     out = workdir / f"{key}-work"  # not just key: a card source "mobilenetv2" would resolve to the folder
@@ -277,21 +352,34 @@ def bench_model(key: str, card: Path, args, train, val, workdir: Path) -> dict:
         artifacts[name], compile_s[compile_key or name] = timed(fn)
 
     add("edgekd tflite int8", lambda: edgekd_compile(float_copy, card, "rpi4", calib_npy, out / "edgekd-rpi4"))
-    add("edgekd tflite fp32", lambda: edgekd_compile(float_copy, card, "rpi4", calib_npy, out / "edgekd-rpi4-fp32",
-                                                     "fp32"))
-    add("edgekd openvino int8", lambda: edgekd_compile(float_copy, card, "openvino-cpu", calib_npy,
-                                                       out / "edgekd-openvino"))
+    add(
+        "edgekd tflite fp32",
+        lambda: edgekd_compile(float_copy, card, "rpi4", calib_npy, out / "edgekd-rpi4-fp32", "fp32"),
+    )
+    add(
+        "edgekd openvino int8",
+        lambda: edgekd_compile(float_copy, card, "openvino-cpu", calib_npy, out / "edgekd-openvino"),
+    )
     add("edgekd onnxruntime int8", lambda: edgekd_compile(float_copy, card, "onnx-cpu", calib_npy, out / "edgekd-ort"))
     if args.before:
-        add("edgekd openvino int8, before", lambda: edgekd_compile(
-            float_copy, card, before_spec("openvino-cpu", out), calib_npy, out / "edgekd-openvino-before"))
-        add("edgekd onnxruntime int8, before", lambda: edgekd_compile(
-            float_copy, card, before_spec("onnx-cpu", out), calib_npy, out / "edgekd-ort-before"))
+        add(
+            "edgekd openvino int8, before",
+            lambda: edgekd_compile(
+                float_copy, card, before_spec("openvino-cpu", out), calib_npy, out / "edgekd-openvino-before"
+            ),
+        )
+        add(
+            "edgekd onnxruntime int8, before",
+            lambda: edgekd_compile(
+                float_copy, card, before_spec("onnx-cpu", out), calib_npy, out / "edgekd-ort-before"
+            ),
+        )
     if args.onnx2tf != "none":
         progress(f"[{key}] onnx2tf -oiqt (this is the slow one)")
         samples = np.stack([read_rgb(train.files[i], (128, 128)) for i in spread_indices(len(train), 20)]) / 255.0
-        o2t, compile_s["onnx2tf"] = timed(lambda: onnx2tf_convert(args.onnx2tf, float_copy, raw_nhwc, pre.mean,
-                                                                  pre.std, out / "onnx2tf", samples))
+        o2t, compile_s["onnx2tf"] = timed(
+            lambda: onnx2tf_convert(args.onnx2tf, float_copy, raw_nhwc, pre.mean, pre.std, out / "onnx2tf", samples)
+        )
         artifacts["onnx2tf tflite int8"], artifacts["onnx2tf tflite fp32"] = o2t["int8"], o2t["fp32"]
         compile_s["onnx2tf tflite int8"] = compile_s["onnx2tf tflite fp32"] = compile_s["onnx2tf"]
     add("nncf openvino int8", lambda: nncf_quantize(float_copy, calib, out))
@@ -313,37 +401,52 @@ def bench_model(key: str, card: Path, args, train, val, workdir: Path) -> dict:
         progress(f"[{key}] scoring {name}")
         logits = runners[name].logits(xs)
         pred = logits.argmax(1)
-        rows[name] = {"path": str(path), "bytes": path.stat().st_size + (path.with_suffix(".bin").stat().st_size
-                                                                         if path.suffix == ".xml" else 0),
-                      "compile_s": compile_s[name],
-                      "top1": float((pred == labels).mean() * 100) if labels is not None else None,
-                      "agreement": float((pred == float_pred).mean() * 100),
-                      # random weights give near-tied logits, so top-1 agreement says little there: SQNR does
-                      "sqnr_db": float(10 * np.log10((float_logits ** 2).sum()
-                                                     / max(((logits - float_logits) ** 2).sum(), 1e-30)))}
+        rows[name] = {
+            "path": str(path),
+            "bytes": path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0),
+            "compile_s": compile_s[name],
+            "top1": float((pred == labels).mean() * 100) if labels is not None else None,
+            "agreement": float((pred == float_pred).mean() * 100),
+            # random weights give near-tied logits, so top-1 agreement says little there: SQNR does
+            "sqnr_db": float(10 * np.log10((float_logits**2).sum() / max(((logits - float_logits) ** 2).sum(), 1e-30))),
+        }
     progress(f"[{key}] latency: {len(runners)} artifacts, {args.repeats} interleaved repeats of {args.runs} runs")
     for name, lat in interleaved_latency(runners, xs[:1], args.repeats, args.runs).items():
         precision = "int8" if "int8" in name else "fp32"
-        rows[name].update(latency=lat, gmacs=macs / lat["p50_ms"] / 1e6,
-                          peak_fraction=macs / lat["p50_ms"] / 1e6 / peak[precision])
-    return {"model": c.source, "macs": macs, "float_top1": float((float_pred == labels).mean() * 100)
-            if labels is not None else None, "artifacts": rows, "peak": peak}
+        rows[name].update(
+            latency=lat, gmacs=macs / lat["p50_ms"] / 1e6, peak_fraction=macs / lat["p50_ms"] / 1e6 / peak[precision]
+        )
+    return {
+        "model": c.source,
+        "macs": macs,
+        "float_top1": float((float_pred == labels).mean() * 100) if labels is not None else None,
+        "artifacts": rows,
+        "peak": peak,
+    }
 
 
 # ----------------------------------------------------------------------------- report
 
+
 def model_table(r: dict) -> str:
     acc_head = "holdout top-1" if r["float_top1"] is not None else "SQNR vs float"
-    lines = [f"| artifact | compile | size | {acc_head} | p50 latency (range over repeats) | p90 | GMAC/s | of peak |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"| artifact | compile | size | {acc_head} | p50 latency (range over repeats) | p90 | GMAC/s | of peak |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, row in r["artifacts"].items():
-        acc = f"{row['top1']:.2f} %" if row["top1"] is not None else (
-            f"{row['sqnr_db']:.1f} dB" if row["sqnr_db"] < 200 else "exact")
+        acc = (
+            f"{row['top1']:.2f} %"
+            if row["top1"] is not None
+            else (f"{row['sqnr_db']:.1f} dB" if row["sqnr_db"] < 200 else "exact")
+        )
         lat = row["latency"]
         lo, hi = lat["p50_range"]
-        lines.append(f"| {name} | {row['compile_s']:.1f} s | {row['bytes'] / 1024:.0f} KiB | {acc} | "
-                     f"{lat['p50_ms']:.3f} ms ({lo:.3f}–{hi:.3f}) | {lat['p90_ms']:.3f} ms | {row['gmacs']:.1f} | "
-                     f"{row['peak_fraction'] * 100:.1f} % |")
+        lines.append(
+            f"| {name} | {row['compile_s']:.1f} s | {row['bytes'] / 1024:.0f} KiB | {acc} | "
+            f"{lat['p50_ms']:.3f} ms ({lo:.3f}–{hi:.3f}) | {lat['p90_ms']:.3f} ms | {row['gmacs']:.1f} | "
+            f"{row['peak_fraction'] * 100:.1f} % |"
+        )
     return "\n".join(lines)
 
 
@@ -368,8 +471,11 @@ def ratio_line(r: dict, label: str, a: str, b: str, speedup: bool = False, targe
         op, value = target
         met = q.high <= value if op == "<=" else q.low >= value
         median_met = q.median <= value if op == "<=" else q.median >= value
-        verdict = "met" if met else ("NOT met (the median meets it, not every repeat: within noise)" if median_met
-                                     else "NOT met")
+        verdict = (
+            "met"
+            if met
+            else ("NOT met (the median meets it, not every repeat: within noise)" if median_met else "NOT met")
+        )
         text += f" (target {op} {value}: {verdict})"
     return text
 
@@ -377,23 +483,52 @@ def ratio_line(r: dict, label: str, a: str, b: str, speedup: bool = False, targe
 def ratios(r: dict) -> list[str]:
     a = r["artifacts"]
     lines = [
-        ratio_line(r, "OpenVINO int8 latency, edgekd / NNCF", "edgekd openvino int8", "nncf openvino int8",
-                   target=("<=", 0.95)),
-        ratio_line(r, "OpenVINO int8 latency before this change (Q/DQ on every output) / NNCF",
-                   "edgekd openvino int8, before", "nncf openvino int8"),
-        ratio_line(r, "int8 speed-up over fp32, OpenVINO (edgekd int8 vs fp32 IR)", "edgekd openvino int8",
-                   "openvino fp32", speedup=True, target=(">=", 1.3)),
+        ratio_line(
+            r, "OpenVINO int8 latency, edgekd / NNCF", "edgekd openvino int8", "nncf openvino int8", target=("<=", 0.95)
+        ),
+        ratio_line(
+            r,
+            "OpenVINO int8 latency before this change (Q/DQ on every output) / NNCF",
+            "edgekd openvino int8, before",
+            "nncf openvino int8",
+        ),
+        ratio_line(
+            r,
+            "int8 speed-up over fp32, OpenVINO (edgekd int8 vs fp32 IR)",
+            "edgekd openvino int8",
+            "openvino fp32",
+            speedup=True,
+            target=(">=", 1.3),
+        ),
         ratio_line(r, "int8 speed-up over fp32, OpenVINO, NNCF", "nncf openvino int8", "openvino fp32", speedup=True),
-        ratio_line(r, "int8 speed-up over fp32, LiteRT (edgekd int8 vs edgekd fp32)", "edgekd tflite int8",
-                   "edgekd tflite fp32", speedup=True, target=(">=", 1.3)),
-        ratio_line(r, "int8 speed-up over fp32, LiteRT, onnx2tf", "onnx2tf tflite int8", "onnx2tf tflite fp32",
-                   speedup=True),
-        ratio_line(r, "TFLite int8 latency, edgekd / onnx2tf", "edgekd tflite int8", "onnx2tf tflite int8",
-                   target=("<=", 1.0)),
-        ratio_line(r, "int8 speed-up over fp32, ONNX Runtime (edgekd int8 vs the float ONNX)",
-                   "edgekd onnxruntime int8", "onnxruntime fp32", speedup=True),
-        ratio_line(r, "int8 speed-up over fp32, ONNX Runtime, before this change (int8 activations)",
-                   "edgekd onnxruntime int8, before", "onnxruntime fp32", speedup=True),
+        ratio_line(
+            r,
+            "int8 speed-up over fp32, LiteRT (edgekd int8 vs edgekd fp32)",
+            "edgekd tflite int8",
+            "edgekd tflite fp32",
+            speedup=True,
+            target=(">=", 1.3),
+        ),
+        ratio_line(
+            r, "int8 speed-up over fp32, LiteRT, onnx2tf", "onnx2tf tflite int8", "onnx2tf tflite fp32", speedup=True
+        ),
+        ratio_line(
+            r, "TFLite int8 latency, edgekd / onnx2tf", "edgekd tflite int8", "onnx2tf tflite int8", target=("<=", 1.0)
+        ),
+        ratio_line(
+            r,
+            "int8 speed-up over fp32, ONNX Runtime (edgekd int8 vs the float ONNX)",
+            "edgekd onnxruntime int8",
+            "onnxruntime fp32",
+            speedup=True,
+        ),
+        ratio_line(
+            r,
+            "int8 speed-up over fp32, ONNX Runtime, before this change (int8 activations)",
+            "edgekd onnxruntime int8, before",
+            "onnxruntime fp32",
+            speedup=True,
+        ),
     ]
     out = [line for line in lines if line]
     if r["float_top1"] is not None:
@@ -408,12 +543,21 @@ def write_markdown(args, command: str, peak: dict, load: dict, text: str) -> Non
 
     versions = []
     if args.onnx2tf != "none":
-        versions = subprocess.run([str(Path(args.onnx2tf).parent / "python"), "-c",
-                                   "import onnx2tf, tensorflow as tf; print(onnx2tf.__version__, tf.__version__)"],
-                                  capture_output=True, text=True).stdout.split()
+        versions = subprocess.run(
+            [
+                str(Path(args.onnx2tf).parent / "python"),
+                "-c",
+                "import onnx2tf, tensorflow as tf; print(onnx2tf.__version__, tf.__version__)",
+            ],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
     tf = versions[1] if len(versions) > 1 else "?"
-    onnx2tf = (f"onnx2tf {versions[0] if versions else '?'} (with TensorFlow {tf}, its own venv)"
-               if args.onnx2tf != "none" else "onnx2tf not run (--onnx2tf none)")
+    onnx2tf = (
+        f"onnx2tf {versions[0] if versions else '?'} (with TensorFlow {tf}, its own venv)"
+        if args.onnx2tf != "none"
+        else "onnx2tf not run (--onnx2tf none)"
+    )
     import onnxruntime
 
     la = lambda t: ", ".join(f"{v:.1f}" for v in t)  # noqa: E731
@@ -427,12 +571,12 @@ Produced by
 ```
 
 on **{cpu_model() or platform.processor()}** ({os.cpu_count()} cores; peak at {args.threads} threads and
-{peak['ghz']:.2f} GHz: {peak['fp32']:.0f} GMAC/s fp32, {peak['int8']:.0f} GMAC/s int8{' with VNNI' if peak['vnni'] else ''}),
+{peak["ghz"]:.2f} GHz: {peak["fp32"]:.0f} GMAC/s fp32, {peak["int8"]:.0f} GMAC/s int8{" with VNNI" if peak["vnni"] else ""}),
 batch 1, {args.threads} threads. Latency: every artifact timed in turn within each of {args.repeats} repeats
 (interleaved) of {args.runs} runs after 20 warm-up runs; the table gives the median of the per-repeat p50s and
 their range, a ratio is the median of the per-repeat ratios with their range [min, max]. A target counts as
-met only when the whole range meets it. Load average (1, 5, 15 min) at the start: {la(load['start'])}; at
-the end: {la(load['end'])} — the machine is shared; a wide range means the load moved during the run.
+met only when the whole range meets it. Load average (1, 5, 15 min) at the start: {la(load["start"])}; at
+the end: {la(load["end"])} — the machine is shared; a wide range means the load moved during the run.
 LiteRT with XNNPACK (its default); OpenVINO CPU plugin with f32 inference precision pinned; ONNX Runtime
 {onnxruntime.__version__} CPU provider, all graph optimizations. Every path starts from the same float ONNX
 (edgekd's fp32 compile, BatchNorm folded) and the same {args.calib_samples} calibration images.
@@ -465,17 +609,22 @@ def main(argv=None) -> int:
     load["end"] = os.getloadavg()
     command = "python bench/backend_benchmark.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     peak = next(iter(results.values()))["peak"]
-    titles = {"cifar": f"CIFAR-10 model `{args.cifar_student}` (32×32)",
-              "mobilenetv2": "MobileNetV2-1.0, 224×224, random weights"}
+    titles = {
+        "cifar": f"CIFAR-10 model `{args.cifar_student}` (32×32)",
+        "mobilenetv2": "MobileNetV2-1.0, 224×224, random weights",
+    }
     sections = []
     for key, r in results.items():
-        sections.append(f"## {titles[key]} — {r['macs'] / 1e6:.1f} M MACs\n\n{model_table(r)}\n\n" + "\n".join(ratios(r)))
+        sections.append(
+            f"## {titles[key]} — {r['macs'] / 1e6:.1f} M MACs\n\n{model_table(r)}\n\n" + "\n".join(ratios(r))
+        )
     text = "\n\n".join(sections)
     print(text)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"command": command, "load_average": load, "results": results},
-                                              indent=2, default=str))
+        Path(args.json).write_text(
+            json.dumps({"command": command, "load_average": load, "results": results}, indent=2, default=str)
+        )
     if args.markdown:
         write_markdown(args, command, peak, load, text)
     return 0

@@ -48,8 +48,15 @@ def float_row(name: str, data: Path) -> dict:
     prof = profile(model, (1, 3, SIZE, SIZE))
     pre = Preprocess(size=(SIZE, SIZE), resize="letterbox")
     m = evaluate(torch_reference(model), load_detection_set(data, "val"), pre, batch=4)
-    return {"model": name, "stage": "float (torch)", "params": prof.params, "macs": prof.macs,
-            "bytes": weights.stat().st_size, "map50": m.map50, "map50_95": m.map50_95}
+    return {
+        "model": name,
+        "stage": "float (torch)",
+        "params": prof.params,
+        "macs": prof.macs,
+        "bytes": weights.stat().st_size,
+        "map50": m.map50,
+        "map50_95": m.map50_95,
+    }
 
 
 def int8_row(name: str, target: str, data: Path, workdir: Path, iterations: int, skip: tuple[str, ...]) -> dict:
@@ -59,17 +66,35 @@ def int8_row(name: str, target: str, data: Path, workdir: Path, iterations: int,
         return json.loads(record.read_text())
     calib = data.parent / "train" / "images"
     t0 = time.time()
-    result = api.compile(api.make_config(str(MODELS[name][2]), target, out, precision="int8", calib=calib, eval=data,
-                                         force=True, skip=skip, calib_batch=4))  # batch 32 at 640: 18.8 GB, OOM
+    result = api.compile(
+        api.make_config(
+            str(MODELS[name][2]),
+            target,
+            out,
+            precision="int8",
+            calib=calib,
+            eval=data,
+            force=True,
+            skip=skip,
+            calib_batch=4,
+        )
+    )  # batch 32 at 640: 18.8 GB, OOM
     seconds = time.time() - t0
     m = result.manifest
     acc = m["accuracy"]
-    row = {"model": name, "stage": f"int8 {target}", "params": (m.get("profile") or {}).get("params"),
-           "macs": (m.get("profile") or {}).get("macs"), "bytes": sum(f["bytes"] for f in m["files"]
-                                                                  if f["path"] == m["artifact"]["model_file"]),
-           "map50": acc["artifact"]["map50"], "map50_95": acc["artifact"]["map50_95"],
-           "sim_map50": acc.get("simulation", {}).get("map50"), "float_map50": acc["float"]["map50"],
-           "compile_s": seconds, "runtime": m["artifact"]["runtime"]}
+    row = {
+        "model": name,
+        "stage": f"int8 {target}",
+        "params": (m.get("profile") or {}).get("params"),
+        "macs": (m.get("profile") or {}).get("macs"),
+        "bytes": sum(f["bytes"] for f in m["files"] if f["path"] == m["artifact"]["model_file"]),
+        "map50": acc["artifact"]["map50"],
+        "map50_95": acc["artifact"]["map50_95"],
+        "sim_map50": acc.get("simulation", {}).get("map50"),
+        "float_map50": acc["float"]["map50"],
+        "compile_s": seconds,
+        "runtime": m["artifact"]["runtime"],
+    }
     try:
         from edgekd.bench.session import BenchSettings
 
@@ -82,19 +107,31 @@ def int8_row(name: str, target: str, data: Path, workdir: Path, iterations: int,
 
 
 def markdown(rows: list[dict], command: str) -> str:
-    lines = ["# Detection benchmark: people-det", "", "Produced by", "", "```", command, "```", "",
-             f"on {platform.machine()}, torch {torch.__version__}. Data: \"Tiny people detection RPI\" v1 (Roboflow "
-             "Universe, workspace resq; repository projectaeroaiml/human_rpi), CC BY 4.0; mAP on the 153 `valid/` "
-             "images at 640 × 640 (COCO mAP by faster-coco-eval, ≤ 300 detections per image, NMS IoU 0.7, conf 0.001). "
-             "Anchor: YOLO11n (Ultralytics), 50 epochs at 640, on the same split: mAP50 0.194, mAP50-95 0.067.", "",
-             "| model | stage | params | MACs @640 | file | mAP50 | mAP50-95 | vs float mAP50 | p50 latency | compile |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# Detection benchmark: people-det",
+        "",
+        "Produced by",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f'on {platform.machine()}, torch {torch.__version__}. Data: "Tiny people detection RPI" v1 (Roboflow '
+        "Universe, workspace resq; repository projectaeroaiml/human_rpi), CC BY 4.0; mAP on the 153 `valid/` "
+        "images at 640 × 640 (COCO mAP by faster-coco-eval, ≤ 300 detections per image, NMS IoU 0.7, conf 0.001). "
+        "Anchor: YOLO11n (Ultralytics), 50 epochs at 640, on the same split: mAP50 0.194, mAP50-95 0.067.",
+        "",
+        "| model | stage | params | MACs @640 | file | mAP50 | mAP50-95 | vs float mAP50 | p50 latency | compile |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         rel = f"{r['map50'] / r['float_map50']:.1%}" if r.get("float_map50") else "—"
         lat = f"{r['p50_ms']:.1f} ms" if r.get("p50_ms") else "—"
         comp = f"{r['compile_s']:.0f} s" if r.get("compile_s") else "—"
-        lines.append(f"| {r['model']} | {r['stage']} | {r['params']:,} | {r['macs'] / 1e9:.2f} G | "
-                     f"{r['bytes'] / 1024:.0f} KiB | {r['map50']:.4f} | {r['map50_95']:.4f} | {rel} | {lat} | {comp} |")
+        lines.append(
+            f"| {r['model']} | {r['stage']} | {r['params']:,} | {r['macs'] / 1e9:.2f} G | "
+            f"{r['bytes'] / 1024:.0f} KiB | {r['map50']:.4f} | {r['map50_95']:.4f} | {rel} | {lat} | {comp} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -105,9 +142,12 @@ def main(argv=None) -> int:
     ap.add_argument("--int8-models", default="teacher,student-kd")
     ap.add_argument("--targets", default="onnx-cpu,openvino-cpu,rpi4,jetson-xavier")
     ap.add_argument("--bench-iterations", type=int, default=20)
-    ap.add_argument("--skip", default="sensitivity",
-                    help="compile passes to skip (sensitivity ranks layers for --keep-float N, which this does not use; "
-                         "at 640 it took 28 min for the teacher on 2 busy cores)")
+    ap.add_argument(
+        "--skip",
+        default="sensitivity",
+        help="compile passes to skip (sensitivity ranks layers for --keep-float N, which this does not use; "
+        "at 640 it took 28 min for the teacher on 2 busy cores)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
@@ -117,8 +157,16 @@ def main(argv=None) -> int:
     rows = [float_row(name, args.data) for name, (_, weights, _) in MODELS.items() if weights.exists()]
     for name in args.int8_models.split(","):
         for target in args.targets.split(","):
-            rows.append(int8_row(name, target, args.data, args.workdir, args.bench_iterations,
-                                 tuple(s for s in args.skip.split(",") if s)))
+            rows.append(
+                int8_row(
+                    name,
+                    target,
+                    args.data,
+                    args.workdir,
+                    args.bench_iterations,
+                    tuple(s for s in args.skip.split(",") if s),
+                )
+            )
             print(json.dumps(rows[-1]), flush=True)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     text = markdown(rows, command)

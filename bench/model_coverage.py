@@ -42,8 +42,12 @@ LIGHT_SHAPE = (1, 3, 224, 224)
 VARIANTS = {"opset11-dynamic": (11, True), "opset13": (13, False), "opset17": (17, False)}
 VAL = ROOT / "examples" / "cifar10" / "val"
 BUILDERS: dict[Path, object] = {}  # model files made on first use
-BEFORE = {"commit": "2466d7a", "int8_ok": 0, "int8_cells": 25,
-          "cells": "light resnet50, densenet121, inception_v1, shufflenet, squeezenet × the five targets"}
+BEFORE = {
+    "commit": "2466d7a",
+    "int8_ok": 0,
+    "int8_cells": 25,
+    "cells": "light resnet50, densenet121, inception_v1, shufflenet, squeezenet × the five targets",
+}
 
 
 def _images(source: Path, shape, limit: int) -> np.ndarray:
@@ -79,11 +83,21 @@ def _arch_model(arch: str, shape, calib: Path, work: Path, epochs: int):
 
 def model_files(kinds: list[str], work: Path, calib: Path, only: str | None, epochs: int) -> dict[str, tuple]:
     """Name → (ONNX file, input shape, is a classifier) for every model asked for."""
-    from conformance_models import ARCHITECTURES, DENSE_OUTPUTS, LIGHT_MODELS, SHAPES, export, light_model_dir, \
-        realistic_light_model
+    from conformance_models import (
+        ARCHITECTURES,
+        DENSE_OUTPUTS,
+        LIGHT_MODELS,
+        SHAPES,
+        export,
+        light_model_dir,
+        realistic_light_model,
+    )
 
     out: dict[str, tuple] = {}
-    wanted = (lambda name: only is None or only in name)
+
+    def wanted(name: str) -> bool:
+        return only is None or only in name
+
     if "arch" in kinds:
         for arch in ARCHITECTURES:
             shape = SHAPES.get(arch, ARCH_SHAPE)
@@ -108,8 +122,9 @@ def model_files(kinds: list[str], work: Path, calib: Path, only: str | None, epo
                 continue
             path = work / f"light_{name}_realistic.onnx"
             if not path.exists():  # built when its first cell comes up (slow for VGG-19's 548 MB)
-                BUILDERS[path] = (lambda name=name, path=path: realistic_light_model(
-                    name, path, _images(calib, LIGHT_SHAPE, 8)))
+                BUILDERS[path] = lambda name=name, path=path: realistic_light_model(
+                    name, path, _images(calib, LIGHT_SHAPE, 8)
+                )
             out[key] = (path, LIGHT_SHAPE, True)
     return out
 
@@ -122,8 +137,8 @@ def vs_float(artifact_run, source: Path, images: np.ndarray, classifier: bool) -
     float_run = onnx_run_fn(ort_session(source, threads=2))
     got, want = [], []
     for i in range(len(images)):  # one at a time: artifacts keep the batch of 1 they were compiled for
-        got.append(artifact_run(images[i:i + 1]))
-        want.append(float_run(images[i:i + 1]))
+        got.append(artifact_run(images[i : i + 1]))
+        want.append(float_run(images[i : i + 1]))
     ref = np.concatenate([o.ravel() for outs in want for o in outs])
     test = np.concatenate([o.ravel() for outs in got for o in outs])
     out = {"images": len(images), "sqnr_db": round(float(sqnr_db(ref, test)), 2)}
@@ -134,37 +149,70 @@ def vs_float(artifact_run, source: Path, images: np.ndarray, classifier: bool) -
     return out
 
 
-def compile_cell(path: Path, shape, classifier: bool, target: str, precision: str, calib: Path, samples: int,
-                 val: np.ndarray, skip: tuple[str, ...] = ("sensitivity",)) -> dict:
+def compile_cell(
+    path: Path,
+    shape,
+    classifier: bool,
+    target: str,
+    precision: str,
+    calib: Path,
+    samples: int,
+    val: np.ndarray,
+    skip: tuple[str, ...] = ("sensitivity",),
+) -> dict:
     from edgekd import api
     from edgekd.backends import get_backend
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         try:
-            result = api.compile(api.make_config(
-                str(path), target, Path(tmp) / "out", input_shape=shape, precision=precision, calib=calib,
-                calib_samples=samples, sensitivity_samples=16, verify_samples=8, skip=skip))
+            result = api.compile(
+                api.make_config(
+                    str(path),
+                    target,
+                    Path(tmp) / "out",
+                    input_shape=shape,
+                    precision=precision,
+                    calib=calib,
+                    calib_samples=samples,
+                    sensitivity_samples=16,
+                    verify_samples=8,
+                    skip=skip,
+                )
+            )
         except Exception as e:  # every failure is a result here: the matrix records it
             lines = str(e).splitlines() or [type(e).__name__]
-            named = type(e).__name__ == "PassFailedError" and type(getattr(e, "cause", None)).__module__ == "edgekd.errors"
-            return {"status": "refused", "error": type(getattr(e, "cause", e)).__name__, "named": named,
-                    "reason": "\n".join(lines[:4])[:700], "seconds": round(time.perf_counter() - start, 1)}
+            named = (
+                type(e).__name__ == "PassFailedError" and type(getattr(e, "cause", None)).__module__ == "edgekd.errors"
+            )
+            return {
+                "status": "refused",
+                "error": type(getattr(e, "cause", e)).__name__,
+                "named": named,
+                "reason": "\n".join(lines[:4])[:700],
+                "seconds": round(time.perf_counter() - start, 1),
+            }
         seconds = time.perf_counter() - start
         m = result.manifest
         backend = get_backend(m["artifact"]["backend"])
         fidelity = vs_float(backend.session(result.output / m["artifact"]["model_file"]), path, val, classifier)
-    return {"status": "ok", "seconds": round(seconds, 1), "vs_float": fidelity,
-            "verify": {k: m["fidelity"].get(k) for k in ("max_output_steps", "relative_error", "top1_agreement")},
-            "canonicalize": next((p.get("metrics") for p in m["passes"] if p["name"] == "canonicalize"), None)}
+    return {
+        "status": "ok",
+        "seconds": round(seconds, 1),
+        "vs_float": fidelity,
+        "verify": {k: m["fidelity"].get(k) for k in ("max_output_steps", "relative_error", "top1_agreement")},
+        "canonicalize": next((p.get("metrics") for p in m["passes"] if p["name"] == "canonicalize"), None),
+    }
 
 
 def _rank(name: str) -> int:
     """Run order, so that an interrupted run has covered every model once: opset 17 first, the light
     models as shipped, opset 11 dynamic, the realistic light models, opset 13."""
     order = ("/opset17", "light/", "/opset11-dynamic", "(realistic)", "/opset13")
-    return next((i for i, tag in enumerate(order) if tag in name and not (tag == "light/" and "(realistic)" in name)),
-                len(order))
+    return next(
+        (i for i, tag in enumerate(order) if tag in name and not (tag == "light/" and "(realistic)" in name)),
+        len(order),
+    )
 
 
 def main(argv=None) -> int:
@@ -189,8 +237,10 @@ def main(argv=None) -> int:
     results = json.loads(args.json.read_text()) if args.json.exists() else {}
     models = model_files(args.models.split(","), args.work, args.calib, args.only, args.epochs)
     val: dict[tuple, np.ndarray] = {}
-    for precision, name, target in sorted(((p, n, t) for p in precisions for n in models for t in targets),
-                                          key=lambda c: (precisions.index(c[0]), _rank(c[1]))):
+    for precision, name, target in sorted(
+        ((p, n, t) for p in precisions for n in models for t in targets),
+        key=lambda c: (precisions.index(c[0]), _rank(c[1])),
+    ):
         path, shape, classifier = models[name]
         if path in BUILDERS:
             BUILDERS.pop(path)()
@@ -199,11 +249,22 @@ def main(argv=None) -> int:
         key = f"{name}|{target}|{precision}"
         if key in results:
             continue
-        results[key] = compile_cell(path, shape, classifier, target, precision, args.calib, args.samples,
-                                    val[shape], () if args.with_sensitivity else ("sensitivity",))
+        results[key] = compile_cell(
+            path,
+            shape,
+            classifier,
+            target,
+            precision,
+            args.calib,
+            args.samples,
+            val[shape],
+            () if args.with_sensitivity else ("sensitivity",),
+        )
         cell = results[key]
-        print(f"{key}: {cell['status']} {cell.get('vs_float', cell.get('reason', ''))!s:.200} "
-              f"{cell['seconds']} s", flush=True)
+        print(
+            f"{key}: {cell['status']} {cell.get('vs_float', cell.get('reason', ''))!s:.200} {cell['seconds']} s",
+            flush=True,
+        )
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
     if args.markdown:

@@ -47,18 +47,28 @@ def parse_args(argv):
     ap.add_argument("--weights", required=True, help="the student's state_dict (e.g. from student_benchmark.py)")
     ap.add_argument("--targets", default="onnx-cpu,rpi4,openvino-cpu")
     ap.add_argument("--calib-samples", type=int, default=512)
-    ap.add_argument("--calib-method", default="ema", choices=["ema", "minmax", "percentile"],
-                    help="calibration for both PTQ and QAT's starting ranges (default: ema, edgekd's default)")
+    ap.add_argument(
+        "--calib-method",
+        default="ema",
+        choices=["ema", "minmax", "percentile"],
+        help="calibration for both PTQ and QAT's starting ranges (default: ema, edgekd's default)",
+    )
     ap.add_argument("--percentile", type=float, default=99.99)
-    ap.add_argument("--fallback-max-drop", type=float,
-                    help="also compile the first target with --max-drop this and no --qat-epochs: the accuracy "
-                         "budget's automatic QAT fallback, with its before/after search")
+    ap.add_argument(
+        "--fallback-max-drop",
+        type=float,
+        help="also compile the first target with --max-drop this and no --qat-epochs: the accuracy "
+        "budget's automatic QAT fallback, with its before/after search",
+    )
     ap.add_argument("--eval-samples", type=int, default=5000, help="held-out images scored (default: all 5000)")
     ap.add_argument("--qat-epochs", type=int, default=3)
     ap.add_argument("--qat-lr", type=float, help="default: edgekd's")
     ap.add_argument("--qat-ranges", default="learn", choices=["learn", "ema"])
-    ap.add_argument("--qat-images", type=int, help="train QAT on this many train-split images (spread over the "
-                                                   "classes) instead of all 45,000")
+    ap.add_argument(
+        "--qat-images",
+        type=int,
+        help="train QAT on this many train-split images (spread over the classes) instead of all 45,000",
+    )
     ap.add_argument("--workdir", default=".cache/qat-bench")
     ap.add_argument("--json")
     ap.add_argument("--markdown")
@@ -96,10 +106,15 @@ def prepare_folders(args, workdir: Path) -> dict:
     calib = train.subset(calib_idx)
     held_idx = spread(len(held), args.eval_samples)
     evalset = held.subset(held_idx)
-    out = {"calib": link_folder(workdir / "calib", list(calib.files), class_names(calib)),
-           "eval": link_folder(workdir / "holdout", list(evalset.files), class_names(evalset)),
-           "train": Path(args.data), "train_images": len(train), "held_images": len(held),
-           "calib_images": len(calib), "eval_images": len(evalset)}
+    out = {
+        "calib": link_folder(workdir / "calib", list(calib.files), class_names(calib)),
+        "eval": link_folder(workdir / "holdout", list(evalset.files), class_names(evalset)),
+        "train": Path(args.data),
+        "train_images": len(train),
+        "held_images": len(held),
+        "calib_images": len(calib),
+        "eval_images": len(evalset),
+    }
     if args.qat_images:
         sub = train.subset(spread(len(train), args.qat_images))
         # its own every-10th holdout is taken from these train-split files: QAT still never sees the eval images
@@ -122,9 +137,17 @@ def compile_one(card: Path, target: str, out: Path, folders: dict, args, qat: bo
     done = out.with_suffix(".json")
     if done.exists():
         return json.loads(done.read_text())
-    options = dict(precision="int8", calib=folders["calib"], calib_samples=args.calib_samples,
-                   calib_method=args.calib_method, percentile=args.percentile, eval=folders["eval"],
-                   eval_samples=args.eval_samples, skip=("sensitivity",), force=True)
+    options = dict(
+        precision="int8",
+        calib=folders["calib"],
+        calib_samples=args.calib_samples,
+        calib_method=args.calib_method,
+        percentile=args.percentile,
+        eval=folders["eval"],
+        eval_samples=args.eval_samples,
+        skip=("sensitivity",),
+        force=True,
+    )
     if qat:
         options.update(data=folders["train"], resume=True, qat_ranges=args.qat_ranges)
         if qat == "fallback":
@@ -137,29 +160,43 @@ def compile_one(card: Path, target: str, out: Path, folders: dict, args, qat: bo
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            m = api.compile(api.make_config(str(card), target, out, **options),
-                            progress=lambda line: progress(f"  [{target} {'qat' if qat else 'ptq'}] {line}")).manifest
+            m = api.compile(
+                api.make_config(str(card), target, out, **options),
+                progress=lambda line: progress(f"  [{target} {'qat' if qat else 'ptq'}] {line}"),
+            ).manifest
     except EdgekdError as e:
         return {"error": e.message}
     acc = m["accuracy"]
-    result = {"float_top1": acc["float_top1"], "int8_top1": acc["artifact_top1"], "drop_pt": acc["drop_pt"],
-              "samples": acc["samples"], "seconds": round(time.time() - started, 1),
-              "ranges_from": m["quantization"]["ranges_from"], "fidelity": m["fidelity"],
-              "accuracy_budget": m["quantization"]["accuracy_budget"],
-              "qat": {k: v for k, v in (m.get("qat") or {}).items() if k not in ("tensor_ranges",)} or None}
+    result = {
+        "float_top1": acc["float_top1"],
+        "int8_top1": acc["artifact_top1"],
+        "drop_pt": acc["drop_pt"],
+        "samples": acc["samples"],
+        "seconds": round(time.time() - started, 1),
+        "ranges_from": m["quantization"]["ranges_from"],
+        "fidelity": m["fidelity"],
+        "accuracy_budget": m["quantization"]["accuracy_budget"],
+        "qat": {k: v for k, v in (m.get("qat") or {}).items() if k not in ("tensor_ranges",)} or None,
+    }
     done.write_text(json.dumps(result, indent=2))
     return result
 
 
 def verdict(ptq: dict, qat: dict) -> dict:
     recovered = None if ptq["drop_pt"] <= 0 else (ptq["drop_pt"] - qat["drop_pt"]) / ptq["drop_pt"]
-    return {"recovered": recovered, "recovery_met": recovered is None or recovered >= TARGET_RECOVERY,
-            "gap_met": qat["drop_pt"] <= TARGET_GAP_PT + 1e-9}
+    return {
+        "recovered": recovered,
+        "recovery_met": recovered is None or recovered >= TARGET_RECOVERY,
+        "gap_met": qat["drop_pt"] <= TARGET_GAP_PT + 1e-9,
+    }
 
 
 def table(rows: dict) -> str:
-    lines = ["| target | float top-1 % | PTQ int8 % | PTQ drop pt | QAT int8 % | QAT drop pt | PTQ drop recovered | "
-             "QAT within 0.1 pt |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| target | float top-1 % | PTQ int8 % | PTQ drop pt | QAT int8 % | QAT drop pt | PTQ drop recovered | "
+        "QAT within 0.1 pt |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for target, r in rows.items():
         ptq, qat = r["ptq"], r.get("qat")
         if "error" in ptq or qat is None or "error" in qat:
@@ -168,10 +205,12 @@ def table(rows: dict) -> str:
             continue
         v = verdict(ptq, qat)
         rec = "no PTQ drop" if v["recovered"] is None else f"{100 * v['recovered']:.0f} %"
-        lines.append(f"| {target} | {100 * ptq['float_top1']:.2f} | {100 * ptq['int8_top1']:.2f} | "
-                     f"{ptq['drop_pt']:+.2f} | "
-                     f"{100 * qat['int8_top1']:.2f} | {qat['drop_pt']:+.2f} | {rec} | "
-                     f"{'met' if v['gap_met'] else 'NOT met'} |")
+        lines.append(
+            f"| {target} | {100 * ptq['float_top1']:.2f} | {100 * ptq['int8_top1']:.2f} | "
+            f"{ptq['drop_pt']:+.2f} | "
+            f"{100 * qat['int8_top1']:.2f} | {qat['drop_pt']:+.2f} | {rec} | "
+            f"{'met' if v['gap_met'] else 'NOT met'} |"
+        )
     return "\n".join(lines)
 
 
@@ -181,19 +220,33 @@ def fallback_text(result: dict, args) -> str:
     if "error" in result or not budget:
         return f"Fallback run (--max-drop {args.fallback_max_drop}): {result.get('error', 'no budget record')}"
     rows = lambda steps: "\n".join(  # noqa: E731
-        f"| {s['kept_float']} | {100 * s['top1']:.2f} | {s['drop_pt']:+.2f} |" for s in steps)
+        f"| {s['kept_float']} | {100 * s['top1']:.2f} | {s['drop_pt']:+.2f} |" for s in steps
+    )
     head = "| layers in float | int8 top-1 % | drop pt |\n|---:|---:|---:|"
-    text = [f"--max-drop {args.fallback_max_drop}, no --qat-epochs (float top-1 {100 * budget['float_top1']:.2f} % "
-            f"on {budget['samples']} images):", ""]
+    text = [
+        f"--max-drop {args.fallback_max_drop}, no --qat-epochs (float top-1 {100 * budget['float_top1']:.2f} % "
+        f"on {budget['samples']} images):",
+        "",
+    ]
     if budget.get("before_qat"):
-        text += ["Post-training quantization, layers returned to float one by one (most sensitive first):", "",
-                 head, rows(budget["before_qat"]), "",
-                 f"missed, so QAT ran ({result['qat']['trigger']}), and the search again:", ""]
+        text += [
+            "Post-training quantization, layers returned to float one by one (most sensitive first):",
+            "",
+            head,
+            rows(budget["before_qat"]),
+            "",
+            f"missed, so QAT ran ({result['qat']['trigger']}), and the search again:",
+            "",
+        ]
     else:
         text += ["Post-training quantization met it; no QAT ran:", ""]
-    text += [head, rows(budget["steps"]), "",
-             f"Shipped: int8 top-1 {100 * result['int8_top1']:.2f} % in the target's runtime (drop "
-             f"{result['drop_pt']:+.2f} pt), ranges from {result['ranges_from']}."]
+    text += [
+        head,
+        rows(budget["steps"]),
+        "",
+        f"Shipped: int8 top-1 {100 * result['int8_top1']:.2f} % in the target's runtime (drop "
+        f"{result['drop_pt']:+.2f} pt), ranges from {result['ranges_from']}.",
+    ]
     return "\n".join(text)
 
 
@@ -210,16 +263,16 @@ Produced by
 {command}
 ```
 
-on {platform.processor() or platform.machine()}, edgekd {EDGEKD_VERSION}, {time.strftime('%Y-%m-%d')}.
+on {platform.processor() or platform.machine()}, edgekd {EDGEKD_VERSION}, {time.strftime("%Y-%m-%d")}.
 Student `{args.student}` (weights `{args.weights}`), preprocessing and labels of `{args.card}`.
-Calibration: {folders['calib_images']} training images evenly spaced over the train split, observer
+Calibration: {folders["calib_images"]} training images evenly spaced over the train split, observer
 `{args.calib_method}`{f" at {args.percentile}" if args.calib_method == "percentile" else ""}, the same for PTQ and
-QAT (its starting ranges). Scored: {folders['eval_images']} held-out images (every 10th of each class), by each
+QAT (its starting ranges). Scored: {folders["eval_images"]} held-out images (every 10th of each class), by each
 target's own runtime running the emitted artifact (`evaluate` pass); float is the PyTorch model on the same images.
-QAT: {args.qat_epochs} epochs on {folders['train_images']} train-split images, KD from the float student
+QAT: {args.qat_epochs} epochs on {folders["train_images"]} train-split images, KD from the float student
 (temperature {temperature}, KD share {kd_share}),
-SGD lr {training.get('lr', '–')} cosine, batch {training.get('batch_size', '–')}, ranges {args.qat_ranges}
-(from the calibration), BatchNorm folded as deployed. One image is {100 / max(1, folders['eval_images']):.2f} pt.
+SGD lr {training.get("lr", "–")} cosine, batch {training.get("batch_size", "–")}, ranges {args.qat_ranges}
+(from the calibration), BatchNorm folded as deployed. One image is {100 / max(1, folders["eval_images"]):.2f} pt.
 
 {table(rows)}
 
@@ -252,8 +305,17 @@ def main(argv=None) -> int:
     command = "python bench/qat_benchmark.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"command": command, "folders": {k: str(v) for k, v in folders.items()},
-                                               "results": rows, "fallback": fallback}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "command": command,
+                    "folders": {k: str(v) for k, v in folders.items()},
+                    "results": rows,
+                    "fallback": fallback,
+                },
+                indent=2,
+            )
+        )
     if args.markdown:
         Path(args.markdown).write_text(markdown(rows, args, folders, command, fallback))
     return 0

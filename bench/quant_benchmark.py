@@ -47,19 +47,26 @@ TARGET_MAX_DROP_PT = 0.3  # the issue's targets: drop ≤ 0.3 pt, no worse than 
 
 # ----------------------------------------------------------------------------- command line
 
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, help="labelled image folder (DIR/<class>/*.jpg); split into train/validation")
+    ap.add_argument(
+        "--data", required=True, help="labelled image folder (DIR/<class>/*.jpg); split into train/validation"
+    )
     ap.add_argument("--model", default="examples/cifar10/model.toml", help="edgekd model card (.toml)")
     ap.add_argument("--weights", help="state_dict to use instead of the card's weights (e.g. a training checkpoint)")
     ap.add_argument("--eval-samples", type=int, default=5000, help="validation images scored (default: 5000, all)")
     ap.add_argument("--calib-samples", type=int, default=512, help="training images to calibrate on (default: 512)")
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads when scoring (default: 2)")
-    ap.add_argument("--methods", default="all",
-                    help="comma list of method names to run (see --list-methods); default: all")
+    ap.add_argument(
+        "--methods", default="all", help="comma list of method names to run (see --list-methods); default: all"
+    )
     ap.add_argument("--list-methods", action="store_true", help="print the method names and exit")
-    ap.add_argument("--workdir", help="keep the float model, calibration array and quantized models here "
-                                      "(default: a temporary folder, removed at the end)")
+    ap.add_argument(
+        "--workdir",
+        help="keep the float model, calibration array and quantized models here "
+        "(default: a temporary folder, removed at the end)",
+    )
     ap.add_argument("--json", help="write the results as JSON to this file")
     ap.add_argument("--markdown", help="write the results as a markdown page to this file")
     return ap.parse_args(argv)
@@ -75,6 +82,7 @@ def progress(message: str) -> None:
 
 
 # ----------------------------------------------------------------------------- inputs
+
 
 @dataclass(frozen=True)
 class Inputs:
@@ -96,16 +104,20 @@ def resolve_weights(card: ModelCard, override: str | None) -> Path:
     if weights is None:
         fail("the model card names no weights; pass --weights FILE")
     if not weights.exists():
-        fail(f"weights {weights} do not exist. Train them (examples/cifar10/train_teacher.py) or pass "
-             f"--weights FILE, e.g. a state_dict saved from the training checkpoint")
+        fail(
+            f"weights {weights} do not exist. Train them (examples/cifar10/train_teacher.py) or pass "
+            f"--weights FILE, e.g. a state_dict saved from the training checkpoint"
+        )
     return weights
 
 
 def check_data(data: str) -> Path:
     root = Path(data)
     if not root.is_dir():
-        fail(f"--data {root} does not exist or is not a folder (expected DIR/<class>/*.jpg, "
-             f"e.g. ../shared/data/cifar10/train)")
+        fail(
+            f"--data {root} does not exist or is not a folder (expected DIR/<class>/*.jpg, "
+            f"e.g. ../shared/data/cifar10/train)"
+        )
     return root
 
 
@@ -174,10 +186,15 @@ def prepare_inputs(args: argparse.Namespace, workdir: Path) -> Inputs:
     val_x = preprocess_images(val, val_idx, pre)
     val_y = model_labels(val, val_idx, card.labels)
 
-    data = {"root": str(args.data), "train_images": len(train), "validation_images": len(val),
-            "eval_samples": len(val_idx), "calib_samples": len(calib_idx),
-            "calib_selection": "evenly spaced indices over the sorted train split",
-            "calib_sha256": sha256_file(calib_npy)}
+    data = {
+        "root": str(args.data),
+        "train_images": len(train),
+        "validation_images": len(val),
+        "eval_samples": len(val_idx),
+        "calib_samples": len(calib_idx),
+        "calib_selection": "evenly spaced indices over the sorted train split",
+        "calib_sha256": sha256_file(calib_npy),
+    }
     return Inputs(card, weights, pre, float_onnx, graph_input_name(float_onnx), calib_npy, val_x, val_y, data)
 
 
@@ -187,13 +204,14 @@ def calibration_samples(inputs: Inputs) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- scoring
 
+
 def predictions(onnx_path: Path, x: np.ndarray, threads: int) -> np.ndarray:
     """Top-1 class of every sample in ONNX Runtime CPU, one sample per run (the graph's batch is 1)."""
     from edgekd.runtime import ort_session
 
     sess = ort_session(onnx_path, threads)
     name = sess.get_inputs()[0].name
-    return np.asarray([int(np.argmax(sess.run(None, {name: x[i:i + 1]})[0])) for i in range(len(x))])
+    return np.asarray([int(np.argmax(sess.run(None, {name: x[i : i + 1]})[0])) for i in range(len(x))])
 
 
 @dataclass(frozen=True)
@@ -220,6 +238,7 @@ def float_scorer(inputs: Inputs, threads: int) -> Scorer:
 
 
 # ----------------------------------------------------------------------------- methods
+
 
 @dataclass
 class Quantized:
@@ -254,27 +273,48 @@ class Result:
 def card_input_overrides(card: ModelCard) -> dict:
     """make_config arguments that give an ONNX model the card's input and preprocessing."""
     inp = card.input
-    return {"input_shape": inp.get("shape"), "mean": inp.get("mean"), "std": inp.get("std"), "scale": inp.get("scale"),
-            "channel_order": inp.get("channel_order"), "layout": inp.get("layout"), "input_name": inp.get("name"),
-            "labels": card.labels}
+    return {
+        "input_shape": inp.get("shape"),
+        "mean": inp.get("mean"),
+        "std": inp.get("std"),
+        "scale": inp.get("scale"),
+        "channel_order": inp.get("channel_order"),
+        "layout": inp.get("layout"),
+        "input_name": inp.get("name"),
+        "labels": card.labels,
+    }
 
 
 def edgekd_method(calib_method: str) -> Method:
-    params = {"calib_method": calib_method, "calib_batch": 32,
-              "activations": "asymmetric int8 (onnx-cpu target)", "weights": "int8 per-channel symmetric",
-              "skip": ["sensitivity"]}
+    params = {
+        "calib_method": calib_method,
+        "calib_batch": 32,
+        "activations": "asymmetric int8 (onnx-cpu target)",
+        "weights": "int8 per-channel symmetric",
+        "skip": ["sensitivity"],
+    }
     params.update({"ema": {"ema_constant": 0.01}, "percentile": {"percentile": 99.99}}.get(calib_method, {}))
 
     def run(inputs: Inputs, out: Path) -> Quantized:
-        config = api.make_config(str(inputs.float_onnx), "onnx-cpu", out, precision="int8", calib=inputs.calib_npy,
-                                 calib_method=calib_method, calib_samples=inputs.data["calib_samples"],
-                                 skip=("sensitivity",), force=True, **card_input_overrides(inputs.card))
+        config = api.make_config(
+            str(inputs.float_onnx),
+            "onnx-cpu",
+            out,
+            precision="int8",
+            calib=inputs.calib_npy,
+            calib_method=calib_method,
+            calib_samples=inputs.data["calib_samples"],
+            skip=("sensitivity",),
+            force=True,
+            **card_input_overrides(inputs.card),
+        )
         t0 = time.perf_counter()
         result = api.compile(config)
         total = time.perf_counter() - t0
         seconds = {p["name"]: p["seconds"] for p in result.manifest["passes"]}
-        return Quantized(result.output / result.manifest["artifact"]["model_file"],
-                         seconds["calibrate"] + seconds["quantize"], total)
+        return Quantized(
+            result.output / result.manifest["artifact"]["model_file"], seconds["calibrate"] + seconds["quantize"], total
+        )
 
     return Method(f"edgekd {calib_method}", "edgekd", params, run)
 
@@ -301,16 +341,26 @@ class SampleReader:
         if self.i >= len(self.samples):
             return None
         self.i += 1
-        return {self.input_name: self.samples[self.i - 1:self.i]}
+        return {self.input_name: self.samples[self.i - 1 : self.i]}
 
     def rewind(self):
         self.i = 0
 
 
 def ort_method(calibrate_method: str) -> Method:
-    params = {"calibrate_method": calibrate_method, "quant_format": "QDQ", "per_channel": True,
-              "activation_type": "QInt8", "weight_type": "QInt8", "quant_pre_process": False}
-    params.update({"Percentile": {"percentile": 99.999}, "Entropy": {"num_bins": 128, "num_quantized_bins": 128}}.get(calibrate_method, {}))
+    params = {
+        "calibrate_method": calibrate_method,
+        "quant_format": "QDQ",
+        "per_channel": True,
+        "activation_type": "QInt8",
+        "weight_type": "QInt8",
+        "quant_pre_process": False,
+    }
+    params.update(
+        {"Percentile": {"percentile": 99.999}, "Entropy": {"num_bins": 128, "num_quantized_bins": 128}}.get(
+            calibrate_method, {}
+        )
+    )
 
     def run(inputs: Inputs, out: Path) -> Quantized:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -320,9 +370,16 @@ def ort_method(calibrate_method: str) -> Method:
         reader = SampleReader(inputs.input_name, calibration_samples(inputs))
         t0 = time.perf_counter()
         with root_logger_level(logging.ERROR):  # "consider pre-processing": deliberately not run, see the notes
-            quantize_static(str(inputs.float_onnx), str(model), reader, quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod[calibrate_method])
+            quantize_static(
+                str(inputs.float_onnx),
+                str(model),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod[calibrate_method],
+            )
         seconds = time.perf_counter() - t0
         return Quantized(model, seconds, seconds)
 
@@ -330,8 +387,11 @@ def ort_method(calibrate_method: str) -> Method:
 
 
 def nncf_method() -> Method:
-    params = {"subset_size": "all calibration samples", "preset": "default (performance: symmetric activations)",
-              "fast_bias_correction": "default (on)"}
+    params = {
+        "subset_size": "all calibration samples",
+        "preset": "default (performance: symmetric activations)",
+        "fast_bias_correction": "default (on)",
+    }
 
     def run(inputs: Inputs, out: Path) -> Quantized:
         import nncf
@@ -340,7 +400,7 @@ def nncf_method() -> Method:
         out.mkdir(parents=True, exist_ok=True)
         model = onnx.load(str(inputs.float_onnx))
         samples = calibration_samples(inputs)
-        dataset = nncf.Dataset([samples[i:i + 1] for i in range(len(samples))], lambda x: {inputs.input_name: x})
+        dataset = nncf.Dataset([samples[i : i + 1] for i in range(len(samples))], lambda x: {inputs.input_name: x})
         t0 = time.perf_counter()
         quantized = nncf.quantize(model, dataset, subset_size=len(samples))
         calib = time.perf_counter() - t0
@@ -351,9 +411,11 @@ def nncf_method() -> Method:
 
 
 def all_methods() -> list[Method]:
-    return ([edgekd_method(m) for m in ("ema", "minmax", "percentile")]
-            + [ort_method(m) for m in ("MinMax", "Entropy", "Percentile")]
-            + [nncf_method()])
+    return (
+        [edgekd_method(m) for m in ("ema", "minmax", "percentile")]
+        + [ort_method(m) for m in ("MinMax", "Entropy", "Percentile")]
+        + [nncf_method()]
+    )
 
 
 def select_methods(spec: str) -> list[Method]:
@@ -401,14 +463,20 @@ def run_all(methods: list[Method], inputs: Inputs, workdir: Path, scorer: Scorer
     for i, method in enumerate(methods, 1):
         progress(f"[{i}/{len(methods)}] {method.name} ...")
         r = run_method(method, inputs, workdir, scorer)
-        progress(f"[{i}/{len(methods)}] {method.name}: " + (r.error or
-                 f"calibration {r.calib_s:.2f} s, total {r.total_s:.2f} s, top-1 {100 * r.top1:.2f} %, "
-                 f"drop {r.drop_pt:+.2f} pt, {r.changed} predictions changed"))
+        progress(
+            f"[{i}/{len(methods)}] {method.name}: "
+            + (
+                r.error
+                or f"calibration {r.calib_s:.2f} s, total {r.total_s:.2f} s, top-1 {100 * r.top1:.2f} %, "
+                f"drop {r.drop_pt:+.2f} pt, {r.changed} predictions changed"
+            )
+        )
         results.append(r)
     return results
 
 
 # ----------------------------------------------------------------------------- targets
+
 
 def find(results: list[Result], name: str) -> Result | None:
     return next((r for r in results if r.name == name and r.error is None), None)
@@ -419,8 +487,11 @@ def compare(results: list[Result]) -> dict:
     ema, ort_minmax = find(results, "edgekd ema"), find(results, "ORT MinMax")
     peers = [r for r in results if r.tool != "edgekd" and r.error is None]
     best = min(peers, key=lambda r: r.drop_pt) if peers else None
-    out: dict = {"edgekd_method": "edgekd ema", "best_peer": best.name if best else None,
-                 "best_peer_drop_pt": best.drop_pt if best else None}
+    out: dict = {
+        "edgekd_method": "edgekd ema",
+        "best_peer": best.name if best else None,
+        "best_peer_drop_pt": best.drop_pt if best else None,
+    }
     if ema is None:
         return {**out, "note": "edgekd ema did not run"}
     out["edgekd_drop_pt"] = ema.drop_pt
@@ -445,23 +516,30 @@ def target_lines(cmp: dict) -> list[str]:
     if "edgekd_drop_pt" not in cmp:
         return [cmp.get("note", "")]
     ratio = cmp.get("drop_ratio_to_best_peer")
-    lines = [f"edgekd ema drop {cmp['edgekd_drop_pt']:+.2f} pt ≤ {TARGET_MAX_DROP_PT} pt: {verdict(cmp.get('drop_target'))}"]
+    lines = [
+        f"edgekd ema drop {cmp['edgekd_drop_pt']:+.2f} pt ≤ {TARGET_MAX_DROP_PT} pt: {verdict(cmp.get('drop_target'))}"
+    ]
     if cmp.get("best_peer"):
-        lines.append(f"edgekd ema drop vs best peer ({cmp['best_peer']}, {cmp['best_peer_drop_pt']:+.2f} pt): "
-                     f"{cmp['drop_minus_best_peer_pt']:+.2f} pt, ratio "
-                     f"{'n/a (peer drop ≤ 0)' if ratio is None else f'{ratio:.2f}'}; no worse than best peer: "
-                     f"{verdict(cmp.get('peer_target'))}")
+        lines.append(
+            f"edgekd ema drop vs best peer ({cmp['best_peer']}, {cmp['best_peer_drop_pt']:+.2f} pt): "
+            f"{cmp['drop_minus_best_peer_pt']:+.2f} pt, ratio "
+            f"{'n/a (peer drop ≤ 0)' if ratio is None else f'{ratio:.2f}'}; no worse than best peer: "
+            f"{verdict(cmp.get('peer_target'))}"
+        )
     else:
         lines.append(f"no worse than best peer: {verdict(None)}")
     if "calib_time_ratio_to_ort_minmax" in cmp:
-        lines.append(f"edgekd ema calibration time / ORT MinMax: {cmp['calib_time_ratio_to_ort_minmax']:.2f}; "
-                     f"≤ ORT MinMax: {verdict(cmp.get('time_target'))}")
+        lines.append(
+            f"edgekd ema calibration time / ORT MinMax: {cmp['calib_time_ratio_to_ort_minmax']:.2f}; "
+            f"≤ ORT MinMax: {verdict(cmp.get('time_target'))}"
+        )
     else:
         lines.append(f"calibration time ≤ ORT MinMax: {verdict(None)}")
     return lines
 
 
 # ----------------------------------------------------------------------------- environment
+
 
 def machine_info(threads: int) -> dict:
     info = {"cpu": cpu_model(), "cores": os.cpu_count(), "os": platform.platform(), "ort_threads_scoring": threads}
@@ -482,6 +560,7 @@ def versions() -> dict:
 
 def command_line() -> str:
     """The command as run, with paths relative to the working directory where they are under it."""
+
     def rel(p: str) -> str:
         rp = os.path.relpath(p)
         return p if rp.startswith("..") else rp
@@ -503,9 +582,15 @@ def row(r: Result) -> list[str]:
 def text_table(results: list[Result], float_top1: float, samples: int) -> str:
     rows = [list(COLUMNS)] + [row(r) for r in results]
     widths = [max(len(x[i]) for x in rows) for i in range(len(COLUMNS))]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    lines = [f"float top-1: {100 * float_top1:.2f} % on {samples} validation images", fmt(rows[0]),
-             "  ".join("-" * w for w in widths)] + [fmt(x) for x in rows[1:]]
+
+    def fmt(cells):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    lines = [
+        f"float top-1: {100 * float_top1:.2f} % on {samples} validation images",
+        fmt(rows[0]),
+        "  ".join("-" * w for w in widths),
+    ] + [fmt(x) for x in rows[1:]]
     return "\n".join(lines)
 
 
@@ -553,12 +638,22 @@ def markdown_page(report: dict, results: list[Result]) -> str:
     m, v, model, data = report["machine"], report["versions"], report["model"], report["data"]
     ver = ", ".join(f"{k} {val}" for k, val in v.items())
     lines = [
-        "# Quantization benchmark: edgekd vs ONNX Runtime vs NNCF", "",
-        "Generated by `bench/quant_benchmark.py` (do not edit by hand) with:", "", "```", report["command"], "```", "",
-        "`make bench-quant` regenerates it with the model card's weights." + (
-            "" if report["weights_are_the_cards"] else
-            " **These results are NOT from the card's weights** (`--weights` was given): regenerate this page "
-            "with `make bench-quant` once the card's weights exist."), "",
+        "# Quantization benchmark: edgekd vs ONNX Runtime vs NNCF",
+        "",
+        "Generated by `bench/quant_benchmark.py` (do not edit by hand) with:",
+        "",
+        "```",
+        report["command"],
+        "```",
+        "",
+        "`make bench-quant` regenerates it with the model card's weights."
+        + (
+            ""
+            if report["weights_are_the_cards"]
+            else " **These results are NOT from the card's weights** (`--weights` was given): regenerate this page "
+            "with `make bench-quant` once the card's weights exist."
+        ),
+        "",
         f"- date: {report['date']}",
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['os']}"
         + (f"; load average at start {m['load_average_at_start']}" if "load_average_at_start" in m else ""),
@@ -567,14 +662,25 @@ def markdown_page(report: dict, results: list[Result]) -> str:
         f"- float ONNX sha256 `{model['float_onnx_sha256']}`",
         f"- data: `{data['root']}`: {data['train_images']} train / {data['validation_images']} validation images; "
         f"{data['calib_samples']} calibration images (sha256 of the array `{data['calib_sha256'][:16]}…`), "
-        f"{data['eval_samples']} scored", "",
-        f"**Float top-1: {100 * report['float_top1']:.2f} %**", "",
-        markdown_table(results), "",
-        "## Targets", "",
-        *[f"- {line}" for line in target_lines(report["comparison"])], "",
-        "## How it is measured", "",
-        NOTES.format(calib=data["calib_samples"], evals=data["eval_samples"], threads=m["ort_threads_scoring"],
-                     step=100.0 / data["eval_samples"], limit=TARGET_MAX_DROP_PT),
+        f"{data['eval_samples']} scored",
+        "",
+        f"**Float top-1: {100 * report['float_top1']:.2f} %**",
+        "",
+        markdown_table(results),
+        "",
+        "## Targets",
+        "",
+        *[f"- {line}" for line in target_lines(report["comparison"])],
+        "",
+        "## How it is measured",
+        "",
+        NOTES.format(
+            calib=data["calib_samples"],
+            evals=data["eval_samples"],
+            threads=m["ort_threads_scoring"],
+            step=100.0 / data["eval_samples"],
+            limit=TARGET_MAX_DROP_PT,
+        ),
     ]
     skipped = [r for r in results if r.error]
     if skipped:
@@ -590,6 +696,7 @@ def write_file(path: str, text: str) -> None:
 
 # ----------------------------------------------------------------------------- main
 
+
 def benchmark(args: argparse.Namespace, workdir: Path) -> tuple[dict, list[Result]]:
     methods = select_methods(args.methods)
     inputs = prepare_inputs(args, workdir)
@@ -602,11 +709,16 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> tuple[dict, list[Resul
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(args.threads),
         "versions": versions(),
-        "model": {"card": args.model, "weights": str(inputs.weights), "weights_sha256": sha256_file(inputs.weights),
-                  "float_onnx_sha256": sha256_file(inputs.float_onnx)},
+        "model": {
+            "card": args.model,
+            "weights": str(inputs.weights),
+            "weights_sha256": sha256_file(inputs.weights),
+            "float_onnx_sha256": sha256_file(inputs.float_onnx),
+        },
         "data": inputs.data,
         "float_top1": scorer.float_top1,
-        "weights_are_the_cards": inputs.card.weights is not None and inputs.weights.resolve() == inputs.card.weights.resolve(),
+        "weights_are_the_cards": inputs.card.weights is not None
+        and inputs.weights.resolve() == inputs.card.weights.resolve(),
         "methods": [dataclasses.asdict(r) for r in results],
         "comparison": compare(results),
     }

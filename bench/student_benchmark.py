@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from edgekd.frontend import model_input
 from edgekd.distill.schedules import Schedule
 from edgekd.distill.trainer import TrainConfig, train_kd
+from edgekd.frontend import model_input
 from edgekd.model_config import read_model_card
 from edgekd.models.load import load_model
 from edgekd.models.profile import profile
@@ -38,8 +38,14 @@ from edgekd.models.zoo import build_model
 from edgekd.passes.sparsify import gzip_bytes
 
 VARIANTS = ("labels", "kd", "kd-features", "dkd", "sparse-50", "sparse-2:4")
-TITLES = {"labels": "(a) labels only", "kd": "(b) KD", "kd-features": "(c) KD + hint + attention",
-          "dkd": "(f) decoupled KD", "sparse-50": "(d) 50 % sparse, KD fine-tune", "sparse-2:4": "(e) 2:4 sparse, KD fine-tune"}
+TITLES = {
+    "labels": "(a) labels only",
+    "kd": "(b) KD",
+    "kd-features": "(c) KD + hint + attention",
+    "dkd": "(f) decoupled KD",
+    "sparse-50": "(d) 50 % sparse, KD fine-tune",
+    "sparse-2:4": "(e) 2:4 sparse, KD fine-tune",
+}
 
 
 def parse_args(argv):
@@ -63,8 +69,15 @@ def nonzero_params(model: torch.nn.Module) -> int:
 
 
 def config_for(variant: str, args, ckpt: Path) -> TrainConfig:
-    base = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, checkpoint_dir=ckpt, resume=True,
-                       temperature=Schedule("linear", 6.0, 2.0), alpha=Schedule("linear", 0.7, 0.3))
+    base = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        checkpoint_dir=ckpt,
+        resume=True,
+        temperature=Schedule("linear", 6.0, 2.0),
+        alpha=Schedule("linear", 0.7, 0.3),
+    )
     if variant == "labels":
         return replace(base, alpha=Schedule("constant", 0.0))
     if variant == "kd":
@@ -75,10 +88,16 @@ def config_for(variant: str, args, ckpt: Path) -> TrainConfig:
         return replace(base, hint_weight=1.0, attention_weight=1.0, compensate=True)
     if variant == "dkd":
         # the paper's CIFAR setting: CE + DKD(α 1, β 8, T 4) with equal weights
-        return replace(base, kd_loss="dkd", dkd_beta=8.0, temperature=Schedule("constant", 4.0),
-                       alpha=Schedule("constant", 0.5))
-    fine = replace(base, epochs=args.finetune_epochs, lr=args.lr / 5, sparsity=0.5,
-                   pattern="2:4" if variant == "sparse-2:4" else "unstructured")
+        return replace(
+            base, kd_loss="dkd", dkd_beta=8.0, temperature=Schedule("constant", 4.0), alpha=Schedule("constant", 0.5)
+        )
+    fine = replace(
+        base,
+        epochs=args.finetune_epochs,
+        lr=args.lr / 5,
+        sparsity=0.5,
+        pattern="2:4" if variant == "sparse-2:4" else "unstructured",
+    )
     return fine
 
 
@@ -96,8 +115,12 @@ def run_variant(variant, args, teacher, pre, workdir: Path) -> dict:
     def progress(epoch, step, steps, loss, acc):
         if step == steps:
             line = f"[{variant}] epoch {epoch}/{cfg.epochs} loss {loss:.4f}"
-            print(line + (f" holdout top-1 {acc:.2f} %" if acc is not None else "") +
-                  f"  ({time.time() - started:.0f} s)", flush=True)
+            print(
+                line
+                + (f" holdout top-1 {acc:.2f} %" if acc is not None else "")
+                + f"  ({time.time() - started:.0f} s)",
+                flush=True,
+            )
 
     r = train_kd(teacher, student, args.data, pre, cfg, out_dir=workdir / variant, progress=progress)
     student.eval()
@@ -107,12 +130,22 @@ def run_variant(variant, args, teacher, pre, workdir: Path) -> dict:
     if r.sparsity:
         sizes = {n: m.weight.numel() for n, m in student.named_modules() if n in r.sparsity}
         sparsity = sum(r.sparsity[n] * sizes[n] for n in sizes) / sum(sizes.values())
-    result = {"variant": variant, "title": TITLES[variant], "params": prof.params, "nonzero_params": nonzero_params(student),
-              "macs": prof.macs, "val_top1": r.history[-1]["val_top1"], "best_val_top1": r.best_acc,
-              "teacher_val_top1": r.teacher_acc, "epochs": r.epochs_run,
-              "train_seconds": round(sum(h.get("seconds", 0) for h in r.history) or r.seconds, 1),
-              "gzip_bytes": gzip_bytes(student), "weight_sparsity": sparsity,
-              "feature_pairs": r.feature_pairs, "history": r.history}
+    result = {
+        "variant": variant,
+        "title": TITLES[variant],
+        "params": prof.params,
+        "nonzero_params": nonzero_params(student),
+        "macs": prof.macs,
+        "val_top1": r.history[-1]["val_top1"],
+        "best_val_top1": r.best_acc,
+        "teacher_val_top1": r.teacher_acc,
+        "epochs": r.epochs_run,
+        "train_seconds": round(sum(h.get("seconds", 0) for h in r.history) or r.seconds, 1),
+        "gzip_bytes": gzip_bytes(student),
+        "weight_sparsity": sparsity,
+        "feature_pairs": r.feature_pairs,
+        "history": r.history,
+    }
     done.write_text(json.dumps(result, indent=2))
     return result
 
@@ -125,18 +158,23 @@ def epoch_seconds(result: dict) -> float:
 
 
 def table(results: dict, teacher: dict) -> str:
-    rows = ["| model | params (non-zero) | MACs | holdout top-1 | vs teacher | epochs | s / epoch (median) | weights, gzip |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
-            f"| teacher {teacher['name']} | {teacher['params']:,} | {teacher['macs'] / 1e6:.1f} M | "
-            f"{teacher['val_top1']:.2f} % | 100 % | {teacher['epochs']} | — | {teacher['gzip_bytes'] / 1024:.0f} KiB |"]
+    rows = [
+        "| model | params (non-zero) | MACs | holdout top-1 | vs teacher | epochs | s / epoch (median) "
+        "| weights, gzip |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| teacher {teacher['name']} | {teacher['params']:,} | {teacher['macs'] / 1e6:.1f} M | "
+        f"{teacher['val_top1']:.2f} % | 100 % | {teacher['epochs']} | — | {teacher['gzip_bytes'] / 1024:.0f} KiB |",
+    ]
     for v in VARIANTS:
         if v not in results:
             continue
         r = results[v]
         nz = f" ({r['nonzero_params']:,})" if r["weight_sparsity"] else ""
-        rows.append(f"| {r['title']} | {r['params']:,}{nz} | {r['macs'] / 1e6:.2f} M | {r['val_top1']:.2f} % | "
-                    f"{r['val_top1'] / teacher['val_top1'] * 100:.1f} % | {r['epochs']} | {epoch_seconds(r):.0f} s | "
-                    f"{r['gzip_bytes'] / 1024:.0f} KiB |")
+        rows.append(
+            f"| {r['title']} | {r['params']:,}{nz} | {r['macs'] / 1e6:.2f} M | {r['val_top1']:.2f} % | "
+            f"{r['val_top1'] / teacher['val_top1'] * 100:.1f} % | {r['epochs']} | {epoch_seconds(r):.0f} s | "
+            f"{r['gzip_bytes'] / 1024:.0f} KiB |"
+        )
     return "\n".join(rows)
 
 
@@ -146,8 +184,10 @@ def verdicts(results: dict, teacher: dict) -> list[str]:
         s = results["kd"]
         p, m, acc = teacher["params"] / s["params"], teacher["macs"] / s["macs"], s["val_top1"] / teacher["val_top1"]
         ok = p >= 8 and m >= 8 and acc >= 0.95
-        out.append(f"- student ≤ 1/8 of the teacher's params and MACs at ≥ 95 % of its top-1: params 1/{p:.1f}, "
-                   f"MACs 1/{m:.1f}, {acc * 100:.1f} % of the teacher — **{'met' if ok else 'NOT met'}**")
+        out.append(
+            f"- student ≤ 1/8 of the teacher's params and MACs at ≥ 95 % of its top-1: params 1/{p:.1f}, "
+            f"MACs 1/{m:.1f}, {acc * 100:.1f} % of the teacher — **{'met' if ok else 'NOT met'}**"
+        )
     if "kd" in results and "labels" in results:
         gain = results["kd"]["val_top1"] - results["labels"]["val_top1"]
         out.append(f"- KD ≥ +1 pt over labels only: {gain:+.2f} pt — **{'met' if gain >= 1 else 'NOT met'}**")
@@ -157,8 +197,10 @@ def verdicts(results: dict, teacher: dict) -> list[str]:
     for v in ("sparse-50", "sparse-2:4"):
         if v in results and "kd" in results:
             d = results[v]["val_top1"] - results["kd"]["val_top1"]
-            out.append(f"- {TITLES[v]} within 1 pt of the dense KD student: {d:+.2f} pt, weight sparsity "
-                       f"{results[v]['weight_sparsity'] * 100:.1f} % — **{'met' if d >= -1 else 'NOT met'}**")
+            out.append(
+                f"- {TITLES[v]} within 1 pt of the dense KD student: {d:+.2f} pt, weight sparsity "
+                f"{results[v]['weight_sparsity'] * 100:.1f} % — **{'met' if d >= -1 else 'NOT met'}**"
+            )
     return out
 
 
@@ -179,18 +221,29 @@ def main(argv=None) -> int:
         if v in variants:
             results[v] = run_variant(v, args, teacher, pre, workdir)
     tprof = profile(teacher, (1, 3, *pre.size))
-    record = json.loads((Path(args.model).parent / "teacher.json").read_text()) if (Path(args.model).parent / "teacher.json").exists() else {}
+    record = (
+        json.loads((Path(args.model).parent / "teacher.json").read_text())
+        if (Path(args.model).parent / "teacher.json").exists()
+        else {}
+    )
     first = next(iter(results.values()))
-    teacher_info = {"name": record.get("model", card.source), "params": tprof.params, "macs": tprof.macs,
-                    "val_top1": first["teacher_val_top1"], "epochs": record.get("total_epochs", record.get("epochs", "?")),
-                    "gzip_bytes": gzip_bytes(teacher)}
+    teacher_info = {
+        "name": record.get("model", card.source),
+        "params": tprof.params,
+        "macs": tprof.macs,
+        "val_top1": first["teacher_val_top1"],
+        "epochs": record.get("total_epochs", record.get("epochs", "?")),
+        "gzip_bytes": gzip_bytes(teacher),
+    }
     text = table(results, teacher_info)
     lines = verdicts(results, teacher_info)
     print("\n" + text + "\n\n" + "\n".join(lines))
     command = "python bench/student_benchmark.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"teacher": teacher_info, "results": results, "command": command}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"teacher": teacher_info, "results": results, "command": command}, indent=2)
+        )
     if args.markdown:
         Path(args.markdown).write_text(markdown(text, lines, results, teacher_info, args, command))
     return 0

@@ -39,20 +39,53 @@ class CompileResult:
     manifest: dict[str, Any]
 
 
-def make_config(model: str, target: str, output: str | Path, *, input_shape: Sequence[int] | None = None,
-                mean: Sequence[float] | None = None, std: Sequence[float] | None = None, scale: float | None = None,
-                channel_order: str | None = None, layout: str | None = None, input_name: str | None = None,
-                labels: Sequence[str] | None = None, weights: str | Path | None = None, **options) -> CompileConfig:
+def make_config(
+    model: str,
+    target: str,
+    output: str | Path,
+    *,
+    input_shape: Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    scale: float | None = None,
+    channel_order: str | None = None,
+    layout: str | None = None,
+    input_name: str | None = None,
+    labels: Sequence[str] | None = None,
+    weights: str | Path | None = None,
+    **options,
+) -> CompileConfig:
     """A CompileConfig from a model (file, factory, zoo name, or model card .toml), input overrides and the
     flat options of the CLI (``calib=``, ``max_drop=``, ``student=``, …; see edgekd.config.FLAT_OPTIONS)."""
-    m = model_input(model, input_shape=input_shape, mean=mean, std=std, scale=scale, channel_order=channel_order,
-                    layout=layout, input_name=input_name, labels=labels, weights=weights)
-    return CompileConfig(model=m.source, target=target, output=Path(output), input=m.input, labels=m.labels,
-                         weights=m.weights, **grouped_options(options))
+    m = model_input(
+        model,
+        input_shape=input_shape,
+        mean=mean,
+        std=std,
+        scale=scale,
+        channel_order=channel_order,
+        layout=layout,
+        input_name=input_name,
+        labels=labels,
+        weights=weights,
+    )
+    return CompileConfig(
+        model=m.source,
+        target=target,
+        output=Path(output),
+        input=m.input,
+        labels=m.labels,
+        weights=m.weights,
+        **grouped_options(options),
+    )
 
 
-def compile(config: CompileConfig, progress: Callable[[str], None] | None = None,
-            instruments: Sequence[Instrument] | None = None, timing=None) -> CompileResult:
+def compile(
+    config: CompileConfig,
+    progress: Callable[[str], None] | None = None,
+    instruments: Sequence[Instrument] | None = None,
+    timing=None,
+) -> CompileResult:
     """Runs the target's pipeline on the model and writes the artifact directory atomically. ``--precision
     auto`` and ``--latency-budget`` compile several candidates and ship one (edgekd.search); ``timing``
     (artifact folder, repeat → ms) replaces their device timing."""
@@ -84,9 +117,12 @@ def compile(config: CompileConfig, progress: Callable[[str], None] | None = None
 
 def _benched(config: CompileConfig, spec, result: CompileResult) -> CompileResult:
     if config.bench:
-        bench(result.output, config.bench, BenchSettings(threads=spec.bench.threads, warmup=spec.bench.warmup,
-                                                           iterations=spec.bench.iterations),
-              inventory=config.search.inventory)
+        bench(
+            result.output,
+            config.bench,
+            BenchSettings(threads=spec.bench.threads, warmup=spec.bench.warmup, iterations=spec.bench.iterations),
+            inventory=config.search.inventory,
+        )
     return result
 
 
@@ -97,12 +133,21 @@ def _run_compile(config, spec, model, passes, backend, writer, ins, progress) ->
     with writer as workdir:
         for stale in writer.removed:
             (progress or warn)(f"removed {stale}, left by a compile that was killed")
-        state = CompileState(spec=spec, config=config, input=model.input, workdir=workdir, source=model.source,
-                             torch_model=loaded.torch_module,
-                             onnx_model=ir.from_proto(loaded.onnx_proto) if loaded.onnx_proto is not None else None,
-                             reference=model.reference, reference_name=model.reference_name,
-                             float_reference=model.reference, labels=config.labels, facts=set(model.facts),
-                             emit=progress)
+        state = CompileState(
+            spec=spec,
+            config=config,
+            input=model.input,
+            workdir=workdir,
+            source=model.source,
+            torch_model=loaded.torch_module,
+            onnx_model=ir.from_proto(loaded.onnx_proto) if loaded.onnx_proto is not None else None,
+            reference=model.reference,
+            reference_name=model.reference_name,
+            float_reference=model.reference,
+            labels=config.labels,
+            facts=set(model.facts),
+            emit=progress,
+        )
         failure = None
         try:
             state = run_pipeline(state, passes, ins)
@@ -116,10 +161,24 @@ def _run_compile(config, spec, model, passes, backend, writer, ins, progress) ->
     return manifest
 
 
-def distill(model: str, student: str, data: str | Path, output: str | Path, *, epochs: int = 10, seed: int = 0,
-            resume: bool = False, train_options: dict | None = None, allow_pickle: bool = False,
-            init: str | Path | None = None, replay: str | Path | None = None, replay_size: int = 5000,
-            force: bool = False, progress: Callable | None = None, **input_args) -> dict:
+def distill(
+    model: str,
+    student: str,
+    data: str | Path,
+    output: str | Path,
+    *,
+    epochs: int = 10,
+    seed: int = 0,
+    resume: bool = False,
+    train_options: dict | None = None,
+    allow_pickle: bool = False,
+    init: str | Path | None = None,
+    replay: str | Path | None = None,
+    replay_size: int = 5000,
+    force: bool = False,
+    progress: Callable | None = None,
+    **input_args,
+) -> dict:
     """Trains ``student`` (a zoo name or factory) from the teacher ``model`` and writes its state_dict to
     ``output`` (.pt), a JSON record beside it, and the training curves into ``<output>.training/``. Under
     ``torchrun`` every worker trains its share of each batch (DistributedDataParallel) and the first one writes.
@@ -132,10 +191,24 @@ def distill(model: str, student: str, data: str | Path, output: str | Path, *, e
     m = model_input(model, **input_args)
     check_outputs(output, force, [Path(m.source), m.weights, Path(data), Path(init) if init else None])
     resolved = resolve(m.source, m.weights, allow_pickle, m.input)
-    cfg = train_config(train_options or {}, epochs=epochs, seed=seed, resume=resume,
-                       checkpoint_dir=output.with_name(output.name + ".checkpoints"))
-    return distill_to_file(resolved, student, Path(data), output, cfg, progress, Path(init) if init else None,
-                           Path(replay) if replay is not None else None, replay_size)
+    cfg = train_config(
+        train_options or {},
+        epochs=epochs,
+        seed=seed,
+        resume=resume,
+        checkpoint_dir=output.with_name(output.name + ".checkpoints"),
+    )
+    return distill_to_file(
+        resolved,
+        student,
+        Path(data),
+        output,
+        cfg,
+        progress,
+        Path(init) if init else None,
+        Path(replay) if replay is not None else None,
+        replay_size,
+    )
 
 
 def resolve_device(name: str, inventory: str | Path | None = None, accept_new_host_key: bool = False):
@@ -147,9 +220,14 @@ def resolve_device(name: str, inventory: str | Path | None = None, accept_new_ho
     return SSHDevice(spec, accept_new_host_key=accept_new_host_key)
 
 
-def bench(artifact: str | Path, device: str = "local", settings: BenchSettings | None = None,
-          progress: Callable[[int, int], None] | None = None, inventory: str | Path | None = None,
-          accept_new_host_key: bool = False) -> dict:
+def bench(
+    artifact: str | Path,
+    device: str = "local",
+    settings: BenchSettings | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    inventory: str | Path | None = None,
+    accept_new_host_key: bool = False,
+) -> dict:
     """Benchmarks a compiled artifact on a device; stores the result and a plot in the artifact."""
     artifact = Path(artifact)
     dev = resolve_device(device, inventory, accept_new_host_key)
@@ -163,8 +241,13 @@ def bench(artifact: str | Path, device: str = "local", settings: BenchSettings |
     return result
 
 
-def bench_many(artifact: str | Path, devices: Sequence[str], settings: BenchSettings | None = None,
-               inventory: str | Path | None = None, accept_new_host_key: bool = False) -> list[dict | Exception]:
+def bench_many(
+    artifact: str | Path,
+    devices: Sequence[str],
+    settings: BenchSettings | None = None,
+    inventory: str | Path | None = None,
+    accept_new_host_key: bool = False,
+) -> list[dict | Exception]:
     """Benchmarks on several devices at once, one connection each; a device that fails gives its
     error in its slot instead of stopping the others."""
     from concurrent.futures import ThreadPoolExecutor
@@ -191,8 +274,14 @@ def compare(artifacts: Sequence[str | Path], plot: str | Path | None = None) -> 
     return rows, png
 
 
-def inspect(model: str, input_shape: Sequence[int] | None = None, weights: str | Path | None = None,
-            allow_pickle: bool = False, opset: int = 17, target: str | None = None) -> dict[str, Any]:
+def inspect(
+    model: str,
+    input_shape: Sequence[int] | None = None,
+    weights: str | Path | None = None,
+    allow_pickle: bool = False,
+    opset: int = 17,
+    target: str | None = None,
+) -> dict[str, Any]:
     """Ops, parameters and MACs of a model (exported to ONNX first when it is a PyTorch model), and
     with ``target``, the nodes that target cannot run."""
     import onnx_ir as ir
@@ -204,11 +293,18 @@ def inspect(model: str, input_shape: Sequence[int] | None = None, weights: str |
     m = model_input(model, input_shape=input_shape, weights=weights)
     loaded, inp = load_input_model(m.source, m.weights, allow_pickle, m.input)
     spec = load_target(target) if target else None
-    proto = loaded.onnx_proto if loaded.kind == "onnx" else export_onnx(
-        loaded.torch_module, inp.shape, spec.opset if spec else opset, inp.name)
-    info = {"model": loaded.source, "kind": loaded.kind, "input_shape": list(inp.shape),
-            "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
-            **profile_onnx(proto).to_dict()}
+    proto = (
+        loaded.onnx_proto
+        if loaded.kind == "onnx"
+        else export_onnx(loaded.torch_module, inp.shape, spec.opset if spec else opset, inp.name)
+    )
+    info = {
+        "model": loaded.source,
+        "kind": loaded.kind,
+        "input_shape": list(inp.shape),
+        "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
+        **profile_onnx(proto).to_dict(),
+    }
     if spec is not None:
         info["target"] = spec.name
         backend = get_backend(spec.backend)
@@ -219,45 +315,89 @@ def inspect(model: str, input_shape: Sequence[int] | None = None, weights: str |
     return info
 
 
-def val(artifact: str | Path, data: str | Path, *, split: str = "val", conf: float = 0.25, iou: float = 0.7,
-        max_det: int = 300, limit: int | None = None, threads: int = 2, progress: Callable | None = None):
+def val(
+    artifact: str | Path,
+    data: str | Path,
+    *,
+    split: str = "val",
+    conf: float = 0.25,
+    iou: float = 0.7,
+    max_det: int = 300,
+    limit: int | None = None,
+    threads: int = 2,
+    progress: Callable | None = None,
+):
     """COCO mAP50-95 / mAP50 and precision/recall at ``conf`` of a compiled detector on a YOLO ``data.yaml``
     split or a COCO JSON, run in the artifact's own runtime (see edgekd.detect.validate)."""
     from edgekd.detect.postprocess import NmsSettings
     from edgekd.detect.validate import validate_artifact
 
-    return validate_artifact(artifact, data, split, NmsSettings(iou=iou, max_det=max_det), conf, limit, threads, progress)
+    return validate_artifact(
+        artifact, data, split, NmsSettings(iou=iou, max_det=max_det), conf, limit, threads, progress
+    )
 
 
 def list_targets() -> list[dict[str, Any]]:
     rows = []
     for name, path in builtin_targets().items():
         spec = parse_spec(path)
-        rows.append({"name": name, "backend": spec.backend, "device_class": spec.device_class,
-                     "precisions": list(spec.precisions), "description": spec.description,
-                     "toolchain_installed": get_backend(spec.backend).available()})
+        rows.append(
+            {
+                "name": name,
+                "backend": spec.backend,
+                "device_class": spec.device_class,
+                "precisions": list(spec.precisions),
+                "description": spec.description,
+                "toolchain_installed": get_backend(spec.backend).available(),
+            }
+        )
     return rows
 
 
 def explain_target(name: str) -> dict[str, Any]:
     """A target's facts and why its default pipeline is what it is."""
     spec = load_target(name)
-    return {"name": spec.name, "description": spec.description, "backend": spec.backend,
-            "device_class": spec.device_class, "precisions": list(spec.precisions),
-            "default_precision": spec.default_precision, "activation_scheme": spec.activation_scheme,
-            "placement": spec.placement,
-            "opset": spec.opset, "opset_range": list(spec.opset_range), "passes": default_passes(spec),
-            "pipeline_why": spec.pipeline_why, "quantization_why": spec.raw.get("quantization", {}).get("why"),
-            "bench": dataclasses.asdict(spec.bench), "path": str(spec.path), "spec_sha256": spec.sha256,
-            "toolchain_installed": get_backend(spec.backend).available(),
-            "facts": {k: v for k, v in spec.raw.items() if isinstance(v, dict)
-                      and k not in ("precision", "quantization", "onnx", "pipeline", "bench", "ops")}}
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "backend": spec.backend,
+        "device_class": spec.device_class,
+        "precisions": list(spec.precisions),
+        "default_precision": spec.default_precision,
+        "activation_scheme": spec.activation_scheme,
+        "placement": spec.placement,
+        "opset": spec.opset,
+        "opset_range": list(spec.opset_range),
+        "passes": default_passes(spec),
+        "pipeline_why": spec.pipeline_why,
+        "quantization_why": spec.raw.get("quantization", {}).get("why"),
+        "bench": dataclasses.asdict(spec.bench),
+        "path": str(spec.path),
+        "spec_sha256": spec.sha256,
+        "toolchain_installed": get_backend(spec.backend).available(),
+        "facts": {
+            k: v
+            for k, v in spec.raw.items()
+            if isinstance(v, dict) and k not in ("precision", "quantization", "onnx", "pipeline", "bench", "ops")
+        },
+    }
 
 
 def list_devices(inventory: str | Path | None = None) -> list[dict[str, Any]]:
-    return [{"name": d.name, "host": d.host or "(this machine)", "port": d.port, "user": d.user, "arch": d.arch,
-             "runtimes": list(d.runtimes), "jetson": d.jetson, "description": d.description, "source": d.source or "built-in"}
-            for d in load_inventory(inventory).values()]
+    return [
+        {
+            "name": d.name,
+            "host": d.host or "(this machine)",
+            "port": d.port,
+            "user": d.user,
+            "arch": d.arch,
+            "runtimes": list(d.runtimes),
+            "jetson": d.jetson,
+            "description": d.description,
+            "source": d.source or "built-in",
+        }
+        for d in load_inventory(inventory).values()
+    ]
 
 
 def check_device(name: str, inventory: str | Path | None = None, accept_new_host_key: bool = False) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from edgekd.errors import ArtifactError, InputNotFoundError
 from edgekd.outputs import MANIFEST
+
 REPORT = "report.md"
 RESULTS_DIR = "results"
 
@@ -51,20 +52,30 @@ REQUIRED = {"artifact": ("model_file", "runtime", "backend"), "target": ("name",
 def read_manifest(artifact: str | Path) -> dict[str, Any]:
     path = Path(artifact) / MANIFEST
     if not Path(artifact).is_dir():
-        raise InputNotFoundError(f"{artifact} is not an artifact directory",
-                                 "pass the directory that `edgekd compile -o` wrote")
+        raise InputNotFoundError(
+            f"{artifact} is not an artifact directory", "pass the directory that `edgekd compile -o` wrote"
+        )
     if not path.exists():
-        raise InputNotFoundError(f"{artifact} is not an edgekd artifact (no {MANIFEST})",
-                                 "pass the directory that `edgekd compile -o` wrote")
+        raise InputNotFoundError(
+            f"{artifact} is not an edgekd artifact (no {MANIFEST})", "pass the directory that `edgekd compile -o` wrote"
+        )
     try:
         manifest = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError, OSError) as e:
         raise ArtifactError(f"{path} is not valid JSON: {e}") from e
-    missing = [f"{k}.{f}" if f else k for k, fields in REQUIRED.items() for f in (fields or ("",))
-               if not isinstance(manifest, dict) or not isinstance(manifest.get(k), (dict, list))
-               or (f and f not in manifest[k])]
-    bad_files = isinstance(manifest, dict) and isinstance(manifest.get("files"), list) and any(
-        not isinstance(e, dict) or not {"path", "sha256"} <= e.keys() for e in manifest["files"])
+    missing = [
+        f"{k}.{f}" if f else k
+        for k, fields in REQUIRED.items()
+        for f in (fields or ("",))
+        if not isinstance(manifest, dict)
+        or not isinstance(manifest.get(k), (dict, list))
+        or (f and f not in manifest[k])
+    ]
+    bad_files = (
+        isinstance(manifest, dict)
+        and isinstance(manifest.get("files"), list)
+        and any(not isinstance(e, dict) or not {"path", "sha256"} <= e.keys() for e in manifest["files"])
+    )
     if missing or bad_files or not manifest.get("inputs"):
         raise ArtifactError(f"{path} is incomplete: missing {', '.join(missing) or 'file entries or inputs'}")
     return manifest
@@ -72,5 +83,8 @@ def read_manifest(artifact: str | Path) -> dict[str, Any]:
 
 def verify_files(artifact: Path, manifest: dict[str, Any]) -> list[str]:
     """Names of listed files whose bytes no longer match the manifest."""
-    return [e["path"] for e in manifest["files"]
-            if not (artifact / e["path"]).exists() or sha256_file(artifact / e["path"]) != e["sha256"]]
+    return [
+        e["path"]
+        for e in manifest["files"]
+        if not (artifact / e["path"]).exists() or sha256_file(artifact / e["path"]) != e["sha256"]
+    ]

@@ -23,7 +23,7 @@ def _stem(name: str) -> str:
     room = NAME_MAX - len(f"..{_TMP}-{os.getpid()}-") - 16  # mkdtemp's random part and margin
     if len(name) <= room:
         return name
-    return f"{name[:room - 17]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    return f"{name[: room - 17]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
 
 
 def _alive(pid: int) -> bool:

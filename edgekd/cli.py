@@ -88,8 +88,11 @@ TRAINING_FLAGS = [
     click.option("--temperature-schedule", type=click.Choice(["linear", "cosine"]), help="shape of START:END [linear]"),
     click.option("--learn-temperature", is_flag=True, default=None, help="train T with the student, from START"),
     click.option("--alpha", help="KD weight against hard labels: a number or START:END [0.7:0.3; label-free 1]"),
-    click.option("--kd-loss", type=click.Choice(["hinton", "dkd"]),
-                 help="KD objective: Hinton's, or decoupled KD (target + β·non-target terms) [hinton]"),
+    click.option(
+        "--kd-loss",
+        type=click.Choice(["hinton", "dkd"]),
+        help="KD objective: Hinton's, or decoupled KD (target + β·non-target terms) [hinton]",
+    ),
     click.option("--dkd-beta", type=float, help="decoupled KD: weight of the non-target term [8]"),
     click.option("--hint-weight", type=float, help="FitNets hint loss on paired feature maps [0: off]"),
     click.option("--attention-weight", type=float, help="attention transfer on the same pairs [0: off]"),
@@ -97,13 +100,33 @@ TRAINING_FLAGS = [
     click.option("--feature-pairs", help="STUDENT_LAYER=TEACHER_LAYER,... [auto: stage ends matched by spatial size]"),
     click.option("--compensate", is_flag=True, default=None, help="rescale loss weights by gradient-norm sensitivity"),
     click.option("--loss-clip", type=float, help="clip each loss term at this value (e.g. 0.3)"),
-    click.option("--select-fraction", type=float, help="label-free: keep this fraction with the highest teacher entropy"),
+    click.option(
+        "--select-fraction", type=float, help="label-free: keep this fraction with the highest teacher entropy"
+    ),
     click.option("--early-stop", type=int, help="stop after N epochs without a better holdout top-1"),
     click.option("--sparsity-scope", type=click.Choice(["layer", "global"]), help="magnitude ranking scope [layer]"),
 ]
-TRAINING_KEYS = ("lr", "batch_size", "optimizer", "lr_schedule", "temperature", "temperature_schedule",
-                 "learn_temperature", "alpha", "kd_loss", "dkd_beta", "hint_weight", "attention_weight", "feature_loss", "feature_pairs",
-                 "compensate", "loss_clip", "select_fraction", "early_stop", "sparsity_scope")
+TRAINING_KEYS = (
+    "lr",
+    "batch_size",
+    "optimizer",
+    "lr_schedule",
+    "temperature",
+    "temperature_schedule",
+    "learn_temperature",
+    "alpha",
+    "kd_loss",
+    "dkd_beta",
+    "hint_weight",
+    "attention_weight",
+    "feature_loss",
+    "feature_pairs",
+    "compensate",
+    "loss_clip",
+    "select_fraction",
+    "early_stop",
+    "sparsity_scope",
+)
 
 
 def training_flags(fn):
@@ -161,114 +184,210 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 @click.option("--channel-order", type=click.Choice(["RGB", "BGR"]))
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]))
 @click.option("--labels", type=click.Path(exists=True, path_type=Path), help="text file, one class name per line")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "auto"]),
-              help="default: the target's; auto: the fastest on --device within --max-drop (needs --eval)")
-@click.option("--calib", type=click.Path(path_type=Path), help="sample images or .npy/.npz (verification now, calibration for int8)")
-@click.option("--calib-samples", type=int, default=512, show_default=True, help="use at most this many calibration samples")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8", "auto"]),
+    help="default: the target's; auto: the fastest on --device within --max-drop (needs --eval)",
+)
+@click.option(
+    "--calib",
+    type=click.Path(path_type=Path),
+    help="sample images or .npy/.npz (verification now, calibration for int8)",
+)
+@click.option(
+    "--calib-samples", type=int, default=512, show_default=True, help="use at most this many calibration samples"
+)
 @click.option("--calib-method", type=click.Choice(["ema", "minmax", "percentile"]), default="ema", show_default=True)
 @click.option("--ema-constant", type=float, default=0.01, show_default=True, help="EMA averaging constant")
 @click.option("--percentile", type=float, default=99.99, show_default=True)
-@click.option("--activation-scheme", type=click.Choice(["asymmetric-int8", "asymmetric-uint8", "symmetric-int8"]),
-              help="override the target's activation scheme")
+@click.option(
+    "--activation-scheme",
+    type=click.Choice(["asymmetric-int8", "asymmetric-uint8", "symmetric-int8"]),
+    help="override the target's activation scheme",
+)
 @click.option("--keep-float", help="N (keep the N most sensitive layers in float) or layer names, comma-separated")
 @click.option("--eval", "eval_dir", type=click.Path(path_type=Path), help="labelled images DIR/<class>/* for top-1")
 @click.option("--eval-samples", type=int, default=1000, show_default=True)
-@click.option("--max-drop", type=float, help="top-1 points int8 may lose; with --eval, layers return to float until met")
+@click.option(
+    "--max-drop", type=float, help="top-1 points int8 may lose; with --eval, layers return to float until met"
+)
 @click.option("--student", help="distil into this zoo model (e.g. mobilenetv2-cifar:0.5); needs --data")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), help="training images for --student/--sparsity (class subfolders or flat)")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    help="training images for --student/--sparsity (class subfolders or flat)",
+)
 @click.option("--epochs", type=int, default=10, show_default=True, help="training epochs for distillation and sparsity")
 @click.option("--sparsity", type=float, help="fraction of Conv/Linear weights set to zero (0..1)")
-@click.option("--sparsity-pattern", type=click.Choice(["unstructured", "2:4"]), default="unstructured", show_default=True)
-@click.option("--resume", is_flag=True, help="continue training from OUTPUT.checkpoints (left by an interrupted compile)")
-@click.option("--qat-epochs", type=int, default=0, show_default=True,
-              help="int8: quantization-aware training after calibration, distilled from the float model; needs --data")
-@click.option("--qat-ranges", type=click.Choice(["learn", "ema"]), default="learn", show_default=True,
-              help="QAT ranges: learned by gradient (LSQ-style) or a moving average of batch min/max")
-@click.option("--qat-lr", type=float, default=0.0005, show_default=True,
-              help="QAT learning rate (SGD; BN-folded weights diverged at 0.002 on a CIFAR ResNet-20)")
-@click.option("--qat-alpha", type=float, default=1.0, show_default=True,
-              help="KD share of the QAT loss (from the float model); below 1 mixes in the labels")
-@click.option("--qat-fallback-epochs", type=int, default=3, show_default=True,
-              help="QAT epochs run when --max-drop is missed after PTQ and mixed precision (0: fail instead); needs --data")
+@click.option(
+    "--sparsity-pattern", type=click.Choice(["unstructured", "2:4"]), default="unstructured", show_default=True
+)
+@click.option(
+    "--resume", is_flag=True, help="continue training from OUTPUT.checkpoints (left by an interrupted compile)"
+)
+@click.option(
+    "--qat-epochs",
+    type=int,
+    default=0,
+    show_default=True,
+    help="int8: quantization-aware training after calibration, distilled from the float model; needs --data",
+)
+@click.option(
+    "--qat-ranges",
+    type=click.Choice(["learn", "ema"]),
+    default="learn",
+    show_default=True,
+    help="QAT ranges: learned by gradient (LSQ-style) or a moving average of batch min/max",
+)
+@click.option(
+    "--qat-lr",
+    type=float,
+    default=0.0005,
+    show_default=True,
+    help="QAT learning rate (SGD; BN-folded weights diverged at 0.002 on a CIFAR ResNet-20)",
+)
+@click.option(
+    "--qat-alpha",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="KD share of the QAT loss (from the float model); below 1 mixes in the labels",
+)
+@click.option(
+    "--qat-fallback-epochs",
+    type=int,
+    default=3,
+    show_default=True,
+    help="QAT epochs run when --max-drop is missed after PTQ and mixed precision (0: fail instead); needs --data",
+)
 @click.option("--passes", callback=_names, help="run exactly these passes, comma-separated")
 @click.option("--skip", callback=_names, help="drop these passes from the target's default pipeline")
 @click.option("--verify-samples", type=int, default=16, show_default=True)
 @click.option("--keep-failed", is_flag=True, help="keep an artifact that fails the fidelity check (status in manifest)")
 @click.option("--bench", "bench_device", help="benchmark the artifact on this device afterwards (e.g. local)")
-@click.option("--device", "search_device", help="time the candidates of --precision auto / --latency-budget here "
-              "[--bench's device, else the target's]")
+@click.option(
+    "--device",
+    "search_device",
+    help="time the candidates of --precision auto / --latency-budget here [--bench's device, else the target's]",
+)
 @click.option("--inventory", type=click.Path(exists=True, path_type=Path), help="device inventory .toml (SSH boards)")
-@click.option("--latency-budget", type=float, help="ms on --device: distil the most accurate --student that fits "
-              "(--student NAME:W1,W2,... or a zoo name for its widths)")
-@click.option("--proxy-epochs", type=int, default=1, show_default=True,
-              help="distillation epochs that rank the students within --latency-budget")
+@click.option(
+    "--latency-budget",
+    type=float,
+    help="ms on --device: distil the most accurate --student that fits "
+    "(--student NAME:W1,W2,... or a zoo name for its widths)",
+)
+@click.option(
+    "--proxy-epochs",
+    type=int,
+    default=1,
+    show_default=True,
+    help="distillation epochs that rank the students within --latency-budget",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-q", "--quiet", is_flag=True)
 @training_flags
 @handle_errors
-def compile_cmd(model, target, output, force, weights, allow_pickle, input_shape, mean, std, scale, channel_order,
-                layout, labels, precision, calib, calib_samples, calib_method, ema_constant, percentile,
-                activation_scheme, keep_float, eval_dir, eval_samples, max_drop, student, data_dir, epochs, sparsity,
-                sparsity_pattern, resume, qat_epochs, qat_ranges, qat_lr, qat_alpha, qat_fallback_epochs, passes,
-                skip, verify_samples, keep_failed, bench_device, search_device, inventory, latency_budget,
-                proxy_epochs, seed, quiet, train_options):
+def compile_cmd(
+    model,
+    target,
+    output,
+    labels,
+    keep_float,
+    eval_dir,
+    data_dir,
+    skip,
+    bench_device,
+    search_device,
+    inventory,
+    quiet,
+    **options,
+):
     """Compile MODEL (.pt TorchScript, .pt2, .onnx, package.module:factory, zoo name, or a model card .toml)."""
-    label_names = [l.strip() for l in labels.read_text().splitlines() if l.strip()] if labels else None
-    searching = precision == "auto" or latency_budget is not None
+    label_names = [line.strip() for line in labels.read_text().splitlines() if line.strip()] if labels else None
+    searching = options["precision"] == "auto" or options["latency_budget"] is not None
     keep_names, keep_count = (), 0
     if keep_float:
         if keep_float.strip().isdigit():
             keep_count = int(keep_float)
         else:
             keep_names = _names(None, None, keep_float)
-    config = api.make_config(model, target, output, input_shape=input_shape, mean=mean, std=std, scale=scale,
-                             channel_order=channel_order, layout=layout, labels=label_names, weights=weights,
-                             force=force, allow_pickle=allow_pickle, precision=precision, calib=calib,
-                             calib_samples=calib_samples, calib_method=calib_method, ema_constant=ema_constant,
-                             percentile=percentile, activation_scheme=activation_scheme, keep_float=keep_names,
-                             keep_float_count=keep_count, eval=eval_dir, eval_samples=eval_samples, max_drop=max_drop,
-                             student=student, data=data_dir, epochs=epochs, sparsity=sparsity,
-                             sparsity_pattern=sparsity_pattern, resume=resume, train_options=train_options,
-                             qat_epochs=qat_epochs, qat_ranges=qat_ranges, qat_lr=qat_lr, qat_alpha=qat_alpha,
-                             qat_fallback_epochs=qat_fallback_epochs,
-                             passes=passes, skip=skip or (), verify_samples=verify_samples, keep_failed=keep_failed,
-                             seed=seed, inventory=inventory if searching else None,
-                             device=search_device or (bench_device if searching else None),
-                             latency_budget=latency_budget, proxy_epochs=proxy_epochs)
+    config = api.make_config(
+        model,
+        target,
+        output,
+        labels=label_names,
+        keep_float=keep_names,
+        keep_float_count=keep_count,
+        eval=eval_dir,
+        data=data_dir,
+        skip=skip or (),
+        inventory=inventory if searching else None,
+        device=search_device or (bench_device if searching else None),
+        **options,
+    )
     emit = None if quiet else (lambda line: click.echo(line, err=True))
     result = api.compile(config, progress=emit)
-    m = result.manifest
-    fid = m["fidelity"] or {}
-    click.echo(f"wrote {result.output}  ({m['target']['name']}, {m['artifact']['precision']}, "
-               f"{sum(f['bytes'] for f in m['files']):,} bytes)")
-    if fid:
-        click.echo(f"fidelity vs {fid['reference']}: max abs error {fid['max_abs_error']:.3g}, "
-                   f"top-1 agreement {fid.get('top1_agreement', '–')}")
-    qat = m.get("qat")
-    if qat:
-        pct = lambda v: "–" if v is None else f"{v:.2f} %"  # noqa: E731
-        click.echo(f"QAT ({qat['trigger']}, {qat['epochs']} epochs, ranges {qat['ranges']}): holdout top-1 float "
-                   f"{pct(qat['float_top1'])}, int8 before {pct(qat['ptq_top1'])}, after {pct(qat['qat_top1'])}")
-    acc = m.get("accuracy")
-    if acc and acc.get("kind") == "detection":
-        click.echo(f"mAP50 on {acc['images']} eval images: " + ", ".join(
-            f"{k} {acc[k]['map50']:.4f}" for k in ("float", "simulation", "artifact") if k in acc) +
-            (f" (drop {acc['drop_map50_pt']:.2f} pt)" if "drop_map50_pt" in acc else ""))
-    elif acc:
-        click.echo(f"top-1 on {acc['samples']} eval images: float {100 * acc['float_top1']:.2f} %, "
-                   f"artifact {100 * acc['artifact_top1']:.2f} % (drop {acc['drop_pt']:.2f} pt)")
-        speed = acc.get("speed")
-        if speed and not speed["met"]:
-            click.secho(f"note: {speed['drop_pt']:.2f} pt lost for {speed['speedup']:.2f}x speed on this machine; "
-                        f"the design rule asks {speed['needed_speedup']:.2f}x (2x per point)", fg="yellow")
-    sc = m.get("speed_check")
-    if sc and sc["int8_slower"]:
-        click.secho(f"warning: this int8 artifact is slower than the float model on {sc['measured_on']} "
-                    f"({sc['speedup']['median']:.2f}x in {sc['speedup']['repeats']} repeats); ship --precision fp32, "
-                    "or let --precision auto choose", fg="yellow")
-    _search_tables(m)
+    _compile_summary(result)
+    _search_tables(result.manifest)
     if bench_device:
         _bench(result.output, bench_device, None, None, None, None, quiet, inventory)
+
+
+def _percent(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f} %"
+
+
+def _compile_summary(result) -> None:
+    m = result.manifest
+    fid = m["fidelity"] or {}
+    click.echo(
+        f"wrote {result.output}  ({m['target']['name']}, {m['artifact']['precision']}, "
+        f"{sum(f['bytes'] for f in m['files']):,} bytes)"
+    )
+    if fid:
+        click.echo(
+            f"fidelity vs {fid['reference']}: max abs error {fid['max_abs_error']:.3g}, "
+            f"top-1 agreement {fid.get('top1_agreement', '–')}"
+        )
+    qat = m.get("qat")
+    if qat:
+        click.echo(
+            f"QAT ({qat['trigger']}, {qat['epochs']} epochs, ranges {qat['ranges']}): holdout top-1 float "
+            f"{_percent(qat['float_top1'])}, int8 before {_percent(qat['ptq_top1'])}, "
+            f"after {_percent(qat['qat_top1'])}"
+        )
+    _accuracy_lines(m.get("accuracy"))
+    sc = m.get("speed_check")
+    if sc and sc["int8_slower"]:
+        click.secho(
+            f"warning: this int8 artifact is slower than the float model on {sc['measured_on']} "
+            f"({sc['speedup']['median']:.2f}x in {sc['speedup']['repeats']} repeats); ship --precision fp32, "
+            "or let --precision auto choose",
+            fg="yellow",
+        )
+
+
+def _accuracy_lines(acc: dict | None) -> None:
+    if acc and acc.get("kind") == "detection":
+        click.echo(
+            f"mAP50 on {acc['images']} eval images: "
+            + ", ".join(f"{k} {acc[k]['map50']:.4f}" for k in ("float", "simulation", "artifact") if k in acc)
+            + (f" (drop {acc['drop_map50_pt']:.2f} pt)" if "drop_map50_pt" in acc else "")
+        )
+    elif acc:
+        click.echo(
+            f"top-1 on {acc['samples']} eval images: float {100 * acc['float_top1']:.2f} %, "
+            f"artifact {100 * acc['artifact_top1']:.2f} % (drop {acc['drop_pt']:.2f} pt)"
+        )
+        speed = acc.get("speed")
+        if speed and not speed["met"]:
+            click.secho(
+                f"note: {speed['drop_pt']:.2f} pt lost for {speed['speedup']:.2f}x speed on this machine; "
+                f"the design rule asks {speed['needed_speedup']:.2f}x (2x per point)",
+                fg="yellow",
+            )
 
 
 def _search_tables(m: dict) -> None:
@@ -285,15 +404,27 @@ def _search_tables(m: dict) -> None:
 @main.command("distill")
 @click.argument("teacher")
 @click.option("--student", required=True, help="zoo model to train, e.g. resnet8:0.625 or mobilenetv2-cifar:0.5")
-@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
-              help="training images (class subfolders, or flat for label-free KD); every 10th per class is held out")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="student state_dict (.pt) to write")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="training images (class subfolders, or flat for label-free KD); every 10th per class is held out",
+)
+@click.option(
+    "-o", "--output", required=True, type=click.Path(path_type=Path), help="student state_dict (.pt) to write"
+)
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--resume", is_flag=True, help="continue from OUTPUT.checkpoints")
 @click.option("--force", is_flag=True, help="replace OUTPUT (and its .json record) if they exist")
-@click.option("--init", type=click.Path(exists=True, path_type=Path), help="start from these student weights (an update)")
-@click.option("--replay", type=click.Path(path_type=Path),
-              help="replay buffer .npz: earlier samples mixed into every step, new ones added (created if missing)")
+@click.option(
+    "--init", type=click.Path(exists=True, path_type=Path), help="start from these student weights (an update)"
+)
+@click.option(
+    "--replay",
+    type=click.Path(path_type=Path),
+    help="replay buffer .npz: earlier samples mixed into every step, new ones added (created if missing)",
+)
 @click.option("--replay-size", type=int, default=5000, show_default=True, help="capacity of a new replay buffer")
 @click.option("--weights", type=click.Path(path_type=Path), help="teacher state_dict for a factory TEACHER")
 @click.option("--allow-pickle", is_flag=True, help="allow unpickling a whole-module teacher file (runs code from it)")
@@ -304,42 +435,51 @@ def _search_tables(m: dict) -> None:
 @click.option("-q", "--quiet", is_flag=True)
 @training_flags
 @handle_errors
-def distill_cmd(teacher, student, data_dir, output, epochs, resume, force, init, replay, replay_size, weights, allow_pickle,
-                input_shape, mean, std, seed, quiet, train_options):
+def distill_cmd(teacher, student, data_dir, output, epochs, quiet, **options):
     """Train a STUDENT from TEACHER by knowledge distillation and write its weights.
 
     Runs as is, or data-parallel under torchrun (gloo on CPU, nccl on GPUs), e.g.
     `torchrun --nproc_per_node 2 -m edgekd distill ...`. Compile the result with
     `edgekd compile STUDENT --weights OUTPUT --target ...`.
     """
-    bar = None
-
-    def progress(epoch, step, steps, loss, acc):
-        nonlocal bar
-        if quiet:
-            return
-        if bar is None:
-            bar = click.progressbar(length=steps, label=f"epoch {epoch}/{epochs}", file=sys.stderr,
-                                    show_pos=True, item_show_func=lambda text: text)
-            bar.__enter__()
-        bar.update(step - bar.pos, f"loss {loss:.4f}")
-        if step == steps:
-            bar.render_finish()
-            bar = None
-            click.echo(f"epoch {epoch}/{epochs}: loss {loss:.4f}" + (f", holdout top-1 {acc:.2f} %" if acc is not None
-                                                                     else ""), err=True)
-
-    m = api.distill(teacher, student, data_dir, output, epochs=epochs, seed=seed, resume=resume,
-                    train_options=train_options, allow_pickle=allow_pickle, init=init, replay=replay,
-                    replay_size=replay_size, force=force, progress=progress, weights=weights, input_shape=input_shape,
-                    mean=mean, std=std)
+    progress = None if quiet else _EpochBar(epochs)
+    m = api.distill(teacher, student, data_dir, output, epochs=epochs, progress=progress, **options)
     from edgekd.distill.distributed import join
 
     if join().is_main:
-        pct = lambda v: "–" if v is None else f"{v:.2f} %"  # noqa: E731
-        click.echo(f"wrote {output}: {student}, {m['student_params']:,} params ({m['teacher_params'] / m['student_params']:.1f}x "
-                   f"fewer), {m['student_macs'] / 1e6:.2f} M MACs; holdout top-1 {pct(m['student_val_top1'])}"
-                   f" (teacher {pct(m['teacher_val_top1'])}), {m['epochs']} epochs, {m['workers']} worker(s)")
+        click.echo(
+            f"wrote {output}: {student}, {m['student_params']:,} params "
+            f"({m['teacher_params'] / m['student_params']:.1f}x "
+            f"fewer), {m['student_macs'] / 1e6:.2f} M MACs; holdout top-1 {_percent(m['student_val_top1'])}"
+            f" (teacher {_percent(m['teacher_val_top1'])}), {m['epochs']} epochs, {m['workers']} worker(s)"
+        )
+
+
+class _EpochBar:
+    """A step bar per epoch on stderr, closed by the epoch's loss and holdout top-1."""
+
+    def __init__(self, epochs: int):
+        self.epochs, self.bar = epochs, None
+
+    def __call__(self, epoch, step, steps, loss, acc):
+        if self.bar is None:
+            self.bar = click.progressbar(
+                length=steps,
+                label=f"epoch {epoch}/{self.epochs}",
+                file=sys.stderr,
+                show_pos=True,
+                item_show_func=lambda text: text,
+            )
+            self.bar.__enter__()
+        self.bar.update(step - self.bar.pos, f"loss {loss:.4f}")
+        if step == steps:
+            self.bar.render_finish()
+            self.bar = None
+            click.echo(
+                f"epoch {epoch}/{self.epochs}: loss {loss:.4f}"
+                + (f", holdout top-1 {acc:.2f} %" if acc is not None else ""),
+                err=True,
+            )
 
 
 def _settings(artifact, threads, warmup, iterations, time_budget) -> BenchSettings:
@@ -353,8 +493,12 @@ def _settings(artifact, threads, warmup, iterations, time_budget) -> BenchSettin
     except EdgekdError:
         pass
     d = spec_bench or BenchSettings()
-    return BenchSettings(threads=d.threads if threads is None else threads, warmup=d.warmup if warmup is None else warmup,
-                         iterations=d.iterations if iterations is None else iterations, time_budget_s=time_budget)
+    return BenchSettings(
+        threads=d.threads if threads is None else threads,
+        warmup=d.warmup if warmup is None else warmup,
+        iterations=d.iterations if iterations is None else iterations,
+        time_budget_s=time_budget,
+    )
 
 
 def _bench(artifact, device, threads, warmup, iterations, time_budget, quiet, inventory=None, accept_new=False):
@@ -369,15 +513,21 @@ def _bench(artifact, device, threads, warmup, iterations, time_budget, quiet, in
                 bar.update(done - seen[0])
                 seen[0] = done
 
-            result = api.bench(artifact, device, settings, progress, inventory=inventory, accept_new_host_key=accept_new)
+            result = api.bench(
+                artifact, device, settings, progress, inventory=inventory, accept_new_host_key=accept_new
+            )
     click.echo(text_table(LATENCY_HEADERS, latency_rows([result])))
     return result
 
 
 @main.command("bench")
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--device", "-d", default="local", show_default=True, help="a device, or several comma-separated (run at once)")
-@click.option("--compare", is_flag=True, help="print the newest run per device/target from the artifacts' histories, and plot it")
+@click.option(
+    "--device", "-d", default="local", show_default=True, help="a device, or several comma-separated (run at once)"
+)
+@click.option(
+    "--compare", is_flag=True, help="print the newest run per device/target from the artifacts' histories, and plot it"
+)
 @click.option("--inventory", type=click.Path(exists=True, path_type=Path), help="device inventory .toml")
 @click.option("--threads", type=int, help="default: the target spec's")
 @click.option("--warmup", type=int)
@@ -386,15 +536,35 @@ def _bench(artifact, device, threads, warmup, iterations, time_budget, quiet, in
 @click.option("--accept-new-host-key", is_flag=True, help="trust and record a board's host key not yet in known_hosts")
 @click.option("-q", "--quiet", is_flag=True)
 @handle_errors
-def bench_cmd(artifacts, device, compare, inventory, threads, warmup, iterations, time_budget, accept_new_host_key, quiet):
+def bench_cmd(
+    artifacts, device, compare, inventory, threads, warmup, iterations, time_budget, accept_new_host_key, quiet
+):
     """Benchmark compiled ARTIFACTS: p50/p90/p99 latency, throughput, peak memory."""
     if compare:
         rows, png = api.compare(artifacts)
         if not rows:
-            raise InputNotFoundError("no benchmark runs recorded in these artifacts", "run `edgekd bench OUT --device NAME` first")
-        click.echo(text_table(["target", "device", "runtime", "threads", "p50 ms", "p90 ms", "p99 ms", "fps", "when"],
-                              [[r["target"], r["device"], r["runtime"], r["threads"], r["p50_ms"], r["p90_ms"], r["p99_ms"],
-                                r["throughput_fps"], r["started"]] for r in rows]))
+            raise InputNotFoundError(
+                "no benchmark runs recorded in these artifacts", "run `edgekd bench OUT --device NAME` first"
+            )
+        click.echo(
+            text_table(
+                ["target", "device", "runtime", "threads", "p50 ms", "p90 ms", "p99 ms", "fps", "when"],
+                [
+                    [
+                        r["target"],
+                        r["device"],
+                        r["runtime"],
+                        r["threads"],
+                        r["p50_ms"],
+                        r["p90_ms"],
+                        r["p99_ms"],
+                        r["throughput_fps"],
+                        r["started"],
+                    ]
+                    for r in rows
+                ],
+            )
+        )
         click.echo(f"plot: {png}")
         return
     if len(artifacts) != 1:
@@ -428,9 +598,24 @@ def devices_cmd(ctx, inventory):
     ctx.obj = {"inventory": inventory}
     if ctx.invoked_subcommand is None:
         rows = api.list_devices(inventory)
-        click.echo(text_table(["device", "host", "port", "user", "arch", "runtimes", "jetson", "description"],
-                              [[d["name"], d["host"], d["port"], d["user"], d["arch"], ",".join(d["runtimes"]),
-                                "yes" if d["jetson"] else "", d["description"]] for d in rows]))
+        click.echo(
+            text_table(
+                ["device", "host", "port", "user", "arch", "runtimes", "jetson", "description"],
+                [
+                    [
+                        d["name"],
+                        d["host"],
+                        d["port"],
+                        d["user"],
+                        d["arch"],
+                        ",".join(d["runtimes"]),
+                        "yes" if d["jetson"] else "",
+                        d["description"],
+                    ]
+                    for d in rows
+                ],
+            )
+        )
 
 
 @devices_cmd.command("check")
@@ -446,9 +631,14 @@ def devices_check_cmd(ctx, name, inventory, accept_new_host_key, as_json):
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    rows = [["os", info["os"]], ["kernel", info["kernel"]], ["cpu", f"{info['cpu']} ({info['cores']} cores, {info['machine']})"],
-            ["memory", f"{info['memory_mb']} MB"], ["python", f"{info['python']} ({info['python_path']})"],
-            ["governor", info["governor"]]]
+    rows = [
+        ["os", info["os"]],
+        ["kernel", info["kernel"]],
+        ["cpu", f"{info['cpu']} ({info['cores']} cores, {info['machine']})"],
+        ["memory", f"{info['memory_mb']} MB"],
+        ["python", f"{info['python']} ({info['python_path']})"],
+        ["governor", info["governor"]],
+    ]
     rows += [[f"runtime {k}", v or "missing"] for k, v in info["runtimes"].items()]
     for k, v in (info.get("jetson") or {}).items():
         rows.append([f"jetson {k}", (v or "–").splitlines()[0] if isinstance(v, str) else v])
@@ -459,7 +649,9 @@ def devices_check_cmd(ctx, name, inventory, accept_new_host_key, as_json):
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="YOLO data.yaml or COCO annotation .json")
 @click.option("--split", default="val", show_default=True, help="data.yaml split")
-@click.option("--conf", default=0.25, show_default=True, help="confidence for precision/recall (mAP uses every detection)")
+@click.option(
+    "--conf", default=0.25, show_default=True, help="confidence for precision/recall (mAP uses every detection)"
+)
 @click.option("--iou", default=0.7, show_default=True, help="NMS IoU threshold")
 @click.option("--max-det", default=300, show_default=True, help="detections kept per image")
 @click.option("--limit", type=int, help="first N images only")
@@ -469,12 +661,22 @@ def devices_check_cmd(ctx, name, inventory, accept_new_host_key, as_json):
 def val_cmd(artifact, data, split, conf, iou, max_det, limit, threads, as_json):
     """Score a compiled detector: COCO mAP50-95, mAP50, precision and recall on DATA, in its own runtime."""
     with click.progressbar(length=1, label="evaluating", file=sys.stderr) as bar:
+
         def progress(done, total):
             bar.length = total
             bar.update(done - bar.pos)
 
-        r = api.val(artifact, data, split=split, conf=conf, iou=iou, max_det=max_det, limit=limit, threads=threads,
-                    progress=progress)
+        r = api.val(
+            artifact,
+            data,
+            split=split,
+            conf=conf,
+            iou=iou,
+            max_det=max_det,
+            limit=limit,
+            threads=threads,
+            progress=progress,
+        )
     if as_json:
         click.echo(json.dumps(r.to_dict(), indent=2))
         return
@@ -495,10 +697,15 @@ def targets_cmd(explain, as_json):
             return
         click.echo(f"{info['name']}: {info['description']}")
         click.echo(f"  spec {info['path']} (sha256 {info['spec_sha256'][:16]}…)")
-        click.echo(f"  backend {info['backend']} ({'installed' if info['toolchain_installed'] else 'toolchain missing'}), "
-                   f"class {info['device_class']}")
-        click.echo(f"  precisions {', '.join(info['precisions'])} (default {info['default_precision']}), "
-                   f"activations {info['activation_scheme']}, placement {info['placement']}, opset {info['opset']} in {info['opset_range']}")
+        click.echo(
+            f"  backend {info['backend']} ({'installed' if info['toolchain_installed'] else 'toolchain missing'}), "
+            f"class {info['device_class']}"
+        )
+        click.echo(
+            f"  precisions {', '.join(info['precisions'])} (default {info['default_precision']}), "
+            f"activations {info['activation_scheme']}, placement {info['placement']}, "
+            f"opset {info['opset']} in {info['opset_range']}"
+        )
         click.echo(f"  default pipeline: {' → '.join(info['passes'])}")
         for title, text in (("why this pipeline", info["pipeline_why"]), ("why this scheme", info["quantization_why"])):
             if text:
@@ -508,16 +715,31 @@ def targets_cmd(explain, as_json):
             for k, v in facts.items():
                 click.echo(f"  {k} = {v}")
         b = info["bench"]
-        click.echo(f"\nbenchmark defaults: device {b['device']}, {b['threads']} threads, {b['warmup']} warm-up, "
-                   f"{b['iterations']} iterations")
+        click.echo(
+            f"\nbenchmark defaults: device {b['device']}, {b['threads']} threads, {b['warmup']} warm-up, "
+            f"{b['iterations']} iterations"
+        )
         return
     rows = api.list_targets()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(text_table(["target", "backend", "class", "precisions", "toolchain", "description"],
-                          [[r["name"], r["backend"], r["device_class"], ",".join(r["precisions"]),
-                            "installed" if r["toolchain_installed"] else "missing", r["description"]] for r in rows]))
+    click.echo(
+        text_table(
+            ["target", "backend", "class", "precisions", "toolchain", "description"],
+            [
+                [
+                    r["name"],
+                    r["backend"],
+                    r["device_class"],
+                    ",".join(r["precisions"]),
+                    "installed" if r["toolchain_installed"] else "missing",
+                    r["description"],
+                ]
+                for r in rows
+            ],
+        )
+    )
 
 
 @main.command("inspect")
@@ -539,12 +761,21 @@ def inspect_cmd(model, input_shape, weights, allow_pickle, target, as_json):
     click.echo(text_table(["op", "count"], sorted(info["ops"].items(), key=lambda kv: -kv[1])))
     if target:
         bad, groups = info["unsupported"], info["unsupported_groups"]
-        click.echo(f"\n{info['target']}: " + ("every node is supported" if not bad else
-                                              f"{len(bad)} unsupported node(s) of {len(groups)} op type(s)"))
+        click.echo(
+            f"\n{info['target']}: "
+            + ("every node is supported" if not bad else f"{len(bad)} unsupported node(s) of {len(groups)} op type(s)")
+        )
         if bad:
-            rows = [[g["op"], g["count"], ", ".join(g["nodes"]) + (", …" if g["count"] > len(g["nodes"]) else ""),
-                     g["reason"] + (f" (+{g['other_reasons']} other)" if g["other_reasons"] else ""),
-                     g["canonicalize_removes"]] for g in groups]
+            rows = [
+                [
+                    g["op"],
+                    g["count"],
+                    ", ".join(g["nodes"]) + (", …" if g["count"] > len(g["nodes"]) else ""),
+                    g["reason"] + (f" (+{g['other_reasons']} other)" if g["other_reasons"] else ""),
+                    g["canonicalize_removes"],
+                ]
+                for g in groups
+            ]
             click.echo(text_table(["op", "nodes", "e.g.", "reason", "canonicalize removes"], rows))
             if any(g["canonicalize_removes"] < g["count"] for g in groups):
                 sys.exit(1)

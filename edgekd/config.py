@@ -110,8 +110,14 @@ class CompileConfig:
 
     def input_paths(self) -> list[Path]:
         """Every file or folder this compile reads: an output must never hold one of them."""
-        candidates = [Path(self.model), self.weights, self.calibration.data, self.evaluation.data,
-                      self.training.data, Path(self.target)]
+        candidates = [
+            Path(self.model),
+            self.weights,
+            self.calibration.data,
+            self.evaluation.data,
+            self.training.data,
+            Path(self.target),
+        ]
         return [p for p in candidates if p is not None and p.exists()]
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,26 +135,48 @@ class CompileConfig:
 
 # The flat option names of the CLI and of api.make_config → (group, field).
 FLAT_OPTIONS: dict[str, tuple[str, str]] = {
-    "calib": ("calibration", "data"), "calib_samples": ("calibration", "samples"),
-    "calib_batch": ("calibration", "batch"), "calib_method": ("calibration", "method"),
-    "ema_constant": ("calibration", "ema_constant"), "percentile": ("calibration", "percentile"),
+    "calib": ("calibration", "data"),
+    "calib_samples": ("calibration", "samples"),
+    "calib_batch": ("calibration", "batch"),
+    "calib_method": ("calibration", "method"),
+    "ema_constant": ("calibration", "ema_constant"),
+    "percentile": ("calibration", "percentile"),
     "activation_scheme": ("calibration", "activation_scheme"),
-    "keep_float": ("quantization", "keep_float"), "keep_float_count": ("quantization", "keep_float_count"),
+    "keep_float": ("quantization", "keep_float"),
+    "keep_float_count": ("quantization", "keep_float_count"),
     "sensitivity_samples": ("quantization", "sensitivity_samples"),
-    "eval": ("evaluation", "data"), "eval_samples": ("evaluation", "samples"), "max_drop": ("evaluation", "max_drop"),
-    "student": ("training", "student"), "data": ("training", "data"), "epochs": ("training", "epochs"),
-    "sparsity": ("training", "sparsity"), "sparsity_pattern": ("training", "sparsity_pattern"),
-    "train_options": ("training", "options"), "resume": ("training", "resume"),
-    "qat_epochs": ("qat", "epochs"), "qat_ranges": ("qat", "ranges"), "qat_lr": ("qat", "lr"),
-    "qat_alpha": ("qat", "alpha"), "qat_fallback_epochs": ("qat", "fallback_epochs"),
-    "verify_samples": ("verification", "samples"), "keep_failed": ("verification", "keep_failed"),
-    "device": ("search", "device"), "inventory": ("search", "inventory"),
-    "latency_budget": ("search", "latency_budget_ms"), "proxy_epochs": ("search", "proxy_epochs"),
+    "eval": ("evaluation", "data"),
+    "eval_samples": ("evaluation", "samples"),
+    "max_drop": ("evaluation", "max_drop"),
+    "student": ("training", "student"),
+    "data": ("training", "data"),
+    "epochs": ("training", "epochs"),
+    "sparsity": ("training", "sparsity"),
+    "sparsity_pattern": ("training", "sparsity_pattern"),
+    "train_options": ("training", "options"),
+    "resume": ("training", "resume"),
+    "qat_epochs": ("qat", "epochs"),
+    "qat_ranges": ("qat", "ranges"),
+    "qat_lr": ("qat", "lr"),
+    "qat_alpha": ("qat", "alpha"),
+    "qat_fallback_epochs": ("qat", "fallback_epochs"),
+    "verify_samples": ("verification", "samples"),
+    "keep_failed": ("verification", "keep_failed"),
+    "device": ("search", "device"),
+    "inventory": ("search", "inventory"),
+    "latency_budget": ("search", "latency_budget_ms"),
+    "proxy_epochs": ("search", "proxy_epochs"),
     "search_repeats": ("search", "repeats"),
 }
-_GROUPS = {"calibration": CalibrationOptions, "quantization": QuantizationOptions, "evaluation": EvaluationOptions,
-           "training": TrainingOptions, "qat": QATOptions, "verification": VerificationOptions,
-           "search": SearchOptions}
+_GROUPS = {
+    "calibration": CalibrationOptions,
+    "quantization": QuantizationOptions,
+    "evaluation": EvaluationOptions,
+    "training": TrainingOptions,
+    "qat": QATOptions,
+    "verification": VerificationOptions,
+    "search": SearchOptions,
+}
 _PATHS = {"calib", "eval", "data", "inventory"}
 
 
@@ -165,8 +193,7 @@ def grouped_options(options: Mapping[str, Any]) -> dict[str, Any]:
         elif key in top:
             out[key] = value
         else:
-            raise ConfigError(f"unknown compile option {key!r}",
-                              f"known: {', '.join(sorted(set(FLAT_OPTIONS) | top))}")
+            raise ConfigError(f"unknown compile option {key!r}", f"known: {', '.join(sorted(set(FLAT_OPTIONS) | top))}")
     for group, kwargs in groups.items():
         if kwargs:
             out[group] = _GROUPS[group](**kwargs)

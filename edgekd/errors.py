@@ -40,7 +40,9 @@ class UnknownNameError(EdgekdError):
 class UnknownTargetError(UnknownNameError):
     def __init__(self, name: str, valid: list[str]):
         super().__init__(
-            "target", name, valid,
+            "target",
+            name,
+            valid,
             hint=f"valid targets: {', '.join(sorted(valid))}; or pass the path of a target spec .toml",
         )
 
@@ -50,7 +52,9 @@ class ConfigError(EdgekdError):
 
 
 class CorruptModelError(EdgekdError):
-    default_hint = "re-export the model; edgekd reads TorchScript .pt, torch.export .pt2, ONNX .onnx, or a factory plus state_dict"
+    default_hint = (
+        "re-export the model; edgekd reads TorchScript .pt, torch.export .pt2, ONNX .onnx, or a factory plus state_dict"
+    )
 
 
 class PickleRefusedError(EdgekdError):
@@ -99,13 +103,15 @@ def filesystem_hint(error: BaseException) -> str | None:
 
     if not isinstance(error, OSError):
         return None
-    return {errno.ENOSPC: "free space on that filesystem (or write elsewhere) and run again",
-            errno.EDQUOT: "your disk quota is spent: free space (or write elsewhere) and run again",
-            errno.EROFS: "that filesystem is read-only: write to another place",
-            errno.EACCES: "you may not write there: fix its permissions or write to another place",
-            errno.EPERM: "you may not write there: fix its permissions or write to another place",
-            errno.ENAMETOOLONG: "the file name is too long for this filesystem: choose a shorter name",
-            errno.ENOTDIR: "a path component is a file, not a folder: check the path"}.get(error.errno)
+    return {
+        errno.ENOSPC: "free space on that filesystem (or write elsewhere) and run again",
+        errno.EDQUOT: "your disk quota is spent: free space (or write elsewhere) and run again",
+        errno.EROFS: "that filesystem is read-only: write to another place",
+        errno.EACCES: "you may not write there: fix its permissions or write to another place",
+        errno.EPERM: "you may not write there: fix its permissions or write to another place",
+        errno.ENAMETOOLONG: "the file name is too long for this filesystem: choose a shorter name",
+        errno.ENOTDIR: "a path component is a file, not a folder: check the path",
+    }.get(error.errno)
 
 
 class OutputWriteError(EdgekdError):
@@ -127,8 +133,11 @@ class PassFailedError(EdgekdError):
             inner = f"{cause.strerror}" + (f" ({cause.filename})" if cause.filename else "")
         else:
             inner = cause.message if isinstance(cause, EdgekdError) else f"{type(cause).__name__}: {cause}"
-        hint = cause.hint if isinstance(cause, EdgekdError) and cause.hint else filesystem_hint(cause) or (
-            "set EDGEKD_DUMP_IR=DIR to save the model after each pass, and report the error with it"
+        hint = (
+            cause.hint
+            if isinstance(cause, EdgekdError) and cause.hint
+            else filesystem_hint(cause)
+            or ("set EDGEKD_DUMP_IR=DIR to save the model after each pass, and report the error with it")
         )
         super().__init__(f"pass {pass_name!r} failed (passes that ran before it: {before}): {inner}", hint)
 
@@ -148,8 +157,10 @@ class DataError(EdgekdError):
 
 
 class DetectionDataError(DataError):
-    default_hint = ("a YOLO dataset is a data.yaml (path, train, val, names) with images/ and labels/ folders side by "
-                    "side; a COCO dataset is one annotation .json (images, annotations, categories) and its image folder")
+    default_hint = (
+        "a YOLO dataset is a data.yaml (path, train, val, names) with images/ and labels/ folders side by "
+        "side; a COCO dataset is one annotation .json (images, annotations, categories) and its image folder"
+    )
 
 
 class AccuracyBudgetError(EdgekdError):
@@ -183,12 +194,17 @@ class DeviceUnreachableError(DeviceError):
 
 
 class DeviceAuthError(DeviceError):
-    default_hint = "check user and key in the inventory (or ~/.ssh/config); the key's public half must be in the board's authorized_keys"
+    default_hint = (
+        "check user and key in the inventory (or ~/.ssh/config); the key's public half must be in the board's "
+        "authorized_keys"
+    )
 
 
 class HostKeyError(DeviceError):
-    default_hint = ("the board's host key is not in known_hosts (or changed); verify it, then connect once with "
-                    "--accept-new-host-key to record it")
+    default_hint = (
+        "the board's host key is not in known_hosts (or changed); verify it, then connect once with "
+        "--accept-new-host-key to record it"
+    )
 
 
 class DeviceConnectionLost(DeviceError):
@@ -206,13 +222,17 @@ class DeviceDiskFullError(DeviceError):
 class TrtexecParseError(EdgekdError):
     """trtexec's output holds no complete performance summary; the message ends with the output's last lines."""
 
-    default_hint = ("trtexec failed or its output was cut off: run the same trtexec command on the board "
-                    "(add --verbose) and read why")
+    default_hint = (
+        "trtexec failed or its output was cut off: run the same trtexec command on the board "
+        "(add --verbose) and read why"
+    )
 
 
 class TrainingDivergedError(EdgekdError):
-    default_hint = ("the loss became NaN/Inf; lower the learning rate, set a loss clip (e.g. 0.3), "
-                    "and resume from the last good checkpoint in the output's checkpoints folder")
+    default_hint = (
+        "the loss became NaN/Inf; lower the learning rate, set a loss clip (e.g. 0.3), "
+        "and resume from the last good checkpoint in the output's checkpoints folder"
+    )
 
 
 class DistributedStateError(EdgekdError):

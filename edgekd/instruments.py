@@ -37,8 +37,10 @@ class DumpIRInstrument(Instrument):
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
         if self.directory.exists() and not self.directory.is_dir():
-            raise ConfigError(f"EDGEKD_DUMP_IR={directory} is a file, not a folder",
-                              "point EDGEKD_DUMP_IR at a folder (it is created if missing)")
+            raise ConfigError(
+                f"EDGEKD_DUMP_IR={directory} is a file, not a folder",
+                "point EDGEKD_DUMP_IR at a folder (it is created if missing)",
+            )
 
     def after_pass(self, index, p, state, record):
         if state.onnx_model is None:
@@ -49,8 +51,9 @@ class DumpIRInstrument(Instrument):
             self.directory.mkdir(parents=True, exist_ok=True)
             ir.save(state.onnx_model, self.directory / f"{index + 1:02d}_{p.name}.onnx")
         except OSError as e:
-            raise OutputWriteError.from_os_error(f"cannot write the IR dump into EDGEKD_DUMP_IR={self.directory}",
-                                                 e) from e
+            raise OutputWriteError.from_os_error(
+                f"cannot write the IR dump into EDGEKD_DUMP_IR={self.directory}", e
+            ) from e
 
 
 class ProgressInstrument(Instrument):

@@ -16,8 +16,17 @@ from edgekd.state import CompileState
 MANIFEST_VERSION = 1
 _TOOLCHAIN = ("torch", "onnx", "onnx-ir", "onnxruntime", "numpy")
 # Manifest entries filled by a pass's output (PassOutput.section), None when that pass did not run.
-SECTIONS = ("fidelity", "calibration", "accuracy", "distill", "sparsity", "qat", "backend_report", "int8_coverage",
-            "speed_check")
+SECTIONS = (
+    "fidelity",
+    "calibration",
+    "accuracy",
+    "distill",
+    "sparsity",
+    "qat",
+    "backend_report",
+    "int8_coverage",
+    "speed_check",
+)
 
 
 def toolchain_versions(backend: Backend) -> dict[str, str]:
@@ -40,8 +49,9 @@ def pass_sections(state: CompileState) -> dict[str, Any]:
     return {name: found.get(name) for name in SECTIONS}
 
 
-def build_manifest(state: CompileState, backend: Backend, extra_files: list[str], profile: dict | None,
-                   status: str) -> dict[str, Any]:
+def build_manifest(
+    state: CompileState, backend: Backend, extra_files: list[str], profile: dict | None, status: str
+) -> dict[str, Any]:
     main = backend.main_file(state.artifact_files)
     inputs, outputs = backend.io(state.workdir / main)
     pre = state.input.preprocess.to_dict()
@@ -57,16 +67,21 @@ def build_manifest(state: CompileState, backend: Backend, extra_files: list[str]
         "edgekd_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "target": state.spec.to_dict(),
-        "artifact": {"model_file": main, "runtime": backend.runtime, "backend": backend.name,
-                     "precision": state.precision},
+        "artifact": {
+            "model_file": main,
+            "runtime": backend.runtime,
+            "backend": backend.name,
+            "precision": state.precision,
+        },
         "source": asdict(state.source) if state.source else None,
         "toolchain": toolchain_versions(backend),
         "inputs": input_dicts,
         "outputs": [_with_qparams(t.to_dict(), state) for t in outputs],
         "labels": list(state.labels) if state.labels else None,
         "files": file_entries(state.workdir, state.artifact_files + extra_files),
-        "passes": [{"name": r.name, "seconds": r.seconds, "changed": r.changed, "metrics": r.metrics}
-                   for r in state.records],
+        "passes": [
+            {"name": r.name, "seconds": r.seconds, "changed": r.changed, "metrics": r.metrics} for r in state.records
+        ],
         "profile": profile,
         "fidelity": sections["fidelity"],
         "calibration": sections["calibration"],

@@ -31,9 +31,13 @@ def compare_outputs(got: list[list[np.ndarray]], want: list[list[np.ndarray]], t
                 decisive += int((~same & (top2[:, 1] - top2[:, 0] > tie_margin)).sum())
                 total += w.shape[0]
     max_abs = max(per_output) if per_output else 0.0
-    out = {"max_abs_error": max_abs, "max_abs_per_output": per_output,
-           "mean_abs_error": mean_abs / max(1, len(want) * n_out),
-           "relative_error": max_abs / ref_range if ref_range else max_abs, "reference_range": ref_range}
+    out = {
+        "max_abs_error": max_abs,
+        "max_abs_per_output": per_output,
+        "mean_abs_error": mean_abs / max(1, len(want) * n_out),
+        "relative_error": max_abs / ref_range if ref_range else max_abs,
+        "reference_range": ref_range,
+    }
     if total:
         out["top1_agreement"] = agree / total
         out["decisive_disagreements"] = decisive

@@ -1,27 +1,28 @@
 """A model card in TOML: where the model is, its input, preprocessing and labels.
 
-    [model]
-    source = "edgekd.models.resnet_cifar:resnet20"  # a file (relative to this card), package.module:factory or zoo name
-    weights = "teacher.pth"               # state_dict for a factory, loaded with weights_only=True
-    [input]
-    name = "input"
-    shape = [1, 3, 32, 32]
-    mean = [0.4914, 0.4822, 0.4465]
-    std = [0.2470, 0.2435, 0.2616]
-    scale = 0.00392156862745098           # pixel 0..255 → 0..1 before mean/std
-    channel_order = "RGB"
-    layout = "NCHW"
-    resize = "stretch"                    # or "letterbox" (detectors: keep the aspect ratio, pad with grey)
-    [labels]
-    names = ["airplane", ...]             # or file = "labels.txt"
+[model]
+source = "edgekd.models.resnet_cifar:resnet20"  # a file (relative to this card), package.module:factory or zoo name
+weights = "teacher.pth"               # state_dict for a factory, loaded with weights_only=True
+[input]
+name = "input"
+shape = [1, 3, 32, 32]
+mean = [0.4914, 0.4822, 0.4465]
+std = [0.2470, 0.2435, 0.2616]
+scale = 0.00392156862745098           # pixel 0..255 → 0..1 before mean/std
+channel_order = "RGB"
+layout = "NCHW"
+resize = "stretch"                    # or "letterbox" (detectors: keep the aspect ratio, pad with grey)
+[labels]
+names = ["airplane", ...]             # or file = "labels.txt"
 """
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from edgekd.errors import ConfigError, InputNotFoundError
 
@@ -59,7 +60,9 @@ def read_model_card(path: str | Path) -> ModelCard:
         raise ConfigError(f"model card {path} is not valid TOML: {e}") from e
     model = t.get("model", {})
     if "source" not in model:
-        raise ConfigError(f"model card {path} has no [model] source", "add source = \"file.onnx\" or \"package.module:factory\"")
+        raise ConfigError(
+            f"model card {path} has no [model] source", 'add source = "file.onnx" or "package.module:factory"'
+        )
     base = path.parent
     src = model["source"]
     source = _relative(base, src) if _is_file_source(base, src) else src
@@ -67,7 +70,10 @@ def read_model_card(path: str | Path) -> ModelCard:
     inp = t.get("input", {})
     unknown = set(inp) - _INPUT_KEYS
     if unknown:
-        raise ConfigError(f"model card {path}: unknown [input] keys {sorted(unknown)}", f"valid keys: {', '.join(sorted(_INPUT_KEYS))}")
+        raise ConfigError(
+            f"model card {path}: unknown [input] keys {sorted(unknown)}",
+            f"valid keys: {', '.join(sorted(_INPUT_KEYS))}",
+        )
     labels_t = t.get("labels", {})
     labels = None
     if "names" in labels_t:
@@ -76,5 +82,5 @@ def read_model_card(path: str | Path) -> ModelCard:
         lf = base / labels_t["file"]
         if not lf.exists():
             raise InputNotFoundError(f"labels file {lf} named by {path} does not exist")
-        labels = tuple(l.strip() for l in lf.read_text().splitlines() if l.strip())
+        labels = tuple(line.strip() for line in lf.read_text().splitlines() if line.strip())
     return ModelCard(source, weights, dict(inp), labels)

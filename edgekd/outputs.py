@@ -32,9 +32,11 @@ NAME_MAX = 255  # bytes in one path component on Linux filesystems
 def check_name_lengths(out: Path) -> None:
     for part in out.parts:
         if len(part.encode()) > NAME_MAX:
-            raise OutputWriteError(f"-o {str(out)[:80]}…: the name {part[:24]}… is too long "
-                                   f"({len(part.encode())} bytes; filesystems allow {NAME_MAX})",
-                                   "choose a shorter name for -o")
+            raise OutputWriteError(
+                f"-o {str(out)[:80]}…: the name {part[:24]}… is too long "
+                f"({len(part.encode())} bytes; filesystems allow {NAME_MAX})",
+                "choose a shorter name for -o",
+            )
 
 
 def _real(path: Path) -> Path:
@@ -69,25 +71,34 @@ def check_artifact_output(out: Path, force: bool, inputs: Iterable[Path | str | 
     real = _real(out)
     reason = _protected_reason(real)
     if reason:
-        raise OutputRefusedError(f"refusing to write the artifact to {out}: {reason}",
-                                 "choose a new directory for -o, e.g. -o build/model-int8")
+        raise OutputRefusedError(
+            f"refusing to write the artifact to {out}: {reason}",
+            "choose a new directory for -o, e.g. -o build/model-int8",
+        )
     inside = _input_inside(real, inputs)
     if inside is not None:
-        raise OutputRefusedError(f"refusing to write the artifact to {out}: it holds the input {inside}",
-                                 "choose an -o directory that holds none of the inputs")
+        raise OutputRefusedError(
+            f"refusing to write the artifact to {out}: it holds the input {inside}",
+            "choose an -o directory that holds none of the inputs",
+        )
     if not real.exists():
         if out.is_symlink():
-            raise OutputRefusedError(f"-o {out} is a symlink to {real}, which does not exist",
-                                     "point -o at a real directory or fix the link")
+            raise OutputRefusedError(
+                f"-o {out} is a symlink to {real}, which does not exist", "point -o at a real directory or fix the link"
+            )
         return real
     if not real.is_dir():
-        raise OutputExistsError(f"output {out} exists and is a file, not an artifact directory",
-                                "choose another -o; --force replaces edgekd artifact directories only")
+        raise OutputExistsError(
+            f"output {out} exists and is a file, not an artifact directory",
+            "choose another -o; --force replaces edgekd artifact directories only",
+        )
     if not force:
         raise OutputExistsError(f"output {out} already exists")
     if not is_edgekd_artifact(real):
-        raise OutputRefusedError(f"refusing to replace {out}: it is not an edgekd artifact (no edgekd {MANIFEST})",
-                                 "--force replaces only directories that edgekd wrote; choose another -o")
+        raise OutputRefusedError(
+            f"refusing to replace {out}: it is not an edgekd artifact (no edgekd {MANIFEST})",
+            "--force replaces only directories that edgekd wrote; choose another -o",
+        )
     return real
 
 
@@ -107,5 +118,7 @@ def check_file_output(out: Path, force: bool, is_ours, inputs: Iterable[Path | s
     if not force:
         raise OutputExistsError(f"{out} exists", "pass --force to replace it, or choose another -o")
     if not is_ours(out):
-        raise OutputRefusedError(f"refusing to replace {out}: edgekd did not write it",
-                                 "--force replaces only files that edgekd wrote; choose another -o")
+        raise OutputRefusedError(
+            f"refusing to replace {out}: edgekd did not write it",
+            "--force replaces only files that edgekd wrote; choose another -o",
+        )

@@ -52,11 +52,14 @@ def build_pipeline(spec: TargetSpec, config: CompileConfig, initial_facts: set[s
     check_pipeline(passes, initial_facts)
     precision = config.precision or spec.default_precision
     if precision not in spec.precisions:
-        raise ConfigError(f"target {spec.name} does not support precision {precision}",
-                          f"choose one of {', '.join(spec.precisions)}")
+        raise ConfigError(
+            f"target {spec.name} does not support precision {precision}", f"choose one of {', '.join(spec.precisions)}"
+        )
     if precision == "int8" and not any(QUANTIZED in p.provides for p in passes):
-        raise ConfigError("int8 was asked for but the pipeline has no quantization pass",
-                          "drop --passes/--skip that remove 'quantize', or use --precision fp32")
+        raise ConfigError(
+            "int8 was asked for but the pipeline has no quantization pass",
+            "drop --passes/--skip that remove 'quantize', or use --precision fp32",
+        )
     return passes
 
 

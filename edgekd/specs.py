@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from edgekd.errors import ConfigError, InputNotFoundError, UnknownTargetError
 from edgekd.resources import data_dir
@@ -62,7 +63,9 @@ def _get(table: dict, dotted: str, path: Path, default=...):
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
             if default is ...:
-                raise ConfigError(f"target spec {path} lacks required key {dotted!r}", "compare with targets/onnx-cpu.toml")
+                raise ConfigError(
+                    f"target spec {path} lacks required key {dotted!r}", "compare with targets/onnx-cpu.toml"
+                )
             return default
         node = node[part]
     return node
@@ -70,20 +73,43 @@ def _get(table: dict, dotted: str, path: Path, default=...):
 
 _FREE = {"why": Key("str"), "sources": Key("any")}  # prose and references, in any core table
 SPEC_TABLES: dict[str, dict[str, Key]] = {
-    "precision": {"supported": Key("str-list", required=True, check=non_empty), "default": Key("str", required=True),
-                  **_FREE},
-    "quantization": {"activations": Key("str"), "placement": Key("str"), "constant_operands": Key("bool"),
-                     "concat_grid": Key("bool"), **_FREE},
-    "onnx": {"opset": Key("int", required=True, check=at_least(7)),
-             "opset_range": Key("int-list", required=True, check=length(2)), **_FREE},
-    "pipeline": {"passes": Key("str-list", check=non_empty), "legalize": Key("str-list"),
-                 "fuse_activations": Key("bool"), "fuse_conv_add": Key("bool"), **_FREE},
-    "bench": {"device": Key("str"), "threads": Key("int", check=at_least(1)), "warmup": Key("int", check=at_least(0)),
-              "iterations": Key("int", check=at_least(1))},
+    "precision": {
+        "supported": Key("str-list", required=True, check=non_empty),
+        "default": Key("str", required=True),
+        **_FREE,
+    },
+    "quantization": {
+        "activations": Key("str"),
+        "placement": Key("str"),
+        "constant_operands": Key("bool"),
+        "concat_grid": Key("bool"),
+        **_FREE,
+    },
+    "onnx": {
+        "opset": Key("int", required=True, check=at_least(7)),
+        "opset_range": Key("int-list", required=True, check=length(2)),
+        **_FREE,
+    },
+    "pipeline": {
+        "passes": Key("str-list", check=non_empty),
+        "legalize": Key("str-list"),
+        "fuse_activations": Key("bool"),
+        "fuse_conv_add": Key("bool"),
+        **_FREE,
+    },
+    "bench": {
+        "device": Key("str"),
+        "threads": Key("int", check=at_least(1)),
+        "warmup": Key("int", check=at_least(0)),
+        "iterations": Key("int", check=at_least(1)),
+    },
 }
 SPEC_KEYS: dict[str, Key] = {
-    "name": Key("str", required=True, check=non_empty), "description": Key("str"),
-    "backend": Key("str", required=True), "device_class": Key("str", required=True), "kind": Key("str"),
+    "name": Key("str", required=True, check=non_empty),
+    "description": Key("str"),
+    "backend": Key("str", required=True),
+    "device_class": Key("str", required=True),
+    "kind": Key("str"),
     **{table: Key("table", required=table in ("precision", "onnx")) for table in SPEC_TABLES},
     "ops": Key("table"),  # [ops] supported = [...]: the op list a backend checks against
 }
@@ -118,7 +144,9 @@ def parse_spec(path: Path) -> TargetSpec:
     if default_precision not in precisions:
         raise ConfigError(f"target spec {path}: default precision {default_precision!r} is not in {precisions}")
     if scheme not in ACTIVATION_SCHEMES:
-        raise ConfigError(f"target spec {path}: unknown activation scheme {scheme!r}", f"use one of {', '.join(ACTIVATION_SCHEMES)}")
+        raise ConfigError(
+            f"target spec {path}: unknown activation scheme {scheme!r}", f"use one of {', '.join(ACTIVATION_SCHEMES)}"
+        )
     placement = _get(t, "quantization.placement", path, DEFAULT_PLACEMENT[scheme])
     if placement not in PLACEMENTS:
         raise ConfigError(f"target spec {path}: unknown placement {placement!r}", f"use one of {', '.join(PLACEMENTS)}")

@@ -14,8 +14,9 @@ from edgekd.specs import TargetSpec
 CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: what an image model's channel axis holds
 
 
-def check_number(what: str, value, *, minimum=None, maximum=None, above=None, integer: bool = False,
-                 hint: str | None = None) -> None:
+def check_number(
+    what: str, value, *, minimum=None, maximum=None, above=None, integer: bool = False, hint: str | None = None
+) -> None:
     """``value`` is a finite number within the bounds (``above``: strictly greater)."""
     if value is None:
         return
@@ -24,8 +25,11 @@ def check_number(what: str, value, *, minimum=None, maximum=None, above=None, in
     ok = ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
     ok = ok and (above is None or value > above)
     if not ok:
-        bounds = [f">= {minimum}" if minimum is not None else "", f"> {above}" if above is not None else "",
-                  f"<= {maximum}" if maximum is not None else ""]
+        bounds = [
+            f">= {minimum}" if minimum is not None else "",
+            f"> {above}" if above is not None else "",
+            f"<= {maximum}" if maximum is not None else "",
+        ]
         kind = "a whole number" if integer else "a number"
         raise ConfigError(f"{what} must be {kind} {' and '.join(b for b in bounds if b)}, got {value!r}", hint)
 
@@ -36,15 +40,19 @@ def check_shape(inp: InputSpec) -> None:
         return
     shape = tuple(inp.shape)
     if len(shape) != 4 or any(not isinstance(d, int) or d < 1 for d in shape):
-        raise InputShapeError(f"input shape {shape} is not four positive sizes",
-                              "image models take N,C,H,W (or N,H,W,C with --layout NHWC)")
+        raise InputShapeError(
+            f"input shape {shape} is not four positive sizes",
+            "image models take N,C,H,W (or N,H,W,C with --layout NHWC)",
+        )
     layout = inp.preprocess.layout
     channels, other = (shape[1], shape[3]) if layout == "NCHW" else (shape[3], shape[1])
     if channels not in CHANNELS:
         flip = "NHWC" if layout == "NCHW" else "NCHW"
         likely = f"; it looks like {flip}: pass --layout {flip}" if other in CHANNELS else ""
-        raise InputShapeError(f"input shape {shape} with layout {layout} has {channels} channels{likely}",
-                              f"write the shape in the layout's order ({layout}), channels being 1, 3 or 4")
+        raise InputShapeError(
+            f"input shape {shape} with layout {layout} has {channels} channels{likely}",
+            f"write the shape in the layout's order ({layout}), channels being 1, 3 or 4",
+        )
 
 
 def check_paths(config: CompileConfig) -> None:
@@ -54,8 +62,11 @@ def check_paths(config: CompileConfig) -> None:
 
     if config.weights is not None and not config.weights.exists():
         raise InputNotFoundError(f"weights file {config.weights} does not exist")
-    for flag, path in (("--calib", config.calibration.data), ("--eval", config.evaluation.data),
-                       ("--data", config.training.data)):
+    for flag, path in (
+        ("--calib", config.calibration.data),
+        ("--eval", config.evaluation.data),
+        ("--data", config.training.data),
+    ):
         if path is None:
             continue
         if not Path(path).exists():
@@ -70,13 +81,20 @@ def check_paths(config: CompileConfig) -> None:
     if config.qat.epochs and t.data is None:
         raise ConfigError("--qat-epochs trains and needs training images", "pass --data DIR")
     if t.student is not None and t.epochs < 1:
-        raise ConfigError(f"--student with --epochs {t.epochs} would ship an untrained student",
-                          "pass --epochs 1 or more")
+        raise ConfigError(
+            f"--student with --epochs {t.epochs} would ship an untrained student", "pass --epochs 1 or more"
+        )
 
 
 def validate_compile(config: CompileConfig, spec: TargetSpec) -> None:
-    c, q, e, t, v, a = (config.calibration, config.quantization, config.evaluation, config.training,
-                        config.verification, config.qat)
+    c, q, e, t, v, a = (
+        config.calibration,
+        config.quantization,
+        config.evaluation,
+        config.training,
+        config.verification,
+        config.qat,
+    )
     check_number("--calib-samples", c.samples, minimum=1, integer=True)
     check_number("the calibration batch", c.batch, minimum=1, integer=True)
     check_number("--ema-constant", c.ema_constant, above=0, maximum=1, hint="e.g. 0.01 (torch's default)")
@@ -95,23 +113,35 @@ def validate_compile(config: CompileConfig, spec: TargetSpec) -> None:
     check_number("--seed", config.seed, minimum=0, integer=True)
     s = config.search
     if (s.device or s.inventory) and not (config.precision == "auto" or s.latency_budget_ms is not None):
-        raise ConfigError("--device and --inventory say where --precision auto / --latency-budget time their "
-                          "candidates; this compile has neither", "to benchmark the artifact afterwards use --bench DEVICE")
+        raise ConfigError(
+            "--device and --inventory say where --precision auto / --latency-budget time their "
+            "candidates; this compile has neither",
+            "to benchmark the artifact afterwards use --bench DEVICE",
+        )
     check_number("--latency-budget", s.latency_budget_ms, above=0, hint="milliseconds on the device, e.g. 5")
     check_number("--proxy-epochs", s.proxy_epochs, minimum=1, integer=True)
-    check_number("the timing repeats", s.repeats, minimum=3, integer=True,
-                 hint="a latency ratio is quoted from at least 3 interleaved repeats")
+    check_number(
+        "the timing repeats",
+        s.repeats,
+        minimum=3,
+        integer=True,
+        hint="a latency ratio is quoted from at least 3 interleaved repeats",
+    )
     if len(set(q.keep_float)) != len(q.keep_float) or any(not n for n in q.keep_float):
         raise ConfigError(f"--keep-float names {list(q.keep_float)} repeat or are empty")
     if config.labels is not None and (not config.labels or any(not n.strip() for n in config.labels)):
         raise ConfigError("the labels file has empty names", "one class name per line, in the model's output order")
     precision = config.precision or spec.default_precision
     if precision not in ("int8", "auto") and (q.keep_float or q.keep_float_count):
-        raise ConfigError(f"--keep-float applies to int8 compiles; this one is {precision}",
-                          "drop --keep-float, or pass --precision int8 --calib DIR")
+        raise ConfigError(
+            f"--keep-float applies to int8 compiles; this one is {precision}",
+            "drop --keep-float, or pass --precision int8 --calib DIR",
+        )
     if a.epochs and precision != "int8":
-        raise ConfigError(f"--qat-epochs trains int8 ranges; this compile is {precision}",
-                          "pass --precision int8 --calib DIR, or drop --qat-epochs")
+        raise ConfigError(
+            f"--qat-epochs trains int8 ranges; this compile is {precision}",
+            "pass --precision int8 --calib DIR, or drop --qat-epochs",
+        )
     if a.ranges not in ("learn", "ema"):
         raise ConfigError(f"--qat-ranges must be learn or ema, got {a.ranges!r}")
     check_shape(config.input)

@@ -39,8 +39,16 @@ class ArmBoard:
 
     def inventory(self, path: Path, **overrides) -> Path:
         """An inventory with one device, ``board``, as a user would write it for a Pi reached by SSH."""
-        fields = dict(user="root", python="python3", workdir="/tmp/edgekd", arch="aarch64", runtimes=["litert"],
-                      connect_timeout=30, keepalive_s=5, description="emulated Raspberry Pi 4 (tools/arm-board.sh)")
+        fields = dict(
+            user="root",
+            python="python3",
+            workdir="/tmp/edgekd",
+            arch="aarch64",
+            runtimes=["litert"],
+            connect_timeout=30,
+            keepalive_s=5,
+            description="emulated Raspberry Pi 4 (tools/arm-board.sh)",
+        )
         fields.update(overrides)
         return Board(self.meta, self.port, self.meta / "client", self.meta / "known_hosts").inventory(path, **fields)
 
@@ -52,8 +60,10 @@ def absent_reason() -> str | None:
     if os.geteuid() != 0:
         return "the emulated ARM board needs root (chroot, binfmt_misc); run the tests as root"
     if not ((d / "board" / ".rootfs-ok").exists() and (d / "board" / ".litert-ok").exists()):
-        return f"the emulated ARM board is not built in {d}; `make test` builds it (once, needs the network), " \
-               f"or: tools/arm-board.sh build {d}"
+        return (
+            f"the emulated ARM board is not built in {d}; `make test` builds it (once, needs the network), "
+            f"or: tools/arm-board.sh build {d}"
+        )
     if not Path("/usr/bin/qemu-aarch64-static").exists():
         return "qemu-user-static is not installed (tools/arm-board.sh build installs it)"
     if not Path("/proc/sys/fs/binfmt_misc").is_dir():

@@ -35,8 +35,17 @@ class BackendTemplate:
     def compiled(self, request, zoo_models, tmp_path_factory):
         path, calib, shape = zoo_models[request.param]
         out = tmp_path_factory.mktemp(self.target) / request.param.replace(":", "_")
-        config = api.make_config(str(path), self.target, out, input_shape=shape, precision="int8", calib=calib,
-                                 skip=("sensitivity",), verify_samples=16, **self.compile_options)
+        config = api.make_config(
+            str(path),
+            self.target,
+            out,
+            input_shape=shape,
+            precision="int8",
+            calib=calib,
+            skip=("sensitivity",),
+            verify_samples=16,
+            **self.compile_options,
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CalibrationWarning)
             result = api.compile(config)

@@ -78,7 +78,11 @@ class MobileBlock(nn.Module):
     def __init__(self, cin: int, mid: int, cout: int, k: int, stride: int, act, se_gate=None):
         super().__init__()
         self.act = act
-        self.expand, self.dw, self.project = conv_bn(cin, mid, 1), conv_bn(mid, mid, k, stride, mid), conv_bn(mid, cout, 1)
+        self.expand, self.dw, self.project = (
+            conv_bn(cin, mid, 1),
+            conv_bn(mid, mid, k, stride, mid),
+            conv_bn(mid, cout, 1),
+        )
         self.se = SqueezeExcite(mid, se_gate) if se_gate is not None else None
         self.residual = stride == 1 and cin == cout
 
@@ -97,9 +101,12 @@ class MobileNetV3(nn.Module):
         super().__init__()
         self.stem = conv_bn(3, 16, 3, 2)
         self.blocks = nn.Sequential(
-            MobileBlock(16, 16, 16, 3, 1, F.relu), MobileBlock(16, 64, 24, 3, 2, F.relu),
-            MobileBlock(24, 72, 40, 5, 2, F.relu, hsigmoid), MobileBlock(40, 120, 40, 5, 1, F.relu, hsigmoid),
-            MobileBlock(40, 240, 80, 3, 2, hswish), MobileBlock(80, 200, 80, 3, 1, hswish),
+            MobileBlock(16, 16, 16, 3, 1, F.relu),
+            MobileBlock(16, 64, 24, 3, 2, F.relu),
+            MobileBlock(24, 72, 40, 5, 2, F.relu, hsigmoid),
+            MobileBlock(40, 120, 40, 5, 1, F.relu, hsigmoid),
+            MobileBlock(40, 240, 80, 3, 2, hswish),
+            MobileBlock(80, 200, 80, 3, 1, hswish),
             MobileBlock(80, 480, 112, 3, 1, hswish, hsigmoid),
         )
         self.head = nn.Conv2d(112, 256, 1)
@@ -122,8 +129,10 @@ class EfficientNet(nn.Module):
         super().__init__()
         self.stem = conv_bn(3, 16, 3, 2)
         self.blocks = nn.Sequential(
-            MobileBlock(16, 16, 16, 3, 1, silu, torch.sigmoid), MobileBlock(16, 64, 24, 3, 2, silu, torch.sigmoid),
-            MobileBlock(24, 96, 24, 3, 1, silu, torch.sigmoid), MobileBlock(24, 96, 40, 5, 2, silu, torch.sigmoid),
+            MobileBlock(16, 16, 16, 3, 1, silu, torch.sigmoid),
+            MobileBlock(16, 64, 24, 3, 2, silu, torch.sigmoid),
+            MobileBlock(24, 96, 24, 3, 1, silu, torch.sigmoid),
+            MobileBlock(24, 96, 40, 5, 2, silu, torch.sigmoid),
             MobileBlock(40, 160, 80, 3, 2, silu, torch.sigmoid),
         )
         self.head = conv_bn(80, 192, 1)
@@ -144,10 +153,16 @@ class ShuffleUnit(nn.Module):
         super().__init__()
         self.stride = stride
         half = cout // 2
-        self.branch = nn.Sequential(conv_bn(cin if stride == 2 else half, half, 1), nn.ReLU(),
-                                    conv_bn(half, half, 3, stride, half), conv_bn(half, half, 1), nn.ReLU())
-        self.shortcut = (nn.Sequential(conv_bn(cin, cin, 3, 2, cin), conv_bn(cin, half, 1), nn.ReLU())
-                         if stride == 2 else None)
+        self.branch = nn.Sequential(
+            conv_bn(cin if stride == 2 else half, half, 1),
+            nn.ReLU(),
+            conv_bn(half, half, 3, stride, half),
+            conv_bn(half, half, 1),
+            nn.ReLU(),
+        )
+        self.shortcut = (
+            nn.Sequential(conv_bn(cin, cin, 3, 2, cin), conv_bn(cin, half, 1), nn.ReLU()) if stride == 2 else None
+        )
 
     def forward(self, x):
         if self.stride == 1:
@@ -162,8 +177,13 @@ class ShuffleNetV2(nn.Module):
     def __init__(self, classes: int = 10):
         super().__init__()
         self.stem = nn.Sequential(conv_bn(3, 24, 3, 2), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
-        self.stages = nn.Sequential(ShuffleUnit(24, 48, 2), ShuffleUnit(48, 48, 1), ShuffleUnit(48, 96, 2),
-                                    ShuffleUnit(96, 96, 1), ShuffleUnit(96, 192, 2))
+        self.stages = nn.Sequential(
+            ShuffleUnit(24, 48, 2),
+            ShuffleUnit(48, 48, 1),
+            ShuffleUnit(48, 96, 2),
+            ShuffleUnit(96, 96, 1),
+            ShuffleUnit(96, 192, 2),
+        )
         self.fc = nn.Linear(192, classes)
 
     def forward(self, x):
@@ -219,8 +239,15 @@ class SqueezeNet(nn.Module):
     def __init__(self, classes: int = 10):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 3, 2), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True), Fire(32, 16, 32), Fire(64, 16, 32),
-            nn.MaxPool2d(3, 2, ceil_mode=True), Fire(64, 24, 48), Fire(96, 24, 48))
+            nn.Conv2d(3, 32, 3, 2),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2, ceil_mode=True),
+            Fire(32, 16, 32),
+            Fire(64, 16, 32),
+            nn.MaxPool2d(3, 2, ceil_mode=True),
+            Fire(64, 24, 48),
+            Fire(96, 24, 48),
+        )
         self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(96, classes, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
 
     def forward(self, x):
@@ -287,8 +314,9 @@ class ViT(nn.Module):
     """ViT-Tiny's layout, small: 8×8 patch embedding, class token, position embedding, pre-norm blocks
     (multi-head attention with MatMul and Softmax, GELU MLP), LayerNorm, the class token's logits."""
 
-    def __init__(self, classes: int = 10, dim: int = 64, depth: int = 2, heads: int = 4, patch: int = 8,
-                 tokens: int = 64):
+    def __init__(
+        self, classes: int = 10, dim: int = 64, depth: int = 2, heads: int = 4, patch: int = 8, tokens: int = 64
+    ):
         super().__init__()
         self.embed = nn.Conv2d(3, dim, patch, patch)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
@@ -333,9 +361,18 @@ def yolo320():
     return build_model("yolo-det:0.25", num_classes=4)
 
 
-ARCHITECTURES = {"resnet18": ResNet18, "mobilenetv3": MobileNetV3, "efficientnet": EfficientNet,
-                 "shufflenetv2": ShuffleNetV2, "convnext": ConvNeXt, "squeezenet": SqueezeNet, "densenet": DenseNet,
-                 "vit": ViT, "unet": UNet, "yolo": yolo320}
+ARCHITECTURES = {
+    "resnet18": ResNet18,
+    "mobilenetv3": MobileNetV3,
+    "efficientnet": EfficientNet,
+    "shufflenetv2": ShuffleNetV2,
+    "convnext": ConvNeXt,
+    "squeezenet": SqueezeNet,
+    "densenet": DenseNet,
+    "vit": ViT,
+    "unet": UNet,
+    "yolo": yolo320,
+}
 # Input shape per architecture, where not (1, 3, 64, 64).
 SHAPES = {"yolo": (1, 3, 320, 320)}
 # Architectures whose output is not class logits (fidelity: SQNR, not top-1 agreement).
@@ -364,8 +401,9 @@ def realistic_weights(model: nn.Module, images: np.ndarray, seed: int = 0) -> nn
     return model.eval()
 
 
-def trained_weights(model: nn.Module, images: np.ndarray, labels: np.ndarray, epochs: int = 8, seed: int = 0,
-                    batch: int = 32) -> nn.Module:
+def trained_weights(
+    model: nn.Module, images: np.ndarray, labels: np.ndarray, epochs: int = 8, seed: int = 0, batch: int = 32
+) -> nn.Module:
     """``realistic_weights``, then a short supervised training (AdamW, random flips) on ``images``.
 
     Why: BatchNorm recalibrated per channel on a random network gives every channel unit variance, so
@@ -383,7 +421,7 @@ def trained_weights(model: nn.Module, images: np.ndarray, labels: np.ndarray, ep
         model.train()
         order = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), batch):
-            idx = order[i:i + batch]
+            idx = order[i : i + batch]
             xb = x[idx].flip(3) if torch.rand((), generator=g) < 0.5 else x[idx]
             loss = F.cross_entropy(model(xb), y[idx])
             opt.zero_grad()
@@ -396,9 +434,16 @@ def export(model: nn.Module, path: Path, shape: tuple[int, ...], opset: int, dyn
     """torch.onnx (TorchScript exporter) at ``opset``; ``dynamic`` makes N, H and W symbolic."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (torch.zeros(shape),), str(path), dynamo=False, opset_version=opset,
-                          input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "N", 2: "H", 3: "W"}, "logits": {0: "N"}} if dynamic else None)
+        torch.onnx.export(
+            model.eval(),
+            (torch.zeros(shape),),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "N", 2: "H", 3: "W"}, "logits": {0: "N"}} if dynamic else None,
+        )
     return path
 
 
@@ -406,8 +451,17 @@ def light_model_dir() -> Path:
     return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 
 
-LIGHT_MODELS = ("resnet50", "densenet121", "inception_v1", "inception_v2", "shufflenet", "squeezenet", "vgg19",
-                "bvlc_alexnet", "zfnet512")
+LIGHT_MODELS = (
+    "resnet50",
+    "densenet121",
+    "inception_v1",
+    "inception_v2",
+    "shufflenet",
+    "squeezenet",
+    "vgg19",
+    "bvlc_alexnet",
+    "zfnet512",
+)
 
 
 def realistic_light_model(name: str, path: Path, images: np.ndarray | None = None, seed: int = 0) -> Path:
@@ -492,7 +546,9 @@ def normalize_activations(model: onnx.ModelProto, images: np.ndarray, logit_std:
 def _values(model: onnx.ModelProto, tensor: str, images: np.ndarray) -> np.ndarray:
     sess = _session(model, [tensor])
     name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run([tensor], {name: images[i:i + 1]})[0] for i in range(len(images))]).astype(np.float64)
+    return np.concatenate([sess.run([tensor], {name: images[i : i + 1]})[0] for i in range(len(images))]).astype(
+        np.float64
+    )
 
 
 def onnx_bytes(model: nn.Module, shape, opset: int) -> bytes:

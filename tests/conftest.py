@@ -40,14 +40,26 @@ def resnet_artifact(tmp_path_factory) -> Path:
     """A compiled resnet20 (random weights, torch seed RESNET_SEED) with labels and calibration-image verification."""
     out = tmp_path_factory.mktemp("art") / "resnet20"
     torch.manual_seed(RESNET_SEED)
-    config = api.make_config("resnet20", "onnx-cpu", out, input_shape=(1, 3, 32, 32),
-                             mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26),
-                             labels=[f"c{i}" for i in range(10)], calib=CALIB, verify_samples=8)
+    config = api.make_config(
+        "resnet20",
+        "onnx-cpu",
+        out,
+        input_shape=(1, 3, 32, 32),
+        mean=(0.49, 0.48, 0.45),
+        std=(0.25, 0.24, 0.26),
+        labels=[f"c{i}" for i in range(10)],
+        calib=CALIB,
+        verify_samples=8,
+    )
     return api.compile(config).output
 
 
-ZOO_SHAPES = {"resnet20": (1, 3, 32, 32), "mobilenetv2-cifar:0.5": (1, 3, 32, 32),
-              "mobilenetv3-small-cifar:0.5": (1, 3, 32, 32), "yolo-det:0.25": (1, 3, 64, 64)}
+ZOO_SHAPES = {
+    "resnet20": (1, 3, 32, 32),
+    "mobilenetv2-cifar:0.5": (1, 3, 32, 32),
+    "mobilenetv3-small-cifar:0.5": (1, 3, 32, 32),
+    "yolo-det:0.25": (1, 3, 64, 64),
+}
 
 
 def realistic(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -100,7 +112,7 @@ def labelled(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("labelled")
     for i, d in enumerate(sorted(p for p in (ROOT / "calibration" / "cifar10").iterdir() if p.is_dir())):
         (root / d.name).mkdir()
-        for f in sorted(d.iterdir())[:7 if i < 4 else 6]:
+        for f in sorted(d.iterdir())[: 7 if i < 4 else 6]:
             shutil.copy(f, root / d.name / f.name)
     return root
 

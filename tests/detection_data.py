@@ -27,8 +27,13 @@ def _objects(cls: str) -> list[np.ndarray]:
     return [np.asarray(Image.open(p).convert("RGB")) for p in sorted((CALIB / cls).glob("*.jpg"))]
 
 
-def make_scenes(n: int, size: tuple[int, int] = (96, 128), per_image: tuple[int, int] = (1, 4),
-                obj_size: tuple[int, int] = (14, 30), seed: int = 0) -> list[Scene]:
+def make_scenes(
+    n: int,
+    size: tuple[int, int] = (96, 128),
+    per_image: tuple[int, int] = (1, 4),
+    obj_size: tuple[int, int] = (14, 30),
+    seed: int = 0,
+) -> list[Scene]:
     """``n`` images of ``size`` (H, W) with 1–3 non-overlapping objects each, sides in ``obj_size`` px."""
     rng = np.random.default_rng(seed)
     pools = [_objects(c) for c in CLASSES]
@@ -49,7 +54,9 @@ def make_scenes(n: int, size: tuple[int, int] = (96, 128), per_image: tuple[int,
                 continue
             c = int(rng.integers(len(CLASSES)))
             obj = pools[c][int(rng.integers(len(pools[c])))]
-            img[y0:y0 + side_h, x0:x0 + side_w] = np.asarray(Image.fromarray(obj).resize((int(side_w), int(side_h)), Image.BILINEAR))
+            img[y0 : y0 + side_h, x0 : x0 + side_w] = np.asarray(
+                Image.fromarray(obj).resize((int(side_w), int(side_h)), Image.BILINEAR)
+            )
             boxes.append(box)
             classes.append(c)
         scenes.append(Scene(img, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(classes, np.int64)))
@@ -73,7 +80,10 @@ def write_yolo(root: Path, splits: dict[str, list[Scene]], names=CLASSES) -> Pat
         (root / split / "labels").mkdir(parents=True, exist_ok=True)
         for i, s in enumerate(scenes):
             Image.fromarray(s.image).save(root / split / "images" / f"{i:04d}.png")
-            lines = [yolo_line(int(c), b, s.image.shape[:2], polygon=bool(k % 2)) for k, (b, c) in enumerate(zip(s.boxes, s.classes))]
+            lines = [
+                yolo_line(int(c), b, s.image.shape[:2], polygon=bool(k % 2))
+                for k, (b, c) in enumerate(zip(s.boxes, s.classes))
+            ]
             (root / split / "labels" / f"{i:04d}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
     listing = "\n".join(f"{split}: {split}/images" for split in splits)
     (root / "data.yaml").write_text(f"path: .\n{listing}\nnames: {list(names)}\n")
@@ -89,8 +99,15 @@ def write_coco(root: Path, scenes: list[Scene], category_ids=(3, 7), names=CLASS
         h, w = s.image.shape[:2]
         images.append({"id": 100 + i, "file_name": f"images/{i:04d}.png", "height": h, "width": w})
         for b, c in zip(s.boxes.tolist(), s.classes.tolist()):
-            annotations.append({"id": len(annotations) + 1, "image_id": 100 + i, "category_id": category_ids[c],
-                                "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": 100 + i,
+                    "category_id": category_ids[c],
+                    "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                    "iscrowd": 0,
+                }
+            )
     cats = [{"id": cid, "name": n} for cid, n in zip(category_ids, names)]
     path = root / "instances.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": cats}))

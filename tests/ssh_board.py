@@ -37,8 +37,11 @@ class Board:
 
     def start(self) -> None:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.dir / "sshd_config")],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.dir / "sshd.log", "ab"))
+        self.proc = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(self.dir / "sshd_config")],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.dir / "sshd.log", "ab"),
+        )
         deadline = time.time() + 10
         while time.time() < deadline:
             with socket.socket() as s:
@@ -64,9 +67,18 @@ class Board:
 
     def inventory(self, path: Path, **overrides) -> Path:
         """An inventory with one device, ``board``, reaching this server."""
-        fields = {"host": "127.0.0.1", "port": self.port, "user": getpass.getuser(), "key": str(self.client_key),
-                  "known_hosts": str(self.known_hosts), "python": sys.executable, "workdir": str(self.dir / "work"),
-                  "runtimes": ["onnxruntime", "litert", "openvino"], "connect_timeout": 5, "keepalive_s": 1}
+        fields = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "user": getpass.getuser(),
+            "key": str(self.client_key),
+            "known_hosts": str(self.known_hosts),
+            "python": sys.executable,
+            "workdir": str(self.dir / "work"),
+            "runtimes": ["onnxruntime", "litert", "openvino"],
+            "connect_timeout": 5,
+            "keepalive_s": 1,
+        }
         fields.update(overrides)
         lines = ["[devices.board]"]
         for k, v in fields.items():
@@ -112,9 +124,9 @@ def make_board(directory: Path) -> Board:
     (directory / "sshd_config").write_text(f"""\
 Port {port}
 ListenAddress 127.0.0.1
-HostKey {directory / 'host_key'}
-AuthorizedKeysFile {directory / 'authorized_keys'}
-PidFile {directory / 'sshd.pid'}
+HostKey {directory / "host_key"}
+AuthorizedKeysFile {directory / "authorized_keys"}
+PidFile {directory / "sshd.pid"}
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PubkeyAuthentication yes

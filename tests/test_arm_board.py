@@ -79,9 +79,31 @@ def rpi4(tmp_path_factory, one_torch_thread):
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)  # 64 calibration images: enough for this check
-        r = cli("compile", "resnet20", "-t", "rpi4", "-o", str(out), "--precision", "int8",
-                "--input-shape", "1,3,32,32", "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD)),
-                "--calib", str(CALIB), "--calib-samples", "64", "--skip", "sensitivity", "--verify-samples", "8", "-q")
+        r = cli(
+            "compile",
+            "resnet20",
+            "-t",
+            "rpi4",
+            "-o",
+            str(out),
+            "--precision",
+            "int8",
+            "--input-shape",
+            "1,3,32,32",
+            "--mean",
+            ",".join(map(str, MEAN)),
+            "--std",
+            ",".join(map(str, STD)),
+            "--calib",
+            str(CALIB),
+            "--calib-samples",
+            "64",
+            "--skip",
+            "sensitivity",
+            "--verify-samples",
+            "8",
+            "-q",
+        )
     assert r.exit_code == 0, r.output
     return out
 
@@ -91,6 +113,7 @@ def run_dirs_left(arm) -> list:
 
 
 # --- on the board -------------------------------------------------------------------------------
+
 
 def test_check_reports_an_aarch64_board_with_python_311_and_litert(inv):
     r = cli("devices", "--inventory", str(inv), "check", "board", "--json")
@@ -166,6 +189,7 @@ def test_an_onnx_artifact_on_a_board_without_onnxruntime_says_what_to_install(in
 
 
 # --- the pieces the board flow relies on, on the host ---------------------------------------------
+
 
 def test_runner_saves_the_outputs_of_given_inputs(onnx_art):
     from edgekd.runtime import ort_session

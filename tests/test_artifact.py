@@ -65,7 +65,7 @@ def test_model_runs_unchanged_in_a_plain_onnxruntime_session(resnet_artifact):
     m = json.loads((resnet_artifact / "manifest.json").read_text())
     x = np.concatenate(list(iter_batches(CALIB, Preprocess(**_preprocess_args(m)), (1, 3, 32, 32), limit=8)))
     sess = ort.InferenceSession(str(resnet_artifact / "model.onnx"), providers=["CPUExecutionProvider"])
-    got = np.concatenate([sess.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+    got = np.concatenate([sess.run(None, {"input": x[i : i + 1]})[0] for i in range(len(x))])
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
     assert got.shape == (8, 10)

@@ -63,7 +63,9 @@ class TestAscendBackend(BackendTemplate):
     def test_the_ascend_table_lists_every_node(self, compiled):
         out, manifest, _ = compiled
         model = onnx.load(str(out / manifest["artifact"]["model_file"]))
-        expected = Counter(n for n, node in zip(node_names(model.graph.node), model.graph.node) if node.op_type not in QDQ)
+        expected = Counter(
+            n for n, node in zip(node_names(model.graph.node), model.graph.node) if node.op_type not in QDQ
+        )
         listed = Counter(r["node"] for r in _rows(out))
         assert listed == expected and max(listed.values()) == 1
         assert not any(r["onnx_op"] in QDQ for r in _rows(out))
@@ -78,14 +80,30 @@ class TestAscendBackend(BackendTemplate):
             csv_rows = list(reader)
         assert len(csv_rows) == len(rows)
         for r, c in zip(rows, csv_rows):
-            assert (c["node"], c["onnx_op"], c["ascend_op"], c["status"]) == (r["node"], r["onnx_op"], r["ascend_op"], r["status"])
-            assert json.loads(c["input_shapes"]) == r["input_shapes"] and json.loads(c["output_shapes"]) == r["output_shapes"]
+            assert (c["node"], c["onnx_op"], c["ascend_op"], c["status"]) == (
+                r["node"],
+                r["onnx_op"],
+                r["ascend_op"],
+                r["status"],
+            )
+            assert (
+                json.loads(c["input_shapes"]) == r["input_shapes"]
+                and json.loads(c["output_shapes"]) == r["output_shapes"]
+            )
             assert json.loads(c["reasons"]) == r["reasons"] and c["format"] == r["format"]
             for key in ("scale_d", "out_scale"):
                 assert (c[key] == "") == (r[key] is None) and (r[key] is None or float(c[key]) == r[key])
-            assert (c["offset_d"] == "") == (r["offset_d"] is None) and (r["offset_d"] is None or int(c["offset_d"]) == r["offset_d"])
-            assert (c["scale_w"] == "") == (r["scale_w"] is None) and (r["scale_w"] is None or json.loads(c["scale_w"]) == r["scale_w"])
-        md = [line for line in (out / "op_table.md").read_text().splitlines() if line.startswith("| ") and "---" not in line]
+            assert (c["offset_d"] == "") == (r["offset_d"] is None) and (
+                r["offset_d"] is None or int(c["offset_d"]) == r["offset_d"]
+            )
+            assert (c["scale_w"] == "") == (r["scale_w"] is None) and (
+                r["scale_w"] is None or json.loads(c["scale_w"]) == r["scale_w"]
+            )
+        md = [
+            line
+            for line in (out / "op_table.md").read_text().splitlines()
+            if line.startswith("| ") and "---" not in line
+        ]
         header, body = md[0], md[1:]
         assert "scale_d" in header and "status" in header
         assert len(body) == len(rows)
@@ -125,14 +143,25 @@ class TestAscendBackend(BackendTemplate):
         subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
         argv = _run_script(script, tmp_path / "bin", tmp_path / "argv.txt")
         shape = ",".join(str(d) for d in manifest["inputs"][0]["shape"])
-        assert argv[:7] == ["--model=model.onnx", "--framework=5", "--soc_version=Ascend310",
-                            f"--input_shape={manifest['inputs'][0]['name']}:{shape}", "--input_format=NCHW",
-                            "--output=model", "--precision_mode=force_fp16"]
+        assert argv[:7] == [
+            "--model=model.onnx",
+            "--framework=5",
+            "--soc_version=Ascend310",
+            f"--input_shape={manifest['inputs'][0]['name']}:{shape}",
+            "--input_format=NCHW",
+            "--output=model",
+            "--precision_mode=force_fp16",
+        ]
         report = manifest["backend_report"]
         assert "atc_command.sh" in report["om_model"] and "onnxruntime" in report["executed_with"]
         assert manifest["artifact"]["runtime"] == "onnxruntime"
-        assert {f["path"] for f in manifest["files"]} >= {"model.onnx", "op_table.json", "op_table.csv",
-                                                          "op_table.md", "atc_command.sh"}
+        assert {f["path"] for f in manifest["files"]} >= {
+            "model.onnx",
+            "op_table.json",
+            "op_table.csv",
+            "op_table.md",
+            "atc_command.sh",
+        }
 
 
 # --------------------------------------------------------------------- hand-built models, no compile
@@ -142,13 +171,20 @@ def _conv_model(path: Path, stride: int = 64, opset: int = 13, hw: int = 128) ->
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
     b = numpy_helper.from_array(np.zeros(4, np.float32), "b")
-    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], name="conv_s64", strides=[stride, stride],
-                              kernel_shape=[3, 3]),
-             helper.make_node("Relu", ["c"], ["output"], name="relu")]
+    nodes = [
+        helper.make_node(
+            "Conv", ["input", "w", "b"], ["c"], name="conv_s64", strides=[stride, stride], kernel_shape=[3, 3]
+        ),
+        helper.make_node("Relu", ["c"], ["output"], name="relu"),
+    ]
     out_hw = (hw - 3) // stride + 1
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, hw, hw])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4, out_hw, out_hw])],
-                              [w, b])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, hw, hw])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4, out_hw, out_hw])],
+        [w, b],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = min(model.ir_version, 10)
     onnx.checker.check_model(model)
@@ -181,26 +217,34 @@ def test_conv_stride_64_fails_the_compile_at_check_support(tmp_path):
 def test_opset_outside_atc_range_is_reported(tmp_path):
     path = _conv_model(tmp_path / "o21.onnx", stride=1, opset=21, hw=16)
     unsupported = api.inspect(str(path), target="ascend310")["unsupported"]
-    assert {"node": "(model)", "op": "opset",
-            "reason": "ONNX opset 21 outside supported range [11, 15] (ATC --framework=5)"} in unsupported
+    assert {
+        "node": "(model)",
+        "op": "opset",
+        "reason": "ONNX opset 21 outside supported range [11, 15] (ATC --framework=5)",
+    } in unsupported
     # Conv's own page lists opsets 9-18
-    assert any(u["node"] == "conv_s64" and "opset 21 outside its documented opsets [9, 18]" in u["reason"]
-               for u in unsupported)
+    assert any(
+        u["node"] == "conv_s64" and "opset 21 outside its documented opsets [9, 18]" in u["reason"] for u in unsupported
+    )
     spec = load_target("ascend310")
     assert get_backend("ascend").unsupported(onnx.load(str(_conv_model(tmp_path / "o13.onnx", 1, 13, 16))), spec) == []
 
 
 def test_an_operator_outside_the_list_is_unsupported(tmp_path):
-    graph = helper.make_graph([helper.make_node("Einsum", ["x", "x"], ["y"], name="ein", equation="ij,ij->ij")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])])
+    graph = helper.make_graph(
+        [helper.make_node("Einsum", ["x", "x"], ["y"], name="ein", equation="ij,ij->ij")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     [u] = get_backend("ascend").unsupported(model, load_target("ascend310p"))
     assert (u.node, u.op) == ("ein", "Einsum") and "not in the Ascend ONNX operator list" in u.reason
 
 
-@pytest.mark.parametrize("precision, mode, dtype", [("fp16", "force_fp16", "float16"),
-                                                    ("fp32", "allow_fp32_to_fp16", "float32")])
+@pytest.mark.parametrize(
+    "precision, mode, dtype", [("fp16", "force_fp16", "float16"), ("fp32", "allow_fp32_to_fp16", "float32")]
+)
 def test_float_compile_for_310p(tmp_path, precision, mode, dtype):
     path = _conv_model(tmp_path / "f.onnx", stride=2, hw=32)
     out = tmp_path / "out"
@@ -211,7 +255,9 @@ def test_float_compile_for_310p(tmp_path, precision, mode, dtype):
     assert [r["node"] for r in rows] == ["conv_s64", "relu"]
     assert all(r["ascend_dtype"] == dtype and r["scale_d"] is None and r["status"] == "supported" for r in rows)
     assert rows[0]["ascend_op"] == "Conv2D" and rows[0]["format"] == "NC1HWC0" and rows[0]["c0"] == 16
-    assert rows[0]["input_shapes"] == [[1, 3, 32, 32], [4, 3, 3, 3], [4]] and rows[0]["output_shapes"] == [[1, 4, 15, 15]]
+    assert rows[0]["input_shapes"] == [[1, 3, 32, 32], [4, 3, 3, 3], [4]] and rows[0]["output_shapes"] == [
+        [1, 4, 15, 15]
+    ]
     assert rows[0]["ascend_input_shape"] == [1, 1, 32, 32, 16]
     argv = _run_script(result.output / "atc_command.sh", tmp_path / "bin", tmp_path / "argv.txt")
     assert "--soc_version=Ascend310P3" in argv and f"--precision_mode={mode}" in argv
@@ -227,7 +273,9 @@ def test_every_argument_is_quoted_and_survives_the_shell(tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"")
     assert _run_script(script, tmp_path / "bin", tmp_path / "argv.txt") == argv[1:]
     command = script.read_text().splitlines()[-1]
-    assert command.startswith("atc '--model=model.onnx' ") and all(f"'{a}'" in command for a in argv[1:] if "'" not in a)
+    assert command.startswith("atc '--model=model.onnx' ") and all(
+        f"'{a}'" in command for a in argv[1:] if "'" not in a
+    )
 
 
 def test_every_fact_has_a_source():
@@ -239,11 +287,21 @@ def test_every_fact_has_a_source():
         for c in entry.get("constraints", []):
             assert c.get("source") and c.get("text") and c["severity"] in ("error", "warn"), (op, c)
     q = data["quantization"]
-    for key in ("record_source", "formula_source", "scheme_source", "ops_source", "min_input_channels_source",
-                "per_channel_source"):
+    for key in (
+        "record_source",
+        "formula_source",
+        "scheme_source",
+        "ops_source",
+        "min_input_channels_source",
+        "per_channel_source",
+    ):
         assert q[key].startswith("https://"), key
     for name in ("ascend310", "ascend310p"):
         spec = load_target(name)
-        assert spec.backend == "ascend" and spec.default_precision == "int8" and spec.activation_scheme == "asymmetric-int8"
+        assert (
+            spec.backend == "ascend"
+            and spec.default_precision == "int8"
+            and spec.activation_scheme == "asymmetric-int8"
+        )
         assert spec.raw["onnx"]["sources"] and spec.raw["quantization"]["sources"] and spec.raw["ascend"]["atc_source"]
         assert spec.opset_range == (11, 15) and spec.passes == load_target("onnx-cpu").passes

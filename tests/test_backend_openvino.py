@@ -35,8 +35,11 @@ def read_ir(xml: Path) -> tuple[dict[str, dict], dict[str, list[str]]]:
     layers = {}
     for layer in root.iter("layer"):
         data = layer.find("data")
-        layers[layer.get("id")] = {"type": layer.get("type"), "name": layer.get("name"),
-                                   **(dict(data.attrib) if data is not None else {})}
+        layers[layer.get("id")] = {
+            "type": layer.get("type"),
+            "name": layer.get("name"),
+            **(dict(data.attrib) if data is not None else {}),
+        }
     edges = sorted(root.iter("edge"), key=lambda e: (e.get("to-layer"), int(e.get("to-port"))))
     inputs: dict[str, list[str]] = {}
     for e in edges:
@@ -53,8 +56,13 @@ def per_channel_int8_weights(xml: Path) -> int:
 
     def is_channel_scale(i):
         shape = [int(s) for s in layers[i].get("shape", "").split(",") if s]
-        return (layers[i]["type"] == "Const" and layers[i].get("element_type") == "f32" and len(shape) >= 2
-                and shape[0] > 1 and all(s == 1 for s in shape[1:]))
+        return (
+            layers[i]["type"] == "Const"
+            and layers[i].get("element_type") == "f32"
+            and len(shape) >= 2
+            and shape[0] > 1
+            and all(s == 1 for s in shape[1:])
+        )
 
     count = 0
     for lid, layer in layers.items():
@@ -100,7 +108,7 @@ class TestOpenVINOBackend(BackendTemplate):
         run = OpenVINOBackend().session(out / "model.xml", threads=2)
         x = np.load(calib)[:3]
         whole = run(x)
-        singles = [run(x[i:i + 1]) for i in range(3)]
+        singles = [run(x[i : i + 1]) for i in range(3)]
         for k, y in enumerate(whole):
             assert y.shape[0] == 3
             np.testing.assert_array_equal(y, np.concatenate([s[k] for s in singles]))
@@ -110,8 +118,9 @@ class TestOpenVINOBackend(BackendTemplate):
 def fp32_artifact(zoo_models, tmp_path_factory):
     path, calib, shape = zoo_models["mobilenetv2-cifar:0.5"]
     out = tmp_path_factory.mktemp("openvino-fp32") / "mobilenetv2"
-    config = api.make_config(str(path), "openvino-cpu", out, input_shape=shape, precision="fp32", calib=calib,
-                             verify_samples=16)
+    config = api.make_config(
+        str(path), "openvino-cpu", out, input_shape=shape, precision="fp32", calib=calib, verify_samples=16
+    )
     result = api.compile(config)
     return result.output, json.loads((result.output / "manifest.json").read_text()), path
 
@@ -158,8 +167,16 @@ def test_int8_compile_that_runs_no_layer_in_int8_fails(tmp_path):
     np.save(calib, np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32))
 
     def config(out, **kw):
-        return api.make_config(str(path), "openvino-cpu", tmp_path / out, input_shape=(1, 3, 16, 16), calib=calib,
-                               skip=("sensitivity",), verify_samples=4, **kw)
+        return api.make_config(
+            str(path),
+            "openvino-cpu",
+            tmp_path / out,
+            input_shape=(1, 3, 16, 16),
+            calib=calib,
+            skip=("sensitivity",),
+            verify_samples=4,
+            **kw,
+        )
 
     fp32 = api.compile(config("fp32", precision="fp32")).manifest["backend_report"]
     names = [layer["name"] for layer in fp32["layers"]]
@@ -176,10 +193,14 @@ def test_int8_compile_that_runs_no_layer_in_int8_fails(tmp_path):
 def test_nodes_without_a_conversion_rule_are_named():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu"),
-             helper.make_node("Frobnicate", ["a"], ["y"], name="frob", domain="com.example")]
-    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]),
-                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="relu"),
+        helper.make_node("Frobnicate", ["a"], ["y"], name="frob", domain="com.example"),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)],
+    )
     bad = OpenVINOBackend().unsupported(model, load_target("openvino-cpu"))
     assert [(u.node, u.op) for u in bad] == [("frob", "Frobnicate")]
     assert "com.example.Frobnicate" in bad[0].reason

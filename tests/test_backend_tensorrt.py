@@ -43,15 +43,24 @@ from edgekd.specs import load_target
 
 def _dq_per_channel(model: onnx.ModelProto) -> int:
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    return sum(1 for n in model.graph.node
-               if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None
-               and inits[n.input[0]].dtype == np.int8 and inits[n.input[1]].ndim == 1 and inits[n.input[1]].size > 1)
+    return sum(
+        1
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear"
+        and inits.get(n.input[0]) is not None
+        and inits[n.input[0]].dtype == np.int8
+        and inits[n.input[1]].ndim == 1
+        and inits[n.input[1]].size > 1
+    )
 
 
 def _activation_qparams(manifest: dict, model: onnx.ModelProto) -> dict[str, dict]:
     weights = {i.name for i in model.graph.initializer}
-    return {k: v for k, v in manifest["quantization"]["tensors"].items()
-            if v["axis"] is None and v["scheme"]["symmetric"] and k not in weights}
+    return {
+        k: v
+        for k, v in manifest["quantization"]["tensors"].items()
+        if v["axis"] is None and v["scheme"]["symmetric"] and k not in weights
+    }
 
 
 class TestTensorRTBackend(BackendTemplate):
@@ -69,8 +78,12 @@ class TestTensorRTBackend(BackendTemplate):
         assert checks["violations"] == [] and checks["tensorrt"] == "8.5.2" and checks["opset"] == 17
         assert checks["weights_per_channel"] > 0 and checks["activation_pairs"] > 0
         assert report["dla"]["cores"] == 2 and isinstance(report["dla"]["falls_back_to_gpu"], list)
-        assert {f["path"] for f in manifest["files"]} >= {"model.onnx", "model_noqdq.onnx", "calibration.cache",
-                                                          "build_engine.sh"}
+        assert {f["path"] for f in manifest["files"]} >= {
+            "model.onnx",
+            "model_noqdq.onnx",
+            "calibration.cache",
+            "build_engine.sh",
+        }
 
     def test_qdq_graph_follows_tensorrt_rules(self, compiled):
         out, _, _ = compiled
@@ -102,6 +115,7 @@ class TestTensorRTBackend(BackendTemplate):
 
 # --- calibration cache format ------------------------------------------------------------------
 
+
 def test_cache_header_version_codes():
     assert version_code("8.5.2") == 8502 and version_code("8.6") == 8600 and version_code("10.3.0") == 100300
     assert format_cache({}, "8.5.2").splitlines() == ["TRT-8502-EntropyCalibration2"]
@@ -116,8 +130,10 @@ def test_cache_scales_are_big_endian_float32_hex():
     assert {k: np.float32(v) for k, v in back.items()} == {k: np.float32(v) for k, v in scales.items()}
 
 
-@pytest.mark.parametrize("text", ["", "not a cache\n", "TRT-8502-EntropyCalibration2\nbroken line\n",
-                                  "TRT-8502-EntropyCalibration2\nx: zz\n"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "not a cache\n", "TRT-8502-EntropyCalibration2\nbroken line\n", "TRT-8502-EntropyCalibration2\nx: zz\n"],
+)
 def test_broken_caches_are_named_errors(text):
     from edgekd.errors import DataError
 
@@ -126,6 +142,7 @@ def test_broken_caches_are_named_errors(text):
 
 
 # --- small models compiled here ------------------------------------------------------------------
+
 
 class Tiny(nn.Module):
     """A stem, a residual pair of convs and a classifier."""
@@ -182,8 +199,12 @@ def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny")
     np.save(d / "calib.npy", np.random.default_rng(0).standard_normal((48,) + SHAPE[1:]).astype(np.float32))
     paths = {}
-    for name, make in (("dense", lambda: realistic(Tiny())), ("sparse", lambda: realistic(Tiny()).prune_2to4()),
-                       ("layernorm", lambda: realistic(WithLayerNorm())), ("det", lambda: realistic(WithDeterminant()))):
+    for name, make in (
+        ("dense", lambda: realistic(Tiny())),
+        ("sparse", lambda: realistic(Tiny()).prune_2to4()),
+        ("layernorm", lambda: realistic(WithLayerNorm())),
+        ("det", lambda: realistic(WithDeterminant())),
+    ):
         torch.manual_seed(0)
         paths[name] = d / f"{name}.pt"
         torch.jit.save(torch.jit.trace(make(), torch.zeros(SHAPE)), str(paths[name]))
@@ -192,9 +213,16 @@ def tiny(tmp_path_factory):
 
 def compile_tiny(tiny, model: str, target: str, out: Path, precision: str = "int8") -> Path:
     d, paths = tiny
-    config = api.make_config(str(paths[model]), target, out, input_shape=SHAPE, precision=precision,
-                             calib=d / "calib.npy" if precision == "int8" else None, skip=("sensitivity",),
-                             verify_samples=8)
+    config = api.make_config(
+        str(paths[model]),
+        target,
+        out,
+        input_shape=SHAPE,
+        precision=precision,
+        calib=d / "calib.npy" if precision == "int8" else None,
+        skip=("sensitivity",),
+        verify_samples=8,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
         return api.compile(config).output
@@ -225,11 +253,15 @@ def run_script(artifact: Path, tmp_path: Path, *args: str, **env: str) -> tuple[
     (bin_dir / "trtexec").chmod(0o755)
     argv_out = tmp_path / "argv.bin"
     argv_out.unlink(missing_ok=True)
-    full_env = {k: v for k, v in os.environ.items() if k not in ("DLA_CORE", "INT8_MODE", "WORKSPACE_MIB",
-                                                                  "TIMING_CACHE", "TRTEXEC")}
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DLA_CORE", "INT8_MODE", "WORKSPACE_MIB", "TIMING_CACHE", "TRTEXEC")
+    }
     full_env.update(PATH=f"{bin_dir}:{os.environ['PATH']}", ARGV_OUT=str(argv_out), **env)
-    proc = subprocess.run(["bash", str(artifact / "build_engine.sh"), *args], env=full_env, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", str(artifact / "build_engine.sh"), *args], env=full_env, capture_output=True, text=True, timeout=60
+    )
     argv = argv_out.read_bytes().decode().split("\0")[:-1] if argv_out.exists() else []
     return proc, argv
 
@@ -239,14 +271,24 @@ def test_build_script_is_valid_bash_with_the_expected_flags(xavier_artifact):
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text()
     assert "set -euo pipefail" in text and os.access(script, os.X_OK)
-    for flag in ('--onnx=${here}/model.onnx', '--saveEngine=${engine}', '"--int8" "--fp16"',
-                 "--memPoolSize=workspace:${workspace_mib}", "--timingCacheFile=${timing_cache}", "--buildOnly",
-                 "--useDLACore=${dla_core}", "--allowGPUFallback", "--calib=${here}/calibration.cache"):
+    for flag in (
+        "--onnx=${here}/model.onnx",
+        "--saveEngine=${engine}",
+        '"--int8" "--fp16"',
+        "--memPoolSize=workspace:${workspace_mib}",
+        "--timingCacheFile=${timing_cache}",
+        "--buildOnly",
+        "--useDLACore=${dla_core}",
+        "--allowGPUFallback",
+        "--calib=${here}/calibration.cache",
+    ):
         assert flag in text, flag
     assert "sparsity=0" in text and "--workspace=" not in text and not re.search(r"@[A-Z_]+@", text)
     report = manifest_of(xavier_artifact)["backend_report"]["build"]
-    assert report["command"] == ("trtexec --onnx=model.onnx --saveEngine=model.engine --int8 --fp16 "
-                                 "--memPoolSize=workspace:2048 --timingCacheFile=timing.cache --buildOnly")
+    assert report["command"] == (
+        "trtexec --onnx=model.onnx --saveEngine=model.engine --int8 --fp16 "
+        "--memPoolSize=workspace:2048 --timingCacheFile=timing.cache --buildOnly"
+    )
 
 
 def test_build_script_passes_every_argument_intact(xavier_artifact, tmp_path):
@@ -256,8 +298,9 @@ def test_build_script_passes_every_argument_intact(xavier_artifact, tmp_path):
     proc, argv = run_script(art, tmp_path, str(engine))
     assert proc.returncode == 0, proc.stderr
     facts = TensorRTFacts.from_spec(load_target("jetson-xavier"))
-    assert argv == trtexec_args(facts, "int8", False, engine=str(engine), artifact=str(art),
-                                timing_cache=f"{art}/timing.cache")
+    assert argv == trtexec_args(
+        facts, "int8", False, engine=str(engine), artifact=str(art), timing_cache=f"{art}/timing.cache"
+    )
     assert argv[0] == f"--onnx={art}/model.onnx" and " " in argv[0]
 
 
@@ -266,9 +309,18 @@ def test_build_script_dla_uses_the_implicit_int8_inputs(xavier_artifact, tmp_pat
     shutil.copytree(xavier_artifact, art)
     proc, argv = run_script(art, tmp_path, DLA_CORE="1", WORKSPACE_MIB="512", TIMING_CACHE=str(tmp_path / "t c.cache"))
     assert proc.returncode == 0, proc.stderr
-    assert argv == [f"--onnx={art}/model_noqdq.onnx", f"--saveEngine={art}/model.engine", "--int8", "--fp16",
-                    f"--calib={art}/calibration.cache", "--memPoolSize=workspace:512",
-                    f"--timingCacheFile={tmp_path / 't c.cache'}", "--useDLACore=1", "--allowGPUFallback", "--buildOnly"]
+    assert argv == [
+        f"--onnx={art}/model_noqdq.onnx",
+        f"--saveEngine={art}/model.engine",
+        "--int8",
+        "--fp16",
+        f"--calib={art}/calibration.cache",
+        "--memPoolSize=workspace:512",
+        f"--timingCacheFile={tmp_path / 't c.cache'}",
+        "--useDLACore=1",
+        "--allowGPUFallback",
+        "--buildOnly",
+    ]
     proc, argv = run_script(art, tmp_path, DLA_CORE="2")
     assert proc.returncode == 2 and "DLA_CORE must be 0..1" in proc.stderr and argv == []
     proc, argv = run_script(art, tmp_path, INT8_MODE="implicit")
@@ -276,6 +328,7 @@ def test_build_script_dla_uses_the_implicit_int8_inputs(xavier_artifact, tmp_pat
 
 
 # --- static checks catch hand-broken graphs ----------------------------------------------------------
+
 
 def _activation_q(model: onnx.ModelProto):
     inits = {i.name for i in model.graph.initializer}
@@ -306,8 +359,15 @@ def _break_opset(model):
     next(o for o in model.opset_import if o.domain in ("", "ai.onnx")).version = 19
 
 
-@pytest.mark.parametrize("breaker,rule", [(_break_zero_point, "zero-point"), (_break_axis, "activation-per-tensor"),
-                                          (_break_pair, "qdq-pair"), (_break_opset, "opset")])
+@pytest.mark.parametrize(
+    "breaker,rule",
+    [
+        (_break_zero_point, "zero-point"),
+        (_break_axis, "activation-per-tensor"),
+        (_break_pair, "qdq-pair"),
+        (_break_opset, "opset"),
+    ],
+)
 def test_static_checks_catch_hand_broken_models(xavier_artifact, breaker, rule):
     spec = load_target("jetson-xavier")
     model = onnx.load(str(xavier_artifact / "model.onnx"))
@@ -324,16 +384,33 @@ def _conv_with_int32_bias() -> onnx.ModelProto:
     w_scale = (rng.random(4) * 0.01 + 0.001).astype(np.float32)
     x_scale = np.float32(0.05)
     b = rng.integers(-1000, 1000, 4).astype(np.int32)
-    inits = [numpy_helper.from_array(a, n) for a, n in (
-        (np.asarray(x_scale), "x_s"), (np.asarray(0, np.int8), "x_z"), (w, "w_q"), (w_scale, "w_s"),
-        (np.zeros(4, np.int8), "w_z"), (b, "b_q"), (x_scale * w_scale, "b_s"), (np.zeros(4, np.int32), "b_z"))]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "x_s", "x_z"], ["x_q"], name="q"),
-             helper.make_node("DequantizeLinear", ["x_q", "x_s", "x_z"], ["x_dq"], name="dq"),
-             helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], name="w_dq", axis=0),
-             helper.make_node("DequantizeLinear", ["b_q", "b_s", "b_z"], ["b"], name="b_dq", axis=0),
-             helper.make_node("Conv", ["x_dq", "w", "b"], ["y"], name="conv", pads=[1, 1, 1, 1])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 6, 6])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 6, 6])], inits)
+    inits = [
+        numpy_helper.from_array(a, n)
+        for a, n in (
+            (np.asarray(x_scale), "x_s"),
+            (np.asarray(0, np.int8), "x_z"),
+            (w, "w_q"),
+            (w_scale, "w_s"),
+            (np.zeros(4, np.int8), "w_z"),
+            (b, "b_q"),
+            (x_scale * w_scale, "b_s"),
+            (np.zeros(4, np.int32), "b_z"),
+        )
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_s", "x_z"], ["x_q"], name="q"),
+        helper.make_node("DequantizeLinear", ["x_q", "x_s", "x_z"], ["x_dq"], name="dq"),
+        helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], name="w_dq", axis=0),
+        helper.make_node("DequantizeLinear", ["b_q", "b_s", "b_z"], ["b"], name="b_dq", axis=0),
+        helper.make_node("Conv", ["x_dq", "w", "b"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 6, 6])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -352,12 +429,15 @@ def test_int32_bias_dequantize_is_rejected_then_folded_bit_exactly():
     x = np.random.default_rng(1).standard_normal((1, 4, 6, 6)).astype(np.float32)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    run = [ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-           for m in (model, folded)]
+    run = [
+        ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        for m in (model, folded)
+    ]
     assert np.array_equal(run[0], run[1])
 
 
 # --- 2:4 sparsity, precisions, op support ------------------------------------------------------------
+
 
 def test_2to4_pattern():
     w = np.zeros((2, 8, 1, 1), np.float32)

@@ -20,15 +20,18 @@ from edgekd.errors import FidelityError, PassFailedError, UnsupportedOpsError
 from edgekd.passes.calibrate import CalibrationWarning
 from edgekd.specs import load_target
 
-pytestmark = pytest.mark.skipif(not get_backend("tflite").available(),
-                                reason="tensorflow and ai-edge-litert are not installed (pip install 'edgekd[tflite]')")
+pytestmark = pytest.mark.skipif(
+    not get_backend("tflite").available(),
+    reason="tensorflow and ai-edge-litert are not installed (pip install 'edgekd[tflite]')",
+)
 
 
 def interpreter(path: Path):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interp = Interpreter(model_path=str(path),
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interp = Interpreter(
+        model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
     interp.allocate_tensors()
     return interp
 
@@ -51,8 +54,11 @@ class TestTFLiteBackend(BackendTemplate):
 
     def per_channel_weight_tensors(self, artifact, manifest):
         interp = interpreter(model_file(artifact, manifest))
-        return sum(1 for t in interp.get_tensor_details()
-                   if t["dtype"] == np.int8 and len(set(t["quantization_parameters"]["scales"].tolist())) > 1)
+        return sum(
+            1
+            for t in interp.get_tensor_details()
+            if t["dtype"] == np.int8 and len(set(t["quantization_parameters"]["scales"].tolist())) > 1
+        )
 
     def test_flatbuffer_is_fully_int8(self, compiled):
         out, manifest, _ = compiled
@@ -72,8 +78,10 @@ class TestTFLiteBackend(BackendTemplate):
         want = qparams[inp["name"]]
         assert inp["quantization"] == (pytest.approx(want["scale"], rel=1e-6), want["zero_point"])
         for o in interp.get_output_details():
-            assert o["quantization"] == (pytest.approx(qparams[o["name"]]["scale"], rel=1e-6),
-                                         qparams[o["name"]]["zero_point"])
+            assert o["quantization"] == (
+                pytest.approx(qparams[o["name"]]["scale"], rel=1e-6),
+                qparams[o["name"]]["zero_point"],
+            )
         # every activation range the simulation uses is in the flatbuffer, save those the report says
         # the converter moved onto a concatenation's grid
         moved = {t["tensor"] for f in manifest["backend_report"]["forced"] for t in f.get("tensors", [])}
@@ -85,8 +93,11 @@ class TestTFLiteBackend(BackendTemplate):
         activations = {k: v for k, v in qparams.items() if v["axis"] is None and k not in moved}
         assert len(activations) > 20
         # float32 min/max → scale: at most an ulp or so away (the converter recomputes it)
-        missing = [k for k, v in activations.items()
-                   if not any(abs(s - v["scale"]) <= 1e-6 * v["scale"] for s in present.get(v["zero_point"], []))]
+        missing = [
+            k
+            for k, v in activations.items()
+            if not any(abs(s - v["scale"]) <= 1e-6 * v["scale"] for s in present.get(v["zero_point"], []))
+        ]
         assert not missing, missing[:5]
         acts = manifest["backend_report"]["activations"]
         assert acts["checked"] > 20 and acts["mismatches"] == [] and acts["max_rel_scale_diff"] < 1e-6
@@ -134,11 +145,15 @@ class TestTFLiteBackend(BackendTemplate):
 
 # ---------------------------------------------------------------- tiny hand-made models
 
+
 def _save(tmp_path: Path, nodes, inits, shape, out_shape, name="m") -> Path:
-    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
-                              [numpy_helper.from_array(v.astype(np.float32) if v.dtype.kind == "f" else v, k)
-                               for k, v in inits.items()])
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+        [numpy_helper.from_array(v.astype(np.float32) if v.dtype.kind == "f" else v, k) for k, v in inits.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
     path = tmp_path / f"{name}.onnx"
@@ -149,15 +164,22 @@ def _save(tmp_path: Path, nodes, inits, shape, out_shape, name="m") -> Path:
 def _strided_model(tmp_path: Path, size: int) -> Path:
     """conv 3×3/2 → ReLU → depthwise 3×3/2 → max pool 3×3/2 → conv 1×1, every pad 1 (torch style)."""
     rng = np.random.default_rng(size)
-    inits = {"w1": rng.standard_normal((8, 3, 3, 3)) * 0.3, "b1": rng.standard_normal(8) * 0.1,
-             "w2": rng.standard_normal((8, 1, 3, 3)) * 0.3, "b2": rng.standard_normal(8) * 0.1,
-             "w3": rng.standard_normal((4, 8, 1, 1)) * 0.3, "b3": rng.standard_normal(4) * 0.1}
+    inits = {
+        "w1": rng.standard_normal((8, 3, 3, 3)) * 0.3,
+        "b1": rng.standard_normal(8) * 0.1,
+        "w2": rng.standard_normal((8, 1, 3, 3)) * 0.3,
+        "b2": rng.standard_normal(8) * 0.1,
+        "w3": rng.standard_normal((4, 8, 1, 1)) * 0.3,
+        "b3": rng.standard_normal(4) * 0.1,
+    }
     p = {"pads": [1, 1, 1, 1], "strides": [2, 2], "kernel_shape": [3, 3]}
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", **p),
-             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="dw", group=8, **p),
-             helper.make_node("MaxPool", ["c2"], ["p"], name="pool", **p),
-             helper.make_node("Conv", ["p", "w3", "b3"], ["y"], name="proj")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", **p),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="dw", group=8, **p),
+        helper.make_node("MaxPool", ["c2"], ["p"], name="pool", **p),
+        helper.make_node("Conv", ["p", "w3", "b3"], ["y"], name="proj"),
+    ]
     out = size
     for _ in range(3):
         out = (out + 2 - 3) // 2 + 1
@@ -167,9 +189,17 @@ def _strided_model(tmp_path: Path, size: int) -> Path:
 def _compile(path: Path, out: Path, shape, precision="int8", skip=("sensitivity",), **kw):
     calib = out.parent / f"{out.name}_calib.npy"
     np.save(calib, np.random.default_rng(1).standard_normal((32,) + tuple(shape[1:])).astype(np.float32))
-    config = api.make_config(str(path), "rpi4", out, input_shape=shape, precision=precision,
-                             calib=calib if precision == "int8" else None, skip=skip, verify_samples=8,
-                             **kw)
+    config = api.make_config(
+        str(path),
+        "rpi4",
+        out,
+        input_shape=shape,
+        precision=precision,
+        calib=calib if precision == "int8" else None,
+        skip=skip,
+        verify_samples=8,
+        **kw,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
         return api.compile(config)
@@ -207,11 +237,12 @@ def test_fp32_artifact_is_float(tmp_path):
 
 
 def test_unsupported_ops_are_named(tmp_path):
-    rng = np.random.default_rng(0)
-    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["g"], name="pool"),
-             helper.make_node("Reshape", ["g", "wshape"], ["w"], name="as_weights"),
-             helper.make_node("Conv", ["x", "w"], ["c"], name="dynamic_weight_conv", group=4, kernel_shape=[1, 1]),
-             helper.make_node("Erf", ["c"], ["y"], name="the_erf")]
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["x"], ["g"], name="pool"),
+        helper.make_node("Reshape", ["g", "wshape"], ["w"], name="as_weights"),
+        helper.make_node("Conv", ["x", "w"], ["c"], name="dynamic_weight_conv", group=4, kernel_shape=[1, 1]),
+        helper.make_node("Erf", ["c"], ["y"], name="the_erf"),
+    ]
     path = _save(tmp_path, nodes, {"wshape": np.array([4, 1, 1, 1], np.int64)}, (1, 4, 4, 4), [1, 4, 4, 4], "bad")
     bad = get_backend("tflite").unsupported(onnx.load(path), load_target("rpi4"))
     assert {(u.node, u.op) for u in bad} == {("dynamic_weight_conv", "Conv"), ("the_erf", "Erf")}
@@ -226,13 +257,18 @@ def _shared_bias_model(tmp_path: Path) -> Path:
     """Two convs whose bias is one constant, equal in every channel, read through Identity nodes (as
     torch exports yolo's class biases); the quantizer leaves such a bias float."""
     rng = np.random.default_rng(3)
-    inits = {"w1": rng.standard_normal((8, 3, 3, 3)) * 0.3, "w2": rng.standard_normal((8, 8, 3, 3)) * 0.1,
-             "b": np.full(8, -2.0)}
-    nodes = [helper.make_node("Identity", ["b"], ["b1"], name="id1"),
-             helper.make_node("Identity", ["b"], ["b2"], name="id2"),
-             helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
-             helper.make_node("Sigmoid", ["c1"], ["s1"], name="sig"),
-             helper.make_node("Conv", ["s1", "w2", "b2"], ["y"], name="conv2", pads=[1, 1, 1, 1], kernel_shape=[3, 3])]
+    inits = {
+        "w1": rng.standard_normal((8, 3, 3, 3)) * 0.3,
+        "w2": rng.standard_normal((8, 8, 3, 3)) * 0.1,
+        "b": np.full(8, -2.0),
+    }
+    nodes = [
+        helper.make_node("Identity", ["b"], ["b1"], name="id1"),
+        helper.make_node("Identity", ["b"], ["b2"], name="id2"),
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("Sigmoid", ["c1"], ["s1"], name="sig"),
+        helper.make_node("Conv", ["s1", "w2", "b2"], ["y"], name="conv2", pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+    ]
     return _save(tmp_path, nodes, inits, (1, 3, 6, 6), [1, 8, 6, 6], "shared_bias")
 
 
@@ -271,9 +307,18 @@ def test_a_float_layer_in_a_qdq_graph_is_caught(tmp_path):
     path = _strided_model(tmp_path, 9)
     calib = tmp_path / "calib.npy"
     np.save(calib, np.random.default_rng(1).standard_normal((32, 3, 9, 9)).astype(np.float32))
-    config = api.make_config(str(path), "onnx-cpu", tmp_path / "qdq", input_shape=(1, 3, 9, 9), precision="int8",
-                             calib=calib, skip=("sensitivity",), verify_samples=4, keep_float=("proj",),
-                             activation_scheme="asymmetric-int8")  # int8 activations, as TFLite reads them
+    config = api.make_config(
+        str(path),
+        "onnx-cpu",
+        tmp_path / "qdq",
+        input_shape=(1, 3, 9, 9),
+        precision="int8",
+        calib=calib,
+        skip=("sensitivity",),
+        verify_samples=4,
+        keep_float=("proj",),
+        activation_scheme="asymmetric-int8",
+    )  # int8 activations, as TFLite reads them
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
         result = api.compile(config)
@@ -303,14 +348,26 @@ def test_manifest_names_outputs_like_the_onnx_model(tmp_path):
 def test_float_io_option(tmp_path):
     """[tflite] input_type/output_type = "float32": the converter adds QUANTIZE/DEQUANTIZE at the
     edges (reported), the compute path stays int8."""
-    text = (load_target("rpi4").path.read_text().replace('input_type = "int8"', 'input_type = "float32"')
-            .replace('output_type = "int8"', 'output_type = "float32"'))
+    text = (
+        load_target("rpi4")
+        .path.read_text()
+        .replace('input_type = "int8"', 'input_type = "float32"')
+        .replace('output_type = "int8"', 'output_type = "float32"')
+    )
     spec = tmp_path / "rpi4-float-io.toml"
     spec.write_text(text.replace('name = "rpi4"', 'name = "rpi4-float-io"'))
     calib = tmp_path / "calib.npy"
     np.save(calib, np.random.default_rng(1).standard_normal((32, 3, 9, 9)).astype(np.float32))
-    config = api.make_config(str(_strided_model(tmp_path, 9)), str(spec), tmp_path / "out", input_shape=(1, 3, 9, 9),
-                             precision="int8", calib=calib, skip=("sensitivity",), verify_samples=8)
+    config = api.make_config(
+        str(_strided_model(tmp_path, 9)),
+        str(spec),
+        tmp_path / "out",
+        input_shape=(1, 3, 9, 9),
+        precision="int8",
+        calib=calib,
+        skip=("sensitivity",),
+        verify_samples=8,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
         m = api.compile(config).manifest
@@ -345,30 +402,48 @@ def _many_ops_model(tmp_path: Path, shift: float = 1.0) -> Path:
     Sub of a per-channel constant, HardSigmoid gating, a Transpose to channels-last, a general
     Reshape, MatMul on a 3-D tensor, Softmax on the last axis."""
     rng = np.random.default_rng(4)
-    inits = {"w": rng.standard_normal((8, 4, 3, 3)) * 0.3, "b": rng.standard_normal(8) * 0.1,
-             "lo": np.float32(0.0), "hi": np.float32(6.0),
-             "pads": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64),
-             "starts": np.array([1, 0], np.int64), "ends": np.array([4, 3], np.int64), "axes": np.array([2, 3], np.int64),
-             "scales": np.array([1, 1, 2, 2], np.float32), "shift": rng.standard_normal((1, 8, 1, 1)) * shift,
-             "split": np.array([3, 5], np.int64), "shape": np.array([-1, 36, 8], np.int64),
-             "m": rng.standard_normal((8, 5)) * 0.5, "flat": np.array([-1, 180], np.int64)}
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
-             helper.make_node("Clip", ["c", "lo", "hi"], ["r"], name="relu6"),
-             helper.make_node("AveragePool", ["r"], ["ap"], name="avg", kernel_shape=[2, 2], strides=[2, 2]),
-             helper.make_node("Pad", ["ap", "pads"], ["pd"], name="pad"),
-             helper.make_node("Slice", ["pd", "starts", "ends", "axes"], ["sl"], name="slice"),
-             helper.make_node("Resize", ["sl", "", "scales"], ["up"], name="resize", mode="nearest",
-                              coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
-             helper.make_node("Sub", ["up", "shift"], ["sub"], name="sub"),
-             helper.make_node("HardSigmoid", ["sub"], ["gate"], name="hsig", alpha=1 / 6, beta=0.5),
-             helper.make_node("Mul", ["sub", "gate"], ["g"], name="gated"),
-             helper.make_node("Split", ["g", "split"], ["s0", "s1"], name="split", axis=1),
-             helper.make_node("Concat", ["s1", "s0"], ["cat"], name="concat", axis=1),
-             helper.make_node("Transpose", ["cat"], ["t"], name="to_nhwc", perm=[0, 2, 3, 1]),
-             helper.make_node("Reshape", ["t", "shape"], ["rs"], name="reshape"),
-             helper.make_node("MatMul", ["rs", "m"], ["mm"], name="matmul"),
-             helper.make_node("Softmax", ["mm"], ["sm"], name="softmax", axis=-1),
-             helper.make_node("Reshape", ["sm", "flat"], ["y"], name="flatten")]
+    inits = {
+        "w": rng.standard_normal((8, 4, 3, 3)) * 0.3,
+        "b": rng.standard_normal(8) * 0.1,
+        "lo": np.float32(0.0),
+        "hi": np.float32(6.0),
+        "pads": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64),
+        "starts": np.array([1, 0], np.int64),
+        "ends": np.array([4, 3], np.int64),
+        "axes": np.array([2, 3], np.int64),
+        "scales": np.array([1, 1, 2, 2], np.float32),
+        "shift": rng.standard_normal((1, 8, 1, 1)) * shift,
+        "split": np.array([3, 5], np.int64),
+        "shape": np.array([-1, 36, 8], np.int64),
+        "m": rng.standard_normal((8, 5)) * 0.5,
+        "flat": np.array([-1, 180], np.int64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("Clip", ["c", "lo", "hi"], ["r"], name="relu6"),
+        helper.make_node("AveragePool", ["r"], ["ap"], name="avg", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Pad", ["ap", "pads"], ["pd"], name="pad"),
+        helper.make_node("Slice", ["pd", "starts", "ends", "axes"], ["sl"], name="slice"),
+        helper.make_node(
+            "Resize",
+            ["sl", "", "scales"],
+            ["up"],
+            name="resize",
+            mode="nearest",
+            coordinate_transformation_mode="asymmetric",
+            nearest_mode="floor",
+        ),
+        helper.make_node("Sub", ["up", "shift"], ["sub"], name="sub"),
+        helper.make_node("HardSigmoid", ["sub"], ["gate"], name="hsig", alpha=1 / 6, beta=0.5),
+        helper.make_node("Mul", ["sub", "gate"], ["g"], name="gated"),
+        helper.make_node("Split", ["g", "split"], ["s0", "s1"], name="split", axis=1),
+        helper.make_node("Concat", ["s1", "s0"], ["cat"], name="concat", axis=1),
+        helper.make_node("Transpose", ["cat"], ["t"], name="to_nhwc", perm=[0, 2, 3, 1]),
+        helper.make_node("Reshape", ["t", "shape"], ["rs"], name="reshape"),
+        helper.make_node("MatMul", ["rs", "m"], ["mm"], name="matmul"),
+        helper.make_node("Softmax", ["mm"], ["sm"], name="softmax", axis=-1),
+        helper.make_node("Reshape", ["sm", "flat"], ["y"], name="flatten"),
+    ]
     return _save(tmp_path, nodes, inits, (1, 4, 6, 6), [1, 180], "many")
 
 

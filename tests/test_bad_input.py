@@ -48,6 +48,7 @@ def write(rel: str, text: str | bytes) -> Callable[[Path], None]:
         p = ws / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         (p.write_bytes if isinstance(text, bytes) else p.write_text)(text)
+
     return make
 
 
@@ -55,6 +56,7 @@ def steps(*fns: Callable[[Path], None]) -> Callable[[Path], None]:
     def make(ws: Path) -> None:
         for fn in fns:
             fn(ws)
+
     return make
 
 
@@ -74,10 +76,16 @@ INT8 = [*COMPILE, "--precision", "int8", "--calib", "{calib}"]
 CASES: dict[str, Case] = {
     # models
     "model-missing": Case(["compile", "{ws}/nope.onnx", "-t", "onnx-cpu", "-o", "{ws}/out"], ("does not exist",)),
-    "model-empty-file": Case(["compile", "{ws}/empty.onnx", "-t", "onnx-cpu", "-o", "{ws}/out"],
-                             ("not a valid ONNX model",), setup=write("empty.onnx", b"")),
-    "model-is-a-folder": Case(["compile", "{ws}/folder.onnx", "-t", "onnx-cpu", "-o", "{ws}/out"], ("folder",),
-                              setup=lambda ws: (ws / "folder.onnx").mkdir()),
+    "model-empty-file": Case(
+        ["compile", "{ws}/empty.onnx", "-t", "onnx-cpu", "-o", "{ws}/out"],
+        ("not a valid ONNX model",),
+        setup=write("empty.onnx", b""),
+    ),
+    "model-is-a-folder": Case(
+        ["compile", "{ws}/folder.onnx", "-t", "onnx-cpu", "-o", "{ws}/out"],
+        ("folder",),
+        setup=lambda ws: (ws / "folder.onnx").mkdir(),
+    ),
     "model-unknown-zoo-name": Case(["compile", "resnet2000", "-t", "onnx-cpu", "-o", "{ws}/out"], ("resnet2000",)),
     # shapes
     "shape-3d": Case([*COMPILE, "--input-shape", "3,32,32"], ("3, 32, 32", "N,C,H,W")),
@@ -85,11 +93,13 @@ CASES: dict[str, Case] = {
     "shape-negative": Case([*COMPILE, "--input-shape", "1,3,-32,32"], ("positive",)),
     "shape-text": Case([*COMPILE, "--input-shape", "1,3,a,b"], ("comma-separated integers",)),
     "shape-vs-fixed-onnx-dims": Case([*COMPILE, "--input-shape", "1,3,64,64"], ("does not match", "32")),
-    "layout-nhwc-with-nchw-shape": Case(["compile", "resnet20", "-t", "onnx-cpu", "-o", "{ws}/out",
-                                         "--input-shape", "1,3,32,32", "--layout", "NHWC"],
-                                        ("32 channels", "--layout NCHW")),
-    "seven-channels": Case(["compile", "resnet20", "-t", "onnx-cpu", "-o", "{ws}/out", "--input-shape", "1,7,32,32"],
-                           ("7 channels",)),
+    "layout-nhwc-with-nchw-shape": Case(
+        ["compile", "resnet20", "-t", "onnx-cpu", "-o", "{ws}/out", "--input-shape", "1,3,32,32", "--layout", "NHWC"],
+        ("32 channels", "--layout NCHW"),
+    ),
+    "seven-channels": Case(
+        ["compile", "resnet20", "-t", "onnx-cpu", "-o", "{ws}/out", "--input-shape", "1,7,32,32"], ("7 channels",)
+    ),
     # preprocessing
     "mean-nan": Case([*COMPILE, "--mean", "nan,0.5,0.5"], ("NaN or Inf", "mean")),
     "std-inf": Case([*COMPILE, "--std", "inf,1,1"], ("NaN or Inf", "std")),
@@ -98,18 +108,30 @@ CASES: dict[str, Case] = {
     "mean-two-values": Case([*COMPILE, "--mean", "0.5,0.5"], ("three values",)),
     "scale-zero": Case([*COMPILE, "--scale", "0"], ("positive",)),
     # calibration and sample data
-    "calib-missing": Case(["compile", "{model}", "-t", "onnx-cpu", "-o", "{ws}/out", "--precision", "int8",
-                           "--calib", "{ws}/nowhere"], ("--calib", "does not exist")),
-    "calib-empty-folder": Case(["compile", "{model}", "-t", "onnx-cpu", "-o", "{ws}/out", "--precision", "int8",
-                                "--calib", "{ws}/empty"], ("no images",), setup=lambda ws: (ws / "empty").mkdir()),
-    "calib-no-images": Case(["compile", "{model}", "-t", "onnx-cpu", "-o", "{ws}/out", "--precision", "int8",
-                             "--calib", "{ws}/docs"], ("no images",), setup=write("docs/readme.txt", "not an image")),
-    "calib-npy-wrong-shape": Case(["compile", "{model}", "-t", "onnx-cpu", "-o", "{ws}/out", "--precision", "int8",
-                                   "--calib", "{ws}/c.npy"], ("shape",),
-                                  setup=npy("c.npy", np.zeros((4, 3, 16, 16), np.float32))),
-    "calib-npy-objects": Case(["compile", "{model}", "-t", "onnx-cpu", "-o", "{ws}/out", "--precision", "int8",
-                               "--calib", "{ws}/o.npy"], ("object",),
-                              setup=lambda ws: np.save(ws / "o.npy", np.array([{"a": 1}], dtype=object))),
+    "calib-missing": Case(
+        ["compile", "{model}", "-t", "onnx-cpu", "-o", "{ws}/out", "--precision", "int8", "--calib", "{ws}/nowhere"],
+        ("--calib", "does not exist"),
+    ),
+    "calib-empty-folder": Case(
+        ["compile", "{model}", "-t", "onnx-cpu", "-o", "{ws}/out", "--precision", "int8", "--calib", "{ws}/empty"],
+        ("no images",),
+        setup=lambda ws: (ws / "empty").mkdir(),
+    ),
+    "calib-no-images": Case(
+        ["compile", "{model}", "-t", "onnx-cpu", "-o", "{ws}/out", "--precision", "int8", "--calib", "{ws}/docs"],
+        ("no images",),
+        setup=write("docs/readme.txt", "not an image"),
+    ),
+    "calib-npy-wrong-shape": Case(
+        ["compile", "{model}", "-t", "onnx-cpu", "-o", "{ws}/out", "--precision", "int8", "--calib", "{ws}/c.npy"],
+        ("shape",),
+        setup=npy("c.npy", np.zeros((4, 3, 16, 16), np.float32)),
+    ),
+    "calib-npy-objects": Case(
+        ["compile", "{model}", "-t", "onnx-cpu", "-o", "{ws}/out", "--precision", "int8", "--calib", "{ws}/o.npy"],
+        ("object",),
+        setup=lambda ws: np.save(ws / "o.npy", np.array([{"a": 1}], dtype=object)),
+    ),
     "calib-samples-zero": Case([*INT8, "--calib-samples", "0"], ("--calib-samples", ">= 1")),
     "calib-samples-negative": Case([*INT8, "--calib-samples", "-5"], ("--calib-samples", ">= 1")),
     "eval-missing": Case([*COMPILE, "--eval", "{ws}/noeval"], ("--eval", "does not exist")),
@@ -121,88 +143,230 @@ CASES: dict[str, Case] = {
     "percentile-200": Case([*INT8, "--calib-method", "percentile", "--percentile", "200"], ("--percentile",)),
     "sparsity-above-one": Case([*COMPILE, "--sparsity", "1.5"], ("--sparsity",)),
     "keep-float-on-fp32": Case([*COMPILE, "--keep-float", "conv1"], ("applies to int8",)),
-    "keep-float-unknown-layer": Case([*INT8, "--keep-float", "no_such_conv", "--skip", "sensitivity"],
-                                     ("no_such_conv", "layers with weights")),
-    "student-without-data": Case(["compile", "resnet20", "-t", "onnx-cpu", "-o", "{ws}/out", "--input-shape",
-                                  "1,3,32,32", "--student", "resnet8:0.25"], ("--data",)),
-    "student-zero-epochs": Case(["compile", "resnet20", "-t", "onnx-cpu", "-o", "{ws}/out", "--input-shape",
-                                 "1,3,32,32", "--student", "resnet8:0.25", "--data", "{calib}", "--epochs", "0"],
-                                ("untrained",)),
-    "unknown-training-option-value": Case(["compile", "resnet20", "-t", "onnx-cpu", "-o", "{ws}/out",
-                                           "--input-shape", "1,3,32,32", "--student", "resnet8:0.25", "--data",
-                                           "{calib}", "--temperature", "6:2:1"], ("temperature",)),
+    "keep-float-unknown-layer": Case(
+        [*INT8, "--keep-float", "no_such_conv", "--skip", "sensitivity"], ("no_such_conv", "layers with weights")
+    ),
+    "student-without-data": Case(
+        [
+            "compile",
+            "resnet20",
+            "-t",
+            "onnx-cpu",
+            "-o",
+            "{ws}/out",
+            "--input-shape",
+            "1,3,32,32",
+            "--student",
+            "resnet8:0.25",
+        ],
+        ("--data",),
+    ),
+    "student-zero-epochs": Case(
+        [
+            "compile",
+            "resnet20",
+            "-t",
+            "onnx-cpu",
+            "-o",
+            "{ws}/out",
+            "--input-shape",
+            "1,3,32,32",
+            "--student",
+            "resnet8:0.25",
+            "--data",
+            "{calib}",
+            "--epochs",
+            "0",
+        ],
+        ("untrained",),
+    ),
+    "unknown-training-option-value": Case(
+        [
+            "compile",
+            "resnet20",
+            "-t",
+            "onnx-cpu",
+            "-o",
+            "{ws}/out",
+            "--input-shape",
+            "1,3,32,32",
+            "--student",
+            "resnet8:0.25",
+            "--data",
+            "{calib}",
+            "--temperature",
+            "6:2:1",
+        ],
+        ("temperature",),
+    ),
     # labels
-    "labels-wrong-count": Case([*COMPILE, "--labels", "{ws}/labels.txt"], ("3 names", "4 classes"),
-                               setup=write("labels.txt", "cat\ndog\nbird\n")),
+    "labels-wrong-count": Case(
+        [*COMPILE, "--labels", "{ws}/labels.txt"],
+        ("3 names", "4 classes"),
+        setup=write("labels.txt", "cat\ndog\nbird\n"),
+    ),
     # outputs
-    "output-is-a-file": Case(["compile", "{model}", "-t", "onnx-cpu", "-o", "{ws}/file.txt", "--force"],
-                             ("is a file",), setup=write("file.txt", "mine")),
-    "output-not-an-artifact": Case(["compile", "{model}", "-t", "onnx-cpu", "-o", "{ws}/docs", "--force"],
-                                   ("not an edgekd artifact",), setup=write("docs/thesis.tex", "years")),
-    "output-holds-the-model": Case(["compile", "{ws}/art/m.onnx", "-t", "onnx-cpu", "-o", "{ws}/art", "--force"],
-                                   ("holds the input",),
-                                   setup=steps(write("art/manifest.json", '{"edgekd_version": "0"}'),
-                                               lambda ws: _static_onnx(ws / "art" / "m.onnx"))),
-    "output-name-too-long": Case(["compile", "{model}", "-t", "onnx-cpu", "-o", "{ws}/" + "x" * 300],
-                                 ("too long",)),
-    "dump-ir-is-a-file": Case(COMPILE, ("EDGEKD_DUMP_IR", "folder"), setup=write("dump.txt", "x"),
-                              env={"EDGEKD_DUMP_IR": "{ws}/dump.txt"}),
+    "output-is-a-file": Case(
+        ["compile", "{model}", "-t", "onnx-cpu", "-o", "{ws}/file.txt", "--force"],
+        ("is a file",),
+        setup=write("file.txt", "mine"),
+    ),
+    "output-not-an-artifact": Case(
+        ["compile", "{model}", "-t", "onnx-cpu", "-o", "{ws}/docs", "--force"],
+        ("not an edgekd artifact",),
+        setup=write("docs/thesis.tex", "years"),
+    ),
+    "output-holds-the-model": Case(
+        ["compile", "{ws}/art/m.onnx", "-t", "onnx-cpu", "-o", "{ws}/art", "--force"],
+        ("holds the input",),
+        setup=steps(
+            write("art/manifest.json", '{"edgekd_version": "0"}'), lambda ws: _static_onnx(ws / "art" / "m.onnx")
+        ),
+    ),
+    "output-name-too-long": Case(["compile", "{model}", "-t", "onnx-cpu", "-o", "{ws}/" + "x" * 300], ("too long",)),
+    "dump-ir-is-a-file": Case(
+        COMPILE, ("EDGEKD_DUMP_IR", "folder"), setup=write("dump.txt", "x"), env={"EDGEKD_DUMP_IR": "{ws}/dump.txt"}
+    ),
     # target specs
-    "spec-is-a-folder": Case(["compile", "{model}", "-t", "{ws}/specs/", "-o", "{ws}/out"], ("folder",),
-                             setup=lambda ws: (ws / "specs").mkdir()),
-    "spec-not-toml": Case(["compile", "{model}", "-t", "{ws}/spec.toml", "-o", "{ws}/out"], ("not valid TOML",),
-                          setup=write("spec.toml", "this is = = not toml")),
-    "spec-unknown-key": Case(["compile", "{model}", "-t", "{ws}/spec.toml", "-o", "{ws}/out"],
-                             ("unknown key", "colour"), setup=spec_with('backend = ', 'colour = "red"\nbackend = ')),
-    "spec-wrong-type": Case(["compile", "{model}", "-t", "{ws}/spec.toml", "-o", "{ws}/out"],
-                            ("opset must be int",), setup=spec_with("opset = 17", 'opset = "17"')),
-    "spec-one-element-range": Case(["compile", "{model}", "-t", "{ws}/spec.toml", "-o", "{ws}/out"],
-                                   ("opset_range must hold 2 values",),
-                                   setup=spec_with("opset_range = [13, 21]", "opset_range = [13]")),
-    "spec-empty-range": Case(["compile", "{model}", "-t", "{ws}/spec.toml", "-o", "{ws}/out"],
-                             ("is empty",), setup=spec_with("opset_range = [13, 21]", "opset_range = [21, 13]")),
-    "spec-default-not-supported": Case(["compile", "{model}", "-t", "{ws}/spec.toml", "-o", "{ws}/out"],
-                                       ("default precision",), setup=spec_with('default = "fp32"', 'default = "fp16"')),
-    "spec-missing-backend": Case(["compile", "{model}", "-t", "{ws}/spec.toml", "-o", "{ws}/out"],
-                                 ("required key 'backend'",), setup=spec_with('backend = "onnxruntime"\n', "")),
-    "spec-unknown-backend": Case(["compile", "{model}", "-t", "{ws}/spec.toml", "-o", "{ws}/out"],
-                                 ("unknown backend",), setup=spec_with('backend = "onnxruntime"', 'backend = "cuda"')),
-    "spec-bench-threads-zero": Case(["compile", "{model}", "-t", "{ws}/spec.toml", "-o", "{ws}/out"],
-                                    ("threads must be at least 1",), setup=spec_with("threads = 2", "threads = 0")),
+    "spec-is-a-folder": Case(
+        ["compile", "{model}", "-t", "{ws}/specs/", "-o", "{ws}/out"],
+        ("folder",),
+        setup=lambda ws: (ws / "specs").mkdir(),
+    ),
+    "spec-not-toml": Case(
+        ["compile", "{model}", "-t", "{ws}/spec.toml", "-o", "{ws}/out"],
+        ("not valid TOML",),
+        setup=write("spec.toml", "this is = = not toml"),
+    ),
+    "spec-unknown-key": Case(
+        ["compile", "{model}", "-t", "{ws}/spec.toml", "-o", "{ws}/out"],
+        ("unknown key", "colour"),
+        setup=spec_with("backend = ", 'colour = "red"\nbackend = '),
+    ),
+    "spec-wrong-type": Case(
+        ["compile", "{model}", "-t", "{ws}/spec.toml", "-o", "{ws}/out"],
+        ("opset must be int",),
+        setup=spec_with("opset = 17", 'opset = "17"'),
+    ),
+    "spec-one-element-range": Case(
+        ["compile", "{model}", "-t", "{ws}/spec.toml", "-o", "{ws}/out"],
+        ("opset_range must hold 2 values",),
+        setup=spec_with("opset_range = [13, 21]", "opset_range = [13]"),
+    ),
+    "spec-empty-range": Case(
+        ["compile", "{model}", "-t", "{ws}/spec.toml", "-o", "{ws}/out"],
+        ("is empty",),
+        setup=spec_with("opset_range = [13, 21]", "opset_range = [21, 13]"),
+    ),
+    "spec-default-not-supported": Case(
+        ["compile", "{model}", "-t", "{ws}/spec.toml", "-o", "{ws}/out"],
+        ("default precision",),
+        setup=spec_with('default = "fp32"', 'default = "fp16"'),
+    ),
+    "spec-missing-backend": Case(
+        ["compile", "{model}", "-t", "{ws}/spec.toml", "-o", "{ws}/out"],
+        ("required key 'backend'",),
+        setup=spec_with('backend = "onnxruntime"\n', ""),
+    ),
+    "spec-unknown-backend": Case(
+        ["compile", "{model}", "-t", "{ws}/spec.toml", "-o", "{ws}/out"],
+        ("unknown backend",),
+        setup=spec_with('backend = "onnxruntime"', 'backend = "cuda"'),
+    ),
+    "spec-bench-threads-zero": Case(
+        ["compile", "{model}", "-t", "{ws}/spec.toml", "-o", "{ws}/out"],
+        ("threads must be at least 1",),
+        setup=spec_with("threads = 2", "threads = 0"),
+    ),
     # inventories
-    "inventory-port-out-of-range": Case(["devices", "--inventory", "{ws}/inv.toml"], ("port must lie in",),
-                                        setup=write("inv.toml", "[devices.pi]\nhost = 'pi'\nport = 70000\n")),
-    "inventory-not-toml": Case(["devices", "--inventory", "{ws}/inv.toml"], ("not valid TOML",),
-                               setup=write("inv.toml", "[devices.pi\nhost")),
-    "inventory-for-check": Case(["devices", "check", "pi", "--inventory", "{ws}/inv.toml"], ("port must be int",),
-                                setup=write("inv.toml", "[devices.pi]\nhost = 'pi'\nport = 'ssh'\n")),
-    "inventory-missing-key-file": Case(["devices", "check", "pi", "--inventory", "{ws}/inv.toml"],
-                                       ("SSH key", "does not exist"),
-                                       setup=write("inv.toml", "[devices.pi]\nhost = '127.0.0.1'\nport = 9\n"
-                                                               "key = '/nonexistent/id_ed25519'\n")),
+    "inventory-port-out-of-range": Case(
+        ["devices", "--inventory", "{ws}/inv.toml"],
+        ("port must lie in",),
+        setup=write("inv.toml", "[devices.pi]\nhost = 'pi'\nport = 70000\n"),
+    ),
+    "inventory-not-toml": Case(
+        ["devices", "--inventory", "{ws}/inv.toml"], ("not valid TOML",), setup=write("inv.toml", "[devices.pi\nhost")
+    ),
+    "inventory-for-check": Case(
+        ["devices", "check", "pi", "--inventory", "{ws}/inv.toml"],
+        ("port must be int",),
+        setup=write("inv.toml", "[devices.pi]\nhost = 'pi'\nport = 'ssh'\n"),
+    ),
+    "inventory-missing-key-file": Case(
+        ["devices", "check", "pi", "--inventory", "{ws}/inv.toml"],
+        ("SSH key", "does not exist"),
+        setup=write("inv.toml", "[devices.pi]\nhost = '127.0.0.1'\nport = 9\nkey = '/nonexistent/id_ed25519'\n"),
+    ),
     # artifacts handed to bench
-    "bench-not-an-artifact": Case(["bench", "{ws}/docs", "-n", "5"], ("not an edgekd artifact",),
-                                  setup=write("docs/a.txt", "x")),
-    "bench-manifest-not-json": Case(["bench", "{ws}/art", "-n", "5"], ("not valid JSON",),
-                                    setup=write("art/manifest.json", "{ truncated")),
-    "bench-manifest-incomplete": Case(["bench", "{ws}/art", "-n", "5"], ("incomplete", "artifact.model_file"),
-                                      setup=write("art/manifest.json", json.dumps({"artifact": {}, "files": []}))),
-    "bench-file-is-not-a-folder": Case(["bench", "{ws}/a.txt", "-n", "5"], ("not an artifact directory",),
-                                       setup=write("a.txt", "x")),
+    "bench-not-an-artifact": Case(
+        ["bench", "{ws}/docs", "-n", "5"], ("not an edgekd artifact",), setup=write("docs/a.txt", "x")
+    ),
+    "bench-manifest-not-json": Case(
+        ["bench", "{ws}/art", "-n", "5"], ("not valid JSON",), setup=write("art/manifest.json", "{ truncated")
+    ),
+    "bench-manifest-incomplete": Case(
+        ["bench", "{ws}/art", "-n", "5"],
+        ("incomplete", "artifact.model_file"),
+        setup=write("art/manifest.json", json.dumps({"artifact": {}, "files": []})),
+    ),
+    "bench-file-is-not-a-folder": Case(
+        ["bench", "{ws}/a.txt", "-n", "5"], ("not an artifact directory",), setup=write("a.txt", "x")
+    ),
     "bench-iterations-zero": Case(["bench", "{art}", "-n", "0"], ("--iterations",)),
     "bench-threads-zero": Case(["bench", "{art}", "--threads", "0"], ("--threads",)),
     "bench-time-budget-negative": Case(["bench", "{art}", "--time-budget", "-1"], ("--time-budget",)),
     "bench-warmup-negative": Case(["bench", "{art}", "--warmup", "-1"], ("--warmup",)),
     # distillation
-    "distill-zero-epochs": Case(["distill", "resnet20", "--student", "resnet8:0.25", "--data", "{calib}",
-                                 "-o", "{ws}/s.pt", "--input-shape", "1,3,32,32", "--epochs", "0"], ("--epochs",)),
-    "distill-output-is-json": Case(["distill", "resnet20", "--student", "resnet8:0.25", "--data", "{calib}",
-                                    "-o", "{ws}/s.json", "--input-shape", "1,3,32,32"], (".json",)),
-    "distill-classes-do-not-match": Case(["distill", "resnet20", "--student", "resnet8:0.25", "--data",
-                                          "{ws}/three", "-o", "{ws}/s.pt", "--input-shape", "1,3,32,32",
-                                          "--epochs", "1"], ("11 class folders", "10 classes"),
-                                         setup=lambda ws: [shutil.copytree(CALIB, ws / "three"),
-                                                           shutil.copytree(CALIB / "cat", ws / "three" / "zebra")]),
+    "distill-zero-epochs": Case(
+        [
+            "distill",
+            "resnet20",
+            "--student",
+            "resnet8:0.25",
+            "--data",
+            "{calib}",
+            "-o",
+            "{ws}/s.pt",
+            "--input-shape",
+            "1,3,32,32",
+            "--epochs",
+            "0",
+        ],
+        ("--epochs",),
+    ),
+    "distill-output-is-json": Case(
+        [
+            "distill",
+            "resnet20",
+            "--student",
+            "resnet8:0.25",
+            "--data",
+            "{calib}",
+            "-o",
+            "{ws}/s.json",
+            "--input-shape",
+            "1,3,32,32",
+        ],
+        (".json",),
+    ),
+    "distill-classes-do-not-match": Case(
+        [
+            "distill",
+            "resnet20",
+            "--student",
+            "resnet8:0.25",
+            "--data",
+            "{ws}/three",
+            "-o",
+            "{ws}/s.pt",
+            "--input-shape",
+            "1,3,32,32",
+            "--epochs",
+            "1",
+        ],
+        ("11 class folders", "10 classes"),
+        setup=lambda ws: [shutil.copytree(CALIB, ws / "three"), shutil.copytree(CALIB / "cat", ws / "three" / "zebra")],
+    ),
 }
 
 
@@ -259,21 +423,50 @@ def test_bad_input(name, tmp_path, shared, monkeypatch):
 
 def test_the_table_covers_every_family():
     families = {name.split("-")[0] for name in CASES}
-    assert {"model", "shape", "mean", "std", "calib", "output", "spec", "inventory", "bench", "distill",
-            "labels"} <= families
+    assert {
+        "model",
+        "shape",
+        "mean",
+        "std",
+        "calib",
+        "output",
+        "spec",
+        "inventory",
+        "bench",
+        "distill",
+        "labels",
+    } <= families
     assert len(CASES) >= 60
 
 
 # --- signals: the real process, stopped mid-compile ------------------------------------------------
+
 
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
 def test_a_stopped_compile_says_so_and_leaves_nothing(tmp_path, sig, code, word):
     ws = tmp_path / "ws"
     ws.mkdir()
     out = ws / "out"
-    proc = subprocess.Popen([str(EDGEKD), "compile", "mobilenetv2-cifar", "--input-shape", "1,3,32,32", "-t",
-                             "onnx-cpu", "-o", str(out), "--precision", "int8", "--calib", str(CALIB)],
-                            cwd=ws, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            str(EDGEKD),
+            "compile",
+            "mobilenetv2-cifar",
+            "--input-shape",
+            "1,3,32,32",
+            "-t",
+            "onnx-cpu",
+            "-o",
+            str(out),
+            "--precision",
+            "int8",
+            "--calib",
+            str(CALIB),
+        ],
+        cwd=ws,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     lines = []
     while time.time() < deadline:  # wait until the pipeline runs: the temporary sibling exists
@@ -290,6 +483,7 @@ def test_a_stopped_compile_says_so_and_leaves_nothing(tmp_path, sig, code, word)
 
 
 # --- filesystems of their own: full, read-only -------------------------------------------------------
+
 
 def _mount(kind: str, target: Path, *opts: str) -> None:
     target.mkdir(parents=True, exist_ok=True)
@@ -316,16 +510,19 @@ def read_only(tmp_path):
 
 def test_full_disk_is_a_named_error_and_leaves_nothing(small_disk):
     before = snapshot(small_disk)
-    r = CliRunner().invoke(main, ["compile", "resnet20", "--input-shape", "1,3,32,32", "-t", "onnx-cpu",
-                                  "-o", str(small_disk / "out"), "-q"])
+    r = CliRunner().invoke(
+        main,
+        ["compile", "resnet20", "--input-shape", "1,3,32,32", "-t", "onnx-cpu", "-o", str(small_disk / "out"), "-q"],
+    )
     assert_clean_failure(r.output, r.exit_code, Case([], ("No space left on device", "free space")))
     assert snapshot(small_disk) == before
 
 
 def test_read_only_output_is_a_named_error(read_only):
     subprocess.run(["mount", "-o", "remount,ro", str(read_only)], check=True)
-    r = CliRunner().invoke(main, ["compile", "resnet20", "--input-shape", "1,3,32,32", "-t", "onnx-cpu",
-                                  "-o", str(read_only / "out")])
+    r = CliRunner().invoke(
+        main, ["compile", "resnet20", "--input-shape", "1,3,32,32", "-t", "onnx-cpu", "-o", str(read_only / "out")]
+    )
     assert_clean_failure(r.output, r.exit_code, Case([], ("Read-only file system", "read-only")))
 
 

@@ -32,7 +32,7 @@ def test_summary_statistics():
 
 def test_runner_is_self_contained_and_python38_compatible():
     src = RUNNER.read_text()
-    imports = {l.split()[1].split(".")[0] for l in src.splitlines() if l.startswith(("import ", "from "))}
+    imports = {line.split()[1].split(".")[0] for line in src.splitlines() if line.startswith(("import ", "from "))}
     assert imports <= {"argparse", "json", "math", "os", "platform", "resource", "sys", "time"}
     assert "edgekd" not in imports
     ast.parse(src, feature_version=(3, 8))  # grammar only; the runner also avoids 3.9+ builtins generics
@@ -40,9 +40,26 @@ def test_runner_is_self_contained_and_python38_compatible():
 
 def test_runner_as_a_script(resnet_artifact, tmp_path):
     out = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, str(RUNNER), str(resnet_artifact / "model.onnx"), "--runtime", "onnxruntime",
-                           "--warmup", "2", "--iterations", "20", "--threads", "1", "--out", str(out)],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(RUNNER),
+            str(resnet_artifact / "model.onnx"),
+            "--runtime",
+            "onnxruntime",
+            "--warmup",
+            "2",
+            "--iterations",
+            "20",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "edgekd-progress 20/20" in proc.stderr
     r = json.loads(out.read_text())
     assert r["latency"]["iterations"] == 20 and len(r["latencies_ms"]) == 20
@@ -56,8 +73,24 @@ def test_runner_with_sample_inputs(resnet_artifact, tmp_path):
     samples = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     np.save(tmp_path / "x.npy", samples)
     out = tmp_path / "r.json"
-    subprocess.run([sys.executable, str(RUNNER), str(resnet_artifact / "model.onnx"), "--runtime", "onnxruntime",
-                    "--warmup", "0", "--iterations", "5", "--inputs", str(tmp_path / "x.npy"), "--out", str(out)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(RUNNER),
+            str(resnet_artifact / "model.onnx"),
+            "--runtime",
+            "onnxruntime",
+            "--warmup",
+            "0",
+            "--iterations",
+            "5",
+            "--inputs",
+            str(tmp_path / "x.npy"),
+            "--out",
+            str(out),
+        ],
+        check=True,
+    )
     assert json.loads(out.read_text())["settings"]["inputs"] == "samples"
 
 
@@ -74,7 +107,9 @@ def test_time_budget_stops_the_loop_early(art):
 
 def test_bench_stores_result_plot_and_report(art):
     ticks = []
-    r = api.bench(art, "local", BenchSettings(threads=1, warmup=2, iterations=30), progress=lambda d, t: ticks.append((d, t)))
+    r = api.bench(
+        art, "local", BenchSettings(threads=1, warmup=2, iterations=30), progress=lambda d, t: ticks.append((d, t))
+    )
     assert ticks and ticks[-1] == (30, 30)
     stored = list((art / "results").glob("*.json"))
     assert len(stored) == 1 and json.loads(stored[0].read_text())["latency"] == r["latency"]

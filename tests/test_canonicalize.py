@@ -35,7 +35,12 @@ class Shuffle(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.conv, self.bn, self.fc, self.drop = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 10), nn.Dropout(0.2)
+        self.conv, self.bn, self.fc, self.drop = (
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.Linear(8, 10),
+            nn.Dropout(0.2),
+        )
 
     def forward(self, x):
         x = self.bn(self.conv(x))
@@ -49,8 +54,11 @@ class Shuffle(nn.Module):
 def shuffle_onnx(tmp_path_factory):
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("shuffle")
-    return {(op, dyn): export(Shuffle().eval(), d / f"s{op}{dyn}.onnx", SHAPE, op, dyn)
-            for op in (11, 17) for dyn in (False, True)}
+    return {
+        (op, dyn): export(Shuffle().eval(), d / f"s{op}{dyn}.onnx", SHAPE, op, dyn)
+        for op in (11, 17)
+        for dyn in (False, True)
+    }
 
 
 def test_bind_shape_binds_symbols_and_names_a_fixed_mismatch():
@@ -64,8 +72,11 @@ def test_bind_shape_binds_symbols_and_names_a_fixed_mismatch():
 
 def test_dynamic_model_compiles_at_the_given_shape(shuffle_onnx, tmp_path):
     """The issue's refusal: a (-1, 3, '?', '?') model with --input-shape now binds and compiles."""
-    result = api.compile(api.make_config(str(shuffle_onnx[(11, True)]), "onnx-cpu", tmp_path / "out",
-                                         input_shape=(1, 3, 48, 64), verify_samples=2))
+    result = api.compile(
+        api.make_config(
+            str(shuffle_onnx[(11, True)]), "onnx-cpu", tmp_path / "out", input_shape=(1, 3, 48, 64), verify_samples=2
+        )
+    )
     canon = next(p["metrics"] for p in result.manifest["passes"] if p["name"] == "canonicalize")
     assert canon["bound_dims"] == ["N", "H", "W"] and canon["opset"] == {"from": 11, "to": 17}
     assert canon["removed_ops"]["Shape"] >= 4 and canon["rewrites"]["hard_activation_fused"] == 1
@@ -107,14 +118,25 @@ def _graph(nodes, inits, shape=(1, 4, 8, 8), opset=17, outputs=None):
 def test_standalone_batchnorm_and_affine_chains_become_one_mul_add():
     rng = np.random.default_rng(1)
     c = 4
-    inits = {"g": rng.random(c, np.float32) + 0.5, "b": rng.standard_normal(c).astype(np.float32),
-             "m": rng.standard_normal(c).astype(np.float32), "v": rng.random(c, np.float32) + 0.5,
-             "s": rng.standard_normal((c, 1, 1)).astype(np.float32), "t": rng.standard_normal((c, 1, 1)).astype(np.float32),
-             "six": np.array(6.0, np.float32)}
-    proto = _graph([helper.make_node("Relu", ["x"], ["r"]),
-                    helper.make_node("BatchNormalization", ["r", "g", "b", "m", "v"], ["bn"]),
-                    helper.make_node("Mul", ["bn", "s"], ["ms"]), helper.make_node("Add", ["ms", "t"], ["at"]),
-                    helper.make_node("Div", ["at", "six"], ["y"])], inits)
+    inits = {
+        "g": rng.random(c, np.float32) + 0.5,
+        "b": rng.standard_normal(c).astype(np.float32),
+        "m": rng.standard_normal(c).astype(np.float32),
+        "v": rng.random(c, np.float32) + 0.5,
+        "s": rng.standard_normal((c, 1, 1)).astype(np.float32),
+        "t": rng.standard_normal((c, 1, 1)).astype(np.float32),
+        "six": np.array(6.0, np.float32),
+    }
+    proto = _graph(
+        [
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("BatchNormalization", ["r", "g", "b", "m", "v"], ["bn"]),
+            helper.make_node("Mul", ["bn", "s"], ["ms"]),
+            helper.make_node("Add", ["ms", "t"], ["at"]),
+            helper.make_node("Div", ["at", "six"], ["y"]),
+        ],
+        inits,
+    )
     model, report = canonicalize(ir.from_proto(proto), (1, c, 8, 8), (13, 17), 17)
     assert op_counts(model.graph) == {"Add": 1, "Mul": 1, "Relu": 1}
     assert report.rewrites == {"batchnorm_to_mul_add": 1, "div_by_constant_to_mul": 1, "affine_chain_merged": 1}
@@ -124,10 +146,19 @@ def test_standalone_batchnorm_and_affine_chains_become_one_mul_add():
 
 def test_per_channel_affine_after_conv_folds_into_it():
     rng = np.random.default_rng(2)
-    inits = {"w": rng.standard_normal((6, 4, 3, 3)).astype(np.float32), "s": rng.random((1, 6, 1, 1), np.float32) + 0.5,
-             "t": rng.standard_normal((6, 1, 1)).astype(np.float32)}
-    proto = _graph([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
-                    helper.make_node("Mul", ["c", "s"], ["m"]), helper.make_node("Add", ["m", "t"], ["y"])], inits)
+    inits = {
+        "w": rng.standard_normal((6, 4, 3, 3)).astype(np.float32),
+        "s": rng.random((1, 6, 1, 1), np.float32) + 0.5,
+        "t": rng.standard_normal((6, 1, 1)).astype(np.float32),
+    }
+    proto = _graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Mul", ["c", "s"], ["m"]),
+            helper.make_node("Add", ["m", "t"], ["y"]),
+        ],
+        inits,
+    )
     model, report = canonicalize(ir.from_proto(proto), (1, 4, 8, 8), (13, 17), 17)
     assert op_counts(model.graph) == {"Conv": 1} and report.rewrites == {"affine_folded_into_conv": 2}
     x = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
@@ -142,7 +173,9 @@ def test_a_division_by_a_tensor_stays_a_division():
 
 def test_opset_conversion_names_the_op_it_cannot_convert():
     w = np.ones((4, 4), np.float32)
-    proto = _graph([helper.make_node("LayerNormalization", ["x", "s"], ["y"], axis=-1)], {"s": w[0]}, shape=(1, 4, 4, 4))
+    proto = _graph(
+        [helper.make_node("LayerNormalization", ["x", "s"], ["y"], axis=-1)], {"s": w[0]}, shape=(1, 4, 4, 4)
+    )
     with pytest.raises(OpsetConversionError, match="op LayerNormalization does not convert") as e:
         convert_opset(proto, 15)
     assert "opset 15" in e.value.hint
@@ -162,9 +195,19 @@ def test_run_time_shape_subgraphs_get_no_qdq_even_without_canonicalization(shuff
     assert shapes and not set(shapes) & data
     plan = plan_quantization(model, "outputs")
     assert not {v.name for v in shapes} & set(plan.activations)
-    result = api.compile(api.make_config(str(shuffle_onnx[(17, True)]), "onnx-cpu", tmp_path / "out",
-                                         input_shape=SHAPE, precision="int8", calib=_calib(tmp_path),
-                                         skip=("canonicalize", "sensitivity"), calib_samples=16, verify_samples=4))
+    result = api.compile(
+        api.make_config(
+            str(shuffle_onnx[(17, True)]),
+            "onnx-cpu",
+            tmp_path / "out",
+            input_shape=SHAPE,
+            precision="int8",
+            calib=_calib(tmp_path),
+            skip=("canonicalize", "sensitivity"),
+            calib_samples=16,
+            verify_samples=4,
+        )
+    )
     assert result.manifest["fidelity"]["max_abs_error"] >= 0
 
 
@@ -176,8 +219,16 @@ def _calib(tmp_path, n=16, shape=SHAPE):
 
 def test_check_support_groups_nodes_by_op_and_marks_what_canonicalize_removes(shuffle_onnx, tmp_path):
     with pytest.raises(Exception) as e:
-        api.compile(api.make_config(str(shuffle_onnx[(17, True)]), "rpi4", tmp_path / "out", input_shape=SHAPE,
-                                    precision="fp32", skip=("canonicalize",)))
+        api.compile(
+            api.make_config(
+                str(shuffle_onnx[(17, True)]),
+                "rpi4",
+                tmp_path / "out",
+                input_shape=SHAPE,
+                precision="fp32",
+                skip=("canonicalize",),
+            )
+        )
     err = e.value.cause
     assert isinstance(err, UnsupportedOpsError)
     lines = err.message.splitlines()
@@ -202,12 +253,29 @@ def test_multi_output_models_keep_and_verify_every_output(tmp_path):
 
     torch.manual_seed(0)
     path = tmp_path / "two.onnx"
-    torch.onnx.export(TwoHeads().eval(), (torch.zeros(SHAPE),), str(path), dynamo=False, opset_version=13,
-                      input_names=["x"], output_names=["boxes", "scores"],
-                      dynamic_axes={"x": {0: "N", 2: "H", 3: "W"}})
+    torch.onnx.export(
+        TwoHeads().eval(),
+        (torch.zeros(SHAPE),),
+        str(path),
+        dynamo=False,
+        opset_version=13,
+        input_names=["x"],
+        output_names=["boxes", "scores"],
+        dynamic_axes={"x": {0: "N", 2: "H", 3: "W"}},
+    )
     for target in ("onnx-cpu", "rpi4"):
-        result = api.compile(api.make_config(str(path), target, tmp_path / target, input_shape=SHAPE, precision="int8",
-                                             calib=_calib(tmp_path), skip=("sensitivity",), calib_samples=16,
-                                             verify_samples=4))
+        result = api.compile(
+            api.make_config(
+                str(path),
+                target,
+                tmp_path / target,
+                input_shape=SHAPE,
+                precision="int8",
+                calib=_calib(tmp_path),
+                skip=("sensitivity",),
+                calib_samples=16,
+                verify_samples=4,
+            )
+        )
         assert [o["name"] for o in result.manifest["outputs"]] == ["boxes", "scores"]
         assert len(result.manifest["fidelity"]["max_abs_per_output"]) == 2

@@ -24,7 +24,10 @@ from edgekd.errors import ConfigError, PreconditionError, UnknownNameError
 from edgekd.passes.fuse_conv_bn_relu import FuseConvBnReluPass
 from edgekd.passes.verify import VerifyPass
 
-pytestmark = [pytest.mark.filterwarnings("ignore:.*is deprecated. Please switch to:DeprecationWarning"), pytest.mark.usefixtures("one_torch_thread", "keep_sigterm")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*is deprecated. Please switch to:DeprecationWarning"),
+    pytest.mark.usefixtures("one_torch_thread", "keep_sigterm"),
+]
 
 EDGEKD = Path(sys.executable).parent / "edgekd"
 CALIB = Path(__file__).resolve().parents[1] / "calibration" / "cifar10"
@@ -53,10 +56,6 @@ NET_SRC = textwrap.dedent('''
 ''')
 
 
-
-
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Model files shared by the module: TorchScript, a pickled module, and a static-shape ONNX model."""
@@ -77,8 +76,14 @@ def models(tmp_path_factory):
         data = ts.read_bytes()
         truncated_ts = d / "truncated.pt"
         truncated_ts.write_bytes(data[: len(data) // 2])
-        yield {"ts": ts, "net": net, "pickled": pickled, "onnx": _static_onnx(d / "static.onnx"),
-               "corrupt_onnx": corrupt_onnx, "truncated_ts": truncated_ts}
+        yield {
+            "ts": ts,
+            "net": net,
+            "pickled": pickled,
+            "onnx": _static_onnx(d / "static.onnx"),
+            "corrupt_onnx": corrupt_onnx,
+            "truncated_ts": truncated_ts,
+        }
     finally:
         sys.path.remove(str(d))
         sys.modules.pop(pkg, None)
@@ -86,14 +91,23 @@ def models(tmp_path_factory):
 
 def _static_onnx(path: Path) -> Path:
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
-             numpy_helper.from_array(np.zeros(4, np.float32), "b")]
-    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("GlobalAveragePool", ["r"], ["g"]),
-             helper.make_node("Flatten", ["g"], ["output"])]
-    graph = helper.make_graph(nodes, "static", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])], inits)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.zeros(4, np.float32), "b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "static",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
@@ -108,8 +122,11 @@ def leftovers(out: Path) -> list[str]:
     """Temporary or displaced siblings the atomic writer may have left next to OUT."""
     if not out.parent.exists():
         return []
-    return sorted(p.name for p in out.parent.iterdir()
-                  if p.name.startswith((f".{out.name}.edgekd-tmp-", f".{out.name}.edgekd-old-")))
+    return sorted(
+        p.name
+        for p in out.parent.iterdir()
+        if p.name.startswith((f".{out.name}.edgekd-tmp-", f".{out.name}.edgekd-old-"))
+    )
 
 
 def snapshot(d: Path) -> dict[str, bytes]:
@@ -135,6 +152,7 @@ def assert_failed_cleanly(result, out: Path, *needles: str, exit_code: int = 2, 
 
 # --- bad inputs ------------------------------------------------------------------------------------
 
+
 def test_missing_model_file(tmp_path):
     out = tmp_path / "out"
     r = compile_cli(tmp_path / "nope.onnx", out, "-t", "onnx-cpu")
@@ -144,8 +162,13 @@ def test_missing_model_file(tmp_path):
 def test_missing_model_file_real_process(tmp_path):
     """The installed console script, as a user runs it: exit status 2, message and hint on stderr."""
     out = tmp_path / "out"
-    p = subprocess.run([str(EDGEKD), "compile", str(tmp_path / "nope.pt"), "-t", "onnx-cpu", "-o", str(out)],
-                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    p = subprocess.run(
+        [str(EDGEKD), "compile", str(tmp_path / "nope.pt"), "-t", "onnx-cpu", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert p.returncode == 2, p.stderr
     assert p.stdout == ""
     assert p.stderr.startswith("error: model file") and "does not exist" in p.stderr
@@ -245,12 +268,15 @@ def test_force_replaces_output(models, tmp_path):
     assert leftovers(out) == []
 
 
-@pytest.mark.parametrize("spec,needle", [
-    ("nosuch.module:fn", "cannot import 'nosuch.module'"),
-    ("edgekd.models:nosuch", "no callable 'nosuch'"),
-    ("notazooname", "neither a file, a zoo model nor package.module:factory"),
-    ("edgekd.models:build_model", "calling factory"),  # needs a name argument: an error, not a TypeError traceback
-])
+@pytest.mark.parametrize(
+    "spec,needle",
+    [
+        ("nosuch.module:fn", "cannot import 'nosuch.module'"),
+        ("edgekd.models:nosuch", "no callable 'nosuch'"),
+        ("notazooname", "neither a file, a zoo model nor package.module:factory"),
+        ("edgekd.models:build_model", "calling factory"),  # needs a name argument: an error, not a TypeError traceback
+    ],
+)
 def test_factory_that_does_not_resolve(tmp_path, spec, needle):
     out = tmp_path / "out"
     r = compile_cli(spec, out, "-t", "onnx-cpu", "--input-shape", "1,3,32,32")
@@ -276,17 +302,34 @@ def test_state_dict_as_model(models, tmp_path):
 # Pipeline rules, one table: each case through the API (its error class) and through the CLI (message,
 # hint, exit code, nothing written).
 PIPELINE_RULES = [
-    pytest.param({"passes": ("fuse", "fold", "emit")}, UnknownNameError,
-                 ("unknown pass 'fold'", "export, fold-bias-dequantize, fuse"), id="unknown-pass"),  # hint lists them
+    pytest.param(
+        {"passes": ("fuse", "fold", "emit")},
+        UnknownNameError,
+        ("unknown pass 'fold'", "export, fold-bias-dequantize, fuse"),
+        id="unknown-pass",
+    ),  # hint lists them
     pytest.param({"skip": ("verfy",)}, UnknownNameError, ("unknown pass 'verfy'",), id="unknown-skipped-pass"),
-    pytest.param({"precision": "int8", "skip": ("quantize",), "calib": CALIB}, ConfigError,
-                 ("int8", "no quantization pass"), id="int8-without-quantize"),
-    pytest.param({"precision": "int8"}, ConfigError, ("int8 needs calibration data", "--calib"),
-                 id="int8-without-calibration-data"),
-    pytest.param({"precision": "fp16"}, ConfigError, ("does not support precision fp16", "fp32"),
-                 id="precision-the-target-lacks"),
-    pytest.param({"passes": ("fuse", "emit")}, PreconditionError, ("requires onnx-model", "add export before it"),
-                 id="pass-missing-its-requirement"),
+    pytest.param(
+        {"precision": "int8", "skip": ("quantize",), "calib": CALIB},
+        ConfigError,
+        ("int8", "no quantization pass"),
+        id="int8-without-quantize",
+    ),
+    pytest.param(
+        {"precision": "int8"},
+        ConfigError,
+        ("int8 needs calibration data", "--calib"),
+        id="int8-without-calibration-data",
+    ),
+    pytest.param(
+        {"precision": "fp16"}, ConfigError, ("does not support precision fp16", "fp32"), id="precision-the-target-lacks"
+    ),
+    pytest.param(
+        {"passes": ("fuse", "emit")},
+        PreconditionError,
+        ("requires onnx-model", "add export before it"),
+        id="pass-missing-its-requirement",
+    ),
 ]
 
 
@@ -309,6 +352,7 @@ def test_pipeline_rules_through_api_and_cli(models, tmp_path, options, error, ne
 
 # --- failures during the compile -------------------------------------------------------------------
 
+
 def test_failure_inside_a_pass_names_it(models, tmp_path, monkeypatch):
     def boom(self, state):
         (state.workdir / "model.onnx").write_bytes(b"half-written")  # a partial artifact that must vanish
@@ -317,8 +361,14 @@ def test_failure_inside_a_pass_names_it(models, tmp_path, monkeypatch):
     monkeypatch.setattr(VerifyPass, "run", boom)
     out = tmp_path / "deep" / "er" / "out"  # parents the writer creates go again too
     r = compile_cli(models["ts"], out, "-t", "onnx-cpu", "--input-shape", "1,3,32,32")
-    text = assert_failed_cleanly(r, out, "pass 'verify' failed", "passes that ran before it: export, canonicalize, fuse, check-support, emit",
-                                 "RuntimeError: verifier exploded", "EDGEKD_DUMP_IR")
+    text = assert_failed_cleanly(
+        r,
+        out,
+        "pass 'verify' failed",
+        "passes that ran before it: export, canonicalize, fuse, check-support, emit",
+        "RuntimeError: verifier exploded",
+        "EDGEKD_DUMP_IR",
+    )
     assert "Traceback" not in text
     assert not (tmp_path / "deep").exists()
 
@@ -369,7 +419,14 @@ def test_successful_compile_runs_in_plain_onnxruntime(models, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "report.md"]
     assert leftovers(out) == []
     manifest = json.loads((out / "manifest.json").read_text())
-    assert [p["name"] for p in manifest["passes"]] == ["export", "canonicalize", "fuse", "check-support", "emit", "verify"]
+    assert [p["name"] for p in manifest["passes"]] == [
+        "export",
+        "canonicalize",
+        "fuse",
+        "check-support",
+        "emit",
+        "verify",
+    ]
     assert manifest["artifact"]["model_file"] == "model.onnx"
 
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])

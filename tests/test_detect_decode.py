@@ -49,7 +49,7 @@ def test_a_new_head_starts_with_stride_sized_boxes():
     model = YoloDet(1, width=0.125, strides=(4, 8, 16), head_channels=(16, 16), decode=True).eval()
     with torch.no_grad():
         boxes, _ = model(torch.zeros(1, 3, 64, 64))
-    sizes = (boxes[0, :, 2:] - boxes[0, :, :2])
+    sizes = boxes[0, :, 2:] - boxes[0, :, :2]
     assert sizes[0].tolist() == pytest.approx([4.0, 4.0], rel=0.5)  # stride-4 cell: about 4 px
 
 
@@ -73,8 +73,15 @@ def test_decoded_graph_exports_without_shape_ops_and_runs_the_same(decoded):
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(decoded, (x,), buf, dynamo=False, opset_version=17, input_names=["input"],
-                          output_names=list(DecodedYolo.output_names))
+        torch.onnx.export(
+            decoded,
+            (x,),
+            buf,
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=list(DecodedYolo.output_names),
+        )
     proto = onnx.load_from_string(buf.getvalue())
     ops = {n.op_type for n in proto.graph.node}
     assert not ops & {"Shape", "Range", "ConstantOfShape"}  # grids are constants: static, quantizer-friendly

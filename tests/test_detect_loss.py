@@ -78,7 +78,7 @@ def test_a_small_detector_learns_its_boxes():
     x = torch.zeros(2, 3, 64, 64)
     targets = _t([[0, 0, 8, 8, 14, 20], [0, 1, 40, 30, 60, 50], [1, 1, 20, 40, 26, 44]])
     for b, c, x0, y0, x1, y1 in targets.tolist():
-        x[int(b), int(c), int(y0):int(y1), int(x0):int(x1)] = 1.0
+        x[int(b), int(c), int(y0) : int(y1), int(x0) : int(x1)] = 1.0
     loss_fn = DetectionLoss(STRIDES)
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     first = None

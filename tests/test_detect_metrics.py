@@ -16,7 +16,9 @@ from edgekd.detect.postprocess import Detections
 
 def _det(boxes, scores, classes=None):
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-    return Detections(boxes, np.asarray(scores, np.float32), np.asarray(classes if classes is not None else [0] * len(boxes)))
+    return Detections(
+        boxes, np.asarray(scores, np.float32), np.asarray(classes if classes is not None else [0] * len(boxes))
+    )
 
 
 GT = [GroundTruth(np.asarray([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32), np.asarray([0, 0]))]
@@ -56,8 +58,10 @@ def test_wrong_class_is_a_miss_and_classes_average():
 
 
 def test_one_object_matches_one_detection():
-    scores, hits, objects = match_at_iou([GroundTruth(np.asarray([[0, 0, 10, 10]], np.float32), np.asarray([0]))],
-                                         [_det([[0, 0, 10, 10], [0, 0, 10, 11]], [0.9, 0.95])])
+    scores, hits, objects = match_at_iou(
+        [GroundTruth(np.asarray([[0, 0, 10, 10]], np.float32), np.asarray([0]))],
+        [_det([[0, 0, 10, 10], [0, 0, 10, 11]], [0.9, 0.95])],
+    )
     assert hits.tolist() == [True, False] and scores.tolist() == pytest.approx([0.95, 0.9]) and objects == 1
 
 

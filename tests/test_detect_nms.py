@@ -46,8 +46,11 @@ def _nms_graph(n: int, iou: float, score: float, max_out: int) -> bytes:
     boxes = helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, n, 4])
     scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, n])
     out = helper.make_tensor_value_info("selected", TensorProto.INT64, [None, 3])
-    inits = [helper.make_tensor("m", TensorProto.INT64, [1], [max_out]), helper.make_tensor("i", TensorProto.FLOAT, [1], [iou]),
-             helper.make_tensor("s", TensorProto.FLOAT, [1], [score])]
+    inits = [
+        helper.make_tensor("m", TensorProto.INT64, [1], [max_out]),
+        helper.make_tensor("i", TensorProto.FLOAT, [1], [iou]),
+        helper.make_tensor("s", TensorProto.FLOAT, [1], [score]),
+    ]
     node = helper.make_node("NonMaxSuppression", ["boxes", "scores", "m", "i", "s"], ["selected"])
     g = helper.make_graph([node], "nms", [boxes, scores], [out], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
@@ -80,8 +83,10 @@ def _decoded_graph(a: int, c: int) -> ir.Model:
     b = helper.make_tensor_value_info("b_in", TensorProto.FLOAT, [1, a, 4])
     s = helper.make_tensor_value_info("s_in", TensorProto.FLOAT, [1, a, c])
     nodes = [helper.make_node("Identity", ["b_in"], ["boxes"]), helper.make_node("Identity", ["s_in"], ["scores"])]
-    outs = [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, a, 4]),
-            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, a, c])]
+    outs = [
+        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, a, 4]),
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, a, c]),
+    ]
     g = helper.make_graph(nodes, "det", [b, s], outs)
     return ir.from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
 

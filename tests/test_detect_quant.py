@@ -21,8 +21,15 @@ def _graph(name: str, side: int = 64, **kwargs) -> ir.Model:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 3, side, side),), buf, dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=list(getattr(model, "output_names", None) or []) or None)
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 3, side, side),),
+            buf,
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=list(getattr(model, "output_names", None) or []) or None,
+        )
     return ir.from_proto(onnx.load_from_string(buf.getvalue()))
 
 

@@ -61,8 +61,10 @@ def trained(tmp_path_factory):
 def test_val_scores_the_artifact_like_the_torch_model(trained, tmp_path):
     data, model_file, decoded = trained
     card = tmp_path / "det.toml"
-    card.write_text(f'[model]\nsource = "{model_file}"\n[input]\nshape = [1, 3, {SIZE[0]}, {SIZE[1]}]\n'
-                    f'resize = "letterbox"\n[labels]\nnames = ["cat", "ship"]\n')
+    card.write_text(
+        f'[model]\nsource = "{model_file}"\n[input]\nshape = [1, 3, {SIZE[0]}, {SIZE[1]}]\n'
+        f'resize = "letterbox"\n[labels]\nnames = ["cat", "ship"]\n'
+    )
     out = tmp_path / "art"
     api.compile(api.make_config(str(card), "onnx-cpu", out, precision="fp32"))
     manifest = json.loads((out / "manifest.json").read_text())
@@ -70,8 +72,9 @@ def test_val_scores_the_artifact_like_the_torch_model(trained, tmp_path):
     cells = sum((SIZE[0] // s) * (SIZE[1] // s) for s in (4, 8, 16))
     assert [o["shape"] for o in manifest["outputs"]] == [[1, cells, 4], [1, cells, 2]]  # two outputs, two scales
 
-    proc = subprocess.run([sys.executable, "-m", "edgekd", "val", str(out), "--data", str(data), "--json"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgekd", "val", str(out), "--data", str(data), "--json"], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)["metrics"]
     ref = evaluate(torch_reference(decoded), load_detection_set(data, "val"), PRE)
@@ -83,8 +86,11 @@ def test_val_scores_the_artifact_like_the_torch_model(trained, tmp_path):
 
 def test_val_refuses_a_classifier_artifact_with_a_named_error(resnet_artifact, trained):
     data, _, _ = trained
-    proc = subprocess.run([sys.executable, "-m", "edgekd", "val", str(resnet_artifact), "--data", str(data)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgekd", "val", str(resnet_artifact), "--data", str(data)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "neither (boxes" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -98,12 +104,16 @@ def test_decoded_zoo_detector_exports_named_outputs(tmp_path):
 def test_int8_detector_compile_eval_reports_map_per_stage(trained, tmp_path):
     data, model_file, decoded = trained
     card = tmp_path / "det.toml"
-    card.write_text(f'[model]\nsource = "{model_file}"\n[input]\nshape = [1, 3, {SIZE[0]}, {SIZE[1]}]\n'
-                    f'resize = "letterbox"\n')
+    card.write_text(
+        f'[model]\nsource = "{model_file}"\n[input]\nshape = [1, 3, {SIZE[0]}, {SIZE[1]}]\nresize = "letterbox"\n'
+    )
     out = tmp_path / "int8"
     with pytest.warns(CalibrationWarning, match="calibrating a detector on 16 samples; use at least 300"):
-        result = api.compile(api.make_config(str(card), "onnx-cpu", out, precision="int8",
-                                             calib=data.parent / "train" / "images", eval=data))
+        result = api.compile(
+            api.make_config(
+                str(card), "onnx-cpu", out, precision="int8", calib=data.parent / "train" / "images", eval=data
+            )
+        )
     acc = result.manifest["accuracy"]
     assert [o.get("quantization") for o in result.manifest["outputs"]] == [None, None]  # the decode stays float
     ref = evaluate(torch_reference(decoded), load_detection_set(data, "val"), PRE)

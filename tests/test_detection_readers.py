@@ -45,14 +45,14 @@ def test_yolo_names_as_mapping_and_image_list(tmp_path, scenes):
 
 
 BAD_LINES = {
-    "0 0.5 0.5 0.2": "malformed",               # 3 coordinates
-    "0 0.5 zero 0.2 0.2": "malformed",          # not a number
-    "0 0.1 0.1 0.2 0.2 0.3": "malformed",       # odd polygon
+    "0 0.5 0.5 0.2": "malformed",  # 3 coordinates
+    "0 0.5 zero 0.2 0.2": "malformed",  # not a number
+    "0 0.1 0.1 0.2 0.2 0.3": "malformed",  # odd polygon
     "0 0.5 0.5 nan 0.2": "malformed",
-    "2 0.5 0.5 0.2 0.2": "class-id",            # only classes 0 and 1
+    "2 0.5 0.5 0.2 0.2": "class-id",  # only classes 0 and 1
     "-1 0.5 0.5 0.2 0.2": "class-id",
     "0.5 0.5 0.5 0.2 0.2": "class-id",
-    "1 0.95 0.5 0.2 0.2": "out-of-range",       # right edge at 1.05
+    "1 0.95 0.5 0.2 0.2": "out-of-range",  # right edge at 1.05
     "1 0.1 0.1 1.2 0.1 0.5 0.4": "out-of-range",
     "0 0.5 0.5 0.0 0.2": "empty-box",
 }
@@ -105,13 +105,16 @@ def test_label_path_uses_the_last_images_folder(tmp_path):
     assert label_path(tmp_path / "flat" / "x.jpg") == tmp_path / "flat" / "x.txt"
 
 
-@pytest.mark.parametrize("yaml_text,match", [
-    ("train: train/images\n", "no class names"),
-    ("train: train/images\nnames: [a, b]\nnc: 3\n", "nc is 3"),
-    ("val: train/images\nnames: [a]\n", "no 'train' split"),
-    ("- a\n- b\n", "mapping"),
-    ("train: [unclosed\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "yaml_text,match",
+    [
+        ("train: train/images\n", "no class names"),
+        ("train: train/images\nnames: [a, b]\nnc: 3\n", "nc is 3"),
+        ("val: train/images\nnames: [a]\n", "no 'train' split"),
+        ("- a\n- b\n", "mapping"),
+        ("train: [unclosed\n", "not valid YAML"),
+    ],
+)
 def test_yolo_bad_data_yaml(tmp_path, scenes, yaml_text, match):
     write_yolo(tmp_path, {"train": scenes[:1]})
     (tmp_path / "data.yaml").write_text(yaml_text)
@@ -140,11 +143,11 @@ def test_coco_bad_annotations_are_named(tmp_path, scenes):
     data = json.loads(path.read_text())
     good = len(data["annotations"])
     extra = [
-        {"id": 901, "image_id": 100, "category_id": 5, "bbox": [1, 1, 5, 5]},       # unknown category
-        {"id": 902, "image_id": 555, "category_id": 3, "bbox": [1, 1, 5, 5]},       # unknown image
-        {"id": 903, "image_id": 100, "category_id": 3, "bbox": [1, 1, 0, 5]},       # no width
-        {"id": 904, "image_id": 100, "category_id": 3, "bbox": [120, 1, 20, 5]},    # past the right edge (w 128)
-        {"id": 905, "image_id": 100, "category_id": 3, "bbox": "1,1,5,5"},          # not a list
+        {"id": 901, "image_id": 100, "category_id": 5, "bbox": [1, 1, 5, 5]},  # unknown category
+        {"id": 902, "image_id": 555, "category_id": 3, "bbox": [1, 1, 5, 5]},  # unknown image
+        {"id": 903, "image_id": 100, "category_id": 3, "bbox": [1, 1, 0, 5]},  # no width
+        {"id": 904, "image_id": 100, "category_id": 3, "bbox": [120, 1, 20, 5]},  # past the right edge (w 128)
+        {"id": 905, "image_id": 100, "category_id": 3, "bbox": "1,1,5,5"},  # not a list
         {"id": 906, "image_id": 100, "category_id": 3, "bbox": [1, 1, 50, 50], "iscrowd": 1},  # crowd: not an object
     ]
     data["annotations"] += extra
@@ -153,8 +156,14 @@ def test_coco_bad_annotations_are_named(tmp_path, scenes):
     path.write_text(json.dumps(data))
     ds = load_detection_set(path)
     assert ds.num_objects == good
-    assert ds.issue_counts() == {"class-id": 1, "unknown-image": 1, "empty-box": 1, "out-of-range": 1,
-                                 "malformed": 1, "missing-image": 1}
+    assert ds.issue_counts() == {
+        "class-id": 1,
+        "unknown-image": 1,
+        "empty-box": 1,
+        "out-of-range": 1,
+        "malformed": 1,
+        "missing-image": 1,
+    }
     where = {i.kind: i.location() for i in ds.issues}
     assert where["class-id"].endswith(f"annotations[{good}] (id 901)")
     assert "missing.png" in where["missing-image"]

@@ -60,6 +60,7 @@ def remote_runs(board) -> list[Path]:
 
 # --- inventory ---------------------------------------------------------------------------------
 
+
 def test_shipped_example_inventory_parses():
     devices = load_inventory(Path(__file__).resolve().parents[1] / "devices" / "example.toml")
     assert {"local", "pi4-lab", "pi5-lab", "xavier-01"} <= set(devices)
@@ -78,15 +79,24 @@ def test_unknown_device_names_the_known_ones(inv, art):
     assert "board" in e.value.hint and "local" in e.value.hint
 
 
-@pytest.mark.parametrize("text,match", [
-    ("[devices.x]\nport = 22\n", "lacks required key 'host'"), ("[devices.x]\nhost='a'\nspeed=1\n", "unknown key"),
-    ("[devices.local]\nhost='a'\n", "built in"), ("nonsense", "TOML"),
-    ("[devices.x]\nhost='a'\nport=70000\n", r"port must lie in \[1, 65535\]"),
-    ("[devices.x]\nhost='a'\nport=0\n", "port must lie in"), ("[devices.x]\nhost='a'\nport='22'\n", "port must be int"),
-    ("[devices.x]\nhost=''\n", "host must not be empty"), ("[devices.x]\nhost='a'\nthreads=0\n", "at least 1"),
-    ("[devices.x]\nhost='a'\nenv={A=1}\n", "env must be str-map"), ("[devices.x]\nhost='a'\nruntimes='onnx'\n", "str-list"),
-    ("devices = 3\n", "no \\[devices.NAME\\]"), ("[devices]\nx = 1\n", "must be a table"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("[devices.x]\nport = 22\n", "lacks required key 'host'"),
+        ("[devices.x]\nhost='a'\nspeed=1\n", "unknown key"),
+        ("[devices.local]\nhost='a'\n", "built in"),
+        ("nonsense", "TOML"),
+        ("[devices.x]\nhost='a'\nport=70000\n", r"port must lie in \[1, 65535\]"),
+        ("[devices.x]\nhost='a'\nport=0\n", "port must lie in"),
+        ("[devices.x]\nhost='a'\nport='22'\n", "port must be int"),
+        ("[devices.x]\nhost=''\n", "host must not be empty"),
+        ("[devices.x]\nhost='a'\nthreads=0\n", "at least 1"),
+        ("[devices.x]\nhost='a'\nenv={A=1}\n", "env must be str-map"),
+        ("[devices.x]\nhost='a'\nruntimes='onnx'\n", "str-list"),
+        ("devices = 3\n", "no \\[devices.NAME\\]"),
+        ("[devices]\nx = 1\n", "must be a table"),
+    ],
+)
 def test_bad_inventories_are_named_errors(tmp_path, text, match):
     p = tmp_path / "i.toml"
     p.write_text(text)
@@ -96,6 +106,7 @@ def test_bad_inventories_are_named_errors(tmp_path, text, match):
 
 # --- working board ------------------------------------------------------------------------------
 
+
 def test_check_reports_what_the_board_has(inv):
     info = api.check_device("board", inventory=inv)
     assert info["cores"] >= 1 and info["memory_mb"] > 0 and info["python"].startswith("3.")
@@ -104,9 +115,27 @@ def test_check_reports_what_the_board_has(inv):
 
 
 def test_remote_bench_prints_the_same_table_as_local(inv, art, ssh_board):
-    local = CliRunner().invoke(main, ["bench", str(art), "-d", "local", "-n", "10", "--warmup", "1", "--threads", "1", "-q"])
-    remote = CliRunner().invoke(main, ["bench", str(art), "-d", "board", "--inventory", str(inv), "-n", "10",
-                                       "--warmup", "1", "--threads", "1", "-q"])
+    local = CliRunner().invoke(
+        main, ["bench", str(art), "-d", "local", "-n", "10", "--warmup", "1", "--threads", "1", "-q"]
+    )
+    remote = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            str(art),
+            "-d",
+            "board",
+            "--inventory",
+            str(inv),
+            "-n",
+            "10",
+            "--warmup",
+            "1",
+            "--threads",
+            "1",
+            "-q",
+        ],
+    )
     assert local.exit_code == 0 and remote.exit_code == 0, remote.output
     assert local.output.splitlines()[0].split() == remote.output.splitlines()[0].split()  # same columns
     row = remote.output.splitlines()[2].split()
@@ -123,8 +152,13 @@ def test_remote_result_is_stored_with_device_facts(inv, art):
 
 def test_progress_streams_from_the_board(inv, art):
     seen = []
-    api.bench(art, "board", BenchSettings(threads=1, warmup=0, iterations=40), progress=lambda d, t: seen.append(d),
-              inventory=inv)
+    api.bench(
+        art,
+        "board",
+        BenchSettings(threads=1, warmup=0, iterations=40),
+        progress=lambda d, t: seen.append(d),
+        inventory=inv,
+    )
     assert len(seen) >= 4 and seen[-1] == 40 and seen == sorted(seen)
 
 
@@ -137,6 +171,7 @@ def test_hostile_strings_in_the_inventory_stay_quoted(tmp_path, ssh_board, art):
 
 
 # --- faults -------------------------------------------------------------------------------------
+
 
 def test_wrong_key_is_refused(tmp_path, ssh_board, art):
     keygen(tmp_path / "other")
@@ -181,7 +216,9 @@ def test_unknown_host_key_is_refused_unless_accepted(tmp_path, ssh_board, art):
 def test_changed_host_key_is_refused(tmp_path, ssh_board, art):
     keygen(tmp_path / "impostor")
     wrong = tmp_path / "known_hosts"
-    wrong.write_text(f"[127.0.0.1]:{ssh_board.port} " + " ".join((tmp_path / "impostor.pub").read_text().split()[:2]) + "\n")
+    wrong.write_text(
+        f"[127.0.0.1]:{ssh_board.port} " + " ".join((tmp_path / "impostor.pub").read_text().split()[:2]) + "\n"
+    )
     before = wrong.read_text()
     inv = ssh_board.inventory(tmp_path / "d.toml", known_hosts=str(wrong))
     for accept in (False, True):  # OpenSSH's accept-new: a changed key is refused even with the flag
@@ -242,8 +279,13 @@ def test_link_dying_mid_run_is_named_and_cleaned_on_next_connect(tmp_path, art):
         killer = threading.Thread(target=kill_when_running, args=(started,))
         killer.start()
         with pytest.raises(DeviceConnectionLost) as e:
-            api.bench(art, "board", BenchSettings(threads=1, warmup=0, iterations=2_000_000, timeout_s=120),
-                      progress=lambda d, t: started.set(), inventory=inv)
+            api.bench(
+                art,
+                "board",
+                BenchSettings(threads=1, warmup=0, iterations=2_000_000, timeout_s=120),
+                progress=lambda d, t: started.set(),
+                inventory=inv,
+            )
         killer.join()
         assert "connection lost" in e.value.message
         assert len(remote_runs(board)) == 1  # left behind by the dead link...
@@ -269,8 +311,24 @@ def test_disk_full_on_the_board(tmp_path, ssh_board, art):
 
 
 def test_several_devices_at_once_print_one_table(inv, art):
-    r = CliRunner().invoke(main, ["bench", str(art), "-d", "board,local", "--inventory", str(inv), "-n", "10",
-                                  "--warmup", "1", "--threads", "1", "-q"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            str(art),
+            "-d",
+            "board,local",
+            "--inventory",
+            str(inv),
+            "-n",
+            "10",
+            "--warmup",
+            "1",
+            "--threads",
+            "1",
+            "-q",
+        ],
+    )
     assert r.exit_code == 0, r.output
     devices = [line.split()[0] for line in r.output.splitlines()[2:]]
     assert sorted(devices) == ["board", "local"]
@@ -302,8 +360,16 @@ def test_tflite_and_openvino_artifacts_run_on_the_board(tmp_path, zoo_models, in
     from edgekd.passes.calibrate import CalibrationWarning
 
     path, calib, shape = zoo_models["mobilenetv2-cifar:0.5"]
-    config = api.make_config(str(path), target, tmp_path / target, input_shape=shape, precision="int8", calib=calib,
-                             skip=("sensitivity",), verify_samples=4)
+    config = api.make_config(
+        str(path),
+        target,
+        tmp_path / target,
+        input_shape=shape,
+        precision="int8",
+        calib=calib,
+        skip=("sensitivity",),
+        verify_samples=4,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
         out = api.compile(config).output

@@ -34,9 +34,16 @@ def test_kd_trains_and_writes_curves(labelled, tmp_path):
     teacher, student = models()
     seen = []
     # constant T and pure KD, so the per-epoch losses are comparable
-    cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3, optimizer="adamw", augment=False,
-                      temperature=Schedule("constant", 4.0), alpha=Schedule("constant", 1.0),
-                      checkpoint_dir=tmp_path / "ck")
+    cfg = TrainConfig(
+        epochs=3,
+        batch_size=16,
+        lr=3e-3,
+        optimizer="adamw",
+        augment=False,
+        temperature=Schedule("constant", 4.0),
+        alpha=Schedule("constant", 1.0),
+        checkpoint_dir=tmp_path / "ck",
+    )
     r = train_kd(teacher, student, labelled, PRE, cfg, out_dir=tmp_path, progress=lambda *a: seen.append(a))
     losses = [h["train_loss"] for h in r.history]
     assert len(losses) == 3 and losses[-1] < losses[0]
@@ -51,8 +58,17 @@ def test_kd_trains_and_writes_curves(labelled, tmp_path):
 @pytest.mark.parametrize("data", ["labelled", "flat"])
 def test_decoupled_kd_trains_with_labels_and_label_free(data, request):
     teacher, student = models()
-    cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3, optimizer="adamw", augment=False, kd_loss="dkd",
-                      dkd_beta=2.0, temperature=Schedule("constant", 4.0), alpha=Schedule("constant", 1.0))
+    cfg = TrainConfig(
+        epochs=3,
+        batch_size=16,
+        lr=3e-3,
+        optimizer="adamw",
+        augment=False,
+        kd_loss="dkd",
+        dkd_beta=2.0,
+        temperature=Schedule("constant", 4.0),
+        alpha=Schedule("constant", 1.0),
+    )
     r = train_kd(teacher, student, request.getfixturevalue(data), PRE, cfg)
     losses = [h["loss_kd"] for h in r.history]
     assert len(losses) == 3 and losses[-1] < losses[0]
@@ -66,8 +82,14 @@ def test_resume_continues_from_the_saved_epoch(labelled, tmp_path):
     assert saved["epoch"] == 1
     _, fresh = models(seed=1)
     epochs_seen = []
-    r = train_kd(teacher, fresh, labelled, PRE, TrainConfig(epochs=2, batch_size=32, checkpoint_dir=ck, resume=True),
-                 progress=lambda e, *rest: epochs_seen.append(e))
+    r = train_kd(
+        teacher,
+        fresh,
+        labelled,
+        PRE,
+        TrainConfig(epochs=2, batch_size=32, checkpoint_dir=ck, resume=True),
+        progress=lambda e, *rest: epochs_seen.append(e),
+    )
     assert set(epochs_seen) == {2}  # epoch 1 came from the checkpoint
     assert [h["epoch"] for h in r.history] == [1, 2]
 
@@ -102,8 +124,13 @@ def test_sparsity_ramp_leaves_exact_zeros(labelled, pattern):
     from edgekd.sparsity.masks import is_nm_sparse, prunable
 
     teacher, student = models()
-    r = train_kd(teacher, student, labelled, PRE,
-                 TrainConfig(epochs=2, batch_size=16, sparsity=0.5, pattern=pattern, mask_every=2))
+    r = train_kd(
+        teacher,
+        student,
+        labelled,
+        PRE,
+        TrainConfig(epochs=2, batch_size=16, sparsity=0.5, pattern=pattern, mask_every=2),
+    )
     for name, m in prunable(student).items():
         if pattern == "unstructured":
             assert r.sparsity[name] == pytest.approx(0.5, abs=0.02)
@@ -112,15 +139,23 @@ def test_sparsity_ramp_leaves_exact_zeros(labelled, pattern):
 
 
 def test_distill_without_data_is_a_config_error(tmp_path):
-    config = api.make_config("resnet20:0.25", "onnx-cpu", tmp_path / "o", input_shape=(1, 3, 32, 32),
-                             student="resnet20:0.25")
+    config = api.make_config(
+        "resnet20:0.25", "onnx-cpu", tmp_path / "o", input_shape=(1, 3, 32, 32), student="resnet20:0.25"
+    )
     with pytest.raises(ConfigError, match="--data"):
         api.compile(config)
 
 
 def test_mismatched_student_is_refused(labelled, tmp_path):
-    config = api.make_config("resnet20:0.25", "onnx-cpu", tmp_path / "o", input_shape=(1, 3, 32, 32),
-                             student="yolo-det:0.25", data=labelled, epochs=1)
+    config = api.make_config(
+        "resnet20:0.25",
+        "onnx-cpu",
+        tmp_path / "o",
+        input_shape=(1, 3, 32, 32),
+        student="yolo-det:0.25",
+        data=labelled,
+        epochs=1,
+    )
     with pytest.raises((PassFailedError, ConfigError)):
         api.compile(config)
 
@@ -134,9 +169,30 @@ def _onnx_weights(path: Path) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 def test_cli_compile_distills_and_sparsifies(labelled, tmp_path, pattern):
     out = tmp_path / "art"
-    r = CliRunner().invoke(main, ["compile", "resnet20:0.5", "--target", "onnx-cpu", "-o", str(out),
-                                  "--input-shape", "1,3,32,32", "--student", "resnet20:0.25", "--data", str(labelled),
-                                  "--epochs", "1", "--sparsity", "0.5", "--sparsity-pattern", pattern, "-q"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "compile",
+            "resnet20:0.5",
+            "--target",
+            "onnx-cpu",
+            "-o",
+            str(out),
+            "--input-shape",
+            "1,3,32,32",
+            "--student",
+            "resnet20:0.25",
+            "--data",
+            str(labelled),
+            "--epochs",
+            "1",
+            "--sparsity",
+            "0.5",
+            "--sparsity-pattern",
+            pattern,
+            "-q",
+        ],
+    )
     assert r.exit_code == 0, r.output
     manifest = json.loads((out / "manifest.json").read_text())
     names = [p["name"] for p in manifest["passes"]]

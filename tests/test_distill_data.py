@@ -14,6 +14,7 @@ from test_distill import PRE, models
 
 # ----------------------------------------------------------------------------- bad data
 
+
 def test_unreadable_images_are_skipped_with_a_count_or_refused(labelled, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(labelled, data)

@@ -16,13 +16,17 @@ from test_distill import PRE, models
 X = torch.zeros(2, 3, 32, 32)
 
 
-
 # ----------------------------------------------------------------------------- pairing
+
 
 def test_auto_pairing_matches_stage_ends_by_spatial_size():
     teacher, student = build_model("resnet20:0.5"), build_model("resnet8:0.25")
     pairs = pair_layers(student, teacher, X, None)
-    assert [(s, t) for s, t, _, _ in pairs] == [("layers.0", "layers.2"), ("layers.1", "layers.5"), ("layers", "layers")]
+    assert [(s, t) for s, t, _, _ in pairs] == [
+        ("layers.0", "layers.2"),
+        ("layers.1", "layers.5"),
+        ("layers", "layers"),
+    ]
     assert [ss[2:] for _, _, ss, _ in pairs] == [(32, 32), (16, 16), (8, 8)]
     assert all(ss[2:] == ts[2:] for _, _, ss, ts in pairs)
 
@@ -40,12 +44,22 @@ def test_named_pairs_and_unknown_names_list_the_candidates():
 
 # ----------------------------------------------------------------------------- training with features
 
+
 @pytest.mark.parametrize("feature_loss", ["mse", "cosine"])
 def test_hint_and_attention_terms_train_and_are_logged(labelled, tmp_path, feature_loss):
     teacher, _ = models()
     student = build_model("resnet8:0.25")
-    cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3, optimizer="adamw", augment=False, hint_weight=1.0,
-                      attention_weight=1.0, feature_loss=feature_loss, alpha=Schedule("constant", 1.0))
+    cfg = TrainConfig(
+        epochs=3,
+        batch_size=16,
+        lr=3e-3,
+        optimizer="adamw",
+        augment=False,
+        hint_weight=1.0,
+        attention_weight=1.0,
+        feature_loss=feature_loss,
+        alpha=Schedule("constant", 1.0),
+    )
     r = train_kd(teacher, student, labelled, PRE, cfg, out_dir=tmp_path)
     assert r.feature_pairs == [("layers.0", "layers.2"), ("layers.1", "layers.5"), ("layers", "layers")]
     assert r.history[-1]["loss_hint"] < r.history[0]["loss_hint"]
@@ -57,8 +71,17 @@ def test_hint_and_attention_terms_train_and_are_logged(labelled, tmp_path, featu
 def test_compensation_and_learnable_temperature(labelled):
     teacher, _ = models()
     student = build_model("resnet8:0.25")
-    cfg = TrainConfig(epochs=2, batch_size=16, hint_weight=1.0, attention_weight=1.0, compensate=True,
-                      compensate_every=2, learn_temperature=True, temperature=Schedule("constant", 4.0), loss_clip=0.3)
+    cfg = TrainConfig(
+        epochs=2,
+        batch_size=16,
+        hint_weight=1.0,
+        attention_weight=1.0,
+        compensate=True,
+        compensate_every=2,
+        learn_temperature=True,
+        temperature=Schedule("constant", 4.0),
+        loss_clip=0.3,
+    )
     r = train_kd(teacher, student, labelled, PRE, cfg)
     temps = [h["temperature"] for h in r.history]
     assert all(1.0 < t < 10.0 for t in temps) and temps[-1] != 4.0  # T moved with the student

@@ -37,7 +37,7 @@ def test_hinton_kd_is_zero_for_equal_logits_and_averages_the_batch():
     x = torch.randn(3, 5)
     assert hinton_kd(x, x, 2.0).item() == pytest.approx(0.0, abs=1e-6)
     a, b = torch.randn(2, 4), torch.randn(2, 4)
-    per_sample = [hinton_kd(a[i:i + 1], b[i:i + 1], 3.0).item() for i in range(2)]
+    per_sample = [hinton_kd(a[i : i + 1], b[i : i + 1], 3.0).item() for i in range(2)]
     assert hinton_kd(a, b, 3.0).item() == pytest.approx(sum(per_sample) / 2, rel=1e-5)
 
 
@@ -57,8 +57,8 @@ def test_hinton_kd_is_decoupled_kd_with_beta_one_minus_the_teachers_target_proba
     s, t, y, T = torch.randn(6, 10) * 3, torch.randn(6, 10) * 3, torch.randint(0, 10, (6,)), 4.0
     for i in range(6):
         p_target = torch.softmax(t[i] / T, -1)[y[i]].item()
-        dkd = decoupled_kd(s[i:i + 1], t[i:i + 1], y[i:i + 1], T, alpha=1.0, beta=1 - p_target)
-        assert dkd.item() == pytest.approx(hinton_kd(s[i:i + 1], t[i:i + 1], T).item(), rel=1e-5)
+        dkd = decoupled_kd(s[i : i + 1], t[i : i + 1], y[i : i + 1], T, alpha=1.0, beta=1 - p_target)
+        assert dkd.item() == pytest.approx(hinton_kd(s[i : i + 1], t[i : i + 1], T).item(), rel=1e-5)
     assert decoupled_kd(s, s, y, T).item() == pytest.approx(0.0, abs=1e-5)
 
 
@@ -82,7 +82,9 @@ def test_feature_hint_mse_cosine_and_adapter():
     assert FeatureHint(2, 2, "cosine")(s, t).item() == pytest.approx(0.0, abs=1e-6)
     assert FeatureHint(2, 2, "cosine")(s, -t).item() == pytest.approx(2.0)
     hint = FeatureHint(3, 5)
-    assert isinstance(hint.adapter, torch.nn.Conv2d) and hint(torch.randn(2, 3, 4, 4), torch.randn(2, 5, 4, 4)).dim() == 0
+    assert (
+        isinstance(hint.adapter, torch.nn.Conv2d) and hint(torch.randn(2, 3, 4, 4), torch.randn(2, 5, 4, 4)).dim() == 0
+    )
     with pytest.raises(ValueError, match="differ in shape"):
         FeatureHint(2, 2)(torch.randn(1, 2, 4, 4), torch.randn(1, 2, 2, 2))
 
@@ -116,8 +118,17 @@ def test_compensation_weights_balance_gradient_norms():
     assert w["small"] == pytest.approx(min(2.0, mean / 1))  # clamped at 2.0
 
 
-@pytest.mark.parametrize("kind,p,expected", [("constant", 0.5, 6.0), ("linear", 0.25, 5.0), ("linear", 1.0, 2.0),
-                                             ("cosine", 0.0, 6.0), ("cosine", 0.5, 4.0), ("cosine", 1.0, 2.0)])
+@pytest.mark.parametrize(
+    "kind,p,expected",
+    [
+        ("constant", 0.5, 6.0),
+        ("linear", 0.25, 5.0),
+        ("linear", 1.0, 2.0),
+        ("cosine", 0.0, 6.0),
+        ("cosine", 0.5, 4.0),
+        ("cosine", 1.0, 2.0),
+    ],
+)
 def test_schedules(kind, p, expected):
     assert Schedule(kind, 6.0, 2.0).at(p) == pytest.approx(expected)
 

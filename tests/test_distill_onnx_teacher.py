@@ -17,8 +17,15 @@ from test_distill import PRE
 
 
 def export_onnx(model: torch.nn.Module, path: Path, dynamic: bool = True) -> Path:
-    torch.onnx.export(model.eval(), torch.zeros(1, 3, 32, 32), str(path), input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}} if dynamic else None, dynamo=False)
+    torch.onnx.export(
+        model.eval(),
+        torch.zeros(1, 3, 32, 32),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}} if dynamic else None,
+        dynamo=False,
+    )
     return path
 
 
@@ -45,15 +52,17 @@ def test_kd_from_an_onnx_teacher_with_features(labelled, tmp_path):
     torch.manual_seed(0)
     teacher = build_model("resnet20:0.25").eval()
     onnx_teacher = OnnxTeacher(__import__("onnx").load(str(export_onnx(teacher, tmp_path / "t.onnx"))))
-    r = train_kd(onnx_teacher, build_model("resnet8:0.25"), labelled, PRE,
-                 TrainConfig(epochs=1, batch_size=16, hint_weight=1.0))
+    r = train_kd(
+        onnx_teacher, build_model("resnet8:0.25"), labelled, PRE, TrainConfig(epochs=1, batch_size=16, hint_weight=1.0)
+    )
     assert len(r.feature_pairs) == 3 and r.teacher_acc is not None and np.isfinite(r.history[0]["loss_hint"])
 
 
 def test_compile_distills_from_an_onnx_teacher(labelled, tmp_path):
     onnx_path = export_onnx(build_model("resnet20:0.25"), tmp_path / "teacher.onnx")
-    config = api.make_config(str(onnx_path), "onnx-cpu", tmp_path / "art", student="resnet8:0.25", data=labelled,
-                             epochs=1, precision="fp32")
+    config = api.make_config(
+        str(onnx_path), "onnx-cpu", tmp_path / "art", student="resnet8:0.25", data=labelled, epochs=1, precision="fp32"
+    )
     result = api.compile(config)
     names = [p["name"] for p in result.manifest["passes"]]
     assert names[:2] == ["distill", "export"]

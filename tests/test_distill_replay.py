@@ -21,8 +21,8 @@ from test_distill import PRE
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
 # ----------------------------------------------------------------------------- incremental
+
 
 def _coloured_folder(root: Path, classes: dict[str, tuple[int, int, int]], n: int, seed: int) -> Path:
     """Flat-colour images with noise: trivially separable classes, so forgetting shows in a few steps."""
@@ -64,21 +64,37 @@ def test_replay_keeps_old_behaviour_during_an_update(tmp_path):
 
     torch.manual_seed(0)
     teacher = build_model("resnet8:0.25", num_classes=2)  # knows both tasks (trained on labels alone)
-    train_kd(build_model("resnet8:0.25", num_classes=2), teacher, both, PRE,
-             TrainConfig(epochs=4, batch_size=8, lr=1e-2, optimizer="adamw", alpha=Schedule("constant", 0.0),
-                         augment=False))
+    train_kd(
+        build_model("resnet8:0.25", num_classes=2),
+        teacher,
+        both,
+        PRE,
+        TrainConfig(epochs=4, batch_size=8, lr=1e-2, optimizer="adamw", alpha=Schedule("constant", 0.0), augment=False),
+    )
     teacher.eval()
 
     def update(with_replay: bool) -> tuple[float, float]:
         torch.manual_seed(1)
         student = build_model("resnet8:0.25", num_classes=2)
         replay = ReplayBuffer(64)
-        train_kd(teacher, student, old, PRE, TrainConfig(epochs=3, batch_size=8, lr=1e-2, optimizer="adamw",
-                                                         augment=False), replay=replay)
+        train_kd(
+            teacher,
+            student,
+            old,
+            PRE,
+            TrainConfig(epochs=3, batch_size=8, lr=1e-2, optimizer="adamw", augment=False),
+            replay=replay,
+        )
         assert len(replay) == len(x_old)
         before = predict(student, x_old).softmax(1)
-        train_kd(teacher, student, new, PRE, TrainConfig(epochs=5, batch_size=8, lr=3e-2, optimizer="adamw",
-                                                         augment=False), replay=replay if with_replay else None)
+        train_kd(
+            teacher,
+            student,
+            new,
+            PRE,
+            TrainConfig(epochs=5, batch_size=8, lr=3e-2, optimizer="adamw", augment=False),
+            replay=replay if with_replay else None,
+        )
         after = predict(student, x_old)
         swing = float((after.softmax(1) - before).abs().sum(1).mean())  # how far old-data predictions moved
         return swing, float((after.argmax(1).numpy() == y_old).mean())
@@ -94,18 +110,68 @@ def test_cli_distill_then_incremental_update_with_replay(labelled, flat, tmp_pat
     from edgekd.cli import main
 
     card = str(ROOT / "examples/cifar10/model.toml")
-    first = CliRunner().invoke(main, ["distill", card, "--student", "resnet8:0.25", "--data", str(labelled), "-o",
-                                      str(tmp_path / "s.pt"), "--epochs", "1", "--replay", str(tmp_path / "r.npz"),
-                                      "--replay-size", "32", "-q"])
+    first = CliRunner().invoke(
+        main,
+        [
+            "distill",
+            card,
+            "--student",
+            "resnet8:0.25",
+            "--data",
+            str(labelled),
+            "-o",
+            str(tmp_path / "s.pt"),
+            "--epochs",
+            "1",
+            "--replay",
+            str(tmp_path / "r.npz"),
+            "--replay-size",
+            "32",
+            "-q",
+        ],
+    )
     assert first.exit_code == 0, first.output
     assert ReplayBuffer.load(tmp_path / "r.npz").seen > 0 and len(ReplayBuffer.load(tmp_path / "r.npz")) == 32
-    update = CliRunner().invoke(main, ["distill", card, "--student", "resnet8:0.25", "--data", str(flat), "-o",
-                                       str(tmp_path / "s2.pt"), "--epochs", "1", "--init", str(tmp_path / "s.pt"),
-                                       "--replay", str(tmp_path / "r.npz"), "--select-fraction", "1", "-q"])
+    update = CliRunner().invoke(
+        main,
+        [
+            "distill",
+            card,
+            "--student",
+            "resnet8:0.25",
+            "--data",
+            str(flat),
+            "-o",
+            str(tmp_path / "s2.pt"),
+            "--epochs",
+            "1",
+            "--init",
+            str(tmp_path / "s.pt"),
+            "--replay",
+            str(tmp_path / "r.npz"),
+            "--select-fraction",
+            "1",
+            "-q",
+        ],
+    )
     assert update.exit_code == 0, update.output
     record = json.loads((tmp_path / "s2.json").read_text())
     assert record["replay_size"] == 32 and record["kept_samples"] == 64
     assert ReplayBuffer.load(tmp_path / "r.npz").seen > 32 + 50  # the update's images were offered to the buffer
-    again = CliRunner().invoke(main, ["distill", card, "--student", "resnet8:0.25", "--data", str(flat), "-o",
-                                      str(tmp_path / "s2.pt"), "--epochs", "1", "-q"])
+    again = CliRunner().invoke(
+        main,
+        [
+            "distill",
+            card,
+            "--student",
+            "resnet8:0.25",
+            "--data",
+            str(flat),
+            "-o",
+            str(tmp_path / "s2.pt"),
+            "--epochs",
+            "1",
+            "-q",
+        ],
+    )
     assert again.exit_code != 0 and "--force" in again.output  # an existing student is never overwritten silently

@@ -24,20 +24,29 @@ def _state(model: ir.Model | None = None, torch_model=None, shape=(1, 3, 32, 32)
     from edgekd.config import CompileConfig
 
     spec = load_target("onnx-cpu")
-    return CompileState(spec=spec, config=CompileConfig("m", "onnx-cpu", "out"), input=InputSpec(shape=shape),
-                        workdir=None, torch_model=torch_model, onnx_model=model)
+    return CompileState(
+        spec=spec,
+        config=CompileConfig("m", "onnx-cpu", "out"),
+        input=InputSpec(shape=shape),
+        workdir=None,
+        torch_model=torch_model,
+        onnx_model=model,
+    )
 
 
 def _proto(model: ir.Model) -> bytes:
     return ir.to_proto(model).SerializeToString()
 
 
-@pytest.mark.parametrize("name,shape", [
-    ("resnet20", (1, 3, 32, 32)),
-    ("mobilenetv2-cifar:0.5", (1, 3, 32, 32)),
-    ("mobilenetv3-small-cifar:0.5", (1, 3, 32, 32)),
-    ("yolo-det:0.25", (1, 3, 64, 64)),
-])
+@pytest.mark.parametrize(
+    "name,shape",
+    [
+        ("resnet20", (1, 3, 32, 32)),
+        ("mobilenetv2-cifar:0.5", (1, 3, 32, 32)),
+        ("mobilenetv3-small-cifar:0.5", (1, 3, 32, 32)),
+        ("yolo-det:0.25", (1, 3, 64, 64)),
+    ],
+)
 def test_fusion_is_numerically_equivalent_on_zoo_models(name, shape):
     torch.manual_seed(0)
     model = build_model(name).eval()
@@ -59,27 +68,41 @@ def test_fusion_is_numerically_equivalent_on_zoo_models(name, shape):
     onnx.checker.check_model(ir.to_proto(result.state.onnx_model))
 
 
-def _conv_bn_graph(*, conv_bias: bool, act: str | None, bn_is_output: bool = False, second_reader: bool = False,
-                   training_mode: int = 0):
+def _conv_bn_graph(
+    *, conv_bias: bool, act: str | None, bn_is_output: bool = False, second_reader: bool = False, training_mode: int = 0
+):
     rng = np.random.default_rng(1)
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     b = rng.standard_normal(4).astype(np.float32)
     gamma, beta = rng.uniform(0.5, 1.5, 4).astype(np.float32), rng.standard_normal(4).astype(np.float32)
     mean, var = rng.standard_normal(4).astype(np.float32), rng.uniform(0.5, 2, 4).astype(np.float32)
-    inits = [numpy_helper.from_array(a, n) for a, n in ((w, "w"), (gamma, "g"), (beta, "beta"), (mean, "m"), (var, "v"))]
+    inits = [
+        numpy_helper.from_array(a, n) for a, n in ((w, "w"), (gamma, "g"), (beta, "beta"), (mean, "m"), (var, "v"))
+    ]
     conv_inputs = ["x", "w"]
     if conv_bias:
         inits.append(numpy_helper.from_array(b, "b"))
         conv_inputs.append("b")
-    nodes = [helper.make_node("Conv", conv_inputs, ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("BatchNormalization", ["c", "g", "beta", "m", "v"], ["bn"], name="bn", epsilon=1e-3,
-                              **({"training_mode": training_mode} if training_mode else {}))]
+    nodes = [
+        helper.make_node("Conv", conv_inputs, ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "BatchNormalization",
+            ["c", "g", "beta", "m", "v"],
+            ["bn"],
+            name="bn",
+            epsilon=1e-3,
+            **({"training_mode": training_mode} if training_mode else {}),
+        ),
+    ]
     outputs = ["bn"]
     if act == "Relu":
         nodes.append(helper.make_node("Relu", ["bn"], ["y"], name="act"))
     elif act and act.startswith("Clip"):
         hi = float(act[4:])
-        inits += [numpy_helper.from_array(np.array(0, np.float32), "lo"), numpy_helper.from_array(np.array(hi, np.float32), "hi")]
+        inits += [
+            numpy_helper.from_array(np.array(0, np.float32), "lo"),
+            numpy_helper.from_array(np.array(hi, np.float32), "hi"),
+        ]
         nodes.append(helper.make_node("Clip", ["bn", "lo", "hi"], ["y"], name="act"))
     if act:
         outputs = ["y"]
@@ -88,8 +111,13 @@ def _conv_bn_graph(*, conv_bias: bool, act: str | None, bn_is_output: bool = Fal
         outputs.append("c2")
     if bn_is_output and act:
         outputs.append("bn")
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 5])],
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 5])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+        inits,
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     ref = dict(w=w, b=b if conv_bias else np.zeros(4, np.float32), gamma=gamma, beta=beta, mean=mean, var=var)
     return proto, ref
@@ -105,10 +133,13 @@ def test_folded_weights_match_closed_form(conv_bias):
     conv = next(iter(graph))
     factor = r["gamma"].astype(np.float64) / np.sqrt(r["var"].astype(np.float64) + 1e-3)
     np.testing.assert_allclose(conv.inputs[1].const_value.numpy(), r["w"] * factor[:, None, None, None], rtol=1e-6)
-    np.testing.assert_allclose(conv.inputs[2].const_value.numpy(), (r["b"] - r["mean"]) * factor + r["beta"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        conv.inputs[2].const_value.numpy(), (r["b"] - r["mean"]) * factor + r["beta"], rtol=1e-5, atol=1e-6
+    )
     x = np.random.default_rng(2).standard_normal((1, 3, 5, 5)).astype(np.float32)
-    np.testing.assert_allclose(run_onnx(_proto(result.state.onnx_model), x)[0], run_onnx(proto.SerializeToString(), x)[0],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        run_onnx(_proto(result.state.onnx_model), x)[0], run_onnx(proto.SerializeToString(), x)[0], atol=1e-5
+    )
     # old weights no longer referenced are dropped, not left as dead initializers
     assert set(graph.initializers) == {conv.inputs[1].name, conv.inputs[2].name}
 
@@ -149,9 +180,17 @@ def test_marking_can_be_turned_off_and_second_run_is_a_no_op():
 
 
 def test_empty_graph_is_unchanged():
-    graph = helper.make_graph([], "empty", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [],
+        "empty",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+    )
     model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     result = FuseConvBnReluPass().run(_state(model))
-    assert not result.changed and result.metrics == {"bn_folded": 0, "activations_marked": 0, "bn_left": 0,
-                                                     "conv_add_marked": 0}
+    assert not result.changed and result.metrics == {
+        "bn_folded": 0,
+        "activations_marked": 0,
+        "bn_left": 0,
+        "conv_add_marked": 0,
+    }

@@ -17,25 +17,49 @@ def layer(name, integer, macs=0, op="Conv"):
 
 
 def test_coverage_weighs_layers_by_their_macs_and_groups_float_runs():
-    out = Int8CoverageOutput("x", True, (layer("a", True, 60), layer("b", False, 30), layer("act", False, op="Tanh"),
-                                         layer("c", True, 10), layer("d", False, 0, "Sigmoid")))
+    out = Int8CoverageOutput(
+        "x",
+        True,
+        (
+            layer("a", True, 60),
+            layer("b", False, 30),
+            layer("act", False, op="Tanh"),
+            layer("c", True, 10),
+            layer("d", False, 0, "Sigmoid"),
+        ),
+    )
     assert out.coverage == pytest.approx(0.7)
     assert [[x.name for x in run] for run in out.float_islands()] == [["b", "act"], ["d"]]
     m = out.to_manifest()
-    assert m["int8_layers"] == 2 and m["layers"] == 5 and m["float_islands"][0] == {
-        "layers": ["b", "act"], "ops": ["Conv", "Tanh"], "macs": 30}
+    assert (
+        m["int8_layers"] == 2
+        and m["layers"] == 5
+        and m["float_islands"][0] == {"layers": ["b", "act"], "ops": ["Conv", "Tanh"], "macs": 30}
+    )
 
 
 def test_a_runtime_that_cannot_be_read_here_says_so():
     out = Int8CoverageOutput("tensorrt", False, note="built on the board")
-    assert out.coverage is None and out.to_manifest() == {"measured": False, "backend": "tensorrt",
-                                                           "note": "built on the board"}
+    assert out.coverage is None and out.to_manifest() == {
+        "measured": False,
+        "backend": "tensorrt",
+        "note": "built on the board",
+    }
 
 
 def compile_int8(tmp_path, zoo_models, name, target, out="out", **kw):
     path, calib, shape = zoo_models[name]
-    config = api.make_config(str(path), target, tmp_path / out, input_shape=shape, precision="int8", calib=calib,
-                             skip=("sensitivity",), verify_samples=8, **kw)
+    config = api.make_config(
+        str(path),
+        target,
+        tmp_path / out,
+        input_shape=shape,
+        precision="int8",
+        calib=calib,
+        skip=("sensitivity",),
+        verify_samples=8,
+        **kw,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
         return api.compile(config)

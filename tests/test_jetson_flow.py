@@ -41,8 +41,16 @@ def isolated_home(tmp_path, monkeypatch):
 def trt_artifact(zoo_models, tmp_path_factory):
     path, calib, shape = zoo_models["resnet20"]
     out = tmp_path_factory.mktemp("trt") / "xavier"
-    config = api.make_config(str(path), "jetson-xavier", out, input_shape=shape, precision="int8", calib=calib,
-                             skip=("sensitivity",), verify_samples=4)
+    config = api.make_config(
+        str(path),
+        "jetson-xavier",
+        out,
+        input_shape=shape,
+        precision="int8",
+        calib=calib,
+        skip=("sensitivity",),
+        verify_samples=4,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
         return api.compile(config).output
@@ -68,7 +76,7 @@ def jetson_board(tmp_path, ssh_board):
 
 
 def calls(log: Path) -> list[list[str]]:
-    return [json.loads(l) for l in log.read_text().splitlines()] if log.exists() else []
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def test_engine_is_built_on_the_board_then_cached(trt_artifact, jetson_board, tmp_path):
@@ -83,7 +91,7 @@ def test_engine_is_built_on_the_board_then_cached(trt_artifact, jetson_board, tm
     assert onnx_arg.endswith("/model.onnx")
     engine = next(a for a in build if a.startswith("--saveEngine=")).split("=", 1)[1]
     assert "/engines/" in engine and engine.endswith(".engine.part")
-    assert timing[0] == f"--loadEngine={engine[:-len('.part')]}" and "--iterations=50" in timing
+    assert timing[0] == f"--loadEngine={engine[: -len('.part')]}" and "--iterations=50" in timing
     assert first["engine"]["cached"] is False and first["runtime"]["name"] == "tensorrt"
     lat = first["latency"]
     assert lat["p50_ms"] > 0 and lat["throughput_fps"] > 0

@@ -16,20 +16,50 @@ BACKENDS = sorted(p.name for p in (PACKAGE / "backends").iterdir() if (p / "__in
 
 # module prefix of the importer → module prefixes it must never import
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "edgekd.quant": ("edgekd.backends", "edgekd.passes", "edgekd.pipeline", "edgekd.api", "edgekd.cli",
-                     "edgekd.distill", "edgekd.bench"),
-    "edgekd.distill": ("edgekd.backends", "edgekd.passes", "edgekd.pipeline", "edgekd.api", "edgekd.cli",
-                       "edgekd.quant", "edgekd.bench"),
+    "edgekd.quant": (
+        "edgekd.backends",
+        "edgekd.passes",
+        "edgekd.pipeline",
+        "edgekd.api",
+        "edgekd.cli",
+        "edgekd.distill",
+        "edgekd.bench",
+    ),
+    "edgekd.distill": (
+        "edgekd.backends",
+        "edgekd.passes",
+        "edgekd.pipeline",
+        "edgekd.api",
+        "edgekd.cli",
+        "edgekd.quant",
+        "edgekd.bench",
+    ),
     # quantization-aware training joins the two layers below it: quant's fake quantization, distill's trainer
     "edgekd.qat": ("edgekd.backends", "edgekd.passes", "edgekd.pipeline", "edgekd.api", "edgekd.cli", "edgekd.bench"),
-    "edgekd.passes": tuple(f"edgekd.backends.{b}" for b in BACKENDS) + ("edgekd.api", "edgekd.cli", "edgekd.pipeline",
-                                                                       "edgekd.bench"),
-    "edgekd.runtime": ("edgekd.backends", "edgekd.passes", "edgekd.pipeline", "edgekd.api", "edgekd.cli",
-                       "edgekd.quant", "edgekd.distill", "edgekd.bench", "edgekd.state"),
-    "edgekd.backends": ("edgekd.passes", "edgekd.pipeline", "edgekd.api", "edgekd.cli", "edgekd.state",
-                        "edgekd.frontend", "edgekd.finalize", "edgekd.manifest"),
-    "edgekd.bench": ("edgekd.passes", "edgekd.pipeline", "edgekd.api", "edgekd.cli", "edgekd.quant",
-                     "edgekd.distill"),
+    "edgekd.passes": tuple(f"edgekd.backends.{b}" for b in BACKENDS)
+    + ("edgekd.api", "edgekd.cli", "edgekd.pipeline", "edgekd.bench"),
+    "edgekd.runtime": (
+        "edgekd.backends",
+        "edgekd.passes",
+        "edgekd.pipeline",
+        "edgekd.api",
+        "edgekd.cli",
+        "edgekd.quant",
+        "edgekd.distill",
+        "edgekd.bench",
+        "edgekd.state",
+    ),
+    "edgekd.backends": (
+        "edgekd.passes",
+        "edgekd.pipeline",
+        "edgekd.api",
+        "edgekd.cli",
+        "edgekd.state",
+        "edgekd.frontend",
+        "edgekd.finalize",
+        "edgekd.manifest",
+    ),
+    "edgekd.bench": ("edgekd.passes", "edgekd.pipeline", "edgekd.api", "edgekd.cli", "edgekd.quant", "edgekd.distill"),
     "edgekd.state": ("edgekd.passes", "edgekd.pipeline", "edgekd.api", "edgekd.cli", "edgekd.backends"),
     "edgekd.pipeline": ("edgekd.api", "edgekd.cli"),
     "edgekd.api": ("edgekd.cli",),
@@ -56,7 +86,7 @@ def imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(here[:len(here) - node.level + 1] + ([base] if base else []))
+                base = ".".join(here[: len(here) - node.level + 1] + ([base] if base else []))
             found.add(base)
             found.update(f"{base}.{a.name}" for a in node.names)
     return {m for m in found if m.startswith("edgekd")}
@@ -80,8 +110,11 @@ def test_imports_follow_the_layer_table(path):
     for imported in imports(path):
         for layer, forbidden in FORBIDDEN.items():
             if under(name, layer):
-                bad += [f"{name} imports {imported} (a {layer} module must not import {f})"
-                        for f in forbidden if under(imported, f)]
+                bad += [
+                    f"{name} imports {imported} (a {layer} module must not import {f})"
+                    for f in forbidden
+                    if under(imported, f)
+                ]
         if not under(name, "edgekd.cli") and name != "edgekd.__main__":
             bad += [f"{name} imports the CLI" for f in EVERYONE_BUT_CLI if under(imported, f)]
     assert not bad, "\n".join(bad)
@@ -91,8 +124,13 @@ def test_imports_follow_the_layer_table(path):
 def test_a_backend_is_named_only_inside_its_folder_and_the_registry(backend):
     package = f"edgekd.backends.{backend}"
     registry = PACKAGE / "backends" / "__init__.py"
-    outside = [module_name(p) for p in MODULES if not p.is_relative_to(PACKAGE / "backends" / backend)
-               and p != registry and any(under(i, package) for i in imports(p))]
+    outside = [
+        module_name(p)
+        for p in MODULES
+        if not p.is_relative_to(PACKAGE / "backends" / backend)
+        and p != registry
+        and any(under(i, package) for i in imports(p))
+    ]
     # A backend may build on another one's runner (TensorRT and Ascend run their ONNX here in ONNX Runtime).
     outside = [m for m in outside if not (under(m, "edgekd.backends") and backend == "onnxruntime")]
     assert not outside, f"{package} is imported by {outside}"

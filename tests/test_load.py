@@ -36,7 +36,10 @@ from edgekd.models.load import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = [pytest.mark.filterwarnings("ignore:.*is deprecated. Please switch to:DeprecationWarning"), pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*is deprecated. Please switch to:DeprecationWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 SHAPE = (1, 3, 16, 16)
 
 # Written to tmp_path as a package, so factories and pickled classes are importable by name.
@@ -78,8 +81,6 @@ NETS_SRC = textwrap.dedent('''
 ''')
 
 
-
-
 @pytest.fixture
 def nets(tmp_path, monkeypatch):
     """A uniquely named package ``<pkg>.nets`` on sys.path; removed from sys.modules afterwards."""
@@ -90,8 +91,7 @@ def nets(tmp_path, monkeypatch):
     (src / pkg / "nets.py").write_text(NETS_SRC)
     (src / f"{pkg}_top.py").write_text(NETS_SRC)  # a top-level module, for module:function
     monkeypatch.syspath_prepend(str(src))
-    yield SimpleNamespace(pkg=pkg, spec=f"{pkg}.nets:build", module=importlib.import_module(f"{pkg}.nets"),
-                          src=src)
+    yield SimpleNamespace(pkg=pkg, spec=f"{pkg}.nets:build", module=importlib.import_module(f"{pkg}.nets"), src=src)
     for name in [m for m in sys.modules if m == pkg or m.startswith((f"{pkg}.", f"{pkg}_top"))]:
         del sys.modules[name]
 
@@ -127,14 +127,23 @@ def random_bytes(n: int = 4096) -> bytes:
 
 def tiny_onnx(path: Path, shape=(1, 3, 32, 32)) -> Path:
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((4, shape[1], 3, 3)).astype(np.float32), "w"),
-             numpy_helper.from_array(np.zeros(4, np.float32), "b")]
-    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("GlobalAveragePool", ["r"], ["g"]),
-             helper.make_node("Flatten", ["g"], ["output"])]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(shape))],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [shape[0], 4])], inits)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, shape[1], 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.zeros(4, np.float32), "b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [shape[0], 4])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
@@ -142,6 +151,7 @@ def tiny_onnx(path: Path, shape=(1, 3, 32, 32)) -> Path:
 
 
 # --- TorchScript, torch.export, ONNX ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("how", ["script", "trace"])
 def test_torchscript_loads_and_matches(nets, tmp_path, how):
@@ -158,8 +168,17 @@ def test_torchscript_loads_and_matches(nets, tmp_path, how):
 @pytest.fixture(scope="module")
 def exported_pt2(tmp_path_factory):
     """A torch.export program of a conv net saved as .pt2, and the net itself (the class lives in this file)."""
-    net = seeded(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                               nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16 * 16, 5)))
+    net = seeded(
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(4 * 16 * 16, 5),
+        )
+    )
     path = tmp_path_factory.mktemp("pt2") / "net.pt2"
     torch.export.save(torch.export.export(net, (torch.zeros(SHAPE),)), str(path))
     return path, net
@@ -241,6 +260,7 @@ def test_zip_that_is_not_a_torch_file(tmp_path):
 
 
 # --- factories, zoo names, state_dicts -------------------------------------------------------------
+
 
 def test_factory_with_weights(nets, tmp_path):
     ref = seeded(nets.module.Net(), seed=3)
@@ -330,6 +350,7 @@ def test_state_dict_as_model(tmp_path):
 
 # --- pickles ---------------------------------------------------------------------------------------
 
+
 def test_pickled_module_refused_without_opt_in(nets, tmp_path):
     net = seeded(nets.module.Net(), seed=6)
     path = tmp_path / "whole.pt"
@@ -365,14 +386,18 @@ def test_pickled_non_module(tmp_path):
 
 # --- names that do not resolve, files that are not there -------------------------------------------
 
-@pytest.mark.parametrize("spec,needle", [
-    ("nosuch.module:fn", "cannot import"),
-    ("nosuchmodule:fn", "cannot import"),
-    ("edgekd.models:nosuch", "no callable"),
-    ("notazooname", "neither a file"),
-    ("resnet20:wide", "width must be a number"),
-    ("edgekd.models:ZOO", "no callable"),  # exists, but is a dict
-])
+
+@pytest.mark.parametrize(
+    "spec,needle",
+    [
+        ("nosuch.module:fn", "cannot import"),
+        ("nosuchmodule:fn", "cannot import"),
+        ("edgekd.models:nosuch", "no callable"),
+        ("notazooname", "neither a file"),
+        ("resnet20:wide", "width must be a number"),
+        ("edgekd.models:ZOO", "no callable"),  # exists, but is a dict
+    ],
+)
 def test_unresolvable_factory(spec, needle):
     with pytest.raises(FactoryError) as e:
         load_model(spec)
@@ -385,11 +410,14 @@ def test_zoo_names_in_hint():
     assert "resnet20" in e.value.hint and "package.module:function" in e.value.hint
 
 
-@pytest.mark.parametrize("fn,needle", [
-    ("needs_args", "missing 1 required positional argument"),
-    ("raises", "no GPU here"),
-    ("not_a_module", "not an nn.Module"),
-])
+@pytest.mark.parametrize(
+    "fn,needle",
+    [
+        ("needs_args", "missing 1 required positional argument"),
+        ("raises", "no GPU here"),
+        ("not_a_module", "not an nn.Module"),
+    ],
+)
 def test_factory_that_fails(nets, fn, needle):
     with pytest.raises(FactoryError, match=needle):
         load_model(f"{nets.pkg}.nets:{fn}")
@@ -421,6 +449,7 @@ def test_folder_is_not_a_model(tmp_path):
 
 # --- model cards -------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def card(nets, tmp_path, monkeypatch):
     """A card in its own folder with relative weights and labels; the cwd is somewhere else."""
@@ -429,7 +458,8 @@ def card(nets, tmp_path, monkeypatch):
     ref = seeded(nets.module.Net(), seed=7)
     torch.save(ref.state_dict(), d / "w.pth")
     (d / "labels.txt").write_text("cat\ndog\n\nbird\n")
-    (d / "card.toml").write_text(textwrap.dedent(f'''
+    (d / "card.toml").write_text(
+        textwrap.dedent(f'''
         [model]
         source = "{nets.spec}"
         weights = "w.pth"
@@ -444,7 +474,8 @@ def card(nets, tmp_path, monkeypatch):
 
         [labels]
         file = "labels.txt"
-    '''))
+    ''')
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -474,22 +505,40 @@ def test_make_config_from_card(card, tmp_path):
 def test_flags_override_card(card, tmp_path):
     other = tmp_path / "other.pth"
     torch.save(seeded(type(card.ref)(), seed=8).state_dict(), other)
-    config = api.make_config(str(card.path), "onnx-cpu", tmp_path / "out", input_shape=(2, 3, 24, 24),
-                             mean=(0.1, 0.2, 0.3), channel_order="RGB", input_name="x", labels=["a", "b"],
-                             weights=other, scale=1.0)
+    config = api.make_config(
+        str(card.path),
+        "onnx-cpu",
+        tmp_path / "out",
+        input_shape=(2, 3, 24, 24),
+        mean=(0.1, 0.2, 0.3),
+        channel_order="RGB",
+        input_name="x",
+        labels=["a", "b"],
+        weights=other,
+        scale=1.0,
+    )
     assert config.weights == other and config.labels == ("a", "b")
     assert config.input.name == "x" and config.input.shape == (2, 3, 24, 24)
     pre = config.input.preprocess
-    assert (pre.mean, pre.std, pre.size, pre.channel_order, pre.scale) == ((0.1, 0.2, 0.3), (0.25,) * 3, (24, 24), "RGB", 1.0)
+    assert (pre.mean, pre.std, pre.size, pre.channel_order, pre.scale) == (
+        (0.1, 0.2, 0.3),
+        (0.25,) * 3,
+        (24, 24),
+        "RGB",
+        1.0,
+    )
 
 
-@pytest.mark.parametrize("source,expected", [
-    ("resnet20", "resnet20"),
-    ("resnet20:0.5", "resnet20:0.5"),  # Path("resnet20:0.5").suffix == ".5"
-    ("edgekd.models.resnet_cifar:resnet20", "edgekd.models.resnet_cifar:resnet20"),
-    ("m.onnx", "{dir}/m.onnx"),
-    ("sub/m.pt", "{dir}/sub/m.pt"),
-])
+@pytest.mark.parametrize(
+    "source,expected",
+    [
+        ("resnet20", "resnet20"),
+        ("resnet20:0.5", "resnet20:0.5"),  # Path("resnet20:0.5").suffix == ".5"
+        ("edgekd.models.resnet_cifar:resnet20", "edgekd.models.resnet_cifar:resnet20"),
+        ("m.onnx", "{dir}/m.onnx"),
+        ("sub/m.pt", "{dir}/sub/m.pt"),
+    ],
+)
 def test_card_source_kinds(tmp_path, monkeypatch, source, expected):
     d = tmp_path / "cards"
     d.mkdir()

@@ -30,6 +30,7 @@ def batch(lo: float, hi: float) -> np.ndarray:
 
 # --- min/max and EMA -------------------------------------------------------------------------
 
+
 def test_minmax_keeps_the_extremes_of_all_batches():
     obs = MinMaxObserver()
     for b in (batch(-1, 2), batch(-3, 1), batch(0, 5)):
@@ -75,6 +76,7 @@ def test_ema_constant_outside_0_1_is_refused(c):
 
 # --- per channel -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("ch_axis, axis", [(0, 0), (1, 1), (2, 2), (-1, 2), (-3, 0)])
 @pytest.mark.parametrize("cls", [MinMaxObserver, EMAMinMaxObserver])
 def test_per_channel_reduces_over_every_other_axis(cls, ch_axis, axis):
@@ -113,6 +115,7 @@ def test_per_channel_channel_count_must_not_change():
 
 
 # --- percentile ------------------------------------------------------------------------------
+
 
 def test_percentile_matches_np_percentile_within_a_bin_while_the_range_grows():
     rng = np.random.default_rng(1)
@@ -156,6 +159,7 @@ def test_percentile_arguments_are_validated(kw):
 
 
 # --- errors and bookkeeping ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", sorted(OBSERVERS))
 def test_non_finite_values_name_the_tensor_the_sample_and_the_count(kind):

@@ -21,8 +21,6 @@ from test_cli_errors import _static_onnx, assert_failed_cleanly, compile_cli, le
 pytestmark = pytest.mark.usefixtures("keep_sigterm")
 
 
-
-
 @pytest.fixture()
 def project(tmp_path, monkeypatch) -> Path:
     """A user's working directory: their model, a thesis, photos; the shell stands in it."""
@@ -46,10 +44,13 @@ def tree(root: Path) -> dict[str, bytes]:
     return snapshot(root)
 
 
-@pytest.mark.parametrize("where, needle", [
-    (".", "current directory"),
-    ("..", "holds the current directory"),
-])
+@pytest.mark.parametrize(
+    "where, needle",
+    [
+        (".", "current directory"),
+        ("..", "holds the current directory"),
+    ],
+)
 def test_force_never_replaces_the_working_directory_or_its_parents(project, where, needle):
     before = tree(project.parent)
     r = compile_cli("model.onnx", Path(where), "-t", "onnx-cpu", "--force")
@@ -138,8 +139,24 @@ def test_distill_never_writes_over_its_teacher(project, labelled):
     teacher = project / "teacher.pt"
     torch.jit.save(torch.jit.trace(build_model("resnet8:0.25").eval(), torch.zeros(1, 3, 32, 32)), str(teacher))
     before = teacher.read_bytes()
-    r = CliRunner().invoke(main, ["distill", str(teacher), "--student", "resnet8:0.25", "--data", str(labelled),
-                                  "-o", str(teacher), "--force", "--input-shape", "1,3,32,32", "--epochs", "1"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "distill",
+            str(teacher),
+            "--student",
+            "resnet8:0.25",
+            "--data",
+            str(labelled),
+            "-o",
+            str(teacher),
+            "--force",
+            "--input-shape",
+            "1,3,32,32",
+            "--epochs",
+            "1",
+        ],
+    )
     assert r.exit_code == 2 and "is the input" in r.output, r.output
     assert teacher.read_bytes() == before
 
@@ -147,7 +164,23 @@ def test_distill_never_writes_over_its_teacher(project, labelled):
 def test_distill_force_replaces_only_its_own_student(project, labelled):
     theirs = project / "weights.pt"
     theirs.write_bytes(b"someone else's weights")
-    r = CliRunner().invoke(main, ["distill", "resnet20", "--student", "resnet8:0.25", "--data", str(labelled),
-                                  "-o", str(theirs), "--force", "--input-shape", "1,3,32,32", "--epochs", "1"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "distill",
+            "resnet20",
+            "--student",
+            "resnet8:0.25",
+            "--data",
+            str(labelled),
+            "-o",
+            str(theirs),
+            "--force",
+            "--input-shape",
+            "1,3,32,32",
+            "--epochs",
+            "1",
+        ],
+    )
     assert r.exit_code == 2 and "edgekd did not write it" in r.output, r.output
     assert theirs.read_bytes() == b"someone else's weights"

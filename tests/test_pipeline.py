@@ -27,12 +27,24 @@ def cfg(**kw):
 
 
 def test_default_pipeline_follows_the_spec_and_drops_export_for_onnx_sources(spec):
-    assert pass_names(spec, cfg(), {TORCH_MODEL}) == ["export", "canonicalize", "fuse", "check-support", "emit", "verify"]
+    assert pass_names(spec, cfg(), {TORCH_MODEL}) == [
+        "export",
+        "canonicalize",
+        "fuse",
+        "check-support",
+        "emit",
+        "verify",
+    ]
     assert pass_names(spec, cfg(), {ONNX_MODEL}) == ["canonicalize", "fuse", "check-support", "emit", "verify"]
 
 
 def test_skip_and_explicit_passes(spec):
-    assert pass_names(spec, cfg(skip=("verify", "fuse")), {TORCH_MODEL}) == ["export", "canonicalize", "check-support", "emit"]
+    assert pass_names(spec, cfg(skip=("verify", "fuse")), {TORCH_MODEL}) == [
+        "export",
+        "canonicalize",
+        "check-support",
+        "emit",
+    ]
     assert pass_names(spec, cfg(passes=("export", "emit")), {TORCH_MODEL}) == ["export", "emit"]
 
 
@@ -98,8 +110,14 @@ def test_dump_ir_writes_the_graph_after_every_onnx_pass(tmp_path, monkeypatch):
     config = api.make_config("resnet20", "onnx-cpu", tmp_path / "out", input_shape=(1, 3, 32, 32), verify_samples=1)
     api.compile(config)
     names = sorted(p.name for p in dump.iterdir())
-    assert names == ["01_export.onnx", "02_canonicalize.onnx", "03_fuse.onnx", "04_check-support.onnx", "05_emit.onnx",
-                     "06_verify.onnx"]
+    assert names == [
+        "01_export.onnx",
+        "02_canonicalize.onnx",
+        "03_fuse.onnx",
+        "04_check-support.onnx",
+        "05_emit.onnx",
+        "06_verify.onnx",
+    ]
     onnx.checker.check_model(onnx.load(str(dump / "03_fuse.onnx")))
 
 

@@ -41,8 +41,13 @@ def residual_graph() -> ir.Model:
         helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
         helper.make_node("Gemm", ["flat", "fc"], ["logits"], name="fc", transB=1),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
+        inits,
+    )
     model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     for node in model.graph:
         if node.name in ("stem", "conv1"):
@@ -53,8 +58,10 @@ def residual_graph() -> ir.Model:
 def sites(placement: str) -> dict[str, list[str]]:
     plan = plan_quantization(residual_graph(), placement)
     assert [w.node for w in plan.weights] == ["stem", "conv1", "conv2", "fc"]  # weights: every placement
-    return {t: sorted(n for n, _ in s.consumers) + (["<output>"] if s.to_graph_output else [])
-            for t, s in plan.activations.items()}
+    return {
+        t: sorted(n for n, _ in s.consumers) + (["<output>"] if s.to_graph_output else [])
+        for t, s in plan.activations.items()
+    }
 
 
 def test_outputs_quantizes_every_value_changing_output():
@@ -75,8 +82,14 @@ def test_quantizable_inputs_quantize_only_what_an_integer_layer_reads():
     got = sites("quantizable-inputs")
     # the GlobalAveragePool output is quantized above the Flatten (the plugin folds it into the pooling);
     # nothing on the Add's output nor on the logits
-    assert got == {"x": ["stem"], "r0": ["conv1", "join"], "r1": ["conv2"], "c2": ["join"], "r2": ["pool"],
-                   "gap": ["flatten"]}
+    assert got == {
+        "x": ["stem"],
+        "r0": ["conv1", "join"],
+        "r1": ["conv2"],
+        "c2": ["join"],
+        "r2": ["pool"],
+        "gap": ["flatten"],
+    }
 
 
 def test_inputs_keeps_tensorrts_placement():
@@ -97,10 +110,20 @@ def test_unknown_placement_is_named():
 
 # --- what the runtimes make of it --------------------------------------------------------------------
 
+
 def compile_int8(tmp_path, zoo_models, target, name="out", **kw):
     path, calib, shape = zoo_models["resnet20"]
-    config = api.make_config(str(path), target, tmp_path / name, input_shape=shape, precision="int8", calib=calib,
-                             skip=("sensitivity",), verify_samples=8, **kw)
+    config = api.make_config(
+        str(path),
+        target,
+        tmp_path / name,
+        input_shape=shape,
+        precision="int8",
+        calib=calib,
+        skip=("sensitivity",),
+        verify_samples=8,
+        **kw,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
         return api.compile(config)

@@ -89,9 +89,22 @@ def test_learned_ranges_narrow_to_the_data_and_lower_the_loss(one_torch_thread):
 
 def compile_qat(tmp_path, model_file, labelled, target="onnx-cpu", **kw):
     kw.setdefault("qat_epochs", 1)
-    config = api.make_config(str(model_file), target, tmp_path / target, input_shape=SHAPE, precision="int8",
-                             calib=CALIB, calib_samples=64, data=labelled, force=True, verify_samples=8,
-                             mean=PRE.mean, std=PRE.std, train_options={"batch_size": 16}, **kw)
+    config = api.make_config(
+        str(model_file),
+        target,
+        tmp_path / target,
+        input_shape=SHAPE,
+        precision="int8",
+        calib=CALIB,
+        calib_samples=64,
+        data=labelled,
+        force=True,
+        verify_samples=8,
+        mean=PRE.mean,
+        std=PRE.std,
+        train_options={"batch_size": 16},
+        **kw,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
         return api.compile(config)
@@ -135,11 +148,29 @@ def test_qat_trains_exactly_the_sites_the_quantize_pass_quantizes(tmp_path, mode
 
 def test_qat_needs_training_images_and_int8(tmp_path, model_file, labelled):
     with pytest.raises(ConfigError, match="--data"):
-        api.compile(api.make_config(str(model_file), "onnx-cpu", tmp_path / "a", input_shape=SHAPE, precision="int8",
-                                    calib=CALIB, qat_epochs=1))
+        api.compile(
+            api.make_config(
+                str(model_file),
+                "onnx-cpu",
+                tmp_path / "a",
+                input_shape=SHAPE,
+                precision="int8",
+                calib=CALIB,
+                qat_epochs=1,
+            )
+        )
     with pytest.raises(ConfigError, match="int8"):
-        api.compile(api.make_config(str(model_file), "onnx-cpu", tmp_path / "b", input_shape=SHAPE, precision="fp32",
-                                    data=labelled, qat_epochs=1))
+        api.compile(
+            api.make_config(
+                str(model_file),
+                "onnx-cpu",
+                tmp_path / "b",
+                input_shape=SHAPE,
+                precision="fp32",
+                data=labelled,
+                qat_epochs=1,
+            )
+        )
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -147,8 +178,11 @@ def test_resume_continues_an_interrupted_qat(tmp_path, model_file, labelled, mon
     from edgekd.passes import quantize as quantize_pass
 
     original = quantize_pass.QuantizePass.run
-    monkeypatch.setattr(quantize_pass.QuantizePass, "run", lambda self, state: (_ for _ in ()).throw(
-        RuntimeError("simulated crash after QAT")))
+    monkeypatch.setattr(
+        quantize_pass.QuantizePass,
+        "run",
+        lambda self, state: (_ for _ in ()).throw(RuntimeError("simulated crash after QAT")),
+    )
     with pytest.raises(PassFailedError) as failed:
         compile_qat(tmp_path, model_file, labelled, qat_epochs=1, skip=("sensitivity",))
     ck = tmp_path / "onnx-cpu.checkpoints" / "qat" / "last.pt"
@@ -177,10 +211,12 @@ def _budget_scores(monkeypatch, after_qat: float):
 
     calls = iter(range(10**6))
     monkeypatch.setattr(ab, "run_qat", run_qat)
-    monkeypatch.setattr(ab, "top1", lambda run, data: 0.9 if next(calls) == 0 else
-                        (0.9 - after_qat / 100 if ran["qat"] else 0.5))
-    monkeypatch.setattr(ab, "greedy_keep_float",
-                        lambda order, evaluate, f, m: greedy_keep_float(order, evaluate, f, m, max_layers=2))
+    monkeypatch.setattr(
+        ab, "top1", lambda run, data: 0.9 if next(calls) == 0 else (0.9 - after_qat / 100 if ran["qat"] else 0.5)
+    )
+    monkeypatch.setattr(
+        ab, "greedy_keep_float", lambda order, evaluate, f, m: greedy_keep_float(order, evaluate, f, m, max_layers=2)
+    )
     return ran
 
 
@@ -214,9 +250,19 @@ def test_without_training_images_the_budget_error_says_how_qat_could_help(tmp_pa
 
     scores = iter([0.9] + [0.5] * 100)
     monkeypatch.setattr(ab, "top1", lambda run, data: next(scores))
-    config = api.make_config(str(model_file), "onnx-cpu", tmp_path / "o", input_shape=SHAPE, precision="int8",
-                             calib=CALIB, calib_samples=64, max_drop=0.5, eval=CALIB, eval_samples=20,
-                             keep_float_count=0)
+    config = api.make_config(
+        str(model_file),
+        "onnx-cpu",
+        tmp_path / "o",
+        input_shape=SHAPE,
+        precision="int8",
+        calib=CALIB,
+        calib_samples=64,
+        max_drop=0.5,
+        eval=CALIB,
+        eval_samples=20,
+        keep_float_count=0,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
         with pytest.raises(PassFailedError) as e:
@@ -225,8 +271,9 @@ def test_without_training_images_the_budget_error_says_how_qat_could_help(tmp_pa
 
 
 def test_qat_options_reach_the_record(tmp_path, model_file, labelled):
-    result = compile_qat(tmp_path, model_file, labelled, qat_ranges="ema", qat_lr=0.001, qat_alpha=0.8,
-                         skip=("sensitivity",))
+    result = compile_qat(
+        tmp_path, model_file, labelled, qat_ranges="ema", qat_lr=0.001, qat_alpha=0.8, skip=("sensitivity",)
+    )
     qat = result.manifest["qat"]
     assert qat["ranges"] == "ema"
     t = qat["training"]
@@ -236,7 +283,7 @@ def test_qat_options_reach_the_record(tmp_path, model_file, labelled):
     assert config["qat"] == {"epochs": 1, "ranges": "ema", "lr": 0.001, "alpha": 0.8, "fallback_epochs": 3}
 
 
-DDP_SCRIPT = '''
+DDP_SCRIPT = """
 import json, sys
 import onnx_ir as ir, torch
 from edgekd.data.preprocess import Preprocess
@@ -269,7 +316,7 @@ world = join()
 if world.is_main:  # every worker ended with the same weights and ranges, or train_kd would have raised
     json.dump({"world": world.size, "epochs": run.result.epochs_run, "ranges": run.ranges,
                "initial": run.initial_ranges}, open(out, "w"))
-'''
+"""
 
 
 def test_two_process_qat_under_torchrun(labelled, tmp_path):
@@ -286,8 +333,21 @@ def test_two_process_qat_under_torchrun(labelled, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(port), str(script), str(labelled), str(CALIB), str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+        str(script),
+        str(labelled),
+        str(CALIB),
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(out.read_text())

@@ -42,8 +42,9 @@ def test_fake_quantize_is_quantize_linear_then_dequantize_linear(scheme_name):
     rng = np.random.default_rng(0)
     for lo, hi in [(-1.3, 2.7), (0.0, 6.0), (-0.02, 0.001), (-5.0, -1.0), (0.0, 0.0), (-3e-9, 4e-9)]:
         qp = qparams_from_range(lo, hi, scheme)
-        scale, zero_point = range_qparams(torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64),
-                                          scheme)
+        scale, zero_point = range_qparams(
+            torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64), scheme
+        )
         assert scale.dtype == torch.float32 and scale.item() == float(qp.scale)
         assert zero_point.item() == float(qp.zero_point)
         x = _tricky(rng, float(qp.scale), float(qp.zero_point))
@@ -126,7 +127,7 @@ def _power_of_two_weights(model: nn.Module, rng: np.random.Generator) -> None:
         for m in (model.conv1, model.conv2, model.fc):
             w = rng.integers(-127, 128, m.weight.shape).astype(np.float32)
             w.reshape(w.shape[0], -1)[:, 0] = 127
-            m.weight.copy_(torch.from_numpy(w * 2.0 ** -9))
+            m.weight.copy_(torch.from_numpy(w * 2.0**-9))
             m.bias.copy_(torch.from_numpy(rng.standard_normal(m.bias.shape).astype(np.float32) * 0.1))  # int32 off-grid
 
 

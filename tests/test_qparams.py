@@ -38,6 +38,7 @@ def f32(x) -> np.float32:
 
 # --- schemes ---------------------------------------------------------------------------------
 
+
 def test_scheme_ranges():
     assert (WEIGHT_INT8.qmin, WEIGHT_INT8.qmax) == (-127, 127)
     assert (ACT_INT8_ASYM.qmin, ACT_INT8_ASYM.qmax) == (-128, 127)
@@ -63,6 +64,7 @@ def test_bad_schemes_are_refused():
 
 
 # --- scale and zero point, by hand -----------------------------------------------------------
+
 
 def test_asymmetric_int8_by_hand():
     qp = qparams_from_range(-1.0, 3.0, ACT_INT8_ASYM)
@@ -144,14 +146,17 @@ def test_qparams_validate_and_round_trip_through_json():
         QParams(np.float32(0.0), np.int8(0), None, ACT_INT8_ASYM)
     with pytest.raises(ConfigError):
         QParams(np.float32(1.0), np.array(200), None, ACT_INT8_ASYM)
-    for qp in (qparams_from_range(-1.0, 3.0, ACT_UINT8_ASYM),
-               weight_qparams(np.random.default_rng(1).normal(size=(4, 3)).astype(np.float32))):
+    for qp in (
+        qparams_from_range(-1.0, 3.0, ACT_UINT8_ASYM),
+        weight_qparams(np.random.default_rng(1).normal(size=(4, 3)).astype(np.float32)),
+    ):
         d = json.loads(json.dumps(qp.to_dict()))
         assert QParams.from_dict(d) == qp
     assert not qp.scale.flags.writeable
 
 
 # --- quantize / dequantize -------------------------------------------------------------------
+
 
 def test_quantize_rounds_half_to_even_and_saturates():
     qp = QParams(np.float32(0.5), np.int8(0), None, ACT_INT8_ASYM)
@@ -188,12 +193,16 @@ def _ort_qdq(x: np.ndarray, qp: QParams) -> tuple[np.ndarray, np.ndarray]:
     zp_type = TensorProto.INT8 if qp.scheme.dtype == "int8" else TensorProto.UINT8
     axis = {} if qp.axis is None else {"axis": qp.axis}
     graph = helper.make_graph(
-        [helper.make_node("QuantizeLinear", ["x", "scale", "zp"], ["q"], **axis),
-         helper.make_node("DequantizeLinear", ["q", "scale", "zp"], ["y"], **axis)],
+        [
+            helper.make_node("QuantizeLinear", ["x", "scale", "zp"], ["q"], **axis),
+            helper.make_node("DequantizeLinear", ["q", "scale", "zp"], ["y"], **axis),
+        ],
         "qdq",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-        [helper.make_tensor_value_info("q", zp_type, list(x.shape)),
-         helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))],
+        [
+            helper.make_tensor_value_info("q", zp_type, list(x.shape)),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape)),
+        ],
         initializer=[numpy_helper.from_array(qp.scale, "scale"), numpy_helper.from_array(qp.zero_point, "zp")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -220,8 +229,11 @@ def _hard_values(qp: QParams, shape: tuple[int, ...], rng) -> np.ndarray:
 @pytest.mark.parametrize("scheme", ALL_SCHEMES, ids=lambda s: f"{s.dtype}-{'sym' if s.symmetric else 'asym'}")
 def test_bit_exact_with_onnxruntime_per_tensor(scheme):
     rng = np.random.default_rng(3)
-    cases = [qparams_from_range(-1.7, 2.3, scheme), qparams_from_range(0.0, 6.0, scheme),
-             QParams(np.float32(0.25), np.zeros((), scheme.np_dtype), None, scheme)]  # exact .5 ties
+    cases = [
+        qparams_from_range(-1.7, 2.3, scheme),
+        qparams_from_range(0.0, 6.0, scheme),
+        QParams(np.float32(0.25), np.zeros((), scheme.np_dtype), None, scheme),
+    ]  # exact .5 ties
     for qp in cases:
         x = _hard_values(qp, (4, 257), rng)
         q_ref, y_ref = _ort_qdq(x, qp)
@@ -247,8 +259,10 @@ def test_bit_exact_with_onnxruntime_per_channel(shape, axis, scheme):
 
 # --- weights and bias ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("shape, axis", [((8, 4, 3, 3), 0), ((6, 1, 3, 3), 0), ((10, 16), 0), ((16, 10), 1),
-                                         ((16, 10), -1)])
+
+@pytest.mark.parametrize(
+    "shape, axis", [((8, 4, 3, 3), 0), ((6, 1, 3, 3), 0), ((10, 16), 0), ((16, 10), 1), ((16, 10), -1)]
+)
 def test_weight_scales_are_max_abs_over_127_per_channel(shape, axis):
     w = np.random.default_rng(5).normal(size=shape).astype(np.float32)
     w[(slice(None),) * (axis % w.ndim) + (1,)] = 0.0  # channel 1 all zero
@@ -290,6 +304,7 @@ def test_bias_per_tensor_weight_scale_and_saturation():
 
 
 # --- SQNR ------------------------------------------------------------------------------------
+
 
 def test_sqnr_on_known_signals():
     ref = np.ones(4)

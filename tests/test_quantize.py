@@ -25,8 +25,9 @@ from edgekd.quant.accuracy import greedy_keep_float
 def compile_int8(tmp_path, model, shape, calib, **kw):
     kw.setdefault("sensitivity_samples", 4)
     kw.setdefault("verify_samples", 8)
-    config = api.make_config(str(model), "onnx-cpu", tmp_path / "out", input_shape=shape, precision="int8",
-                             calib=calib, force=True, **kw)
+    config = api.make_config(
+        str(model), "onnx-cpu", tmp_path / "out", input_shape=shape, precision="int8", calib=calib, force=True, **kw
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
         result = api.compile(config)
@@ -49,8 +50,14 @@ def weight_dq(graph, node):
 @pytest.mark.parametrize("scheme", ["asymmetric-int8", "symmetric-int8", "asymmetric-uint8"])
 def test_simulation_tracks_float_on_zoo_models(tmp_path, zoo_models, name, scheme):
     path, calib, shape = zoo_models[name]
-    result, model = compile_int8(tmp_path, path, shape, calib, activation_scheme=scheme,
-                                 **({"skip": ("sensitivity",)} if name != "resnet20" else {}))
+    result, model = compile_int8(
+        tmp_path,
+        path,
+        shape,
+        calib,
+        activation_scheme=scheme,
+        **({"skip": ("sensitivity",)} if name != "resnet20" else {}),
+    )
     m = result.manifest
     assert m["quantization"]["activation_scheme"] == scheme
     assert m["quantization"]["error_vs_float"]["sqnr_db"] > 25.0
@@ -134,8 +141,11 @@ def test_fixed_range_outputs_use_the_runtime_convention(tmp_path, zoo_models):
     path, calib, shape = zoo_models["yolo-det:0.25"]
     _, model = compile_int8(tmp_path, path, shape, calib, skip=("sensitivity",), activation_scheme="asymmetric-int8")
     prod, values = producers(model.graph), inits(model.graph)
-    sig_q = [n for n in model.graph.node
-             if n.op_type == "QuantizeLinear" and n.input[0] in prod and prod[n.input[0]].op_type == "Sigmoid"]
+    sig_q = [
+        n
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear" and n.input[0] in prod and prod[n.input[0]].op_type == "Sigmoid"
+    ]
     assert sig_q
     for q in sig_q:
         assert values[q.input[1]] == np.float32(1 / 256) and values[q.input[2]] == -128
@@ -161,7 +171,9 @@ def test_sensitivity_ranks_every_weighted_layer(tmp_path, zoo_models):
     assert len(sens) == 22  # 21 Conv + 1 Gemm
     values = [s["sqnr_db"] for s in sens]
     assert values == sorted(values) and all(v > 20 for v in values)
-    assert (r.output / "sensitivity.png").stat().st_size > 1000 and "sensitivity.png" in (r.output / "report.md").read_text()
+    assert (r.output / "sensitivity.png").stat().st_size > 1000 and "sensitivity.png" in (
+        r.output / "report.md"
+    ).read_text()
 
 
 def test_manifest_records_calibration_and_qparams(tmp_path, zoo_models):
@@ -181,8 +193,9 @@ def test_manifest_records_calibration_and_qparams(tmp_path, zoo_models):
 
 def test_fewer_than_256_samples_warn(tmp_path, zoo_models):
     path, calib, shape = zoo_models["resnet20"]
-    config = api.make_config(str(path), "onnx-cpu", tmp_path / "o", input_shape=shape, precision="int8", calib=calib,
-                             skip=("sensitivity",))
+    config = api.make_config(
+        str(path), "onnx-cpu", tmp_path / "o", input_shape=shape, precision="int8", calib=calib, skip=("sensitivity",)
+    )
     with pytest.warns(CalibrationWarning, match="48 samples"):
         api.compile(config)
 
@@ -192,8 +205,16 @@ def test_nan_in_calibration_data_names_tensor_and_sample(tmp_path, zoo_models):
     data = np.random.default_rng(0).standard_normal((8,) + shape[1:]).astype(np.float32)
     data[5, 0, 0, 0] = np.nan
     np.save(tmp_path / "bad.npy", data)
-    config = api.make_config(str(path), "onnx-cpu", tmp_path / "o", input_shape=shape, precision="int8",
-                             calib=tmp_path / "bad.npy", calib_batch=1, skip=("sensitivity",))
+    config = api.make_config(
+        str(path),
+        "onnx-cpu",
+        tmp_path / "o",
+        input_shape=shape,
+        precision="int8",
+        calib=tmp_path / "bad.npy",
+        calib_batch=1,
+        skip=("sensitivity",),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
         with pytest.raises(PassFailedError) as e:
@@ -207,8 +228,9 @@ def test_image_folder_calibration_and_eval_report_accuracy(tmp_path):
     torch.manual_seed(0)
     model = tmp_path / "r.pt"
     torch.jit.save(torch.jit.trace(realistic(build_model("resnet20")), torch.zeros(1, 3, 32, 32)), str(model))
-    r, _ = compile_int8(tmp_path, model, (1, 3, 32, 32), CALIB, calib_samples=64, eval=CALIB, eval_samples=100,
-                        skip=("sensitivity",))
+    r, _ = compile_int8(
+        tmp_path, model, (1, 3, 32, 32), CALIB, calib_samples=64, eval=CALIB, eval_samples=100, skip=("sensitivity",)
+    )
     acc = r.manifest["accuracy"]
     assert acc["samples"] == 100 and 0 <= acc["artifact_top1"] <= 1
     assert acc["drop_pt"] == pytest.approx(100 * (acc["float_top1"] - acc["artifact_top1"]))
@@ -228,8 +250,9 @@ def test_unmeetable_budget_fails_with_the_trade_offs(tmp_path, monkeypatch, zoo_
     path, calib, shape = zoo_models["resnet20"]
     scores = iter([0.9] + [0.5] * 100)  # float first, then every int8 variant far below it
     monkeypatch.setattr(ab, "top1", lambda run, data: next(scores))
-    monkeypatch.setattr(ab, "greedy_keep_float",
-                        lambda order, evaluate, f, m: greedy_keep_float(order, evaluate, f, m, max_layers=3))
+    monkeypatch.setattr(
+        ab, "greedy_keep_float", lambda order, evaluate, f, m: greedy_keep_float(order, evaluate, f, m, max_layers=3)
+    )
     with pytest.raises(PassFailedError) as e:
         compile_int8(tmp_path, path, shape, calib, max_drop=0.5, eval=CALIB, eval_samples=20)
     assert isinstance(e.value.cause, AccuracyBudgetError)

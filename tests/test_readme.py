@@ -19,7 +19,7 @@ def layout_modules() -> set[str]:
             folder = head.rstrip("/")
         if folder is None:
             continue
-        for name in re.findall(r"(?<![\w/.])([\w/]+\.(?:py|sh))\b", line if not head else line[len(head):]):
+        for name in re.findall(r"(?<![\w/.])([\w/]+\.(?:py|sh))\b", line if not head else line[len(head) :]):
             if name != "__init__.py":
                 named.add(f"{folder}/{name}")
     return named

@@ -68,8 +68,24 @@ def test_nothing_is_written_into_home(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
-    proc = subprocess.run([str(EDGEKD), "compile", "resnet20", "--input-shape", "1,3,32,32", "-t", "onnx-cpu",
-                           "-o", str(tmp_path / "out"), "-q"], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            str(EDGEKD),
+            "compile",
+            "resnet20",
+            "--input-shape",
+            "1,3,32,32",
+            "-t",
+            "onnx-cpu",
+            "-o",
+            str(tmp_path / "out"),
+            "-q",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []  # e.g. ONNX Runtime's telemetry ids
 
@@ -77,8 +93,9 @@ def test_nothing_is_written_into_home(tmp_path):
 def test_a_stopped_benchmark_leaves_no_runner_behind(tmp_path):
     art = tmp_path / "art"
     api.compile(api.make_config("resnet20", "onnx-cpu", art, input_shape=(1, 3, 32, 32)))
-    proc = subprocess.Popen([str(EDGEKD), "bench", str(art), "-n", "10000000", "--warmup", "0"],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(EDGEKD), "bench", str(art), "-n", "10000000", "--warmup", "0"], stderr=subprocess.PIPE, text=True
+    )
     runner_pid = None
     deadline = time.time() + 60
     while runner_pid is None and time.time() < deadline:
@@ -96,19 +113,44 @@ def test_a_stopped_benchmark_leaves_no_runner_behind(tmp_path):
 
 def test_a_teacher_at_chance_on_labelled_data_stops_distillation(tmp_path):
     """The CIFAR-10 teacher without its mean/std sees other inputs than it was trained on."""
-    r = CliRunner().invoke(main, ["distill", "edgekd.models.resnet_cifar:resnet20", "--weights",
-                                  str(ROOT / "examples" / "cifar10" / "teacher.pth"), "--input-shape", "1,3,32,32",
-                                  "--student", "resnet8:0.25", "--data", str(CALIB), "-o", str(tmp_path / "s.pt"),
-                                  "--epochs", "1", "--mean", "0.9,0.9,0.9", "--std", "0.01,0.01,0.01"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "distill",
+            "edgekd.models.resnet_cifar:resnet20",
+            "--weights",
+            str(ROOT / "examples" / "cifar10" / "teacher.pth"),
+            "--input-shape",
+            "1,3,32,32",
+            "--student",
+            "resnet8:0.25",
+            "--data",
+            str(CALIB),
+            "-o",
+            str(tmp_path / "s.pt"),
+            "--epochs",
+            "1",
+            "--mean",
+            "0.9,0.9,0.9",
+            "--std",
+            "0.01,0.01,0.01",
+        ],
+    )
     assert r.exit_code == 2 and "chance is 10.0 %" in r.output and "--mean/--std" in r.output, r.output
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("acc, classes, holdout, refused", [
-    (10.0, 10, 500, True), (12.0, 10, 500, True), (40.0, 10, 500, False),
-    (10.0, 10, 20, False),  # too few held-out images to tell
-    (55.0, 2, 400, True), (75.0, 2, 400, False),
-])
+@pytest.mark.parametrize(
+    "acc, classes, holdout, refused",
+    [
+        (10.0, 10, 500, True),
+        (12.0, 10, 500, True),
+        (40.0, 10, 500, False),
+        (10.0, 10, 20, False),  # too few held-out images to tell
+        (55.0, 2, 400, True),
+        (75.0, 2, 400, False),
+    ],
+)
 def test_chance_is_judged_with_a_binomial_margin(acc, classes, holdout, refused):
     if refused:
         with pytest.raises(ConfigError):

@@ -19,19 +19,31 @@ from edgekd.search.budget import candidate_students
 
 def timing_from(table: dict[str, list[float]], calls: list | None = None):
     """Latency by candidate folder name (the precision, or the student with ':' as '_') and repeat."""
+
     def timing(path: Path, repeat: int) -> float:
         if calls is not None:
             calls.append((Path(path).name, repeat))
         return table[Path(path).name][repeat]
+
     return timing
 
 
 def auto_config(tmp_path, zoo_models, labelled, **kw):
     path, calib, shape = zoo_models["resnet20"]
     kw.setdefault("max_drop", 100.0)  # random weights: any drop; the tests are about speed
-    return api.make_config(str(path), "onnx-cpu", tmp_path / "out", input_shape=shape, precision="auto",
-                           calib=calib, eval=labelled, eval_samples=32, sensitivity_samples=4, verify_samples=4,
-                           **kw)
+    return api.make_config(
+        str(path),
+        "onnx-cpu",
+        tmp_path / "out",
+        input_shape=shape,
+        precision="auto",
+        calib=calib,
+        eval=labelled,
+        eval_samples=32,
+        sensitivity_samples=4,
+        verify_samples=4,
+        **kw,
+    )
 
 
 def run(config, timing):
@@ -42,8 +54,10 @@ def run(config, timing):
 
 def test_auto_ships_float_when_int8_is_slower(tmp_path, zoo_models, labelled):
     calls = []
-    result = run(auto_config(tmp_path, zoo_models, labelled),
-                 timing_from({"fp32": [1.0, 1.1, 0.9], "int8": [1.5, 1.6, 1.4]}, calls))
+    result = run(
+        auto_config(tmp_path, zoo_models, labelled),
+        timing_from({"fp32": [1.0, 1.1, 0.9], "int8": [1.5, 1.6, 1.4]}, calls),
+    )
     m = result.manifest
     assert m["artifact"]["precision"] == "fp32" and m["config"]["precision"] == "auto"
     ps = m["precision_search"]
@@ -59,8 +73,9 @@ def test_auto_ships_float_when_int8_is_slower(tmp_path, zoo_models, labelled):
 
 
 def test_auto_ships_int8_faster_in_every_repeat_within_the_budget(tmp_path, zoo_models, labelled):
-    result = run(auto_config(tmp_path, zoo_models, labelled),
-                 timing_from({"fp32": [2.0, 2.1, 1.9], "int8": [1.0, 1.0, 1.0]}))
+    result = run(
+        auto_config(tmp_path, zoo_models, labelled), timing_from({"fp32": [2.0, 2.1, 1.9], "int8": [1.0, 1.0, 1.0]})
+    )
     ps = result.manifest["precision_search"]
     assert ps["chosen"] == "int8" and result.manifest["artifact"]["precision"] == "int8"
     assert ps["candidates"][1]["speedup_vs_float"] == {"median": 2.0, "min": 1.9, "max": 2.1, "repeats": 3}
@@ -68,15 +83,15 @@ def test_auto_ships_int8_faster_in_every_repeat_within_the_budget(tmp_path, zoo_
 
 
 def test_a_win_that_noise_can_explain_buys_no_accuracy(tmp_path, zoo_models, labelled):
-    result = run(auto_config(tmp_path, zoo_models, labelled),
-                 timing_from({"fp32": [1.0, 1.0, 1.0], "int8": [0.8, 1.05, 0.9]}))  # faster on the median only
+    result = run(
+        auto_config(tmp_path, zoo_models, labelled), timing_from({"fp32": [1.0, 1.0, 1.0], "int8": [0.8, 1.05, 0.9]})
+    )  # faster on the median only
     assert result.manifest["precision_search"]["chosen"] == "fp32"
 
 
 def test_auto_needs_eval_and_max_drop_and_writes_nothing(tmp_path, zoo_models):
     path, calib, shape = zoo_models["resnet20"]
-    config = api.make_config(str(path), "onnx-cpu", tmp_path / "out", input_shape=shape, precision="auto",
-                             calib=calib)
+    config = api.make_config(str(path), "onnx-cpu", tmp_path / "out", input_shape=shape, precision="auto", calib=calib)
     with pytest.raises(ConfigError, match="needs --eval DIR and --max-drop"):
         api.compile(config, timing=timing_from({}))
     assert not (tmp_path / "out").exists()
@@ -84,10 +99,14 @@ def test_auto_needs_eval_and_max_drop_and_writes_nothing(tmp_path, zoo_models):
 
 # --- latency budget -----------------------------------------------------------------------------------
 
+
 def test_student_lists_expand_widths():
     assert candidate_students("resnet8:0.25,0.5") == ["resnet8:0.25", "resnet8:0.5"]
     assert candidate_students("resnet8:0.5,mobilenetv2-cifar:0.35,0.5") == [
-        "resnet8:0.5", "mobilenetv2-cifar:0.35", "mobilenetv2-cifar:0.5"]
+        "resnet8:0.5",
+        "mobilenetv2-cifar:0.35",
+        "mobilenetv2-cifar:0.5",
+    ]
     assert candidate_students("resnet8") == [f"resnet8:{w}" for w in (0.25, 0.35, 0.5, 0.75, 1.0)]
     with pytest.raises(ConfigError, match="comes before a model name"):
         candidate_students("0.5,resnet8")
@@ -95,14 +114,26 @@ def test_student_lists_expand_widths():
 
 def budget_config(tmp_path, zoo_models, labelled, students, budget, **kw):
     path, _, shape = zoo_models["resnet20"]
-    return api.make_config(str(path), "onnx-cpu", tmp_path / "out", input_shape=shape, precision="fp32",
-                           student=students, data=labelled, epochs=1, latency_budget=budget, verify_samples=4,
-                           train_options={"batch_size": 32}, **kw)
+    return api.make_config(
+        str(path),
+        "onnx-cpu",
+        tmp_path / "out",
+        input_shape=shape,
+        precision="fp32",
+        student=students,
+        data=labelled,
+        epochs=1,
+        latency_budget=budget,
+        verify_samples=4,
+        train_options={"batch_size": 32},
+        **kw,
+    )
 
 
 def test_budget_search_drops_slow_students_and_distils_the_best_proxy(tmp_path, zoo_models, labelled):
-    timing = timing_from({"resnet8_0.25": [1.0, 1.1, 1.0], "resnet8_0.5": [1.3, 1.2, 1.4],
-                          "resnet8_1.0": [3.0, 3.1, 2.9]})
+    timing = timing_from(
+        {"resnet8_0.25": [1.0, 1.1, 1.0], "resnet8_0.5": [1.3, 1.2, 1.4], "resnet8_1.0": [3.0, 3.1, 2.9]}
+    )
     result = run(budget_config(tmp_path, zoo_models, labelled, "resnet8:0.25,0.5,1.0", 1.5), timing)
     lb = result.manifest["latency_budget"]
     rows = {c["student"]: c for c in lb["candidates"]}
@@ -128,11 +159,38 @@ def test_budget_search_times_students_on_the_loopback_board(tmp_path, zoo_models
     """Real timing over SSH: what is asserted is where and how often it ran, not how fast."""
     inventory = ssh_board.inventory(tmp_path / "devices.toml")
     path, _, shape = zoo_models["resnet20"]
-    r = CliRunner().invoke(main, [
-        "compile", str(path), "-t", "onnx-cpu", "-o", str(tmp_path / "out"), "--input-shape", "1,3,32,32",
-        "--precision", "fp32", "--student", "resnet8:0.25,0.5", "--data", str(labelled), "--epochs", "1",
-        "--batch-size", "32", "--latency-budget", "10000", "--device", "board", "--inventory", str(inventory),
-        "--verify-samples", "4", "-q"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "compile",
+            str(path),
+            "-t",
+            "onnx-cpu",
+            "-o",
+            str(tmp_path / "out"),
+            "--input-shape",
+            "1,3,32,32",
+            "--precision",
+            "fp32",
+            "--student",
+            "resnet8:0.25,0.5",
+            "--data",
+            str(labelled),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--latency-budget",
+            "10000",
+            "--device",
+            "board",
+            "--inventory",
+            str(inventory),
+            "--verify-samples",
+            "4",
+            "-q",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "within budget" in r.output and "(chosen)" in r.output
     import json
@@ -145,8 +203,21 @@ def test_budget_search_times_students_on_the_loopback_board(tmp_path, zoo_models
 
 def test_device_without_a_search_is_refused_up_front(tmp_path, zoo_models):
     path, calib, shape = zoo_models["resnet20"]
-    r = CliRunner().invoke(main, ["compile", str(path), "-t", "onnx-cpu", "-o", str(tmp_path / "out"),
-                                  "--input-shape", "1,3,32,32", "--device", "board"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "compile",
+            str(path),
+            "-t",
+            "onnx-cpu",
+            "-o",
+            str(tmp_path / "out"),
+            "--input-shape",
+            "1,3,32,32",
+            "--device",
+            "board",
+        ],
+    )
     assert r.exit_code == 2 and "--device and --inventory say where" in r.output and "--bench DEVICE" in r.output
     assert not (tmp_path / "out").exists()
 

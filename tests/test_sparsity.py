@@ -41,7 +41,7 @@ def test_two_four_pattern_along_input_channels():
         nm_mask(torch.randn(4, 6, 1, 1))
 
 
-@pytest.mark.parametrize("step,expected", [(0, 0.0), (50, 0.5 * (1 - 0.5 ** 3)), (100, 0.5), (150, 0.5)])
+@pytest.mark.parametrize("step,expected", [(0, 0.0), (50, 0.5 * (1 - 0.5**3)), (100, 0.5), (150, 0.5)])
 def test_cubic_ramp(step, expected):
     assert cubic_sparsity(step, 100, 0.5) == pytest.approx(expected)
 

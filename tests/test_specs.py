@@ -32,7 +32,11 @@ def test_tensorrt_targets_add_their_legalization_just_before_emit():
 
 
 def test_a_spec_may_replace_the_default_pipeline(tmp_path):
-    text = (ROOT / "targets" / "onnx-cpu.toml").read_text().replace("[pipeline]\n", '[pipeline]\npasses = ["export", "emit"]\n')
+    text = (
+        (ROOT / "targets" / "onnx-cpu.toml")
+        .read_text()
+        .replace("[pipeline]\n", '[pipeline]\npasses = ["export", "emit"]\n')
+    )
     path = tmp_path / "mine.toml"
     path.write_text(text)
     assert default_passes(load_target(path)) == ["export", "emit"]
@@ -53,15 +57,18 @@ def test_user_spec_by_path(tmp_path):
     assert spec.sha256 != load_target("onnx-cpu").sha256
 
 
-@pytest.mark.parametrize("edit,match", [
-    (lambda t: t.replace('default = "fp32"', 'default = "int4"'), "default precision"),
-    (lambda t: t.replace('activations = "asymmetric-uint8"', 'activations = "whatever"'), "activation scheme"),
-    (lambda t: t.replace('placement = "qlinear"', 'placement = "everywhere"'), "unknown placement 'everywhere'"),
-    (lambda t: t.replace('placement = "qlinear"', "placement = 3"), "placement must be str"),
-    (lambda t: t.replace("opset = 17", "opset = 9"), "outside"),
-    (lambda t: t.replace('backend = "onnxruntime"', ""), "backend"),
-    (lambda t: t + "\n[[[", "TOML"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda t: t.replace('default = "fp32"', 'default = "int4"'), "default precision"),
+        (lambda t: t.replace('activations = "asymmetric-uint8"', 'activations = "whatever"'), "activation scheme"),
+        (lambda t: t.replace('placement = "qlinear"', 'placement = "everywhere"'), "unknown placement 'everywhere'"),
+        (lambda t: t.replace('placement = "qlinear"', "placement = 3"), "placement must be str"),
+        (lambda t: t.replace("opset = 17", "opset = 9"), "outside"),
+        (lambda t: t.replace('backend = "onnxruntime"', ""), "backend"),
+        (lambda t: t + "\n[[[", "TOML"),
+    ],
+)
 def test_broken_specs_are_named_errors(tmp_path, edit, match):
     path = tmp_path / "bad.toml"
     path.write_text(edit((ROOT / "targets" / "onnx-cpu.toml").read_text()))
@@ -70,8 +77,15 @@ def test_broken_specs_are_named_errors(tmp_path, edit, match):
 
 
 def test_each_runtime_names_its_placement_and_a_user_spec_may_omit_it(tmp_path):
-    expected = {"onnx-cpu": "qlinear", "openvino-cpu": "quantizable-inputs", "rpi4": "outputs", "rpi5": "outputs",
-                "jetson-xavier": "inputs", "jetson-orin-nano": "inputs", "ascend310": "outputs"}
+    expected = {
+        "onnx-cpu": "qlinear",
+        "openvino-cpu": "quantizable-inputs",
+        "rpi4": "outputs",
+        "rpi5": "outputs",
+        "jetson-xavier": "inputs",
+        "jetson-orin-nano": "inputs",
+        "ascend310": "outputs",
+    }
     assert {name: load_target(name).placement for name in expected} == expected
     text = (ROOT / "targets" / "onnx-cpu.toml").read_text().replace('placement = "qlinear"\n', "")
     path = tmp_path / "mine.toml"
@@ -101,8 +115,14 @@ def test_targets_cli_lists_and_explains():
     assert listing.exit_code == 0 and "onnx-cpu" in listing.output and "installed" in listing.output
     explained = CliRunner().invoke(main, ["targets", "--explain", "onnx-cpu"])
     assert explained.exit_code == 0, explained.output
-    for needle in ("backend onnxruntime", "default pipeline: distill → sparsify → export → canonicalize → fuse", "why this pipeline", "why this scheme", "U8S8",
-                   "placement qlinear"):
+    for needle in (
+        "backend onnxruntime",
+        "default pipeline: distill → sparsify → export → canonicalize → fuse",
+        "why this pipeline",
+        "why this scheme",
+        "U8S8",
+        "placement qlinear",
+    ):
         assert needle in explained.output
     unknown = CliRunner().invoke(main, ["targets", "--explain", "nope"])
     assert unknown.exit_code == 2 and "valid targets" in unknown.output

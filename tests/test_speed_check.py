@@ -19,17 +19,28 @@ from edgekd.passes.speed_check import SpeedCheckOutput
 def fixed_latencies(float_ms, int8_ms):
     """Replaces the timing loop: the runs are still called (the artifact and float sessions work), the
     reported latencies are the given ones."""
+
     def interleaved(runs, repeats, iterations):
         for run in runs.values():
             run()
         return {"float": list(float_ms), "int8": list(int8_ms)}
+
     return interleaved
 
 
 def compile_int8(tmp_path, zoo_models, target="onnx-cpu", **kw):
     path, calib, shape = zoo_models["resnet20"]
-    config = api.make_config(str(path), target, tmp_path / "out", input_shape=shape, precision="int8", calib=calib,
-                             skip=("sensitivity",), verify_samples=8, **kw)
+    config = api.make_config(
+        str(path),
+        target,
+        tmp_path / "out",
+        input_shape=shape,
+        precision="int8",
+        calib=calib,
+        skip=("sensitivity",),
+        verify_samples=8,
+        **kw,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
         return api.compile(config), config
@@ -49,9 +60,26 @@ def test_an_int8_artifact_slower_than_float_is_never_shipped_silently(tmp_path, 
     assert sc["int8_slower"] and sc["speedup"]["max"] < 1 and sc["runtime"] == "onnxruntime"
     report = (result.output / "report.md").read_text()
     assert "**WARNING: this int8 artifact is slower than the float model on this machine**" in report
-    cli = CliRunner().invoke(main, ["compile", str(config.model), "-t", "onnx-cpu", "-o", str(tmp_path / "cli"),
-                                    "--input-shape", "1,3,32,32", "--precision", "int8", "--calib",
-                                    str(config.calibration.data), "--skip", "sensitivity", "-q"])
+    cli = CliRunner().invoke(
+        main,
+        [
+            "compile",
+            str(config.model),
+            "-t",
+            "onnx-cpu",
+            "-o",
+            str(tmp_path / "cli"),
+            "--input-shape",
+            "1,3,32,32",
+            "--precision",
+            "int8",
+            "--calib",
+            str(config.calibration.data),
+            "--skip",
+            "sensitivity",
+            "-q",
+        ],
+    )
     assert cli.exit_code == 0, cli.output
     assert "slower than the float model" in cli.output
 

@@ -20,8 +20,10 @@ from edgekd.backends import get_backend
 from edgekd.errors import PassFailedError, UnsupportedOpsError
 from edgekd.passes.calibrate import CalibrationWarning
 
-pytestmark = pytest.mark.skipif(not get_backend("tflite").available(),
-                                reason="tensorflow and ai-edge-litert are not installed (pip install 'edgekd[tflite]')")
+pytestmark = pytest.mark.skipif(
+    not get_backend("tflite").available(),
+    reason="tensorflow and ai-edge-litert are not installed (pip install 'edgekd[tflite]')",
+)
 
 SHAPE = (1, 4, 8, 8)
 RNG = np.random.default_rng(11)
@@ -37,10 +39,16 @@ def _n(op: str, inputs: list[str], out: str, **attrs) -> onnx.NodeProto:
 
 
 def _model(tmp_path: Path, name: str, nodes, inits: dict, out_type=TensorProto.FLOAT) -> Path:
-    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(SHAPE))],
-                              [helper.make_tensor_value_info("y", out_type, None)],
-                              [numpy_helper.from_array(np.asarray(v, np.float32) if np.asarray(v).dtype.kind == "f"
-                                                       else np.asarray(v), k) for k, v in {**CONV, **inits}.items()])
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(SHAPE))],
+        [helper.make_tensor_value_info("y", out_type, None)],
+        [
+            numpy_helper.from_array(np.asarray(v, np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v), k)
+            for k, v in {**CONV, **inits}.items()
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     path = tmp_path / f"{name}.onnx"
@@ -49,58 +57,129 @@ def _model(tmp_path: Path, name: str, nodes, inits: dict, out_type=TensorProto.F
 
 
 def _gelu():
-    return ([_conv(), _n("Div", ["c", "sqrt2"], "d"), _n("Erf", ["d"], "e"), _n("Add", ["e", "one"], "a"),
-             _n("Mul", ["c", "a"], "m"), _n("Mul", ["m", "half"], "y")],
-            {"sqrt2": np.float32(np.sqrt(2)), "one": np.float32(1), "half": np.float32(0.5)})
+    return (
+        [
+            _conv(),
+            _n("Div", ["c", "sqrt2"], "d"),
+            _n("Erf", ["d"], "e"),
+            _n("Add", ["e", "one"], "a"),
+            _n("Mul", ["c", "a"], "m"),
+            _n("Mul", ["m", "half"], "y"),
+        ],
+        {"sqrt2": np.float32(np.sqrt(2)), "one": np.float32(1), "half": np.float32(0.5)},
+    )
 
 
 def _layernorm():
     """Channels-last LayerNorm as torch exports it below opset 17 (ConvNeXt's), over 32 channels."""
-    return ([_conv("c", "w32", "b32"), _n("Transpose", ["c"], "t", perm=[0, 2, 3, 1]), _n("ReduceMean", ["t"], "mu", axes=[-1]),
-             _n("Sub", ["t", "mu"], "xc"), _n("Pow", ["xc", "two"], "sq"), _n("ReduceMean", ["sq"], "var", axes=[-1]),
-             _n("Add", ["var", "eps"], "ve"), _n("Sqrt", ["ve"], "sd"), _n("Div", ["xc", "sd"], "n"),
-             _n("Mul", ["n", "gamma"], "g"), _n("Add", ["g", "beta"], "y")],
-            {"two": np.float32(2), "eps": np.float32(1e-5), "gamma": RNG.uniform(0.5, 1.5, 32),
-             "beta": RNG.standard_normal(32) * 0.1, "w32": RNG.standard_normal((32, 4, 3, 3)) * 0.3, "b32": np.zeros(32)})
+    return (
+        [
+            _conv("c", "w32", "b32"),
+            _n("Transpose", ["c"], "t", perm=[0, 2, 3, 1]),
+            _n("ReduceMean", ["t"], "mu", axes=[-1]),
+            _n("Sub", ["t", "mu"], "xc"),
+            _n("Pow", ["xc", "two"], "sq"),
+            _n("ReduceMean", ["sq"], "var", axes=[-1]),
+            _n("Add", ["var", "eps"], "ve"),
+            _n("Sqrt", ["ve"], "sd"),
+            _n("Div", ["xc", "sd"], "n"),
+            _n("Mul", ["n", "gamma"], "g"),
+            _n("Add", ["g", "beta"], "y"),
+        ],
+        {
+            "two": np.float32(2),
+            "eps": np.float32(1e-5),
+            "gamma": RNG.uniform(0.5, 1.5, 32),
+            "beta": RNG.standard_normal(32) * 0.1,
+            "w32": RNG.standard_normal((32, 4, 3, 3)) * 0.3,
+            "b32": np.zeros(32),
+        },
+    )
 
 
 def _resize(coord: str):
-    return ([_conv(), _n("Resize", ["c", "", "scales"], "y", mode="linear", coordinate_transformation_mode=coord)],
-            {"scales": np.array([1, 1, 2, 2], np.float32)})
+    return (
+        [_conv(), _n("Resize", ["c", "", "scales"], "y", mode="linear", coordinate_transformation_mode=coord)],
+        {"scales": np.array([1, 1, 2, 2], np.float32)},
+    )
 
 
 # name → (nodes, initializers, TFLite ops the artifact must hold)
 CASES = {
-    "grouped_conv": ([_conv(), helper.make_node("Conv", ["c", "wg", "bg"], ["y"], name="y", group=4, pads=[1, 1, 1, 1],
-                                                kernel_shape=[3, 3])],
-                     {"wg": RNG.standard_normal((12, 2, 3, 3)) * 0.3, "bg": RNG.standard_normal(12) * 0.1},
-                     {"CONV_2D", "CONCATENATION"}),
-    "div_by_tensor": ([_conv(), _conv("c2", "w2", "b2"), _n("Sigmoid", ["c2"], "s"), _n("Add", ["s", "half"], "d"),
-                       _n("Div", ["c", "d"], "y")],
-                      {"w2": RNG.standard_normal((8, 4, 3, 3)) * 0.3, "b2": np.zeros(8), "half": np.float32(0.5)}, {"DIV"}),
-    "conv_transpose_k2s2": ([_conv(), _n("ConvTranspose", ["c", "wt", "bt"], "y", strides=[2, 2])],
-                            {"wt": RNG.standard_normal((8, 6, 2, 2)) * 0.3, "bt": RNG.standard_normal(6) * 0.1},
-                            {"TRANSPOSE_CONV"}),
-    "conv_transpose_k4s2p1": ([_conv(), _n("ConvTranspose", ["c", "wt"], "y", strides=[2, 2], pads=[1, 1, 1, 1])],
-                              {"wt": RNG.standard_normal((8, 6, 4, 4)) * 0.2}, {"TRANSPOSE_CONV"}),
+    "grouped_conv": (
+        [
+            _conv(),
+            helper.make_node(
+                "Conv", ["c", "wg", "bg"], ["y"], name="y", group=4, pads=[1, 1, 1, 1], kernel_shape=[3, 3]
+            ),
+        ],
+        {"wg": RNG.standard_normal((12, 2, 3, 3)) * 0.3, "bg": RNG.standard_normal(12) * 0.1},
+        {"CONV_2D", "CONCATENATION"},
+    ),
+    "div_by_tensor": (
+        [
+            _conv(),
+            _conv("c2", "w2", "b2"),
+            _n("Sigmoid", ["c2"], "s"),
+            _n("Add", ["s", "half"], "d"),
+            _n("Div", ["c", "d"], "y"),
+        ],
+        {"w2": RNG.standard_normal((8, 4, 3, 3)) * 0.3, "b2": np.zeros(8), "half": np.float32(0.5)},
+        {"DIV"},
+    ),
+    "conv_transpose_k2s2": (
+        [_conv(), _n("ConvTranspose", ["c", "wt", "bt"], "y", strides=[2, 2])],
+        {"wt": RNG.standard_normal((8, 6, 2, 2)) * 0.3, "bt": RNG.standard_normal(6) * 0.1},
+        {"TRANSPOSE_CONV"},
+    ),
+    "conv_transpose_k4s2p1": (
+        [_conv(), _n("ConvTranspose", ["c", "wt"], "y", strides=[2, 2], pads=[1, 1, 1, 1])],
+        {"wt": RNG.standard_normal((8, 6, 4, 4)) * 0.2},
+        {"TRANSPOSE_CONV"},
+    ),
     "reduce_mean_channels": ([_conv(), _n("ReduceMean", ["c"], "y", axes=[1], keepdims=1)], {}, {"MEAN"}),
     "reduce_mean_rows_dropped": ([_conv(), _n("ReduceMean", ["c"], "y", axes=[2], keepdims=0)], {}, {"MEAN"}),
-    "reduce_max_and_global_max": ([_conv(), _n("ReduceMax", ["c"], "r", axes=[1], keepdims=1),
-                                   _n("GlobalMaxPool", ["c"], "g"), _n("Add", ["r", "g"], "y")], {},
-                                  {"REDUCE_MAX"}),
+    "reduce_max_and_global_max": (
+        [
+            _conv(),
+            _n("ReduceMax", ["c"], "r", axes=[1], keepdims=1),
+            _n("GlobalMaxPool", ["c"], "g"),
+            _n("Add", ["r", "g"], "y"),
+        ],
+        {},
+        {"REDUCE_MAX"},
+    ),
     "layernorm_pow_sqrt_div": (*_layernorm(), {"MEAN"}),  # fp32: the converter makes SQRT + DIV an RSQRT + MUL
     "gelu_erf": (*_gelu(), {"GELU"}),
     "tanh": ([_conv(), _n("Tanh", ["c"], "y")], {}, {"TANH"}),
     "exp": ([_conv(), _n("Mul", ["c", "k"], "s"), _n("Exp", ["s"], "y")], {"k": np.float32(0.5)}, {"EXP"}),
     "leaky_relu": ([_conv(), _n("LeakyRelu", ["c"], "y", alpha=0.1)], {}, {"LEAKY_RELU"}),
     "prelu": ([_conv(), _n("PRelu", ["c", "slope"], "y")], {"slope": RNG.uniform(0.05, 0.3, (8, 1, 1))}, {"PRELU"}),
-    "squeeze_unsqueeze": ([_conv(), _n("GlobalAveragePool", ["c"], "p"), _n("Squeeze", ["p", "hw"], "s"),
-                           _n("Unsqueeze", ["s", "one_axis"], "y")],
-                          {"hw": np.array([2, 3], np.int64), "one_axis": np.array([1], np.int64)}, {"MEAN"}),
-    "gather_constant_indices": ([_conv(), _n("Gather", ["c", "idx"], "g", axis=1), _n("Gather", ["g", "row"], "y", axis=2)],
-                                {"idx": np.array([0, 2, 5, -1], np.int64), "row": np.array(3, np.int64)}, {"GATHER"}),
-    "batched_matmul": ([_conv(), _n("Reshape", ["c", "heads"], "q"), _n("Transpose", ["q"], "k", perm=[0, 1, 3, 2]),
-                        _n("MatMul", ["q", "k"], "y")], {"heads": np.array([1, 2, 4, 64], np.int64)}, {"BATCH_MATMUL"}),
+    "squeeze_unsqueeze": (
+        [
+            _conv(),
+            _n("GlobalAveragePool", ["c"], "p"),
+            _n("Squeeze", ["p", "hw"], "s"),
+            _n("Unsqueeze", ["s", "one_axis"], "y"),
+        ],
+        {"hw": np.array([2, 3], np.int64), "one_axis": np.array([1], np.int64)},
+        {"MEAN"},
+    ),
+    "gather_constant_indices": (
+        [_conv(), _n("Gather", ["c", "idx"], "g", axis=1), _n("Gather", ["g", "row"], "y", axis=2)],
+        {"idx": np.array([0, 2, 5, -1], np.int64), "row": np.array(3, np.int64)},
+        {"GATHER"},
+    ),
+    "batched_matmul": (
+        [
+            _conv(),
+            _n("Reshape", ["c", "heads"], "q"),
+            _n("Transpose", ["q"], "k", perm=[0, 1, 3, 2]),
+            _n("MatMul", ["q", "k"], "y"),
+        ],
+        {"heads": np.array([1, 2, 4, 64], np.int64)},
+        {"BATCH_MATMUL"},
+    ),
     "resize_bilinear_half_pixel": (*_resize("half_pixel"), {"RESIZE_BILINEAR"}),
     "resize_bilinear_pytorch_half_pixel": (*_resize("pytorch_half_pixel"), {"RESIZE_BILINEAR"}),
     "resize_bilinear_align_corners": (*_resize("align_corners"), {"RESIZE_BILINEAR"}),
@@ -112,8 +191,11 @@ CASES = {
 # Lowered in float only: an int8 compile for rpi4 is refused by check-support, naming the op.
 FLOAT_ONLY = {
     "elu": ([_conv(), _n("Elu", ["c"], "y")], {}, {"ELU"}),
-    "lrn": ([_conv(), _n("LRN", ["c"], "y", size=3, alpha=1e-2, beta=0.75, bias=1.0)], {},
-            {"LOCAL_RESPONSE_NORMALIZATION"}),
+    "lrn": (
+        [_conv(), _n("LRN", ["c"], "y", size=3, alpha=1e-2, beta=0.75, bias=1.0)],
+        {},
+        {"LOCAL_RESPONSE_NORMALIZATION"},
+    ),
     "pow_cube": ([_conv(), _n("Pow", ["c", "three"], "y")], {"three": np.float32(3)}, {"POW"}),
 }
 INT8_OPS = {"layernorm_pow_sqrt_div": {"SQRT", "DIV", "MEAN"}}  # in int8 each op keeps its own rounding
@@ -123,8 +205,16 @@ MAX_STEPS = 2.0  # one rounding of the op's own kernel, one of the conv before i
 def _compile(path: Path, out: Path, precision: str):
     calib = out.parent / f"{out.name}_calib.npy"
     np.save(calib, np.random.default_rng(1).standard_normal((32,) + SHAPE[1:]).astype(np.float32))
-    config = api.make_config(str(path), "rpi4", out, input_shape=SHAPE, precision=precision,
-                             calib=calib if precision == "int8" else None, skip=("sensitivity",), verify_samples=8)
+    config = api.make_config(
+        str(path),
+        "rpi4",
+        out,
+        input_shape=SHAPE,
+        precision=precision,
+        calib=calib if precision == "int8" else None,
+        skip=("sensitivity",),
+        verify_samples=8,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
         return api.compile(config)

@@ -32,15 +32,36 @@ YOLO_P2 = "yolo-det-p2:0.25"  # strides 4/8/16, decoded: boxes and scores
 # Exporting in eval mode folds BatchNorm into Conv. Identity nodes come from the exporter sharing
 # identical initializers (e.g. the all-zero biases of freshly folded convs).
 CLASSIFIER_OPS = {
-    "Conv", "Relu", "Clip", "HardSwish", "HardSigmoid", "Add", "Mul",
-    "GlobalAveragePool", "Flatten", "Gemm", "Constant", "Identity",
+    "Conv",
+    "Relu",
+    "Clip",
+    "HardSwish",
+    "HardSigmoid",
+    "Add",
+    "Mul",
+    "GlobalAveragePool",
+    "Flatten",
+    "Gemm",
+    "Constant",
+    "Identity",
 }
-YOLO_OPS = {"Conv", "Sigmoid", "Mul", "Add", "Concat", "Split", "Slice", "MaxPool", "Resize", "Reshape", "Constant", "Identity"}
+YOLO_OPS = {
+    "Conv",
+    "Sigmoid",
+    "Mul",
+    "Add",
+    "Concat",
+    "Split",
+    "Slice",
+    "MaxPool",
+    "Resize",
+    "Reshape",
+    "Constant",
+    "Identity",
+}
 DECODED_YOLO_OPS = YOLO_OPS | {"Sub", "Transpose"}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 
 
 def _seed_batchnorm(model: nn.Module) -> nn.Module:
@@ -69,7 +90,10 @@ def _export_and_run(model: nn.Module, x: torch.Tensor, path) -> tuple[list[np.nd
 
 
 def test_every_zoo_entry_is_tested():
-    tested = {name.partition(":")[0] for name, _, _ in CLASSIFIERS} | {YOLO.partition(":")[0], YOLO_P2.partition(":")[0]}
+    tested = {name.partition(":")[0] for name, _, _ in CLASSIFIERS} | {
+        YOLO.partition(":")[0],
+        YOLO_P2.partition(":")[0],
+    }
     assert tested == set(ZOO)
 
 
@@ -81,12 +105,15 @@ def test_classifier_forward_shape(name, side, classes):
         assert build_model(name, num_classes=7).eval()(torch.randn(1, 3, side, side)).shape == (1, 7)
 
 
-@pytest.mark.parametrize("name,side,spatial", [
-    ("mobilenetv2-cifar:0.5", 32, 4),
-    ("mobilenetv3-small-cifar:0.5", 32, 4),
-    ("mobilenetv2:0.5", 64, 2),
-    ("mobilenetv3-small:0.5", 64, 2),
-])
+@pytest.mark.parametrize(
+    "name,side,spatial",
+    [
+        ("mobilenetv2-cifar:0.5", 32, 4),
+        ("mobilenetv3-small-cifar:0.5", 32, 4),
+        ("mobilenetv2:0.5", 64, 2),
+        ("mobilenetv3-small:0.5", 64, 2),
+    ],
+)
 def test_feature_stride(name, side, spatial):
     # cifar variants downsample 8×, the ImageNet ones 32×
     with torch.no_grad():
@@ -115,7 +142,10 @@ def test_yolo_p2_outputs_decoded_boxes_and_scores():
 
 # dynamo=False is deliberate (the TorchScript exporter is what edgekd uses); its deprecation notice is noise here.
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.parametrize("name,side,allowed", [(n, s, CLASSIFIER_OPS) for n, s, _ in CLASSIFIERS] + [(YOLO, 64, YOLO_OPS), (YOLO_P2, 64, DECODED_YOLO_OPS)])
+@pytest.mark.parametrize(
+    "name,side,allowed",
+    [(n, s, CLASSIFIER_OPS) for n, s, _ in CLASSIFIERS] + [(YOLO, 64, YOLO_OPS), (YOLO_P2, 64, DECODED_YOLO_OPS)],
+)
 def test_onnx_export_matches_torch(name, side, allowed, tmp_path):
     torch.manual_seed(0)
     model = _seed_batchnorm(build_model(name))
@@ -131,13 +161,16 @@ def test_onnx_export_matches_torch(name, side, allowed, tmp_path):
         assert np.abs(g - r.numpy()).max() <= 1e-4
 
 
-@pytest.mark.parametrize("name,side,params,macs", [
-    # params: torchvision's mobilenet_v2 / mobilenet_v3_small and the CIFAR ResNet-20 with 1×1 projection shortcuts;
-    # MACs: the papers' 300M (MobileNetV2) and 56M (MobileNetV3-Small), conv + linear only.
-    ("mobilenetv2", 224, 3_504_872, 300e6),
-    ("mobilenetv3-small", 224, 2_542_856, 56.5e6),
-    ("resnet20", 32, 272_474, 40.8e6),
-])
+@pytest.mark.parametrize(
+    "name,side,params,macs",
+    [
+        # params: torchvision's mobilenet_v2 / mobilenet_v3_small and the CIFAR ResNet-20 with 1×1 projection shortcuts;
+        # MACs: the papers' 300M (MobileNetV2) and 56M (MobileNetV3-Small), conv + linear only.
+        ("mobilenetv2", 224, 3_504_872, 300e6),
+        ("mobilenetv3-small", 224, 2_542_856, 56.5e6),
+        ("resnet20", 32, 272_474, 40.8e6),
+    ],
+)
 def test_published_params_and_macs(name, side, params, macs):
     model = build_model(name)
     assert count_params(model) == params

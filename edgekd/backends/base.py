@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-import numpy as np
-
 from edgekd.errors import EdgekdError, ToolchainMissingError
 from edgekd.runtime import RunFn
 
@@ -19,6 +17,7 @@ if TYPE_CHECKING:
     import onnx_ir as ir
 
     from edgekd.specs import TargetSpec
+
 
 @dataclass(frozen=True)
 class EmitInput:
@@ -119,16 +118,25 @@ class Backend(abc.ABC):
         allowed = spec.raw.get("ops", {}).get("supported")
         if not allowed:
             return []
-        return [Unsupported(n.name or n.op_type, n.op_type, f"{n.op_type} is not supported by {spec.name}")
-                for n in model.graph.node if n.op_type not in allowed and n.op_type != "Constant"]
+        return [
+            Unsupported(n.name or n.op_type, n.op_type, f"{n.op_type} is not supported by {spec.name}")
+            for n in model.graph.node
+            if n.op_type not in allowed and n.op_type != "Constant"
+        ]
 
     def float_only(self, model: "onnx.ModelProto", spec: "TargetSpec") -> list[Unsupported]:
         """Nodes this backend runs only in float. A target that runs int8 with no float layer between
         the edges (TFLite full int8) cannot take them in an int8 compile; the others ignore this."""
         return []
 
-    def benchmark(self, artifact: Path, manifest: dict[str, Any], device, settings,
-                  progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any], float] | None:
+    def benchmark(
+        self,
+        artifact: Path,
+        manifest: dict[str, Any],
+        device,
+        settings,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[dict[str, Any], float] | None:
         """For a runtime timed by its own tool on the device (TensorRT's trtexec): (result, start time).
         None: edgekd's runner times the artifact, which is what most runtimes want."""
         return None

@@ -81,15 +81,18 @@ class LocalDevice(Device):
                 if on_stderr_line:
                     on_stderr_line(line.rstrip("\n"))
 
-        readers = [threading.Thread(target=pump_err, daemon=True),
-                   threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)]
+        readers = [
+            threading.Thread(target=pump_err, daemon=True),
+            threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True),
+        ]
         for t in readers:
             t.start()
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise BenchmarkError(f"benchmark on {self.name} ran past {timeout:.0f} s",
-                                 "lower --iterations or raise the timeout") from None
+            raise BenchmarkError(
+                f"benchmark on {self.name} ran past {timeout:.0f} s", "lower --iterations or raise the timeout"
+            ) from None
         finally:  # Ctrl-C, SIGTERM or a timeout: the runner must not outlive us (its work dir goes next)
             if proc.poll() is None:
                 proc.kill()
@@ -110,5 +113,7 @@ def probe(device: Device) -> dict:
     remote = device.upload(PROBE, "edgekd_probe.py")
     out = device.run([device.python, remote], timeout=60)
     if out.returncode != 0:
-        raise RemoteCommandError(f"{device.name}: the probe failed (exit {out.returncode}): {out.stderr.strip()[-600:]}")
+        raise RemoteCommandError(
+            f"{device.name}: the probe failed (exit {out.returncode}): {out.stderr.strip()[-600:]}"
+        )
     return json.loads(out.stdout)

@@ -17,8 +17,23 @@ CREATE TABLE IF NOT EXISTS runs (
     p50_ms REAL, p90_ms REAL, p99_ms REAL, mean_ms REAL, std_ms REAL, throughput_fps REAL, peak_rss_mb REAL,
     host TEXT, result TEXT NOT NULL
 )"""
-COLUMNS = ("started", "device", "target", "runtime", "runtime_version", "artifact_sha256", "threads", "iterations",
-           "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput_fps", "peak_rss_mb")
+COLUMNS = (
+    "started",
+    "device",
+    "target",
+    "runtime",
+    "runtime_version",
+    "artifact_sha256",
+    "threads",
+    "iterations",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+    "std_ms",
+    "throughput_fps",
+    "peak_rss_mb",
+)
 
 
 def _connect(artifact: Path) -> sqlite3.Connection:
@@ -30,13 +45,29 @@ def _connect(artifact: Path) -> sqlite3.Connection:
 
 def append(artifact: Path, result: dict) -> None:
     lat, mem = result["latency"], result.get("memory") or {}
-    row = (result["started"], result["device"], result["artifact"]["target"], result["runtime"]["name"],
-           result["runtime"].get("version"), result["artifact"]["sha256"], result["settings"].get("threads"),
-           lat.get("iterations"), lat.get("p50_ms"), lat.get("p90_ms"), lat.get("p99_ms"), lat.get("mean_ms"),
-           lat.get("std_ms"), lat.get("throughput_fps"), mem.get("peak_rss_mb"), json.dumps(result.get("host")),
-           json.dumps({k: v for k, v in result.items() if k != "latencies_ms"}))
+    row = (
+        result["started"],
+        result["device"],
+        result["artifact"]["target"],
+        result["runtime"]["name"],
+        result["runtime"].get("version"),
+        result["artifact"]["sha256"],
+        result["settings"].get("threads"),
+        lat.get("iterations"),
+        lat.get("p50_ms"),
+        lat.get("p90_ms"),
+        lat.get("p99_ms"),
+        lat.get("mean_ms"),
+        lat.get("std_ms"),
+        lat.get("throughput_fps"),
+        mem.get("peak_rss_mb"),
+        json.dumps(result.get("host")),
+        json.dumps({k: v for k, v in result.items() if k != "latencies_ms"}),
+    )
     with _connect(artifact) as db:
-        db.execute(f"INSERT INTO runs ({', '.join(COLUMNS)}, host, result) VALUES ({', '.join('?' * (len(COLUMNS) + 2))})", row)
+        db.execute(
+            f"INSERT INTO runs ({', '.join(COLUMNS)}, host, result) VALUES ({', '.join('?' * (len(COLUMNS) + 2))})", row
+        )
     db.close()
 
 

@@ -20,9 +20,10 @@ Read from ``--inventory FILE``, else ``~/.config/edgekd/devices.toml``; ``local`
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 from edgekd.errors import ConfigError, InputNotFoundError, UnknownNameError
 from edgekd.resources import data_dir
@@ -30,12 +31,21 @@ from edgekd.schema import Key, at_least, between, check_table, non_empty
 
 LOCAL = "local"
 DEVICE_KEYS = {
-    "host": Key("str", required=True, check=non_empty), "port": Key("int", check=between(1, 65535)),
-    "user": Key("str", check=non_empty), "key": Key("str", check=non_empty), "arch": Key("str"),
-    "runtimes": Key("str-list"), "python": Key("str", check=non_empty), "workdir": Key("str", check=non_empty),
-    "threads": Key("int", check=at_least(1)), "env": Key("str-map"), "jetson": Key("bool"),
-    "known_hosts": Key("str", check=non_empty), "description": Key("str"),
-    "connect_timeout": Key("number", check=at_least(0.1)), "keepalive_s": Key("number", check=at_least(0.1)),
+    "host": Key("str", required=True, check=non_empty),
+    "port": Key("int", check=between(1, 65535)),
+    "user": Key("str", check=non_empty),
+    "key": Key("str", check=non_empty),
+    "arch": Key("str"),
+    "runtimes": Key("str-list"),
+    "python": Key("str", check=non_empty),
+    "workdir": Key("str", check=non_empty),
+    "threads": Key("int", check=at_least(1)),
+    "env": Key("str-map"),
+    "jetson": Key("bool"),
+    "known_hosts": Key("str", check=non_empty),
+    "description": Key("str"),
+    "connect_timeout": Key("number", check=at_least(0.1)),
+    "keepalive_s": Key("number", check=at_least(0.1)),
 }
 
 
@@ -86,12 +96,24 @@ def parse_inventory(path: Path) -> dict[str, DeviceSpec]:
             raise ConfigError(f"{path} defines a device named 'local', which is built in", "choose another name")
         env = d.get("env", {})
         out[name] = DeviceSpec(
-            name=name, host=str(d["host"]), port=d.get("port"), user=d.get("user"), key=d.get("key"),
-            arch=d.get("arch"), runtimes=tuple(d.get("runtimes", ())), python=d.get("python", "python3"),
-            workdir=d.get("workdir", "/tmp/edgekd"), threads=d.get("threads"), env=tuple(sorted(env.items())),
-            jetson=bool(d.get("jetson", False)), known_hosts=d.get("known_hosts"), description=d.get("description", ""),
-            connect_timeout=float(d.get("connect_timeout", 10.0)), keepalive_s=float(d.get("keepalive_s", 5.0)),
-            source=str(path))
+            name=name,
+            host=str(d["host"]),
+            port=d.get("port"),
+            user=d.get("user"),
+            key=d.get("key"),
+            arch=d.get("arch"),
+            runtimes=tuple(d.get("runtimes", ())),
+            python=d.get("python", "python3"),
+            workdir=d.get("workdir", "/tmp/edgekd"),
+            threads=d.get("threads"),
+            env=tuple(sorted(env.items())),
+            jetson=bool(d.get("jetson", False)),
+            known_hosts=d.get("known_hosts"),
+            description=d.get("description", ""),
+            connect_timeout=float(d.get("connect_timeout", 10.0)),
+            keepalive_s=float(d.get("keepalive_s", 5.0)),
+            source=str(path),
+        )
     return out
 
 
@@ -115,7 +137,11 @@ def example_inventory() -> Path:
 def get_device_spec(name: str, inventory: str | Path | None = None) -> DeviceSpec:
     devices = load_inventory(inventory)
     if name not in devices:
-        raise UnknownNameError("device", name, list(devices),
-                               hint=f"known devices: {', '.join(sorted(devices))}; add it to "
-                                    f"{inventory or default_inventory_path()} (format: {example_inventory()})")
+        raise UnknownNameError(
+            "device",
+            name,
+            list(devices),
+            hint=f"known devices: {', '.join(sorted(devices))}; add it to "
+            f"{inventory or default_inventory_path()} (format: {example_inventory()})",
+        )
     return devices[name]

@@ -22,15 +22,36 @@ def device_outputs(artifact: Path, device: Device, samples: np.ndarray, timeout_
     check_unchanged(Path(artifact), manifest)
     runtime = manifest["artifact"]["runtime"]
     if runtime not in RUNTIME_PACKAGES:
-        raise ConfigError(f"{artifact} runs on {runtime}, which edgekd's runner does not drive",
-                          f"runner runtimes: {', '.join(sorted(RUNTIME_PACKAGES))}")
+        raise ConfigError(
+            f"{artifact} runs on {runtime}, which edgekd's runner does not drive",
+            f"runner runtimes: {', '.join(sorted(RUNTIME_PACKAGES))}",
+        )
     with device, tempfile.TemporaryDirectory() as tmp:
         remote_model, remote_runner = upload_artifact(Path(artifact), manifest, device)
         np.save(Path(tmp) / "inputs.npy", np.ascontiguousarray(samples), allow_pickle=False)
         remote_inputs = device.upload(Path(tmp) / "inputs.npy", "inputs.npy")
-        out = device.run([device.python, remote_runner, remote_model, "--runtime", runtime, "--threads", "1",
-                          "--warmup", "0", "--iterations", "1", "--inputs", remote_inputs,
-                          "--save-outputs", "outputs.npz", "--out", "result.json"], timeout=timeout_s)
+        out = device.run(
+            [
+                device.python,
+                remote_runner,
+                remote_model,
+                "--runtime",
+                runtime,
+                "--threads",
+                "1",
+                "--warmup",
+                "0",
+                "--iterations",
+                "1",
+                "--inputs",
+                remote_inputs,
+                "--save-outputs",
+                "outputs.npz",
+                "--out",
+                "result.json",
+            ],
+            timeout=timeout_s,
+        )
         check_runner_exit(out, runtime, device)
         local = Path(tmp) / "outputs.npz"
         device.fetch(remote_join(remote_runner, "outputs.npz"), local)

@@ -11,6 +11,7 @@ With ``--inputs x.npy --save-outputs y.npz`` it first runs every sample once, un
 raw outputs (``output0``, ``output1``, ...: one array per model output, samples stacked on axis 0),
 so a board's results can be compared with the host's.
 """
+
 import argparse
 import json
 import math
@@ -64,9 +65,11 @@ def thermal():
 
 
 def machine_state():
-    return {"governor": read_first("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-            "cur_freq_khz": read_first("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq"),
-            "temperature_c": thermal()}
+    return {
+        "governor": read_first("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "cur_freq_khz": read_first("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq"),
+        "temperature_c": thermal(),
+    }
 
 
 def percentile(sorted_values, q):
@@ -83,9 +86,17 @@ def summarize(latencies_ms, batch):
     n = len(s)
     mean = sum(s) / n
     std = math.sqrt(sum((x - mean) ** 2 for x in s) / (n - 1)) if n > 1 else 0.0
-    return {"iterations": n, "mean_ms": mean, "std_ms": std, "min_ms": s[0], "max_ms": s[-1],
-            "p50_ms": percentile(s, 50), "p90_ms": percentile(s, 90), "p99_ms": percentile(s, 99),
-            "throughput_fps": batch * 1000.0 / mean if mean > 0 else float("inf")}
+    return {
+        "iterations": n,
+        "mean_ms": mean,
+        "std_ms": std,
+        "min_ms": s[0],
+        "max_ms": s[-1],
+        "p50_ms": percentile(s, 50),
+        "p90_ms": percentile(s, 90),
+        "p99_ms": percentile(s, 99),
+        "throughput_fps": batch * 1000.0 / mean if mean > 0 else float("inf"),
+    }
 
 
 class OnnxRuntimeModel:
@@ -101,7 +112,12 @@ class OnnxRuntimeModel:
         self.sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         self.version = ort.__version__
         inp = self.sess.get_inputs()[0]
-        types = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
+        types = {
+            "tensor(float)": "float32",
+            "tensor(float16)": "float16",
+            "tensor(uint8)": "uint8",
+            "tensor(int8)": "int8",
+        }
         self.input_name = inp.name
         self.input_shape = [d if isinstance(d, int) else 1 for d in inp.shape]
         self.input_dtype = types.get(inp.type, "float32")
@@ -117,11 +133,11 @@ class LiteRTModel:
 
     def __init__(self, path, threads):
         try:
-            from ai_edge_litert.interpreter import Interpreter
             import ai_edge_litert as pkg
+            from ai_edge_litert.interpreter import Interpreter
         except ImportError:
-            from tflite_runtime.interpreter import Interpreter
             import tflite_runtime as pkg
+            from tflite_runtime.interpreter import Interpreter
         self.version = getattr(pkg, "__version__", "unknown")
         self.interp = Interpreter(model_path=path, num_threads=threads)
         self.interp.allocate_tensors()
@@ -146,13 +162,15 @@ class OpenVINOModel:
         core = ov.Core()
         self.version = ov.get_version()
         # f32 pinned: on bf16-capable CPUs the plugin would otherwise run float layers in bf16
-        self.compiled = core.compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                         "INFERENCE_PRECISION_HINT": "f32"})
+        self.compiled = core.compile_model(
+            path, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+        )
         self.request = self.compiled.create_infer_request()
         inp = self.compiled.inputs[0]
         self.input_shape = [int(d) for d in inp.get_shape()]
         self.input_dtype = {"f32": "float32", "u8": "uint8", "i8": "int8", "f16": "float16"}.get(
-            inp.get_element_type().get_type_name(), "float32")
+            inp.get_element_type().get_type_name(), "float32"
+        )
 
     def __call__(self, x):
         return list(self.request.infer({0: x}).values())
@@ -166,8 +184,10 @@ def make_input(model, inputs_path, seed=0):
 
     if inputs_path:
         arr = np.load(inputs_path, allow_pickle=False)
-        return [np.ascontiguousarray(a[None] if a.ndim == len(model.input_shape) - 1 else a).astype(model.input_dtype)
-                for a in arr]
+        return [
+            np.ascontiguousarray(a[None] if a.ndim == len(model.input_shape) - 1 else a).astype(model.input_dtype)
+            for a in arr
+        ]
     rng = np.random.RandomState(seed)
     if model.input_dtype in ("int8", "uint8"):
         info = np.iinfo(model.input_dtype)
@@ -182,6 +202,28 @@ def save_outputs(model, samples, path):
     arrays = {"output%d" % k: np.stack([np.array(r[k], copy=True) for r in results]) for k in range(len(results[0]))}
     with open(path, "wb") as f:  # a file object: np.savez would append .npz to a bare name
         np.savez(f, **arrays)
+
+
+def time_model(model, samples, args):
+    """Latencies in ms of ``args.iterations`` runs after ``args.warmup``, with progress lines on stderr;
+    stops early once ``args.time_budget`` seconds are spent."""
+    for i in range(args.warmup):
+        model(samples[i % len(samples)])
+    latencies = []
+    total = args.iterations
+    deadline = time.perf_counter() + args.time_budget if args.time_budget else None
+    every = args.progress_every or max(1, total // 10)
+    for i in range(total):
+        x = samples[i % len(samples)]
+        start = time.perf_counter_ns()
+        model(x)
+        latencies.append((time.perf_counter_ns() - start) / 1e6)
+        if (i + 1) % every == 0 or i + 1 == total:
+            sys.stderr.write("edgekd-progress %d/%d\n" % (i + 1, total))
+            sys.stderr.flush()
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+    return latencies
 
 
 def main(argv=None):
@@ -215,41 +257,41 @@ def main(argv=None):
 
         given = np.load(args.inputs, mmap_mode="r").dtype
         if given != model.input_dtype:  # make_input's cast would turn float samples into garbage integers
-            sys.stderr.write("edgekd-error inputs-dtype: the samples are %s, the model takes %s\n"
-                             % (given, model.input_dtype))
+            sys.stderr.write(
+                "edgekd-error inputs-dtype: the samples are %s, the model takes %s\n" % (given, model.input_dtype)
+            )
             return 2
     samples = make_input(model, args.inputs)
     if args.save_outputs:
         save_outputs(model, samples, args.save_outputs)
-    for i in range(args.warmup):
-        model(samples[i % len(samples)])
-    latencies = []
-    total = args.iterations
-    deadline = time.perf_counter() + args.time_budget if args.time_budget else None
-    every = args.progress_every or max(1, total // 10)
-    for i in range(total):
-        x = samples[i % len(samples)]
-        start = time.perf_counter_ns()
-        model(x)
-        latencies.append((time.perf_counter_ns() - start) / 1e6)
-        if (i + 1) % every == 0 or i + 1 == total:
-            sys.stderr.write("edgekd-progress %d/%d\n" % (i + 1, total))
-            sys.stderr.flush()
-        if deadline is not None and time.perf_counter() > deadline:
-            break
+    latencies = time_model(model, samples, args)
     result = {
         "schema": SCHEMA,
         "runtime": {"name": model.name, "version": model.version},
-        "settings": {"threads": args.threads, "warmup": args.warmup, "iterations": args.iterations,
-                     "time_budget_s": args.time_budget, "inputs": "samples" if args.inputs else "random"},
+        "settings": {
+            "threads": args.threads,
+            "warmup": args.warmup,
+            "iterations": args.iterations,
+            "time_budget_s": args.time_budget,
+            "inputs": "samples" if args.inputs else "random",
+        },
         "input": {"shape": model.input_shape, "dtype": model.input_dtype},
         "latency": summarize(latencies, model.input_shape[0] if model.input_shape else 1),
         "latencies_ms": latencies,
         "load_s": load_s,
-        "memory": {"rss_start_mb": rss_start, "rss_loaded_mb": rss_loaded, "rss_end_mb": rss_mb(),
-                   "peak_rss_mb": peak_rss_mb()},
-        "host": {"python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
-                 "cpu": cpu_model(), "cores": os.cpu_count()},
+        "memory": {
+            "rss_start_mb": rss_start,
+            "rss_loaded_mb": rss_loaded,
+            "rss_end_mb": rss_mb(),
+            "peak_rss_mb": peak_rss_mb(),
+        },
+        "host": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+        },
         "before": before,
         "after": machine_state(),
     }

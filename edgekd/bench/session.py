@@ -18,7 +18,11 @@ from edgekd.errors import BenchmarkError, CorruptModelError, ToolchainMissingErr
 RUNNER = Path(__file__).with_name("runner.py")
 
 
-RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert (or tflite-runtime)", "openvino": "openvino"}
+RUNTIME_PACKAGES = {
+    "onnxruntime": "onnxruntime",
+    "litert": "ai-edge-litert (or tflite-runtime)",
+    "openvino": "openvino",
+}
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,9 @@ class BenchSettings:
         check_number("the runner timeout", self.timeout_s, above=0)
 
 
-def run_benchmark(artifact: Path, device: Device, settings: BenchSettings,
-                  progress: Callable[[int, int], None] | None = None) -> dict:
+def run_benchmark(
+    artifact: Path, device: Device, settings: BenchSettings, progress: Callable[[int, int], None] | None = None
+) -> dict:
     manifest = read_manifest(artifact)
     check_results_writable(artifact)
     check_unchanged(artifact, manifest)
@@ -52,16 +57,29 @@ def run_benchmark(artifact: Path, device: Device, settings: BenchSettings,
             done, total = line.split()[1].split("/")
             progress(int(done), int(total))
 
-    timed_by_backend = backend_class(manifest["artifact"]["backend"])().benchmark(artifact, manifest, device,
-                                                                                   settings, progress)
+    timed_by_backend = backend_class(manifest["artifact"]["backend"])().benchmark(
+        artifact, manifest, device, settings, progress
+    )
     if timed_by_backend is not None:
         result, started = timed_by_backend
         return _finish(result, device, manifest, model_file, started, settings)
     with device:
         remote_model, remote_runner = upload_artifact(artifact, manifest, device)
-        argv = [device.python, remote_runner, remote_model, "--runtime", runtime,
-                "--threads", str(settings.threads), "--warmup", str(settings.warmup),
-                "--iterations", str(settings.iterations), "--out", "result.json"]
+        argv = [
+            device.python,
+            remote_runner,
+            remote_model,
+            "--runtime",
+            runtime,
+            "--threads",
+            str(settings.threads),
+            "--warmup",
+            str(settings.warmup),
+            "--iterations",
+            str(settings.iterations),
+            "--out",
+            "result.json",
+        ]
         if settings.time_budget_s:
             argv += ["--time-budget", str(settings.time_budget_s)]
         started = time.time()
@@ -82,16 +100,19 @@ def check_results_writable(artifact: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=results, prefix=".write-check-"):
             pass
     except OSError as e:
-        raise BenchmarkError(f"cannot store results in {results}: {e.strerror or e}",
-                             "make the artifact directory writable, or copy it somewhere writable and bench the copy"
-                             ) from e
+        raise BenchmarkError(
+            f"cannot store results in {results}: {e.strerror or e}",
+            "make the artifact directory writable, or copy it somewhere writable and bench the copy",
+        ) from e
 
 
 def check_unchanged(artifact: Path, manifest: dict) -> None:
     changed = verify_files(artifact, manifest)
     if changed:
-        raise CorruptModelError(f"files in {artifact} changed since compile: {', '.join(changed)}",
-                                "recompile; the manifest's sha256 no longer matches")
+        raise CorruptModelError(
+            f"files in {artifact} changed since compile: {', '.join(changed)}",
+            "recompile; the manifest's sha256 no longer matches",
+        )
 
 
 def upload_artifact(artifact: Path, manifest: dict, device: Device) -> tuple[str, str]:
@@ -103,16 +124,23 @@ def upload_artifact(artifact: Path, manifest: dict, device: Device) -> tuple[str
 
 def check_runner_exit(out: RunOutput, runtime: str, device: Device) -> None:
     if out.returncode == 4 and "runtime-missing" in out.stderr:
-        raise ToolchainMissingError(f"{runtime} does not import on {device.name}: {out.stderr.strip()[-300:]}",
-                                    f"install it on the device: pip install {RUNTIME_PACKAGES.get(runtime, runtime)}")
+        raise ToolchainMissingError(
+            f"{runtime} does not import on {device.name}: {out.stderr.strip()[-300:]}",
+            f"install it on the device: pip install {RUNTIME_PACKAGES.get(runtime, runtime)}",
+        )
     if out.returncode != 0:
         raise BenchmarkError(f"the runner failed on {device.name} (exit {out.returncode}): {out.stderr.strip()[-800:]}")
 
 
-def _finish(result: dict, device: Device, manifest: dict, model_file: str, started: float, settings: BenchSettings) -> dict:
+def _finish(
+    result: dict, device: Device, manifest: dict, model_file: str, started: float, settings: BenchSettings
+) -> dict:
     result["device"] = device.name
-    result["artifact"] = {"target": manifest["target"]["name"], "model_file": model_file,
-                          "sha256": next(f["sha256"] for f in manifest["files"] if f["path"] == model_file)}
+    result["artifact"] = {
+        "target": manifest["target"]["name"],
+        "model_file": model_file,
+        "sha256": next(f["sha256"] for f in manifest["files"] if f["path"] == model_file),
+    }
     result["started"] = datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds")
     result["settings_requested"] = asdict(settings)
     return result

@@ -19,8 +19,15 @@ from typing import Callable
 
 from edgekd.bench.device import Device, RunOutput
 from edgekd.bench.inventory import DeviceSpec
-from edgekd.errors import (InputNotFoundError, DeviceAuthError, DeviceConnectionLost, DeviceDiskFullError, DeviceUnreachableError,
-                           HostKeyError, RemoteCommandError)
+from edgekd.errors import (
+    DeviceAuthError,
+    DeviceConnectionLost,
+    DeviceDiskFullError,
+    DeviceUnreachableError,
+    HostKeyError,
+    InputNotFoundError,
+    RemoteCommandError,
+)
 
 CONNECT_RETRIES = 2  # transient failures only: refused/timed-out connects, not auth or host-key errors
 
@@ -82,8 +89,13 @@ class SSHDevice(Device):
     async def _connect(self, known: str, trust_on_first_use: bool):
         import asyncssh
 
-        kwargs = dict(port=self.spec.port, username=self.spec.user, connect_timeout=self.spec.connect_timeout,
-                      keepalive_interval=self.spec.keepalive_s, keepalive_count_max=3)
+        kwargs = dict(
+            port=self.spec.port,
+            username=self.spec.user,
+            connect_timeout=self.spec.connect_timeout,
+            keepalive_interval=self.spec.keepalive_s,
+            keepalive_count_max=3,
+        )
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         if self.spec.key:
             kwargs["client_keys"] = [str(Path(self.spec.key).expanduser())]
@@ -110,18 +122,22 @@ class SSHDevice(Device):
                 f"{known} holds for {self._host_label()} ({e}). Someone may be intercepting the connection, "
                 "or the board was reinstalled",
                 f"verify the board's new key out of band; if it is right, remove the old one with "
-                f"`ssh-keygen -R {shlex.quote(self._host_label())} -f {shlex.quote(known)}` and connect again")
-        return HostKeyError(f"{self.name} ({where}): host key not verified: {known} has no key for "
-                            f"{self._host_label()}")
+                f"`ssh-keygen -R {shlex.quote(self._host_label())} -f {shlex.quote(known)}` and connect again",
+            )
+        return HostKeyError(
+            f"{self.name} ({where}): host key not verified: {known} has no key for {self._host_label()}"
+        )
 
     def connect(self) -> None:
         import asyncssh
 
         where = f"{self.spec.host}:{self.spec.port or 22}"
         if self.spec.key and not Path(self.spec.key).expanduser().is_file():
-            raise InputNotFoundError(f"{self.name}: the SSH key {self.spec.key} does not exist",
-                                     f"fix key = ... for {self.name} in {self.spec.source or 'the inventory'}, "
-                                     "or remove it to use ssh-agent / ~/.ssh defaults")
+            raise InputNotFoundError(
+                f"{self.name}: the SSH key {self.spec.key} does not exist",
+                f"fix key = ... for {self.name} in {self.spec.source or 'the inventory'}, "
+                "or remove it to use ssh-agent / ~/.ssh defaults",
+            )
         known = self._known_hosts()
         known_keys = self._known_keys(known)
         for attempt in range(CONNECT_RETRIES + 1):
@@ -131,14 +147,21 @@ class SSHDevice(Device):
             except asyncssh.HostKeyNotVerifiable as e:
                 raise self._host_key_error(known, known_keys, where, e) from e
             except asyncssh.PermissionDenied as e:
-                raise DeviceAuthError(f"{self.name} ({where}): authentication refused for user "
-                                      f"{self.spec.user or '(default)'}: {e}") from e
+                raise DeviceAuthError(
+                    f"{self.name} ({where}): authentication refused for user {self.spec.user or '(default)'}: {e}"
+                ) from e
             except (ConnectionRefusedError, asyncio.TimeoutError, TimeoutError, OSError, asyncssh.DisconnectError) as e:
                 if attempt == CONNECT_RETRIES:
-                    what = "timed out" if isinstance(e, (asyncio.TimeoutError, TimeoutError)) else \
-                        "refused (nothing listens on that port)" if isinstance(e, ConnectionRefusedError) else str(e)
-                    raise DeviceUnreachableError(f"{self.name} ({where}): connection {what} after "
-                                                 f"{CONNECT_RETRIES + 1} attempts") from e
+                    what = (
+                        "timed out"
+                        if isinstance(e, (asyncio.TimeoutError, TimeoutError))
+                        else "refused (nothing listens on that port)"
+                        if isinstance(e, ConnectionRefusedError)
+                        else str(e)
+                    )
+                    raise DeviceUnreachableError(
+                        f"{self.name} ({where}): connection {what} after {CONNECT_RETRIES + 1} attempts"
+                    ) from e
                 time.sleep(0.5 * (attempt + 1))
 
     def close(self) -> None:
@@ -186,7 +209,9 @@ class SSHDevice(Device):
             self._run(put())
         except (asyncssh.SFTPFailure, asyncssh.SFTPError, OSError) as e:
             if "space" in str(e).lower() or getattr(e, "errno", None) == errno.ENOSPC or self._no_room_for(local):
-                raise DeviceDiskFullError(f"{self.name}: no space left in {self.spec.workdir} while uploading {name}") from e
+                raise DeviceDiskFullError(
+                    f"{self.name}: no space left in {self.spec.workdir} while uploading {name}"
+                ) from e
             if isinstance(e, asyncssh.SFTPConnectionLost):
                 raise DeviceConnectionLost(f"{self.name}: connection lost while uploading {name}") from e
             raise RemoteCommandError(f"{self.name}: upload of {name} to {remote} failed: {e}") from e
@@ -228,8 +253,10 @@ class SSHDevice(Device):
         """Runs a short command; a non-zero exit is an error carrying its stderr tail."""
         out = self.run(argv, timeout)
         if out.returncode != 0:
-            raise RemoteCommandError(f"{self.name}: `{shlex.join(argv)}` exited {out.returncode}: "
-                                     f"{out.stderr.strip()[-600:] or out.stdout.strip()[-600:]}")
+            raise RemoteCommandError(
+                f"{self.name}: `{shlex.join(argv)}` exited {out.returncode}: "
+                f"{out.stderr.strip()[-600:] or out.stdout.strip()[-600:]}"
+            )
         return out
 
     def run(self, argv: list[str], timeout: float, on_stderr_line: Callable[[str], None] | None = None) -> RunOutput:
@@ -242,10 +269,10 @@ class SSHDevice(Device):
             err_lines: list[str] = []
 
             async def pump_err():
-                async for l in proc.stderr:
-                    err_lines.append(l)
+                async for line in proc.stderr:
+                    err_lines.append(line)
                     if on_stderr_line:
-                        on_stderr_line(l.rstrip("\n"))
+                        on_stderr_line(line.rstrip("\n"))
 
             out_task = asyncio.ensure_future(proc.stdout.read())
             try:
@@ -267,8 +294,13 @@ class SSHDevice(Device):
             out = self._run(asyncio.wait_for(go(), timeout + 30))
         except asyncio.TimeoutError as e:
             raise RemoteCommandError(f"{self.name}: `{argv[0]}` did not finish within {timeout:.0f} s") from e
-        except (asyncssh.ConnectionLost, asyncssh.DisconnectError, asyncssh.ChannelOpenError, BrokenPipeError,
-                ConnectionResetError) as e:
+        except (
+            asyncssh.ConnectionLost,
+            asyncssh.DisconnectError,
+            asyncssh.ChannelOpenError,
+            BrokenPipeError,
+            ConnectionResetError,
+        ) as e:
             raise DeviceConnectionLost(f"{self.name}: connection lost while running `{argv[0]}`: {e}") from e
         if out.returncode == 124:
             raise RemoteCommandError(f"{self.name}: `{argv[0]}` ran past {timeout:.0f} s and was stopped (timeout -k)")

@@ -31,11 +31,15 @@ class Preprocess:
         values = {"mean": self.mean, "std": self.std, "scale": (self.scale,)}
         bad = [f"{k} {list(v)}" for k, v in values.items() if not all(math.isfinite(float(x)) for x in v)]
         if bad:
-            raise ConfigError(f"preprocessing holds NaN or Inf: {', '.join(bad)}", "pass finite numbers, e.g. "
-                              "--mean 0.485,0.456,0.406 --std 0.229,0.224,0.225")
+            raise ConfigError(
+                f"preprocessing holds NaN or Inf: {', '.join(bad)}",
+                "pass finite numbers, e.g. --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225",
+            )
         if any(s <= 0 for s in self.std) or self.scale <= 0:
-            raise ConfigError(f"std and scale must be positive, got std {list(self.std)}, scale {self.scale}",
-                              "e.g. --std 0.229,0.224,0.225; the default scale 1/255 maps pixels to [0, 1]")
+            raise ConfigError(
+                f"std and scale must be positive, got std {list(self.std)}, scale {self.scale}",
+                "e.g. --std 0.229,0.224,0.225; the default scale 1/255 maps pixels to [0, 1]",
+            )
         if len(self.size) != 2 or any(int(s) < 1 for s in self.size):
             raise ConfigError(f"image size must be two positive numbers (H, W), got {self.size}")
         if self.resize not in ("stretch", "letterbox"):

@@ -37,8 +37,13 @@ def count_samples(source: str | Path) -> int:
     return len(scan_image_folder(path))
 
 
-def iter_batches(source: str | Path, pre: Preprocess, input_shape: tuple[int, ...],
-                 batch_size: int | None = None, limit: int | None = None) -> Iterator[np.ndarray]:
+def iter_batches(
+    source: str | Path,
+    pre: Preprocess,
+    input_shape: tuple[int, ...],
+    batch_size: int | None = None,
+    limit: int | None = None,
+) -> Iterator[np.ndarray]:
     """Yields float32 batches shaped like ``input_shape`` (batch axis = ``batch_size`` or the shape's)."""
     path = Path(source)
     if not path.exists():
@@ -48,16 +53,18 @@ def iter_batches(source: str | Path, pre: Preprocess, input_shape: tuple[int, ..
     if path.suffix in (".npy", ".npz"):
         arr = _array_source(path)
         if tuple(arr.shape[1:]) != sample_shape:
-            raise DataError(f"{path} holds samples of shape {tuple(arr.shape[1:])}, the model takes {sample_shape}",
-                            "store preprocessed samples as an array of shape [N, *input_shape[1:]]")
+            raise DataError(
+                f"{path} holds samples of shape {tuple(arr.shape[1:])}, the model takes {sample_shape}",
+                "store preprocessed samples as an array of shape [N, *input_shape[1:]]",
+            )
         n = len(arr) if limit is None else min(limit, len(arr))
         for i in range(0, n, batch):
-            yield np.array(arr[i:min(i + batch, n)], dtype=np.float32)  # a copy: mmap slices are read-only
+            yield np.array(arr[i : min(i + batch, n)], dtype=np.float32)  # a copy: mmap slices are read-only
         return
     folder = scan_image_folder(path)
     files = folder.files if limit is None else folder.files[:limit]
     for i in range(0, len(files), batch):
-        chunk = [load_image(f, pre) for f in files[i:i + batch]]
+        chunk = [load_image(f, pre) for f in files[i : i + batch]]
         yield np.stack(chunk).astype(np.float32)
 
 
@@ -68,25 +75,36 @@ def random_batches(input_shape: tuple[int, ...], count: int, seed: int = 0) -> I
         yield rng.standard_normal(input_shape).astype(np.float32)
 
 
-def iter_labelled(source: str | Path, pre: Preprocess, input_shape: tuple[int, ...], class_names: tuple[str, ...] | None,
-                  limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def iter_labelled(
+    source: str | Path,
+    pre: Preprocess,
+    input_shape: tuple[int, ...],
+    class_names: tuple[str, ...] | None,
+    limit: int | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(batch, labels) from a class-subfolder image folder; labels follow ``class_names`` when given
     (the model's label order), else the sorted folder names. Samples are spread over all classes."""
     folder = scan_image_folder(source)
     if folder.labels is None:
-        raise DataError(f"{source} has no class subfolders, so it has no labels to evaluate against",
-                        "arrange the eval images as DIR/<class name>/*.jpg")
+        raise DataError(
+            f"{source} has no class subfolders, so it has no labels to evaluate against",
+            "arrange the eval images as DIR/<class name>/*.jpg",
+        )
     mapping = list(range(len(folder.classes)))
     if class_names:
         unknown = [c for c in folder.classes if c not in class_names]
         if unknown:
-            raise DataError(f"eval classes {unknown} are not among the model's labels", f"labels: {', '.join(class_names)}")
+            raise DataError(
+                f"eval classes {unknown} are not among the model's labels", f"labels: {', '.join(class_names)}"
+            )
         mapping = [class_names.index(c) for c in folder.classes]
     n = len(folder) if limit is None else min(limit, len(folder))
     # A fixed stride through the sorted files picks from every class, not only the first ones.
     idx = np.linspace(0, len(folder) - 1, n).round().astype(int) if n < len(folder) else np.arange(len(folder))
     batch = input_shape[0]
     for i in range(0, len(idx), batch):
-        chunk = idx[i:i + batch]
-        yield (np.stack([load_image(folder.files[j], pre) for j in chunk]).astype(np.float32),
-               np.asarray([mapping[folder.labels[j]] for j in chunk]))
+        chunk = idx[i : i + batch]
+        yield (
+            np.stack([load_image(folder.files[j], pre) for j in chunk]).astype(np.float32),
+            np.asarray([mapping[folder.labels[j]] for j in chunk]),
+        )

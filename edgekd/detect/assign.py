@@ -32,8 +32,9 @@ def level_of(boxes: torch.Tensor, strides: tuple[int, ...], size_factor: float =
     return level
 
 
-def assign(targets: torch.Tensor, shapes: list[tuple[int, int]], strides: tuple[int, ...],
-           size_factor: float = 4.0) -> list[Positives]:
+def assign(
+    targets: torch.Tensor, shapes: list[tuple[int, int]], strides: tuple[int, ...], size_factor: float = 4.0
+) -> list[Positives]:
     """``targets [M, 6]`` = (image index, class, x1, y1, x2, y2) in input pixels → a :class:`Positives` per level."""
     level = level_of(targets[:, 2:], strides, size_factor) if len(targets) else targets.new_zeros(0, dtype=torch.long)
     out = []
@@ -58,6 +59,7 @@ def assign(targets: torch.Tensor, shapes: list[tuple[int, int]], strides: tuple[
         key, who, image, cand = key[order], who[order], image[order], cand[order]
         uniq, inverse = torch.unique(key, return_inverse=True)
         first = torch.full((len(uniq),), len(key), dtype=torch.long).scatter_reduce(
-            0, inverse, torch.arange(len(key)), "amin")
+            0, inverse, torch.arange(len(key)), "amin"
+        )
         out.append(Positives(image[first], cand[first, 1] * w + cand[first, 0], who[first]))
     return out

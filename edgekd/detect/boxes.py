@@ -28,7 +28,7 @@ def complete_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-9) -> torch.T
     centre2 = ((a[..., :2] + a[..., 2:]) - (b[..., :2] + b[..., 2:])).pow(2).sum(-1) / 4
     wa, ha = a[..., 2] - a[..., 0], (a[..., 3] - a[..., 1]).clamp(min=eps)
     wb, hb = b[..., 2] - b[..., 0], (b[..., 3] - b[..., 1]).clamp(min=eps)
-    v = (4 / math.pi ** 2) * (torch.atan(wb / hb) - torch.atan(wa / ha)).pow(2)
+    v = (4 / math.pi**2) * (torch.atan(wb / hb) - torch.atan(wa / ha)).pow(2)
     with torch.no_grad():
         alpha = v / (v - iou + 1).clamp(min=1e-7)  # identical boxes: v = 0 and 1 − IoU = 0
     return iou - centre2 / diag2 - alpha * v

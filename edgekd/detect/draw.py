@@ -33,8 +33,15 @@ def draw(rgb: np.ndarray, det: Detections, truth: GroundTruth | None = None, con
     return im
 
 
-def sheet(paths: list[Path], dets: list[Detections], truths: list[GroundTruth] | None, out: Path,
-          conf: float = 0.25, columns: int = 2, width: int = 640) -> Path:
+def sheet(
+    paths: list[Path],
+    dets: list[Detections],
+    truths: list[GroundTruth] | None,
+    out: Path,
+    conf: float = 0.25,
+    columns: int = 2,
+    width: int = 640,
+) -> Path:
     """Draws each image's detections, tiles them ``columns`` wide (each ``width`` px) and writes ``out`` (JPEG/PNG)."""
     from PIL import Image
 
@@ -42,7 +49,7 @@ def sheet(paths: list[Path], dets: list[Detections], truths: list[GroundTruth] |
     for i, (path, det) in enumerate(zip(paths, dets)):
         im = draw(read_rgb(path, None), det, truths[i] if truths else None, conf)
         tiles.append(im.resize((width, round(im.height * width / im.width)), Image.BILINEAR))
-    rows = [tiles[i:i + columns] for i in range(0, len(tiles), columns)]
+    rows = [tiles[i : i + columns] for i in range(0, len(tiles), columns)]
     height = sum(max(t.height for t in row) for row in rows)
     canvas = Image.new("RGB", (width * columns, height), (255, 255, 255))
     y = 0

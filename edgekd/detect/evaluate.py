@@ -17,21 +17,29 @@ from edgekd.detect.postprocess import DEFAULT_NMS, Detections, NmsSettings, sele
 from edgekd.runtime.batching import RunFn
 
 
-def input_batches(dataset: DetectionSet, pre: Preprocess, batch: int,
-                  limit: int | None = None) -> Iterator[tuple[np.ndarray, list[Letterbox]]]:
+def input_batches(
+    dataset: DetectionSet, pre: Preprocess, batch: int, limit: int | None = None
+) -> Iterator[tuple[np.ndarray, list[Letterbox]]]:
     """(model-ready batch, the transform of each image) in dataset order."""
     images = dataset.images[:limit] if limit else dataset.images
     for i in range(0, len(images), batch):
         xs, fits = [], []
-        for im in images[i:i + batch]:
+        for im in images[i : i + batch]:
             rgb, fit = read_letterboxed(im.path, pre.size, pre.resize)
             xs.append(pre.apply(rgb))
             fits.append(fit)
         yield np.stack(xs).astype(np.float32), fits
 
 
-def predict(run: RunFn, dataset: DetectionSet, pre: Preprocess, batch: int = 1, settings: NmsSettings = DEFAULT_NMS,
-            limit: int | None = None, progress: Callable[[int, int], None] | None = None) -> list[Detections]:
+def predict(
+    run: RunFn,
+    dataset: DetectionSet,
+    pre: Preprocess,
+    batch: int = 1,
+    settings: NmsSettings = DEFAULT_NMS,
+    limit: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Detections]:
     """Detections per image, in source-image pixels."""
     out: list[Detections] = []
     total = min(limit or len(dataset), len(dataset))
@@ -50,7 +58,15 @@ def ground_truth(dataset: DetectionSet, limit: int | None = None) -> list[Ground
     return [GroundTruth(im.boxes, im.classes) for im in images]
 
 
-def evaluate(run: RunFn, dataset: DetectionSet, pre: Preprocess, batch: int = 1, settings: NmsSettings = DEFAULT_NMS,
-             conf: float = 0.25, limit: int | None = None, progress=None) -> DetectionMetrics:
+def evaluate(
+    run: RunFn,
+    dataset: DetectionSet,
+    pre: Preprocess,
+    batch: int = 1,
+    settings: NmsSettings = DEFAULT_NMS,
+    conf: float = 0.25,
+    limit: int | None = None,
+    progress=None,
+) -> DetectionMetrics:
     preds = predict(run, dataset, pre, batch, settings, limit, progress)
     return evaluate_detections(ground_truth(dataset, limit), preds, len(dataset.names), conf, settings.max_det)

@@ -17,15 +17,21 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgekd.ir.detector import decoded_outputs
 from edgekd.errors import ConfigError
+from edgekd.ir.detector import decoded_outputs
 from edgekd.ir.graph import new_initializer
 
 SELECTED = "selected"
 
 
-def add_nms(model: ir.Model, iou_threshold: float = 0.7, score_threshold: float = 0.001,
-            max_per_class: int = 300, boxes: str = "boxes", scores: str = "scores") -> ir.Model:
+def add_nms(
+    model: ir.Model,
+    iou_threshold: float = 0.7,
+    score_threshold: float = 0.001,
+    max_per_class: int = 300,
+    boxes: str = "boxes",
+    scores: str = "scores",
+) -> ir.Model:
     """Appends NonMaxSuppression to ``model`` in place (and returns it); ``selected`` becomes its last output."""
     graph = model.graph
     if any(v.name == SELECTED for v in graph.outputs):
@@ -33,12 +39,24 @@ def add_nms(model: ir.Model, iou_threshold: float = 0.7, score_threshold: float 
     if model.opset_imports.get("", 0) < 11:
         raise ConfigError("NonMaxSuppression in the graph needs ONNX opset ≥ 11", "compile at a newer opset")
     box_v, score_v = decoded_outputs(graph, boxes, scores)
-    per_class = ir.Node("", "Transpose", [score_v], attributes=[ir.AttrInt64s("perm", [0, 2, 1])], name="nms_scores_per_class")
-    consts = [new_initializer(graph, f"nms_{k}", np.asarray([v], dtype))
-              for k, v, dtype in (("max_per_class", max_per_class, np.int64), ("iou_threshold", iou_threshold, np.float32),
-                                  ("score_threshold", score_threshold, np.float32))]
-    nms = ir.Node("", "NonMaxSuppression", [box_v, per_class.outputs[0], *consts],
-                  attributes=[ir.AttrInt64("center_point_box", 0)], name="nms")
+    per_class = ir.Node(
+        "", "Transpose", [score_v], attributes=[ir.AttrInt64s("perm", [0, 2, 1])], name="nms_scores_per_class"
+    )
+    consts = [
+        new_initializer(graph, f"nms_{k}", np.asarray([v], dtype))
+        for k, v, dtype in (
+            ("max_per_class", max_per_class, np.int64),
+            ("iou_threshold", iou_threshold, np.float32),
+            ("score_threshold", score_threshold, np.float32),
+        )
+    ]
+    nms = ir.Node(
+        "",
+        "NonMaxSuppression",
+        [box_v, per_class.outputs[0], *consts],
+        attributes=[ir.AttrInt64("center_point_box", 0)],
+        name="nms",
+    )
     out = nms.outputs[0]
     out.name = SELECTED
     out.type = ir.TensorType(ir.DataType.INT64)

@@ -19,8 +19,9 @@ from edgekd.models.yolo_decode import cells_last, decode_boxes
 
 
 class DetectionLoss:
-    def __init__(self, strides: tuple[int, ...], box_weight: float = 7.5, cls_weight: float = 1.0,
-                 size_factor: float = 4.0):
+    def __init__(
+        self, strides: tuple[int, ...], box_weight: float = 7.5, cls_weight: float = 1.0, size_factor: float = 4.0
+    ):
         self.strides = tuple(strides)
         self.box_weight, self.cls_weight, self.size_factor = box_weight, cls_weight, size_factor
 
@@ -50,4 +51,9 @@ class DetectionLoss:
         n = max(count, 1)
         box_loss, cls_loss = box_sum / n, cls_sum / n
         loss = self.box_weight * box_loss + self.cls_weight * cls_loss
-        return loss, {"box": float(box_loss.detach()), "cls": float(cls_loss.detach()), "iou": iou_sum / n, "positives": count}
+        return loss, {
+            "box": float(box_loss.detach()),
+            "cls": float(cls_loss.detach()),
+            "iou": iou_sum / n,
+            "positives": count,
+        }

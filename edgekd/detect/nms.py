@@ -22,8 +22,13 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, classes: np.ndarray | None = None,
-        max_keep: int | None = None) -> np.ndarray:
+def nms(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    iou_threshold: float,
+    classes: np.ndarray | None = None,
+    max_keep: int | None = None,
+) -> np.ndarray:
     """Indices of the kept boxes, highest score first. With ``classes``, boxes of different classes never
     suppress each other. Stops after ``max_keep`` kept boxes."""
     if len(boxes) == 0:

@@ -50,8 +50,10 @@ def split_outputs(outputs: list[np.ndarray], num_classes: int | None = None) -> 
         cxcy, wh = y[..., :2], y[..., 2:4]
         return np.concatenate([cxcy - wh / 2, cxcy + wh / 2], -1), y[..., 4:]
     shapes = [tuple(o.shape) for o in outputs]
-    raise DataError(f"detector outputs {shapes} are neither (boxes [N, A, 4], scores [N, A, C]) nor [N, 4 + C, A]",
-                    "compile the detector with its decode (edgekd.models.yolo_decode.DecodedYolo for zoo yolo-det)")
+    raise DataError(
+        f"detector outputs {shapes} are neither (boxes [N, A, 4], scores [N, A, C]) nor [N, 4 + C, A]",
+        "compile the detector with its decode (edgekd.models.yolo_decode.DecodedYolo for zoo yolo-det)",
+    )
 
 
 def select(boxes: np.ndarray, scores: np.ndarray, settings: NmsSettings = DEFAULT_NMS) -> Detections:
@@ -60,6 +62,6 @@ def select(boxes: np.ndarray, scores: np.ndarray, settings: NmsSettings = DEFAUL
     best = scores[np.arange(len(scores)), cls]
     idx = np.flatnonzero(best > settings.conf)
     if len(idx) > settings.max_candidates:
-        idx = idx[np.argpartition(-best[idx], settings.max_candidates)[:settings.max_candidates]]
+        idx = idx[np.argpartition(-best[idx], settings.max_candidates)[: settings.max_candidates]]
     keep = idx[nms(boxes[idx], best[idx], settings.iou, cls[idx], settings.max_det)]
     return Detections(boxes[keep].astype(np.float32), best[keep].astype(np.float32), cls[keep].astype(np.int64))

@@ -30,9 +30,16 @@ class ValResult:
     seconds: float
 
     def to_dict(self) -> dict:
-        return {"artifact": str(self.artifact), "model_file": self.model_file, "runtime": self.runtime,
-                "data": self.data, "label_issues": self.issues, "metrics": self.metrics.to_dict(),
-                "nms": vars(self.settings), "seconds": self.seconds}
+        return {
+            "artifact": str(self.artifact),
+            "model_file": self.model_file,
+            "runtime": self.runtime,
+            "data": self.data,
+            "label_issues": self.issues,
+            "metrics": self.metrics.to_dict(),
+            "nms": vars(self.settings),
+            "seconds": self.seconds,
+        }
 
 
 def artifact_preprocess(manifest: dict) -> Preprocess:
@@ -42,14 +49,23 @@ def artifact_preprocess(manifest: dict) -> Preprocess:
     return Preprocess(**d)
 
 
-def validate_artifact(artifact: str | Path, data: str | Path, split: str = "val", settings: NmsSettings = DEFAULT_NMS,
-                      conf: float = 0.25, limit: int | None = None, threads: int = 2, progress=None) -> ValResult:
+def validate_artifact(
+    artifact: str | Path,
+    data: str | Path,
+    split: str = "val",
+    settings: NmsSettings = DEFAULT_NMS,
+    conf: float = 0.25,
+    limit: int | None = None,
+    threads: int = 2,
+    progress=None,
+) -> ValResult:
     artifact = Path(artifact)
     manifest = read_manifest(artifact)
     changed = verify_files(artifact, manifest)
     if changed:
-        raise CorruptModelError(f"{artifact}: {', '.join(changed)} changed since edgekd wrote the artifact",
-                                "compile it again")
+        raise CorruptModelError(
+            f"{artifact}: {', '.join(changed)} changed since edgekd wrote the artifact", "compile it again"
+        )
     dataset = load_detection_set(data, split)
     model_file = manifest["artifact"]["model_file"]
     backend = get_backend(manifest["artifact"]["backend"])
@@ -58,5 +74,13 @@ def validate_artifact(artifact: str | Path, data: str | Path, split: str = "val"
     run = in_model_batches(backend.session(artifact / model_file, threads), batch)
     t0 = time.perf_counter()
     metrics = evaluate(run, dataset, artifact_preprocess(manifest), batch, settings, conf, limit, progress)
-    return ValResult(artifact, model_file, manifest["artifact"]["runtime"], dataset.summary(), dataset.issue_counts(),
-                     metrics, settings, time.perf_counter() - t0)
+    return ValResult(
+        artifact,
+        model_file,
+        manifest["artifact"]["runtime"],
+        dataset.summary(),
+        dataset.issue_counts(),
+        metrics,
+        settings,
+        time.perf_counter() - t0,
+    )

@@ -25,14 +25,25 @@ def check_outputs(output: Path, force: bool, inputs: list[Path | None]) -> None:
     """Refuses, before any training, an -o that is an input or a file edgekd did not write."""
     record = output.with_suffix(".json")
     if output.suffix == ".json":
-        raise ConfigError(f"-o {output} ends in .json, the name of the record written beside the weights",
-                          "name the weights file .pt, e.g. -o student.pt")
+        raise ConfigError(
+            f"-o {output} ends in .json, the name of the record written beside the weights",
+            "name the weights file .pt, e.g. -o student.pt",
+        )
     for path in (output, record):
         check_file_output(path, force, lambda _: is_distill_record(record), inputs)
 
 
-def distill_to_file(resolved, student: str, data: Path, output: Path, cfg, progress: Callable | None = None,
-                    init: Path | None = None, replay: Path | None = None, replay_size: int = 5000) -> dict:
+def distill_to_file(
+    resolved,
+    student: str,
+    data: Path,
+    output: Path,
+    cfg,
+    progress: Callable | None = None,
+    init: Path | None = None,
+    replay: Path | None = None,
+    replay_size: int = 5000,
+) -> dict:
     """Trains ``student`` from the resolved teacher (edgekd.frontend.ResolvedModel) and writes the files.
 
     Incremental update: ``init`` is the student's current weights and ``replay`` a replay-buffer file (.npz,
@@ -55,11 +66,26 @@ def distill_to_file(resolved, student: str, data: Path, output: Path, cfg, progr
     buffer = None
     if replay is not None:
         buffer = ReplayBuffer.load(replay, cfg.seed) if replay.exists() else ReplayBuffer(replay_size, cfg.seed)
-    net, record = distill_student(teacher, teacher_profile, student, data, inp.preprocess, shape, cfg,
-                                  output.with_name(output.name + ".training") if world.is_main else None, progress,
-                                  init, buffer)
-    metrics = {**asdict(record), "teacher": loaded.source, "teacher_sha256": loaded.sha256, "workers": world.size,
-               "input": {"shape": list(shape), "mean": list(inp.preprocess.mean), "std": list(inp.preprocess.std)}}
+    net, record = distill_student(
+        teacher,
+        teacher_profile,
+        student,
+        data,
+        inp.preprocess,
+        shape,
+        cfg,
+        output.with_name(output.name + ".training") if world.is_main else None,
+        progress,
+        init,
+        buffer,
+    )
+    metrics = {
+        **asdict(record),
+        "teacher": loaded.source,
+        "teacher_sha256": loaded.sha256,
+        "workers": world.size,
+        "input": {"shape": list(shape), "mean": list(inp.preprocess.mean), "std": list(inp.preprocess.std)},
+    }
     if world.is_main:
         _write(net, metrics, output)
         if buffer is not None:

@@ -15,6 +15,7 @@ def write_curves(history: list[dict], out_dir: Path) -> tuple[Path, Path]:
         w.writeheader()
         w.writerows(history)
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

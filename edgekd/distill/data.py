@@ -37,8 +37,10 @@ def decode(folder: ImageFolder, size: tuple[int, int], max_unreadable: float = M
         except DataError:
             bad.append(path)
     if bad and len(bad) > max_unreadable * max(1, len(folder)):
-        raise DataError(f"{len(bad)} of {len(folder)} images under {folder.root} cannot be decoded "
-                        f"(first: {bad[0]})", f"remove or replace them; up to {max_unreadable:.0%} are skipped")
+        raise DataError(
+            f"{len(bad)} of {len(folder)} images under {folder.root} cannot be decoded (first: {bad[0]})",
+            f"remove or replace them; up to {max_unreadable:.0%} are skipped",
+        )
     if bad:
         print(f"edgekd: skipped {len(bad)} unreadable image(s) under {folder.root}, first {bad[0]}", file=sys.stderr)
     labels = None if folder.labels is None else np.asarray(folder.labels, np.int64)[keep]
@@ -76,4 +78,4 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     padded = F.pad(x, (4, 4, 4, 4))
     dy, dx = torch.randint(0, 9, (2,), generator=gen).tolist()
-    return padded[:, :, dy:dy + h, dx:dx + w]
+    return padded[:, :, dy : dy + h, dx : dx + w]

@@ -30,8 +30,10 @@ def _check_levels(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor
     s_shapes = [tuple(t.shape[-2:]) for t in student[0::2]]
     t_shapes = [tuple(t.shape[-2:]) for t in teacher[0::2]]
     if s_shapes != t_shapes:
-        raise ConfigError(f"student head levels {s_shapes} differ from the teacher's {t_shapes}",
-                          "distil between detectors with the same strides (e.g. both yolo-det-p2)")
+        raise ConfigError(
+            f"student head levels {s_shapes} differ from the teacher's {t_shapes}",
+            "distil between detectors with the same strides (e.g. both yolo-det-p2)",
+        )
 
 
 def teacher_weights(teacher_cls: torch.Tensor) -> torch.Tensor:
@@ -39,7 +41,9 @@ def teacher_weights(teacher_cls: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(teacher_cls.detach()).amax(1)
 
 
-def class_map_kd(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...], temperature: float = 2.0) -> torch.Tensor:
+def class_map_kd(
+    student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...], temperature: float = 2.0
+) -> torch.Tensor:
     """Binary KL(σ(t/T) ‖ σ(s/T)) · T² over the class maps of every level, teacher-score-weighted mean over cells."""
     _check_levels(student, teacher)
     num, den = student[1].new_zeros(()), student[1].new_zeros(())
@@ -54,7 +58,9 @@ def class_map_kd(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor,
     return num / den.clamp(min=1e-6) * T * T
 
 
-def box_kd(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...], strides: tuple[int, ...]) -> torch.Tensor:
+def box_kd(
+    student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...], strides: tuple[int, ...]
+) -> torch.Tensor:
     """1 − CIoU between the decoded student and teacher boxes of every cell, teacher-score-weighted mean."""
     _check_levels(student, teacher)
     num, den = student[0].new_zeros(()), student[0].new_zeros(())
@@ -87,8 +93,18 @@ class DetectionDistillLoss(nn.Module):
     (:func:`edgekd.distill.features.capture` with ``self.student_layers`` / ``self.teacher_layers``).
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, example: torch.Tensor, temperature: float = 2.0,
-                 labels: float = 1.0, kd: float = 1.0, box_kd: float = 1.0, hint: float = 1.0, attention: float = 0.0):
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        example: torch.Tensor,
+        temperature: float = 2.0,
+        labels: float = 1.0,
+        kd: float = 1.0,
+        box_kd: float = 1.0,
+        hint: float = 1.0,
+        attention: float = 0.0,
+    ):
         super().__init__()
         if tuple(student.strides) != tuple(teacher.strides):
             raise ConfigError(f"student strides {student.strides} differ from the teacher's {teacher.strides}")

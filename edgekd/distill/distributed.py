@@ -25,7 +25,7 @@ class World:
 
     def shard(self, indices: torch.Tensor) -> torch.Tensor:
         """This worker's share of a global batch (strided, so shares differ by at most one sample)."""
-        return indices[self.rank::self.size]
+        return indices[self.rank :: self.size]
 
     def wrap(self, module: nn.Module) -> nn.Module:
         return module if self.size == 1 else nn.parallel.DistributedDataParallel(module)
@@ -43,12 +43,16 @@ class World:
             return
         with torch.no_grad():
             flat = torch.cat([p.detach().double().flatten() for p in module.parameters()])
-            mine = torch.stack([flat.sum(), flat.pow(2).sum(), (flat * torch.arange(len(flat), dtype=torch.float64)).sum()])
+            mine = torch.stack(
+                [flat.sum(), flat.pow(2).sum(), (flat * torch.arange(len(flat), dtype=torch.float64)).sum()]
+            )
         sums = [torch.zeros_like(mine) for _ in range(self.size)]
         dist.all_gather(sums, mine)
         if any(not torch.allclose(s, sums[0], rtol=1e-9, atol=0) for s in sums):
-            raise DistributedStateError(f"the {self.size} workers ended with different weights",
-                                        "report this: DistributedDataParallel should keep them identical")
+            raise DistributedStateError(
+                f"the {self.size} workers ended with different weights",
+                "report this: DistributedDataParallel should keep them identical",
+            )
 
     def barrier(self) -> None:
         if self.size > 1:

@@ -22,9 +22,15 @@ def feature_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[i
     hooks = []
     for name, module in model.named_modules():
         if name:
-            hooks.append(module.register_forward_hook(
-                lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple(out.shape))
-                if isinstance(out, torch.Tensor) and out.dim() == 4 else None))
+            hooks.append(
+                module.register_forward_hook(
+                    lambda _m, _i, out, name=name: (
+                        shapes.__setitem__(name, tuple(out.shape))
+                        if isinstance(out, torch.Tensor) and out.dim() == 4
+                        else None
+                    )
+                )
+            )
     try:
         with torch.no_grad():
             model.eval()(example)
@@ -44,8 +50,9 @@ def stage_ends(shapes: dict[str, tuple[int, ...]]) -> dict[tuple[int, int], str]
     return ends
 
 
-def pair_layers(student: nn.Module, teacher: nn.Module, example: torch.Tensor,
-                pairs: tuple[tuple[str, str], ...] | None) -> list[tuple[str, str, tuple, tuple]]:
+def pair_layers(
+    student: nn.Module, teacher: nn.Module, example: torch.Tensor, pairs: tuple[tuple[str, str], ...] | None
+) -> list[tuple[str, str, tuple, tuple]]:
     """[(student layer, teacher layer, student shape, teacher shape)]; ``pairs`` None → automatic pairing of
     the stage ends both models share a spatial size for."""
     s_shapes, t_shapes = feature_shapes(student, example), feature_shapes(teacher, example)
@@ -53,19 +60,27 @@ def pair_layers(student: nn.Module, teacher: nn.Module, example: torch.Tensor,
         s_ends, t_ends = stage_ends(s_shapes), stage_ends(t_shapes)
         common = [size for size in t_ends if size in s_ends]
         if not common:
-            raise ConfigError("feature distillation found no spatial size shared by student and teacher feature maps",
-                              "name the layer pairs (--feature-pairs student_layer=teacher_layer,...)")
+            raise ConfigError(
+                "feature distillation found no spatial size shared by student and teacher feature maps",
+                "name the layer pairs (--feature-pairs student_layer=teacher_layer,...)",
+            )
         pairs = tuple((s_ends[size], t_ends[size]) for size in common)
     out = []
     for s_name, t_name in pairs:
         for which, name, shapes in (("student", s_name, s_shapes), ("teacher", t_name, t_shapes)):
             if name not in shapes:
-                raise UnknownNameError(f"{which} feature layer", name, list(shapes),
-                                       hint=f"layers with 4-D outputs: {', '.join(shapes) or '(none)'}")
+                raise UnknownNameError(
+                    f"{which} feature layer",
+                    name,
+                    list(shapes),
+                    hint=f"layers with 4-D outputs: {', '.join(shapes) or '(none)'}",
+                )
         if s_shapes[s_name][2:] != t_shapes[t_name][2:]:
-            raise ConfigError(f"feature pair {s_name}={t_name} differs in spatial size: student "
-                              f"{s_shapes[s_name][2:]} vs teacher {t_shapes[t_name][2:]}",
-                              "pair layers of the same resolution")
+            raise ConfigError(
+                f"feature pair {s_name}={t_name} differs in spatial size: student "
+                f"{s_shapes[s_name][2:]} vs teacher {t_shapes[t_name][2:]}",
+                "pair layers of the same resolution",
+            )
         out.append((s_name, t_name, s_shapes[s_name], t_shapes[t_name]))
     return out
 
@@ -100,7 +115,9 @@ class FeatureLosses(nn.Module):
         self.pairs = [(s, t) for s, t, _, _ in pairs]
         self.hints = nn.ModuleList(FeatureHint(ss[1], ts[1], kind) for _, _, ss, ts in pairs)
 
-    def forward(self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         hint = sum(h(student[s], teacher[t].detach()) for h, (s, t) in zip(self.hints, self.pairs))
         at = sum(attention_transfer(student[s], teacher[t].detach()) for s, t in self.pairs)
         n = len(self.pairs)

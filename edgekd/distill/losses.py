@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def hinton_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+def hinton_kd(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float | torch.Tensor
+) -> torch.Tensor:
     """KL(softmax(t/T) ‖ softmax(s/T)) · T², averaged over the batch (Hinton et al. 2015).
 
     The T² keeps the soft-target gradients on the same scale as the hard-label ones when T changes.
@@ -19,8 +21,14 @@ def hinton_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     return kl * t * t
 
 
-def decoupled_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
-                 temperature: float | torch.Tensor, alpha: float = 1.0, beta: float = 8.0) -> torch.Tensor:
+def decoupled_kd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    temperature: float | torch.Tensor,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+) -> torch.Tensor:
     """Decoupled KD (Zhao et al., CVPR 2022): α·TCKD + β·NCKD, each · T², averaged over the batch.
 
     TCKD is the KL divergence between the binary (target class, all others) probabilities of teacher and
@@ -43,8 +51,13 @@ def decoupled_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
     return (alpha * tckd + beta * nckd) * t * t
 
 
-def kd_with_labels(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None,
-                   temperature: float | torch.Tensor, alpha: float) -> torch.Tensor:
+def kd_with_labels(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    temperature: float | torch.Tensor,
+    alpha: float,
+) -> torch.Tensor:
     """α·KD + (1 − α)·CE(labels); KD alone when there are no labels (label-free distillation)."""
     kd = hinton_kd(student_logits, teacher_logits, temperature)
     if labels is None:
@@ -63,13 +76,18 @@ class FeatureHint(nn.Module):
         if kind not in ("mse", "cosine"):
             raise ValueError(f"feature loss must be mse or cosine, got {kind!r}")
         self.kind = kind
-        self.adapter = (nn.Identity() if student_channels == teacher_channels
-                        else nn.Conv2d(student_channels, teacher_channels, 1, bias=False))
+        self.adapter = (
+            nn.Identity()
+            if student_channels == teacher_channels
+            else nn.Conv2d(student_channels, teacher_channels, 1, bias=False)
+        )
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         s = self.adapter(student)
         if s.shape != teacher.shape:
-            raise ValueError(f"paired features differ in shape: student {tuple(s.shape)} vs teacher {tuple(teacher.shape)}")
+            raise ValueError(
+                f"paired features differ in shape: student {tuple(s.shape)} vs teacher {tuple(teacher.shape)}"
+            )
         if self.kind == "mse":
             return F.mse_loss(s, teacher)
         return (1 - F.cosine_similarity(s.flatten(1), teacher.flatten(1), dim=1)).mean()
@@ -93,8 +111,9 @@ def clip_term(loss: torch.Tensor, clip: float | None) -> torch.Tensor:
     return loss * (clip / loss.detach())
 
 
-def compensation_weights(terms: dict[str, torch.Tensor], params: list[torch.Tensor], base: dict[str, float],
-                         lo: float = 0.5, hi: float = 2.0) -> dict[str, float]:
+def compensation_weights(
+    terms: dict[str, torch.Tensor], params: list[torch.Tensor], base: dict[str, float], lo: float = 0.5, hi: float = 2.0
+) -> dict[str, float]:
     """Loss-weight compensation: each term's weight × (mean gradient norm / its gradient norm), clamped
     to [lo, hi], so no term dominates the update just because its gradients are larger."""
     norms = {}

@@ -9,8 +9,7 @@ import torch
 from onnx import shape_inference
 from torch import nn
 
-from edgekd.runtime import in_model_batches
-from edgekd.runtime import ort_session
+from edgekd.runtime import in_model_batches, ort_session
 
 
 def _static_dims(value: onnx.ValueInfoProto, any_batch: bool = False) -> tuple[int, ...] | None:

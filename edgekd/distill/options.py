@@ -13,12 +13,25 @@ from edgekd.distill.schedules import Schedule
 from edgekd.errors import ConfigError
 
 # option name → TrainConfig field, for the options that pass through unchanged
-DIRECT = {"lr": "lr", "batch_size": "batch_size", "optimizer": "optimizer", "lr_schedule": "schedule",
-          "learn_temperature": "learn_temperature", "hint_weight": "hint_weight",
-          "attention_weight": "attention_weight", "feature_loss": "feature_loss", "compensate": "compensate",
-          "loss_clip": "loss_clip", "select_fraction": "select_fraction", "early_stop": "early_stop_patience",
-          "sparsity_scope": "scope", "max_samples": "max_samples", "augment": "augment", "kd_loss": "kd_loss",
-          "dkd_beta": "dkd_beta"}
+DIRECT = {
+    "lr": "lr",
+    "batch_size": "batch_size",
+    "optimizer": "optimizer",
+    "lr_schedule": "schedule",
+    "learn_temperature": "learn_temperature",
+    "hint_weight": "hint_weight",
+    "attention_weight": "attention_weight",
+    "feature_loss": "feature_loss",
+    "compensate": "compensate",
+    "loss_clip": "loss_clip",
+    "select_fraction": "select_fraction",
+    "early_stop": "early_stop_patience",
+    "sparsity_scope": "scope",
+    "max_samples": "max_samples",
+    "augment": "augment",
+    "kd_loss": "kd_loss",
+    "dkd_beta": "dkd_beta",
+}
 KNOWN = set(DIRECT) | {"temperature", "temperature_schedule", "alpha", "feature_pairs"}
 
 
@@ -27,7 +40,9 @@ def parse_schedule(text: str | float, kind: str = "linear", what: str = "schedul
     try:
         values = [float(p) for p in parts]
     except ValueError:
-        raise ConfigError(f"{what} {text!r} is not a number or START:END", f"e.g. 4, or 6:2 for {kind} from 6 to 2") from None
+        raise ConfigError(
+            f"{what} {text!r} is not a number or START:END", f"e.g. 4, or 6:2 for {kind} from 6 to 2"
+        ) from None
     if len(values) == 1:
         return Schedule("constant", values[0])
     if len(values) != 2:
@@ -43,8 +58,10 @@ def parse_pairs(text: str | None) -> tuple[tuple[str, str], ...] | None:
     for item in str(text).split(","):
         s, sep, t = item.strip().partition("=")
         if not sep or not s or not t:
-            raise ConfigError(f"feature pair {item!r} is not STUDENT_LAYER=TEACHER_LAYER",
-                              "e.g. --feature-pairs layers.0=layers.2,layers.1=layers.5, or auto")
+            raise ConfigError(
+                f"feature pair {item!r} is not STUDENT_LAYER=TEACHER_LAYER",
+                "e.g. --feature-pairs layers.0=layers.2,layers.1=layers.5, or auto",
+            )
         pairs.append((s.strip(), t.strip()))
     return tuple(pairs)
 
@@ -106,8 +123,10 @@ def checkpoint_note(output: Path) -> str | None:
             _rmdir_if_empty(sub)
         _rmdir_if_empty(root)
         return None
-    return (f"training checkpoints ({', '.join(p.parent.name for p in kept)}) are kept in {root}: "
-            "run the same command with --resume to continue")
+    return (
+        f"training checkpoints ({', '.join(p.parent.name for p in kept)}) are kept in {root}: "
+        "run the same command with --resume to continue"
+    )
 
 
 def _rmdir_if_empty(path: Path) -> None:

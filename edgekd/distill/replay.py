@@ -34,9 +34,11 @@ class ReplayBuffer:
             self.images = np.zeros((0, *images.shape[1:]), np.uint8)
             self.logits = np.zeros((0, logits.shape[1]), np.float32)
         if images.shape[1:] != self.images.shape[1:] or logits.shape[1] != self.logits.shape[1]:
-            raise DataError(f"replay samples of shape {images.shape[1:]} / {logits.shape[1]} classes do not match "
-                            f"the buffer's {self.images.shape[1:]} / {self.logits.shape[1]}",
-                            "start a new buffer for a model with another input size or class count")
+            raise DataError(
+                f"replay samples of shape {images.shape[1:]} / {logits.shape[1]} classes do not match "
+                f"the buffer's {self.images.shape[1:]} / {self.logits.shape[1]}",
+                "start a new buffer for a model with another input size or class count",
+            )
         free = self.capacity - len(self)
         take = min(free, len(images))
         self.images = np.concatenate([self.images, images[:take]])

@@ -14,9 +14,11 @@ def check_classes(classes: tuple[str, ...] | None, teacher_outputs: int, data_di
     """Labelled data cannot have more class folders than the teacher has outputs (an update may bring
     data for only some of them)."""
     if classes and len(classes) > teacher_outputs:
-        raise DataError(f"{data_dir} has {len(classes)} class folders, the teacher predicts {teacher_outputs} classes",
-                        "give the data one subfolder per teacher class (in the teacher's label order), or use a "
-                        "flat folder for label-free KD")
+        raise DataError(
+            f"{data_dir} has {len(classes)} class folders, the teacher predicts {teacher_outputs} classes",
+            "give the data one subfolder per teacher class (in the teacher's label order), or use a "
+            "flat folder for label-free KD",
+        )
 
 
 def check_teacher_accuracy(teacher_top1_pct: float | None, classes: int, holdout: int) -> None:
@@ -30,4 +32,5 @@ def check_teacher_accuracy(teacher_top1_pct: float | None, classes: int, holdout
             f"the teacher scores {teacher_top1_pct:.1f} % on {holdout} labelled holdout images, chance is "
             f"{100 * chance:.1f} %: it does not see these images the way it was trained",
             "pass the teacher's preprocessing (--mean/--std, --scale, --channel-order, or a model card), and check "
-            "that the class folders follow the teacher's label order")
+            "that the class folders follow the teacher's label order",
+        )

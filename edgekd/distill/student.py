@@ -40,19 +40,25 @@ def check_teacher_student(teacher: nn.Module, student: nn.Module, student_name: 
     with torch.no_grad():
         t_out = teacher.eval()(torch.zeros(shape))
         if not isinstance(t_out, torch.Tensor) or t_out.dim() != 2:
-            raise ConfigError("distillation needs a teacher with one logits output of shape [N, classes]",
-                              "distil a classifier, or drop --student")
+            raise ConfigError(
+                "distillation needs a teacher with one logits output of shape [N, classes]",
+                "distil a classifier, or drop --student",
+            )
         s_out = student.eval()(torch.zeros(shape))
     if tuple(s_out.shape) != tuple(t_out.shape):
-        raise ConfigError(f"student {student_name!r} gives outputs of shape {tuple(s_out.shape)}, "
-                          f"the teacher {tuple(t_out.shape)}", "pick a student for the same input size and classes")
+        raise ConfigError(
+            f"student {student_name!r} gives outputs of shape {tuple(s_out.shape)}, the teacher {tuple(t_out.shape)}",
+            "pick a student for the same input size and classes",
+        )
     return t_out.shape[1]
 
 
 def training_summary(cfg) -> dict:
     """The TrainConfig as plain values for a manifest or record (schedules as {kind, start, end})."""
-    return {k: str(v) if isinstance(v, Path) else [list(p) for p in v] if k == "feature_pairs" and v else v
-            for k, v in asdict(cfg).items()}
+    return {
+        k: str(v) if isinstance(v, Path) else [list(p) for p in v] if k == "feature_pairs" and v else v
+        for k, v in asdict(cfg).items()
+    }
 
 
 def build_student(name: str, classes: int) -> nn.Module:
@@ -80,14 +86,27 @@ def epoch_reporter(emit, label: str):
 
     def progress(epoch, step, steps, loss, acc):
         if step == steps:
-            emit(f"  {label} epoch {epoch}: loss {loss:.4f}" + (f", holdout top-1 {acc:.2f} %" if acc is not None else ""))
+            emit(
+                f"  {label} epoch {epoch}: loss {loss:.4f}"
+                + (f", holdout top-1 {acc:.2f} %" if acc is not None else "")
+            )
 
     return progress
 
 
-def distill_student(teacher: nn.Module, teacher_profile, student_name: str, data, pre: Preprocess,
-                    shape: tuple[int, ...], cfg, out_dir: Path | None, progress=None, init: Path | None = None,
-                    replay=None) -> tuple[nn.Module, DistillRecord]:
+def distill_student(
+    teacher: nn.Module,
+    teacher_profile,
+    student_name: str,
+    data,
+    pre: Preprocess,
+    shape: tuple[int, ...],
+    cfg,
+    out_dir: Path | None,
+    progress=None,
+    init: Path | None = None,
+    replay=None,
+) -> tuple[nn.Module, DistillRecord]:
     """``init``: the student's current weights (an incremental update); ``replay``: a ReplayBuffer."""
     from edgekd.distill.trainer import train_kd
     from edgekd.models.profile import profile
@@ -103,10 +122,22 @@ def distill_student(teacher: nn.Module, teacher_profile, student_name: str, data
     sp = profile(student, shape)
     last = result.history[-1] if result.history else {}
     record = DistillRecord(
-        student=student_name, teacher_params=teacher_profile.params, student_params=sp.params,
-        teacher_macs=teacher_profile.macs, student_macs=sp.macs, teacher_val_top1=result.teacher_acc,
-        student_val_top1=last.get("val_top1"), best_val_top1=result.best_acc, epochs=result.epochs_run,
-        seconds=round(result.seconds, 3), kept_samples=result.kept, total_samples=result.total,
-        final_train_loss=last.get("train_loss"), feature_pairs=result.feature_pairs,
-        skipped_images=result.skipped_images, replay_size=result.replay_size, training=training_summary(cfg))
+        student=student_name,
+        teacher_params=teacher_profile.params,
+        student_params=sp.params,
+        teacher_macs=teacher_profile.macs,
+        student_macs=sp.macs,
+        teacher_val_top1=result.teacher_acc,
+        student_val_top1=last.get("val_top1"),
+        best_val_top1=result.best_acc,
+        epochs=result.epochs_run,
+        seconds=round(result.seconds, 3),
+        kept_samples=result.kept,
+        total_samples=result.total,
+        final_train_loss=last.get("train_loss"),
+        feature_pairs=result.feature_pairs,
+        skipped_images=result.skipped_images,
+        replay_size=result.replay_size,
+        training=training_summary(cfg),
+    )
     return student, record

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekd.data.preprocess import Preprocess
 from edgekd.distill.curves import write_curves
 from edgekd.distill.data import Dataset, augment, load_folder, to_tensor
 from edgekd.distill.distributed import World, join
@@ -23,7 +24,6 @@ from edgekd.distill.losses import clip_term, compensation_weights, decoupled_kd,
 from edgekd.distill.replay import ReplayBuffer
 from edgekd.distill.sanity import check_classes, check_teacher_accuracy
 from edgekd.distill.schedules import LearnableTemperature, Schedule
-from edgekd.data.preprocess import Preprocess
 from edgekd.errors import ConfigError, DataError, TrainingDivergedError
 from edgekd.sparsity.masks import sparsity_report
 from edgekd.sparsity.ramp import GradualPruner
@@ -68,12 +68,14 @@ class TrainConfig:
     live_teacher: bool = False  # teacher logits of each augmented batch, not the stored un-augmented ones
 
     def __post_init__(self):
-        for name, value, valid in (("optimizer", self.optimizer, ("sgd", "adamw")),
-                                   ("schedule", self.schedule, ("cosine", "onecycle")),
-                                   ("pattern", self.pattern, ("unstructured", "2:4")),
-                                   ("scope", self.scope, ("layer", "global")),
-                                   ("feature_loss", self.feature_loss, ("mse", "cosine")),
-                                   ("kd_loss", self.kd_loss, ("hinton", "dkd"))):
+        for name, value, valid in (
+            ("optimizer", self.optimizer, ("sgd", "adamw")),
+            ("schedule", self.schedule, ("cosine", "onecycle")),
+            ("pattern", self.pattern, ("unstructured", "2:4")),
+            ("scope", self.scope, ("layer", "global")),
+            ("feature_loss", self.feature_loss, ("mse", "cosine")),
+            ("kd_loss", self.kd_loss, ("hinton", "dkd")),
+        ):
             if value not in valid:
                 raise ConfigError(f"{name} must be one of {', '.join(valid)}, got {value!r}")
         if self.sparsity is not None and not 0 <= self.sparsity < 1:
@@ -109,7 +111,7 @@ class TrainResult:
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)]) if len(x) else torch.zeros(0)
+    return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]) if len(x) else torch.zeros(0)
 
 
 def top1(logits: torch.Tensor, labels: np.ndarray) -> float:
@@ -150,8 +152,10 @@ def _param_groups(objective: nn.Module):
     exempt = {id(p) for m in objective.modules() if hasattr(m, "no_weight_decay") for p in m.no_weight_decay()}
     if not exempt:
         return trained
-    return [{"params": [p for p in trained if id(p) not in exempt]},
-            {"params": [p for p in trained if id(p) in exempt], "weight_decay": 0.0}]
+    return [
+        {"params": [p for p in trained if id(p) not in exempt]},
+        {"params": [p for p in trained if id(p) in exempt], "weight_decay": 0.0},
+    ]
 
 
 def _optimizer(cfg: TrainConfig, params, total_steps: int):
@@ -170,11 +174,15 @@ DEFAULT_SELECT = 0.3  # label-free: the most informative 30 % by teacher entropy
 
 def _check_labels(cfg: TrainConfig, train: Dataset, data_dir) -> None:
     if train.labels is None and cfg.alpha is not None and min(cfg.alpha.start, cfg.alpha.end or cfg.alpha.start) < 1:
-        raise ConfigError(f"alpha below 1 mixes in hard labels, but {data_dir} has no class subfolders",
-                          "put the images in one subfolder per class, or use alpha 1 (label-free KD)")
+        raise ConfigError(
+            f"alpha below 1 mixes in hard labels, but {data_dir} has no class subfolders",
+            "put the images in one subfolder per class, or use alpha 1 (label-free KD)",
+        )
     if train.labels is not None and cfg.select_fraction is not None:
-        raise ConfigError("entropy-based selection applies to label-free distillation",
-                          "pass a flat (unlabelled) image folder, or drop the select fraction")
+        raise ConfigError(
+            "entropy-based selection applies to label-free distillation",
+            "pass a flat (unlabelled) image folder, or drop the select fraction",
+        )
 
 
 @dataclass
@@ -247,8 +255,15 @@ class _Run:
         return self.objective.student
 
 
-def _start_run(teacher: nn.Module, student: nn.Module, data: _TrainSet, pre: Preprocess, cfg: TrainConfig,
-               world: World, replay: ReplayBuffer | None) -> _Run:
+def _start_run(
+    teacher: nn.Module,
+    student: nn.Module,
+    data: _TrainSet,
+    pre: Preprocess,
+    cfg: TrainConfig,
+    world: World,
+    replay: ReplayBuffer | None,
+) -> _Run:
     pairs = features = None
     if cfg.uses_features:
         pairs = pair_layers(student, teacher, data.x[:2], cfg.feature_pairs)
@@ -260,15 +275,31 @@ def _start_run(teacher: nn.Module, student: nn.Module, data: _TrainSet, pre: Pre
     steps_per_epoch = max(1, n // cfg.batch_size if world.size > 1 else math.ceil(n / cfg.batch_size))
     total_steps = steps_per_epoch * max(1, cfg.epochs)
     opt, sched = _optimizer(cfg, _param_groups(objective), total_steps)
-    pruner = (GradualPruner(student, cfg.sparsity, cfg.pattern, cfg.scope, total_steps, cfg.mask_every)
-              if cfg.sparsity else None)
-    return _Run(cfg=cfg, world=world, teacher=teacher, pre=pre, replay=replay, data=data, objective=objective,
-                model=model, student_params=[p for p in student.parameters() if p.requires_grad],
-                feature_pairs=[(s, t) for s, t, _, _ in pairs] if pairs else None,
-                steps_per_epoch=steps_per_epoch, total_steps=total_steps, opt=opt, sched=sched, pruner=pruner,
-                order_gen=torch.Generator().manual_seed(cfg.seed),
-                aug_gen=torch.Generator().manual_seed(cfg.seed + 1000 * world.rank),
-                replay_rng=np.random.default_rng(cfg.seed + world.rank))
+    pruner = (
+        GradualPruner(student, cfg.sparsity, cfg.pattern, cfg.scope, total_steps, cfg.mask_every)
+        if cfg.sparsity
+        else None
+    )
+    return _Run(
+        cfg=cfg,
+        world=world,
+        teacher=teacher,
+        pre=pre,
+        replay=replay,
+        data=data,
+        objective=objective,
+        model=model,
+        student_params=[p for p in student.parameters() if p.requires_grad],
+        feature_pairs=[(s, t) for s, t, _, _ in pairs] if pairs else None,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        opt=opt,
+        sched=sched,
+        pruner=pruner,
+        order_gen=torch.Generator().manual_seed(cfg.seed),
+        aug_gen=torch.Generator().manual_seed(cfg.seed + 1000 * world.rank),
+        replay_rng=np.random.default_rng(cfg.seed + world.rank),
+    )
 
 
 def _load_checkpoint(run: _Run, path: Path) -> None:
@@ -286,10 +317,21 @@ def _load_checkpoint(run: _Run, path: Path) -> None:
 def _save_checkpoint(run: _Run, epochs_done: int, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"epoch": epochs_done, "objective": run.objective.state_dict(), "optimizer": run.opt.state_dict(),
-                "scheduler": run.sched.state_dict(), "history": run.history, "best": run.best, "stale": run.stale,
-                "order_gen": run.order_gen.get_state(), "masks": run.pruner.masks if run.pruner else {},
-                "initial_acc": run.initial_acc}, tmp)
+    torch.save(
+        {
+            "epoch": epochs_done,
+            "objective": run.objective.state_dict(),
+            "optimizer": run.opt.state_dict(),
+            "scheduler": run.sched.state_dict(),
+            "history": run.history,
+            "best": run.best,
+            "stale": run.stale,
+            "order_gen": run.order_gen.get_state(),
+            "masks": run.pruner.masks if run.pruner else {},
+            "initial_acc": run.initial_acc,
+        },
+        tmp,
+    )
     tmp.replace(path)  # atomic: a crash mid-save leaves the previous good checkpoint
 
 
@@ -319,7 +361,7 @@ def _kd_term(run: _Run, logits: torch.Tensor, teacher_logits: torch.Tensor, idx:
         return hinton_kd(logits, teacher_logits, temp)
     target = teacher_logits.argmax(-1)  # label-free and replayed samples: the teacher's class
     if run.data.labels is not None:
-        target = torch.cat([run.data.labels[idx], target[len(idx):]])
+        target = torch.cat([run.data.labels[idx], target[len(idx) :]])
     return decoupled_kd(logits, teacher_logits, target, temp, 1.0, run.cfg.dkd_beta)
 
 
@@ -336,7 +378,7 @@ def _loss(run: _Run, idx: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[s
     terms = {"kd": _kd_term(run, logits, tb, idx, temp)}
     base = {"kd": alpha}
     if labels is not None and alpha < 1:
-        terms["ce"] = F.cross_entropy(logits[:len(idx)], labels[idx])
+        terms["ce"] = F.cross_entropy(logits[: len(idx)], labels[idx])
         base["ce"] = 1 - alpha
     if hint is not None and cfg.hint_weight > 0:
         terms["hint"], base["hint"] = hint, cfg.hint_weight
@@ -358,13 +400,17 @@ def _train_epoch(run: _Run, epoch: int, checkpoint: Path | None, progress: Progr
     sums: dict[str, float] = {}
     for i in range(run.steps_per_epoch):
         step = epoch * run.steps_per_epoch + i
-        idx = run.world.shard(order[i * batch:(i + 1) * batch])
+        idx = run.world.shard(order[i * batch : (i + 1) * batch])
         loss, terms = _loss(run, idx, step)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
                 f"the training loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}"
-                + (f"; the last good checkpoint is {checkpoint}" if checkpoint is not None and checkpoint.exists()
-                   else ""))
+                + (
+                    f"; the last good checkpoint is {checkpoint}"
+                    if checkpoint is not None and checkpoint.exists()
+                    else ""
+                )
+            )
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         run.opt.step()
@@ -384,16 +430,28 @@ def _validate(run: _Run, epoch: int, sums: dict[str, float], started: float) -> 
     """The epoch's history row: mean losses, holdout top-1, learning rate, seconds (and a learned temperature)."""
     data = run.data
     acc = None if data.held_x is None else top1(predict(run.student, data.held_x), data.held.labels)
-    row = {"epoch": epoch + 1, **{k: v / run.steps_per_epoch for k, v in sums.items()}, "val_top1": acc,
-           "lr": run.sched.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 2)}
+    row = {
+        "epoch": epoch + 1,
+        **{k: v / run.steps_per_epoch for k, v in sums.items()},
+        "val_top1": acc,
+        "lr": run.sched.get_last_lr()[0],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
     if run.objective.temperature is not None:
         row["temperature"] = float(run.objective.temperature().detach())
     return row
 
 
-def train_kd(teacher: nn.Module, student: nn.Module, data_dir, pre: Preprocess, cfg: TrainConfig,
-             out_dir: Path | None = None, progress: Progress | None = None,
-             replay: ReplayBuffer | None = None) -> TrainResult:
+def train_kd(
+    teacher: nn.Module,
+    student: nn.Module,
+    data_dir,
+    pre: Preprocess,
+    cfg: TrainConfig,
+    out_dir: Path | None = None,
+    progress: Progress | None = None,
+    replay: ReplayBuffer | None = None,
+) -> TrainResult:
     """Distils ``teacher`` into ``student`` (in place) on the images under ``data_dir``.
 
     With ``replay``, every step also learns from an equal number of earlier samples drawn from the buffer
@@ -437,6 +495,19 @@ def train_kd(teacher: nn.Module, student: nn.Module, data_dir, pre: Preprocess, 
     csv_path = png_path = None
     if out_dir is not None and run.history and world.is_main:
         csv_path, png_path = write_curves(run.history, Path(out_dir))
-    return TrainResult(run.history, run.best, data.teacher_acc, len(data.x), data.total, epochs_run,
-                       time.perf_counter() - t0, csv_path, png_path, sparsity_report(student) if run.pruner else None,
-                       run.feature_pairs, data.skipped, len(replay) if replay is not None else 0, run.initial_acc)
+    return TrainResult(
+        run.history,
+        run.best,
+        data.teacher_acc,
+        len(data.x),
+        data.total,
+        epochs_run,
+        time.perf_counter() - t0,
+        csv_path,
+        png_path,
+        sparsity_report(student) if run.pruner else None,
+        run.feature_pairs,
+        data.skipped,
+        len(replay) if replay is not None else 0,
+        run.initial_acc,
+    )

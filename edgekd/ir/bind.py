@@ -41,15 +41,22 @@ def bind_shape(name: str, dims: Sequence[Dim], shape: Sequence[int] | None) -> t
             return shape
         fixed_mismatch = [i for i, (d, s) in enumerate(zip(dims, shape)) if isinstance(d, int) and d != s]
         if len(dims) != len(shape) or fixed_mismatch:
-            what = (f"rank {len(shape)} vs {len(dims)}" if len(dims) != len(shape)
-                    else "fixed dim " + ", ".join(f"{i} is {dims[i]}" for i in fixed_mismatch))
-            raise InputShapeError(f"--input-shape {shape} does not match the model's input {name!r} of shape "
-                                  f"{describe(dims)} ({what}); only its dynamic dims can be chosen")
+            what = (
+                f"rank {len(shape)} vs {len(dims)}"
+                if len(dims) != len(shape)
+                else "fixed dim " + ", ".join(f"{i} is {dims[i]}" for i in fixed_mismatch)
+            )
+            raise InputShapeError(
+                f"--input-shape {shape} does not match the model's input {name!r} of shape "
+                f"{describe(dims)} ({what}); only its dynamic dims can be chosen"
+            )
         return shape
     if dims and all(isinstance(d, int) for d in dims[1:]):
         return (dims[0] if isinstance(dims[0], int) else 1, *dims[1:])
-    raise InputShapeError(f"the model's input {name!r} has dynamic dimensions {describe(dims)}",
-                          f"pass --input-shape with a size for each, e.g. 1,3,224,224 for {describe(dims)}")
+    raise InputShapeError(
+        f"the model's input {name!r} has dynamic dimensions {describe(dims)}",
+        f"pass --input-shape with a size for each, e.g. 1,3,224,224 for {describe(dims)}",
+    )
 
 
 def bind_graph_input(model: ir.Model, shape: Sequence[int]) -> list[str]:
@@ -59,8 +66,10 @@ def bind_graph_input(model: ir.Model, shape: Sequence[int]) -> list[str]:
     if len(data) != 1:
         raise InputShapeError(f"the model has {len(data)} data inputs; edgekd compiles single-input image models")
     value = data[0]
-    old = [d if isinstance(d, int) and d > 0 else (d.value if isinstance(d, ir.SymbolicDim) else None)
-           for d in (value.shape if value.shape is not None else [])]
+    old = [
+        d if isinstance(d, int) and d > 0 else (d.value if isinstance(d, ir.SymbolicDim) else None)
+        for d in (value.shape if value.shape is not None else [])
+    ]
     bind_shape(value.name, old, shape)
     bound = [d or "?" for d in old if not isinstance(d, int)]
     value.shape = ir.Shape(list(shape))

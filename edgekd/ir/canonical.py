@@ -36,16 +36,27 @@ class CanonicalReport:
     nodes_after: int = 0
 
     def to_dict(self) -> dict:
-        out = {"nodes_before": self.nodes_before, "nodes_after": self.nodes_after, "bound_dims": self.bound_dims,
-               "opset": {"from": self.opset_from, "to": self.opset_to or self.opset_from},
-               "initializer_inputs_removed": self.initializer_inputs_removed,
-               "removed_ops": self.removed_ops, "rewrites": self.rewrites, "patterns": self.patterns}
+        out = {
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "bound_dims": self.bound_dims,
+            "opset": {"from": self.opset_from, "to": self.opset_to or self.opset_from},
+            "initializer_inputs_removed": self.initializer_inputs_removed,
+            "removed_ops": self.removed_ops,
+            "rewrites": self.rewrites,
+            "patterns": self.patterns,
+        }
         return out
 
     @property
     def changed(self) -> bool:
-        return bool(self.bound_dims or self.opset_to or self.initializer_inputs_removed or self.removed_ops
-                    or any(self.rewrites.values()))
+        return bool(
+            self.bound_dims
+            or self.opset_to
+            or self.initializer_inputs_removed
+            or self.removed_ops
+            or any(self.rewrites.values())
+        )
 
 
 def model_opset(model: ir.Model) -> int:
@@ -64,8 +75,13 @@ def _infer_shapes(model: ir.Model) -> None:
     common.ShapeInferencePass(strict_mode=False)(model)
 
 
-def canonicalize(model: ir.Model, shape: Sequence[int], opset_range: tuple[int, int],
-                 preferred_opset: int, decompose: frozenset[str] = frozenset()) -> tuple[ir.Model, CanonicalReport]:
+def canonicalize(
+    model: ir.Model,
+    shape: Sequence[int],
+    opset_range: tuple[int, int],
+    preferred_opset: int,
+    decompose: frozenset[str] = frozenset(),
+) -> tuple[ir.Model, CanonicalReport]:
     """The canonical form of ``model`` for input ``shape`` and a target's opset range (a new model when
     the opset changed, else ``model`` edited in place). ``decompose``: fused ops the target lacks
     (LayerNormalization), written out in primitives before the opset moves."""
@@ -89,14 +105,16 @@ def canonicalize(model: ir.Model, shape: Sequence[int], opset_range: tuple[int, 
     if report.rewrites["hard_activation_fused"]:
         common.RemoveUnusedNodesPass()(model)
     _infer_shapes(model)
-    report.rewrites.update({
-        "sum_to_add": normalize.sum_to_add(graph),
-        "div_by_constant_to_mul": normalize.div_by_constant(graph),
-        "batchnorm_to_mul_add": normalize.lower_batchnorm(graph),
-        "reduce_mean_to_global_pool": normalize.reduce_mean_to_global_pool(graph),
-        "channel_shuffle_to_gather": normalize.channel_shuffle_to_gather(graph),
-        "square_to_mul": normalize.square_to_mul(graph),
-    })
+    report.rewrites.update(
+        {
+            "sum_to_add": normalize.sum_to_add(graph),
+            "div_by_constant_to_mul": normalize.div_by_constant(graph),
+            "batchnorm_to_mul_add": normalize.lower_batchnorm(graph),
+            "reduce_mean_to_global_pool": normalize.reduce_mean_to_global_pool(graph),
+            "channel_shuffle_to_gather": normalize.channel_shuffle_to_gather(graph),
+            "square_to_mul": normalize.square_to_mul(graph),
+        }
+    )
     report.rewrites["affine_chain_merged"] = normalize.merge_affine_chains(graph)
     report.rewrites["affine_folded_into_conv"] = normalize.fold_affine_into_conv(graph)
     ir.passes.Sequential(common.RemoveUnusedNodesPass(), common.TopologicalSortPass())(model)
@@ -107,4 +125,3 @@ def canonicalize(model: ir.Model, shape: Sequence[int], opset_range: tuple[int, 
     report.patterns = count_patterns(graph)
     report.nodes_after = len(graph)
     return model, report
-

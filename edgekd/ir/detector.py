@@ -29,9 +29,11 @@ def decoded_outputs(graph: ir.Graph, boxes: str = "boxes", scores: str = "scores
                 return a, b
             if dims[b.name][2] == 4:
                 return b, a
-    raise ConfigError(f"--nms needs the detector's decoded boxes [N, A, 4] and scores [N, A, C]; the graph's outputs are "
-                      f"{', '.join(f'{n} {list(d)}' for n, d in dims.items())}",
-                      "export the decoded detector (yolo-det with decode=True, or yolo-det-p2)")
+    raise ConfigError(
+        f"--nms needs the detector's decoded boxes [N, A, 4] and scores [N, A, C]; the graph's outputs are "
+        f"{', '.join(f'{n} {list(d)}' for n, d in dims.items())}",
+        "export the decoded detector (yolo-det with decode=True, or yolo-det-p2)",
+    )
 
 
 def looks_like_detector(graph: ir.Graph) -> bool:
@@ -60,7 +62,6 @@ def decode_tail(graph: ir.Graph) -> frozenset[str]:
         return frozenset()
     feeds_weighted: set[str] = set()
     for node in reversed(list(graph)):
-        if node.op_type in WEIGHTED or any(
-                use.node.name in feeds_weighted for v in node.outputs for use in v.uses()):
+        if node.op_type in WEIGHTED or any(use.node.name in feeds_weighted for v in node.outputs for use in v.uses()):
             feeds_weighted.add(node.name)
     return frozenset(n.name for n in graph if n.name not in feeds_weighted)

@@ -85,8 +85,13 @@ def lower_batchnorm(graph: ir.Graph) -> int:
         x = bn.inputs[0]
         params = [const_array(v) for v in bn.inputs[1:5]]
         used_extra = any(o.uses() or o.is_graph_output() for o in bn.outputs[1:])
-        if (any(p is None for p in params) or used_extra or bn.attributes.get_int("training_mode", 0)
-                or x.shape is None or len(x.shape) < 2):
+        if (
+            any(p is None for p in params)
+            or used_extra
+            or bn.attributes.get_int("training_mode", 0)
+            or x.shape is None
+            or len(x.shape) < 2
+        ):
             continue
         gamma, beta, mean, var = (p.astype(np.float64) for p in params)
         scale = gamma / np.sqrt(var + bn.attributes.get_float("epsilon", 1e-5))
@@ -137,8 +142,11 @@ def merge_affine_chains(graph: ir.Graph) -> int:
             if step is None:
                 continue
             x, chain = step[0], [start]
-            while (nxt := sole_consumer(chain[-1].outputs[0])) is not None and (s := _affine_step(nxt)) is not None \
-                    and s[0] is chain[-1].outputs[0]:
+            while (
+                (nxt := sole_consumer(chain[-1].outputs[0])) is not None
+                and (s := _affine_step(nxt)) is not None
+                and s[0] is chain[-1].outputs[0]
+            ):
                 chain.append(nxt)
             if len(chain) < 2 or (len(chain) == 2 and chain[0].op_type == "Mul" and chain[1].op_type != "Mul"):
                 continue  # already x * s + t
@@ -154,12 +162,24 @@ def merge_affine_chains(graph: ir.Graph) -> int:
             dtype = last.dtype.numpy() if last.dtype is not None else np.float32
             base, at, out = chain[0].name or last.name, chain[-1], x
             if np.any(scale != 1):
-                mul = _binary(graph, "Mul", out, new_initializer(graph, f"{base}_scale", scale.astype(dtype)),
-                              f"{base}_merged_mul", at)
+                mul = _binary(
+                    graph,
+                    "Mul",
+                    out,
+                    new_initializer(graph, f"{base}_scale", scale.astype(dtype)),
+                    f"{base}_merged_mul",
+                    at,
+                )
                 out, at = mul.outputs[0], mul
             if np.any(shift != 0) or out is x:
-                add = _binary(graph, "Add", out, new_initializer(graph, f"{base}_shift", shift.astype(dtype)),
-                              f"{base}_merged_add", at)
+                add = _binary(
+                    graph,
+                    "Add",
+                    out,
+                    new_initializer(graph, f"{base}_shift", shift.astype(dtype)),
+                    f"{base}_merged_add",
+                    at,
+                )
                 out = add.outputs[0]
             out.shape, out.dtype = last.shape, last.dtype
             _replace_output(graph, last, out)
@@ -183,8 +203,11 @@ def fold_affine_into_conv(graph: ir.Graph) -> int:
     """``Conv → * c`` and ``Conv → + c`` with per-channel constants become the Conv's weights and bias."""
     count = 0
     for conv in [n for n in graph if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]:
-        while (nxt := sole_consumer(conv.outputs[0])) is not None and (step := _affine_step(nxt)) is not None \
-                and step[0] is conv.outputs[0]:
+        while (
+            (nxt := sole_consumer(conv.outputs[0])) is not None
+            and (step := _affine_step(nxt)) is not None
+            and step[0] is conv.outputs[0]
+        ):
             w = const_array(conv.inputs[1])
             b_in = conv.inputs[2] if len(conv.inputs) > 2 else None
             b = const_array(b_in) if b_in is not None else (np.zeros(w.shape[0], w.dtype) if w is not None else None)
@@ -264,19 +287,36 @@ def channel_shuffle_to_gather(graph: ir.Graph) -> int:
         x, mid = first.inputs[0], first.outputs[0]
         shape, split = _static_shape(x), _static_shape(mid)
         trans = sole_consumer(mid)
-        if shape is None or split is None or len(shape) != 4 or len(split) != 5 or trans is None \
-                or trans.op_type != "Transpose" or list(trans.attributes.get_ints("perm", [])) != [0, 2, 1, 3, 4]:
+        if (
+            shape is None
+            or split is None
+            or len(shape) != 4
+            or len(split) != 5
+            or trans is None
+            or trans.op_type != "Transpose"
+            or list(trans.attributes.get_ints("perm", [])) != [0, 2, 1, 3, 4]
+        ):
             continue
         n, c, h, w = shape
         g = split[1]
         last = sole_consumer(trans.outputs[0])
-        if split != [n, g, c // g, h, w] or g * (c // g) != c or last is None or last.op_type != "Reshape" \
-                or _static_shape(last.outputs[0]) != shape:
+        if (
+            split != [n, g, c // g, h, w]
+            or g * (c // g) != c
+            or last is None
+            or last.op_type != "Reshape"
+            or _static_shape(last.outputs[0]) != shape
+        ):
             continue
         base = first.name or mid.name
         perm = np.arange(c).reshape(g, c // g).T.reshape(-1).astype(np.int64)
-        gather = ir.Node("", "Gather", [x, new_initializer(graph, f"{base}_shuffled_channels", perm)],
-                         attributes={"axis": ir.AttrInt64("axis", 1)}, name=f"{base}_channel_shuffle")
+        gather = ir.Node(
+            "",
+            "Gather",
+            [x, new_initializer(graph, f"{base}_shuffled_channels", perm)],
+            attributes={"axis": ir.AttrInt64("axis", 1)},
+            name=f"{base}_channel_shuffle",
+        )
         gather.outputs[0].name = f"{base}_shuffled"
         gather.outputs[0].dtype, gather.outputs[0].shape = last.outputs[0].dtype, last.outputs[0].shape
         graph.insert_after(last, gather)
@@ -285,6 +325,29 @@ def channel_shuffle_to_gather(graph: ir.Graph) -> int:
             graph.remove(node, safe=True)
         count += 1
     return count
+
+
+class _NodeChain:
+    """Nodes inserted one after another behind ``at``, each named ``{base}_{suffix}``; a reduction runs
+    over ``axes`` of ``x`` (as an input from opset 18, an attribute before)."""
+
+    def __init__(self, graph: ir.Graph, at: ir.Node, base: str, x: ir.Value, axes: list[int], opset: int):
+        self.graph, self.at, self.base, self.x, self.axes, self.opset = graph, at, base, x, axes, opset
+
+    def add(self, op: str, inputs: list[ir.Value], suffix: str, reduce: bool = False) -> ir.Value:
+        attrs = {}
+        if reduce and self.opset >= 18:
+            inputs = inputs + [new_initializer(self.graph, f"{self.base}_axes", np.asarray(self.axes, np.int64))]
+        elif reduce:
+            attrs["axes"] = ir.AttrInt64s("axes", self.axes)
+        node = ir.Node("", op, inputs, attributes=attrs, name=f"{self.base}_{suffix}")
+        node.outputs[0].name, node.outputs[0].dtype = f"{self.base}_{suffix}", self.x.dtype
+        node.outputs[0].shape = (
+            ir.Shape([1 if i in self.axes else d for i, d in enumerate(self.x.shape)]) if reduce else inputs[0].shape
+        )
+        self.graph.insert_after(self.at, node)
+        self.at = node
+        return node.outputs[0]
 
 
 def decompose_layernorm(graph: ir.Graph, opset: int) -> int:
@@ -301,28 +364,17 @@ def decompose_layernorm(graph: ir.Graph, opset: int) -> int:
         rank = len(x.shape)
         axes = list(range(ln.attributes.get_int("axis", -1) % rank, rank))
         base = ln.name or ln.outputs[0].name
-        eps = new_initializer(graph, f"{base}_epsilon", np.asarray(ln.attributes.get_float("epsilon", 1e-5), np.float32))
-        at = ln
-
-        def add(op: str, inputs: list[ir.Value], suffix: str, reduce: bool = False) -> ir.Value:
-            nonlocal at
-            attrs = {}
-            if reduce and opset >= 18:
-                inputs = inputs + [new_initializer(graph, f"{base}_axes", np.asarray(axes, np.int64))]
-            elif reduce:
-                attrs["axes"] = ir.AttrInt64s("axes", axes)
-            node = ir.Node("", op, inputs, attributes=attrs, name=f"{base}_{suffix}")
-            node.outputs[0].name, node.outputs[0].dtype = f"{base}_{suffix}", x.dtype
-            node.outputs[0].shape = (ir.Shape([1 if i in axes else d for i, d in enumerate(x.shape)]) if reduce
-                                     else inputs[0].shape)
-            graph.insert_after(at, node)
-            at = node
-            return node.outputs[0]
-
+        eps = new_initializer(
+            graph, f"{base}_epsilon", np.asarray(ln.attributes.get_float("epsilon", 1e-5), np.float32)
+        )
+        add = _NodeChain(graph, ln, base, x, axes, opset).add
         centred = add("Sub", [x, add("ReduceMean", [x], "mean", reduce=True)], "centred")
         var = add("ReduceMean", [add("Mul", [centred, centred], "square")], "variance", reduce=True)
-        out = add("Mul", [add("Div", [centred, add("Sqrt", [add("Add", [var, eps], "variance_eps")], "std")],
-                              "normalized"), scale], "scaled")
+        out = add(
+            "Mul",
+            [add("Div", [centred, add("Sqrt", [add("Add", [var, eps], "variance_eps")], "std")], "normalized"), scale],
+            "scaled",
+        )
         if bias is not None:
             out = add("Add", [out, bias], "shifted")
         out.shape = ln.outputs[0].shape

@@ -66,5 +66,6 @@ def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
         what = f"op {op}" if op else "the graph"
         raise OpsetConversionError(
             f"cannot convert the model from opset {current} to {opset}: {what} does not convert ({text})",
-            f"re-export the model at opset {opset}" + (f", or replace its {op} nodes" if op else "")) from e
+            f"re-export the model at opset {opset}" + (f", or replace its {op} nodes" if op else ""),
+        ) from e
     return converted

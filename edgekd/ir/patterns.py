@@ -56,10 +56,14 @@ def is_gelu(node: ir.Node) -> bool:
     scaled = node.inputs[0].producer() if node.inputs[0] is not None else None
     if scaled is None or len(scaled.inputs) != 2:
         return False
-    if not ((scaled.op_type == "Div" and _is_const(scaled.inputs[1], np.sqrt(2)))
-            or (scaled.op_type == "Mul" and any(_is_const(v, 1 / np.sqrt(2)) for v in scaled.inputs))):
+    if not (
+        (scaled.op_type == "Div" and _is_const(scaled.inputs[1], np.sqrt(2)))
+        or (scaled.op_type == "Mul" and any(_is_const(v, 1 / np.sqrt(2)) for v in scaled.inputs))
+    ):
         return False
-    return any(u.node.op_type == "Add" and any(_is_const(v, 1.0) for v in u.node.inputs) for u in node.outputs[0].uses())
+    return any(
+        u.node.op_type == "Add" and any(_is_const(v, 1.0) for v in u.node.inputs) for u in node.outputs[0].uses()
+    )
 
 
 def is_tanh_gelu(node: ir.Node) -> bool:
@@ -85,8 +89,13 @@ def is_layernorm(node: ir.Node) -> bool:
 
 RECOGNIZERS = {"silu": is_silu, "gelu_erf": is_gelu, "gelu_tanh": is_tanh_gelu, "layernorm_decomposed": is_layernorm}
 # Fused ops counted as the patterns they stand for.
-PATTERN_OPS = {"HardSwish": "hardswish", "HardSigmoid": "hardsigmoid", "Gelu": "gelu",
-               "LayerNormalization": "layernorm", "Swish": "silu"}
+PATTERN_OPS = {
+    "HardSwish": "hardswish",
+    "HardSigmoid": "hardsigmoid",
+    "Gelu": "gelu",
+    "LayerNormalization": "layernorm",
+    "Swish": "silu",
+}
 
 
 def count_patterns(graph: ir.Graph) -> dict[str, int]:
@@ -136,8 +145,13 @@ def _gelu_at(erf: ir.Node) -> Composite | None:
         if last is None or last.op_type != "Mul" or not _is_const(_other(last, mul.outputs[0]), 0.5):
             return None
         nodes += [mul, last]
-    elif (half := other.producer()) is not None and half.op_type == "Mul" and x in half.inputs \
-            and _is_const(_other(half, x), 0.5) and _sole_use(other) is mul:  # (x * 0.5) * (1 + erf)
+    elif (
+        (half := other.producer()) is not None
+        and half.op_type == "Mul"
+        and x in half.inputs
+        and _is_const(_other(half, x), 0.5)
+        and _sole_use(other) is mul
+    ):  # (x * 0.5) * (1 + erf)
         nodes += [half, mul]
     elif _is_const(other, 0.5):  # (1 + erf) * 0.5 * x
         last = _sole_use(mul.outputs[0])

@@ -47,16 +47,29 @@ def node_macs(model: onnx.ModelProto) -> dict[str, int]:
         elif node.op_type in ("Gemm", "MatMul", "MatMulInteger"):
             a = shapes.get(node.input[0])
             if a:
-                k = a[0] if node.op_type == "Gemm" and any(at.name == "transA" and at.i for at in node.attribute) else a[-1]
+                k = (
+                    a[0]
+                    if node.op_type == "Gemm" and any(at.name == "transA" and at.i for at in node.attribute)
+                    else a[-1]
+                )
                 out[key] = int(np.prod(shape)) * k
     return out
 
 
 def profile_onnx(model: onnx.ModelProto) -> GraphProfile:
     g = model.graph
-    params = sum(int(np.prod(i.dims)) for i in g.initializer
-                 if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8,
-                                    onnx.TensorProto.UINT8, onnx.TensorProto.DOUBLE))
+    params = sum(
+        int(np.prod(i.dims))
+        for i in g.initializer
+        if i.data_type
+        in (
+            onnx.TensorProto.FLOAT,
+            onnx.TensorProto.FLOAT16,
+            onnx.TensorProto.INT8,
+            onnx.TensorProto.UINT8,
+            onnx.TensorProto.DOUBLE,
+        )
+    )
     ops: dict[str, int] = {}
     for node in g.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1

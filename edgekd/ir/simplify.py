@@ -61,10 +61,15 @@ def simplify(model: ir.Model) -> dict[str, dict[str, int]]:
         for _ in range(MAX_ROUNDS):
             nodes = len(model.graph)
             common.ShapeInferencePass(strict_mode=False)(model)
-            optimizer.fold_constants(model, input_size_limit=MAX_FOLDED_ELEMENTS,
-                                     output_size_limit=MAX_FOLDED_ELEMENTS, should_fold=_fold_weight_generators)
-            ir.passes.PassManager([RewritePass(_rewrite_rules()), common.RemoveUnusedNodesPass()], steps=2,
-                                  early_stop=True)(model)
+            optimizer.fold_constants(
+                model,
+                input_size_limit=MAX_FOLDED_ELEMENTS,
+                output_size_limit=MAX_FOLDED_ELEMENTS,
+                should_fold=_fold_weight_generators,
+            )
+            ir.passes.PassManager(
+                [RewritePass(_rewrite_rules()), common.RemoveUnusedNodesPass()], steps=2, early_stop=True
+            )(model)
             common.IdentityEliminationPass()(model)
             common.RemoveUnusedNodesPass()(model)
             if len(model.graph) == nodes:

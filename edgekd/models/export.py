@@ -21,8 +21,7 @@ def output_count(module, shape: Sequence[int]) -> int:
     return len(outputs) if isinstance(outputs, (tuple, list)) else 1
 
 
-def export_onnx(module, shape: Sequence[int], opset: int, input_name: str = "input",
-                fold_constants: bool = True):
+def export_onnx(module, shape: Sequence[int], opset: int, input_name: str = "input", fold_constants: bool = True):
     """The module as a checked ``onnx.ModelProto``: one input of ``shape``, outputs named ``output``
     (or ``output0``, ``output1``, …). With ``fold_constants`` torch's exporter already folds eval-mode
     BatchNormalization into Conv; without it, BN nodes stay for the fuse pass (as they do in graphs
@@ -39,9 +38,16 @@ def export_onnx(module, shape: Sequence[int], opset: int, input_name: str = "inp
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices are not the user's business
-        torch.onnx.export(module.eval(), (torch.zeros(tuple(shape), dtype=torch.float32),), buf, dynamo=False,
-                          opset_version=opset, input_names=[input_name], output_names=output_names,
-                          do_constant_folding=fold_constants)
+        torch.onnx.export(
+            module.eval(),
+            (torch.zeros(tuple(shape), dtype=torch.float32),),
+            buf,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[input_name],
+            output_names=output_names,
+            do_constant_folding=fold_constants,
+        )
     proto = onnx.load_from_string(buf.getvalue())
     onnx.checker.check_model(proto)
     return proto

@@ -16,8 +16,14 @@ import onnx
 import torch
 from torch import nn
 
-from edgekd.errors import (ConfigError, CorruptModelError, FactoryError, InputNotFoundError, PickleRefusedError,
-                           UnknownNameError)
+from edgekd.errors import (
+    ConfigError,
+    CorruptModelError,
+    FactoryError,
+    InputNotFoundError,
+    PickleRefusedError,
+    UnknownNameError,
+)
 from edgekd.models.zoo import ZOO, build_model, parse_zoo_name
 
 
@@ -96,8 +102,9 @@ def _load_torch_file(path: Path, allow_pickle: bool) -> LoadedModel:
             program = torch.export.load(str(path))
         except Exception as e:
             raise CorruptModelError(f"{path} is not a loadable torch.export program: {str(e)[:300]}") from e
-        return LoadedModel("torch", str(path), torch_module=ExportedProgramModule(program.module()),
-                           sha256=_sha256(path))
+        return LoadedModel(
+            "torch", str(path), torch_module=ExportedProgramModule(program.module()), sha256=_sha256(path)
+        )
     # A plain torch.save file: a state_dict (needs a factory) or a pickled whole module.
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -105,7 +112,9 @@ def _load_torch_file(path: Path, allow_pickle: bool) -> LoadedModel:
         if not _is_torch_save_zip(names) and not _looks_like_legacy_pickle(path):
             raise CorruptModelError(f"{path} is neither TorchScript, torch.export, ONNX nor a torch.save file") from e
         if not allow_pickle:
-            raise PickleRefusedError(f"{path} is a pickled Python object (likely a whole nn.Module); refusing to unpickle it") from e
+            raise PickleRefusedError(
+                f"{path} is a pickled Python object (likely a whole nn.Module); refusing to unpickle it"
+            ) from e
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=False)
         except Exception as e2:
@@ -115,7 +124,7 @@ def _load_torch_file(path: Path, allow_pickle: bool) -> LoadedModel:
                 "a TorchScript or torch.export file, or a factory plus state_dict, avoids that",
             ) from e2
         if not isinstance(obj, nn.Module):
-            raise CorruptModelError(f"{path} unpickles to {type(obj).__name__}, not an nn.Module")
+            raise CorruptModelError(f"{path} unpickles to {type(obj).__name__}, not an nn.Module") from e
         return LoadedModel("torch", str(path), torch_module=obj.eval(), sha256=_sha256(path))
     raise FactoryError(
         f"{path} holds a state_dict ({type(obj).__name__} of {len(obj) if hasattr(obj, '__len__') else '?'} entries), "
@@ -137,9 +146,12 @@ def resolve_factory(spec: str):
         try:
             module = importlib.import_module(module_name)
         except Exception as e:  # ImportError, or whatever the module's own top-level code raises
-            raise FactoryError(f"cannot import {module_name!r} for factory {spec!r}: {type(e).__name__}: {e}",
-                               None if "." in module_name else
-                               f"zoo models: {', '.join(sorted(ZOO))}; or write package.module:function") from e
+            raise FactoryError(
+                f"cannot import {module_name!r} for factory {spec!r}: {type(e).__name__}: {e}",
+                None
+                if "." in module_name
+                else f"zoo models: {', '.join(sorted(ZOO))}; or write package.module:function",
+            ) from e
         fn = getattr(module, attr, None)
         if not callable(fn):
             raise FactoryError(f"{module_name!r} has no callable {attr!r}")
@@ -149,8 +161,10 @@ def resolve_factory(spec: str):
     except UnknownNameError as e:
         if module_name in ZOO:  # a zoo model with a bad width, e.g. resnet20:wide
             raise FactoryError(f"{spec!r}: {e.message}", e.hint) from None
-        raise FactoryError(f"{spec!r} is neither a file, a zoo model nor package.module:factory",
-                           f"zoo models: {', '.join(e.valid)}; or write package.module:function") from None
+        raise FactoryError(
+            f"{spec!r} is neither a file, a zoo model nor package.module:factory",
+            f"zoo models: {', '.join(e.valid)}; or write package.module:function",
+        ) from None
     return lambda: build_model(spec)
 
 
@@ -159,9 +173,11 @@ def _load_factory(spec: str, weights: Path | None) -> LoadedModel:
     try:
         module = factory()
     except Exception as e:
-        raise FactoryError(f"calling factory {spec!r} failed: {type(e).__name__}: {str(e)[:300]}",
-                           "the factory is called with no arguments and must return an nn.Module; "
-                           "wrap it in a function that passes its arguments") from e
+        raise FactoryError(
+            f"calling factory {spec!r} failed: {type(e).__name__}: {str(e)[:300]}",
+            "the factory is called with no arguments and must return an nn.Module; "
+            "wrap it in a function that passes its arguments",
+        ) from e
     if not isinstance(module, nn.Module):
         raise FactoryError(f"factory {spec!r} returned {type(module).__name__}, not an nn.Module")
     digest = None
@@ -171,18 +187,24 @@ def _load_factory(spec: str, weights: Path | None) -> LoadedModel:
         try:
             state = torch.load(str(weights), map_location="cpu", weights_only=True)
         except Exception as e:
-            raise CorruptModelError(f"{weights} is not a state_dict that loads with weights_only=True: {str(e)[:300]}",
-                                    "save it with torch.save(model.state_dict(), path)") from e
+            raise CorruptModelError(
+                f"{weights} is not a state_dict that loads with weights_only=True: {str(e)[:300]}",
+                "save it with torch.save(model.state_dict(), path)",
+            ) from e
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         if not isinstance(state, Mapping):
-            raise CorruptModelError(f"{weights} holds a {type(state).__name__}, not a state_dict",
-                                    "save it with torch.save(model.state_dict(), path)")
+            raise CorruptModelError(
+                f"{weights} holds a {type(state).__name__}, not a state_dict",
+                "save it with torch.save(model.state_dict(), path)",
+            )
         try:
             module.load_state_dict(state)
         except RuntimeError as e:
-            raise CorruptModelError(f"{weights} does not fit {spec!r}: {str(e)[:400]}",
-                                    "check the factory and its arguments (e.g. width, num_classes)") from e
+            raise CorruptModelError(
+                f"{weights} does not fit {spec!r}: {str(e)[:400]}",
+                "check the factory and its arguments (e.g. width, num_classes)",
+            ) from e
         digest = _sha256(weights)
     return LoadedModel("torch", spec, torch_module=module.eval(), sha256=digest)
 
@@ -196,9 +218,11 @@ def load_model(source: str, weights: str | Path | None = None, allow_pickle: boo
         if path.is_dir():
             raise InputNotFoundError(f"{path} is a folder, not a model file")
         if weights is not None:
-            raise ConfigError(f"--weights {weights} was given, but {path} is a model file, not a factory",
-                              "--weights is only for a factory or zoo MODEL (package.module:function, resnet20, ...); "
-                              "drop it, or pass the architecture as MODEL")
+            raise ConfigError(
+                f"--weights {weights} was given, but {path} is a model file, not a factory",
+                "--weights is only for a factory or zoo MODEL (package.module:function, resnet20, ...); "
+                "drop it, or pass the architecture as MODEL",
+            )
         if path.suffix == ".onnx":
             return _load_onnx(path)
         return _load_torch_file(path, allow_pickle)

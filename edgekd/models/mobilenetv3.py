@@ -28,7 +28,9 @@ SMALL = [
 ]
 
 
-def conv_bn_act(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: type[nn.Module] | None = nn.Hardswish) -> nn.Sequential:
+def conv_bn_act(
+    cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: type[nn.Module] | None = nn.Hardswish
+) -> nn.Sequential:
     # eps/momentum as in the reference implementation (TF defaults), which the published weights use.
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
@@ -87,7 +89,10 @@ class MobileNetV3Small(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         last = make_divisible(1024 * width)
         self.classifier = nn.Sequential(
-            nn.Linear(6 * cin, last), nn.Hardswish(inplace=True), nn.Dropout(dropout), nn.Linear(last, num_classes),
+            nn.Linear(6 * cin, last),
+            nn.Hardswish(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(last, num_classes),
         )
         init_weights(self)
 

@@ -46,9 +46,15 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         nonlocal total
         total += _layer_macs(module, inputs, output)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+    ]
     param = next(model.parameters(), None)
-    x = torch.zeros(shape, device=param.device if param is not None else "cpu", dtype=param.dtype if param is not None else torch.float32)
+    x = torch.zeros(
+        shape,
+        device=param.device if param is not None else "cpu",
+        dtype=param.dtype if param is not None else torch.float32,
+    )
     modes = [(m, m.training) for m in model.modules()]  # per module: some may be frozen in eval on purpose
     try:
         model.eval()  # don't touch BN running stats

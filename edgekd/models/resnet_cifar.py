@@ -31,7 +31,9 @@ class CifarResNet(nn.Module):
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
         blocks = (depth - 2) // 6
         channels = [max(8, int(round(c * width))) for c in (16, 32, 64)]
-        self.stem = nn.Sequential(nn.Conv2d(3, channels[0], 3, 1, 1, bias=False), nn.BatchNorm2d(channels[0]), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, channels[0], 3, 1, 1, bias=False), nn.BatchNorm2d(channels[0]), nn.ReLU(inplace=True)
+        )
         layers, cin = [], channels[0]
         for stage, cout in enumerate(channels):
             for i in range(blocks):

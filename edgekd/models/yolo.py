@@ -35,7 +35,9 @@ def _n(n: int, depth: float) -> int:
 
 class ConvBnSiLU(nn.Sequential):
     def __init__(self, cin: int, cout: int, k: int = 1, stride: int = 1):
-        super().__init__(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.SiLU(inplace=True))
+        super().__init__(
+            nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.SiLU(inplace=True)
+        )
 
 
 class Bottleneck(nn.Module):
@@ -88,7 +90,8 @@ class DetectHead(nn.Module):
     def __init__(self, channels: tuple[int, ...], num_classes: int, box_ch: int, cls_ch: int):
         super().__init__()
         self.box = nn.ModuleList(
-            nn.Sequential(ConvBnSiLU(c, box_ch, 3), ConvBnSiLU(box_ch, box_ch, 3), nn.Conv2d(box_ch, 4, 1)) for c in channels
+            nn.Sequential(ConvBnSiLU(c, box_ch, 3), ConvBnSiLU(box_ch, box_ch, 3), nn.Conv2d(box_ch, 4, 1))
+            for c in channels
         )
         self.cls = nn.ModuleList(
             nn.Sequential(ConvBnSiLU(c, cls_ch, 3), ConvBnSiLU(cls_ch, cls_ch, 3), nn.Conv2d(cls_ch, num_classes, 1))
@@ -114,8 +117,12 @@ class DetectHead(nn.Module):
 def _check_strides(strides: tuple[int, ...]) -> tuple[int, ...]:
     strides = tuple(int(s) for s in strides)
     known = sorted(_STAGE_CHANNELS)
-    if not strides or any(s not in _STAGE_CHANNELS for s in strides) or list(strides) != sorted(set(strides)) or \
-            known.index(strides[-1]) - known.index(strides[0]) != len(strides) - 1:
+    if (
+        not strides
+        or any(s not in _STAGE_CHANNELS for s in strides)
+        or list(strides) != sorted(set(strides))
+        or known.index(strides[-1]) - known.index(strides[0]) != len(strides) - 1
+    ):
         raise ValueError(f"strides must be consecutive, increasing values of {known}, got {strides}")
     return strides
 
@@ -131,8 +138,15 @@ class YoloDet(nn.Module):
     decoded in float by :func:`edgekd.models.yolo_decode.decode_outputs`; the weights are the same either way.
     """
 
-    def __init__(self, num_classes: int = 80, width: float = 0.25, depth: float = 0.33,
-                 strides: tuple[int, ...] = STRIDES, head_channels: tuple[int, int] | None = None, decode: bool = False):
+    def __init__(
+        self,
+        num_classes: int = 80,
+        width: float = 0.25,
+        depth: float = 0.33,
+        strides: tuple[int, ...] = STRIDES,
+        head_channels: tuple[int, int] | None = None,
+        decode: bool = False,
+    ):
         super().__init__()
         self.decode = decode
         self.strides = _check_strides(strides)
@@ -141,10 +155,14 @@ class YoloDet(nn.Module):
         ch = {s: _ch(c, width) for s, c in _STAGE_CHANNELS.items()}
         c1 = _ch(64, width)
         deepest = self.strides[-1]
-        stages = [nn.Sequential(ConvBnSiLU(3, c1, 3, 2), ConvBnSiLU(c1, ch[4], 3, 2), C2f(ch[4], ch[4], _n(3, depth), True))]
+        stages = [
+            nn.Sequential(ConvBnSiLU(3, c1, 3, 2), ConvBnSiLU(c1, ch[4], 3, 2), C2f(ch[4], ch[4], _n(3, depth), True))
+        ]
         for s, repeats in ((8, 6), (16, 6), (32, 3)):
             if s <= deepest:
-                stages.append(nn.Sequential(ConvBnSiLU(ch[s // 2], ch[s], 3, 2), C2f(ch[s], ch[s], _n(repeats, depth), True)))
+                stages.append(
+                    nn.Sequential(ConvBnSiLU(ch[s // 2], ch[s], 3, 2), C2f(ch[s], ch[s], _n(repeats, depth), True))
+                )
         stages[-1].append(SPPF(ch[deepest], ch[deepest]))
         self.backbone = nn.ModuleList(stages)
         n = _n(3, depth)
@@ -184,8 +202,14 @@ class YoloDet(nn.Module):
         return decode_outputs(raw, self.strides, DecodedYolo.grid) if self.decode else raw
 
 
-def yolo_det(num_classes: int = 80, width: float = 0.25, depth: float = 0.33, strides: tuple[int, ...] = STRIDES,
-             head_channels: tuple[int, int] | None = None, decode: bool = False) -> YoloDet:
+def yolo_det(
+    num_classes: int = 80,
+    width: float = 0.25,
+    depth: float = 0.33,
+    strides: tuple[int, ...] = STRIDES,
+    head_channels: tuple[int, int] | None = None,
+    decode: bool = False,
+) -> YoloDet:
     return YoloDet(num_classes, width, depth, strides, head_channels, decode)
 
 

@@ -31,7 +31,9 @@ def parse_zoo_name(name: str) -> tuple[str, float | None]:
     try:
         return base, float(width) if width else None
     except ValueError:
-        raise UnknownNameError("zoo model", name, list(ZOO), hint="width must be a number, e.g. mobilenetv2:0.5") from None
+        raise UnknownNameError(
+            "zoo model", name, list(ZOO), hint="width must be a number, e.g. mobilenetv2:0.5"
+        ) from None
 
 
 def build_model(name: str, **kwargs) -> nn.Module:

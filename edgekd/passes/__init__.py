@@ -21,18 +21,49 @@ from edgekd.passes.sparsify import SparsifyPass
 from edgekd.passes.speed_check import SpeedCheckPass
 from edgekd.passes.verify import VerifyPass
 
-PASSES: dict[str, type[Pass]] = {p.name: p for p in (
-    DistillPass, SparsifyPass, ExportOnnxPass, CanonicalizePass, FuseConvBnReluPass, CheckSupportPass, CalibratePass,
-    QATPass, SensitivityPass, AccuracyBudgetPass, QuantizePass, FoldBiasDequantizePass, EmitPass, VerifyPass,
-    Int8CoveragePass, SpeedCheckPass, EvaluatePass,
-)}
+PASSES: dict[str, type[Pass]] = {
+    p.name: p
+    for p in (
+        DistillPass,
+        SparsifyPass,
+        ExportOnnxPass,
+        CanonicalizePass,
+        FuseConvBnReluPass,
+        CheckSupportPass,
+        CalibratePass,
+        QATPass,
+        SensitivityPass,
+        AccuracyBudgetPass,
+        QuantizePass,
+        FoldBiasDequantizePass,
+        EmitPass,
+        VerifyPass,
+        Int8CoveragePass,
+        SpeedCheckPass,
+        EvaluatePass,
+    )
+}
 
 # Every target runs this list unless its spec's [pipeline] passes says otherwise; a pass that this
 # compile does not ask for (distill without --student, calibrate for fp32) drops out by its `wanted`.
 # A target's [pipeline] legalize passes go just before emit.
 DEFAULT_PIPELINE: tuple[str, ...] = (
-    "distill", "sparsify", "export", "canonicalize", "fuse", "check-support", "calibrate", "qat", "sensitivity",
-    "accuracy-budget", "quantize", "emit", "verify", "int8-coverage", "speed-check", "evaluate",
+    "distill",
+    "sparsify",
+    "export",
+    "canonicalize",
+    "fuse",
+    "check-support",
+    "calibrate",
+    "qat",
+    "sensitivity",
+    "accuracy-budget",
+    "quantize",
+    "emit",
+    "verify",
+    "int8-coverage",
+    "speed-check",
+    "evaluate",
 )
 
 __all__ = ["DEFAULT_PIPELINE", "PASSES", "Pass", "PassResult"]

@@ -38,14 +38,22 @@ class AccuracyBudgetOutput(PassOutput):
     before_qat: tuple[dict, ...] | None = None  # the trade-offs tried before the QAT fallback ran
 
     def to_manifest(self) -> dict:
-        out = {"max_drop_pt": self.max_drop_pt, "float_top1": self.float_top1, "samples": self.samples,
-               "steps": list(self.steps)}
+        out = {
+            "max_drop_pt": self.max_drop_pt,
+            "float_top1": self.float_top1,
+            "samples": self.samples,
+            "steps": list(self.steps),
+        }
         return out | ({"qat_fallback": True, "before_qat": list(self.before_qat)} if self.before_qat else {})
 
     def summary(self) -> dict:
         final = self.steps[-1]
-        out = {"float_top1": round(self.float_top1, 4), "int8_top1": round(final["top1"], 4),
-               "drop_pt": round(final["drop_pt"], 2), "kept_float": list(self.kept_float)}
+        out = {
+            "float_top1": round(self.float_top1, 4),
+            "int8_top1": round(final["top1"], 4),
+            "drop_pt": round(final["drop_pt"], 2),
+            "kept_float": list(self.kept_float),
+        }
         if self.before_qat:
             best = min(self.before_qat, key=lambda s: s["drop_pt"])
             out |= {"qat_fallback": True, "drop_pt_before_qat": round(best["drop_pt"], 2)}
@@ -66,16 +74,24 @@ def _table(steps) -> tuple[dict, ...]:
 
 
 def _rows(steps: tuple[dict, ...]) -> str:
-    return text_table(["layers in float", "top-1 %", "drop pt"],
-                      [[s["kept_float"], f"{100 * s['top1']:.2f}", f"{s['drop_pt']:.2f}"] for s in steps])
+    return text_table(
+        ["layers in float", "top-1 %", "drop pt"],
+        [[s["kept_float"], f"{100 * s['top1']:.2f}", f"{s['drop_pt']:.2f}"] for s in steps],
+    )
 
 
 class AccuracyBudgetPass(Pass):
     name = "accuracy-budget"
     requires = frozenset({CALIBRATED, SENSITIVITY})
 
-    def __init__(self, eval_data: Path, max_drop_pt: float, samples: int | None = 1000,
-                 fallback: QATFallback | None = None, suggest_data: bool = False):
+    def __init__(
+        self,
+        eval_data: Path,
+        max_drop_pt: float,
+        samples: int | None = 1000,
+        fallback: QATFallback | None = None,
+        suggest_data: bool = False,
+    ):
         self.eval_data, self.max_drop_pt, self.samples = Path(eval_data), max_drop_pt, samples
         self.fallback, self.suggest_data = fallback, suggest_data  # suggest: QAT would run, given --data
 
@@ -86,10 +102,16 @@ class AccuracyBudgetPass(Pass):
             raise ConfigError("--max-drop needs a labelled eval set", "pass --eval DIR with DIR/<class>/*.jpg")
         fallback = None
         if config.qat.fallback_epochs > 0 and config.training.data is not None:
-            fallback = QATFallback(config.training.data, config.qat.ranges,
-                                   qat_train_config(config, config.qat.fallback_epochs))
-        return cls(e.data, e.max_drop, e.samples, fallback,
-                   suggest_data=config.qat.fallback_epochs > 0 and config.training.data is None)
+            fallback = QATFallback(
+                config.training.data, config.qat.ranges, qat_train_config(config, config.qat.fallback_epochs)
+            )
+        return cls(
+            e.data,
+            e.max_drop,
+            e.samples,
+            fallback,
+            suggest_data=config.qat.fallback_epochs > 0 and config.training.data is None,
+        )
 
     @classmethod
     def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
@@ -109,24 +131,28 @@ class AccuracyBudgetPass(Pass):
         return greedy_keep_float(order, evaluate, float_top1, self.max_drop_pt)
 
     def run(self, state: CompileState) -> PassResult:
-        data = list(iter_labelled(self.eval_data, state.input.preprocess, tuple(state.input.shape), state.labels,
-                                  self.samples))
+        data = list(
+            iter_labelled(self.eval_data, state.input.preprocess, tuple(state.input.shape), state.labels, self.samples)
+        )
         float_top1 = top1(state.float_reference, data)
         steps = self._search(state, data, float_top1)
         before = None
         if not within_budget(steps[-1].drop_pt, self.max_drop_pt) and self._can_fall_back(state):
             before = _table(steps)
             best = min(steps, key=lambda s: s.drop_pt)
-            trigger = (f"accuracy budget missed: int8 stays {best.drop_pt:.2f} pt below float with "
-                       f"{len(best.kept_float)} layers in float; the budget is {self.max_drop_pt} pt")
+            trigger = (
+                f"accuracy budget missed: int8 stays {best.drop_pt:.2f} pt below float with "
+                f"{len(best.kept_float)} layers in float; the budget is {self.max_drop_pt} pt"
+            )
             if state.emit:
                 state.emit(f"  {trigger}: quantization-aware training for {self.fallback.train.epochs} epochs")
             qat = run_qat(state, self.fallback.data, self.fallback.ranges, self.fallback.train, trigger)
             state.records.append(PassRecord("qat", True, qat, qat.seconds))  # it ran, as this pass's fallback
             steps = self._search(state, data, float_top1)
         final = steps[-1]
-        output = AccuracyBudgetOutput(self.max_drop_pt, float_top1, sum(len(y) for _, y in data), _table(steps),
-                                      tuple(final.kept_float), before)
+        output = AccuracyBudgetOutput(
+            self.max_drop_pt, float_top1, sum(len(y) for _, y in data), _table(steps), tuple(final.kept_float), before
+        )
         if not within_budget(final.drop_pt, self.max_drop_pt):
             raise self._missed(steps, float_top1, output)
         state.keep_float.update(final.kept_float)
@@ -137,14 +163,18 @@ class AccuracyBudgetPass(Pass):
 
     def _missed(self, steps: list[BudgetStep], float_top1: float, output: AccuracyBudgetOutput) -> AccuracyBudgetError:
         best = min(steps, key=lambda s: s.drop_pt)
-        message = (f"int8 top-1 stays {best.drop_pt:.2f} pt below float ({100 * float_top1:.2f} %) even with "
-                   f"{len(best.kept_float)} layers in float; the budget is {self.max_drop_pt} pt. ")
+        message = (
+            f"int8 top-1 stays {best.drop_pt:.2f} pt below float ({100 * float_top1:.2f} %) even with "
+            f"{len(best.kept_float)} layers in float; the budget is {self.max_drop_pt} pt. "
+        )
         if output.before_qat:
             message += f"Trade-offs tried before QAT:\n{_rows(output.before_qat)}\nand after QAT:\n"
         else:
             message += "Trade-offs tried:\n"
         hint = None
         if self.suggest_data:
-            hint = ("pass --data DIR (training images) so quantization-aware training can run when the budget is "
-                    "missed (--qat-fallback-epochs), raise --max-drop, or use --precision fp32")
+            hint = (
+                "pass --data DIR (training images) so quantization-aware training can run when the budget is "
+                "missed (--qat-fallback-epochs), raise --max-drop, or use --precision fp32"
+            )
         return AccuracyBudgetError(output=output, message=message + _rows(output.steps), hint=hint)

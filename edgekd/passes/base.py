@@ -7,8 +7,8 @@ import abc
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from edgekd.errors import PreconditionError
 from edgekd.config import CompileConfig
+from edgekd.errors import PreconditionError
 from edgekd.specs import TargetSpec
 from edgekd.state import TORCH_MODEL, CompileState, Metrics, PassOutput
 

@@ -50,9 +50,15 @@ class CalibrationOutput(PassOutput):
     observer_args: dict = field(default_factory=dict)
 
     def to_manifest(self) -> dict:
-        return {"samples": self.samples, "source": self.source, "sha256": self.sha256, "method": self.method,
-                **self.observer_args, "scheme": self.scheme,
-                "placement": self.placement}
+        return {
+            "samples": self.samples,
+            "source": self.source,
+            "sha256": self.sha256,
+            "method": self.method,
+            **self.observer_args,
+            "scheme": self.scheme,
+            "placement": self.placement,
+        }
 
     def summary(self) -> dict:
         return {"samples": self.samples, "tensors": self.tensors, "method": self.method}
@@ -64,9 +70,13 @@ def check_layer_names(state: CompileState) -> None:
     unknown = sorted(set(state.config.quantization.keep_float) - nodes)
     if unknown:
         weighted = [n.name for n in state.onnx_model.graph if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")]
-        raise UnknownNameError("layer for --keep-float", unknown[0], weighted[:30],
-                               hint=f"layers with weights: {', '.join(weighted[:12])}"
-                                    f"{', …' if len(weighted) > 12 else ''} (`edgekd inspect` lists all)")
+        raise UnknownNameError(
+            "layer for --keep-float",
+            unknown[0],
+            weighted[:30],
+            hint=f"layers with weights: {', '.join(weighted[:12])}"
+            f"{', …' if len(weighted) > 12 else ''} (`edgekd inspect` lists all)",
+        )
 
 
 class CalibratePass(Pass):
@@ -74,8 +84,16 @@ class CalibratePass(Pass):
     requires = frozenset({ONNX_MODEL, BN_FOLDED, ACTIVATIONS_MARKED})
     provides = frozenset({CALIBRATED})
 
-    def __init__(self, data: Path, scheme: str, method: str = "ema", limit: int | None = 512, batch: int = 32,
-                 placement: str | None = None, **observer_args):
+    def __init__(
+        self,
+        data: Path,
+        scheme: str,
+        method: str = "ema",
+        limit: int | None = 512,
+        batch: int = 32,
+        placement: str | None = None,
+        **observer_args,
+    ):
         self.data, self.scheme, self.method, self.limit, self.batch = Path(data), scheme, method, limit, batch
         self.placement = placement or DEFAULT_PLACEMENT[scheme]
         self.observer_args = observer_args
@@ -85,7 +103,9 @@ class CalibratePass(Pass):
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "CalibratePass":
         c = config.calibration
         if c.data is None:
-            raise ConfigError("int8 needs calibration data", "pass --calib DIR (an image folder or .npy/.npz of samples)")
+            raise ConfigError(
+                "int8 needs calibration data", "pass --calib DIR (an image folder or .npy/.npz of samples)"
+            )
         args = {"ema": {"averaging_constant": c.ema_constant}, "percentile": {"percentile": c.percentile}}
         scheme = c.activation_scheme or spec.activation_scheme
         return cls(c.data, scheme, c.method, c.samples, c.batch, spec.placement_for(scheme), **args.get(c.method, {}))
@@ -101,16 +121,32 @@ class CalibratePass(Pass):
         detector = looks_like_detector(state.onnx_model.graph)
         minimum = DETECTOR_MIN_SAMPLES if detector else MIN_SAMPLES
         if n < minimum:
-            warnings.warn(f"calibrating {'a detector ' if detector else ''}on {n} samples; use at least {minimum}"
-                          f"{' images like those it will see (e.g. a YOLO train/images folder)' if detector else ''}",
-                          CalibrationWarning, stacklevel=2)
+            warnings.warn(
+                f"calibrating {'a detector ' if detector else ''}on {n} samples; use at least {minimum}"
+                f"{' images like those it will see (e.g. a YOLO train/images folder)' if detector else ''}",
+                CalibrationWarning,
+                stacklevel=2,
+            )
         plan = plan_quantization(state.onnx_model, self.placement)
         proto = ir.to_proto(state.onnx_model)
         batches = iter_batches(self.data, state.input.preprocess, tuple(state.input.shape), limit=n)
-        observers, seen = observe(proto, plan.observed, batches,
-                                  lambda t: make_observer(self.method, **self.observer_args), self.batch)
-        state.calibration = Calibration(self.scheme, plan, observers, seen, str(self.data),
-                                        source_hash(self.data, n), self.method)
-        return PassResult(state, changed=False, output=CalibrationOutput(
-            seen, str(self.data), state.calibration.sha256, self.method, self.scheme, self.placement, len(observers),
-            dict(self.observer_args)))
+        observers, seen = observe(
+            proto, plan.observed, batches, lambda t: make_observer(self.method, **self.observer_args), self.batch
+        )
+        state.calibration = Calibration(
+            self.scheme, plan, observers, seen, str(self.data), source_hash(self.data, n), self.method
+        )
+        return PassResult(
+            state,
+            changed=False,
+            output=CalibrationOutput(
+                seen,
+                str(self.data),
+                state.calibration.sha256,
+                self.method,
+                self.scheme,
+                self.placement,
+                len(observers),
+                dict(self.observer_args),
+            ),
+        )

@@ -35,9 +35,16 @@ def ops_to_decompose(spec: TargetSpec) -> frozenset[str]:
             out.add(op)
             continue
         io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("x", "y")]
-        probe = helper.make_model(helper.make_graph(
-            [helper.make_node(op, ["x", "scale"], ["y"], name="probe")], "probe", io[:1], io[1:],
-            [onnx.numpy_helper.from_array(np.ones(4, np.float32), "scale")]), opset_imports=[helper.make_opsetid("", opset)])
+        probe = helper.make_model(
+            helper.make_graph(
+                [helper.make_node(op, ["x", "scale"], ["y"], name="probe")],
+                "probe",
+                io[:1],
+                io[1:],
+                [onnx.numpy_helper.from_array(np.ones(4, np.float32), "scale")],
+            ),
+            opset_imports=[helper.make_opsetid("", opset)],
+        )
         if backend.unsupported(probe, spec):
             out.add(op)
     return frozenset(out)
@@ -67,6 +74,7 @@ class CanonicalizePass(Pass):
         return cls((lo, hi), min(max(spec.opset, lo), hi), ops_to_decompose(spec))
 
     def run(self, state: CompileState) -> PassResult:
-        state.onnx_model, report = canonicalize(state.onnx_model, tuple(state.input.shape), self.opset_range,
-                                                self.opset, self.decompose)
+        state.onnx_model, report = canonicalize(
+            state.onnx_model, tuple(state.input.shape), self.opset_range, self.opset, self.decompose
+        )
         return PassResult(state, changed=report.changed, output=CanonicalizeOutput(report))

@@ -26,8 +26,9 @@ class CheckSupportOutput(PassOutput):
 def canonical_unsupported(backend, model: ir.Model, shape: tuple[int, ...], spec: TargetSpec) -> list | None:
     """What ``backend`` cannot run in the canonical form of ``model`` (a copy); None when it has none."""
     try:
-        canonical, _ = canonicalize(ir.from_proto(ir.to_proto(model)), shape, spec.opset_range, spec.opset,
-                                    ops_to_decompose(spec))
+        canonical, _ = canonicalize(
+            ir.from_proto(ir.to_proto(model)), shape, spec.opset_range, spec.opset, ops_to_decompose(spec)
+        )
     except EdgekdError:
         return None
     return backend.unsupported(ir.to_proto(canonical), spec)
@@ -54,7 +55,8 @@ class CheckSupportPass(Pass):
                 describe_groups(group_unsupported(forced), self.spec.name).replace("cannot run on", "force float on", 1)
                 + f"\n{self.spec.name} runs int8 with no float layer between input and output",
                 f"compile with --precision fp32 for {self.spec.name}, replace these ops in the model, or compile int8 "
-                "for a target that keeps float layers (onnx-cpu, openvino-cpu)")
+                "for a target that keeps float layers (onnx-cpu, openvino-cpu)",
+            )
         if bad:
             after = None
             if CANONICAL not in state.facts:  # say what the canonicalize pass would have removed

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from edgekd.runtime import torch_reference
 from edgekd.config import CompileConfig
 from edgekd.errors import ConfigError
 from edgekd.passes.base import Pass, PassResult
+from edgekd.runtime import torch_reference
 from edgekd.specs import TargetSpec
 from edgekd.state import ONNX_MODEL, TORCH_MODEL, CompileState, PassOutput
 
@@ -30,19 +30,27 @@ class DistillOutput(PassOutput):
 
 def require_data(config: CompileConfig, pass_name: str) -> None:
     if config.training.data is None:
-        raise ConfigError(f"pass {pass_name!r} trains and needs training images",
-                          "pass --data DIR (an image folder, with class subfolders for labelled training or flat for "
-                          "label-free KD)" + ("; or --epochs 0 for one-shot magnitude pruning without fine-tuning"
-                                              if pass_name == "sparsify" else ""))
+        raise ConfigError(
+            f"pass {pass_name!r} trains and needs training images",
+            "pass --data DIR (an image folder, with class subfolders for labelled training or flat for "
+            "label-free KD)"
+            + ("; or --epochs 0 for one-shot magnitude pruning without fine-tuning" if pass_name == "sparsify" else ""),
+        )
 
 
 def train_config(config: CompileConfig, pass_name: str, **defaults):
     """The pass's TrainConfig: its defaults, then the user's options, checkpoints beside the output."""
-    from edgekd.distill.options import checkpoint_root, train_config as from_options
+    from edgekd.distill.options import checkpoint_root
+    from edgekd.distill.options import train_config as from_options
 
     t = config.training
-    fixed = {"epochs": t.epochs, "seed": config.seed, "resume": t.resume,
-             "checkpoint_dir": checkpoint_root(config.output) / pass_name, **defaults}
+    fixed = {
+        "epochs": t.epochs,
+        "seed": config.seed,
+        "resume": t.resume,
+        "checkpoint_dir": checkpoint_root(config.output) / pass_name,
+        **defaults,
+    }
     return from_options(t.options, **fixed)
 
 
@@ -83,9 +91,17 @@ class DistillPass(Pass):
 
             proto = ir.to_proto(state.onnx_model)
             teacher, teacher_profile = OnnxTeacher(proto), profile_onnx(proto)
-        student, record = distill_student(teacher, teacher_profile, self.student, self.data, state.input.preprocess,
-                                           shape, self.train, state.workdir / "training",
-                                           epoch_reporter(state.emit, "distill"))
+        student, record = distill_student(
+            teacher,
+            teacher_profile,
+            self.student,
+            self.data,
+            state.input.preprocess,
+            shape,
+            self.train,
+            state.workdir / "training",
+            epoch_reporter(state.emit, "distill"),
+        )
         state.torch_model, state.onnx_model = student, None
         state.reference = state.float_reference = torch_reference(student)
         state.reference_name = f"distilled student {self.student} (PyTorch)"

@@ -42,10 +42,19 @@ class EmitPass(Pass):
 
     def run(self, state: CompileState) -> PassResult:
         self.backend.require()
-        result = self.backend.emit(EmitInput(
-            model=state.onnx_model, spec=state.spec, precision=state.precision, quantized=state.quantized,
-            qparams=state.qparams, keep_float=frozenset(state.keep_float), input_shape=tuple(state.input.shape),
-            float_onnx=state.float_onnx, outdir=state.workdir))
+        result = self.backend.emit(
+            EmitInput(
+                model=state.onnx_model,
+                spec=state.spec,
+                precision=state.precision,
+                quantized=state.quantized,
+                qparams=state.qparams,
+                keep_float=frozenset(state.keep_float),
+                input_shape=tuple(state.input.shape),
+                float_onnx=state.float_onnx,
+                outdir=state.workdir,
+            )
+        )
         state.artifact_files.extend(result.files)
         size = sum((state.workdir / f).stat().st_size for f in result.files)
         output = EmitOutput(self.backend.name, size, tuple(result.files), result.report)

@@ -38,8 +38,13 @@ class AccuracyOutput(PassOutput):
     speed: dict | None = None  # float vs artifact latency (the speed check's), and whether the speed rule is met
 
     def to_manifest(self) -> dict:
-        out = {"source": self.source, "samples": self.samples, "float_top1": self.float_top1,
-               "artifact_top1": self.artifact_top1, "drop_pt": self.drop_pt}
+        out = {
+            "source": self.source,
+            "samples": self.samples,
+            "float_top1": self.float_top1,
+            "artifact_top1": self.artifact_top1,
+            "drop_pt": self.drop_pt,
+        }
         return out | ({"speed": self.speed} if self.speed is not None else {})
 
     def summary(self) -> dict:
@@ -61,8 +66,12 @@ class DetectionAccuracyOutput(PassOutput):
 
     def summary(self) -> dict:
         acc = self.accuracy
-        out = {f"{k}_{m}": round(acc[k][m], 4) for k in ("float", "simulation", "artifact") if k in acc
-               for m in ("map50_95", "map50")}
+        out = {
+            f"{k}_{m}": round(acc[k][m], 4)
+            for k in ("float", "simulation", "artifact")
+            if k in acc
+            for m in ("map50_95", "map50")
+        }
         if "drop_map50_pt" in acc:
             out["drop_map50_pt"] = round(acc["drop_map50_pt"], 2)
         return out
@@ -73,7 +82,12 @@ class EvaluatePass(Pass):
     requires = frozenset({EMITTED})
 
     def __init__(self, backend: str, eval_data: Path, samples: int | None = 1000, threads: int = 2):
-        self.backend, self.eval_data, self.samples, self.threads = get_backend(backend), Path(eval_data), samples, threads
+        self.backend, self.eval_data, self.samples, self.threads = (
+            get_backend(backend),
+            Path(eval_data),
+            samples,
+            threads,
+        )
 
     @classmethod
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "EvaluatePass":
@@ -86,8 +100,9 @@ class EvaluatePass(Pass):
     def run(self, state: CompileState) -> PassResult:
         if is_detection_data(self.eval_data):
             return self._run_detection(state)
-        data = list(iter_labelled(self.eval_data, state.input.preprocess, tuple(state.input.shape), state.labels,
-                                  self.samples))
+        data = list(
+            iter_labelled(self.eval_data, state.input.preprocess, tuple(state.input.shape), state.labels, self.samples)
+        )
         artifact = self.backend.session(state.workdir / self.backend.main_file(state.artifact_files), self.threads)
         float_top1, artifact_top1 = top1(state.float_reference, data), top1(artifact, data)
         drop_pt = 100.0 * (float_top1 - artifact_top1)
@@ -95,16 +110,32 @@ class EvaluatePass(Pass):
         timed = state.output(SpeedCheckOutput)
         if timed is not None:
             s = timed.speedup
-            speed = {"float_ms": statistics.median(timed.float_ms), "artifact_ms": statistics.median(timed.artifact_ms),
-                     "measured_on": timed.measured_on, "runtime": timed.runtime, "spread": [s.low, s.high],
-                     "repeats": s.repeats, **speed_rule(drop_pt, s.median)}
-        return PassResult(state, changed=False, output=AccuracyOutput(
-            str(self.eval_data), sum(len(y) for _, y in data), float_top1, artifact_top1, drop_pt, speed))
+            speed = {
+                "float_ms": statistics.median(timed.float_ms),
+                "artifact_ms": statistics.median(timed.artifact_ms),
+                "measured_on": timed.measured_on,
+                "runtime": timed.runtime,
+                "spread": [s.low, s.high],
+                "repeats": s.repeats,
+                **speed_rule(drop_pt, s.median),
+            }
+        return PassResult(
+            state,
+            changed=False,
+            output=AccuracyOutput(
+                str(self.eval_data), sum(len(y) for _, y in data), float_top1, artifact_top1, drop_pt, speed
+            ),
+        )
 
     def _run_detection(self, state: CompileState) -> PassResult:
         """A YOLO data.yaml or COCO JSON: mAP of the float model, the simulation and the artifact."""
         artifact = self.backend.session(state.workdir / self.backend.main_file(state.artifact_files), self.threads)
         simulation = state.reference if state.reference is not state.float_reference else None
-        acc = detection_accuracy({"float": state.float_reference, "simulation": simulation, "artifact": artifact},
-                                 self.eval_data, state.input.preprocess, state.input.shape[0], self.samples)
+        acc = detection_accuracy(
+            {"float": state.float_reference, "simulation": simulation, "artifact": artifact},
+            self.eval_data,
+            state.input.preprocess,
+            state.input.shape[0],
+            self.samples,
+        )
         return PassResult(state, changed=False, output=DetectionAccuracyOutput(acc))

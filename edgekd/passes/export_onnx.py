@@ -37,5 +37,8 @@ class ExportOnnxPass(Pass):
     def run(self, state: CompileState) -> PassResult:
         proto = export_onnx(state.torch_model, state.input.shape, self.opset, state.input.name, self.fold_constants)
         state.onnx_model = ir.from_proto(proto)
-        return PassResult(state, changed=True,
-                          output=ExportOutput(self.opset, len(proto.graph.node), op_counts(state.onnx_model.graph)))
+        return PassResult(
+            state,
+            changed=True,
+            output=ExportOutput(self.opset, len(proto.graph.node), op_counts(state.onnx_model.graph)),
+        )

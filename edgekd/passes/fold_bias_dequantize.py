@@ -31,8 +31,9 @@ def fold_bias_dequantize(model: "ir.Model") -> int:
         shape = [1] * q.ndim
         if scale.ndim == 1 and q.ndim:
             shape[axis % q.ndim] = scale.size
-        values = (q.astype(np.int32) - zp.reshape(shape if zp.ndim else ()).astype(np.int32)).astype(np.float32) \
-            * scale.astype(np.float32).reshape(shape if scale.ndim else ())
+        values = (q.astype(np.int32) - zp.reshape(shape if zp.ndim else ()).astype(np.int32)).astype(
+            np.float32
+        ) * scale.astype(np.float32).reshape(shape if scale.ndim else ())
         out = node.outputs[0]
         name = out.name.removesuffix("_DequantizeLinear_out") or out.name
         value = new_initializer(graph, name, values.astype(np.float32))

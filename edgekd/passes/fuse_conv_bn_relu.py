@@ -20,7 +20,6 @@ from edgekd.passes.base import Pass, PassResult
 from edgekd.specs import TargetSpec
 from edgekd.state import ACTIVATIONS_MARKED, BN_FOLDED, ONNX_MODEL, CompileState, PassOutput
 
-
 # Ops integer runtimes run with the ReLU / ReLU6 after them fused in, one rounding for both (TFLite's
 # CONV_2D and ADD/SUB/MUL take a fused activation; oneDNN and TensorRT fuse them as post-ops).
 FUSES_ACTIVATION = frozenset({"Conv", "Add", "Sub", "Mul"})
@@ -35,7 +34,11 @@ def fold_batchnorm(graph: ir.Graph, bn: ir.Node) -> bool:
         return False
     weight = const_array(conv.inputs[1])
     bias_in = conv.inputs[2] if len(conv.inputs) > 2 else None
-    bias = const_array(bias_in) if bias_in is not None else np.zeros(weight.shape[0] if weight is not None else 0, np.float32)
+    bias = (
+        const_array(bias_in)
+        if bias_in is not None
+        else np.zeros(weight.shape[0] if weight is not None else 0, np.float32)
+    )
     gamma, beta, mean, var = (const_array(v) for v in bn.inputs[1:5])
     if any(a is None for a in (weight, bias, gamma, beta, mean, var)):
         return False  # weights computed at run time: nothing to fold into
@@ -87,8 +90,12 @@ def conv_summed_into(add: ir.Node) -> ir.Node | None:
         return None
     for v in add.inputs:
         conv = v.producer() if v is not None else None
-        if (conv is not None and conv.op_type == "Conv" and sole_consumer(v) is add
-                and not conv.metadata_props.get(FUSED_ACTIVATION)):
+        if (
+            conv is not None
+            and conv.op_type == "Conv"
+            and sole_consumer(v) is add
+            and not conv.metadata_props.get(FUSED_ACTIVATION)
+        ):
             return conv
     return None
 
@@ -111,8 +118,10 @@ class FuseConvBnReluPass(Pass):
 
     @classmethod
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "FuseConvBnReluPass":
-        return cls(mark_activations=spec.fuse_activations,
-                   mark_conv_add=bool(spec.raw.get("pipeline", {}).get("fuse_conv_add", False)))
+        return cls(
+            mark_activations=spec.fuse_activations,
+            mark_conv_add=bool(spec.raw.get("pipeline", {}).get("fuse_conv_add", False)),
+        )
 
     def run(self, state: CompileState) -> PassResult:
         graph = state.onnx_model.graph
@@ -136,5 +145,6 @@ class FuseConvBnReluPass(Pass):
         if folded:
             remove_unused_initializers(graph)
         left = sum(1 for n in graph if n.op_type == "BatchNormalization")
-        return PassResult(state, changed=bool(folded or marked or summed),
-                          output=FuseOutput(folded, marked, left, summed))
+        return PassResult(
+            state, changed=bool(folded or marked or summed), output=FuseOutput(folded, marked, left, summed)
+        )

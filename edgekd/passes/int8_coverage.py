@@ -55,19 +55,34 @@ class Int8CoverageOutput(PassOutput):
     def to_manifest(self) -> dict:
         if not self.measured:
             return {"measured": False, "backend": self.backend, "note": self.note}
-        return {"measured": True, "backend": self.backend, "coverage_macs": self.coverage,
-                "int8_layers": sum(1 for layer in self.layers if layer.integer), "layers": len(self.layers),
-                "int8_macs": self.int8_macs, "macs": self.macs,
-                "float_islands": [{"layers": list(dict.fromkeys(x.name for x in run)), "ops": [x.op for x in run],
-                                   "macs": sum(x.macs for x in run)} for run in self.float_islands()],
-                "per_layer": [layer.to_dict() for layer in self.layers]}
+        return {
+            "measured": True,
+            "backend": self.backend,
+            "coverage_macs": self.coverage,
+            "int8_layers": sum(1 for layer in self.layers if layer.integer),
+            "layers": len(self.layers),
+            "int8_macs": self.int8_macs,
+            "macs": self.macs,
+            "float_islands": [
+                {
+                    "layers": list(dict.fromkeys(x.name for x in run)),
+                    "ops": [x.op for x in run],
+                    "macs": sum(x.macs for x in run),
+                }
+                for run in self.float_islands()
+            ],
+            "per_layer": [layer.to_dict() for layer in self.layers],
+        }
 
     def summary(self) -> dict:
         if not self.measured:
             return {"measured": False}
-        return {"coverage_macs": round(self.coverage, 4) if self.coverage is not None else None,
-                "int8_layers": sum(1 for layer in self.layers if layer.integer), "layers": len(self.layers),
-                "float_islands": len(self.float_islands())}
+        return {
+            "coverage_macs": round(self.coverage, 4) if self.coverage is not None else None,
+            "int8_layers": sum(1 for layer in self.layers if layer.integer),
+            "layers": len(self.layers),
+            "float_islands": len(self.float_islands()),
+        }
 
 
 class Int8CoveragePass(Pass):

@@ -50,8 +50,14 @@ class QATOutput(PassOutput):
 
     def summary(self) -> dict:
         pct = lambda v: None if v is None else round(v, 2)  # noqa: E731
-        return {"trigger": self.trigger, "epochs": self.epochs, "ranges": self.ranges,
-                "float_top1": pct(self.float_top1), "ptq_top1": pct(self.ptq_top1), "qat_top1": pct(self.qat_top1)}
+        return {
+            "trigger": self.trigger,
+            "epochs": self.epochs,
+            "ranges": self.ranges,
+            "float_top1": pct(self.float_top1),
+            "ptq_top1": pct(self.ptq_top1),
+            "qat_top1": pct(self.qat_top1),
+        }
 
 
 def deployment_plan(state: CompileState) -> QuantPlan:
@@ -73,19 +79,35 @@ def qat_train_config(config: CompileConfig, epochs: int) -> "TrainConfig":
 
     cfg = train_config(config, QATPass.name)
     labelled = scan_image_folder(config.training.data).labels is not None
-    return replace(cfg, epochs=epochs, lr=config.qat.lr, alpha=Schedule("constant", config.qat.alpha),
-                   temperature=Schedule("constant", 2.0), learn_temperature=False, hint_weight=0.0,
-                   attention_weight=0.0, feature_pairs=None, compensate=False, sparsity=None,
-                   select_fraction=None if labelled else cfg.select_fraction or 1.0)
+    return replace(
+        cfg,
+        epochs=epochs,
+        lr=config.qat.lr,
+        alpha=Schedule("constant", config.qat.alpha),
+        temperature=Schedule("constant", 2.0),
+        learn_temperature=False,
+        hint_weight=0.0,
+        attention_weight=0.0,
+        feature_pairs=None,
+        compensate=False,
+        sparsity=None,
+        select_fraction=None if labelled else cfg.select_fraction or 1.0,
+    )
 
 
 def _moved(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict:
     if not after:
         return {"tensors": 0}
-    changes = sorted(abs((a[1] - a[0]) / (b[1] - b[0]) - 1) if b[1] > b[0] else 0.0
-                     for b, a in ((before[t], after[t]) for t in after))
-    return {"tensors": len(changes), "moved": sum(c > 0 for c in changes),
-            "median_width_change": round(changes[len(changes) // 2], 6), "max_width_change": round(changes[-1], 6)}
+    changes = sorted(
+        abs((a[1] - a[0]) / (b[1] - b[0]) - 1) if b[1] > b[0] else 0.0
+        for b, a in ((before[t], after[t]) for t in after)
+    )
+    return {
+        "tensors": len(changes),
+        "moved": sum(c > 0 for c in changes),
+        "median_width_change": round(changes[len(changes) // 2], 6),
+        "max_width_change": round(changes[-1], 6),
+    }
 
 
 def run_qat(state: CompileState, data: Path, ranges: str, cfg: "TrainConfig", trigger: str) -> QATOutput:
@@ -94,18 +116,39 @@ def run_qat(state: CompileState, data: Path, ranges: str, cfg: "TrainConfig", tr
     from edgekd.qat.train import train_quantized
 
     started = time.perf_counter()
-    run = train_quantized(state.onnx_model, deployment_plan(state), state.calibration, data, state.input.preprocess,
-                          tuple(state.input.shape), cfg, ranges, state.workdir / "training-qat",
-                          epoch_reporter(state.emit, "qat"))
+    run = train_quantized(
+        state.onnx_model,
+        deployment_plan(state),
+        state.calibration,
+        data,
+        state.input.preprocess,
+        tuple(state.input.shape),
+        cfg,
+        ranges,
+        state.workdir / "training-qat",
+        epoch_reporter(state.emit, "qat"),
+    )
     state.calibration = run.calibration
     state.facts.add(QAT_TRAINED)
     r = run.result
     last = r.history[-1]["val_top1"] if r.history else None
-    return QATOutput(trigger, r.epochs_run, ranges, str(data), r.kept, r.teacher_acc, r.initial_acc, last, run.sites,
-                     run.weights_changed, _moved(run.initial_ranges, run.ranges),
-                     {t: {"calibrated": list(run.initial_ranges[t]), "trained": list(r)}
-                      for t, r in run.ranges.items()},
-                     round(time.perf_counter() - started, 3), training_summary(cfg), tuple(r.history))
+    return QATOutput(
+        trigger,
+        r.epochs_run,
+        ranges,
+        str(data),
+        r.kept,
+        r.teacher_acc,
+        r.initial_acc,
+        last,
+        run.sites,
+        run.weights_changed,
+        _moved(run.initial_ranges, run.ranges),
+        {t: {"calibrated": list(run.initial_ranges[t]), "trained": list(r)} for t, r in run.ranges.items()},
+        round(time.perf_counter() - started, 3),
+        training_summary(cfg),
+        tuple(r.history),
+    )
 
 
 class QATPass(Pass):
@@ -123,8 +166,10 @@ class QATPass(Pass):
     @classmethod
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "QATPass":
         if config.training.data is None:
-            raise ConfigError("--qat-epochs trains and needs training images",
-                              "pass --data DIR (class subfolders for labels + KD, or flat for KD alone)")
+            raise ConfigError(
+                "--qat-epochs trains and needs training images",
+                "pass --data DIR (class subfolders for labels + KD, or flat for KD alone)",
+            )
         return cls(config.training.data, config.qat.ranges, qat_train_config(config, config.qat.epochs))
 
     @classmethod

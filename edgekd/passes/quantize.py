@@ -30,10 +30,15 @@ class QuantizeOutput(PassOutput):
     constant_operands: int = 0  # float constants of element-wise ops quantized for integer kernels
 
     def summary(self) -> dict:
-        return {"sqnr_db": round(self.error_vs_float["sqnr_db"], 2),
-                "top1_vs_float": self.error_vs_float.get("top1_agreement"), "scheme": self.scheme,
-                "placement": self.placement, "activations": self.activations, "weights": self.weights,
-                "kept_float": list(self.kept_float)}
+        return {
+            "sqnr_db": round(self.error_vs_float["sqnr_db"], 2),
+            "top1_vs_float": self.error_vs_float.get("top1_agreement"),
+            "scheme": self.scheme,
+            "placement": self.placement,
+            "activations": self.activations,
+            "weights": self.weights,
+            "kept_float": list(self.kept_float),
+        }
 
 
 class QuantizePass(Pass):
@@ -49,8 +54,11 @@ class QuantizePass(Pass):
     @classmethod
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "QuantizePass":
         q = spec.raw.get("quantization", {})
-        return cls(config.quantization.sensitivity_samples, bool(q.get("constant_operands", False)),
-                   bool(q.get("concat_grid", False)))
+        return cls(
+            config.quantization.sensitivity_samples,
+            bool(q.get("constant_operands", False)),
+            bool(q.get("concat_grid", False)),
+        )
 
     @classmethod
     def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
@@ -59,8 +67,7 @@ class QuantizePass(Pass):
     def run(self, state: CompileState) -> PassResult:
         cal: Calibration = state.calibration
         keep = frozenset(state.keep_float)
-        plan = plan_quantization(state.onnx_model, cal.plan.placement, keep, self.constant_operands,
-                                 self.concat_grid)
+        plan = plan_quantization(state.onnx_model, cal.plan.placement, keep, self.constant_operands, self.concat_grid)
         state.float_onnx = ir.to_proto(state.onnx_model).SerializeToString()
         written = apply_plan(state.onnx_model, plan, cal.activation_qparams(plan))
         state.qparams = written
@@ -71,6 +78,16 @@ class QuantizePass(Pass):
         error["sqnr_db"] = output_sqnr(float_run, state.reference, batches)
         error["samples"] = sum(len(x) for x in batches)
         weights = len(plan.weights)
-        return PassResult(state, changed=bool(written), output=QuantizeOutput(
-            cal.scheme, plan.placement, len(written) - weights, weights, tuple(sorted(keep)), error,
-            len(plan.constants)))
+        return PassResult(
+            state,
+            changed=bool(written),
+            output=QuantizeOutput(
+                cal.scheme,
+                plan.placement,
+                len(written) - weights,
+                weights,
+                tuple(sorted(keep)),
+                error,
+                len(plan.constants),
+            ),
+        )

@@ -21,8 +21,12 @@ class SensitivityOutput(PassOutput):
 
     def summary(self) -> dict:
         first = self.table[0] if self.table else None
-        return {"layers": len(self.table), "most_sensitive": first.layer if first else None,
-                "min_sqnr_db": round(first.sqnr_db, 2) if first else None, "kept_float": list(self.kept_float)}
+        return {
+            "layers": len(self.table),
+            "most_sensitive": first.layer if first else None,
+            "min_sqnr_db": round(first.sqnr_db, 2) if first else None,
+            "kept_float": list(self.kept_float),
+        }
 
 
 class SensitivityPass(Pass):
@@ -46,6 +50,6 @@ class SensitivityPass(Pass):
         batches = list(iter_batches(cal.source, state.input.preprocess, tuple(state.input.shape), limit=self.samples))
         sqnr = layer_sensitivity(state.onnx_model, cal.plan, cal.activation_qparams(cal.plan), batches)
         state.sensitivity = tuple(LayerSensitivity(k, v) for k, v in sorted(sqnr.items(), key=lambda kv: kv[1]))
-        chosen = tuple(s.layer for s in state.sensitivity[:self.keep_float_count])
+        chosen = tuple(s.layer for s in state.sensitivity[: self.keep_float_count])
         state.keep_float.update(chosen)
         return PassResult(state, changed=False, output=SensitivityOutput(state.sensitivity, chosen))

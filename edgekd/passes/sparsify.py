@@ -7,12 +7,12 @@ import copy
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from edgekd.runtime import torch_reference
 from edgekd.config import CompileConfig
+from edgekd.distill.schedules import Schedule
 from edgekd.errors import ConfigError
 from edgekd.passes.base import Pass, PassResult
-from edgekd.distill.schedules import Schedule
 from edgekd.passes.distill import require_data, train_config
+from edgekd.runtime import torch_reference
 from edgekd.specs import TargetSpec
 from edgekd.state import TORCH_MODEL, CompileState, PassOutput
 
@@ -58,8 +58,16 @@ class SparsifyPass(Pass):
     requires = frozenset({TORCH_MODEL})
     provides = frozenset({TORCH_MODEL})
 
-    def __init__(self, sparsity: float, pattern: str = "unstructured", scope: str = "layer", data=None,
-                 epochs: int = 0, seed: int = 0, train: TrainConfig | None = None):
+    def __init__(
+        self,
+        sparsity: float,
+        pattern: str = "unstructured",
+        scope: str = "layer",
+        data=None,
+        epochs: int = 0,
+        seed: int = 0,
+        train: TrainConfig | None = None,
+    ):
         if pattern not in ("unstructured", "2:4"):
             raise ConfigError(f"sparsity pattern must be unstructured or 2:4, got {pattern!r}")
         if not 0 <= sparsity < 1:
@@ -74,8 +82,14 @@ class SparsifyPass(Pass):
         if t.epochs > 0:
             require_data(config, cls.name)
         # a KD fine-tune against the dense model: a low learning rate and a mild, constant temperature
-        train = train_config(config, cls.name, lr=0.01, temperature=Schedule("constant", 2.0),
-                             sparsity=t.sparsity, pattern=t.sparsity_pattern)
+        train = train_config(
+            config,
+            cls.name,
+            lr=0.01,
+            temperature=Schedule("constant", 2.0),
+            sparsity=t.sparsity,
+            pattern=t.sparsity_pattern,
+        )
         return cls(t.sparsity, t.sparsity_pattern, train.scope, t.data, t.epochs, config.seed, train)
 
     @classmethod
@@ -92,13 +106,29 @@ class SparsifyPass(Pass):
         trained = {}
         if self.epochs > 0:
             teacher = copy.deepcopy(model).eval()
-            cfg = self.train or TrainConfig(epochs=self.epochs, seed=self.seed, sparsity=self.sparsity,
-                                            pattern=self.pattern, scope=self.scope, lr=0.01,
-                                            temperature=Schedule("constant", 2.0))
-            result = train_kd(teacher, model, self.data, state.input.preprocess, cfg,
-                              out_dir=state.workdir / "training-sparsify", progress=epoch_reporter(state.emit, "sparsify"))
-            trained = {"val_top1": result.best_acc, "teacher_val_top1": result.teacher_acc,
-                       "seconds": round(result.seconds, 3)}
+            cfg = self.train or TrainConfig(
+                epochs=self.epochs,
+                seed=self.seed,
+                sparsity=self.sparsity,
+                pattern=self.pattern,
+                scope=self.scope,
+                lr=0.01,
+                temperature=Schedule("constant", 2.0),
+            )
+            result = train_kd(
+                teacher,
+                model,
+                self.data,
+                state.input.preprocess,
+                cfg,
+                out_dir=state.workdir / "training-sparsify",
+                progress=epoch_reporter(state.emit, "sparsify"),
+            )
+            trained = {
+                "val_top1": result.best_acc,
+                "teacher_val_top1": result.teacher_acc,
+                "seconds": round(result.seconds, 3),
+            }
         else:
             layers = prunable(model)
             if self.pattern == "2:4":
@@ -110,7 +140,15 @@ class SparsifyPass(Pass):
                 masks = {n: magnitude_mask(m.weight.detach(), self.sparsity) for n, m in layers.items()}
             apply_masks(layers, masks)
         model.eval()
-        output = SparsityOutput(self.sparsity, self.pattern, self.scope, self.epochs, dense_bytes, gzip_bytes(model),
-                                sparsity_report(model), **trained)
+        output = SparsityOutput(
+            self.sparsity,
+            self.pattern,
+            self.scope,
+            self.epochs,
+            dense_bytes,
+            gzip_bytes(model),
+            sparsity_report(model),
+            **trained,
+        )
         state.reference = state.float_reference = torch_reference(model)
         return PassResult(state, changed=True, output=output)

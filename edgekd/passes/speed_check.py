@@ -42,14 +42,23 @@ class SpeedCheckOutput(PassOutput):
         return self.speedup.high < 1.0
 
     def to_manifest(self) -> dict:
-        return {"runtime": self.runtime, "threads": self.threads, "measured_on": self.measured_on,
-                "float_ms": list(self.float_ms), "artifact_ms": list(self.artifact_ms),
-                "speedup": self.speedup.to_dict(), "int8_slower": self.int8_slower}
+        return {
+            "runtime": self.runtime,
+            "threads": self.threads,
+            "measured_on": self.measured_on,
+            "float_ms": list(self.float_ms),
+            "artifact_ms": list(self.artifact_ms),
+            "speedup": self.speedup.to_dict(),
+            "int8_slower": self.int8_slower,
+        }
 
     def summary(self) -> dict:
         s = self.speedup
-        return {"speedup": round(s.median, 2), "spread": [round(s.low, 2), round(s.high, 2)],
-                "int8_slower": self.int8_slower}
+        return {
+            "speedup": round(s.median, 2),
+            "spread": [round(s.low, 2), round(s.high, 2)],
+            "int8_slower": self.int8_slower,
+        }
 
 
 def float_artifact(backend, state: CompileState, outdir: Path) -> Path:
@@ -58,9 +67,19 @@ def float_artifact(backend, state: CompileState, outdir: Path) -> Path:
     import onnx_ir as ir
 
     model = ir.from_proto(onnx.load_from_string(state.float_onnx))
-    result = backend.emit(EmitInput(model=model, spec=state.spec, precision="fp32", quantized=False, qparams={},
-                                    keep_float=frozenset(), input_shape=tuple(state.input.shape), float_onnx=None,
-                                    outdir=outdir))
+    result = backend.emit(
+        EmitInput(
+            model=model,
+            spec=state.spec,
+            precision="fp32",
+            quantized=False,
+            qparams={},
+            keep_float=frozenset(),
+            input_shape=tuple(state.input.shape),
+            float_onnx=None,
+            outdir=outdir,
+        )
+    )
     return outdir / backend.main_file(result.files)
 
 
@@ -87,7 +106,11 @@ class SpeedCheckPass(Pass):
         with tempfile.TemporaryDirectory(prefix="edgekd-float-") as d:
             float_run = self.backend.session(float_artifact(self.backend, state, Path(d)), self.threads)
             art_run = self.backend.session(state.workdir / self.backend.main_file(state.artifact_files), self.threads)
-            series = interleaved({"float": lambda: float_run(x), "int8": lambda: art_run(x)}, self.repeats,
-                                 self.iterations)
-        return PassResult(state, changed=False, output=SpeedCheckOutput(
-            self.backend.runtime, self.threads, tuple(series["float"]), tuple(series["int8"])))
+            series = interleaved(
+                {"float": lambda: float_run(x), "int8": lambda: art_run(x)}, self.repeats, self.iterations
+            )
+        return PassResult(
+            state,
+            changed=False,
+            output=SpeedCheckOutput(self.backend.runtime, self.threads, tuple(series["float"]), tuple(series["int8"])),
+        )

@@ -20,14 +20,27 @@ class UnsupportedGroup:
     canonicalize_removes: int = 0  # of ``count``, nodes gone after canonicalization
 
     def to_dict(self) -> dict:
-        return {"op": self.op, "count": self.count, "nodes": list(self.nodes), "reason": self.reason,
-                "other_reasons": self.other_reasons, "canonicalize_removes": self.canonicalize_removes}
+        return {
+            "op": self.op,
+            "count": self.count,
+            "nodes": list(self.nodes),
+            "reason": self.reason,
+            "other_reasons": self.other_reasons,
+            "canonicalize_removes": self.canonicalize_removes,
+        }
 
     def line(self) -> str:
         names = ", ".join(self.nodes) + (", …" if self.count > len(self.nodes) else "")
-        more = f" (+{self.other_reasons} other reason{'s' if self.other_reasons > 1 else ''})" if self.other_reasons else ""
-        removes = (f" [canonicalize removes {'all' if self.canonicalize_removes == self.count else self.canonicalize_removes}]"
-                   if self.canonicalize_removes else "")
+        more = (
+            f" (+{self.other_reasons} other reason{'s' if self.other_reasons > 1 else ''})"
+            if self.other_reasons
+            else ""
+        )
+        removes = (
+            f" [canonicalize removes {'all' if self.canonicalize_removes == self.count else self.canonicalize_removes}]"
+            if self.canonicalize_removes
+            else ""
+        )
         return f"{self.op} ×{self.count}: {self.reason}{more} — {names}{removes}"
 
 
@@ -42,8 +55,16 @@ def group_unsupported(records: Iterable, after_canonicalize: Iterable | None = N
     for op, items in by_op.items():
         reasons = Counter(r.reason for r in items)
         removes = max(0, len(items) - left.get(op, 0)) if left is not None else 0
-        groups.append(UnsupportedGroup(op, len(items), tuple(r.node for r in items[:SHOWN_NAMES]),
-                                       reasons.most_common(1)[0][0], len(reasons) - 1, removes))
+        groups.append(
+            UnsupportedGroup(
+                op,
+                len(items),
+                tuple(r.node for r in items[:SHOWN_NAMES]),
+                reasons.most_common(1)[0][0],
+                len(reasons) - 1,
+                removes,
+            )
+        )
     return sorted(groups, key=lambda g: (-g.count, g.op))
 
 

@@ -44,9 +44,17 @@ class VerifyPass(Pass):
     name = "verify"
     requires = frozenset({EMITTED})
 
-    def __init__(self, backend: str, samples: int = 16, max_relative_error: float = 1e-3,
-                 max_relative_error_quantized: float = 0.05, max_output_steps: float = 4.0,
-                 min_top1_agreement: float = 0.99, calib=None, seed: int = 0):
+    def __init__(
+        self,
+        backend: str,
+        samples: int = 16,
+        max_relative_error: float = 1e-3,
+        max_relative_error_quantized: float = 0.05,
+        max_output_steps: float = 4.0,
+        min_top1_agreement: float = 0.99,
+        calib=None,
+        seed: int = 0,
+    ):
         self.backend = get_backend(backend)
         self.samples, self.calib, self.seed = samples, calib, seed
         self.max_relative_error, self.max_relative_error_quantized = max_relative_error, max_relative_error_quantized
@@ -61,25 +69,36 @@ class VerifyPass(Pass):
 
     def run(self, state: CompileState) -> PassResult:
         shape = tuple(state.input.shape)
-        batches = (iter_batches(self.calib, state.input.preprocess, shape, limit=self.samples) if self.calib
-                   else random_batches(shape, self.samples, self.seed))
+        batches = (
+            iter_batches(self.calib, state.input.preprocess, shape, limit=self.samples)
+            if self.calib
+            else random_batches(shape, self.samples, self.seed)
+        )
         run = self.backend.session(state.workdir / self.backend.main_file(state.artifact_files))
         got, want = [], []
         for x in batches:
             got.append(run(x))
             want.append(state.reference(x))
         quantized = state.quantized
-        scales = [state.qparams.get(o.name, {}).get("scale") if quantized else None for o in state.onnx_model.graph.outputs]
+        scales = [
+            state.qparams.get(o.name, {}).get("scale") if quantized else None for o in state.onnx_model.graph.outputs
+        ]
         tie = self._tie_margin(scales[0] if scales else None, quantized, got, want)
         metrics = compare_outputs(got, want, tie_margin=tie)
         stepped = [(err / float(np.max(s))) for err, s in zip(metrics["max_abs_per_output"], scales) if s is not None]
-        output = FidelityOutput(reference=state.reference_name, samples=sum(len(w[0]) for w in want),
-                                inputs="calibration images" if self.calib else "random normal",
-                                max_output_steps=max(stepped) if stepped else None, **metrics)
+        output = FidelityOutput(
+            reference=state.reference_name,
+            samples=sum(len(w[0]) for w in want),
+            inputs="calibration images" if self.calib else "random normal",
+            max_output_steps=max(stepped) if stepped else None,
+            **metrics,
+        )
         problems = self._problems(output, scales, quantized)
         if problems:
-            raise FidelityError(f"the {self.backend.name} artifact disagrees with the {state.reference_name}: "
-                                + "; ".join(problems), output=output)
+            raise FidelityError(
+                f"the {self.backend.name} artifact disagrees with the {state.reference_name}: " + "; ".join(problems),
+                output=output,
+            )
         return PassResult(state, changed=False, output=output)
 
     def _tie_margin(self, scale, quantized: bool, got: list, want: list) -> float:
@@ -108,5 +127,7 @@ class VerifyPass(Pass):
                 problems.append(f"relative error {rel:.2e} (limit {limit:.0e})")
         decisive = out.decisive_disagreements or 0
         if decisive > (1 - self.min_top1_agreement) * out.samples:
-            problems.append(f"top-1 differs on {decisive} of {out.samples} samples where the reference is not a near-tie")
+            problems.append(
+                f"top-1 differs on {decisive} of {out.samples} samples where the reference is not a near-tie"
+            )
         return problems

@@ -95,8 +95,11 @@ class QuantGraph(nn.Module):
                 continue  # the quantize pass inserts no pair here either
             if root not in roots:
                 roots[root] = f"a{len(roots)}"
-                self.quantizers[roots[root]] = (FixedQuantizer(sites.fixed[root]) if root in sites.fixed else
-                                                RangeQuantizer(*sites.ranges[root], sites.scheme, sites.mode))
+                self.quantizers[roots[root]] = (
+                    FixedQuantizer(sites.fixed[root])
+                    if root in sites.fixed
+                    else RangeQuantizer(*sites.ranges[root], sites.scheme, sites.mode)
+                )
                 self._roots[roots[root]] = root
             self._quantizer_of[name] = roots[root]
             if site.same_as is None:
@@ -116,8 +119,11 @@ class QuantGraph(nn.Module):
         array = const_array(value)
         if array is None:
             return ("value", value.name), None
-        trainable = (index in TRAINED_OPS.get(node.op_type, ()) and array.dtype == np.float32
-                     and value.name in graph.initializers)
+        trainable = (
+            index in TRAINED_OPS.get(node.op_type, ())
+            and array.dtype == np.float32
+            and value.name in graph.initializers
+        )
         if trainable:
             key = next((k for k, n in self.param_names.items() if n == value.name), None)
             if key is None:
@@ -136,10 +142,17 @@ class QuantGraph(nn.Module):
             refs, consts = zip(*(self._input_ref(graph, node, i, v) for i, v in enumerate(node.inputs)), strict=True)
         spec = NodeSpec(node.name, node.op_type, _attributes(node), tuple(consts), len(node.outputs))
         axis = weights.get(node.name)
-        bias = (axis is not None and node.op_type in BIAS_QUANTIZED and len(refs) > 2 and refs[2][0] == "param"
-                and consts[2].ndim == 1 and (node.name, 0) in self._reads)
-        return _Step(node.name, node.op_type, kernel(spec), tuple(refs), tuple(o.name for o in node.outputs), axis,
-                     bias)
+        bias = (
+            axis is not None
+            and node.op_type in BIAS_QUANTIZED
+            and len(refs) > 2
+            and refs[2][0] == "param"
+            and consts[2].ndim == 1
+            and (node.name, 0) in self._reads
+        )
+        return _Step(
+            node.name, node.op_type, kernel(spec), tuple(refs), tuple(o.name for o in node.outputs), axis, bias
+        )
 
     # ------------------------------------------------------------------ running
 
@@ -188,10 +201,12 @@ class QuantGraph(nn.Module):
 
     def site_counts(self) -> dict[str, int]:
         kinds = [type(q).__name__ for q in self.quantizers.values()]
-        return {"activations_trained": kinds.count("RangeQuantizer"),
-                "activations_fixed": kinds.count("FixedQuantizer"),
-                "weights": sum(s.weight_axis is not None for s in self._steps),
-                "biases_int32": sum(s.quantize_bias for s in self._steps)}
+        return {
+            "activations_trained": kinds.count("RangeQuantizer"),
+            "activations_fixed": kinds.count("FixedQuantizer"),
+            "weights": sum(s.weight_axis is not None for s in self._steps),
+            "biases_int32": sum(s.quantize_bias for s in self._steps),
+        }
 
     def write_weights(self, model: ir.Model) -> int:
         """Puts the trained weights into ``model``'s initializers (the graph this module was built from);

@@ -34,8 +34,9 @@ class NodeSpec:
             return None
         value = self.consts[index]
         if value is None:
-            raise QATError(f"node {self.name!r} ({self.op_type}) computes its {what} at run time; "
-                           "QAT needs it constant")
+            raise QATError(
+                f"node {self.name!r} ({self.op_type}) computes its {what} at run time; QAT needs it constant"
+            )
         return value
 
     def has_input(self, index: int) -> bool:
@@ -133,6 +134,7 @@ def pool(kind: str) -> Callable[[NodeSpec], Kernel]:
             def run(args):
                 x = F.pad(args[0], explicit, value=float("-inf")) if explicit else args[0]
                 return [F.max_pool2d(x, kernel, stride, padding, dilation, ceil)]
+
             return run
         include = bool(spec.attrs.get("count_include_pad", 0))
         if explicit:
@@ -242,8 +244,10 @@ def resize(spec: NodeSpec) -> Kernel:
         scales = None
     sizes = spec.const(3, "sizes") if spec.has_input(3) else None
     if mode != "nearest" or transform != "asymmetric" or nearest != "floor":
-        raise spec.fail(f"Resize mode={mode}, coordinate_transformation_mode={transform}, nearest_mode={nearest} "
-                        "(QAT runs nearest/asymmetric/floor, what torch's Upsample exports)")
+        raise spec.fail(
+            f"Resize mode={mode}, coordinate_transformation_mode={transform}, nearest_mode={nearest} "
+            "(QAT runs nearest/asymmetric/floor, what torch's Upsample exports)"
+        )
 
     def run(args):
         x = args[0]
@@ -283,25 +287,44 @@ def transpose(spec: NodeSpec) -> Kernel:
 
 
 def _unary(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[NodeSpec], Kernel]:
-    return lambda spec: (lambda args: [fn(args[0])])
+    return lambda spec: lambda args: [fn(args[0])]
 
 
 def _binary(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[NodeSpec], Kernel]:
-    return lambda spec: (lambda args: [fn(args[0], args[1])])
+    return lambda spec: lambda args: [fn(args[0], args[1])]
 
 
 OPS: dict[str, Callable[[NodeSpec], Kernel]] = {
-    "Conv": conv, "Gemm": gemm, "MatMul": _binary(torch.matmul),
-    "Relu": _unary(F.relu), "Clip": clip, "Sigmoid": _unary(torch.sigmoid), "Tanh": _unary(torch.tanh),
-    "HardSigmoid": hard_sigmoid, "HardSwish": hard_swish, "Softmax": softmax,
-    "LeakyRelu": lambda spec: (lambda args: [F.leaky_relu(args[0], float(spec.attrs.get("alpha", 0.01)))]),
-    "Add": _binary(torch.add), "Sub": _binary(torch.sub), "Mul": _binary(torch.mul), "Div": _binary(torch.div),
+    "Conv": conv,
+    "Gemm": gemm,
+    "MatMul": _binary(torch.matmul),
+    "Relu": _unary(F.relu),
+    "Clip": clip,
+    "Sigmoid": _unary(torch.sigmoid),
+    "Tanh": _unary(torch.tanh),
+    "HardSigmoid": hard_sigmoid,
+    "HardSwish": hard_swish,
+    "Softmax": softmax,
+    "LeakyRelu": lambda spec: lambda args: [F.leaky_relu(args[0], float(spec.attrs.get("alpha", 0.01)))],
+    "Add": _binary(torch.add),
+    "Sub": _binary(torch.sub),
+    "Mul": _binary(torch.mul),
+    "Div": _binary(torch.div),
     "GlobalAveragePool": _unary(lambda x: x.mean(dim=tuple(range(2, x.dim())), keepdim=True)),
-    "AveragePool": pool("average"), "MaxPool": pool("max"), "ReduceMean": reduce_mean,
-    "Flatten": flatten, "Reshape": reshape, "Squeeze": squeeze, "Unsqueeze": unsqueeze,
+    "AveragePool": pool("average"),
+    "MaxPool": pool("max"),
+    "ReduceMean": reduce_mean,
+    "Flatten": flatten,
+    "Reshape": reshape,
+    "Squeeze": squeeze,
+    "Unsqueeze": unsqueeze,
     "Transpose": transpose,
-    "Concat": lambda spec: (lambda args: [torch.cat(list(args), dim=int(spec.attrs["axis"]))]),
-    "Split": split, "Slice": slice_, "Resize": resize, "Pad": pad, "Identity": _unary(lambda x: x),
+    "Concat": lambda spec: lambda args: [torch.cat(list(args), dim=int(spec.attrs["axis"]))],
+    "Split": split,
+    "Slice": slice_,
+    "Resize": resize,
+    "Pad": pad,
+    "Identity": _unary(lambda x: x),
     "BatchNormalization": batch_norm,
 }
 
@@ -309,7 +332,9 @@ OPS: dict[str, Callable[[NodeSpec], Kernel]] = {
 def kernel(spec: NodeSpec) -> Kernel:
     make = OPS.get(spec.op_type)
     if make is None:
-        raise QATError(f"node {spec.name!r}: QAT has no torch kernel for {spec.op_type}",
-                       f"QAT runs {', '.join(sorted(OPS))}; compile without --qat-epochs (post-training "
-                       "quantization), or export the model with those ops")
+        raise QATError(
+            f"node {spec.name!r}: QAT has no torch kernel for {spec.op_type}",
+            f"QAT runs {', '.join(sorted(OPS))}; compile without --qat-epochs (post-training "
+            "quantization), or export the model with those ops",
+        )
     return make(spec)

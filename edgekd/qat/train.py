@@ -47,8 +47,10 @@ def _check_classifier(graph: nn.Module, shape: tuple[int, ...]) -> None:
         out = graph.eval()(torch.zeros(shape))
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         got = f"{len(out)} outputs" if isinstance(out, tuple) else f"an output of shape {tuple(out.shape)}"
-        raise QATError(f"QAT distils classifier logits [N, classes] from the float graph; this graph gives {got}",
-                       "compile without --qat-epochs (post-training quantization) for detectors and other heads")
+        raise QATError(
+            f"QAT distils classifier logits [N, classes] from the float graph; this graph gives {got}",
+            "compile without --qat-epochs (post-training quantization) for detectors and other heads",
+        )
 
 
 def _frozen(module: nn.Module) -> nn.Module:
@@ -57,16 +59,26 @@ def _frozen(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
-def train_quantized(model: ir.Model, plan: QuantPlan, calibration: Calibration, data: Path, pre: Preprocess,
-                    shape: tuple[int, ...], cfg: TrainConfig, ranges: str = "learn", out_dir: Path | None = None,
-                    progress: Progress | None = None) -> QATRun:
+def train_quantized(
+    model: ir.Model,
+    plan: QuantPlan,
+    calibration: Calibration,
+    data: Path,
+    pre: Preprocess,
+    shape: tuple[int, ...],
+    cfg: TrainConfig,
+    ranges: str = "learn",
+    out_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> QATRun:
     """Trains ``model`` (changed in place: its weights) quantized as ``plan`` places Q/DQ, ranges from
     ``calibration``; ``shape`` is the graph's input shape (NCHW, or NHWC when ``pre`` says so)."""
     scheme = scheme_for(calibration.scheme)
     qparams = calibration.activation_qparams(plan)
     fixed = {t: qparams[t] for t, site in plan.activations.items() if site.fixed_range is not None and t in qparams}
-    initial = {t: (float(lo), float(hi)) for t, (lo, hi) in
-               ((t, obs.min_max()) for t, obs in calibration.observers.items())}
+    initial = {
+        t: (float(lo), float(hi)) for t, (lo, hi) in ((t, obs.min_max()) for t, obs in calibration.observers.items())
+    }
     teacher = _frozen(QuantGraph(model))
     student = QuantGraph(model, plan, SiteRanges(scheme, initial, fixed, ranges))
     if pre.layout == "NHWC":
@@ -79,5 +91,11 @@ def train_quantized(model: ir.Model, plan: QuantPlan, calibration: Calibration, 
     graph.eval()
     trained = graph.ranges()
     changed = graph.write_weights(model)
-    return QATRun(with_ranges(calibration, trained, "qat"), {t: initial[t] for t in trained}, trained, changed,
-                  graph.site_counts(), result)
+    return QATRun(
+        with_ranges(calibration, trained, "qat"),
+        {t: initial[t] for t in trained},
+        trained,
+        changed,
+        graph.site_counts(),
+        result,
+    )

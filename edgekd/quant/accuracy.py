@@ -29,8 +29,13 @@ class BudgetStep:
     drop_pt: float
 
 
-def greedy_keep_float(layers_by_sensitivity: Sequence[str], evaluate: Callable[[tuple[str, ...]], float],
-                      float_top1: float, max_drop_pt: float, max_layers: int | None = None) -> list[BudgetStep]:
+def greedy_keep_float(
+    layers_by_sensitivity: Sequence[str],
+    evaluate: Callable[[tuple[str, ...]], float],
+    float_top1: float,
+    max_drop_pt: float,
+    max_layers: int | None = None,
+) -> list[BudgetStep]:
     """Returns the layers to float, most sensitive first, until the drop is within budget.
 
     The last step is the answer when its drop is within budget; otherwise none met it.
@@ -43,4 +48,4 @@ def greedy_keep_float(layers_by_sensitivity: Sequence[str], evaluate: Callable[[
         steps.append(BudgetStep(kept, acc, 100.0 * (float_top1 - acc)))
         if within_budget(steps[-1].drop_pt, max_drop_pt) or len(kept) >= limit:
             return steps
-        kept = tuple(layers_by_sensitivity[:len(kept) + 1])
+        kept = tuple(layers_by_sensitivity[: len(kept) + 1])

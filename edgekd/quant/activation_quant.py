@@ -51,7 +51,7 @@ class _RelativeGrad(torch.autograd.Function):
         with torch.no_grad():
             steps += 1
             mean_square.mul_(_RMS_DECAY).add_((1 - _RMS_DECAY) * grad.double() ** 2)
-            rms = torch.sqrt(mean_square / (1 - _RMS_DECAY ** steps))  # bias-corrected, as Adam's
+            rms = torch.sqrt(mean_square / (1 - _RMS_DECAY**steps))  # bias-corrected, as Adam's
         return (grad / (rms + _EPS) * width * RANGE_RATE).to(grad.dtype), None, None, None
 
 
@@ -82,8 +82,11 @@ class RangeQuantizer(nn.Module):
             width = (hi - lo).detach().abs().clamp_min(_EPS)
             ends = []
             for i, end in enumerate((lo, hi)):
-                ends.append(_RelativeGrad.apply(end, self.grad_mean_square[i], self.grad_steps[i], width)
-                            if end.requires_grad else end)
+                ends.append(
+                    _RelativeGrad.apply(end, self.grad_mean_square[i], self.grad_steps[i], width)
+                    if end.requires_grad
+                    else end
+                )
             lo, hi = ends
         return range_qparams(lo, hi, self.scheme)
 

@@ -13,6 +13,7 @@ from edgekd.quant.observers import Observer
 from edgekd.quant.placement import QuantPlan
 from edgekd.quant.qparams import QParams, scheme_for
 
+
 @dataclass
 class Calibration:
     """What calibration leaves for quantization: the plan it observed for, and the observers."""
@@ -36,12 +37,18 @@ class Calibration:
                 continue
             if scheme.symmetric:
                 amax = max(abs(v) for v in site.fixed_range)
-                out[name] = QParams(np.asarray(amax / scheme.qmax, np.float32), np.asarray(0, scheme.dtype), None, scheme)
+                out[name] = QParams(
+                    np.asarray(amax / scheme.qmax, np.float32), np.asarray(0, scheme.dtype), None, scheme
+                )
             else:
                 lo, hi = site.fixed_range
                 scale = (hi - lo) / 256
-                out[name] = QParams(np.asarray(scale, np.float32), np.asarray(scheme.qmin - round(lo / scale), scheme.dtype),
-                                    None, scheme)
+                out[name] = QParams(
+                    np.asarray(scale, np.float32),
+                    np.asarray(scheme.qmin - round(lo / scale), scheme.dtype),
+                    None,
+                    scheme,
+                )
         return out
 
 
@@ -90,16 +97,22 @@ def rebatch(batches: Iterable[np.ndarray], size: int) -> Iterable[np.ndarray]:
         if count >= size:
             joined = np.concatenate(pending)
             for i in range(0, len(joined) - size + 1, size):
-                yield joined[i:i + size]
+                yield joined[i : i + size]
             rest = len(joined) % size
             pending, count = ([joined[-rest:]], rest) if rest else ([], 0)
     if pending:
         yield np.concatenate(pending)
 
 
-def observe(model: onnx.ModelProto, tensors: list[str], batches: Iterable[np.ndarray],
-            new_observer: Callable[[str], Observer], batch_size: int = 32,
-            progress: Callable[[int], None] | None = None, threads: int = 2) -> tuple[dict[str, Observer], int]:
+def observe(
+    model: onnx.ModelProto,
+    tensors: list[str],
+    batches: Iterable[np.ndarray],
+    new_observer: Callable[[str], Observer],
+    batch_size: int = 32,
+    progress: Callable[[int], None] | None = None,
+    threads: int = 2,
+) -> tuple[dict[str, Observer], int]:
     """Observers for ``tensors`` after one pass over ``batches`` (regrouped to ``batch_size`` when the
     graph takes any batch size); also returns the sample count. Only one batch's activations are
     alive at any time."""

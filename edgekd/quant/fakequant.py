@@ -84,11 +84,17 @@ class _FakeQuantize(torch.autograd.Function):
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             _, d_scale, scale, zero_point = ctx.saved_tensors
             if ctx.needs_input_grad[1]:
-                grad_scale = (torch.dot(grad.reshape(-1), d_scale.reshape(-1)).reshape(scale.shape) if scale.dim() == 0
-                              else (grad * d_scale).sum_to_size(scale.shape))
+                grad_scale = (
+                    torch.dot(grad.reshape(-1), d_scale.reshape(-1)).reshape(scale.shape)
+                    if scale.dim() == 0
+                    else (grad * d_scale).sum_to_size(scale.shape)
+                )
             if ctx.needs_input_grad[2]:
-                outside = grad.sum() - grad_x.sum() if zero_point.dim() == 0 else \
-                    (grad - grad_x).sum_to_size(zero_point.shape)
+                outside = (
+                    grad.sum() - grad_x.sum()
+                    if zero_point.dim() == 0
+                    else (grad - grad_x).sum_to_size(zero_point.shape)
+                )
                 grad_zp = -outside * scale
         return (grad_x if ctx.needs_input_grad[0] else None), grad_scale, grad_zp, None, None
 

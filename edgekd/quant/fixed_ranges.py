@@ -26,8 +26,9 @@ class FixedRange(Observer):
         self._min, self._max = np.float64(lo), np.float64(hi)
 
     def _observe(self, x, batch_min, batch_max):
-        raise ConfigError("a fixed range does not observe data",
-                          "calibrate with the ema, minmax or percentile observer")
+        raise ConfigError(
+            "a fixed range does not observe data", "calibrate with the ema, minmax or percentile observer"
+        )
 
 
 def with_ranges(calibration: Calibration, ranges: Mapping[str, tuple[float, float]], method: str) -> Calibration:
@@ -35,8 +36,10 @@ def with_ranges(calibration: Calibration, ranges: Mapping[str, tuple[float, floa
     ``method`` says where they came from (e.g. ``qat``). Tensors not named keep their observed range."""
     unknown = sorted(set(ranges) - set(calibration.observers))
     if unknown:
-        raise ConfigError(f"ranges for tensors the calibration did not observe: {', '.join(unknown[:5])}",
-                          "ranges must name tensors of the quantization plan the calibration ran for")
+        raise ConfigError(
+            f"ranges for tensors the calibration did not observe: {', '.join(unknown[:5])}",
+            "ranges must name tensors of the quantization plan the calibration ran for",
+        )
     observers = dict(calibration.observers)
     observers.update({t: FixedRange(lo, hi) for t, (lo, hi) in ranges.items()})
     return replace(calibration, observers=observers, method=method)

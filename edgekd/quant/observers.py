@@ -15,8 +15,10 @@ import numpy as np
 from edgekd.errors import ConfigError, DataError
 from edgekd.quant.qparams import QParams, QScheme, qparams_from_range
 
-_NON_FINITE_HINT = ("the model produces NaN/Inf on this input (check the weights and the preprocessing), "
-                    "or the calibration data itself holds them")
+_NON_FINITE_HINT = (
+    "the model produces NaN/Inf on this input (check the weights and the preprocessing), "
+    "or the calibration data itself holds them"
+)
 
 
 class Observer:
@@ -51,8 +53,11 @@ class Observer:
         axis = self.ch_axis % x.ndim
         channels = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
         if self._min is not None and self._min.shape[0] != channels.shape[0]:
-            raise DataError(f"{_name(tensor)} had {self._min.shape[0]} channels along axis {axis}, "
-                            f"this batch has {channels.shape[0]}", "every batch must have the same channel count")
+            raise DataError(
+                f"{_name(tensor)} had {self._min.shape[0]} channels along axis {axis}, "
+                f"this batch has {channels.shape[0]}",
+                "every batch must have the same channel count",
+            )
         self.axis = axis
         return channels.min(axis=1).astype(np.float64), channels.max(axis=1).astype(np.float64)
 
@@ -62,8 +67,10 @@ class Observer:
     def min_max(self) -> tuple[np.ndarray, np.ndarray]:
         """(min, max): 0-d arrays per tensor, (C,) arrays per channel."""
         if self._min is None:
-            raise DataError(f"{type(self).__name__} has seen no data",
-                            "run at least one non-empty calibration batch through the model before asking for qparams")
+            raise DataError(
+                f"{type(self).__name__} has seen no data",
+                "run at least one non-empty calibration batch through the model before asking for qparams",
+            )
         return np.array(self._min, dtype=np.float64), np.array(self._max, dtype=np.float64)
 
     def qparams(self, scheme: QScheme) -> QParams:
@@ -104,8 +111,10 @@ class EMAMinMaxObserver(Observer):
     def __init__(self, averaging_constant: float = 0.01, ch_axis: int | None = None):
         super().__init__(ch_axis)
         if not 0.0 < averaging_constant <= 1.0:
-            raise ConfigError(f"averaging_constant must be in (0, 1], got {averaging_constant}",
-                              "0.01 (the default) averages over about 100 batches; 1 keeps only the last batch")
+            raise ConfigError(
+                f"averaging_constant must be in (0, 1], got {averaging_constant}",
+                "0.01 (the default) averages over about 100 batches; 1 keeps only the last batch",
+            )
         self.averaging_constant = float(averaging_constant)
 
     def _observe(self, x, batch_min, batch_max):
@@ -137,8 +146,10 @@ class PercentileObserver(Observer):
 
     def __init__(self, percentile: float = 99.99, bins: int = 2048, ch_axis: int | None = None):
         if ch_axis is not None:
-            raise ConfigError("PercentileObserver is per tensor only", "leave ch_axis unset, or use the 'ema' or "
-                              "'minmax' observer for per-channel ranges")
+            raise ConfigError(
+                "PercentileObserver is per tensor only",
+                "leave ch_axis unset, or use the 'ema' or 'minmax' observer for per-channel ranges",
+            )
         super().__init__(None)
         if not 50.0 < percentile <= 100.0:
             raise ConfigError(f"percentile must be in (50, 100], got {percentile}", "99.99 is the usual choice")
@@ -235,7 +246,9 @@ def _name(tensor: str | None) -> str:
 
 
 def _where(tensor: str | None, sample: int | None) -> str:
-    parts = ([f"tensor {tensor!r}"] if tensor is not None else []) + ([f"sample {sample}"] if sample is not None else [])
+    parts = ([f"tensor {tensor!r}"] if tensor is not None else []) + (
+        [f"sample {sample}"] if sample is not None else []
+    )
     return " at ".join(parts) + " " if parts else ""
 
 
@@ -248,5 +261,6 @@ def _check_finite(x: np.ndarray, tensor: str | None, sample: int | None) -> None
     nan = int(np.isnan(x).sum())
     inf = int(x.size - finite.sum()) - nan
     where = _where(tensor, sample) or "a calibration batch "
-    raise DataError(f"{where}holds {nan + inf} non-finite values ({nan} NaN, {inf} Inf) out of {x.size}",
-                    _NON_FINITE_HINT)
+    raise DataError(
+        f"{where}holds {nan + inf} non-finite values ({nan} NaN, {inf} Inf) out of {x.size}", _NON_FINITE_HINT
+    )

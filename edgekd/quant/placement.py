@@ -46,20 +46,67 @@ from edgekd.specs import PLACEMENTS
 
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 # Ops whose outputs hold a new set of values, so their own range must be observed.
-VALUE_CHANGING = frozenset({
-    "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "LeakyRelu", "PRelu",
-    "Elu", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Gelu", "Erf", "Exp", "Pow", "Sqrt", "Softmax", "Concat",
-    "GlobalAveragePool", "ReduceMean", "ReduceSum", "BatchNormalization", "LayerNormalization",
-    "LRN",
-})
+VALUE_CHANGING = frozenset(
+    {
+        "Conv",
+        "ConvTranspose",
+        "Gemm",
+        "MatMul",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Relu",
+        "Clip",
+        "LeakyRelu",
+        "PRelu",
+        "Elu",
+        "HardSwish",
+        "HardSigmoid",
+        "Sigmoid",
+        "Tanh",
+        "Gelu",
+        "Erf",
+        "Exp",
+        "Pow",
+        "Sqrt",
+        "Softmax",
+        "Concat",
+        "GlobalAveragePool",
+        "ReduceMean",
+        "ReduceSum",
+        "BatchNormalization",
+        "LayerNormalization",
+        "LRN",
+    }
+)
 # Ops that only move or select values: their output stays on the input's grid, so its Q/DQ pair
 # copies the input's parameters (exact) and integer runtimes see one scale on both sides. A bilinear
 # Resize and a local AveragePool interpolate; they are here because their int8 TFLite kernels need the
 # input's grid on the output (AVERAGE_POOL_2D refuses a scale 5e-6 off it: light DenseNet-121), and an
 # average never leaves its input's range.
-GRID_PRESERVING = frozenset({"MaxPool", "AveragePool", "GlobalMaxPool", "ReduceMax", "Reshape", "Flatten", "Transpose", "Squeeze",
-                             "Unsqueeze", "Split", "Slice", "Gather", "DepthToSpace", "SpaceToDepth", "Tile",
-                             "Resize", "Pad", "Identity"})
+GRID_PRESERVING = frozenset(
+    {
+        "MaxPool",
+        "AveragePool",
+        "GlobalMaxPool",
+        "ReduceMax",
+        "Reshape",
+        "Flatten",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Split",
+        "Slice",
+        "Gather",
+        "DepthToSpace",
+        "SpaceToDepth",
+        "Tile",
+        "Resize",
+        "Pad",
+        "Identity",
+    }
+)
 # Outputs whose range is fixed by the function, as integer runtimes require (TFLite: LOGISTIC and
 # SOFTMAX at scale 1/256, TANH at 1/128 with zero point 0).
 FIXED_RANGE = {"Sigmoid": (0.0, 1.0), "Softmax": (0.0, 1.0), "HardSigmoid": (0.0, 1.0), "Tanh": (-1.0, 1.0)}
@@ -68,8 +115,7 @@ FIXED_RANGE = {"Sigmoid": (0.0, 1.0), "Softmax": (0.0, 1.0), "HardSigmoid": (0.0
 # Ops whose data inputs each consumer-driven placement quantizes (weighted ops: input 0 only).
 QUANTIZED_INPUTS = {
     "inputs": WEIGHTED | {"Add"},
-    "quantizable-inputs": WEIGHTED | {"Add", "Sub", "Mul", "Concat", "AveragePool", "GlobalAveragePool",
-                                      "ReduceMean"},
+    "quantizable-inputs": WEIGHTED | {"Add", "Sub", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "ReduceMean"},
 }
 ELEMENTWISE = frozenset({"Add", "Sub", "Mul"})
 RELU_LIKE = frozenset({"Relu"})  # ORT's ReluQuantFusion drops these in front of a Q starting at zero
@@ -147,7 +193,9 @@ def _node_names(graph: ir.Graph) -> None:
         seen.add(node.name)
 
 
-def _uses(v: ir.Value, keep_float: frozenset[str], only_ops: frozenset[str] | None = None) -> tuple[tuple[str, int], ...]:
+def _uses(
+    v: ir.Value, keep_float: frozenset[str], only_ops: frozenset[str] | None = None
+) -> tuple[tuple[str, int], ...]:
     out = []
     for use in v.uses():
         node, idx = use.node, use.idx
@@ -163,8 +211,9 @@ def _uses(v: ir.Value, keep_float: frozenset[str], only_ops: frozenset[str] | No
 CONSTANT_OPERAND_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
 
 
-def _constant_sites(graph: ir.Graph, data: set[ir.Value], skip: set[ir.Node],
-                    keep_float: frozenset[str]) -> list[ConstantSite]:
+def _constant_sites(
+    graph: ir.Graph, data: set[ir.Value], skip: set[ir.Node], keep_float: frozenset[str]
+) -> list[ConstantSite]:
     sites = []
     for node in graph:
         if node.op_type not in CONSTANT_OPERAND_OPS or node in skip or node.name in keep_float or len(node.inputs) != 2:
@@ -185,13 +234,24 @@ def _onto_concat_grids(graph: ir.Graph, plan: QuantPlan) -> None:
         for v in node.inputs:
             site = plan.activations.get(v.name) if v is not None else None
             producer = v.producer() if v is not None else None
-            if (site is not None and site.same_as is None and site.fixed_range is None and producer is not None
-                    and producer.op_type in VALUE_CHANGING and sole_consumer(v) is node):
+            if (
+                site is not None
+                and site.same_as is None
+                and site.fixed_range is None
+                and producer is not None
+                and producer.op_type in VALUE_CHANGING
+                and sole_consumer(v) is node
+            ):
                 plan.activations[v.name] = replace(site, same_as=out)
 
 
-def plan_quantization(model: ir.Model, placement: str, keep_float: frozenset[str] = frozenset(),
-                      constant_operands: bool = False, concat_grid: bool = False) -> QuantPlan:
+def plan_quantization(
+    model: ir.Model,
+    placement: str,
+    keep_float: frozenset[str] = frozenset(),
+    constant_operands: bool = False,
+    concat_grid: bool = False,
+) -> QuantPlan:
     """Where the Q/DQ pairs go. Two target facts change it: ``constant_operands``, float constants read
     by element-wise ops are quantized too, as the target's integer kernels need them; ``concat_grid``,
     a producer read only by a Concat is quantized onto the Concat's grid, as the target's converter
@@ -231,8 +291,9 @@ def _skips_own_pair(node: ir.Node, ort_units: bool) -> bool:
     return node.op_type in ("Gemm", "MatMul") and out.is_graph_output() and not out.uses()
 
 
-def _output_sites(graph: ir.Graph, data: set[ir.Value], plan: QuantPlan, ort_units: bool,
-                  constant_operands: bool) -> None:
+def _output_sites(
+    graph: ir.Graph, data: set[ir.Value], plan: QuantPlan, ort_units: bool, constant_operands: bool
+) -> None:
     # A layer kept in float reads the float tensor, also under qlinear, although its producer then loses
     # its integer kernel (the tensor has a reader beside its Q): between a DQ and a Q, ONNX Runtime's
     # WeightBiasQuantization would quantize the layer's float weights itself, per tensor.
@@ -260,8 +321,9 @@ def _output_sites(graph: ir.Graph, data: set[ir.Value], plan: QuantPlan, ort_uni
             if source in plan.activations:
                 root = plan.activations[source].same_as or source
                 for v in outs:
-                    plan.activations[v.name] = ActivationSite(v.name, _uses(v, keep_float), v.is_graph_output(),
-                                                              same_as=root)
+                    plan.activations[v.name] = ActivationSite(
+                        v.name, _uses(v, keep_float), v.is_graph_output(), same_as=root
+                    )
 
 
 def _hoisted(node: ir.Node, idx: int, v: ir.Value, data: set[ir.Value]) -> tuple[ir.Node, int, ir.Value]:
@@ -271,8 +333,13 @@ def _hoisted(node: ir.Node, idx: int, v: ir.Value, data: set[ir.Value]) -> tuple
     its quantizers)."""
     while True:
         producer = v.producer()
-        if (producer is None or producer.op_type not in GRID_PRESERVING or len(v.uses()) != 1
-                or v.is_graph_output() or not _is_float_activation(producer.inputs[0], data)):
+        if (
+            producer is None
+            or producer.op_type not in GRID_PRESERVING
+            or len(v.uses()) != 1
+            or v.is_graph_output()
+            or not _is_float_activation(producer.inputs[0], data)
+        ):
             return node, idx, v
         node, idx, v = producer, 0, producer.inputs[0]
 

@@ -16,8 +16,9 @@ from edgekd.quant.qparams import QParams, qparams_from_range, quantize, quantize
 QDQ_MIN_OPSET = 13  # the first opset whose DequantizeLinear takes a per-channel axis
 
 
-def _dq(graph: ir.Graph, before: ir.Node, q_value: ir.Value, scale: ir.Value, zp: ir.Value, axis: int | None,
-        name: str) -> ir.Value:
+def _dq(
+    graph: ir.Graph, before: ir.Node, q_value: ir.Value, scale: ir.Value, zp: ir.Value, axis: int | None, name: str
+) -> ir.Value:
     attrs = {"axis": ir.AttrInt64("axis", axis)} if axis is not None else {}
     node = ir.Node("", "DequantizeLinear", [q_value, scale, zp], attributes=attrs, name=name)
     node.outputs[0].name = f"{name}_out"
@@ -27,16 +28,19 @@ def _dq(graph: ir.Graph, before: ir.Node, q_value: ir.Value, scale: ir.Value, zp
 
 
 def _qp_initializers(graph: ir.Graph, prefix: str, qp: QParams) -> tuple[ir.Value, ir.Value]:
-    return (new_initializer(graph, f"{prefix}_scale", np.asarray(qp.scale, np.float32)),
-            new_initializer(graph, f"{prefix}_zero_point", np.asarray(qp.zero_point)))
+    return (
+        new_initializer(graph, f"{prefix}_scale", np.asarray(qp.scale, np.float32)),
+        new_initializer(graph, f"{prefix}_zero_point", np.asarray(qp.zero_point)),
+    )
 
 
 def _first_reader(graph: ir.Graph, consumers: set[str]) -> ir.Node | None:
     return next((n for n in graph if n.name in consumers), None)
 
 
-def insert_activation_qdq(graph: ir.Graph, tensor: ir.Value, qp: QParams, consumers: tuple[tuple[str, int], ...],
-                          to_graph_output: bool) -> bool:
+def insert_activation_qdq(
+    graph: ir.Graph, tensor: ir.Value, qp: QParams, consumers: tuple[tuple[str, int], ...], to_graph_output: bool
+) -> bool:
     by_name = {n.name: n for n in graph}
     if not consumers and not to_graph_output:
         return False
@@ -85,8 +89,9 @@ def apply_plan(model: ir.Model, plan: QuantPlan, act_qparams: dict[str, QParams]
         wq = weight_qparams(w, axis=site.axis)
         q_init = new_initializer(graph, f"{w_value.name}_quantized", quantize(w, wq))
         scale, zp = _qp_initializers(graph, w_value.name, wq)
-        node.replace_input_with(site.input_index, _dq(graph, node, q_init, scale, zp, site.axis,
-                                                       f"{w_value.name}_DequantizeLinear"))
+        node.replace_input_with(
+            site.input_index, _dq(graph, node, q_init, scale, zp, site.axis, f"{w_value.name}_DequantizeLinear")
+        )
         written[w_value.name] = wq.to_dict()
         _quantize_bias(graph, node, wq)
     _quantize_constants(graph, plan, by_name, next(iter(act_qparams.values())).scheme if act_qparams else None)
@@ -131,8 +136,9 @@ def _quantize_constants(graph: ir.Graph, plan: QuantPlan, by_name: dict[str, ir.
         qp = qparams_from_range(float(c.min()), float(c.max()), scheme)
         q_init = new_initializer(graph, f"{value.name}_operand{k}_quantized", quantize(c, qp))
         scale, zp = _qp_initializers(graph, f"{value.name}_operand{k}", qp)
-        node.replace_input_with(site.input_index, _dq(graph, node, q_init, scale, zp, None,
-                                                       f"{value.name}_operand{k}_DequantizeLinear"))
+        node.replace_input_with(
+            site.input_index, _dq(graph, node, q_init, scale, zp, None, f"{value.name}_operand{k}_DequantizeLinear")
+        )
 
 
 def _input_scale(node: ir.Node) -> float | None:

@@ -38,8 +38,10 @@ class QScheme:
             raise ConfigError(f"unknown quantized dtype {self.dtype!r}", f"use one of {', '.join(_DTYPES)}")
         if self.symmetric and self.dtype != "int8":
             # A symmetric unsigned range needs a mid-scale zero point; no target of ours wants that.
-            raise ConfigError(f"symmetric quantization needs a signed dtype, not {self.dtype}",
-                              "use QScheme('int8', symmetric=True) or an asymmetric uint8 scheme")
+            raise ConfigError(
+                f"symmetric quantization needs a signed dtype, not {self.dtype}",
+                "use QScheme('int8', symmetric=True) or an asymmetric uint8 scheme",
+            )
 
     @property
     def np_dtype(self) -> type[np.integer]:
@@ -88,8 +90,10 @@ class QParams:
         zp = np.asarray(self.zero_point)
         expected_ndim = 0 if self.axis is None else 1
         if scale.ndim != expected_ndim or zp.shape != scale.shape:
-            raise ConfigError(f"scale {scale.shape} and zero point {zp.shape} do not fit axis={self.axis}",
-                              "per tensor: both 0-d with axis None; per channel: both shape (C,) with an int axis")
+            raise ConfigError(
+                f"scale {scale.shape} and zero point {zp.shape} do not fit axis={self.axis}",
+                "per tensor: both 0-d with axis None; per channel: both shape (C,) with an int axis",
+            )
         if not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
             raise ConfigError(f"scale must be finite and positive, got {scale.tolist()}")
         if np.any(zp < self.scheme.qmin) or np.any(zp > self.scheme.qmax):
@@ -102,15 +106,23 @@ class QParams:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, QParams):
             return NotImplemented
-        return (self.axis == other.axis and self.scheme == other.scheme
-                and np.array_equal(self.scale, other.scale) and np.array_equal(self.zero_point, other.zero_point))
+        return (
+            self.axis == other.axis
+            and self.scheme == other.scheme
+            and np.array_equal(self.scale, other.scale)
+            and np.array_equal(self.zero_point, other.zero_point)
+        )
 
     __hash__ = None  # arrays are not hashable
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; float32 scales become Python floats, which hold them exactly."""
-        return {"scale": self.scale.tolist(), "zero_point": self.zero_point.tolist(), "axis": self.axis,
-                "scheme": self.scheme.to_dict()}
+        return {
+            "scale": self.scale.tolist(),
+            "zero_point": self.zero_point.tolist(),
+            "axis": self.axis,
+            "scheme": self.scheme.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> QParams:
@@ -123,11 +135,15 @@ def qparams_from_range(min_val, max_val, scheme: QScheme, axis: int | None = Non
     hi = np.asarray(max_val, dtype=np.float64)
     expected_ndim = 0 if axis is None else 1
     if lo.shape != hi.shape or lo.ndim != expected_ndim:
-        raise ConfigError(f"min {lo.shape} and max {hi.shape} do not fit axis={axis}",
-                          "per tensor: pass scalars and axis=None; per channel: pass (C,) arrays and an axis")
+        raise ConfigError(
+            f"min {lo.shape} and max {hi.shape} do not fit axis={axis}",
+            "per tensor: pass scalars and axis=None; per channel: pass (C,) arrays and an axis",
+        )
     if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
-        raise DataError(f"quantization range is not finite: min={lo.tolist()}, max={hi.tolist()}",
-                        "the observer saw no data or non-finite values; check the calibration set and the model")
+        raise DataError(
+            f"quantization range is not finite: min={lo.tolist()}, max={hi.tolist()}",
+            "the observer saw no data or non-finite values; check the calibration set and the model",
+        )
     if np.any(lo > hi):
         raise ConfigError(f"quantization range has min > max: min={lo.tolist()}, max={hi.tolist()}")
     lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
@@ -211,8 +227,10 @@ def weight_qparams(w, axis: int | None = 0) -> QParams:
     """
     w = np.asarray(w, dtype=np.float32)
     if not np.all(np.isfinite(w)):
-        raise DataError(f"weights hold {int(w.size - np.isfinite(w).sum())} non-finite values",
-                        "the model's weights are broken; re-export it or check the training run")
+        raise DataError(
+            f"weights hold {int(w.size - np.isfinite(w).sum())} non-finite values",
+            "the model's weights are broken; re-export it or check the training run",
+        )
     if axis is None:
         amax = np.abs(w).max(initial=0.0)
     else:
@@ -234,8 +252,10 @@ def quantize_bias(bias, input_scale: float, weight_scales) -> tuple[np.ndarray, 
     bias_scale = np.float32(input_scale) * np.asarray(weight_scales, dtype=np.float32)
     bias_scale = np.broadcast_to(bias_scale, bias.shape).astype(np.float32)
     if not (np.all(np.isfinite(bias_scale)) and np.all(bias_scale > 0)):
-        raise ConfigError(f"bias scale must be finite and positive (input scale {input_scale}, weight scales "
-                          f"{np.asarray(weight_scales).tolist()})")
+        raise ConfigError(
+            f"bias scale must be finite and positive (input scale {input_scale}, weight scales "
+            f"{np.asarray(weight_scales).tolist()})"
+        )
     q = np.rint(bias.astype(np.float64) / bias_scale.astype(np.float64))
     return np.clip(q, _INT32.min, _INT32.max).astype(np.int32), bias_scale
 
@@ -247,7 +267,7 @@ def sqnr_db(reference, test) -> float:
     if ref.shape != out.shape:
         raise ConfigError(f"cannot compare shapes {ref.shape} and {out.shape}")
     noise = float(np.sum((ref - out) ** 2))
-    signal = float(np.sum(ref ** 2))
+    signal = float(np.sum(ref**2))
     if noise == 0.0:
         return float("inf")
     if signal == 0.0:

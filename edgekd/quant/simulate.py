@@ -13,6 +13,7 @@ from edgekd.quant.qdq import apply_plan
 from edgekd.quant.qparams import QParams, sqnr_db
 from edgekd.runtime import RunFn, onnx_run_fn, ort_session, simulation_fn
 
+
 def clone(model: ir.Model) -> ir.Model:
     return ir.from_proto(ir.to_proto(model))
 
@@ -42,8 +43,13 @@ def output_sqnr(run_ref: RunFn, run_test: RunFn, batches: Iterable[np.ndarray]) 
     return sqnr_db(np.concatenate(ref), np.concatenate(test))
 
 
-def layer_sensitivity(model: ir.Model, plan: QuantPlan, act_qparams: dict[str, QParams],
-                      batches: list[np.ndarray], progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+def layer_sensitivity(
+    model: ir.Model,
+    plan: QuantPlan,
+    act_qparams: dict[str, QParams],
+    batches: list[np.ndarray],
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, float]:
     """Per weighted layer: output SQNR when only that layer is quantized. Lower = more sensitive."""
     float_run = onnx_run_fn(ort_session(ir.to_proto(model).SerializeToString()))
     layers = [w.node for w in plan.weights]

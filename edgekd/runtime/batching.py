@@ -20,7 +20,7 @@ def in_model_batches(one: RunFn, batch: int | None) -> RunFn:
             return one(x)
         if x.shape[0] % batch:
             raise ConfigError(f"batch of {x.shape[0]} does not divide into the model's batch of {batch}")
-        parts = [one(x[i:i + batch]) for i in range(0, x.shape[0], batch)]
+        parts = [one(x[i : i + batch]) for i in range(0, x.shape[0], batch)]
         return [np.concatenate(p) for p in zip(*parts)]
 
     return run

@@ -9,8 +9,7 @@ import numpy as np
 from edgekd.runtime.batching import RunFn
 
 
-def ort_session(model: str | Path | bytes, threads: int = 1, optimize: bool = True,
-                optimized_path: Path | None = None):
+def ort_session(model: str | Path | bytes, threads: int = 1, optimize: bool = True, optimized_path: Path | None = None):
     """A CPU session for a model file or serialized bytes; ``optimize=False`` runs the graph as written
     (no fusions, no integer kernels replacing Q/DQ arithmetic); ``optimized_path``: where ONNX Runtime
     writes the graph it optimized (what it executes)."""

@@ -41,8 +41,9 @@ def median_ms(run: Callable[[], object], iterations: int, clock: Callable[[], fl
     return statistics.median(times)
 
 
-def interleaved(runs: Mapping[str, Callable[[], object]], repeats: int = REPEATS, iterations: int = 50,
-                warmup: int = 5) -> dict[str, list[float]]:
+def interleaved(
+    runs: Mapping[str, Callable[[], object]], repeats: int = REPEATS, iterations: int = 50, warmup: int = 5
+) -> dict[str, list[float]]:
     """Median latency (ms) of each run per repeat, the runs taking turns within every repeat."""
     for run in runs.values():
         for _ in range(warmup):

@@ -41,9 +41,15 @@ class Student:
         return statistics.median(self.ms) if self.ms else None
 
     def to_dict(self, budget: float) -> dict[str, Any]:
-        return {"student": self.name, "macs": self.macs, "ms": self.ms, "p50_ms": self.p50_ms,
-                "fits": self.p50_ms is not None and self.p50_ms <= budget, "proxy_top1": self.proxy_top1,
-                "error": self.error}
+        return {
+            "student": self.name,
+            "macs": self.macs,
+            "ms": self.ms,
+            "p50_ms": self.p50_ms,
+            "fits": self.p50_ms is not None and self.p50_ms <= budget,
+            "proxy_top1": self.proxy_top1,
+            "error": self.error,
+        }
 
 
 def candidate_students(spec: str) -> list[str]:
@@ -55,8 +61,10 @@ def candidate_students(spec: str) -> list[str]:
             base = part.partition(":")[0]
             names.append(part)
         elif base is None:
-            raise ConfigError(f"--student {spec!r}: width {part} comes before a model name",
-                              "write the model first, e.g. mobilenetv2-cifar:0.35,0.5")
+            raise ConfigError(
+                f"--student {spec!r}: width {part} comes before a model name",
+                "write the model first, e.g. mobilenetv2-cifar:0.35,0.5",
+            )
         else:
             names.append(f"{base}:{part}")
     if len(names) == 1 and ":" not in names[0]:
@@ -77,11 +85,18 @@ def _is_width(text: str) -> bool:
 def latency_config(config: CompileConfig, student: str, out: Path) -> CompileConfig:
     """The untrained student alone, at the compile's precision, no accuracy passes: only its speed counts."""
     return dataclasses.replace(
-        config, model=student, weights=None, labels=None, output=out, force=True, bench=None,
+        config,
+        model=student,
+        weights=None,
+        labels=None,
+        output=out,
+        force=True,
+        bench=None,
         training=dataclasses.replace(config.training, student=None, sparsity=None),
         evaluation=dataclasses.replace(config.evaluation, data=None, max_drop=None),
         quantization=dataclasses.replace(config.quantization, keep_float=(), keep_float_count=0),
-        search=dataclasses.replace(config.search, latency_budget_ms=None, device=None, inventory=None))
+        search=dataclasses.replace(config.search, latency_budget_ms=None, device=None, inventory=None),
+    )
 
 
 def proxy_top1(config: CompileConfig, student: str, out: Path) -> float | None:
@@ -112,29 +127,47 @@ def time_students(config, students: list[Student], workdir: Path, timing: Timing
         s.ms = ms
 
 
-def search_students(config: CompileConfig, timing: TimingFn, device: str, compile_fn: Callable[[CompileConfig], Any],
-                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def search_students(
+    config: CompileConfig,
+    timing: TimingFn,
+    device: str,
+    compile_fn: Callable[[CompileConfig], Any],
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     t, budget = config.training, config.search.latency_budget_ms
     if t.student is None or t.data is None:
-        raise ConfigError("--latency-budget chooses among students and needs --student NAME[:W1,W2,...] and --data DIR",
-                          "e.g. --student mobilenetv2-cifar:0.35,0.5,0.75 --data train/")
+        raise ConfigError(
+            "--latency-budget chooses among students and needs --student NAME[:W1,W2,...] and --data DIR",
+            "e.g. --student mobilenetv2-cifar:0.35,0.5,0.75 --data train/",
+        )
     if config.precision == "auto":
-        raise ConfigError("--latency-budget times the students at one precision; --precision auto is not that",
-                          "pass --precision int8 (or fp32) with --latency-budget")
+        raise ConfigError(
+            "--latency-budget times the students at one precision; --precision auto is not that",
+            "pass --precision int8 (or fp32) with --latency-budget",
+        )
     students = [Student(n) for n in candidate_students(t.student)]
     check_artifact_output(config.output, config.force, config.input_paths())
     with tempfile.TemporaryDirectory(prefix="edgekd-budget-") as tmp:
         work = Path(tmp)
         time_students(config, students, work, timing, compile_fn, progress)
         fits = [s for s in students if s.p50_ms is not None and s.p50_ms <= budget]
-        record = {"device": device, "budget_ms": budget, "repeats": config.search.repeats, "precision":
-                  config.precision, "proxy_epochs": config.search.proxy_epochs, "epochs": t.epochs, "chosen": None,
-                  "candidates": []}
+        record = {
+            "device": device,
+            "budget_ms": budget,
+            "repeats": config.search.repeats,
+            "precision": config.precision,
+            "proxy_epochs": config.search.proxy_epochs,
+            "epochs": t.epochs,
+            "chosen": None,
+            "candidates": [],
+        }
         if not fits:
             record["candidates"] = [s.to_dict(budget) for s in students]
-            raise SearchError(f"no student runs within {budget:g} ms on {device}:\n"
-                              + text_table(BUDGET_HEADERS, budget_rows(record)),
-                              "raise --latency-budget, add narrower widths, or use --precision int8")
+            raise SearchError(
+                f"no student runs within {budget:g} ms on {device}:\n"
+                + text_table(BUDGET_HEADERS, budget_rows(record)),
+                "raise --latency-budget, add narrower widths, or use --precision int8",
+            )
         for s in fits:
             if progress:
                 progress(f"latency budget: proxy distillation of {s.name} ({config.search.proxy_epochs} epoch(s))")
@@ -144,8 +177,13 @@ def search_students(config: CompileConfig, timing: TimingFn, device: str, compil
         if progress:
             progress(text_table(BUDGET_HEADERS, budget_rows(record)))
             progress(f"latency budget: distilling {winner.name} for {t.epochs} epoch(s)")
-        final = dataclasses.replace(config, output=work / "final", force=True, bench=None,
-                                    training=dataclasses.replace(t, student=winner.name),
-                                    search=dataclasses.replace(config.search, latency_budget_ms=None, device=None, inventory=None))
+        final = dataclasses.replace(
+            config,
+            output=work / "final",
+            force=True,
+            bench=None,
+            training=dataclasses.replace(t, student=winner.name),
+            search=dataclasses.replace(config.search, latency_budget_ms=None, device=None, inventory=None),
+        )
         result = compile_fn(final)
         return ship(result.output, config, "latency_budget", record)

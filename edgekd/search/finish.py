@@ -20,8 +20,9 @@ def ship(candidate: Path, config: CompileConfig, section: str, record: dict[str,
     the manifest."""
     writer = ArtifactWriter(config.output, config.force, config.input_paths())
     with writer as work:
-        shutil.copytree(candidate, work, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(RESULTS_DIR))  # the candidates' timing runs stay behind
+        shutil.copytree(
+            candidate, work, dirs_exist_ok=True, ignore=shutil.ignore_patterns(RESULTS_DIR)
+        )  # the candidates' timing runs stay behind
         manifest = read_manifest(work)
         manifest[section] = record
         manifest["config"] = config.to_dict()

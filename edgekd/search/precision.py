@@ -42,10 +42,16 @@ class Candidate:
 
     def to_dict(self, max_drop: float) -> dict[str, Any]:
         drop = self.drop_pt
-        out = {"precision": self.precision, "top1": self.top1, "drop_pt": drop, "ms": self.ms,
-               "p50_ms": statistics.median(self.ms) if self.ms else None, "error": self.error,
-               "speedup_vs_float": self.speedup.to_dict() if self.speedup else None,
-               "meets_max_drop": drop is not None and drop <= max_drop + 1e-9}
+        out = {
+            "precision": self.precision,
+            "top1": self.top1,
+            "drop_pt": drop,
+            "ms": self.ms,
+            "p50_ms": statistics.median(self.ms) if self.ms else None,
+            "error": self.error,
+            "speedup_vs_float": self.speedup.to_dict() if self.speedup else None,
+            "meets_max_drop": drop is not None and drop <= max_drop + 1e-9,
+        }
         if self.speedup and drop is not None and drop > 0:
             out["speedup_per_point_met"] = self.speedup.median >= SPEEDUP_PER_POINT * drop
         return out
@@ -56,19 +62,34 @@ def candidate_config(config: CompileConfig, precision: str, out: Path) -> Compil
     to float there), --eval scores every candidate."""
     int8 = precision == "int8"
     evaluation = config.evaluation if int8 else dataclasses.replace(config.evaluation, max_drop=None)
-    quantization = config.quantization if int8 else dataclasses.replace(config.quantization, keep_float=(),
-                                                                          keep_float_count=0)
-    return dataclasses.replace(config, precision=precision, output=out, force=True, bench=None, evaluation=evaluation,
-                               quantization=quantization,
-                               search=dataclasses.replace(config.search, latency_budget_ms=None, device=None, inventory=None))
+    quantization = (
+        config.quantization if int8 else dataclasses.replace(config.quantization, keep_float=(), keep_float_count=0)
+    )
+    return dataclasses.replace(
+        config,
+        precision=precision,
+        output=out,
+        force=True,
+        bench=None,
+        evaluation=evaluation,
+        quantization=quantization,
+        search=dataclasses.replace(config.search, latency_budget_ms=None, device=None, inventory=None),
+    )
 
 
 def choose(candidates: list[Candidate], max_drop: float) -> tuple[Candidate, str]:
     """The fastest candidate within the budget whose speed-up over float holds in every repeat; float
     otherwise."""
     base = next(c for c in candidates if c.precision == "fp32")
-    fits = [c for c in candidates if c is not base and c.speedup is not None and c.drop_pt is not None
-            and c.drop_pt <= max_drop + 1e-9 and c.speedup.low > 1.0]
+    fits = [
+        c
+        for c in candidates
+        if c is not base
+        and c.speedup is not None
+        and c.drop_pt is not None
+        and c.drop_pt <= max_drop + 1e-9
+        and c.speedup.low > 1.0
+    ]
     if not fits:
         slower = [c.precision for c in candidates if c.speedup is not None and c.speedup.high < 1.0]
         why = "no lower precision was faster than float in every repeat within the accuracy budget"
@@ -77,8 +98,13 @@ def choose(candidates: list[Candidate], max_drop: float) -> tuple[Candidate, str
     return best, f"{best.precision} is {best.speedup} faster than float for {best.drop_pt:.2f} pt of top-1"
 
 
-def compile_candidates(config: CompileConfig, precisions: list[str], workdir: Path,
-                       compile_fn: Callable[[CompileConfig], Any], progress=None) -> list[Candidate]:
+def compile_candidates(
+    config: CompileConfig,
+    precisions: list[str],
+    workdir: Path,
+    compile_fn: Callable[[CompileConfig], Any],
+    progress=None,
+) -> list[Candidate]:
     out = []
     for p in precisions:
         c = Candidate(p)
@@ -95,22 +121,34 @@ def compile_candidates(config: CompileConfig, precisions: list[str], workdir: Pa
     return out
 
 
-def search_precision(config: CompileConfig, timing: TimingFn, device: str, compile_fn, repeats: int = REPEATS,
-                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def search_precision(
+    config: CompileConfig,
+    timing: TimingFn,
+    device: str,
+    compile_fn,
+    repeats: int = REPEATS,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Compiles the candidates, times them, ships the winner as ``config.output``; returns its manifest."""
     spec = load_target(config.target)
     e = config.evaluation
     if e.data is None or e.max_drop is None:
-        raise ConfigError("--precision auto weighs speed against accuracy and needs --eval DIR and --max-drop PT",
-                          "e.g. --eval examples/cifar10/val --max-drop 1.0")
+        raise ConfigError(
+            "--precision auto weighs speed against accuracy and needs --eval DIR and --max-drop PT",
+            "e.g. --eval examples/cifar10/val --max-drop 1.0",
+        )
     check_artifact_output(config.output, config.force, config.input_paths())  # before minutes of work
     precisions = [p for p in ORDER if p in spec.precisions and (p != "int8" or config.calibration.data is not None)]
     with tempfile.TemporaryDirectory(prefix="edgekd-precision-") as tmp:
         candidates = compile_candidates(config, precisions, Path(tmp), compile_fn, progress)
         ok = [c for c in candidates if c.path is not None]
         if not any(c.precision == "fp32" for c in ok):
-            raise SearchError("the fp32 candidate did not compile: " + next(
-                (c.error for c in candidates if c.precision == "fp32"), "fp32 is not among the target's precisions"))
+            raise SearchError(
+                "the fp32 candidate did not compile: "
+                + next(
+                    (c.error for c in candidates if c.precision == "fp32"), "fp32 is not among the target's precisions"
+                )
+            )
         if progress:
             progress(f"precision search: timing {', '.join(c.precision for c in ok)} on {device}, {repeats} repeats")
         for c, ms in zip(ok, time_interleaved([c.path for c in ok], timing, repeats), strict=True):
@@ -119,8 +157,14 @@ def search_precision(config: CompileConfig, timing: TimingFn, device: str, compi
         for c in ok:
             c.speedup = ratio(base.ms, c.ms)
         chosen, why = choose(ok, e.max_drop)
-        record = {"device": device, "repeats": repeats, "max_drop_pt": e.max_drop, "chosen": chosen.precision,
-                  "why": why, "candidates": [c.to_dict(e.max_drop) for c in candidates]}
+        record = {
+            "device": device,
+            "repeats": repeats,
+            "max_drop_pt": e.max_drop,
+            "chosen": chosen.precision,
+            "why": why,
+            "candidates": [c.to_dict(e.max_drop) for c in candidates],
+        }
         if progress:
             progress(text_table(PRECISION_HEADERS, precision_rows(record)))
             progress(f"precision search: shipping {chosen.precision}: {why}")

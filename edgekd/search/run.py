@@ -16,15 +16,20 @@ def search_device(config: CompileConfig) -> str:
     return config.search.device or config.bench or load_target(config.target).bench.device
 
 
-def run_search(config: CompileConfig, compile_fn: Callable[[CompileConfig], Any],
-               progress: Callable[[str], None] | None = None, timing: TimingFn | None = None) -> dict[str, Any]:
+def run_search(
+    config: CompileConfig,
+    compile_fn: Callable[[CompileConfig], Any],
+    progress: Callable[[str], None] | None = None,
+    timing: TimingFn | None = None,
+) -> dict[str, Any]:
     """Runs ``--latency-budget`` or ``--precision auto``; returns the shipped artifact's manifest."""
     device = search_device(config)
     if timing is None:
         get_device_spec(device, config.search.inventory)  # an unknown device fails before any compile
         b = load_target(config.target).bench
-        timing = device_timing(device, config.search.inventory, BenchSettings(threads=b.threads, warmup=b.warmup,
-                                                                               iterations=b.iterations))
+        timing = device_timing(
+            device, config.search.inventory, BenchSettings(threads=b.threads, warmup=b.warmup, iterations=b.iterations)
+        )
     if config.search.latency_budget_ms is not None:
         from edgekd.search.budget import search_students
 

@@ -14,8 +14,12 @@ from edgekd.runtime.timing import REPEATS
 TimingFn = Callable[[Path, int], float]
 
 
-def device_timing(device: str, inventory: str | Path | None = None, settings: BenchSettings | None = None,
-                  accept_new_host_key: bool = False) -> TimingFn:
+def device_timing(
+    device: str,
+    inventory: str | Path | None = None,
+    settings: BenchSettings | None = None,
+    accept_new_host_key: bool = False,
+) -> TimingFn:
     """p50 latency of an artifact on ``device`` (local or an SSH board of the inventory)."""
     from edgekd.api import resolve_device
 

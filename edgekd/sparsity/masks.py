@@ -32,7 +32,7 @@ def global_masks(weights: dict[str, torch.Tensor], sparsity: float) -> dict[str,
     keep[flat.argsort()[:k]] = False
     out, at = {}, 0
     for n, w in weights.items():
-        out[n] = keep[at:at + w.numel()].view_as(w)
+        out[n] = keep[at : at + w.numel()].view_as(w)
         at += w.numel()
     return out
 

@@ -10,8 +10,9 @@ from edgekd.sparsity.masks import apply_masks, cubic_sparsity, global_masks, mag
 
 
 class GradualPruner:
-    def __init__(self, model: nn.Module, sparsity: float, pattern: str, scope: str, total_steps: int,
-                 mask_every: int = 10):
+    def __init__(
+        self, model: nn.Module, sparsity: float, pattern: str, scope: str, total_steps: int, mask_every: int = 10
+    ):
         self.sparsity, self.pattern, self.scope, self.mask_every = sparsity, pattern, scope, mask_every
         self.layers = prunable(model)
         if pattern == "2:4":  # layers whose input channels do not group by 4 stay dense

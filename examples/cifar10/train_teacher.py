@@ -68,8 +68,8 @@ def evaluate(model, x, y, batch=500) -> float:
     model.eval()
     correct = 0
     for i in range(0, len(x), batch):
-        logits = model(to_input(torch.from_numpy(x[i:i + batch])))
-        correct += (logits.argmax(1) == torch.from_numpy(y[i:i + batch])).sum().item()
+        logits = model(to_input(torch.from_numpy(x[i : i + batch])))
+        correct += (logits.argmax(1) == torch.from_numpy(y[i : i + batch])).sum().item()
     return correct / len(x)
 
 
@@ -85,8 +85,11 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-dir", default=".cache")
     ap.add_argument("--out", default="examples/cifar10/teacher.pth")
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--init", help="start from these weights (a state_dict, e.g. the teacher of an earlier run): "
-                                   "one more learning-rate cycle on top of it; its .json record is kept in ours")
+    ap.add_argument(
+        "--init",
+        help="start from these weights (a state_dict, e.g. the teacher of an earlier run): "
+        "one more learning-rate cycle on top of it; its .json record is kept in ours",
+    )
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -113,7 +116,9 @@ def main(argv=None) -> int:
     start, history = 0, []
     if args.resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=True)
-        model.load_state_dict(ck["model"]); opt.load_state_dict(ck["opt"]); sched.load_state_dict(ck["sched"])
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
         start, history = ck["epoch"], json.loads(ck["history"])
         print(f"resumed after epoch {start}")
     gen = torch.Generator().manual_seed(args.seed)
@@ -123,7 +128,7 @@ def main(argv=None) -> int:
         t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
         perm = torch.randperm(len(xtr), generator=gen)
         for step in range(steps_per_epoch):
-            idx = perm[step * args.batch_size:(step + 1) * args.batch_size]
+            idx = perm[step * args.batch_size : (step + 1) * args.batch_size]
             xb = augment(torch.from_numpy(xtr[idx.numpy()]).permute(0, 3, 1, 2), gen).permute(0, 2, 3, 1)
             inp = to_input(xb).contiguous(memory_format=torch.channels_last)
             target = torch.from_numpy(ytr[idx.numpy()])
@@ -131,29 +136,61 @@ def main(argv=None) -> int:
             loss = F.cross_entropy(logits, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step(); sched.step()
-            seen += len(idx); loss_sum += loss.item() * len(idx); correct += (logits.argmax(1) == target).sum().item()
+            opt.step()
+            sched.step()
+            seen += len(idx)
+            loss_sum += loss.item() * len(idx)
+            correct += (logits.argmax(1) == target).sum().item()
             if step % 50 == 0:
-                print(f"  epoch {epoch + 1} step {step}/{steps_per_epoch} loss {loss_sum / seen:.3f} acc {correct / seen:.3f} "
-                      f"({time.time() - t0:.0f}s)", flush=True)
+                print(
+                    f"  epoch {epoch + 1} step {step}/{steps_per_epoch} loss {loss_sum / seen:.3f} "
+                    f"acc {correct / seen:.3f} "
+                    f"({time.time() - t0:.0f}s)",
+                    flush=True,
+                )
         val_acc = evaluate(model, xva, yva)
-        history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                        "val_acc": val_acc, "seconds": time.time() - t0})
-        print(f"epoch {epoch + 1}/{args.epochs}: train loss {loss_sum / seen:.3f} acc {correct / seen:.3f}, "
-              f"val top-1 {val_acc:.4f} ({time.time() - t0:.0f}s)", flush=True)
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / seen,
+                "train_acc": correct / seen,
+                "val_acc": val_acc,
+                "seconds": time.time() - t0,
+            }
+        )
+        print(
+            f"epoch {epoch + 1}/{args.epochs}: train loss {loss_sum / seen:.3f} acc {correct / seen:.3f}, "
+            f"val top-1 {val_acc:.4f} ({time.time() - t0:.0f}s)",
+            flush=True,
+        )
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "epoch": epoch + 1, "history": json.dumps(history)}, ckpt_path)
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "opt": opt.state_dict(),
+                "sched": sched.state_dict(),
+                "epoch": epoch + 1,
+                "history": json.dumps(history),
+            },
+            ckpt_path,
+        )
 
     out = Path(args.out)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     tmp = out.with_name(out.name + ".tmp")
     torch.save(state, tmp)
     tmp.replace(out)
-    record = {"command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
-              "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-              "train_images": len(xtr), "val_images": len(xva), "val_top1": history[-1]["val_acc"] if history else None,
-              "history": history}
+    record = {
+        "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+        "model": args.model,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "train_images": len(xtr),
+        "val_images": len(xva),
+        "val_top1": history[-1]["val_acc"] if history else None,
+        "history": history,
+    }
     if earlier is not None:  # this run continued an earlier one: the total is what the teacher has seen
         record["total_epochs"] = earlier.get("total_epochs", earlier.get("epochs", 0)) + args.epochs
         record["initialised_from"] = earlier

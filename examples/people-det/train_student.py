@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from train_teacher import ATTRIBUTION, Ema, decode_split, make_batch, param_groups, validate
 
 from edgekd.data.detection import load_detection_set
 from edgekd.detect.loss import DetectionLoss
@@ -37,7 +38,6 @@ from edgekd.distill.detection import DetectionDistillLoss
 from edgekd.distill.features import capture
 from edgekd.models.profile import count_macs
 from edgekd.models.yolo import person_detector, person_detector_student
-from train_teacher import ATTRIBUTION, Ema, decode_split, make_batch, param_groups, validate
 
 STUDENT = "edgekd.models.yolo:person_detector_student"  # yolo_det_p2(num_classes=1, width=0.125, depth=0.2)
 
@@ -98,14 +98,25 @@ def main(argv=None) -> int:
     teacher = loss_fn = None
     if args.teacher:
         teacher = load_teacher(args.teacher).to(memory_format=torch.channels_last)
-        loss_fn = DetectionDistillLoss(student, teacher, example, args.temperature, labels=1.0, kd=args.kd_weight,
-                                       box_kd=args.box_kd_weight, hint=args.hint_weight)
+        loss_fn = DetectionDistillLoss(
+            student,
+            teacher,
+            example,
+            args.temperature,
+            labels=1.0,
+            kd=args.kd_weight,
+            box_kd=args.box_kd_weight,
+            hint=args.hint_weight,
+        )
     labels_loss = DetectionLoss(student.strides)
     macs = {"student": count_macs(student, (1, 3, args.size, args.size))}
     if teacher is not None:
         macs["teacher"] = count_macs(teacher, (1, 3, args.size, args.size))
-    print(f"student {macs['student'] / 1e9:.3f} G MACs at {args.size}" +
-          (f", teacher {macs['teacher'] / 1e9:.3f} ({macs['student'] / macs['teacher']:.1%})" if teacher else ""), flush=True)
+    print(
+        f"student {macs['student'] / 1e9:.3f} G MACs at {args.size}"
+        + (f", teacher {macs['teacher'] / 1e9:.3f} ({macs['student'] / macs['teacher']:.1%})" if teacher else ""),
+        flush=True,
+    )
     params = param_groups(student, args.weight_decay)
     if loss_fn is not None:
         params.append({"params": list(loss_fn.parameters()), "weight_decay": 0.0})
@@ -113,15 +124,19 @@ def main(argv=None) -> int:
     steps_per_epoch = len(train_set) * args.crops_per_image // args.batch_size
     total = args.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / args.warmup_steps) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / total))))
+        opt, lambda s: min(1.0, (s + 1) / args.warmup_steps) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / total)))
+    )
     ema = Ema(student, factory=build_student)
     ckpt_path = Path(args.cache_dir) / f"{Path(args.out).stem}.ckpt"
     start, history, commands = 0, [], []
     command = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
     if args.resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=True)
-        student.load_state_dict(ck["model"]); opt.load_state_dict(ck["opt"]); sched.load_state_dict(ck["sched"])
-        ema.model.load_state_dict(ck["ema"]); ema.updates = ck["ema_updates"]
+        student.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        ema.model.load_state_dict(ck["ema"])
+        ema.updates = ck["ema_updates"]
         if loss_fn is not None:
             loss_fn.load_state_dict(ck["adapters"])
         start, history = ck["epoch"], json.loads(ck["history"])
@@ -134,7 +149,9 @@ def main(argv=None) -> int:
         t0, sums, seen = time.time(), {}, 0
         order = np.concatenate([rng.permutation(len(train_set)) for _ in range(args.crops_per_image)])
         for step in range(steps_per_epoch):
-            x, t = make_batch(images, boxes, order[step * args.batch_size:(step + 1) * args.batch_size], args, rng, gen)
+            x, t = make_batch(
+                images, boxes, order[step * args.batch_size : (step + 1) * args.batch_size], args, rng, gen
+            )
             if loss_fn is None:
                 loss, parts = labels_loss(student(x), t)
             else:
@@ -146,29 +163,47 @@ def main(argv=None) -> int:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 10.0)
-            opt.step(); sched.step(); ema.update(student)
+            opt.step()
+            sched.step()
+            ema.update(student)
             seen += 1
             for k, v in {"loss": float(loss.detach()), **parts}.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             if step % 20 == 0:
                 avg = " ".join(f"{k} {v / seen:.3f}" for k, v in sums.items() if k != "positives")
                 print(f"  epoch {epoch + 1} step {step}/{steps_per_epoch} {avg} ({time.time() - t0:.0f}s)", flush=True)
-        record = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 1),
-                  **{k: v / seen for k, v in sums.items() if k != "positives"}}
+        record = {
+            "epoch": epoch + 1,
+            "seconds": round(time.time() - t0, 1),
+            **{k: v / seen for k, v in sums.items() if k != "positives"},
+        }
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
             t1 = time.time()
             record["val"] = validate(ema.model, val_set, args.size)
             record["val_seconds"] = round(time.time() - t1, 1)
-            print(f"epoch {epoch + 1}/{args.epochs} ({record['seconds']:.0f}s): valid mAP50 {record['val']['map50']:.4f} "
-                  f"mAP50-95 {record['val']['map50_95']:.4f}", flush=True)
+            print(
+                f"epoch {epoch + 1}/{args.epochs} ({record['seconds']:.0f}s): valid mAP50 {record['val']['map50']:.4f} "
+                f"mAP50-95 {record['val']['map50_95']:.4f}",
+                flush=True,
+            )
         else:
             print(f"epoch {epoch + 1}/{args.epochs} ({record['seconds']:.0f}s): loss {record['loss']:.3f}", flush=True)
         history.append(record)
         tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
-        torch.save({"model": student.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "ema": ema.model.state_dict(), "ema_updates": ema.updates, "epoch": epoch + 1,
-                    "adapters": loss_fn.state_dict() if loss_fn is not None else {}, "history": json.dumps(history),
-                    "commands": json.dumps(commands + [command])}, tmp)
+        torch.save(
+            {
+                "model": student.state_dict(),
+                "opt": opt.state_dict(),
+                "sched": sched.state_dict(),
+                "ema": ema.model.state_dict(),
+                "ema_updates": ema.updates,
+                "epoch": epoch + 1,
+                "adapters": loss_fn.state_dict() if loss_fn is not None else {},
+                "history": json.dumps(history),
+                "commands": json.dumps(commands + [command]),
+            },
+            tmp,
+        )
         tmp.replace(ckpt_path)
 
     out = Path(args.out)
@@ -176,12 +211,21 @@ def main(argv=None) -> int:
     torch.save({k: v.contiguous() for k, v in ema.model.state_dict().items()}, tmp)
     tmp.replace(out)
     evals = [h for h in history if "val" in h]
-    record = {"command": " && ".join(dict.fromkeys(commands + [command])),
-              "data": ATTRIBUTION, "model": STUDENT,
-              "macs": macs, "distillation": None if loss_fn is None else
-              {"teacher": args.teacher, "temperature": args.temperature, "weights": loss_fn.weights},
-              "epochs": args.epochs, "batch_size": args.batch_size, "crop": args.crop, "lr": args.lr,
-              "valid": evals[-1]["val"] if evals else None, "history": history}
+    record = {
+        "command": " && ".join(dict.fromkeys(commands + [command])),
+        "data": ATTRIBUTION,
+        "model": STUDENT,
+        "macs": macs,
+        "distillation": None
+        if loss_fn is None
+        else {"teacher": args.teacher, "temperature": args.temperature, "weights": loss_fn.weights},
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "crop": args.crop,
+        "lr": args.lr,
+        "valid": evals[-1]["val"] if evals else None,
+        "history": history,
+    }
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)", flush=True)
     return 0

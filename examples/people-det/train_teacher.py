@@ -40,8 +40,10 @@ from edgekd.detect.loss import DetectionLoss
 from edgekd.models.yolo import person_detector
 from edgekd.runtime import torch_reference
 
-ATTRIBUTION = ("people-det: 'Tiny people detection RPI' v1, Roboflow Universe workspace resq, repository "
-               "projectaeroaiml/human_rpi, CC BY 4.0")
+ATTRIBUTION = (
+    "people-det: 'Tiny people detection RPI' v1, Roboflow Universe workspace resq, repository "
+    "projectaeroaiml/human_rpi, CC BY 4.0"
+)
 MODEL = "edgekd.models.yolo:person_detector"  # yolo_det_p2(num_classes=1): width 0.25, strides 4/8/16, head 32/32
 
 
@@ -67,8 +69,14 @@ def decode_split(dataset, size: int, cache: Path) -> tuple[np.ndarray, list[np.n
     return np.load(cache, mmap_mode="r"), boxes
 
 
-def sample_crop(img: np.ndarray, boxes: np.ndarray, crop: int, scale_jitter: float, rng: np.random.Generator,
-                object_bias: float = 0.8) -> tuple[torch.Tensor, np.ndarray]:
+def sample_crop(
+    img: np.ndarray,
+    boxes: np.ndarray,
+    crop: int,
+    scale_jitter: float,
+    rng: np.random.Generator,
+    object_bias: float = 0.8,
+) -> tuple[torch.Tensor, np.ndarray]:
     """A ``crop``² uint8 CHW tensor and its boxes: a square of side crop/s (s ∈ [1/(1+j), 1+j]) taken around a
     random object (or anywhere), resized to ``crop``, flipped half the time."""
     H, W = img.shape[:2]
@@ -81,7 +89,7 @@ def sample_crop(img: np.ndarray, boxes: np.ndarray, crop: int, scale_jitter: flo
         y0 = int(np.clip(cy - rng.uniform(0.1, 0.9) * side, 0, H - side))
     else:
         x0, y0 = int(rng.integers(0, W - side + 1)), int(rng.integers(0, H - side + 1))
-    patch = torch.from_numpy(np.ascontiguousarray(img[y0:y0 + side, x0:x0 + side])).permute(2, 0, 1)
+    patch = torch.from_numpy(np.ascontiguousarray(img[y0 : y0 + side, x0 : x0 + side])).permute(2, 0, 1)
     k = crop / side
     if side != crop:
         patch = F.interpolate(patch[None].float(), size=(crop, crop), mode="bilinear", align_corners=False)[0]
@@ -100,7 +108,10 @@ def sample_crop(img: np.ndarray, boxes: np.ndarray, crop: int, scale_jitter: flo
 def photometric(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Brightness (±30 %), contrast (±30 %) and saturation (±50 %) jitter per image, on 0..255 floats."""
     n = x.shape[0]
-    u = lambda lo, hi: (torch.rand(n, 1, 1, 1, generator=gen) * (hi - lo) + lo)
+
+    def u(lo, hi):
+        return torch.rand(n, 1, 1, 1, generator=gen) * (hi - lo) + lo
+
     gray = x.mean(1, keepdim=True)
     x = gray + (x - gray) * u(0.5, 1.5)
     mean = x.mean((1, 2, 3), keepdim=True)
@@ -154,8 +165,14 @@ def validate(model: torch.nn.Module, val_set, size: int, limit: int | None = Non
         m = evaluate(torch_reference(model.eval()), val_set, pre, batch=4, limit=limit)
     finally:
         model.decode = False
-    return {"map50_95": m.map50_95, "map50": m.map50, "precision": m.precision, "recall": m.recall,
-            "best_f1": m.best_f1, "best_f1_conf": m.best_f1_conf}
+    return {
+        "map50_95": m.map50_95,
+        "map50": m.map50,
+        "precision": m.precision,
+        "recall": m.recall,
+        "best_f1": m.best_f1,
+        "best_f1_conf": m.best_f1_conf,
+    }
 
 
 def main(argv=None) -> int:
@@ -171,7 +188,12 @@ def main(argv=None) -> int:
     ap.add_argument("--weight-decay", type=float, default=5e-4)
     ap.add_argument("--warmup-steps", type=int, default=300)
     ap.add_argument("--eval-every", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads; 1 is fastest on a shared machine (2 threads on 2 busy cores spin)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads; 1 is fastest on a shared machine (2 threads on 2 busy cores spin)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default=".cache")
     ap.add_argument("--out", default="examples/people-det/teacher.pth")
@@ -192,15 +214,21 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.999))
     steps_per_epoch = len(train_set) * args.crops_per_image // args.batch_size
     total = args.epochs * steps_per_epoch
-    lr_at = lambda step: min(1.0, (step + 1) / args.warmup_steps) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / total)))
+
+    def lr_at(step):
+        return min(1.0, (step + 1) / args.warmup_steps) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / total)))
+
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     ema = Ema(model)
     ckpt_path = cache / "people-det-teacher.ckpt"
     start, history = 0, []
     if args.resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=True)
-        model.load_state_dict(ck["model"]); opt.load_state_dict(ck["opt"]); sched.load_state_dict(ck["sched"])
-        ema.model.load_state_dict(ck["ema"]); ema.updates = ck["ema_updates"]
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        ema.model.load_state_dict(ck["ema"])
+        ema.updates = ck["ema_updates"]
         start, history = ck["epoch"], json.loads(ck["history"])
         print(f"resumed after epoch {start}", flush=True)
     for epoch in range(start, args.epochs):
@@ -210,35 +238,54 @@ def main(argv=None) -> int:
         t0, sums, seen = time.time(), {"loss": 0.0, "box": 0.0, "cls": 0.0, "iou": 0.0}, 0
         order = np.concatenate([rng.permutation(len(train_set)) for _ in range(args.crops_per_image)])
         for step in range(steps_per_epoch):
-            x, t = make_batch(images, boxes, order[step * args.batch_size:(step + 1) * args.batch_size], args, rng, gen)
+            x, t = make_batch(
+                images, boxes, order[step * args.batch_size : (step + 1) * args.batch_size], args, rng, gen
+            )
             loss, parts = loss_fn(model(x), t)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            opt.step(); sched.step(); ema.update(model)
+            opt.step()
+            sched.step()
+            ema.update(model)
             seen += 1
             for k in sums:
                 sums[k] += float(loss.detach()) if k == "loss" else parts[k]
             if step % 20 == 0:
                 avg = {k: v / seen for k, v in sums.items()}
-                print(f"  epoch {epoch + 1} step {step}/{steps_per_epoch} loss {avg['loss']:.3f} box {avg['box']:.3f} "
-                      f"cls {avg['cls']:.3f} iou {avg['iou']:.3f} lr {sched.get_last_lr()[0]:.2e} ({time.time() - t0:.0f}s)",
-                      flush=True)
+                print(
+                    f"  epoch {epoch + 1} step {step}/{steps_per_epoch} loss {avg['loss']:.3f} box {avg['box']:.3f} "
+                    f"cls {avg['cls']:.3f} iou {avg['iou']:.3f} lr {sched.get_last_lr()[0]:.2e} "
+                    f"({time.time() - t0:.0f}s)",
+                    flush=True,
+                )
         record = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 1), **{k: v / seen for k, v in sums.items()}}
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
             t1 = time.time()
             record["val"] = validate(ema.model, val_set, args.size)
             record["val_seconds"] = round(time.time() - t1, 1)
-            print(f"epoch {epoch + 1}/{args.epochs} ({record['seconds']:.0f}s): valid mAP50 {record['val']['map50']:.4f} "
-                  f"mAP50-95 {record['val']['map50_95']:.4f} P {record['val']['precision']:.3f} "
-                  f"R {record['val']['recall']:.3f} (eval {record['val_seconds']:.0f}s)", flush=True)
+            print(
+                f"epoch {epoch + 1}/{args.epochs} ({record['seconds']:.0f}s): valid mAP50 {record['val']['map50']:.4f} "
+                f"mAP50-95 {record['val']['map50_95']:.4f} P {record['val']['precision']:.3f} "
+                f"R {record['val']['recall']:.3f} (eval {record['val_seconds']:.0f}s)",
+                flush=True,
+            )
         else:
             print(f"epoch {epoch + 1}/{args.epochs} ({record['seconds']:.0f}s): loss {record['loss']:.3f}", flush=True)
         history.append(record)
         tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "ema": ema.model.state_dict(), "ema_updates": ema.updates, "epoch": epoch + 1,
-                    "history": json.dumps(history)}, tmp)
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "opt": opt.state_dict(),
+                "sched": sched.state_dict(),
+                "ema": ema.model.state_dict(),
+                "ema_updates": ema.updates,
+                "epoch": epoch + 1,
+                "history": json.dumps(history),
+            },
+            tmp,
+        )
         tmp.replace(ckpt_path)
 
     out = Path(args.out)
@@ -247,11 +294,20 @@ def main(argv=None) -> int:
     torch.save(state, tmp)
     tmp.replace(out)
     evals = [h for h in history if "val" in h]
-    record = {"command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
-              "data": ATTRIBUTION, "model": MODEL,
-              "epochs": args.epochs, "batch_size": args.batch_size, "crop": args.crop, "lr": args.lr,
-              "train_images": len(train_set), "val_images": len(val_set), "eval_size": args.size,
-              "valid": evals[-1]["val"] if evals else None, "history": history}
+    record = {
+        "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+        "data": ATTRIBUTION,
+        "model": MODEL,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "crop": args.crop,
+        "lr": args.lr,
+        "train_images": len(train_set),
+        "val_images": len(val_set),
+        "eval_size": args.size,
+        "valid": evals[-1]["val"] if evals else None,
+        "history": history,
+    }
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)", flush=True)
     return 0

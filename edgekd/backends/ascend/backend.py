@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from edgekd import __version__
 from edgekd.backends.ascend.tables import build_table, unsupported
-from edgekd.backends.base import Unsupported
-from edgekd.backends.templates import render
+from edgekd.backends.base import EmitInput, EmitResult, Unsupported
 from edgekd.backends.onnxruntime.backend import OnnxRuntimeBackend
-from edgekd.backends.base import EmitInput, EmitResult
+from edgekd.backends.templates import render
 from edgekd.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -43,13 +42,21 @@ def atc_argv(spec: "TargetSpec", input_name: str, input_shape: tuple[int, ...], 
     a = spec.raw.get("ascend", {})
     soc = a.get("soc_version")
     if not soc:
-        raise ConfigError(f"target {spec.name} has no [ascend] soc_version", "add e.g. soc_version = \"Ascend310\"")
+        raise ConfigError(f"target {spec.name} has no [ascend] soc_version", 'add e.g. soc_version = "Ascend310"')
     if ":" in input_name or "," in input_name or ";" in input_name:
-        raise ConfigError(f"input name {input_name!r} contains ':', ',' or ';', which atc's --input_shape cannot express",
-                          "rename the model's input (e.g. --input-name input when exporting)")
-    argv = ["atc", f"--model={MODEL}", f"--framework={a.get('framework', 5)}", f"--soc_version={soc}",
-            f"--input_shape={input_name}:{','.join(str(int(d)) for d in input_shape)}",
-            f"--input_format={a.get('input_format', 'NCHW')}", f"--output={OM_STEM}"]
+        raise ConfigError(
+            f"input name {input_name!r} contains ':', ',' or ';', which atc's --input_shape cannot express",
+            "rename the model's input (e.g. --input-name input when exporting)",
+        )
+    argv = [
+        "atc",
+        f"--model={MODEL}",
+        f"--framework={a.get('framework', 5)}",
+        f"--soc_version={soc}",
+        f"--input_shape={input_name}:{','.join(str(int(d)) for d in input_shape)}",
+        f"--input_format={a.get('input_format', 'NCHW')}",
+        f"--output={OM_STEM}",
+    ]
     mode = a.get("precision_mode", {}).get(precision)
     if mode:
         argv.append(f"--precision_mode={mode}")
@@ -62,17 +69,54 @@ def atc_script(argv: list[str], spec: "TargetSpec", precision: str) -> str:
     """The script that runs ``argv`` beside model.onnx (templates/atc_command.sh); every argument quoted."""
     command = " ".join([argv[0], *(shell_quote(x) for x in argv[1:])])
     soc = spec.raw.get("ascend", {}).get("soc_version")
-    return render(__package__, SCRIPT, SOC_VERSION=soc, TARGET=spec.name, PRECISION=precision,
-                  EDGEKD_VERSION=__version__, COMMAND=command)
+    return render(
+        __package__,
+        SCRIPT,
+        SOC_VERSION=soc,
+        TARGET=spec.name,
+        PRECISION=precision,
+        EDGEKD_VERSION=__version__,
+        COMMAND=command,
+    )
 
 
 # ------------------------------------------------------------------------------- op table files
 
-CSV_COLUMNS = ("node", "onnx_op", "ascend_op", "status", "reasons", "input_names", "input_shapes", "output_shapes",
-               "onnx_dtypes", "ascend_dtype", "format", "c0", "ascend_input_shape", "scale_d", "offset_d", "scale_w",
-               "offset_w", "out_scale", "out_offset", "data_tensor", "weight_tensor")
-_JSON_CELLS = frozenset({"reasons", "input_names", "input_shapes", "output_shapes", "onnx_dtypes", "ascend_input_shape",
-                         "scale_w", "offset_w"})
+CSV_COLUMNS = (
+    "node",
+    "onnx_op",
+    "ascend_op",
+    "status",
+    "reasons",
+    "input_names",
+    "input_shapes",
+    "output_shapes",
+    "onnx_dtypes",
+    "ascend_dtype",
+    "format",
+    "c0",
+    "ascend_input_shape",
+    "scale_d",
+    "offset_d",
+    "scale_w",
+    "offset_w",
+    "out_scale",
+    "out_offset",
+    "data_tensor",
+    "weight_tensor",
+)
+_JSON_CELLS = frozenset(
+    {
+        "reasons",
+        "input_names",
+        "input_shapes",
+        "output_shapes",
+        "onnx_dtypes",
+        "ascend_input_shape",
+        "scale_w",
+        "offset_w",
+    }
+)
 
 
 def _cell(row: dict[str, Any], col: str) -> str:
@@ -126,10 +170,22 @@ def to_markdown(table: dict[str, Any]) -> str:
         ascend = (r["ascend_op"] or "—") + ("" if r["ascend_op_verified"] else " (unverified)")
         fmt = r["format"] + (f" (C0={r['c0']})" if r["c0"] else "")
         offset_w = "" if r["offset_w"] is None else ("0" if not any(r["offset_w"]) else json.dumps(r["offset_w"]))
-        cells = [r["node"], r["onnx_op"], ascend, ", ".join(_shape(s) for s in r["input_shapes"]),
-                 ", ".join(_shape(s) for s in r["output_shapes"]), ", ".join(d or "?" for d in r["onnx_dtypes"]["inputs"]),
-                 r["ascend_dtype"], fmt, _num(r["scale_d"]), "" if r["offset_d"] is None else str(r["offset_d"]),
-                 _scale_w_md(r), offset_w, r["status"], "; ".join(r["reasons"])]
+        cells = [
+            r["node"],
+            r["onnx_op"],
+            ascend,
+            ", ".join(_shape(s) for s in r["input_shapes"]),
+            ", ".join(_shape(s) for s in r["output_shapes"]),
+            ", ".join(d or "?" for d in r["onnx_dtypes"]["inputs"]),
+            r["ascend_dtype"],
+            fmt,
+            _num(r["scale_d"]),
+            "" if r["offset_d"] is None else str(r["offset_d"]),
+            _scale_w_md(r),
+            offset_w,
+            r["status"],
+            "; ".join(r["reasons"]),
+        ]
         lines.append("| " + " | ".join(_md_escape(str(c)) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -152,6 +208,7 @@ def write_table(table: dict[str, Any], outdir: Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------- backend
+
 
 class AscendBackend(OnnxRuntimeBackend):
     """Emits for the NPU; here the same ONNX runs in ONNX Runtime (main_file, session, io inherited)."""
@@ -186,7 +243,9 @@ class AscendBackend(OnnxRuntimeBackend):
         rows = table["rows"]
 
         def flagged(status: str) -> list[dict[str, Any]]:
-            return [{"node": r["node"], "op": r["onnx_op"], "reasons": r["reasons"]} for r in rows if r["status"] == status][:50]
+            return [
+                {"node": r["node"], "op": r["onnx_op"], "reasons": r["reasons"]} for r in rows if r["status"] == status
+            ][:50]
 
         return {
             "executed_with": "onnxruntime (CPUExecutionProvider) on model.onnx; no Ascend runtime in this environment",
@@ -198,9 +257,11 @@ class AscendBackend(OnnxRuntimeBackend):
             "int8_layers_on_npu": sum(r["ascend_dtype"] == "int8" for r in rows),
             "constrained": flagged("constrained"),
             "unsupported": flagged("unsupported"),
-            "fidelity_scope": ("verify compares ONNX Runtime on model.onnx with the QDQ simulation, i.e. the graph, "
-                               "not the NPU: ATC quantizes only the int8 layers the table marks and computes the "
-                               "rest in float16"),
+            "fidelity_scope": (
+                "verify compares ONNX Runtime on model.onnx with the QDQ simulation, i.e. the graph, "
+                "not the NPU: ATC quantizes only the int8 layers the table marks and computes the "
+                "rest in float16"
+            ),
         }
 
     def main_file(self, files: list[str]) -> str:

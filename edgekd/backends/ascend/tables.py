@@ -9,12 +9,12 @@ the data file; this module only evaluates them.
 from __future__ import annotations
 
 import math
-import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import tomllib
 
 from edgekd.backends.base import Unsupported
 from edgekd.errors import ConfigError
@@ -32,14 +32,17 @@ STATUSES = ("supported", "constrained", "unsupported")
 
 # --------------------------------------------------------------------------------------------- data
 
+
 def ops_file(spec: "TargetSpec") -> Path:
     """The spec's ``[ascend] ops_file``, beside the spec (a user's own spec can ship its own)."""
     name = spec.raw.get("ascend", {}).get("ops_file", "ascend-ops.toml")
     for candidate in (spec.path.parent / name, data_dir("targets") / name):
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"target {spec.name}: the Ascend operator data {name!r} is not beside {spec.path}",
-                      "set [ascend] ops_file to a file like targets/ascend-ops.toml")
+    raise ConfigError(
+        f"target {spec.name}: the Ascend operator data {name!r} is not beside {spec.path}",
+        "set [ascend] ops_file to a file like targets/ascend-ops.toml",
+    )
 
 
 @lru_cache(maxsize=8)
@@ -72,6 +75,7 @@ def node_names(nodes) -> list[str]:
 
 # -------------------------------------------------------------------------------------- checking
 
+
 def _check(c: dict[str, Any], op: str, attrs: dict[str, Any], in_shapes: list[list | None]) -> str | None:
     """The constraint's text when the node breaks it, else None (also when it cannot be checked)."""
     kind = c.get("check")
@@ -99,8 +103,10 @@ def _check(c: dict[str, Any], op: str, attrs: dict[str, Any], in_shapes: list[li
                 bad = size
                 break
     else:
-        raise ConfigError(f"unknown constraint check {kind!r} for {op}",
-                          "use one of attr_range, attr_equals, attr_product_max, dim_range")
+        raise ConfigError(
+            f"unknown constraint check {kind!r} for {op}",
+            "use one of attr_range, attr_equals, attr_product_max, dim_range",
+        )
     if bad is None:
         return None
     return c["text"].format(op=op, attr=c.get("attr", ""), value=bad, lo=lo, hi=hi)
@@ -109,15 +115,18 @@ def _check(c: dict[str, Any], op: str, attrs: dict[str, Any], in_shapes: list[li
 def node_problems(node, view_: GraphIndex, ops: dict[str, Any]) -> list[tuple[str, str]]:
     """(severity, text) for every rule of ascend-ops.toml this node breaks."""
     if node.domain not in DEFAULT_DOMAINS:
-        return [("error", f"{node.op_type} from domain {node.domain!r} is not an ai.onnx operator; ATC parses ai.onnx only")]
+        return [
+            ("error", f"{node.op_type} from domain {node.domain!r} is not an ai.onnx operator; ATC parses ai.onnx only")
+        ]
     entry = ops.get("ops", {}).get(node.op_type)
     if entry is None:
         return [("error", f"{node.op_type} is not in the Ascend ONNX operator list (targets/ascend-ops.toml)")]
     problems = []
     lo_hi = entry.get("opsets")
     if lo_hi and view_.opset is not None and not lo_hi[0] <= view_.opset <= lo_hi[1]:
-        problems.append(("error", f"{node.op_type} at opset {view_.opset} outside its documented opsets "
-                                  f"[{lo_hi[0]}, {lo_hi[1]}]"))
+        problems.append(
+            ("error", f"{node.op_type} at opset {view_.opset} outside its documented opsets [{lo_hi[0]}, {lo_hi[1]}]")
+        )
     attrs = _attrs(node)
     in_shapes = [view_.shapes.get(name) if name else None for name in node.input]
     for c in entry.get("constraints", []):
@@ -154,6 +163,7 @@ def unsupported(proto: "onnx.ModelProto", spec: "TargetSpec") -> list[Unsupporte
 
 # ----------------------------------------------------------------------------------------- table
 
+
 def _scalar(a: np.ndarray | None) -> float | int | None:
     if a is None or a.size != 1:
         return None
@@ -186,22 +196,31 @@ def _quantization(node, v: GraphIndex, qops: dict[str, Any], qparams: dict[str, 
     if dq is not None:
         data = _source_name(node.input[0], v)
         zp = _scalar(v.constants.get(dq.input[2])) if len(dq.input) > 2 and dq.input[2] else None
-        q.update(scale_d=_scalar(v.constants.get(dq.input[1])), offset_d=0 if zp is None else zp,
-                 data_tensor=_qparams_key([data, data.removesuffix("_float")], qparams))
+        q.update(
+            scale_d=_scalar(v.constants.get(dq.input[1])),
+            offset_d=0 if zp is None else zp,
+            data_tensor=_qparams_key([data, data.removesuffix("_float")], qparams),
+        )
     if node.op_type in qops.get("ops", ()) and len(node.input) > 1:
         wdq = _dequantized(node.input[1], v)
         if wdq is not None and v.constants.get(wdq.input[0]) is not None:
             scale = np.atleast_1d(v.constants[wdq.input[1]]).astype(np.float64)
             zp_name = v.input(wdq, 2)
             zp = np.atleast_1d(v.constants[zp_name]) if zp_name else np.zeros(scale.shape)
-            q.update(scale_w=[float(s) for s in scale], offset_w=[int(z) for z in zp],
-                     weight_tensor=_qparams_key([wdq.name.removesuffix("_DequantizeLinear"),
-                                                 wdq.input[0].removesuffix("_quantized")], qparams))
+            q.update(
+                scale_w=[float(s) for s in scale],
+                offset_w=[int(z) for z in zp],
+                weight_tensor=_qparams_key(
+                    [wdq.name.removesuffix("_DequantizeLinear"), wdq.input[0].removesuffix("_quantized")], qparams
+                ),
+            )
     quantizers = [c for c in v.readers(node.output[0]) if c.op_type == "QuantizeLinear"] if node.output else []
     if quantizers:
         oq = quantizers[0]
-        q.update(out_scale=_scalar(v.constants.get(oq.input[1])),
-                 out_offset=_scalar(v.constants.get(oq.input[2])) if len(oq.input) > 2 else 0)
+        q.update(
+            out_scale=_scalar(v.constants.get(oq.input[1])),
+            out_offset=_scalar(v.constants.get(oq.input[2])) if len(oq.input) > 2 else 0,
+        )
     return q or None
 
 
@@ -212,8 +231,7 @@ def _layout(entry: dict[str, Any] | None, shape: list | None) -> str:
     return "NCHW" if rank == 4 else "ND"
 
 
-def _row(name: str, node, v: GraphIndex, ops: dict[str, Any], compute: str,
-         qparams: dict[str, Any]) -> dict[str, Any]:
+def _row(name: str, node, v: GraphIndex, ops: dict[str, Any], compute: str, qparams: dict[str, Any]) -> dict[str, Any]:
     entry = ops.get("ops", {}).get(node.op_type)
     qops = ops.get("quantization", {})
     problems = node_problems(node, v, ops)
@@ -234,7 +252,9 @@ def _row(name: str, node, v: GraphIndex, ops: dict[str, Any], compute: str,
     severities = {s for s, _ in problems}
     status = "unsupported" if "error" in severities else "constrained" if "warn" in severities else "supported"
     data_shape = in_shapes[0] if in_shapes else None
-    fmt = _layout(entry, data_shape if data_shape is not None else v.shapes.get(node.output[0]) if node.output else None)
+    fmt = _layout(
+        entry, data_shape if data_shape is not None else v.shapes.get(node.output[0]) if node.output else None
+    )
     ascend_dtype = "int8" if int8 else compute
     c0 = ops.get("formats", {}).get("c0", {}).get(ascend_dtype) if fmt == "NC1HWC0" else None
     ascend_shape = None
@@ -243,29 +263,50 @@ def _row(name: str, node, v: GraphIndex, ops: dict[str, Any], compute: str,
         ascend_shape = [n, -(-c // c0), h, w, c0]
     q = quant or {}
     return {
-        "node": name, "onnx_op": node.op_type,
+        "node": name,
+        "onnx_op": node.op_type,
         "ascend_op": entry.get("ascend_op") if entry else None,
         "ascend_op_verified": bool(entry) and entry.get("ascend_op_verified", True),
-        "status": status, "reasons": [text for _, text in problems],
+        "status": status,
+        "reasons": [text for _, text in problems],
         "input_names": [_source_name(n, v) for n in in_names],
-        "input_shapes": in_shapes, "output_shapes": [v.shapes.get(o) for o in node.output],
-        "onnx_dtypes": {"inputs": [v.dtypes.get(_source_name(n, v)) for n in in_names],
-                        "outputs": [v.dtypes.get(o) for o in node.output]},
-        "ascend_dtype": ascend_dtype, "format": fmt, "c0": c0, "ascend_input_shape": ascend_shape,
-        "scale_d": q.get("scale_d"), "offset_d": q.get("offset_d"), "scale_w": q.get("scale_w"),
-        "offset_w": q.get("offset_w"), "out_scale": q.get("out_scale"), "out_offset": q.get("out_offset"),
-        "data_tensor": q.get("data_tensor"), "weight_tensor": q.get("weight_tensor"),
+        "input_shapes": in_shapes,
+        "output_shapes": [v.shapes.get(o) for o in node.output],
+        "onnx_dtypes": {
+            "inputs": [v.dtypes.get(_source_name(n, v)) for n in in_names],
+            "outputs": [v.dtypes.get(o) for o in node.output],
+        },
+        "ascend_dtype": ascend_dtype,
+        "format": fmt,
+        "c0": c0,
+        "ascend_input_shape": ascend_shape,
+        "scale_d": q.get("scale_d"),
+        "offset_d": q.get("offset_d"),
+        "scale_w": q.get("scale_w"),
+        "offset_w": q.get("offset_w"),
+        "out_scale": q.get("out_scale"),
+        "out_offset": q.get("out_offset"),
+        "data_tensor": q.get("data_tensor"),
+        "weight_tensor": q.get("weight_tensor"),
     }
 
 
-def build_table(proto: "onnx.ModelProto", spec: "TargetSpec", precision: str, qparams: dict[str, Any] | None = None,
-                input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+def build_table(
+    proto: "onnx.ModelProto",
+    spec: "TargetSpec",
+    precision: str,
+    qparams: dict[str, Any] | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> dict[str, Any]:
     """The op table of ``proto`` for ``spec``: rows, the model-level checks, and the conventions used."""
     ops = load_ops(spec)
     v = GraphIndex.with_shapes(proto, input_shape)
     compute = "float32" if precision == "fp32" else "float16"
-    rows = [_row(name, node, v, ops, compute, qparams or {})
-            for name, node in zip(node_names(v.nodes), v.nodes) if node.op_type not in QDQ]
+    rows = [
+        _row(name, node, v, ops, compute, qparams or {})
+        for name, node in zip(node_names(v.nodes), v.nodes)
+        if node.op_type not in QDQ
+    ]
     lo, hi = spec.opset_range
     problem = opset_problem(proto, spec)
     qfacts = ops.get("quantization", {})
@@ -275,16 +316,25 @@ def build_table(proto: "onnx.ModelProto", spec: "TargetSpec", precision: str, qp
         "soc_version": spec.raw.get("ascend", {}).get("soc_version"),
         "precision": precision,
         "ops_file": str(ops_file(spec).name),
-        "opset": {"model": v.opset, "supported": [lo, hi], "ok": problem is None, "problem": problem,
-                  "source": spec.raw.get("onnx", {}).get("sources")},
+        "opset": {
+            "model": v.opset,
+            "supported": [lo, hi],
+            "ok": problem is None,
+            "problem": problem,
+            "source": spec.raw.get("onnx", {}).get("sources"),
+        },
         "conventions": {
-            "quantization": qfacts.get("formula"), "sign": qfacts.get("sign_convention"),
-            "quantization_source": qfacts.get("formula_source"), "record_source": qfacts.get("record_source"),
-            "int8_ops": qfacts.get("ops"), "int8_ops_source": qfacts.get("ops_source"),
-            "nc1hwc0": ops.get("formats", {}).get("nc1hwc0"), "c0": ops.get("formats", {}).get("c0"),
+            "quantization": qfacts.get("formula"),
+            "sign": qfacts.get("sign_convention"),
+            "quantization_source": qfacts.get("formula_source"),
+            "record_source": qfacts.get("record_source"),
+            "int8_ops": qfacts.get("ops"),
+            "int8_ops_source": qfacts.get("ops_source"),
+            "nc1hwc0": ops.get("formats", {}).get("nc1hwc0"),
+            "c0": ops.get("formats", {}).get("c0"),
             "format_sources": [ops.get("formats", {}).get(k) for k in ("nc1hwc0_source", "c0_source", "layout_source")],
             "ascend_dtype": f"int8 for quantized {'/'.join(qfacts.get('ops', []))} layers, else {compute} "
-                            "(ATC computes in float16 unless --precision_mode says otherwise)",
+            "(ATC computes in float16 unless --precision_mode says otherwise)",
         },
         "summary": {s: sum(r["status"] == s for r in rows) for s in STATUSES},
         "rows": rows,

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from edgekd.backends.base import Backend, EmitInput, EmitResult, ExecutedLayer, TensorInfo
 from edgekd.runtime import RunFn, onnx_run_fn, ort_session
 
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8",
-              "tensor(uint8)": "uint8", "tensor(int32)": "int32", "tensor(int64)": "int64"}
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+}
 
 
 class OnnxRuntimeBackend(Backend):

@@ -12,12 +12,38 @@ from pathlib import Path
 
 from edgekd.backends.base import ExecutedLayer
 
-INTEGER_OPS = frozenset({"QGemm", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
-                         "QAttention", "DynamicQuantizeLinear"})
+INTEGER_OPS = frozenset(
+    {
+        "QGemm",
+        "MatMulInteger",
+        "ConvInteger",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeMatMul",
+        "QAttention",
+        "DynamicQuantizeLinear",
+    }
+)
 # Steps that only move, reshape or (de)quantize data: not compute layers.
-NOT_LAYERS = frozenset({"QuantizeLinear", "DequantizeLinear", "Transpose", "ReorderInput", "ReorderOutput",
-                        "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Shape", "Gather", "Slice",
-                        "Split", "Constant", "Cast"})
+NOT_LAYERS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "Transpose",
+        "ReorderInput",
+        "ReorderOutput",
+        "Reshape",
+        "Flatten",
+        "Squeeze",
+        "Unsqueeze",
+        "Identity",
+        "Shape",
+        "Gather",
+        "Slice",
+        "Split",
+        "Constant",
+        "Cast",
+    }
+)
 _SUFFIX = re.compile(r"(_token_\d+)+$|/duplicated$")
 _DEQUANTIZED = re.compile(r"(_DequantizeLinear|_dequantized)$")
 
@@ -72,6 +98,9 @@ def executed_layers(model_path: Path, model) -> list[ExecutedLayer]:
         name = source_name(node.name)
         if name not in op_types:
             name = next((replaced[_base(i)] for i in node.input if _base(i) in replaced), name or node.op_type)
-        layers.append(ExecutedLayer(name, op_types.get(name, node.op_type), is_integer(node.op_type), node.op_type,
-                                    macs.get(name, 0)))
+        layers.append(
+            ExecutedLayer(
+                name, op_types.get(name, node.op_type), is_integer(node.op_type), node.op_type, macs.get(name, 0)
+            )
+        )
     return layers

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.backends.base import Backend, EmitInput, EmitResult, ExecutedLayer, TensorInfo, Unsupported
-from edgekd.runtime import RunFn, in_model_batches
 from edgekd.errors import FidelityError, UnsupportedOpsError
+from edgekd.runtime import RunFn, in_model_batches
 
 MODEL_FILE = "model.xml"
 WEIGHTS_FILE = "model.bin"
@@ -56,7 +56,8 @@ def convert(model_proto) -> "object":
         first = next((line for line in str(e).splitlines() if "operations" in line or "rror" in line), str(e)[:400])
         raise UnsupportedOpsError(
             f"OpenVINO's ONNX frontend rejected the graph: {type(e).__name__}: {first.strip()[:400]}",
-            f"reproduce with `python -c \"import openvino as ov; ov.convert_model('{path}')\"`") from e
+            f"reproduce with `python -c \"import openvino as ov; ov.convert_model('{path}')\"`",
+        ) from e
     shutil.rmtree(d, ignore_errors=True)
     return model
 
@@ -93,8 +94,11 @@ class OpenVINOBackend(Backend):
         for n in model.graph.node:
             if n.name in left or (n.output and n.output[0] in left):
                 op = f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
-                out.append(Unsupported(n.name or n.op_type, n.op_type,
-                                       f"OpenVINO's ONNX frontend has no conversion rule for {op}"))
+                out.append(
+                    Unsupported(
+                        n.name or n.op_type, n.op_type, f"OpenVINO's ONNX frontend has no conversion rule for {op}"
+                    )
+                )
         return out
 
     def emit(self, inp: EmitInput) -> EmitResult:
@@ -102,7 +106,13 @@ class OpenVINOBackend(Backend):
         import openvino as ov
 
         from edgekd.backends.openvino.check import (
-            ONNX_WEIGHTED, bin_bytes, cpu_facts, ir_constants, require_int8, runtime_layers, summarize,
+            ONNX_WEIGHTED,
+            bin_bytes,
+            cpu_facts,
+            ir_constants,
+            require_int8,
+            runtime_layers,
+            summarize,
         )
 
         t0 = time.perf_counter()
@@ -122,7 +132,8 @@ class OpenVINOBackend(Backend):
             raise UnsupportedOpsError(
                 f"OpenVINO's {DEVICE} plugin cannot compile the IR: {str(e).strip().splitlines()[-1][:400]}",
                 f"reproduce with `python -c \"import openvino as ov; ov.Core().compile_model('{repro / MODEL_FILE}', "
-                f"'{DEVICE}')\"`") from e
+                f"'{DEVICE}')\"`",
+            ) from e
         t2 = time.perf_counter()
         weighted = [n for n in inp.model.graph if n.op_type in ONNX_WEIGHTED]
         outputs = {v.name: n.name for n in weighted for v in n.outputs}
@@ -133,8 +144,11 @@ class OpenVINOBackend(Backend):
             "openvino": ov.get_version(),
             "checked_on": cpu,
             "convert": {"seconds": round(t1 - t0, 3), "compress_to_fp16": False},
-            "ir": {"constants": ir_constants(saved), "bin_bytes": bin_bytes(xml),
-                   "fake_quantize": sum(1 for op in saved.get_ops() if op.get_type_name() == "FakeQuantize")},
+            "ir": {
+                "constants": ir_constants(saved),
+                "bin_bytes": bin_bytes(xml),
+                "fake_quantize": sum(1 for op in saved.get_ops() if op.get_type_name() == "FakeQuantize"),
+            },
             "compile": {"seconds": round(t2 - t1, 3), "device": DEVICE, "config": runtime_config(1)},
             **summarize(layers, set(inp.keep_float)),
             "layers": layers,
@@ -156,8 +170,9 @@ class OpenVINOBackend(Backend):
 
         compiled = ov.Core().compile_model(str(model_path), DEVICE, runtime_config(1))
         outputs = {v.name: n.name for n in model.graph for v in n.outputs}
-        return executed_layers(compiled, {n.name: n.op_type for n in model.graph}, outputs,
-                               node_macs(ir.to_proto(model)))
+        return executed_layers(
+            compiled, {n.name: n.op_type for n in model.graph}, outputs, node_macs(ir.to_proto(model))
+        )
 
     def main_file(self, files: list[str]) -> str:
         return next(f for f in files if f.endswith(".xml"))
@@ -184,6 +199,8 @@ class OpenVINOBackend(Backend):
 
         def info(port, is_input: bool) -> TensorInfo:
             shape = _shape(port)
-            return TensorInfo(port.get_any_name(), shape, _dtype(port), "NCHW" if is_input and len(shape) == 4 else None)
+            return TensorInfo(
+                port.get_any_name(), shape, _dtype(port), "NCHW" if is_input and len(shape) == 4 else None
+            )
 
         return [info(p, True) for p in model.inputs], [info(p, False) for p in model.outputs]

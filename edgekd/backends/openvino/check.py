@@ -24,10 +24,17 @@ from edgekd.backends.base import ExecutedLayer
 from edgekd.errors import FidelityError
 
 # Runtime layer types of weighted layers (the CPU plugin's names, and the IR's for other plugins).
-WEIGHTED_LAYER_TYPES = frozenset({
-    "Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution",
-    "ConvolutionBackpropData", "GroupConvolutionBackpropData",
-})
+WEIGHTED_LAYER_TYPES = frozenset(
+    {
+        "Convolution",
+        "GroupConvolution",
+        "FullyConnected",
+        "MatMul",
+        "Deconvolution",
+        "ConvolutionBackpropData",
+        "GroupConvolutionBackpropData",
+    }
+)
 INTEGER = frozenset({"u8", "i8", "u4", "i4"})
 ONNX_WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
@@ -65,26 +72,42 @@ def runtime_layers(compiled, names: set[str], outputs: dict[str, str]) -> list[d
         name = onnx_name(fused, names, outputs) or (fused[0] if fused else node.get_friendly_name())
         inputs = [_port_type(p) for p in node.inputs()]
         act, weight = (inputs + ["", ""])[:2]
-        layers.append({
-            "name": name,
-            "type": kind,
-            "precision": f"{act}x{weight}",
-            "integer": act in INTEGER and weight in INTEGER,
-            "output": _rt(node, "outputPrecisions"),
-            "runtime_precision": _rt(node, "runtimePrecision"),
-            "kernel": _rt(node, "primitiveType"),
-        })
+        layers.append(
+            {
+                "name": name,
+                "type": kind,
+                "precision": f"{act}x{weight}",
+                "integer": act in INTEGER and weight in INTEGER,
+                "output": _rt(node, "outputPrecisions"),
+                "runtime_precision": _rt(node, "runtimePrecision"),
+                "kernel": _rt(node, "primitiveType"),
+            }
+        )
     return layers
 
 
 # Runtime nodes that move, reorder or feed data: not compute layers.
-NOT_LAYERS = frozenset({"Input", "Output", "Const", "Reorder", "Reshape", "Transpose", "Concatenation", "Split",
-                        "StridedSlice", "Gather", "ShapeOf"})
+NOT_LAYERS = frozenset(
+    {
+        "Input",
+        "Output",
+        "Const",
+        "Reorder",
+        "Reshape",
+        "Transpose",
+        "Concatenation",
+        "Split",
+        "StridedSlice",
+        "Gather",
+        "ShapeOf",
+    }
+)
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
-def executed_layers(compiled, op_types: dict[str, str], outputs: dict[str, str],
-                    macs: dict[str, int]) -> list[ExecutedLayer]:
+def executed_layers(
+    compiled, op_types: dict[str, str], outputs: dict[str, str], macs: dict[str, int]
+) -> list[ExecutedLayer]:
     """Every compute node of the compiled model, mapped to the ONNX node it came from (``op_types``: node
     name → op type; ``outputs``: output tensor → node). A weighted layer is integer when its activation
     and its weight are; another when the plugin computes it in u8/i8 (``runtimePrecision``). A node that
@@ -110,8 +133,13 @@ def executed_layers(compiled, op_types: dict[str, str], outputs: dict[str, str],
 
 def ir_constants(model) -> dict[str, int]:
     """Constant count per element type in the IR (f16 here means weights were compressed)."""
-    return dict(sorted(Counter(op.get_element_type().get_type_name() for op in model.get_ops()
-                               if op.get_type_name() == "Constant").items()))
+    return dict(
+        sorted(
+            Counter(
+                op.get_element_type().get_type_name() for op in model.get_ops() if op.get_type_name() == "Constant"
+            ).items()
+        )
+    )
 
 
 def summarize(layers: list[dict[str, Any]], keep_float: set[str]) -> dict[str, Any]:
@@ -137,7 +165,8 @@ def require_int8(report: dict[str, Any], device: str) -> None:
             f"the OpenVINO CPU plugin runs none of the weighted layers in int8 on {device} ({seen})",
             "the plugin runs a layer in int8 only when both its input and its weight come through Q/DQ pairs: "
             "check that the quantize pass ran (--precision int8 --calib DIR) and see backend_report.layers; "
-            "on CPUs without int8 support (no AVX2/VNNI) use --precision fp32")
+            "on CPUs without int8 support (no AVX2/VNNI) use --precision fp32",
+        )
 
 
 def cpu_facts(core) -> dict[str, Any]:
@@ -150,8 +179,11 @@ def cpu_facts(core) -> dict[str, Any]:
             return value.get_type_name()
         return value if isinstance(value, (str, int, float, list)) else str(value)
 
-    return {"device": prop("FULL_DEVICE_NAME"), "capabilities": prop("OPTIMIZATION_CAPABILITIES"),
-            "default_inference_precision": prop("INFERENCE_PRECISION_HINT")}
+    return {
+        "device": prop("FULL_DEVICE_NAME"),
+        "capabilities": prop("OPTIMIZATION_CAPABILITIES"),
+        "default_inference_precision": prop("INFERENCE_PRECISION_HINT"),
+    }
 
 
 def bin_bytes(xml: Path) -> int:

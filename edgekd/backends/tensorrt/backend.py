@@ -21,23 +21,26 @@ The fidelity check runs ``model.onnx`` in ONNX Runtime and says so in the manife
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from edgekd.backends.base import EmitInput, EmitResult, Unsupported
-from edgekd.backends.templates import render
 from edgekd.backends.onnxruntime.backend import OnnxRuntimeBackend
+from edgekd.backends.templates import render
 from edgekd.backends.tensorrt.cache import activation_scales, header, write_cache
 from edgekd.backends.tensorrt.rules import (
-    TensorRTFacts, Violation, check_opset, check_qdq, default_opset, dla_report, sparsity_report, unsupported_ops,
+    TensorRTFacts,
+    Violation,
+    check_opset,
+    check_qdq,
+    default_opset,
+    dla_report,
+    sparsity_report,
+    unsupported_ops,
 )
 from edgekd.errors import UnsupportedOpsError
 
 if TYPE_CHECKING:
     import onnx
-    import onnx_ir as ir
 
     from edgekd.specs import TargetSpec
 
@@ -46,8 +49,10 @@ FLOAT_MODEL = "model_noqdq.onnx"
 CACHE = "calibration.cache"
 SCRIPT = "build_engine.sh"
 EXECUTED_WITH = "onnxruntime (TensorRT not available here; engine is built on the board)"
-QDQ_HINT = ("the Q/DQ graph breaks TensorRT's explicit-quantization rules; compile with the target's own "
-            "activation scheme (symmetric-int8) and without hand edits, or report the graph with EDGEKD_DUMP_IR=DIR")
+QDQ_HINT = (
+    "the Q/DQ graph breaks TensorRT's explicit-quantization rules; compile with the target's own "
+    "activation scheme (symmetric-int8) and without hand edits, or report the graph with EDGEKD_DUMP_IR=DIR"
+)
 
 
 def precision_flags(precision: str) -> list[str]:
@@ -55,11 +60,20 @@ def precision_flags(precision: str) -> list[str]:
     return {"int8": ["--int8", "--fp16"], "fp16": ["--fp16"], "fp32": []}[precision]
 
 
-def trtexec_args(facts: TensorRTFacts, precision: str, sparsity: bool, engine: str = "model.engine",
-                 artifact: str = "", int8_mode: str = "explicit", dla_core: int | None = None,
-                 workspace_mib: int | None = None, timing_cache: str = "timing.cache") -> list[str]:
+def trtexec_args(
+    facts: TensorRTFacts,
+    precision: str,
+    sparsity: bool,
+    engine: str = "model.engine",
+    artifact: str = "",
+    int8_mode: str = "explicit",
+    dla_core: int | None = None,
+    workspace_mib: int | None = None,
+    timing_cache: str = "timing.cache",
+) -> list[str]:
     """The argument list build_engine.sh passes to trtexec; files of the artifact are taken from
     ``artifact`` (a directory; empty: the current one)."""
+
     def at(name: str) -> str:
         return f"{artifact.rstrip('/')}/{name}" if artifact else name
 
@@ -81,10 +95,19 @@ def build_script(facts: TensorRTFacts, spec: "TargetSpec", precision: str, spars
     """The bash script that builds the engine on the board with trtexec (templates/build_engine.sh)."""
     from edgekd import __version__
 
-    return render(__package__, SCRIPT, TARGET=spec.name, TARGET_QUOTED=shlex.quote(spec.name),
-                  TENSORRT=facts.version, EDGEKD_VERSION=__version__, PRECISION=precision,
-                  DLA_CORES=int(facts.dla_cores), SPARSITY=int(sparsity), WORKSPACE_MIB=int(facts.workspace_mib),
-                  BUILD_ONLY_FLAG=shlex.quote(facts.build_only_flag))
+    return render(
+        __package__,
+        SCRIPT,
+        TARGET=spec.name,
+        TARGET_QUOTED=shlex.quote(spec.name),
+        TENSORRT=facts.version,
+        EDGEKD_VERSION=__version__,
+        PRECISION=precision,
+        DLA_CORES=int(facts.dla_cores),
+        SPARSITY=int(sparsity),
+        WORKSPACE_MIB=int(facts.workspace_mib),
+        BUILD_ONLY_FLAG=shlex.quote(facts.build_only_flag),
+    )
 
 
 class TensorRTBackend(OnnxRuntimeBackend):
@@ -122,10 +145,19 @@ class TensorRTBackend(OnnxRuntimeBackend):
         if violations:
             listing = "\n".join(f"  {v}" for v in violations[:50])
             more = f"\n  ... and {len(violations) - 50} more" if len(violations) > 50 else ""
-            raise UnsupportedOpsError(f"{len(violations)} violation(s) of TensorRT {facts.version}'s rules for "
-                                      f"{spec.name}:\n{listing}{more}", QDQ_HINT)
-        return {"tensorrt": facts.version, "opset": default_opset(model), "opset_allowed": list(facts.opset_range),
-                "ops_checked": len(model.graph.node), "op_table": facts.op_source, **counts, "violations": []}
+            raise UnsupportedOpsError(
+                f"{len(violations)} violation(s) of TensorRT {facts.version}'s rules for {spec.name}:\n{listing}{more}",
+                QDQ_HINT,
+            )
+        return {
+            "tensorrt": facts.version,
+            "opset": default_opset(model),
+            "opset_allowed": list(facts.opset_range),
+            "ops_checked": len(model.graph.node),
+            "op_table": facts.op_source,
+            **counts,
+            "violations": [],
+        }
 
     # --- emit --------------------------------------------------------------------------------------
 
@@ -142,8 +174,12 @@ class TensorRTBackend(OnnxRuntimeBackend):
 
         quantized = precision == "int8" and inp.quantized
         float_proto = proto
-        report: dict[str, Any] = {"executed_with": EXECUTED_WITH, "tensorrt": facts.version,
-                                  "jetpack": spec.raw["tensorrt"].get("jetpack"), "static_checks": checks}
+        report: dict[str, Any] = {
+            "executed_with": EXECUTED_WITH,
+            "tensorrt": facts.version,
+            "jetpack": spec.raw["tensorrt"].get("jetpack"),
+            "static_checks": checks,
+        }
         if quantized:
             float_proto = onnx.load_from_string(inp.float_onnx)
             onnx.save(float_proto, outdir / FLOAT_MODEL)
@@ -152,8 +188,11 @@ class TensorRTBackend(OnnxRuntimeBackend):
             write_cache(outdir / CACHE, scales, facts.version)
             files += [FLOAT_MODEL, CACHE]
             report["calibration_cache"] = {
-                "file": CACHE, "header": header(facts.version), "tensors": len(scales),
-                "for": f"implicit-int8 builds of {FLOAT_MODEL} (DLA_CORE=N or INT8_MODE=implicit)"}
+                "file": CACHE,
+                "header": header(facts.version),
+                "tensors": len(scales),
+                "for": f"implicit-int8 builds of {FLOAT_MODEL} (DLA_CORE=N or INT8_MODE=implicit)",
+            }
 
         sparse = sparsity_report(proto)
         use_sparsity = facts.sparse_2to4 and bool(sparse["sparse_layers"])
@@ -165,8 +204,11 @@ class TensorRTBackend(OnnxRuntimeBackend):
         (outdir / SCRIPT).chmod(0o755)
         files.append(SCRIPT)
         command = ["trtexec", *trtexec_args(facts, precision, use_sparsity)]
-        report["build"] = {"script": SCRIPT, "command": shlex.join(command),
-                           "run_in": "the artifact directory, on the board"}
+        report["build"] = {
+            "script": SCRIPT,
+            "command": shlex.join(command),
+            "run_in": "the artifact directory, on the board",
+        }
         if facts.dla_cores and precision != "fp32":
             dla = ["trtexec", *trtexec_args(facts, precision, use_sparsity, dla_core=0)]
             report["build"]["dla_command"] = shlex.join(dla)

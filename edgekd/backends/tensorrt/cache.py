@@ -101,8 +101,11 @@ def parse_cache(text: str) -> CalibrationCache:
     lines = text.splitlines()
     m = _HEADER.match(lines[0].strip()) if lines else None
     if m is None:
-        raise DataError(f"not a TensorRT calibration cache: first line is {lines[0][:80]!r}" if lines
-                        else "not a TensorRT calibration cache: the file is empty")
+        raise DataError(
+            f"not a TensorRT calibration cache: first line is {lines[0][:80]!r}"
+            if lines
+            else "not a TensorRT calibration cache: the file is empty"
+        )
     scales = {}
     for i, line in enumerate(lines[1:], start=2):
         if not line.strip():

@@ -71,16 +71,23 @@ class TensorRTFacts:
 
         trt = spec.raw.get("tensorrt")
         if not isinstance(trt, dict) or "version" not in trt:
-            raise ConfigError(f"target spec {spec.path} has no [tensorrt] table with a version",
-                              "compare with targets/jetson-xavier.toml")
+            raise ConfigError(
+                f"target spec {spec.path} has no [tensorrt] table with a version",
+                "compare with targets/jetson-xavier.toml",
+            )
         ops = spec.raw.get("ops", {})
         return cls(
-            target=spec.name, version=str(trt["version"]), opset_range=spec.opset_range,
-            supported_ops=frozenset(ops.get("supported", ())), op_source=ops.get("source", ""),
+            target=spec.name,
+            version=str(trt["version"]),
+            opset_range=spec.opset_range,
+            supported_ops=frozenset(ops.get("supported", ())),
+            op_source=ops.get("source", ""),
             resize_coordinate_modes=tuple(ops.get("resize_coordinate_modes", ())),
             resize_modes=tuple(ops.get("resize_modes", ())),
-            dla_cores=int(trt.get("dla_cores", 0)), dla=dict(trt.get("dla", {})),
-            sparse_2to4=bool(trt.get("sparse_2to4", False)), workspace_mib=int(trt.get("workspace_mib", 1024)),
+            dla_cores=int(trt.get("dla_cores", 0)),
+            dla=dict(trt.get("dla", {})),
+            sparse_2to4=bool(trt.get("sparse_2to4", False)),
+            workspace_mib=int(trt.get("workspace_mib", 1024)),
             build_only_flag=str(trt.get("build_only_flag", "--skipInference")),
         )
 
@@ -102,15 +109,22 @@ def output_channel_axis(node, weight_ndim: int) -> int:
 
 # --- opset and ops -----------------------------------------------------------------------------
 
+
 def check_opset(model: "onnx.ModelProto", facts: TensorRTFacts) -> list[Violation]:
     version = default_opset(model)
     lo, hi = max(MIN_OPSET, facts.opset_range[0]), facts.opset_range[1]
     if version is None:
         return [Violation("opset", "(model)", "the model imports no default-domain opset")]
     if not lo <= version <= hi:
-        return [Violation("opset", "(model)", f"opset {version} is outside [{lo}, {hi}]: TensorRT {facts.version} "
-                          f"on {facts.target} parses opsets up to {hi}, and per-channel DequantizeLinear needs "
-                          f"{MIN_OPSET}")]
+        return [
+            Violation(
+                "opset",
+                "(model)",
+                f"opset {version} is outside [{lo}, {hi}]: TensorRT {facts.version} "
+                f"on {facts.target} parses opsets up to {hi}, and per-channel DequantizeLinear needs "
+                f"{MIN_OPSET}",
+            )
+        ]
     return []
 
 
@@ -122,18 +136,27 @@ def unsupported_ops(model: "onnx.ModelProto", facts: TensorRTFacts) -> list[Unsu
         if n.domain not in DEFAULT_DOMAINS:
             out.append(Unsupported(label, n.op_type, f"custom domain {n.domain!r} needs a TensorRT plugin"))
         elif facts.supported_ops and n.op_type not in facts.supported_ops:
-            out.append(Unsupported(label, n.op_type, f"{n.op_type} is not supported by TensorRT {facts.version}'s "
-                                   f"ONNX parser ({facts.op_source})"))
+            out.append(
+                Unsupported(
+                    label,
+                    n.op_type,
+                    f"{n.op_type} is not supported by TensorRT {facts.version}'s ONNX parser ({facts.op_source})",
+                )
+            )
         elif n.op_type == "Resize":
             mode = attr(n, "mode", b"nearest")
             coord = attr(n, "coordinate_transformation_mode", b"half_pixel")
             mode, coord = (v.decode() if isinstance(v, bytes) else v for v in (mode, coord))
             if facts.resize_modes and mode not in facts.resize_modes:
-                out.append(Unsupported(label, n.op_type,
-                                       f"Resize mode {mode!r} (TensorRT takes {', '.join(facts.resize_modes)})"))
+                out.append(
+                    Unsupported(
+                        label, n.op_type, f"Resize mode {mode!r} (TensorRT takes {', '.join(facts.resize_modes)})"
+                    )
+                )
             if facts.resize_coordinate_modes and coord not in facts.resize_coordinate_modes:
-                out.append(Unsupported(label, n.op_type,
-                                       f"Resize coordinate_transformation_mode {coord!r} is not supported"))
+                out.append(
+                    Unsupported(label, n.op_type, f"Resize coordinate_transformation_mode {coord!r} is not supported")
+                )
         elif n.op_type in ("MaxPool", "AveragePool", "LpPool"):
             kernel = attr(n, "kernel_shape", [])
             if len(kernel) not in (2, 3):
@@ -145,6 +168,7 @@ def unsupported_ops(model: "onnx.ModelProto", facts: TensorRTFacts) -> list[Unsu
 
 # --- explicit quantization -----------------------------------------------------------------------
 
+
 def _qdq_params(g: GraphIndex, node) -> tuple[np.ndarray | None, np.ndarray | None, int | None]:
     return g.const(node, 1), g.const(node, 2), attr(node, "axis")
 
@@ -155,21 +179,37 @@ def _check_params(g: GraphIndex, node, out: list[Violation]) -> None:
     if scale is None:
         out.append(Violation("scale-constant", label, "the scale is not a build-time constant (an initializer)"))
     elif scale.dtype != np.float32 or not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
-        out.append(Violation("scale-positive", label, f"scales must be positive finite float32, got {scale.dtype} "
-                             f"{np.asarray(scale).ravel()[:4].tolist()}"))
+        out.append(
+            Violation(
+                "scale-positive",
+                label,
+                f"scales must be positive finite float32, got {scale.dtype} {np.asarray(scale).ravel()[:4].tolist()}",
+            )
+        )
     if zp is None:
         if node.op_type == "QuantizeLinear" or g.input(node, 2) is not None:
-            out.append(Violation("zero-point", label, "no constant int8 zero point (without one, QuantizeLinear "
-                                 "produces uint8, which TensorRT rejects)"))
+            out.append(
+                Violation(
+                    "zero-point",
+                    label,
+                    "no constant int8 zero point (without one, QuantizeLinear produces uint8, which TensorRT rejects)",
+                )
+            )
         return
     if zp.dtype != np.int8:
         out.append(Violation("zero-point", label, f"zero point is {zp.dtype}; TensorRT quantizes to int8 only"))
     if np.any(zp != 0):
-        out.append(Violation("zero-point", label, f"zero point must be 0 (TensorRT quantization is symmetric), got "
-                             f"{np.asarray(zp).ravel()[:4].tolist()}"))
+        out.append(
+            Violation(
+                "zero-point",
+                label,
+                f"zero point must be 0 (TensorRT quantization is symmetric), got {np.asarray(zp).ravel()[:4].tolist()}",
+            )
+        )
     if scale is not None and zp.shape != scale.shape:
-        out.append(Violation("zero-point", label,
-                             f"zero point shape {zp.shape} differs from scale shape {scale.shape}"))
+        out.append(
+            Violation("zero-point", label, f"zero point shape {zp.shape} differs from scale shape {scale.shape}")
+        )
 
 
 def _check_weight_dq(g: GraphIndex, node, out: list[Violation], counts: dict[str, int]) -> None:
@@ -177,8 +217,13 @@ def _check_weight_dq(g: GraphIndex, node, out: list[Violation], counts: dict[str
     data = g.const(node, 0)
     scale, _, axis = _qdq_params(g, node)
     if data.dtype != np.int8:
-        out.append(Violation("dequantize-int8", label, f"DequantizeLinear reads {data.dtype}; TensorRT's reads int8 "
-                             "only (fold int32 biases to float)"))
+        out.append(
+            Violation(
+                "dequantize-int8",
+                label,
+                f"DequantizeLinear reads {data.dtype}; TensorRT's reads int8 only (fold int32 biases to float)",
+            )
+        )
         return
     if scale is None:
         return
@@ -189,14 +234,25 @@ def _check_weight_dq(g: GraphIndex, node, out: list[Violation], counts: dict[str
     axis = 1 if axis is None else axis  # the ONNX default
     axis = axis + data.ndim if axis < 0 else axis
     if scale.ndim != 1 or not 0 <= axis < data.ndim or scale.size != data.shape[axis]:
-        out.append(Violation("weight-per-channel", label, f"{scale.size} scales along axis {axis} of a weight shaped "
-                             f"{list(data.shape)}"))
+        out.append(
+            Violation(
+                "weight-per-channel",
+                label,
+                f"{scale.size} scales along axis {axis} of a weight shaped {list(data.shape)}",
+            )
+        )
         return
     for reader, _ in readers:
         want = output_channel_axis(reader, data.ndim)
         if axis != want:
-            out.append(Violation("weight-per-channel", label, f"per-channel scales on axis {axis}; {reader.op_type} "
-                                 f"{_label(reader)} has its {data.shape[want]} output channels on axis {want}"))
+            out.append(
+                Violation(
+                    "weight-per-channel",
+                    label,
+                    f"per-channel scales on axis {axis}; {reader.op_type} "
+                    f"{_label(reader)} has its {data.shape[want]} output channels on axis {want}",
+                )
+            )
             return
     counts["weights_per_channel"] += 1
 
@@ -205,23 +261,43 @@ def _check_pair(g: GraphIndex, q, out: list[Violation]) -> bool:
     """A QuantizeLinear must feed only DequantizeLinear nodes with its own scale, zero point and axis."""
     readers = g.consumers.get(q.output[0], [])
     if not readers or q.output[0] in g.outputs:
-        out.append(Violation("qdq-pair", _label(q), "the quantized tensor leaves the graph instead of feeding a "
-                             "DequantizeLinear"))
+        out.append(
+            Violation(
+                "qdq-pair", _label(q), "the quantized tensor leaves the graph instead of feeding a DequantizeLinear"
+            )
+        )
         return False
     s_q, z_q, a_q = _qdq_params(g, q)
     ok = True
     for reader, idx in readers:
         if reader.op_type != "DequantizeLinear" or idx != 0:
-            out.append(Violation("qdq-pair", _label(q), f"int8 output read by {reader.op_type} {_label(reader)}, "
-                                 "not by a DequantizeLinear"))
+            out.append(
+                Violation(
+                    "qdq-pair",
+                    _label(q),
+                    f"int8 output read by {reader.op_type} {_label(reader)}, not by a DequantizeLinear",
+                )
+            )
             ok = False
             continue
         s_d, z_d, a_d = _qdq_params(g, reader)
-        same = (s_q is not None and s_d is not None and np.array_equal(s_q, s_d) and a_q == a_d
-                and (z_q is None) == (z_d is None) and (z_q is None or np.array_equal(z_q, z_d)))
+        same = (
+            s_q is not None
+            and s_d is not None
+            and np.array_equal(s_q, s_d)
+            and a_q == a_d
+            and (z_q is None) == (z_d is None)
+            and (z_q is None or np.array_equal(z_q, z_d))
+        )
         if not same:
-            out.append(Violation("qdq-pair", _label(q), f"DequantizeLinear {_label(reader)} uses a different scale, "
-                                 "zero point or axis than its QuantizeLinear"))
+            out.append(
+                Violation(
+                    "qdq-pair",
+                    _label(q),
+                    f"DequantizeLinear {_label(reader)} uses a different scale, "
+                    "zero point or axis than its QuantizeLinear",
+                )
+            )
             ok = False
     return ok
 
@@ -230,8 +306,13 @@ def check_qdq(model: "onnx.ModelProto") -> tuple[dict[str, int], list[Violation]
     """TensorRT's explicit-quantization rules; returns counts of what passed and the violations."""
     g = GraphIndex(model)
     out: list[Violation] = []
-    counts = {"quantize_linear": 0, "dequantize_linear": 0, "activation_pairs": 0, "weights_per_channel": 0,
-              "weights_per_tensor": 0}
+    counts = {
+        "quantize_linear": 0,
+        "dequantize_linear": 0,
+        "activation_pairs": 0,
+        "weights_per_channel": 0,
+        "weights_per_tensor": 0,
+    }
     for n in g.nodes:
         if n.op_type not in QDQ:
             continue
@@ -246,18 +327,30 @@ def check_qdq(model: "onnx.ModelProto") -> tuple[dict[str, int], list[Violation]
             scale, _, axis = _qdq_params(g, n)
             if (scale is not None and scale.ndim != 0) or axis is not None:
                 shape = None if scale is None else list(scale.shape)
-                out.append(Violation("activation-per-tensor", _label(n), "activations are quantized per tensor: a "
-                                     f"scalar scale and no axis attribute (scale shape {shape}, axis {axis})"))
+                out.append(
+                    Violation(
+                        "activation-per-tensor",
+                        _label(n),
+                        "activations are quantized per tensor: a "
+                        f"scalar scale and no axis attribute (scale shape {shape}, axis {axis})",
+                    )
+                )
         if not is_q:
             if g.produced_by(g.input(n, 0), "QuantizeLinear") is None:
-                out.append(Violation("qdq-pair", _label(n), f"DequantizeLinear of {g.input(n, 0)!r}, which no "
-                                     "QuantizeLinear produces"))
+                out.append(
+                    Violation(
+                        "qdq-pair",
+                        _label(n),
+                        f"DequantizeLinear of {g.input(n, 0)!r}, which no QuantizeLinear produces",
+                    )
+                )
         elif _check_pair(g, n, out) and not constant_input:
             counts["activation_pairs"] += 1
     return counts, out
 
 
 # --- DLA -------------------------------------------------------------------------------------------
+
 
 def _within(value, bounds) -> bool:
     lo, hi = bounds
@@ -320,15 +413,20 @@ def dla_report(model: "onnx.ModelProto", facts: TensorRTFacts) -> dict[str, Any]
         else:
             fallback.append({"node": _label(n), "op": n.op_type, "reason": reason})
     return {
-        "cores": facts.dla_cores, "platform": facts.dla.get("platform"), "nodes_on_dla": on_dla,
+        "cores": facts.dla_cores,
+        "platform": facts.dla.get("platform"),
+        "nodes_on_dla": on_dla,
         "falls_back_to_gpu": fallback,
-        "note": ("DLA builds (build_engine.sh with DLA_CORE=N) use implicit int8 from calibration.cache and "
-                 "--allowGPUFallback: the nodes listed run on the GPU, and each switch between DLA and GPU costs "
-                 "a reformat; at most 16 DLA loadables load per core"),
+        "note": (
+            "DLA builds (build_engine.sh with DLA_CORE=N) use implicit int8 from calibration.cache and "
+            "--allowGPUFallback: the nodes listed run on the GPU, and each switch between DLA and GPU costs "
+            "a reformat; at most 16 DLA loadables load per core"
+        ),
     }
 
 
 # --- 2:4 structured sparsity ---------------------------------------------------------------------
+
 
 def _as_out_in(node, w: np.ndarray) -> np.ndarray | None:
     """The weight as [out, in, ...] with the input channels on axis 1."""

@@ -30,12 +30,16 @@ TAIL_LINES = 15
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?inf|nan"
 _TO_MS = {"ms": 1.0, "us": 1e-3, "\u00b5s": 1e-3, "\u03bcs": 1e-3, "s": 1e3}
 _UNIT = r"ms|us|\u00b5s|\u03bcs|s"
-_PREFIX = re.compile(r"^\s*((?:\[[^\]\s]*\]\s*)+)")            # [05/18/2023-21:52:15] [I] [TRT] ...
+_PREFIX = re.compile(r"^\s*((?:\[[^\]\s]*\]\s*)+)")  # [05/18/2023-21:52:15] [I] [TRT] ...
 _STAT = re.compile(rf"(min|max|mean|median|percentile\(([\d.]+)%\))\s*=\s*({_NUM})\s+({_UNIT})\b")
-_OLD_STAT = re.compile(rf"^(min|max|mean|median):\s*({_NUM})\s+({_UNIT})\b"
-                       rf"(?:\s*\(end to end\s+({_NUM})\s+({_UNIT})\))?")
-_OLD_PCT = re.compile(rf"^percentile:\s*({_NUM})\s+({_UNIT})\s+at\s+([\d.]+)%"
-                      rf"(?:\s*\(end to end\s+({_NUM})\s+({_UNIT})\s+at\s+[\d.]+%\))?")
+_OLD_STAT = re.compile(
+    rf"^(min|max|mean|median):\s*({_NUM})\s+({_UNIT})\b"
+    rf"(?:\s*\(end to end\s+({_NUM})\s+({_UNIT})\))?"
+)
+_OLD_PCT = re.compile(
+    rf"^percentile:\s*({_NUM})\s+({_UNIT})\s+at\s+([\d.]+)%"
+    rf"(?:\s*\(end to end\s+({_NUM})\s+({_UNIT})\s+at\s+[\d.]+%\))?"
+)
 _VALUE = re.compile(rf"^({_NUM})\s+({_UNIT}|qps)\b")
 _CV = re.compile(rf"coefficient of variance\s*=\s*({_NUM})\s*%")
 _QUERIES = re.compile(r"^Timing trace has (\d+) queries over")
@@ -43,11 +47,21 @@ _VERSION_LINE = re.compile(r"^TensorRT version:\s*(\S+)")
 _VERSION_TAG = re.compile(r"\[TensorRT v(\d+)\]")
 
 # summary-8.x line label -> TrtexecSummary field
-_SUMMARY_STATS = {"Latency": "latency_ms", "End-to-End Host Latency": "end_to_end_ms", "Enqueue Time": "enqueue_ms",
-                  "H2D Latency": "h2d_ms", "GPU Compute Time": "gpu_compute_ms", "D2H Latency": "d2h_ms"}
+_SUMMARY_STATS = {
+    "Latency": "latency_ms",
+    "End-to-End Host Latency": "end_to_end_ms",
+    "Enqueue Time": "enqueue_ms",
+    "H2D Latency": "h2d_ms",
+    "GPU Compute Time": "gpu_compute_ms",
+    "D2H Latency": "d2h_ms",
+}
 # average-runs-7.x block header -> TrtexecSummary field
-_OLD_BLOCKS = {"Host Latency": "latency_ms", "Host latency": "latency_ms", "Enqueue Time": "enqueue_ms",
-               "GPU Compute": "gpu_compute_ms"}
+_OLD_BLOCKS = {
+    "Host Latency": "latency_ms",
+    "Host latency": "latency_ms",
+    "Enqueue Time": "enqueue_ms",
+    "GPU Compute": "gpu_compute_ms",
+}
 
 
 @dataclass(frozen=True)
@@ -58,18 +72,18 @@ class TrtexecSummary:
     format: str
     tensorrt_version: str | None = None
     throughput_qps: float | None = None
-    latency_ms: dict = field(default_factory=dict)      # host latency: H2D + GPU compute + D2H of one query
+    latency_ms: dict = field(default_factory=dict)  # host latency: H2D + GPU compute + D2H of one query
     gpu_compute_ms: dict = field(default_factory=dict)
     enqueue_ms: dict = field(default_factory=dict)
     h2d_ms: dict = field(default_factory=dict)
     d2h_ms: dict = field(default_factory=dict)
-    end_to_end_ms: dict = field(default_factory=dict)   # 7.x "(end to end ...)", 8.0-8.2 "End-to-End Host Latency"
+    end_to_end_ms: dict = field(default_factory=dict)  # 7.x "(end to end ...)", 8.0-8.2 "End-to-End Host Latency"
     total_host_walltime_s: float | None = None
     total_gpu_compute_s: float | None = None
-    timed_queries: int | None = None                    # "Timing trace has N queries" (x --batch for implicit batch)
-    variance_warning: str | None = None                 # the unstable-GPU-compute warning, continuation included
-    gpu_cv_percent: float | None = None                 # its coefficient of variance
-    warnings: tuple[str, ...] = ()                      # every "* ..." warning trtexec printed with the summary
+    timed_queries: int | None = None  # "Timing trace has N queries" (x --batch for implicit batch)
+    variance_warning: str | None = None  # the unstable-GPU-compute warning, continuation included
+    gpu_cv_percent: float | None = None  # its coefficient of variance
+    warnings: tuple[str, ...] = ()  # every "* ..." warning trtexec printed with the summary
 
 
 def parse_trtexec(text: str) -> TrtexecSummary:
@@ -85,14 +99,18 @@ def parse_trtexec(text: str) -> TrtexecSummary:
     run = _run_span(lines, start)
     end = next((i for i in range(start + 1, run[1]) if lines[i][1].startswith("&&&&")), run[1])
     if fmt == SUMMARY:
-        fields = _read_summary(lines[start + 1:end]) | _read_warnings(lines[start + 1:run[1]])
+        fields = _read_summary(lines[start + 1 : end]) | _read_warnings(lines[start + 1 : run[1]])
     else:
         fields = _read_average_runs(lines[start:end])
     if not fields.get("latency_ms"):
         raise TrtexecParseError(_with_tail("trtexec's performance summary is incomplete (no latency figures)", raw))
-    queries = [int(m.group(1)) for _, t in lines[run[0]:start] if (m := _QUERIES.match(t))]
-    return TrtexecSummary(format=fmt, tensorrt_version=_version(lines[run[0]:run[1]]),
-                          timed_queries=queries[-1] if queries else None, **fields)
+    queries = [int(m.group(1)) for _, t in lines[run[0] : start] if (m := _QUERIES.match(t))]
+    return TrtexecSummary(
+        format=fmt,
+        tensorrt_version=_version(lines[run[0] : run[1]]),
+        timed_queries=queries[-1] if queries else None,
+        **fields,
+    )
 
 
 def to_bench_latency(summary: TrtexecSummary) -> dict:
@@ -100,10 +118,17 @@ def to_bench_latency(summary: TrtexecSummary) -> dict:
     sits in the same table as other devices. None where trtexec reports no such figure (std; p90 before 8.5);
     a throughput of 0 qps (7.x prints that for explicit-batch engines) becomes None."""
     lat = summary.latency_ms
-    return {"iterations": summary.timed_queries, "mean_ms": lat.get("mean"), "std_ms": None,
-            "min_ms": lat.get("min"), "max_ms": lat.get("max"), "p50_ms": lat.get("median"),
-            "p90_ms": lat.get("p90"), "p99_ms": lat.get("p99"),
-            "throughput_fps": summary.throughput_qps or None}
+    return {
+        "iterations": summary.timed_queries,
+        "mean_ms": lat.get("mean"),
+        "std_ms": None,
+        "min_ms": lat.get("min"),
+        "max_ms": lat.get("max"),
+        "p50_ms": lat.get("median"),
+        "p90_ms": lat.get("p90"),
+        "p99_ms": lat.get("p99"),
+        "throughput_fps": summary.throughput_qps or None,
+    }
 
 
 def _clean(line: str) -> tuple[str, str]:
@@ -114,7 +139,7 @@ def _clean(line: str) -> tuple[str, str]:
         return "", line.strip()
     tags = set(re.findall(r"\[([^\]]*)\]", m.group(1)))
     severity = next((s[0] for s in ("W", "WARNING", "I", "INFO", "V", "VERBOSE", "E", "ERROR") if s in tags), "")
-    return severity, line[m.end():].strip()
+    return severity, line[m.end() :].strip()
 
 
 def _last_summary(lines: list[tuple[str, str]]) -> tuple[int | None, str | None]:
@@ -183,12 +208,14 @@ def _seconds(text: str) -> float | None:
 def _read_summary(lines: list[tuple[str, str]]) -> dict:
     out: dict = {}
     for _, text in lines:
-        if text.startswith("==="):   # "=== Explanations of the performance metrics ===" and the like
+        if text.startswith("==="):  # "=== Explanations of the performance metrics ===" and the like
             break
         label, _, rest = text.partition(": ")
         if label in _SUMMARY_STATS:
-            stats = {_pct_key(m.group(2)) if m.group(2) else m.group(1): _ms(m.group(3), m.group(4))
-                     for m in _STAT.finditer(rest)}
+            stats = {
+                _pct_key(m.group(2)) if m.group(2) else m.group(1): _ms(m.group(3), m.group(4))
+                for m in _STAT.finditer(rest)
+            }
             if stats:
                 out.setdefault(_SUMMARY_STATS[label], stats)
         elif label == "Throughput":
@@ -210,7 +237,7 @@ def _read_warnings(lines: list[tuple[str, str]]) -> dict:
             warnings.append(text[2:])
             in_warning = True
         elif in_warning and text and (severity == "W" or not (severity or text.startswith(("Explanations", "&&&&")))):
-            warnings[-1] += " " + text   # the indented second line
+            warnings[-1] += " " + text  # the indented second line
         else:
             in_warning = False
     out: dict = {"warnings": tuple(warnings)}

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from edgekd.backends.base import Backend, EmitInput, EmitResult, TensorInfo, Unsupported
-from edgekd.runtime import RunFn, in_model_batches
 from edgekd.errors import ConfigError, UnsupportedOpsError
+from edgekd.runtime import RunFn, in_model_batches
 
 IO_TYPES = ("int8", "float32")
 MODEL_FILE = "model.tflite"
@@ -32,8 +32,10 @@ MODEL_FILE = "model.tflite"
 def _io_type(opts: dict[str, Any], key: str) -> str:
     value = opts.get(key, "int8")
     if value not in IO_TYPES:
-        raise ConfigError(f"[tflite] {key} = {value!r} is not one of {', '.join(IO_TYPES)}",
-                          "int8 feeds the model quantized input; float32 adds QUANTIZE/DEQUANTIZE at the edges")
+        raise ConfigError(
+            f"[tflite] {key} = {value!r} is not one of {', '.join(IO_TYPES)}",
+            "int8 feeds the model quantized input; float32 adds QUANTIZE/DEQUANTIZE at the edges",
+        )
     return value
 
 
@@ -62,23 +64,39 @@ def convert(lowered, quantized: bool, input_type: str = "int8", output_type: str
             return converter.convert()
     except Exception as e:  # the converter raises ConverterError and plain exceptions alike
         repro = _save_repro(tf, lowered, quantized, input_type, output_type)
-        first = next((line for line in str(e).splitlines() if "error" in line.lower()), str(e).splitlines()[0] if str(e) else "")
-        raise UnsupportedOpsError(f"the TFLite converter rejected the lowered graph: {type(e).__name__}: {first[:400]}",
-                                  f"reproduce with `python {repro / 'convert.py'}` (the lowered graph is saved beside it)") from e
+        first = next(
+            (line for line in str(e).splitlines() if "error" in line.lower()), str(e).splitlines()[0] if str(e) else ""
+        )
+        raise UnsupportedOpsError(
+            f"the TFLite converter rejected the lowered graph: {type(e).__name__}: {first[:400]}",
+            f"reproduce with `python {repro / 'convert.py'}` (the lowered graph is saved beside it)",
+        ) from e
 
 
 def _save_repro(tf, lowered, quantized: bool, input_type: str, output_type: str) -> Path:
     d = Path(tempfile.mkdtemp(prefix="edgekd-tflite-repro-"))
     tf.saved_model.save(lowered.module, str(d / "saved_model"), signatures=lowered.function)
-    opts = (["c.optimizations = [tf.lite.Optimize.DEFAULT]",
-             f"c.inference_input_type = tf.{input_type}", f"c.inference_output_type = tf.{output_type}"]
-            if quantized else [])
-    (d / "convert.py").write_text("\n".join([
-        "import pathlib, tensorflow as tf",
-        "here = pathlib.Path(__file__).parent",
-        "c = tf.lite.TFLiteConverter.from_saved_model(str(here / 'saved_model'))",
-        *opts,
-        "(here / 'model.tflite').write_bytes(c.convert())", ""]))
+    opts = (
+        [
+            "c.optimizations = [tf.lite.Optimize.DEFAULT]",
+            f"c.inference_input_type = tf.{input_type}",
+            f"c.inference_output_type = tf.{output_type}",
+        ]
+        if quantized
+        else []
+    )
+    (d / "convert.py").write_text(
+        "\n".join(
+            [
+                "import pathlib, tensorflow as tf",
+                "here = pathlib.Path(__file__).parent",
+                "c = tf.lite.TFLiteConverter.from_saved_model(str(here / 'saved_model'))",
+                *opts,
+                "(here / 'model.tflite').write_bytes(c.convert())",
+                "",
+            ]
+        )
+    )
     return d
 
 
@@ -122,8 +140,11 @@ class TFLiteBackend(Backend):
             raise UnsupportedOpsError(
                 f"{inp.spec.name} runs full int8, with no float layers; kept in float: {', '.join(kept)}",
                 "drop --keep-float / --keep-float-count (or loosen --max-drop), calibrate better, or compile "
-                "for a target that mixes precisions (onnx-cpu)")
-        in_type, out_type = (_io_type(opts, "input_type"), _io_type(opts, "output_type")) if quantized else ("float32", "float32")
+                "for a target that mixes precisions (onnx-cpu)",
+            )
+        in_type, out_type = (
+            (_io_type(opts, "input_type"), _io_type(opts, "output_type")) if quantized else ("float32", "float32")
+        )
         _import_tf()
         t0 = time.perf_counter()
         lowered = lower(ir.to_proto(inp.model))
@@ -134,14 +155,22 @@ class TFLiteBackend(Backend):
         report["xnnpack"] = delegation(content, int(opts.get("threads", 1)))
         (inp.outdir / MODEL_FILE).write_bytes(content)
         _, outputs = self.io(inp.outdir / MODEL_FILE)
-        report.update({
-            "lowering": {"seconds": round(t1 - t0, 3), "fake_quants": lowered.fake_quants, "layout": "NHWC"},
-            "converter": {"seconds": round(t2 - t1, 3), "optimizations": ["DEFAULT"] if quantized else [],
-                          "representative_dataset": None, "inference_input_type": in_type,
-                          "inference_output_type": out_type},
-            "layouts": {"input": "NHWC" if len(lowered.input_shape) == 4 else None,
-                        "outputs": {info.name: info.layout for info in outputs}},
-        })
+        report.update(
+            {
+                "lowering": {"seconds": round(t1 - t0, 3), "fake_quants": lowered.fake_quants, "layout": "NHWC"},
+                "converter": {
+                    "seconds": round(t2 - t1, 3),
+                    "optimizations": ["DEFAULT"] if quantized else [],
+                    "representative_dataset": None,
+                    "inference_input_type": in_type,
+                    "inference_output_type": out_type,
+                },
+                "layouts": {
+                    "input": "NHWC" if len(lowered.input_shape) == 4 else None,
+                    "outputs": {info.name: info.layout for info in outputs},
+                },
+            }
+        )
         return EmitResult([MODEL_FILE], report)
 
     def executed_layers(self, model_path: Path, model) -> list:
@@ -188,7 +217,13 @@ class TFLiteBackend(Backend):
             shape = tuple(int(s) for s in d["shape"])
             scale, zp = d["quantization"]
             quant = d["dtype"] == np.int8
-            return TensorInfo(d["name"], shape, d["dtype"].__name__, "NHWC" if len(shape) == 4 else None,
-                              float(scale) if quant else None, int(zp) if quant else None)
+            return TensorInfo(
+                d["name"],
+                shape,
+                d["dtype"].__name__,
+                "NHWC" if len(shape) == 4 else None,
+                float(scale) if quant else None,
+                int(zp) if quant else None,
+            )
 
         return [info(d) for d in interp.get_input_details()], [info(d) for d in interp.get_output_details()]

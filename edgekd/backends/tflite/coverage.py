@@ -12,9 +12,27 @@ from edgekd.backends.base import ExecutedLayer
 
 INTEGER = (np.int8, np.uint8, np.int16)
 # Ops that move data or change its type: not compute layers.
-NOT_LAYERS = frozenset({"QUANTIZE", "DEQUANTIZE", "RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "PAD",
-                        "PADV2", "STRIDED_SLICE", "SLICE", "SPLIT", "SPLIT_V", "GATHER", "CONCATENATION", "PACK",
-                        "UNPACK", "SHAPE"})
+NOT_LAYERS = frozenset(
+    {
+        "QUANTIZE",
+        "DEQUANTIZE",
+        "RESHAPE",
+        "TRANSPOSE",
+        "SQUEEZE",
+        "EXPAND_DIMS",
+        "PAD",
+        "PADV2",
+        "STRIDED_SLICE",
+        "SLICE",
+        "SPLIT",
+        "SPLIT_V",
+        "GATHER",
+        "CONCATENATION",
+        "PACK",
+        "UNPACK",
+        "SHAPE",
+    }
+)
 
 
 def _macs(op: str, weight: tuple[int, ...], out: tuple[int, ...]) -> int:
@@ -42,6 +60,13 @@ def executed_layers(model_path: Path) -> list[ExecutedLayer]:
             continue
         first, out = tensors[ins[0]], tensors[outs[0]]
         weight = tuple(int(d) for d in tensors[ins[1]]["shape"]) if len(ins) > 1 else ()
-        layers.append(ExecutedLayer(out["name"], kind, first["dtype"] in INTEGER, kind,
-                                    _macs(kind, weight, tuple(int(d) for d in out["shape"]))))
+        layers.append(
+            ExecutedLayer(
+                out["name"],
+                kind,
+                first["dtype"] in INTEGER,
+                kind,
+                _macs(kind, weight, tuple(int(d) for d in out["shape"])),
+            )
+        )
     return layers

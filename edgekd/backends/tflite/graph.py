@@ -19,13 +19,17 @@ TO_NCHW = (0, 3, 1, 2)
 NCHW_AXIS_IN_NHWC = (0, 3, 1, 2)  # NCHW axis a is NHWC axis NCHW_AXIS_IN_NHWC[a]
 INT8_MIN, INT8_MAX = -128, 127
 CONST_OPERAND = "constant operand quantized to int8 by the converter"
-CONST_OPERAND_REASON = ("TFLite's int8 ADD/SUB/MUL take int8 operands only; the QDQ simulation keeps the constant "
-                        "float, so the artifact differs from it by the constant's rounding (quantize such constants "
-                        "in the QDQ graph to make the simulation exact)")
+CONST_OPERAND_REASON = (
+    "TFLite's int8 ADD/SUB/MUL take int8 operands only; the QDQ simulation keeps the constant "
+    "float, so the artifact differs from it by the constant's rounding (quantize such constants "
+    "in the QDQ graph to make the simulation exact)"
+)
 FC_AS_CONV = "Gemm/MatMul lowered as 1x1 CONV_2D"
-FC_AS_CONV_REASON = ("the TFLite converter fails on per-channel FULLY_CONNECTED weights ('tfl.transpose' op has "
-                     "mismatched quantized axes); a 1x1 CONV_2D keeps the simulation's per-channel weights, where "
-                     "per-tensor FC weights would differ from it")
+FC_AS_CONV_REASON = (
+    "the TFLite converter fails on per-channel FULLY_CONNECTED weights ('tfl.transpose' op has "
+    "mismatched quantized axes); a 1x1 CONV_2D keeps the simulation's per-channel weights, where "
+    "per-tensor FC weights would differ from it"
+)
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,8 @@ class Lowering:
         scale = np.broadcast_to(v.w.scale.astype(np.float32), (w.shape[-1],)) if v.w.axis is None else v.w.scale
         scale = scale.astype(np.float32)
         return tf.quantization.fake_quant_with_min_max_vars_per_channel(
-            tf.constant(w), -INT8_MAX * scale, INT8_MAX * scale, num_bits=8, narrow_range=True)
+            tf.constant(w), -INT8_MAX * scale, INT8_MAX * scale, num_bits=8, narrow_range=True
+        )
 
     # ---- the walk
     def run(self, input_nhwc):

@@ -12,7 +12,10 @@ from edgekd.backends.tflite.graph import Lowering, Val
 from edgekd.backends.tflite.rules import CHECKS
 
 HANDLERS: dict[str, Callable[[Lowering, onnx.NodeProto], list[Val]]] = {
-    **ops.HANDLERS, **ops_elementwise.HANDLERS, **ops_reduce.HANDLERS, **ops_shape.HANDLERS,
+    **ops.HANDLERS,
+    **ops_elementwise.HANDLERS,
+    **ops_reduce.HANDLERS,
+    **ops_shape.HANDLERS,
     **ops_conv_transpose.HANDLERS,
 }
 # Functions written out in primitive ops that lower to one TFLite op (edgekd.ir.patterns.composites).

@@ -59,8 +59,9 @@ def lower(model: onnx.ModelProto) -> Lowered:
         raise UnsupportedOpsError(f"the tflite backend lowers single-input models; this one has {len(inputs)} inputs")
     dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
     if any(d <= 0 for d in dims):
-        raise UnsupportedOpsError(f"input {inputs[0].name!r} has unknown dimensions {dims}",
-                                  "compile with a fixed --input-shape")
+        raise UnsupportedOpsError(
+            f"input {inputs[0].name!r} has unknown dimensions {dims}", "compile with a fixed --input-shape"
+        )
     shape = tuple(dims[i] for i in TO_NHWC) if len(dims) == 4 else tuple(dims)
     cx = Lowering(tf, model, HANDLERS, COMPOSITES)
     holder: dict[str, Any] = {}
@@ -70,8 +71,9 @@ def lower(model: onnx.ModelProto) -> Lowered:
         holder["nhwc"], holder["shapes"] = nhwc, [tuple(o.shape.as_list()) for o in outs]
         return outs
 
-    fn = tf.function(body, autograph=False,
-                     input_signature=[tf.TensorSpec(shape, tf.float32, name=scope_name(inputs[0].name))])
+    fn = tf.function(
+        body, autograph=False, input_signature=[tf.TensorSpec(shape, tf.float32, name=scope_name(inputs[0].name))]
+    )
     module = tf.Module()
     module.f = fn
     concrete = fn.get_concrete_function()
@@ -85,5 +87,17 @@ def lower(model: onnx.ModelProto) -> Lowered:
             node = producers.get(name)
         return out
 
-    return Lowered(concrete, module, inputs[0].name, shape, [o.name for o in g.output], holder["nhwc"],
-                   [sources(o.name) for o in g.output], holder["shapes"], cx.scopes, cx.conv_scopes, cx.notes, cx.fake_quants)
+    return Lowered(
+        concrete,
+        module,
+        inputs[0].name,
+        shape,
+        [o.name for o in g.output],
+        holder["nhwc"],
+        [sources(o.name) for o in g.output],
+        holder["shapes"],
+        cx.scopes,
+        cx.conv_scopes,
+        cx.notes,
+        cx.fake_quants,
+    )

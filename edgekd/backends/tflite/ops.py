@@ -9,11 +9,25 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from edgekd.backends.tflite.graph import (CONST_OPERAND, CONST_OPERAND_REASON, FC_AS_CONV, FC_AS_CONV_REASON,
-                                          INT8_MIN, NCHW_AXIS_IN_NHWC, TO_NHWC, Lowering,
-                                          Reject, Val, WeightQ, grid, same_pads, scope_name)
+from edgekd.backends.tflite.graph import (
+    CONST_OPERAND,
+    CONST_OPERAND_REASON,
+    FC_AS_CONV,
+    FC_AS_CONV_REASON,
+    INT8_MIN,
+    NCHW_AXIS_IN_NHWC,
+    TO_NHWC,
+    Lowering,
+    Reject,
+    Val,
+    WeightQ,
+    grid,
+    same_pads,
+    scope_name,
+)
 from edgekd.ir.proto_index import constant_node_value, node_attrs
 from edgekd.quant.qparams import quantize_bias
+
 
 def _constant(cx: Lowering, node) -> list[Val]:
     value = constant_node_value(node)
@@ -47,9 +61,14 @@ def _dequantize(cx: Lowering, node) -> list[Val]:
     shape = [1] * x.t.ndim
     if axis is not None:
         shape[axis % x.t.ndim] = scale.size
-    deq = np.asarray((x.t.astype(np.int64) - zp.reshape(shape).astype(np.int64)).astype(np.float32) * scale.reshape(shape))
-    weight = (WeightQ(x.t, scale, axis % x.t.ndim if axis is not None else None, int(zp) if axis is None else 0)
-              if x.t.dtype == np.int8 else None)
+    deq = np.asarray(
+        (x.t.astype(np.int64) - zp.reshape(shape).astype(np.int64)).astype(np.float32) * scale.reshape(shape)
+    )
+    weight = (
+        WeightQ(x.t, scale, axis % x.t.ndim if axis is not None else None, int(zp) if axis is None else 0)
+        if x.t.dtype == np.int8
+        else None
+    )
     return [Val(deq, w=weight)]
 
 
@@ -106,7 +125,11 @@ def _conv(cx: Lowering, node) -> list[Val]:
     if bias is not None:
         y = tf.nn.bias_add(y, bias)
     cx.conv_scopes[f"n{cx.index}"] = {
-        "node": node.name, "op": kind, "weight_scales": None if wv.w is None else wv.w.scale, "bias": bias}
+        "node": node.name,
+        "op": kind,
+        "weight_scales": None if wv.w is None else wv.w.scale,
+        "bias": bias,
+    }
     return [Val(y, True)]
 
 
@@ -135,12 +158,21 @@ def _grouped_conv(cx: Lowering, node, x: Val, xt, wv: Val, group: int, geometry)
         rows = slice(k * out, (k + 1) * out)
         q = None if wv.w is None else WeightQ(wv.w.q[rows], np.broadcast_to(wv.w.scale, (w.shape[0],))[rows], 3)
         with tf.name_scope(f"g{k}") as scope:
-            y = tf.nn.conv2d(parts[k], cx.weight(Val(w[rows].transpose(2, 3, 1, 0), w=q)), [1, *strides, 1], padding,
-                             dilations=[1, *dilations, 1])
+            y = tf.nn.conv2d(
+                parts[k],
+                cx.weight(Val(w[rows].transpose(2, 3, 1, 0), w=q)),
+                [1, *strides, 1],
+                padding,
+                dilations=[1, *dilations, 1],
+            )
             if bias is not None:
                 y = tf.nn.bias_add(y, bias[rows])
-        cx.conv_scopes[scope.rstrip("/")] = {"node": node.name, "op": "CONV_2D", "bias": None if bias is None else bias[rows],
-                                             "weight_scales": None if q is None else q.scale}
+        cx.conv_scopes[scope.rstrip("/")] = {
+            "node": node.name,
+            "op": "CONV_2D",
+            "bias": None if bias is None else bias[rows],
+            "weight_scales": None if q is None else q.scale,
+        }
         ys.append(y)
     return Val(tf.concat(ys, axis=3), True)
 
@@ -172,8 +204,12 @@ def _fc(cx: Lowering, node, x: Val, w: Val, bias: np.ndarray | None) -> Val:
     if bias is not None:
         bias = _bias(x, w, bias)
         y = tf.nn.bias_add(y, bias)
-    cx.conv_scopes[f"n{cx.index}"] = {"node": node.name, "op": "CONV_2D",
-                                      "weight_scales": None if w.w is None else w.w.scale, "bias": bias}
+    cx.conv_scopes[f"n{cx.index}"] = {
+        "node": node.name,
+        "op": "CONV_2D",
+        "weight_scales": None if w.w is None else w.w.scale,
+        "bias": bias,
+    }
     if w.w is not None:
         note = next((nt for nt in cx.notes if nt["forced"] == FC_AS_CONV), None)
         if note is None:
@@ -232,6 +268,7 @@ def _binary(fn_name: str) -> Callable:
                 v = cx.to_nhwc(v)
             ts.append(cx.operand(v))
         return [Val(getattr(cx.tf.math, fn_name)(ts[0], ts[1]), nhwc)]
+
     return lower
 
 
@@ -258,9 +295,11 @@ def _clip(cx: Lowering, node) -> list[Val]:
     elif lo == 0.0 and hi is None:
         fn = tf.nn.relu
     else:
+
         def fn(t):
             t = tf.maximum(t, lo) if lo is not None else t
             return tf.minimum(t, hi) if hi is not None else t
+
     return _unary(cx, node, fn)
 
 
@@ -305,7 +344,10 @@ def _pool(cx: Lowering, node) -> list[Val]:
     if a.get("ceil_mode", 0):
         h, w = x.t.shape.as_list()[1:3]
         pads = a.get("pads", [0, 0, 0, 0])
-        for size, k, s, p0, p1 in ((h, kernel[0], strides[0], pads[0], pads[2]), (w, kernel[1], strides[1], pads[1], pads[3])):
+        for size, k, s, p0, p1 in (
+            (h, kernel[0], strides[0], pads[0], pads[2]),
+            (w, kernel[1], strides[1], pads[1], pads[3]),
+        ):
             if (size + p0 + p1 - k) % s:
                 raise Reject("ceil_mode=1 changes the output size here; TFLite pools floor it")
     xt = x.t
@@ -369,7 +411,9 @@ def _slice(cx: Lowering, node) -> list[Val]:
     starts = [int(v) for v in cx.get(node.input[1]).t]
     ends = [int(v) for v in cx.get(node.input[2]).t]
     rank = cx.rank(x)
-    axes = [int(v) for v in cx.get(node.input[3]).t] if len(node.input) > 3 and node.input[3] else list(range(len(starts)))
+    axes = (
+        [int(v) for v in cx.get(node.input[3]).t] if len(node.input) > 3 and node.input[3] else list(range(len(starts)))
+    )
     steps = [int(v) for v in cx.get(node.input[4]).t] if len(node.input) > 4 and node.input[4] else [1] * len(starts)
     index = [slice(None)] * rank
     big = np.iinfo(np.int32).max
@@ -400,27 +444,37 @@ def _resize(cx: Lowering, node) -> list[Val]:
     nearest = a.get("nearest_mode", b"round_prefer_floor").decode()
     half = None
     for candidate in (False, True):
-        if all(np.array_equal(_onnx_nearest(n, o, s, coord, nearest), _tf_nearest(n, o, candidate))
-               for n, o, s in ((h, out[0], scales[0]), (w, out[1], scales[1]))):
+        if all(
+            np.array_equal(_onnx_nearest(n, o, s, coord, nearest), _tf_nearest(n, o, candidate))
+            for n, o, s in ((h, out[0], scales[0]), (w, out[1], scales[1]))
+        ):
             half = candidate
             break
     if half is None:
-        raise Reject(f"nearest Resize with coordinate_transformation_mode={coord}, nearest_mode={nearest} picks "
-                      "pixels that TFLite's RESIZE_NEAREST_NEIGHBOR does not")
+        raise Reject(
+            f"nearest Resize with coordinate_transformation_mode={coord}, nearest_mode={nearest} picks "
+            "pixels that TFLite's RESIZE_NEAREST_NEIGHBOR does not"
+        )
     y = cx.tf.raw_ops.ResizeNearestNeighbor(images=x.t, size=out, align_corners=False, half_pixel_centers=half)
     return [Val(y, True, x.q)]
 
 
 # ONNX coordinate_transformation_mode → TF ResizeBilinear's (align_corners, half_pixel_centers).
 # pytorch_half_pixel is half_pixel except for an output of size 1 (checked below).
-BILINEAR_MODES = {"half_pixel": (False, True), "pytorch_half_pixel": (False, True), "align_corners": (True, False),
-                  "asymmetric": (False, False)}
+BILINEAR_MODES = {
+    "half_pixel": (False, True),
+    "pytorch_half_pixel": (False, True),
+    "align_corners": (True, False),
+    "asymmetric": (False, False),
+}
 
 
 def _bilinear(cx: Lowering, x: Val, out: list[int], coord: str) -> Val:
     if coord not in BILINEAR_MODES:
-        raise Reject(f"linear Resize with coordinate_transformation_mode={coord} has no TFLite equivalent "
-                     f"(lowered: {', '.join(BILINEAR_MODES)})")
+        raise Reject(
+            f"linear Resize with coordinate_transformation_mode={coord} has no TFLite equivalent "
+            f"(lowered: {', '.join(BILINEAR_MODES)})"
+        )
     if coord == "pytorch_half_pixel" and 1 in out:
         raise Reject("linear Resize to size 1 with pytorch_half_pixel samples pixel 0, TFLite's half-pixel centre")
     align, half = BILINEAR_MODES[coord]
@@ -440,9 +494,12 @@ def _onnx_nearest(size: int, out: int, scale: float, coord: str, mode: str) -> n
         c = (o + 0.5) / scale
     else:
         return np.full(out, -1)
-    rounders = {"floor": np.floor, "ceil": np.ceil,
-                "round_prefer_floor": lambda v: np.where(v - np.floor(v) == 0.5, np.floor(v), np.round(v)),
-                "round_prefer_ceil": lambda v: np.where(v - np.floor(v) == 0.5, np.ceil(v), np.round(v))}
+    rounders = {
+        "floor": np.floor,
+        "ceil": np.ceil,
+        "round_prefer_floor": lambda v: np.where(v - np.floor(v) == 0.5, np.floor(v), np.round(v)),
+        "round_prefer_ceil": lambda v: np.where(v - np.floor(v) == 0.5, np.ceil(v), np.round(v)),
+    }
     return np.clip(rounders[mode](c), 0, size - 1).astype(np.int64)
 
 
@@ -522,12 +579,31 @@ def _softmax(cx: Lowering, node) -> list[Val]:
 
 
 HANDLERS: dict[str, Callable[[Lowering, onnx.NodeProto], list[Val]]] = {
-    "Constant": _constant, "Identity": _identity, "QuantizeLinear": _quantize, "DequantizeLinear": _dequantize,
-    "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul,
-    "Add": _binary("add"), "Sub": _binary("subtract"), "Mul": _binary("multiply"),
-    "Relu": lambda cx, n: _unary(cx, n, cx.tf.nn.relu), "Clip": _clip,
-    "Sigmoid": lambda cx, n: _unary(cx, n, cx.tf.sigmoid), "HardSwish": _hardswish, "HardSigmoid": _hardsigmoid,
-    "MaxPool": _pool, "AveragePool": _pool, "GlobalAveragePool": _global_avg, "Concat": _concat,
-    "Resize": _resize, "Reshape": _reshape, "Flatten": _flatten, "Transpose": _transpose, "Pad": _pad,
-    "Softmax": _softmax, "Split": _split, "Slice": _slice,
+    "Constant": _constant,
+    "Identity": _identity,
+    "QuantizeLinear": _quantize,
+    "DequantizeLinear": _dequantize,
+    "Conv": _conv,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "Add": _binary("add"),
+    "Sub": _binary("subtract"),
+    "Mul": _binary("multiply"),
+    "Relu": lambda cx, n: _unary(cx, n, cx.tf.nn.relu),
+    "Clip": _clip,
+    "Sigmoid": lambda cx, n: _unary(cx, n, cx.tf.sigmoid),
+    "HardSwish": _hardswish,
+    "HardSigmoid": _hardsigmoid,
+    "MaxPool": _pool,
+    "AveragePool": _pool,
+    "GlobalAveragePool": _global_avg,
+    "Concat": _concat,
+    "Resize": _resize,
+    "Reshape": _reshape,
+    "Flatten": _flatten,
+    "Transpose": _transpose,
+    "Pad": _pad,
+    "Softmax": _softmax,
+    "Split": _split,
+    "Slice": _slice,
 }

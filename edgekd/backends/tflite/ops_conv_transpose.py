@@ -53,13 +53,19 @@ def _conv_transpose(cx: Lowering, node) -> list[Val]:
             raise Reject("bias computed at run time")
         bias = _bias(x, wv, b.t)
         y = tf.nn.bias_add(y, bias)
-    cx.conv_scopes[f"n{cx.index}"] = {"node": node.name, "op": "TRANSPOSE_CONV",
-                                      "weight_scales": None if wv.w is None else wv.w.scale, "bias": bias}
-    (t0, hl), (l0, wl) = (output_crop(h, kh, strides[0], (pads[0], pads[2]), out_pad[0]),
-                          output_crop(wd, kw, strides[1], (pads[1], pads[3]), out_pad[1]))
+    cx.conv_scopes[f"n{cx.index}"] = {
+        "node": node.name,
+        "op": "TRANSPOSE_CONV",
+        "weight_scales": None if wv.w is None else wv.w.scale,
+        "bias": bias,
+    }
+    (t0, hl), (l0, wl) = (
+        output_crop(h, kh, strides[0], (pads[0], pads[2]), out_pad[0]),
+        output_crop(wd, kw, strides[1], (pads[1], pads[3]), out_pad[1]),
+    )
     if (t0, l0, hl, wl) != (0, 0, full[1], full[2]):
         with tf.name_scope("derived"):
-            y = y[:, t0:t0 + hl, l0:l0 + wl, :]
+            y = y[:, t0 : t0 + hl, l0 : l0 + wl, :]
     return [Val(y, True)]
 
 

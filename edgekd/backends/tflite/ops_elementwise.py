@@ -34,10 +34,13 @@ def _pow(cx: Lowering, node) -> list[Val]:
     if exponent == 0.5:
         return _unary(cx, node, tf.sqrt)
     if cx.quantized:
-        raise Reject(f"Pow with exponent {exponent if exponent is not None else 'computed at run time'} has no int8 "
-                     f"TFLite kernel (int8: exponents {', '.join(f'{v:g}' for v in INT8_EXPONENTS)})")
-    return [Val(tf.pow(cx.tensor(x), cx.tensor(cx.to_nhwc(e) if x.nhwc and not e.const and cx.rank(e) == 4 else e)),
-                x.nhwc)]
+        raise Reject(
+            f"Pow with exponent {exponent if exponent is not None else 'computed at run time'} has no int8 "
+            f"TFLite kernel (int8: exponents {', '.join(f'{v:g}' for v in INT8_EXPONENTS)})"
+        )
+    return [
+        Val(tf.pow(cx.tensor(x), cx.tensor(cx.to_nhwc(e) if x.nhwc and not e.const and cx.rank(e) == 4 else e)), x.nhwc)
+    ]
 
 
 def _leaky_relu(cx: Lowering, node) -> list[Val]:
@@ -83,7 +86,12 @@ def gelu(cx: Lowering, x: Val) -> Val:
 
 HANDLERS = {
     "Div": _binary("divide"),
-    "Pow": _pow, "Sqrt": lambda cx, n: _unary(cx, n, cx.tf.sqrt), "Exp": lambda cx, n: _unary(cx, n, cx.tf.exp),
-    "Tanh": lambda cx, n: _unary(cx, n, cx.tf.tanh), "LeakyRelu": _leaky_relu, "PRelu": _prelu, "Elu": _elu,
+    "Pow": _pow,
+    "Sqrt": lambda cx, n: _unary(cx, n, cx.tf.sqrt),
+    "Exp": lambda cx, n: _unary(cx, n, cx.tf.exp),
+    "Tanh": lambda cx, n: _unary(cx, n, cx.tf.tanh),
+    "LeakyRelu": _leaky_relu,
+    "PRelu": _prelu,
+    "Elu": _elu,
     "Erf": _erf,
 }

@@ -42,6 +42,7 @@ def _reduce(fn_name: str):
         x = _layout_for(cx, x, axes, keepdims)
         t = getattr(cx.tf, fn_name)(cx.tensor(x), axis=[cx.axis(x, ax) for ax in axes], keepdims=keepdims)
         return [Val(t, x.nhwc and keepdims)]
+
     return lower
 
 
@@ -79,12 +80,21 @@ def _lrn(cx: Lowering, node) -> list[Val]:
     if size % 2 == 0:
         raise Reject(f"LRN with an even size ({size}) sums a window TFLite's symmetric one cannot")
     x = cx.to_nhwc(cx.get(node.input[0]))
-    t = cx.tf.nn.local_response_normalization(x.t, depth_radius=(size - 1) // 2, bias=float(a.get("bias", 1.0)),
-                                               alpha=float(a.get("alpha", 1e-4)) / size, beta=float(a.get("beta", 0.75)))
+    t = cx.tf.nn.local_response_normalization(
+        x.t,
+        depth_radius=(size - 1) // 2,
+        bias=float(a.get("bias", 1.0)),
+        alpha=float(a.get("alpha", 1e-4)) / size,
+        beta=float(a.get("beta", 0.75)),
+    )
     return [Val(t, True)]
 
 
 HANDLERS = {
-    "ReduceMean": _reduce("reduce_mean"), "ReduceMax": _reduce("reduce_max"), "ReduceSum": _reduce("reduce_sum"),
-    "GlobalMaxPool": _global_max, "ArgMax": _argmax, "LRN": _lrn,
+    "ReduceMean": _reduce("reduce_mean"),
+    "ReduceMax": _reduce("reduce_max"),
+    "ReduceSum": _reduce("reduce_sum"),
+    "GlobalMaxPool": _global_max,
+    "ArgMax": _argmax,
+    "LRN": _lrn,
 }

@@ -78,5 +78,10 @@ def _space_to_depth(cx: Lowering, node) -> list[Val]:
     return [Val(cx.tf.nn.space_to_depth(x.t, int(node_attrs(node)["blocksize"])), True, x.q)]
 
 
-HANDLERS = {"Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Gather": _gather, "DepthToSpace": _depth_to_space,
-            "SpaceToDepth": _space_to_depth}
+HANDLERS = {
+    "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze,
+    "Gather": _gather,
+    "DepthToSpace": _depth_to_space,
+    "SpaceToDepth": _space_to_depth,
+}

@@ -63,8 +63,10 @@ def _check_resize(node, a, consts) -> str | None:
         return f"Resize mode {mode.decode()} is not lowered (nearest and linear only)"
     coord = a.get("coordinate_transformation_mode", b"half_pixel")
     if mode == b"linear" and coord not in BILINEAR_COORDINATES:
-        return (f"linear Resize with coordinate_transformation_mode={coord.decode()} has no TFLite equivalent "
-                f"(lowered: {', '.join(c.decode() for c in BILINEAR_COORDINATES)})")
+        return (
+            f"linear Resize with coordinate_transformation_mode={coord.decode()} has no TFLite equivalent "
+            f"(lowered: {', '.join(c.decode() for c in BILINEAR_COORDINATES)})"
+        )
     return None
 
 
@@ -85,6 +87,7 @@ def _check_const_inputs(*indices: int) -> Callable:
             if len(node.input) > i and node.input[i] and node.input[i] not in consts:
                 return f"input {i} ({node.input[i]}) is computed at run time; TFLite needs it constant"
         return None
+
     return check
 
 
@@ -145,23 +148,58 @@ def _check_lrn(node, a, consts) -> str | None:
 
 
 def _check_erf(node, a, consts) -> str | None:
-    return ("Erf has no TFLite op; only a GELU written with it (0.5·x·(1 + erf(x/√2))) lowers, to TFLite's GELU")
+    return "Erf has no TFLite op; only a GELU written with it (0.5·x·(1 + erf(x/√2))) lowers, to TFLite's GELU"
 
 
 CHECKS: dict[str, Callable[[onnx.NodeProto, dict, dict], str | None]] = {
     "Conv": lambda n, a, c: _check_conv(n, a, c) or _check_group(n, a, c),
-    "Gemm": _check_gemm, "MatMul": _ok, "Add": _ok, "Sub": _ok, "Mul": _ok, "Relu": _ok,
-    "Clip": _check_const_inputs(1, 2), "Sigmoid": _ok, "HardSwish": _ok, "HardSigmoid": _ok,
-    "MaxPool": _check_pool, "AveragePool": _check_pool, "GlobalAveragePool": _ok, "Concat": _ok,
+    "Gemm": _check_gemm,
+    "MatMul": _ok,
+    "Add": _ok,
+    "Sub": _ok,
+    "Mul": _ok,
+    "Relu": _ok,
+    "Clip": _check_const_inputs(1, 2),
+    "Sigmoid": _ok,
+    "HardSwish": _ok,
+    "HardSigmoid": _ok,
+    "MaxPool": _check_pool,
+    "AveragePool": _check_pool,
+    "GlobalAveragePool": _ok,
+    "Concat": _ok,
     "Resize": lambda n, a, c: _check_resize(n, a, c) or _check_const_inputs(2, 3)(n, a, c),
-    "Reshape": _check_const_inputs(1), "Flatten": _ok, "Transpose": _ok, "Pad": _check_pad,
-    "Softmax": _ok, "Split": _check_const_inputs(1), "Slice": _check_const_inputs(1, 2, 3, 4),
-    "Constant": _ok, "Identity": _ok, "QuantizeLinear": _check_quant, "DequantizeLinear": _check_quant,
-    "ConvTranspose": _check_conv_transpose, "Div": _ok, "Pow": _check_const_inputs(1), "Sqrt": _ok, "Exp": _ok,
-    "Tanh": _ok, "LeakyRelu": _ok, "PRelu": _check_const_inputs(1), "Elu": _ok, "Erf": _check_erf,
-    "ReduceMean": _check_axes_input, "ReduceMax": _check_axes_input, "ReduceSum": _check_axes_input,
-    "GlobalMaxPool": _ok, "ArgMax": _check_argmax, "LRN": _check_lrn, "Squeeze": _check_axes_input,
-    "Unsqueeze": _check_axes_input, "Gather": _ok, "DepthToSpace": _ok, "SpaceToDepth": _ok,
+    "Reshape": _check_const_inputs(1),
+    "Flatten": _ok,
+    "Transpose": _ok,
+    "Pad": _check_pad,
+    "Softmax": _ok,
+    "Split": _check_const_inputs(1),
+    "Slice": _check_const_inputs(1, 2, 3, 4),
+    "Constant": _ok,
+    "Identity": _ok,
+    "QuantizeLinear": _check_quant,
+    "DequantizeLinear": _check_quant,
+    "ConvTranspose": _check_conv_transpose,
+    "Div": _ok,
+    "Pow": _check_const_inputs(1),
+    "Sqrt": _ok,
+    "Exp": _ok,
+    "Tanh": _ok,
+    "LeakyRelu": _ok,
+    "PRelu": _check_const_inputs(1),
+    "Elu": _ok,
+    "Erf": _check_erf,
+    "ReduceMean": _check_axes_input,
+    "ReduceMax": _check_axes_input,
+    "ReduceSum": _check_axes_input,
+    "GlobalMaxPool": _ok,
+    "ArgMax": _check_argmax,
+    "LRN": _check_lrn,
+    "Squeeze": _check_axes_input,
+    "Unsqueeze": _check_axes_input,
+    "Gather": _ok,
+    "DepthToSpace": _ok,
+    "SpaceToDepth": _ok,
 }
 
 
@@ -185,10 +223,19 @@ def float_only_nodes(model: onnx.ModelProto) -> list[Unsupported]:
         name, op = node.name or node.op_type, node.op_type
         if op in ("LRN", "Elu"):
             bad.append(Unsupported(name, op, f"{op} has no int8 TFLite kernel: the converter keeps it float"))
-        elif op == "Pow" and node.input[1] in consts and (consts[node.input[1]].size != 1 or
-                                                           float(consts[node.input[1]].reshape(-1)[0]) not in INT8_EXPONENTS):
-            bad.append(Unsupported(name, op, f"Pow with exponent {consts[node.input[1]].reshape(-1)[:4].tolist()} has "
-                                             "no int8 TFLite kernel (int8: exponents 1, 2 and 0.5)"))
+        elif (
+            op == "Pow"
+            and node.input[1] in consts
+            and (consts[node.input[1]].size != 1 or float(consts[node.input[1]].reshape(-1)[0]) not in INT8_EXPONENTS)
+        ):
+            bad.append(
+                Unsupported(
+                    name,
+                    op,
+                    f"Pow with exponent {consts[node.input[1]].reshape(-1)[:4].tolist()} has "
+                    "no int8 TFLite kernel (int8: exponents 1, 2 and 0.5)",
+                )
+            )
         elif op == "Gather" and node.input[1] not in consts:
             bad.append(Unsupported(name, op, "Gather by run-time indices is lowered in float only"))
     return bad
@@ -207,8 +254,13 @@ def unsupported_nodes(model: onnx.ModelProto) -> list[Unsupported]:
             continue
         check = CHECKS.get(node.op_type)
         if check is None:
-            bad.append(Unsupported(node.name or node.op_type, node.op_type,
-                                   f"{node.op_type} is not lowered to TFLite (supported: {', '.join(sorted(CHECKS))})"))
+            bad.append(
+                Unsupported(
+                    node.name or node.op_type,
+                    node.op_type,
+                    f"{node.op_type} is not lowered to TFLite (supported: {', '.join(sorted(CHECKS))})",
+                )
+            )
             continue
         reason = check(node, node_attrs(node), consts)
         if reason:

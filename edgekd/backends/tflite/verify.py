@@ -26,9 +26,26 @@ WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CO
 OPERANDS = {"TRANSPOSE_CONV": (2, 1, 3)}
 # Ops whose output must sit on their input's grid (TFLite's int8 spec): a scale the converter moved
 # onto a CONCATENATION's grid travels through them.
-GRID_OPS = ("RESHAPE", "RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR", "MAX_POOL_2D", "PAD", "PADV2", "SPLIT",
-            "SPLIT_V", "STRIDED_SLICE", "SLICE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "GATHER", "DEPTH_TO_SPACE",
-            "SPACE_TO_DEPTH", "REDUCE_MAX", "TILE")
+GRID_OPS = (
+    "RESHAPE",
+    "RESIZE_NEAREST_NEIGHBOR",
+    "RESIZE_BILINEAR",
+    "MAX_POOL_2D",
+    "PAD",
+    "PADV2",
+    "SPLIT",
+    "SPLIT_V",
+    "STRIDED_SLICE",
+    "SLICE",
+    "TRANSPOSE",
+    "SQUEEZE",
+    "EXPAND_DIMS",
+    "GATHER",
+    "DEPTH_TO_SPACE",
+    "SPACE_TO_DEPTH",
+    "REDUCE_MAX",
+    "TILE",
+)
 FLOAT_TYPES = (np.float32, np.float16, np.float64)
 SCALE_RTOL = 1e-6  # float32 rounding of min/max → scale; anything beyond means another range
 
@@ -83,8 +100,11 @@ def name_io(model: bytes, lowered: Lowered) -> bytes:
     remaining = [int(i) for i in sg.outputs]
     chosen: list[int | None] = []
     for sources in lowered.output_sources:  # by the lowering scope in the tensor name
-        found = [i for i in remaining if (owner(names[i], order)[0] in order
-                                          and lowered.scopes[owner(names[i], order)[0]] in sources)]
+        found = [
+            i
+            for i in remaining
+            if (owner(names[i], order)[0] in order and lowered.scopes[owner(names[i], order)[0]] in sources)
+        ]
         chosen.append(found[0] if len(found) == 1 else None)
         if len(found) == 1:
             remaining.remove(found[0])
@@ -96,9 +116,10 @@ def name_io(model: bytes, lowered: Lowered) -> bytes:
                 remaining.remove(chosen[k])
     if None in chosen:
         missing = [n for n, c in zip(lowered.outputs, chosen) if c is None]
-        raise FidelityError(f"cannot tell which TFLite outputs are the ONNX outputs {missing} "
-                            f"(left: {[names[i] for i in remaining]})",
-                            "report this with the model; the converter named its outputs unexpectedly")
+        raise FidelityError(
+            f"cannot tell which TFLite outputs are the ONNX outputs {missing} (left: {[names[i] for i in remaining]})",
+            "report this with the model; the converter named its outputs unexpectedly",
+        )
     sg.outputs = np.asarray(chosen, np.int32)
     for i, onnx_name in zip(chosen, lowered.outputs):
         sg.tensors[i].name = onnx_name.encode()
@@ -136,8 +157,12 @@ def delegation(model: bytes, threads: int = 1) -> dict[str, Any]:
             taken.add(producer[t])
             stack.extend(int(i) for i in by_index[producer[t]]["inputs"] if i >= 0)
     left = Counter(o["op_name"] for o in original if o["index"] not in taken)
-    return {"delegate": "xnnpack", "partitions": len(partitions), "delegated_ops": len(taken),
-            "not_delegated": dict(sorted(left.items()))}
+    return {
+        "delegate": "xnnpack",
+        "partitions": len(partitions),
+        "delegated_ops": len(taken),
+        "not_delegated": dict(sorted(left.items())),
+    }
 
 
 @dataclass(frozen=True)
@@ -178,12 +203,15 @@ def check_flatbuffer(model: bytes, lowered: Lowered, expected: dict[str, dict], 
     report["forced"] = list(lowered.notes)
     report["activations"] = _check_activations(fb, lowered, expected, report["forced"], problems_ranges)
     if problems_int8:
-        raise UnsupportedOpsError("the converted TFLite model is not fully int8: " + "; ".join(problems_int8),
-                                  "the ops named above have no int8 TFLite kernel or lost their fake quant; change the "
-                                  "model, or keep it in fp32")
+        raise UnsupportedOpsError(
+            "the converted TFLite model is not fully int8: " + "; ".join(problems_int8),
+            "the ops named above have no int8 TFLite kernel or lost their fake quant; change the "
+            "model, or keep it in fp32",
+        )
     if problems_ranges:
-        raise FidelityError("the TFLite converter did not keep the simulation's quantization: "
-                            + "; ".join(problems_ranges))
+        raise FidelityError(
+            "the TFLite converter did not keep the simulation's quantization: " + "; ".join(problems_ranges)
+        )
     return report
 
 
@@ -191,8 +219,11 @@ def _float_tensors(fb: _Readback, problems: list[str]) -> list[str]:
     """Float tensors outside the model's inputs and outputs: the compute path must be int8."""
     float_tensors = [t["name"] for i, t in fb.tensors.items() if t["dtype"] in FLOAT_TYPES and i not in fb.io_tensors]
     if float_tensors:
-        problems.append(f"{len(float_tensors)} float tensor(s) in the compute path: "
-                        + ", ".join(float_tensors[:8]) + (" ..." if len(float_tensors) > 8 else ""))
+        problems.append(
+            f"{len(float_tensors)} float tensor(s) in the compute path: "
+            + ", ".join(float_tensors[:8])
+            + (" ..." if len(float_tensors) > 8 else "")
+        )
     return float_tensors
 
 
@@ -250,11 +281,14 @@ def _check_weights(fb: _Readback, lowered: Lowered, problems: list[str]) -> dict
     if w_diff > SCALE_RTOL:
         problems.append(f"weight scales differ from the simulation's by up to {w_diff:.2e} (relative)")
     if requantized:
-        problems.append(f"{len(requantized)} layer(s) float in the simulation were quantized by the converter "
-                        "with ranges of its own: " + ", ".join(requantized[:5]))
+        problems.append(
+            f"{len(requantized)} layer(s) float in the simulation were quantized by the converter "
+            "with ranges of its own: " + ", ".join(requantized[:5])
+        )
     if bias_bad:
-        problems.append(f"{len(bias_bad)} bias(es) are not int32 on the input x weight grid: "
-                        + ", ".join(bias_bad[:5]))
+        problems.append(
+            f"{len(bias_bad)} bias(es) are not int32 on the input x weight grid: " + ", ".join(bias_bad[:5])
+        )
     return {"per_channel": per_channel, "per_tensor": per_tensor, "max_rel_scale_diff": w_diff}
 
 
@@ -268,12 +302,18 @@ def _bias_problem(fb: _Readback, op: dict, w_scales: np.ndarray, want_bias: np.n
     b_scales = b["quantization_parameters"]["scales"]
     if b["dtype"] != np.int32:
         return b["dtype"].__name__
-    if len(in_scale) == 1 and len(b_scales) == len(w_scales) and \
-            _rel(b_scales, np.float32(in_scale[0]) * w_scales) > 1e-5:
+    if (
+        len(in_scale) == 1
+        and len(b_scales) == len(w_scales)
+        and _rel(b_scales, np.float32(in_scale[0]) * w_scales) > 1e-5
+    ):
         return "bias scale is not input scale x weight scale"
     got = fb.interp.get_tensor(int(op["inputs"][b_at])).astype(np.float64) * b_scales
-    if want_bias is not None and got.shape == want_bias.shape and \
-            np.any(np.abs(got - want_bias) > 0.5 * b_scales + 1e-6 * np.abs(want_bias)):
+    if (
+        want_bias is not None
+        and got.shape == want_bias.shape
+        and np.any(np.abs(got - want_bias) > 0.5 * b_scales + 1e-6 * np.abs(want_bias))
+    ):
         return "int32 bias values are not the layer's bias"
     return None
 
@@ -298,8 +338,9 @@ def _activation_targets(fb: _Readback, lowered: Lowered) -> dict[int, str]:
     return targets
 
 
-def _check_activations(fb: _Readback, lowered: Lowered, expected: dict[str, dict], forced: list,
-                       problems: list[str]) -> dict[str, Any]:
+def _check_activations(
+    fb: _Readback, lowered: Lowered, expected: dict[str, dict], forced: list, problems: list[str]
+) -> dict[str, Any]:
     """Every quantized activation against the simulation's scale and zero point; a difference the
     converter is forced into (a CONCATENATION's grid, an op keeping its input's grid) is added to
     ``forced`` instead of ``problems``."""
@@ -329,37 +370,62 @@ def _check_activations(fb: _Readback, lowered: Lowered, expected: dict[str, dict
         concat = _concat_grid(i, fb.ops, fb.tensors)
         after = _requantized_after(i, fb.ops, fb.tensors, want_scale, want_zp)
         if concat is not None:
-            moved.append({"tensor": onnx_name, "onto": concat, "scale": got_scale, "zero_point": got_zp,
-                          "asked_scale": float(want["scale"]), "asked_zero_point": want_zp})
+            moved.append(
+                {
+                    "tensor": onnx_name,
+                    "onto": concat,
+                    "scale": got_scale,
+                    "zero_point": got_zp,
+                    "asked_scale": float(want["scale"]),
+                    "asked_zero_point": want_zp,
+                }
+            )
         elif after is not None:
             kept_grid.append({"tensor": onnx_name, "op": after})
         else:
-            mismatched.append(f"{onnx_name}: scale {got_scale:.6g}, zero point {got_zp} "
-                              f"(asked {float(want['scale']):.6g}, {want_zp})")
+            mismatched.append(
+                f"{onnx_name}: scale {got_scale:.6g}, zero point {got_zp} (asked {float(want['scale']):.6g}, {want_zp})"
+            )
     forced.extend(_forced_grids(moved, kept_grid))
     if checked == 0:
         problems.append("no activation of the flatbuffer could be matched with the simulation's tensors")
     if mismatched:
-        problems.append(f"{len(mismatched)} activation range(s) differ from the simulation's, e.g. "
-                        + "; ".join(mismatched[:4]))
-    return {"checked": checked, "without_qparams": unmatched, "max_rel_scale_diff": a_diff,
-            "mismatches": mismatched, "moved_onto_concat_grid": len(moved),
-            "requantized_after_same_grid_op": len(kept_grid)}
+        problems.append(
+            f"{len(mismatched)} activation range(s) differ from the simulation's, e.g. " + "; ".join(mismatched[:4])
+        )
+    return {
+        "checked": checked,
+        "without_qparams": unmatched,
+        "max_rel_scale_diff": a_diff,
+        "mismatches": mismatched,
+        "moved_onto_concat_grid": len(moved),
+        "requantized_after_same_grid_op": len(kept_grid),
+    }
 
 
 def _forced_grids(moved: list[dict], kept_grid: list[dict]) -> list[dict[str, Any]]:
     """The report's notes for activation ranges TFLite's int8 kernels force the converter to change."""
     notes = []
     if moved:
-        notes.append({"forced": "producer written onto a CONCATENATION's grid", "tensors": moved,
-                      "reason": "TFLite's int8 CONCATENATION needs every input on its output grid; the "
-                                "converter moves a producer onto it instead of adding a requantize op "
-                                "(one rounding instead of the simulation's two)"})
+        notes.append(
+            {
+                "forced": "producer written onto a CONCATENATION's grid",
+                "tensors": moved,
+                "reason": "TFLite's int8 CONCATENATION needs every input on its output grid; the "
+                "converter moves a producer onto it instead of adding a requantize op "
+                "(one rounding instead of the simulation's two)",
+            }
+        )
     if kept_grid:
-        notes.append({"forced": "requantized after an op that keeps its input's grid", "tensors": kept_grid,
-                      "reason": "TFLite's int8 kernels for these ops need output scale = input scale; the "
-                                "converter adds a QUANTIZE to the asked range after them (two roundings "
-                                "where the simulation has one)"})
+        notes.append(
+            {
+                "forced": "requantized after an op that keeps its input's grid",
+                "tensors": kept_grid,
+                "reason": "TFLite's int8 kernels for these ops need output scale = input scale; the "
+                "converter adds a QUANTIZE to the asked range after them (two roundings "
+                "where the simulation has one)",
+            }
+        )
     return notes
 
 
@@ -379,7 +445,6 @@ def _conv_info(out_name: str, lowered: Lowered) -> dict:
     return {} if scope is None else lowered.conv_scopes[scope]
 
 
-
 def _requantized_after(index: int, ops: list[dict], tensors: dict[int, dict], scale: float, zp: int) -> str | None:
     """The op that produced the tensor, when it kept its input's grid (TFLite's int8 AVERAGE_POOL_2D,
     for one, must) and a QUANTIZE right after brings the value to the asked range."""
@@ -388,8 +453,10 @@ def _requantized_after(index: int, ops: list[dict], tensors: dict[int, dict], sc
         return None
     src = tensors[int(producer["inputs"][0])]["quantization_parameters"]
     mine = tensors[index]["quantization_parameters"]
-    if not len(src["scales"]) or (float(src["scales"][0]), int(src["zero_points"][0])) != \
-            (float(mine["scales"][0]), int(mine["zero_points"][0])):
+    if not len(src["scales"]) or (float(src["scales"][0]), int(src["zero_points"][0])) != (
+        float(mine["scales"][0]),
+        int(mine["zero_points"][0]),
+    ):
         return None
     for o in ops:
         if o["op_name"] == "QUANTIZE" and int(o["inputs"][0]) == index:

@@ -33,7 +33,11 @@ def _load(path: Path) -> dict:
 
 def _check_box(ann: dict, size: tuple[int, int]) -> tuple[str, str] | np.ndarray:
     bbox = ann.get("bbox")
-    if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox):
+    if (
+        not isinstance(bbox, list)
+        or len(bbox) != 4
+        or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
+    ):
         return "malformed", f"bbox {bbox!r} is not [x, y, w, h]"
     x, y, w, h = bbox
     if w <= 0 or h <= 0:
@@ -70,7 +74,11 @@ def read_coco(path: Path, images_dir: str | Path | None = None) -> DetectionSet:
         if ann.get("iscrowd", 0) or image_id in missing:
             continue
         if ann.get("category_id") not in cat_index:
-            issues.append(LabelIssue("class-id", path, None, f"category_id {ann.get('category_id')!r} is not in categories", where))
+            issues.append(
+                LabelIssue(
+                    "class-id", path, None, f"category_id {ann.get('category_id')!r} is not in categories", where
+                )
+            )
             continue
         if image_id not in sizes:
             sizes[image_id] = image_size(files[image_id])
@@ -84,11 +92,20 @@ def read_coco(path: Path, images_dir: str | Path | None = None) -> DetectionSet:
     for image_id, (boxes, classes) in per_image.items():
         if image_id in missing:
             n = sum(1 for a in data["annotations"] if a.get("image_id") == image_id)
-            issues.append(LabelIssue("missing-image", files[image_id], None,
-                                     f"image id {image_id} is not on disk; its {n} annotations are not used"))
+            issues.append(
+                LabelIssue(
+                    "missing-image",
+                    files[image_id],
+                    None,
+                    f"image id {image_id} is not on disk; its {n} annotations are not used",
+                )
+            )
             continue
         size = sizes.get(image_id) or image_size(files[image_id])
-        images.append(ImageLabels(files[image_id], size, np.asarray(boxes, np.float32).reshape(-1, 4),
-                                  np.asarray(classes, np.int64)))
+        images.append(
+            ImageLabels(
+                files[image_id], size, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(classes, np.int64)
+            )
+        )
     names = tuple(str(c.get("name", c["id"])) for c in cats)
     return DetectionSet(path, "annotations", names, tuple(images), tuple(issues))

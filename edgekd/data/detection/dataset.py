@@ -67,10 +67,14 @@ class DetectionSet:
         return dict(Counter(i.kind for i in self.issues))
 
     def summary(self, examples: int = 3) -> str:
-        lines = [f"{self.source} [{self.split}]: {len(self)} images, {self.num_objects} objects, "
-                 f"{len(self.names)} classes ({', '.join(self.names[:10])}{', …' if len(self.names) > 10 else ''})"]
+        lines = [
+            f"{self.source} [{self.split}]: {len(self)} images, {self.num_objects} objects, "
+            f"{len(self.names)} classes ({', '.join(self.names[:10])}{', …' if len(self.names) > 10 else ''})"
+        ]
         if self.unlabelled:
-            lines.append(f"  {len(self.unlabelled)} images have no label file (read as no objects), e.g. {self.unlabelled[0]}")
+            lines.append(
+                f"  {len(self.unlabelled)} images have no label file (read as no objects), e.g. {self.unlabelled[0]}"
+            )
         counts = self.issue_counts()
         if not counts:
             lines.append("  every label read")
@@ -105,6 +109,8 @@ def load_detection_set(source: str | Path, split: str = "val", images: str | Pat
         return read_yolo(path, split)
     if path.suffix.lower() == ".json":
         return read_coco(path, images)
-    raise DetectionDataError(f"{path} is neither a YOLO data.yaml nor a COCO .json",
-                    "pass the data.yaml of a YOLO dataset (train/val image folders, labels/ beside images/) "
-                    "or a COCO annotation file (instances_val.json)")
+    raise DetectionDataError(
+        f"{path} is neither a YOLO data.yaml nor a COCO .json",
+        "pass the data.yaml of a YOLO dataset (train/val image folders, labels/ beside images/) "
+        "or a COCO annotation file (instances_val.json)",
+    )

@@ -60,13 +60,16 @@ def letterbox(rgb: np.ndarray, size: tuple[int, int], mode: str = "letterbox") -
     t = fit(rgb.shape[:2], size, mode)
     H, W = size
     nw, nh = round(rgb.shape[1] * t.scale[0]), round(rgb.shape[0] * t.scale[1])
-    resized = rgb if (nh, nw) == rgb.shape[:2] else np.asarray(
-        Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR), dtype=np.uint8)
+    resized = (
+        rgb
+        if (nh, nw) == rgb.shape[:2]
+        else np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR), dtype=np.uint8)
+    )
     if (nh, nw) == (H, W):
         return np.ascontiguousarray(resized), t
     out = np.full((H, W, 3), PAD_VALUE, np.uint8)
     left, top = t.pad
-    out[top:top + nh, left:left + nw] = resized
+    out[top : top + nh, left : left + nw] = resized
     return out, t
 
 

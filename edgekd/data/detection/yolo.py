@@ -25,7 +25,9 @@ def _read_yaml(path: Path) -> dict:
     try:
         import yaml
     except ImportError as e:
-        raise ToolchainMissingError("reading a YOLO data.yaml needs PyYAML", "pip install 'edgekd[detect]' (or pyyaml)") from e
+        raise ToolchainMissingError(
+            "reading a YOLO data.yaml needs PyYAML", "pip install 'edgekd[detect]' (or pyyaml)"
+        ) from e
 
     try:
         data = yaml.safe_load(path.read_text())
@@ -68,8 +70,11 @@ def _split_images(data: dict, path: Path, split: str) -> list[Path]:
         if p.is_dir():
             files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
         elif p.suffix == ".txt" and p.is_file():  # a list of image paths, relative to the dataset root
-            files += [(root / line.strip()) if not Path(line.strip()).is_absolute() else Path(line.strip())
-                      for line in p.read_text().splitlines() if line.strip()]
+            files += [
+                (root / line.strip()) if not Path(line.strip()).is_absolute() else Path(line.strip())
+                for line in p.read_text().splitlines()
+                if line.strip()
+            ]
         else:
             raise InputNotFoundError(f"{path}: {split} entry {entry!r} is not a folder or an image list ({p} missing)")
     if not files:
@@ -119,7 +124,9 @@ def parse_line(text: str, num_classes: int) -> tuple[int, np.ndarray] | tuple[st
     return int(cls), coords
 
 
-def read_label_file(path: Path, num_classes: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, list[LabelIssue]]:
+def read_label_file(
+    path: Path, num_classes: int, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, list[LabelIssue]]:
     """(boxes xyxy in pixels, classes, issues) of one label file; ``size`` is the image's (H, W)."""
     h, w = size
     boxes, classes, issues, seen = [], [], [], set()
@@ -145,8 +152,12 @@ def _orphan_labels(images: list[Path]) -> list[LabelIssue]:
     """Label files in the split's label folders whose image is not in the split (a renamed or deleted image)."""
     expected = {label_path(im) for im in images}
     folders = {p.parent for p in expected if p.parent.is_dir()}
-    return [LabelIssue("missing-image", f, None, "label file without an image in the split")
-            for folder in sorted(folders) for f in sorted(folder.glob("*.txt")) if f not in expected]
+    return [
+        LabelIssue("missing-image", f, None, "label file without an image in the split")
+        for folder in sorted(folders)
+        for f in sorted(folder.glob("*.txt"))
+        if f not in expected
+    ]
 
 
 def read_yolo(path: Path, split: str = "val") -> DetectionSet:
