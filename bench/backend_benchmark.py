@@ -319,7 +319,7 @@ def cpu_peak_gmacs(threads: int) -> dict:
 # ----------------------------------------------------------------------------- one model
 
 
-def bench_model(key: str, card: Path, args, train, val, workdir: Path) -> dict:
+def bench_model(key: str, card: Path, args, train, val, workdir: Path) -> dict:  # long: one benchmark run, in order
     import torch
 
     from edgekd.models.load import load_model

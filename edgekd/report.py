@@ -186,7 +186,7 @@ def _fidelity_section(fid: dict | None) -> list[str]:
         f"{fid['relative_error']:.3g}",
         fid.get("top1_agreement"),
     ]
-    return [
+    lines = [
         "## Fidelity",
         "",
         f"Artifact vs {fid['reference']} on {fid['samples']} {fid['inputs']}:",
@@ -194,6 +194,16 @@ def _fidelity_section(fid: dict | None) -> list[str]:
         markdown_table(["max abs error", "mean abs error", "relative error", "top-1 agreement"], [row]),
         "",
     ]
+    far = fid.get("vs_float")
+    if far:
+        lines += [
+            f"Past the simulation's limits, so measured against the float model too: SQNR vs float, artifact "
+            f"{far['artifact_sqnr_db']} dB, simulation "
+            f"{far['simulation_sqnr_db']} dB; artifact vs simulation {far['artifact_vs_simulation_sqnr_db']} dB. "
+            "The integer kernels round once per layer; the artifact is as close to float as the simulation.",
+            "",
+        ]
+    return lines
 
 
 def _accuracy_section(acc: dict) -> list[str]:

@@ -279,3 +279,34 @@ def test_multi_output_models_keep_and_verify_every_output(tmp_path):
         )
         assert [o["name"] for o in result.manifest["outputs"]] == ["boxes", "scores"]
         assert len(result.manifest["fidelity"]["max_abs_per_output"]) == 2
+
+
+def test_a_bias_shared_through_identity_compiles_below_opset_16(tmp_path):
+    """torch's exporter aliases equal initializers through Identity (the YOLO heads' equal biases): ONNX's
+    converter has no Identity adapter below opset 16, and once the Identity is gone two layers read one
+    bias, each needing its own int32 bias on its own input x weight scale."""
+    rng = np.random.default_rng(0)
+    inits = {
+        "w1": rng.standard_normal((4, 4, 1, 1)).astype(np.float32),
+        "w2": rng.standard_normal((4, 4, 1, 1)).astype(np.float32) * 3,
+        "b": np.full(4, 0.5, np.float32),
+    }
+    nodes = [
+        helper.make_node("Identity", ["b"], ["b_alias"], name="alias"),
+        helper.make_node("Conv", ["x", "w1", "b"], ["h"], name="conv1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2", "b_alias"], ["y"], name="conv2"),
+    ]
+    path = tmp_path / "shared_bias.onnx"
+    shape = (1, 4, 8, 8)
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))
+    onnx.save(_graph(nodes, inits, outputs=[out]), path)
+    config = api.make_config(
+        str(path), "ascend310", tmp_path / "out", input_shape=shape, precision="int8",
+        calib=_calib(tmp_path, shape=shape), skip=("sensitivity",),
+    )  # fmt: skip
+    result = api.compile(config)
+    canon = next(p["metrics"] for p in result.manifest["passes"] if p["name"] == "canonicalize")
+    assert canon["opset"] == {"from": 17, "to": 15} and result.manifest["status"] == "ok"
+    biases = [n for n in onnx.load(result.output / "model.onnx").graph.node if n.name.startswith("b_Dequantize")]
+    assert len(biases) == 2 and len({n.input[1] for n in biases}) == 2  # one bias scale per layer

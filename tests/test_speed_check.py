@@ -97,3 +97,12 @@ def test_a_board_target_is_not_timed_on_the_compiling_machine(tmp_path, zoo_mode
     result, _ = compile_int8(tmp_path, zoo_models, "rpi4")
     assert result.manifest["speed_check"] is None
     assert "speed-check" not in [p["name"] for p in result.manifest["passes"]]
+
+
+@pytest.mark.parametrize("target,timed", [("onnx-cpu", True), ("rpi4", False), ("ascend310", False)])
+def test_speed_is_checked_only_where_this_machine_runs_the_targets_runtime(tmp_path, target, timed):
+    """rpi4 is timed on its board; Ascend's local ONNX Runtime only stands in for the NPU."""
+    from edgekd.specs import load_target
+
+    config = api.make_config("resnet20", target, tmp_path / "out", precision="int8")
+    assert speed_check.SpeedCheckPass.wanted(config, load_target(target), set()) is timed

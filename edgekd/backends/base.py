@@ -90,6 +90,9 @@ class Unsupported:
 class Backend(abc.ABC):
     name: ClassVar[str]
     runtime: ClassVar[str]  # the runner's name for the runtime that executes the artifact
+    # True where the runtime here only stands in for the device's (Ascend: ONNX Runtime for the NPU's .om):
+    # its outputs verify the artifact, its timings say nothing about the device.
+    local_stand_in: ClassVar[bool] = False
     packages: ClassVar[tuple[str, ...]]  # distributions that must be installed
     modules: ClassVar[tuple[str, ...]]  # modules imported at call time
     extra: ClassVar[str | None] = None  # pip extra that installs them

@@ -16,6 +16,7 @@ import onnx_ir.passes.common as common
 
 from edgekd.ir import normalize
 from edgekd.ir.bind import bind_graph_input
+from edgekd.ir.graph import bypass
 from edgekd.ir.opset import convert_opset, target_opset
 from edgekd.ir.patterns import count_patterns, fuse_hard_activations
 from edgekd.ir.simplify import simplify
@@ -75,6 +76,14 @@ def _infer_shapes(model: ir.Model) -> None:
     common.ShapeInferencePass(strict_mode=False)(model)
 
 
+def _drop_identities(graph: ir.Graph) -> None:
+    """Identity nodes removed, their readers reading the input; one that names a graph output stays (the
+    output keeps its name)."""
+    for node in [n for n in graph if n.op_type == "Identity" and n.domain in ("", "ai.onnx")]:
+        if not node.outputs[0].is_graph_output():
+            bypass(graph, node, node.inputs[0])
+
+
 def canonicalize(
     model: ir.Model,
     shape: Sequence[int],
@@ -95,6 +104,7 @@ def canonicalize(
         decomposed["layernorm_decomposed"] = normalize.decompose_layernorm(model.graph, report.opset_from)
     to = target_opset(report.opset_from, opset_range, preferred_opset)
     if to is not None:
+        _drop_identities(model.graph)  # ONNX's converter has no adapter for Identity below opset 16
         model = ir.from_proto(convert_opset(ir.to_proto(model), to))
         report.opset_to = to
     _infer_shapes(model)

@@ -97,7 +97,8 @@ class SpeedCheckPass(Pass):
 
     @classmethod
     def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
-        return (config.precision or spec.default_precision) == "int8" and spec.bench.device == "local"
+        int8 = (config.precision or spec.default_precision) == "int8"
+        return int8 and spec.bench.device == "local" and not get_backend(spec.backend).local_stand_in
 
     def run(self, state: CompileState) -> PassResult:
         if state.float_onnx is None:  # nothing was quantized: there is no float graph to compare with

@@ -1,9 +1,21 @@
-"""Runs the emitted artifact in its official runtime and compares it with the reference outputs."""
+"""Runs the emitted artifact in its official runtime and compares it with the reference outputs.
+
+A quantized artifact must stay within a few output steps of the QDQ simulation. Over a deep graph the
+integer kernels' own rounding (one per layer, where the simulation rounds in float) can add up past that
+while the artifact stays exactly as close to the float model as the simulation is (measured: the
+conformance YOLO at 320 for onnx-cpu, 87 output steps from the simulation, 10.47 dB vs float against the
+simulation's 10.50 dB). So an artifact past the step limit is measured against the float model too, and
+kept when, for every output, its SQNR vs float is within ``FLOAT_DISTANCE_DB`` of the simulation's and
+its difference from the simulation is no larger than the simulation's own quantization error (SQNR of the
+artifact vs the simulation at least the simulation's vs float; YOLO above: 12.3 vs 3.9 dB on the first
+output). An artifact that computes something else lands far from both.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -13,6 +25,7 @@ from edgekd.data.samples import iter_batches, random_batches
 from edgekd.errors import FidelityError
 from edgekd.metrics import compare_outputs
 from edgekd.passes.base import Pass, PassResult
+from edgekd.quant.qparams import sqnr_db
 from edgekd.specs import TargetSpec
 from edgekd.state import EMITTED, CompileState, PassOutput
 
@@ -32,12 +45,46 @@ class FidelityOutput(PassOutput):
     top1_agreement: float | None = None
     decisive_disagreements: int | None = None
     max_output_steps: float | None = None  # worst output error in the artifact's output quantization steps
+    # past the step limit: per output, SQNR vs the float model of the artifact and of the simulation
+    vs_float: dict | None = None
 
     def to_manifest(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     def summary(self) -> dict:
         return {k: v for k, v in self.to_manifest().items() if k not in ("inputs", "max_abs_per_output")}
+
+
+FLOAT_DISTANCE_DB = 1.0
+
+
+class FidelityWarning(UserWarning):
+    """The artifact is past the step limit from the simulation but as close to float as it."""
+
+
+def float_distance(got: list, want: list, floats: list) -> dict:
+    """Per output, SQNR vs the float model of the artifact (``got``) and of the simulation (``want``); None
+    when the float model's outputs do not line up with the artifact's."""
+    n_out = len(floats[0])
+    if n_out != len(got[0]) or any(np.shape(f) != np.shape(g) for f, g in zip(floats[0], got[0])):
+        return None
+
+    def joined(runs, k):
+        return np.concatenate([np.asarray(r[k], np.float64).ravel() for r in runs])
+
+    figures = {
+        "artifact_sqnr_db": [sqnr_db(joined(floats, k), joined(got, k)) for k in range(n_out)],
+        "simulation_sqnr_db": [sqnr_db(joined(floats, k), joined(want, k)) for k in range(n_out)],
+        "artifact_vs_simulation_sqnr_db": [sqnr_db(joined(want, k), joined(got, k)) for k in range(n_out)],
+    }
+    out = {k: [round(v, 2) for v in vs] for k, vs in figures.items()}
+    first = [np.asarray(r[0]) for r in floats]
+    if first[0].ndim == 2 and first[0].shape[1] > 1:  # a classifier: top-1 against float's as well
+        top1 = np.concatenate([f.argmax(1) for f in first])
+        for key, runs in (("artifact_top1_vs_float", got), ("simulation_top1_vs_float", want)):
+            out[key] = float(np.mean(np.concatenate([np.asarray(r[0]).argmax(1) for r in runs]) == top1))
+        out["samples"] = int(len(top1))
+    return out
 
 
 class VerifyPass(Pass):
@@ -75,8 +122,9 @@ class VerifyPass(Pass):
             else random_batches(shape, self.samples, self.seed)
         )
         run = self.backend.session(state.workdir / self.backend.main_file(state.artifact_files))
-        got, want = [], []
+        inputs, got, want = [], [], []
         for x in batches:
+            inputs.append(x)
             got.append(run(x))
             want.append(state.reference(x))
         quantized = state.quantized
@@ -94,6 +142,17 @@ class VerifyPass(Pass):
             **metrics,
         )
         problems = self._problems(output, scales, quantized)
+        if problems and quantized and state.float_reference is not None and math.isfinite(output.max_abs_error):
+            output = replace(output, vs_float=float_distance(got, want, [state.float_reference(x) for x in inputs]))
+            if output.vs_float is not None and _as_close_to_float(output.vs_float):
+                warnings.warn(
+                    f"the {self.backend.name} artifact is past the simulation ({'; '.join(problems)}) but as close "
+                    f"to the float model: SQNR vs float {output.vs_float['artifact_sqnr_db']} dB, simulation "
+                    f"{output.vs_float['simulation_sqnr_db']} dB (integer kernels round per layer)",
+                    FidelityWarning,
+                    stacklevel=2,
+                )
+                problems = []
         if problems:
             raise FidelityError(
                 f"the {self.backend.name} artifact disagrees with the {state.reference_name}: " + "; ".join(problems),
@@ -131,3 +190,14 @@ class VerifyPass(Pass):
                 f"top-1 differs on {decisive} of {out.samples} samples where the reference is not a near-tie"
             )
         return problems
+
+
+def _as_close_to_float(vs_float: dict) -> bool:
+    figures = zip(
+        vs_float["artifact_sqnr_db"], vs_float["simulation_sqnr_db"], vs_float["artifact_vs_simulation_sqnr_db"]
+    )
+    close = all(a >= s - FLOAT_DISTANCE_DB and a_s >= s for a, s, a_s in figures)
+    if "artifact_top1_vs_float" not in vs_float:
+        return close
+    slack = max(1 / vs_float["samples"], 0.02)  # one sample's flip, or 2 %
+    return close and vs_float["artifact_top1_vs_float"] >= vs_float["simulation_top1_vs_float"] - slack

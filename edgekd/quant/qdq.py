@@ -20,6 +20,9 @@ def _dq(
     graph: ir.Graph, before: ir.Node, q_value: ir.Value, scale: ir.Value, zp: ir.Value, axis: int | None, name: str
 ) -> ir.Value:
     attrs = {"axis": ir.AttrInt64("axis", axis)} if axis is not None else {}
+    taken, base, k = {n.name for n in graph}, name, 1
+    while name in taken:  # a bias or weight initializer shared by layers: one int32 bias per layer
+        name, k = f"{base}_{k}", k + 1
     node = ir.Node("", "DequantizeLinear", [q_value, scale, zp], attributes=attrs, name=name)
     node.outputs[0].name = f"{name}_out"
     node.outputs[0].dtype = ir.DataType.FLOAT

@@ -73,7 +73,7 @@ def evaluate(model, x, y, batch=500) -> float:
     return correct / len(x)
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> int:  # long on purpose: the whole training recipe, top to bottom, as its record cites it
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/cifar10/train")
     ap.add_argument("--model", default="resnet20")

@@ -61,7 +61,7 @@ def previous_commands(out: Path) -> list[str]:
     return [json.loads(record.read_text())["command"]] if record.exists() else []
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> int:  # long on purpose: the whole training recipe, top to bottom, as its record cites it
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/people-det/data.yaml")
     ap.add_argument("--teacher", help="teacher state_dict (person_detector); omit with --labels-only")

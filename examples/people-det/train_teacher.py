@@ -175,7 +175,7 @@ def validate(model: torch.nn.Module, val_set, size: int, limit: int | None = Non
     }
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> int:  # long on purpose: the whole training recipe, top to bottom, as its record cites it
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/people-det/data.yaml")
     ap.add_argument("--epochs", type=int, default=30)

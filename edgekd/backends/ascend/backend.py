@@ -215,6 +215,7 @@ class AscendBackend(OnnxRuntimeBackend):
 
     name = "ascend"
     runtime = "onnxruntime"  # the local stand-in; the NPU runs model.om, built by atc_command.sh
+    local_stand_in = True
     packages = ("onnxruntime", "onnx")
     modules = ("onnxruntime", "onnx")
 
