@@ -361,6 +361,51 @@ def yolo320():
     return build_model("yolo-det:0.25", num_classes=4)
 
 
+def silu_conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(conv_bn(cin, cout, 3, stride), nn.SiLU())
+
+
+class UltralyticsStyleDetector(nn.Module):
+    """A YOLOv8-style graph as Ultralytics exports it (written here: its code is AGPL): strides 8/16/32,
+    per level a box branch of 4 × 16 DFL bins and a class branch, concatenated over levels into
+    ``[N, 64 + C, A]``, split, the DFL (softmax over the bins, a fixed 1×1 projection onto 0…15),
+    dist2bbox against constant anchors, times the strides, and one output ``[N, 4 + C, A]`` with the
+    boxes (cx, cy, w, h in pixels) beside the class sigmoids."""
+
+    def __init__(self, classes: int = 3, size: int = 320, c: int = 16, bins: int = 16):
+        super().__init__()
+        self.stem = nn.Sequential(silu_conv(3, c, 2), silu_conv(c, c, 2), silu_conv(c, 2 * c, 2))
+        self.down = nn.ModuleList([silu_conv(2 * c, 2 * c, 2), silu_conv(2 * c, 4 * c, 2)])
+        widths = (2 * c, 2 * c, 4 * c)
+        self.box = nn.ModuleList([nn.Sequential(silu_conv(w, c), nn.Conv2d(c, 4 * bins, 1)) for w in widths])
+        self.cls = nn.ModuleList([nn.Sequential(silu_conv(w, c), nn.Conv2d(c, classes, 1)) for w in widths])
+        self.bins, self.classes = bins, classes
+        anchors, strides = [], []
+        for stride in (8, 16, 32):
+            n = size // stride
+            ys, xs = torch.meshgrid(torch.arange(n) + 0.5, torch.arange(n) + 0.5, indexing="ij")
+            anchors.append(torch.stack((xs.flatten(), ys.flatten())))
+            strides.append(torch.full((1, n * n), float(stride)))
+        self.register_buffer("anchors", torch.cat(anchors, 1).unsqueeze(0))
+        self.register_buffer("strides", torch.cat(strides, 1))
+        self.register_buffer("project", torch.arange(bins, dtype=torch.float32).view(1, bins, 1, 1))
+
+    def forward(self, x):
+        p3 = self.stem(x)
+        levels = [p3, self.down[0](p3)]
+        levels.append(self.down[1](levels[-1]))
+        n = x.shape[0]
+        heads = [torch.cat((b(f), c(f)), 1).view(n, 4 * self.bins + self.classes, -1) for f, b, c in
+                 zip(levels, self.box, self.cls)]  # fmt: skip
+        box, cls = torch.cat(heads, 2).split((4 * self.bins, self.classes), 1)
+        a = box.shape[2]
+        dist = F.conv2d(box.view(n, 4, self.bins, a).transpose(2, 1).softmax(1), self.project).view(n, 4, a)
+        lt, rb = dist.chunk(2, 1)
+        x1y1, x2y2 = self.anchors - lt, self.anchors + rb
+        boxes = torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), 1) * self.strides
+        return torch.cat((boxes, cls.sigmoid()), 1)
+
+
 ARCHITECTURES = {
     "resnet18": ResNet18,
     "mobilenetv3": MobileNetV3,
@@ -372,11 +417,12 @@ ARCHITECTURES = {
     "vit": ViT,
     "unet": UNet,
     "yolo": yolo320,
+    "ultralytics-style": UltralyticsStyleDetector,
 }
 # Input shape per architecture, where not (1, 3, 64, 64).
-SHAPES = {"yolo": (1, 3, 320, 320)}
+SHAPES = {"yolo": (1, 3, 320, 320), "ultralytics-style": (1, 3, 320, 320)}
 # Architectures whose output is not class logits (fidelity: SQNR, not top-1 agreement).
-DENSE_OUTPUTS = ("unet", "yolo")
+DENSE_OUTPUTS = ("unet", "yolo", "ultralytics-style")
 
 
 def realistic_weights(model: nn.Module, images: np.ndarray, seed: int = 0) -> nn.Module:

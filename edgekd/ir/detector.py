@@ -51,7 +51,8 @@ def looks_like_detector(graph: ir.Graph) -> bool:
 def decode_tail(graph: ir.Graph) -> frozenset[str]:
     """Names of the nodes of a detector's decode: every node from which no weighted op (Conv, Gemm,
     MatMul) can be reached, i.e. what runs after the last head convolutions. Empty for a graph that
-    does not look like a detector.
+    does not look like a detector. The DFL of Ultralytics-style heads (a softmax over the distance bins,
+    then a fixed 1×1 convolution onto 0…15) is part of the decode, not a head convolution.
 
     Quantized, the decode is where full-int8 detectors lose their accuracy: one int8 grid over box
     coordinates 0…640 is 2.5 px per step, wider than a small person (measured on the people-det teacher,
@@ -62,6 +63,17 @@ def decode_tail(graph: ir.Graph) -> frozenset[str]:
         return frozenset()
     feeds_weighted: set[str] = set()
     for node in reversed(list(graph)):
-        if node.op_type in WEIGHTED or any(use.node.name in feeds_weighted for v in node.outputs for use in v.uses()):
+        weighted = node.op_type in WEIGHTED and not _dfl_projection(node)
+        if weighted or any(use.node.name in feeds_weighted for v in node.outputs for use in v.uses()):
             feeds_weighted.add(node.name)
     return frozenset(n.name for n in graph if n.name not in feeds_weighted)
+
+
+def _dfl_projection(node: ir.Node) -> bool:
+    """A convolution reading a Softmax (through Reshape/Transpose): the DFL's expectation over bins."""
+    if node.op_type != "Conv" or not node.inputs or node.inputs[0] is None:
+        return False
+    producer = node.inputs[0].producer()
+    while producer is not None and producer.op_type in ("Reshape", "Transpose") and producer.inputs[0] is not None:
+        producer = producer.inputs[0].producer()
+    return producer is not None and producer.op_type == "Softmax"

@@ -19,7 +19,7 @@ def ort_session(model: str | Path | bytes, threads: int = 1, optimize: bool = Tr
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # failures raise with their message; the logger would print them again
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if optimized_path is not None:

@@ -132,6 +132,7 @@ class TFLiteBackend(Backend):
 
         from edgekd.backends.tflite.lower import lower
         from edgekd.backends.tflite.verify import check_flatbuffer, delegation, name_io
+        from edgekd.ir.detector import decode_tail
 
         opts = inp.spec.raw.get("tflite", {})
         quantized = inp.quantized
@@ -145,13 +146,18 @@ class TFLiteBackend(Backend):
         in_type, out_type = (
             (_io_type(opts, "input_type"), _io_type(opts, "output_type")) if quantized else ("float32", "float32")
         )
+        decode_nodes = decode_tail(inp.model.graph) if quantized else frozenset()
+        decode = frozenset(v.name for n in inp.model.graph if n.name in decode_nodes for v in n.outputs)
+        if decode:
+            out_type = "float32"  # a detector's boxes and scores leave its float decode as they are
         _import_tf()
         t0 = time.perf_counter()
-        lowered = lower(ir.to_proto(inp.model))
+        lowered = lower(ir.to_proto(inp.model), decode_nodes)
         t1 = time.perf_counter()
         content = name_io(convert(lowered, quantized, in_type, out_type), lowered)
         t2 = time.perf_counter()
-        report = check_flatbuffer(content, lowered, inp.qparams, quantized)
+        report = check_flatbuffer(content, lowered, inp.qparams, quantized, decode)
+        report["float_decode_nodes"] = len(decode)
         report["xnnpack"] = delegation(content, int(opts.get("threads", 1)))
         (inp.outdir / MODEL_FILE).write_bytes(content)
         _, outputs = self.io(inp.outdir / MODEL_FILE)

@@ -101,6 +101,7 @@ class Lowering:
         self.notes: list[dict] = []
         self.fake_quants = 0
         self.index = -1  # of the node being lowered
+        self.float_nodes: frozenset[str] = frozenset()  # a detector's decode: lowered so it stays float
 
     # ---- helpers
     def get(self, name: str) -> Val:

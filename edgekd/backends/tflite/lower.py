@@ -44,9 +44,9 @@ from edgekd.errors import UnsupportedOpsError
 __all__ = ["Lowered", "lower", "unsupported_nodes"]
 
 
-def lower(model: onnx.ModelProto) -> Lowered:
+def lower(model: onnx.ModelProto, float_nodes: frozenset[str] = frozenset()) -> Lowered:
     """Traces the ONNX graph as a TF function taking the input in NHWC. Raises UnsupportedOpsError
-    naming every node it cannot express."""
+    naming every node it cannot express. ``float_nodes``: a detector's decode, kept float (see ops._sigmoid)."""
     bad = unsupported_nodes(model)
     if bad:
         raise_unsupported(bad)
@@ -64,6 +64,7 @@ def lower(model: onnx.ModelProto) -> Lowered:
         )
     shape = tuple(dims[i] for i in TO_NHWC) if len(dims) == 4 else tuple(dims)
     cx = Lowering(tf, model, HANDLERS, COMPOSITES)
+    cx.float_nodes = float_nodes
     holder: dict[str, Any] = {}
 
     def body(x):

@@ -65,7 +65,9 @@ def _dequantize(cx: Lowering, node) -> list[Val]:
         (x.t.astype(np.int64) - zp.reshape(shape).astype(np.int64)).astype(np.float32) * scale.reshape(shape)
     )
     weight = (
-        WeightQ(x.t, scale, axis % x.t.ndim if axis is not None else None, int(zp) if axis is None else 0)
+        WeightQ(
+            x.t, scale, axis % x.t.ndim if axis is not None else None, int(zp.reshape(-1)[0]) if axis is None else 0
+        )
         if x.t.dtype == np.int8
         else None
     )
@@ -270,6 +272,22 @@ def _binary(fn_name: str) -> Callable:
         return [Val(getattr(cx.tf.math, fn_name)(ts[0], ts[1]), nhwc)]
 
     return lower
+
+
+def _sigmoid(cx: Lowering, node) -> list[Val]:
+    """LOGISTIC; in a detector's float decode written as e / (1 + e), e = exp(x) (x within ±30): the
+    converter would run a LOGISTIC that reads int8 in int8 (its output range is fixed), and a
+    CONCATENATION of those scores with the float boxes would then requantize the boxes onto the scores'
+    1/256 grid. It fuses 1 / (1 + exp(-x)) back into LOGISTIC; this form it leaves alone."""
+    if node.name not in cx.float_nodes:
+        return _unary(cx, node, cx.tf.sigmoid)
+    tf = cx.tf
+
+    def float_sigmoid(t):
+        e = tf.math.exp(tf.clip_by_value(t, -30.0, 30.0))
+        return e / (1.0 + e)
+
+    return _unary(cx, node, float_sigmoid)
 
 
 def _unary(cx: Lowering, node, fn) -> list[Val]:
@@ -591,7 +609,7 @@ HANDLERS: dict[str, Callable[[Lowering, onnx.NodeProto], list[Val]]] = {
     "Mul": _binary("multiply"),
     "Relu": lambda cx, n: _unary(cx, n, cx.tf.nn.relu),
     "Clip": _clip,
-    "Sigmoid": lambda cx, n: _unary(cx, n, cx.tf.sigmoid),
+    "Sigmoid": _sigmoid,
     "HardSwish": _hardswish,
     "HardSigmoid": _hardsigmoid,
     "MaxPool": _pool,

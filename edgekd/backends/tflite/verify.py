@@ -12,7 +12,7 @@ every activation's scale and zero point equal to the simulation's (matched throu
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -173,6 +173,7 @@ class _Readback:
     tensors: dict[int, dict]
     ops: list[dict]
     io_tensors: set[int]
+    float_scopes: set[str] = field(default_factory=set)  # name scopes of a detector's float decode
 
     @classmethod
     def of(cls, model: bytes) -> "_Readback":
@@ -184,11 +185,18 @@ class _Readback:
         return self.tensors[index]["quantization_parameters"]
 
 
-def check_flatbuffer(model: bytes, lowered: Lowered, expected: dict[str, dict], quantized: bool) -> dict[str, Any]:
+def check_flatbuffer(
+    model: bytes,
+    lowered: Lowered,
+    expected: dict[str, dict],
+    quantized: bool,
+    float_decode: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
     """Reads the flatbuffer back and returns the backend report for the manifest; raises
-    UnsupportedOpsError when it is not fully int8, FidelityError when its ranges are not the ones
-    asked for."""
+    UnsupportedOpsError when it is not fully int8 outside ``float_decode`` (the ONNX tensors of a
+    detector's decode, float by design), FidelityError when its ranges are not the ones asked for."""
     fb = _Readback.of(model)
+    fb.float_scopes.update(scope for scope, onnx_name in lowered.scopes.items() if onnx_name in float_decode)
     report: dict[str, Any] = {
         "ops": dict(sorted(Counter(o["op_name"] for o in fb.ops).items())),
         "tensor_dtypes": dict(sorted(Counter(t["dtype"].__name__ for t in fb.tensors.values()).items())),
@@ -215,9 +223,21 @@ def check_flatbuffer(model: bytes, lowered: Lowered, expected: dict[str, dict], 
     return report
 
 
+def _in_float_decode(fb: _Readback, name: str) -> bool:
+    """A tensor of the float decode: in the name scope of a decode node, or a float constant it reads."""
+    if not fb.float_scopes:
+        return False
+    return name.split("/")[0] in fb.float_scopes or name == "arith.constant" or name.endswith("/Const")
+
+
 def _float_tensors(fb: _Readback, problems: list[str]) -> list[str]:
-    """Float tensors outside the model's inputs and outputs: the compute path must be int8."""
-    float_tensors = [t["name"] for i, t in fb.tensors.items() if t["dtype"] in FLOAT_TYPES and i not in fb.io_tensors]
+    """Float tensors outside the model's inputs and outputs (and a detector's float decode): the compute
+    path must be int8."""
+    float_tensors = [
+        t["name"]
+        for i, t in fb.tensors.items()
+        if t["dtype"] in FLOAT_TYPES and i not in fb.io_tensors and not _in_float_decode(fb, t["name"])
+    ]
     if float_tensors:
         problems.append(
             f"{len(float_tensors)} float tensor(s) in the compute path: "
@@ -238,6 +258,8 @@ def _quantize_ops(fb: _Readback, problems: list[str]) -> tuple[int, list[str]]:
         src, dst = fb.tensors[int(o["inputs"][0])], fb.tensors[int(o["outputs"][0])]
         if src["dtype"] == np.int8 and dst["dtype"] == np.int8:
             requant += 1
+        elif o["op_name"] == "DEQUANTIZE" and _in_float_decode(fb, dst["name"]):
+            edges.append(f"DEQUANTIZE into the float decode at {dst['name']}")
         elif int(o["inputs"][0]) in fb.io_tensors or int(o["outputs"][0]) in fb.io_tensors:
             at = src["name"] if o["op_name"] == "QUANTIZE" else dst["name"]
             edges.append(f"{o['op_name']} {src['dtype'].__name__}→{dst['dtype'].__name__} at {at}")
