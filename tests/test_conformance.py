@@ -27,11 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (1, 3, 64, 64)
 # (architecture, opset, dynamic axes) → targets that must compile int8 with verify passing.
 EXPECTED_OK = {
-    ("resnet18", 11, True): ("onnx-cpu", "jetson-xavier", "ascend310"),
-    ("mobilenetv3", 17, False): ("onnx-cpu", "ascend310"),
-    ("efficientnet", 17, True): ("onnx-cpu", "jetson-xavier", "ascend310"),
-    ("shufflenetv2", 11, True): ("onnx-cpu", "openvino-cpu", "jetson-xavier", "ascend310"),
-    ("convnext", 11, False): ("onnx-cpu", "openvino-cpu", "jetson-xavier", "rpi4"),
+    ("resnet18", 11, True): ("onnx-cpu", "jetson-xavier", "ascend310", "openvino-cpu", "rpi4"),
+    # mobilenetv3 on jetson-xavier: symmetric int8 activations keep 62 % top-1 agreement on these random
+    # weights (its cell is make coverage's)
+    ("mobilenetv3", 17, False): ("onnx-cpu", "openvino-cpu", "ascend310", "rpi4"),
+    ("efficientnet", 17, True): ("onnx-cpu", "jetson-xavier", "ascend310", "openvino-cpu", "rpi4"),
+    ("shufflenetv2", 11, True): ("onnx-cpu", "openvino-cpu", "jetson-xavier", "ascend310", "rpi4"),
+    ("convnext", 11, False): ("onnx-cpu", "openvino-cpu", "jetson-xavier", "rpi4", "ascend310"),
 }
 TARGETS = ("onnx-cpu", "openvino-cpu", "jetson-xavier", "ascend310", "rpi4")
 # Cells that must be refused by name (ops the target has no lowering for); the rest are `make coverage`'s.
