@@ -506,4 +506,11 @@ def _detection_section(acc: dict) -> list[str]:
         lines += [f"mAP50 drop of the artifact against the float model: {acc['drop_map50_pt']:.2f} pt.", ""]
     if acc.get("label_issues"):
         lines += ["Labels the reader skipped: " + ", ".join(f"{n} {k}" for k, n in acc["label_issues"].items()), ""]
+    if acc.get("picture"):
+        lines += [
+            "The artifact's detections (red, confidence ≥ 0.25) over the labels (green) on the first images:",
+            "",
+            f"![detections]({acc['picture']})",
+            "",
+        ]
     return lines

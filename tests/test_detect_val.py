@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from detection_data import make_scenes, write_yolo
 from edgekd import api
@@ -121,5 +122,9 @@ def test_int8_detector_compile_eval_reports_map_per_stage(trained, tmp_path):
     assert acc["float"]["map50"] == pytest.approx(ref.map50, abs=1e-3)
     assert acc["artifact"]["map50"] >= ref.map50 - 0.1 and acc["simulation"]["map50"] >= ref.map50 - 0.1
     assert acc["drop_map50_pt"] == pytest.approx(100 * (acc["float"]["map50"] - acc["artifact"]["map50"]))
-    assert "## Accuracy (detection)" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "## Accuracy (detection)" in report and "![detections](detections.jpg)" in report
+    with Image.open(out / "detections.jpg") as picture:  # four images, two per row
+        assert picture.size[0] == 2 * 640 and picture.size[1] > 0
+    assert "detections.jpg" in {f["path"] for f in result.manifest["files"]}
     assert api.val(out, data).metrics.map50 == pytest.approx(acc["artifact"]["map50"], abs=1e-6)

@@ -44,6 +44,17 @@ def test_yolo_names_as_mapping_and_image_list(tmp_path, scenes):
     assert [im.path.name for im in ds.images] == ["0000.png", "0002.png"]
 
 
+def test_yolo_yaml_without_path_by_a_relative_name(tmp_path, scenes, monkeypatch):
+    """people-det's data.yaml has no ``path`` key: the splits are beside it, wherever it is named from."""
+    write_yolo(tmp_path / "sets" / "mine", {"train": scenes[:2]})
+    yaml = tmp_path / "sets" / "mine" / "data.yaml"
+    yaml.write_text(yaml.read_text().replace("path: .\n", ""))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    ds = load_detection_set("../sets/mine/data.yaml", "train")
+    assert len(ds.images) == 2 and ds.images[0].path.exists()
+
+
 BAD_LINES = {
     "0 0.5 0.5 0.2": "malformed",  # 3 coordinates
     "0 0.5 zero 0.2 0.2": "malformed",  # not a number

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from edgekd.data.detection import load_detection_set
 from edgekd.data.preprocess import Preprocess
-from edgekd.detect.evaluate import evaluate
+from edgekd.detect.draw import sheet
+from edgekd.detect.evaluate import evaluate, ground_truth, predict
 from edgekd.detect.postprocess import DEFAULT_NMS, NmsSettings
 from edgekd.runtime.batching import RunFn, in_model_batches
 
@@ -57,3 +58,19 @@ def detection_accuracy(
             out["artifact"]["map50"] / out["float"]["map50"] if out["float"]["map50"] else None
         )
     return out
+
+
+def detection_picture(
+    run: RunFn,
+    data: str | Path,
+    pre: Preprocess,
+    out: Path,
+    images: int = 4,
+    split: str = "val",
+    settings: NmsSettings = DEFAULT_NMS,
+) -> Path:
+    """The first ``images`` of the set with ``run``'s detections (red) over the labels (green), tiled."""
+    dataset = load_detection_set(data, split)
+    n = min(images, len(dataset))
+    dets = predict(run, dataset, pre, 1, settings, limit=n)
+    return sheet([im.path for im in dataset.images[:n]], dets, ground_truth(dataset, n), out)

@@ -11,10 +11,11 @@ from pathlib import Path
 from edgekd.backends import get_backend
 from edgekd.config import CompileConfig
 from edgekd.data.samples import iter_labelled
-from edgekd.detect.compile_eval import detection_accuracy, is_detection_data
+from edgekd.detect.compile_eval import detection_accuracy, detection_picture, is_detection_data
 from edgekd.passes.base import Pass, PassResult
 from edgekd.passes.speed_check import SpeedCheckOutput
 from edgekd.quant.accuracy import top1
+from edgekd.runtime.batching import in_model_batches
 from edgekd.specs import TargetSpec
 from edgekd.state import EMITTED, CompileState, PassOutput
 
@@ -53,6 +54,9 @@ class AccuracyOutput(PassOutput):
             out["speedup"] = round(self.speed["speedup"], 2)
             out["speed_rule_met"] = self.speed["met"]
         return out
+
+
+PICTURE = "detections.jpg"  # the artifact's detections on the first validation images, beside the report
 
 
 @dataclass(frozen=True)
@@ -138,4 +142,10 @@ class EvaluatePass(Pass):
             state.input.shape[0],
             self.samples,
         )
+        batch = state.input.shape[0]
+        detection_picture(
+            in_model_batches(artifact, batch), self.eval_data, state.input.preprocess, state.workdir / PICTURE
+        )
+        state.artifact_files.append(PICTURE)
+        acc["picture"] = PICTURE
         return PassResult(state, changed=False, output=DetectionAccuracyOutput(acc))

@@ -11,6 +11,7 @@ every activation's scale and zero point equal to the simulation's (matched throu
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -227,7 +228,8 @@ def _in_float_decode(fb: _Readback, name: str) -> bool:
     """A tensor of the float decode: in the name scope of a decode node, or a float constant it reads."""
     if not fb.float_scopes:
         return False
-    return name.split("/")[0] in fb.float_scopes or name == "arith.constant" or name.endswith("/Const")
+    constant = re.fullmatch(r"arith\.constant\d*", name) is not None or name.endswith("/Const")
+    return name.split("/")[0] in fb.float_scopes or constant  # an int8 op reading one would need a QUANTIZE
 
 
 def _float_tensors(fb: _Readback, problems: list[str]) -> list[str]:

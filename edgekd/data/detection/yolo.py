@@ -60,9 +60,9 @@ def _split_images(data: dict, path: Path, split: str) -> list[Path]:
     if split not in data or data[split] in (None, ""):
         present = [k for k in ("train", "val", "test") if data.get(k)]
         raise DetectionDataError(f"{path} names no {split!r} split", f"splits it has: {', '.join(present) or '(none)'}")
-    root = Path(data["path"]) if data.get("path") else path.parent
-    if not root.is_absolute():
-        root = path.parent / root
+    root = path.parent
+    if data.get("path"):  # the dataset root, relative to the yaml's folder unless absolute
+        root = Path(data["path"]) if Path(data["path"]).is_absolute() else path.parent / data["path"]
     entries = data[split] if isinstance(data[split], list) else [data[split]]
     files: list[Path] = []
     for entry in entries:
