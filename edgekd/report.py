@@ -304,11 +304,18 @@ def _quantization_section(m: dict, artifact: Path) -> list[str]:
         ]
     budget = q.get("accuracy_budget")
     if budget:
-        table = lambda steps: markdown_table(  # noqa: E731
-            ["layers in float", "int8 top-1 %", "drop pt"],
-            [[s["kept_float"], f"{100 * s['top1']:.2f}", f"{s['drop_pt']:.2f}"] for s in steps],
-        )
-        lines += [f"Accuracy budget {budget['max_drop_pt']} pt (float top-1 {100 * budget['float_top1']:.2f} %):", ""]
+        metric = budget.get("metric", "top-1")
+
+        def table(steps):
+            return markdown_table(
+                ["layers in float", f"int8 {metric} %", "drop pt"],
+                [[s["kept_float"], f"{100 * s['top1']:.2f}", f"{s['drop_pt']:.2f}"] for s in steps],
+            )
+
+        lines += [
+            f"Accuracy budget {budget['max_drop_pt']} pt (float {metric} {100 * budget['float_top1']:.2f} %):",
+            "",
+        ]
         if budget.get("before_qat"):
             lines += [
                 "Post-training quantization with layers returned to float missed it:",

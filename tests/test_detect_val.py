@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -128,3 +129,39 @@ def test_int8_detector_compile_eval_reports_map_per_stage(trained, tmp_path):
         assert picture.size[0] == 2 * 640 and picture.size[1] > 0
     assert "detections.jpg" in {f["path"] for f in result.manifest["files"]}
     assert api.val(out, data).metrics.map50 == pytest.approx(acc["artifact"]["map50"], abs=1e-6)
+
+
+def test_max_drop_on_a_detector_counts_map50_points(trained, tmp_path, monkeypatch):
+    import edgekd.passes.accuracy_budget as ab
+    from edgekd.errors import AccuracyBudgetError, PassFailedError
+
+    data, model_file, _ = trained
+    card = tmp_path / "det.toml"
+    card.write_text(
+        f'[model]\nsource = "{model_file}"\n[input]\nshape = [1, 3, {SIZE[0]}, {SIZE[1]}]\nresize = "letterbox"\n'
+    )
+
+    def compile_with(max_drop, out):
+        config = api.make_config(
+            str(card), "onnx-cpu", tmp_path / out, precision="int8", calib=data.parent / "train" / "images",
+            eval=data, max_drop=max_drop, skip=("speed-check",), sensitivity_samples=4, verify_samples=4,
+        )  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CalibrationWarning)
+            return api.compile(config).manifest
+
+    m = compile_with(100.0, "loose")
+    budget = m["quantization"]["accuracy_budget"]
+    assert budget["metric"] == "mAP50" and budget["samples"] == 6
+    assert budget["float_top1"] == pytest.approx(m["accuracy"]["float"]["map50"], abs=1e-6)
+    scores, scorer = iter([0.5] + [0.25] * 100), ab.AccuracyBudgetPass._scorer  # float, then every int8 variant
+
+    def far_below(self, state):
+        metric, _, n = scorer(self, state)
+        return metric, lambda run: next(scores), n
+
+    monkeypatch.setattr(ab.AccuracyBudgetPass, "_scorer", far_below)
+    with pytest.raises(PassFailedError) as e:
+        compile_with(1.0, "tight")
+    assert isinstance(e.value.cause, AccuracyBudgetError)
+    assert "int8 mAP50 stays 25.00 pt below float" in e.value.message and not (tmp_path / "tight").exists()

@@ -1,17 +1,18 @@
 """``--max-drop P --eval DIR``: returns the most sensitive layers to float until the int8 top-1 is
-within P points of float. When even that misses the budget and training images are given (``--data``),
-it runs quantization-aware training (``--qat-fallback-epochs``, unless ``--qat-epochs`` already ran) and
-searches again; it fails with every trade-off tried, before and after QAT, when the budget stays out of
-reach."""
+within P points of float (mAP50 points for a detector evaluated on a data.yaml or COCO JSON). When even
+that misses the budget and training images are given (``--data``), it runs quantization-aware training
+(``--qat-fallback-epochs``, unless ``--qat-epochs`` already ran; classifiers) and searches again; it
+fails with every trade-off tried, before and after QAT, when the budget stays out of reach."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from edgekd.config import CompileConfig
 from edgekd.data.samples import iter_labelled
+from edgekd.detect.compile_eval import is_detection_data
 from edgekd.errors import AccuracyBudgetError, ConfigError
 from edgekd.passes.base import Pass, PassResult
 from edgekd.passes.qat import QAT_TRAINED, qat_train_config, run_qat
@@ -19,7 +20,8 @@ from edgekd.quant.accuracy import BudgetStep, greedy_keep_float, top1, within_bu
 from edgekd.quant.calibrate import Calibration
 from edgekd.quant.placement import plan_quantization
 from edgekd.quant.simulate import quantized_copy
-from edgekd.runtime import onnx_run_fn, ort_session
+from edgekd.runtime import RunFn, onnx_run_fn, ort_session
+from edgekd.runtime.batching import in_model_batches
 from edgekd.specs import TargetSpec
 from edgekd.state import CALIBRATED, SENSITIVITY, CompileState, PassOutput, PassRecord
 from edgekd.ui import text_table
@@ -36,9 +38,11 @@ class AccuracyBudgetOutput(PassOutput):
     steps: tuple[dict, ...]  # every trade-off tried: layers in float, top-1, drop
     kept_float: tuple[str, ...]
     before_qat: tuple[dict, ...] | None = None  # the trade-offs tried before the QAT fallback ran
+    metric: str = "top-1"  # or mAP50 (a detector); the "top1" fields hold it
 
     def to_manifest(self) -> dict:
         out = {
+            "metric": self.metric,
             "max_drop_pt": self.max_drop_pt,
             "float_top1": self.float_top1,
             "samples": self.samples,
@@ -73,9 +77,9 @@ def _table(steps) -> tuple[dict, ...]:
     return tuple({"kept_float": len(s.kept_float), "top1": s.top1, "drop_pt": s.drop_pt} for s in steps)
 
 
-def _rows(steps: tuple[dict, ...]) -> str:
+def _rows(steps: tuple[dict, ...], metric: str = "top-1") -> str:
     return text_table(
-        ["layers in float", "top-1 %", "drop pt"],
+        ["layers in float", f"{metric} %", "drop pt"],
         [[s["kept_float"], f"{100 * s['top1']:.2f}", f"{s['drop_pt']:.2f}"] for s in steps],
     )
 
@@ -99,7 +103,10 @@ class AccuracyBudgetPass(Pass):
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "AccuracyBudgetPass":
         e = config.evaluation
         if e.data is None:
-            raise ConfigError("--max-drop needs a labelled eval set", "pass --eval DIR with DIR/<class>/*.jpg")
+            raise ConfigError(
+                "--max-drop needs a labelled eval set",
+                "pass --eval DIR with DIR/<class>/*.jpg, or a detector's data.yaml / COCO .json",
+            )
         fallback = None
         if config.qat.fallback_epochs > 0 and config.training.data is not None:
             fallback = QATFallback(
@@ -117,7 +124,25 @@ class AccuracyBudgetPass(Pass):
     def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
         return config.evaluation.max_drop is not None
 
-    def _search(self, state: CompileState, data, float_top1: float) -> list[BudgetStep]:
+    def _scorer(self, state: CompileState) -> tuple[str, Callable[[RunFn], float], int]:
+        """(metric, score of a run function on the eval set, samples scored)."""
+        shape = tuple(state.input.shape)
+        if is_detection_data(self.eval_data):
+            from edgekd.data.detection import load_detection_set
+            from edgekd.detect.evaluate import evaluate
+
+            dataset = load_detection_set(self.eval_data, "val")
+            n = min(self.samples or len(dataset), len(dataset))
+
+            def map50(run: RunFn) -> float:
+                batched = in_model_batches(run, shape[0])
+                return evaluate(batched, dataset, state.input.preprocess, shape[0], limit=n).map50
+
+            return "mAP50", map50, n
+        data = list(iter_labelled(self.eval_data, state.input.preprocess, shape, state.labels, self.samples))
+        return "top-1", lambda run: top1(run, data), sum(len(y) for _, y in data)
+
+    def _search(self, state: CompileState, score: Callable[[RunFn], float], float_top1: float) -> list[BudgetStep]:
         import onnx_ir as ir
 
         cal: Calibration = state.calibration
@@ -126,55 +151,54 @@ class AccuracyBudgetPass(Pass):
         def evaluate(kept: tuple[str, ...]) -> float:
             plan = plan_quantization(state.onnx_model, cal.plan.placement, frozenset(kept) | state.keep_float)
             model = quantized_copy(state.onnx_model, plan, cal.activation_qparams(plan))
-            return top1(onnx_run_fn(ort_session(ir.to_proto(model).SerializeToString())), data)
+            return score(onnx_run_fn(ort_session(ir.to_proto(model).SerializeToString())))
 
         return greedy_keep_float(order, evaluate, float_top1, self.max_drop_pt)
 
     def run(self, state: CompileState) -> PassResult:
-        data = list(
-            iter_labelled(self.eval_data, state.input.preprocess, tuple(state.input.shape), state.labels, self.samples)
-        )
-        float_top1 = top1(state.float_reference, data)
-        steps = self._search(state, data, float_top1)
+        metric, score, samples = self._scorer(state)
+        float_top1 = score(state.float_reference)
+        steps = self._search(state, score, float_top1)
         before = None
-        if not within_budget(steps[-1].drop_pt, self.max_drop_pt) and self._can_fall_back(state):
+        if not within_budget(steps[-1].drop_pt, self.max_drop_pt) and self._can_fall_back(state, metric):
             before = _table(steps)
             best = min(steps, key=lambda s: s.drop_pt)
             trigger = (
-                f"accuracy budget missed: int8 stays {best.drop_pt:.2f} pt below float with "
+                f"accuracy budget missed: int8 {metric} stays {best.drop_pt:.2f} pt below float with "
                 f"{len(best.kept_float)} layers in float; the budget is {self.max_drop_pt} pt"
             )
             if state.emit:
                 state.emit(f"  {trigger}: quantization-aware training for {self.fallback.train.epochs} epochs")
             qat = run_qat(state, self.fallback.data, self.fallback.ranges, self.fallback.train, trigger)
             state.records.append(PassRecord("qat", True, qat, qat.seconds))  # it ran, as this pass's fallback
-            steps = self._search(state, data, float_top1)
+            steps = self._search(state, score, float_top1)
         final = steps[-1]
         output = AccuracyBudgetOutput(
-            self.max_drop_pt, float_top1, sum(len(y) for _, y in data), _table(steps), tuple(final.kept_float), before
+            self.max_drop_pt, float_top1, samples, _table(steps), tuple(final.kept_float), before, metric
         )
         if not within_budget(final.drop_pt, self.max_drop_pt):
             raise self._missed(steps, float_top1, output)
         state.keep_float.update(final.kept_float)
         return PassResult(state, changed=before is not None, output=output)
 
-    def _can_fall_back(self, state: CompileState) -> bool:
-        return self.fallback is not None and QAT_TRAINED not in state.facts
+    def _can_fall_back(self, state: CompileState, metric: str) -> bool:
+        # QAT trains on labelled class folders: a detector's budget searches layers in float only
+        return self.fallback is not None and QAT_TRAINED not in state.facts and metric == "top-1"
 
     def _missed(self, steps: list[BudgetStep], float_top1: float, output: AccuracyBudgetOutput) -> AccuracyBudgetError:
         best = min(steps, key=lambda s: s.drop_pt)
         message = (
-            f"int8 top-1 stays {best.drop_pt:.2f} pt below float ({100 * float_top1:.2f} %) even with "
+            f"int8 {output.metric} stays {best.drop_pt:.2f} pt below float ({100 * float_top1:.2f} %) even with "
             f"{len(best.kept_float)} layers in float; the budget is {self.max_drop_pt} pt. "
         )
         if output.before_qat:
-            message += f"Trade-offs tried before QAT:\n{_rows(output.before_qat)}\nand after QAT:\n"
+            message += f"Trade-offs tried before QAT:\n{_rows(output.before_qat, output.metric)}\nand after QAT:\n"
         else:
             message += "Trade-offs tried:\n"
         hint = None
-        if self.suggest_data:
+        if self.suggest_data and output.metric == "top-1":
             hint = (
                 "pass --data DIR (training images) so quantization-aware training can run when the budget is "
                 "missed (--qat-fallback-epochs), raise --max-drop, or use --precision fp32"
             )
-        return AccuracyBudgetError(output=output, message=message + _rows(output.steps), hint=hint)
+        return AccuracyBudgetError(output=output, message=message + _rows(output.steps, output.metric), hint=hint)
