@@ -56,6 +56,7 @@ class FidelityOutput(PassOutput):
         return {k: v for k, v in self.to_manifest().items() if k not in ("inputs", "max_abs_per_output")}
 
 
+# The artifact's SQNR vs float may fall this far below the simulation's.
 FLOAT_DISTANCE_DB = 1.0
 # Only a simulation this close to float can tell the kernels' rounding from an error: within 1 dB of it,
 # an error would be at most 16 dB below the signal. A simulation near 0 dB (random weights, calibration
@@ -151,30 +152,36 @@ class VerifyPass(Pass):
         )
         problems = self._problems(output, scales, quantized)
         if problems and quantized and state.float_reference is not None and math.isfinite(output.max_abs_error):
-            output = replace(output, vs_float=float_distance(got, want, [state.float_reference(x) for x in inputs]))
-            if output.vs_float is not None and _as_close_to_float(output.vs_float):
-                warnings.warn(
-                    f"the {self.backend.name} artifact is past the simulation ({'; '.join(problems)}) but as close "
-                    f"to the float model: SQNR vs float {output.vs_float['artifact_sqnr_db']} dB, simulation "
-                    f"{output.vs_float['simulation_sqnr_db']} dB (integer kernels round per layer)",
-                    FidelityWarning,
-                    stacklevel=2,
-                )
-                problems = []
-            elif (
-                output.vs_float is not None and min(output.vs_float["simulation_sqnr_db"]) < MIN_SIMULATION_VS_FLOAT_DB
-            ):
-                problems.append(
-                    f"the QDQ simulation itself is {min(output.vs_float['simulation_sqnr_db']):.1f} dB from the float "
-                    "model, too far to tell the runtime's rounding from an error (calibrate on more images like "
-                    "the model's inputs; random weights never get closer)"
-                )
+            output, problems = self._against_float(
+                output, problems, got, want, [state.float_reference(x) for x in inputs]
+            )
         if problems:
             raise FidelityError(
                 f"the {self.backend.name} artifact disagrees with the {state.reference_name}: " + "; ".join(problems),
                 output=output,
             )
         return PassResult(state, changed=False, output=output)
+
+    def _against_float(self, output: FidelityOutput, problems: list[str], got, want, floats):
+        """Past the limits: kept (with a FidelityWarning) when as close to float as the simulation."""
+        output = replace(output, vs_float=float_distance(got, want, floats))
+        far = output.vs_float
+        if far is not None and _as_close_to_float(far):
+            warnings.warn(
+                f"the {self.backend.name} artifact is past the simulation ({'; '.join(problems)}) but as close "
+                f"to the float model: SQNR vs float {far['artifact_sqnr_db']} dB, simulation "
+                f"{far['simulation_sqnr_db']} dB (integer kernels round per layer)",
+                FidelityWarning,
+                stacklevel=3,
+            )
+            return output, []
+        if far is not None and min(far["simulation_sqnr_db"]) < MIN_SIMULATION_VS_FLOAT_DB:
+            problems = problems + [
+                f"the QDQ simulation itself is {min(far['simulation_sqnr_db']):.1f} dB from the float model, too far "
+                "to tell the runtime's rounding from an error (calibrate on more images like the model's inputs; "
+                "random weights never get closer)"
+            ]
+        return output, problems
 
     def _tie_margin(self, scale, quantized: bool, got: list, want: list) -> float:
         """How far the reference's top-1 must lead for a flipped top-1 to count. A quantized output: the
