@@ -228,7 +228,7 @@ def test_a_missed_budget_falls_back_to_qat_and_says_so(tmp_path, model_file, lab
     budget = m["quantization"]["accuracy_budget"]
     assert budget["qat_fallback"] and budget["before_qat"][0]["drop_pt"] == pytest.approx(40.0)
     assert budget["steps"][-1]["drop_pt"] == pytest.approx(0.2)
-    assert m["qat"]["trigger"].startswith("accuracy budget missed: int8 stays 40.00 pt below float")
+    assert m["qat"]["trigger"].startswith("accuracy budget missed: int8 top-1 stays 40.00 pt below float")
     assert m["quantization"]["ranges_from"] == "qat"
     assert [p["name"] for p in m["passes"]].index("qat") < [p["name"] for p in m["passes"]].index("quantize")
     report = (result.output / "report.md").read_text()
