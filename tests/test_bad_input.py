@@ -466,6 +466,8 @@ def test_a_stopped_compile_says_so_and_leaves_nothing(tmp_path, sig, code, word)
         cwd=ws,
         stderr=subprocess.PIPE,
         text=True,
+        # a test run started in the background inherits SIGINT ignored, and Python keeps it so in the child
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     lines = []
