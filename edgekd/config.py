@@ -3,7 +3,7 @@ the manifest."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -83,6 +83,10 @@ class SearchOptions:
     latency_budget_ms: float | None = None  # keep only students at most this slow on the device
     proxy_epochs: int = 1  # distillation epochs that rank the students within the budget
     repeats: int = 3  # interleaved timing repeats per candidate
+
+    def for_candidate(self) -> "SearchOptions":
+        """A candidate's compile searches nothing and is timed by the search, not by its own flags."""
+        return replace(self, latency_budget_ms=None, device=None, inventory=None)
 
 
 @dataclass(frozen=True)

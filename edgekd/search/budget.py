@@ -95,7 +95,7 @@ def latency_config(config: CompileConfig, student: str, out: Path) -> CompileCon
         training=dataclasses.replace(config.training, student=None, sparsity=None),
         evaluation=dataclasses.replace(config.evaluation, data=None, max_drop=None),
         quantization=dataclasses.replace(config.quantization, keep_float=(), keep_float_count=0),
-        search=dataclasses.replace(config.search, latency_budget_ms=None, device=None, inventory=None),
+        search=config.search.for_candidate(),
     )
 
 
@@ -183,7 +183,7 @@ def search_students(
             force=True,
             bench=None,
             training=dataclasses.replace(t, student=winner.name),
-            search=dataclasses.replace(config.search, latency_budget_ms=None, device=None, inventory=None),
+            search=config.search.for_candidate(),
         )
         result = compile_fn(final)
         return ship(result.output, config, "latency_budget", record)

@@ -73,7 +73,7 @@ def candidate_config(config: CompileConfig, precision: str, out: Path) -> Compil
         bench=None,
         evaluation=evaluation,
         quantization=quantization,
-        search=dataclasses.replace(config.search, latency_budget_ms=None, device=None, inventory=None),
+        search=config.search.for_candidate(),
     )
 
 
