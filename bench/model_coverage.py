@@ -51,10 +51,9 @@ BEFORE = {
 
 
 def _images(source: Path, shape, limit: int) -> np.ndarray:
-    from edgekd.data.preprocess import Preprocess
-    from edgekd.data.samples import iter_batches
+    from conformance_models import calibration_images
 
-    return np.concatenate(list(iter_batches(source, Preprocess(size=shape[2:]), (1,) + tuple(shape[1:]), limit=limit)))
+    return calibration_images(shape, limit, source)
 
 
 def _arch_model(arch: str, shape, calib: Path, work: Path, epochs: int):

@@ -425,6 +425,18 @@ SHAPES = {"yolo": (1, 3, 320, 320), "ultralytics-style": (1, 3, 320, 320)}
 DENSE_OUTPUTS = ("unet", "yolo", "ultralytics-style")
 
 
+CALIBRATION = Path(__file__).resolve().parents[1] / "calibration" / "cifar10"
+
+
+def calibration_images(shape: tuple[int, ...], limit: int, source: Path = CALIBRATION) -> np.ndarray:
+    """``limit`` images of ``source`` (the repository's CIFAR-10 calibration set) resized to ``shape``."""
+    from edgekd.data.preprocess import Preprocess
+    from edgekd.data.samples import iter_batches
+
+    batches = iter_batches(source, Preprocess(size=tuple(shape[2:])), (1,) + tuple(shape[1:]), limit=limit)
+    return np.concatenate(list(batches))
+
+
 def realistic_weights(model: nn.Module, images: np.ndarray, seed: int = 0) -> nn.Module:
     """Kaiming-normal convolutions, a readable classifier scale, and BatchNorm statistics measured on
     ``images`` (as a trained network's are), so activations neither vanish nor blow up."""

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 from edgekd import api
 from edgekd.models import build_model
+from edgekd.passes.calibrate import CalibrationWarning
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIB = ROOT / "calibration" / "cifar10"
@@ -123,3 +125,22 @@ def flat(tmp_path_factory, labelled) -> Path:
     for f in sorted(labelled.rglob("*.jpg")):
         shutil.copy(f, root / f"{f.parent.name}_{f.name}")
     return root
+
+
+def compile_zoo_int8(tmp_path, zoo_models, name, target, out="out", **kw):
+    """A zoo model (the ``zoo_models`` fixture) compiled int8 for ``target`` into ``tmp_path / out``."""
+    path, calib, shape = zoo_models[name]
+    config = api.make_config(
+        str(path),
+        target,
+        tmp_path / out,
+        input_shape=shape,
+        precision="int8",
+        calib=calib,
+        skip=("sensitivity",),
+        verify_samples=8,
+        **kw,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        return api.compile(config)

@@ -11,11 +11,8 @@ import onnx_ir as ir
 import pytest
 import torch
 
-from conformance_models import UltralyticsStyleDetector, export, realistic_weights
-from conftest import ROOT
+from conformance_models import UltralyticsStyleDetector, calibration_images, export, realistic_weights
 from edgekd import api
-from edgekd.data.preprocess import Preprocess
-from edgekd.data.samples import iter_batches
 from edgekd.ir.detector import decode_tail
 from edgekd.passes.calibrate import CalibrationWarning
 
@@ -26,9 +23,7 @@ SHAPE = (1, 3, SIZE, SIZE)
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory):
     d = tmp_path_factory.mktemp("ultralytics-style")
-    images = np.concatenate(
-        list(iter_batches(ROOT / "calibration" / "cifar10", Preprocess(size=(SIZE, SIZE)), SHAPE, 32))
-    )
+    images = calibration_images(SHAPE, 32)
     np.save(d / "calib.npy", images)
     torch.manual_seed(0)
     model = realistic_weights(UltralyticsStyleDetector(size=SIZE), images[:16])

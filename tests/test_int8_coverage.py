@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 
-from edgekd import api
+from conftest import compile_zoo_int8
 from edgekd.backends.base import ExecutedLayer
-from edgekd.passes.calibrate import CalibrationWarning
 from edgekd.passes.int8_coverage import Int8CoverageOutput
 
 
@@ -47,26 +44,8 @@ def test_a_runtime_that_cannot_be_read_here_says_so():
     }
 
 
-def compile_int8(tmp_path, zoo_models, name, target, out="out", **kw):
-    path, calib, shape = zoo_models[name]
-    config = api.make_config(
-        str(path),
-        target,
-        tmp_path / out,
-        input_shape=shape,
-        precision="int8",
-        calib=calib,
-        skip=("sensitivity",),
-        verify_samples=8,
-        **kw,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CalibrationWarning)
-        return api.compile(config)
-
-
 def test_onnxruntime_coverage_names_a_layer_kept_in_float(tmp_path, zoo_models):
-    result = compile_int8(tmp_path, zoo_models, "resnet20", "onnx-cpu", keep_float=("/layers/1/conv1/Conv",))
+    result = compile_zoo_int8(tmp_path, zoo_models, "resnet20", "onnx-cpu", keep_float=("/layers/1/conv1/Conv",))
     cov = result.manifest["int8_coverage"]
     assert cov["measured"] and cov["backend"] == "onnxruntime"
     convs = {x["name"]: x for x in cov["per_layer"] if x["op"] == "Conv"}
@@ -83,14 +62,14 @@ def test_onnxruntime_coverage_names_a_layer_kept_in_float(tmp_path, zoo_models):
 
 def test_onnxruntime_with_int8_activations_shows_its_float_islands(tmp_path, zoo_models):
     """The old placement's problem, seen by the record: shared int8 tensors keep convolutions in float."""
-    result = compile_int8(tmp_path, zoo_models, "resnet20", "onnx-cpu", activation_scheme="asymmetric-int8")
+    result = compile_zoo_int8(tmp_path, zoo_models, "resnet20", "onnx-cpu", activation_scheme="asymmetric-int8")
     cov = result.manifest["int8_coverage"]
     assert cov["coverage_macs"] < 0.9 and cov["float_islands"]
 
 
 def test_openvino_coverage_reads_the_cpu_plugins_runtime_precisions(tmp_path, zoo_models):
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
-    result = compile_int8(tmp_path, zoo_models, "mobilenetv3-small-cifar:0.5", "openvino-cpu")
+    result = compile_zoo_int8(tmp_path, zoo_models, "mobilenetv3-small-cifar:0.5", "openvino-cpu")
     cov = result.manifest["int8_coverage"]
     assert cov["coverage_macs"] == 1.0 and cov["int8_layers"] >= result.manifest["backend_report"]["int8_layers"]
     # the squeeze-excitation gates (HardSigmoid) run in f32 between integer layers
@@ -99,7 +78,7 @@ def test_openvino_coverage_reads_the_cpu_plugins_runtime_precisions(tmp_path, zo
 
 def test_tflite_full_int8_has_no_float_island(tmp_path, zoo_models):
     pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed")
-    result = compile_int8(tmp_path, zoo_models, "resnet20", "rpi4")
+    result = compile_zoo_int8(tmp_path, zoo_models, "resnet20", "rpi4")
     cov = result.manifest["int8_coverage"]
     assert cov["coverage_macs"] == 1.0 and cov["float_islands"] == []
     kinds = {x["op"] for x in cov["per_layer"]}

@@ -3,7 +3,6 @@ runtime makes of them (ONNX Runtime's optimized graph, OpenVINO's IR and compile
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 
 import numpy as np
@@ -12,10 +11,8 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import ROOT
-from edgekd import api
+from conftest import ROOT, compile_zoo_int8
 from edgekd.ir.graph import FUSED_ACTIVATION
-from edgekd.passes.calibrate import CalibrationWarning
 from edgekd.quant.placement import plan_quantization
 
 
@@ -111,24 +108,6 @@ def test_unknown_placement_is_named():
 # --- what the runtimes make of it --------------------------------------------------------------------
 
 
-def compile_int8(tmp_path, zoo_models, target, name="out", **kw):
-    path, calib, shape = zoo_models["resnet20"]
-    config = api.make_config(
-        str(path),
-        target,
-        tmp_path / name,
-        input_shape=shape,
-        precision="int8",
-        calib=calib,
-        skip=("sensitivity",),
-        verify_samples=8,
-        **kw,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CalibrationWarning)
-        return api.compile(config)
-
-
 def ort_optimized_ops(model_path, tmp_path) -> Counter:
     import onnxruntime as ort
 
@@ -139,7 +118,7 @@ def ort_optimized_ops(model_path, tmp_path) -> Counter:
 
 
 def test_onnxruntime_runs_every_conv_add_and_the_gemm_on_integer_kernels(tmp_path, zoo_models):
-    result = compile_int8(tmp_path, zoo_models, "onnx-cpu")
+    result = compile_zoo_int8(tmp_path, zoo_models, "resnet20", "onnx-cpu")
     assert result.manifest["calibration"]["placement"] == "qlinear"
     source = Counter(n.op_type for n in onnx.load(str(result.output / "model.onnx")).graph.node)
     ops = ort_optimized_ops(result.output / "model.onnx", tmp_path)
@@ -152,7 +131,7 @@ def test_onnxruntime_runs_every_conv_add_and_the_gemm_on_integer_kernels(tmp_pat
 def test_onnxruntime_with_int8_activations_leaves_shared_tensors_in_float(tmp_path, zoo_models):
     """Why onnx-cpu uses uint8: with int8 activations ORT's x86 selectors skip every Conv whose Q/DQ is
     shared by two readers (the ResNet's block inputs)."""
-    result = compile_int8(tmp_path, zoo_models, "onnx-cpu", activation_scheme="asymmetric-int8")
+    result = compile_zoo_int8(tmp_path, zoo_models, "resnet20", "onnx-cpu", activation_scheme="asymmetric-int8")
     ops = ort_optimized_ops(result.output / "model.onnx", tmp_path)
     assert ops["Conv"] > 0 and ops["QLinearConv"] < 21
 
@@ -178,8 +157,8 @@ def openvino_graphs(xml):
 
 def test_openvino_needs_fewer_fake_quantize_for_the_same_integer_layers(tmp_path, zoo_models):
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
-    new = compile_int8(tmp_path, zoo_models, "openvino-cpu", "new")
-    old = compile_int8(tmp_path, zoo_models, str(openvino_spec_with(tmp_path, "outputs")), "old")
+    new = compile_zoo_int8(tmp_path, zoo_models, "resnet20", "openvino-cpu", "new")
+    old = compile_zoo_int8(tmp_path, zoo_models, "resnet20", str(openvino_spec_with(tmp_path, "outputs")), "old")
     assert new.manifest["calibration"]["placement"] == "quantizable-inputs"
     new_ir, new_rt = openvino_graphs(new.output / "model.xml")
     old_ir, old_rt = openvino_graphs(old.output / "model.xml")

@@ -8,11 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from conformance_models import MobileNetV3, export, realistic_weights, yolo320
-from conftest import ROOT
+from conformance_models import MobileNetV3, calibration_images, export, realistic_weights, yolo320
 from edgekd import api
-from edgekd.data.preprocess import Preprocess
-from edgekd.data.samples import iter_batches
 from edgekd.errors import FidelityError, PassFailedError
 from edgekd.passes.verify import FidelityWarning, _as_close_to_float, float_distance
 
@@ -80,7 +77,7 @@ def test_integer_kernels_past_the_step_limit_are_kept_with_their_figures(tmp_pat
     """MobileNetV3's hard-swish and squeeze-excite gates on OpenVINO's integer kernels: past the relative
     limit from the simulation, as close to float as it."""
     shape = (1, 3, 64, 64)
-    images = np.concatenate(list(iter_batches(ROOT / "calibration" / "cifar10", Preprocess(size=(64, 64)), shape, 32)))
+    images = calibration_images(shape, 32)
     np.save(tmp_path / "calib.npy", images)
     torch.manual_seed(0)
     model = export(realistic_weights(MobileNetV3(), images), tmp_path / "mnv3.onnx", shape, 17, False)
@@ -93,9 +90,7 @@ def test_a_simulation_far_from_float_cannot_excuse_the_artifact(tmp_path):
     """The conformance YOLO at 320 with random weights: its int8 simulation is 1-5 dB from float on the box
     outputs, so the kernels' rounding (87 output steps on onnx-cpu) cannot be told from an error."""
     shape = (1, 3, 320, 320)
-    images = np.concatenate(
-        list(iter_batches(ROOT / "calibration" / "cifar10", Preprocess(size=(320, 320)), shape, 32))
-    )
+    images = calibration_images(shape, 32)
     np.save(tmp_path / "calib.npy", images)
     torch.manual_seed(0)
     model = export(realistic_weights(yolo320(), images[:16]), tmp_path / "yolo.onnx", shape, 17, False)
