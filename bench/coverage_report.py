@@ -97,7 +97,15 @@ def _refusals(results: dict) -> list[str]:
     return lines
 
 
-def markdown(results: dict, targets: list[str], precisions: list[str], command: str, before: dict) -> str:
+def markdown(
+    results: dict,
+    targets: list[str],
+    precisions: list[str],
+    command: str,
+    before: dict,
+    training: str,
+    pending: int = 0,
+) -> str:
     lines = [
         "# Model coverage",
         "",
@@ -114,6 +122,13 @@ def markdown(results: dict, targets: list[str], precisions: list[str], command: 
         "## Totals",
         "",
     ]
+    if pending:
+        lines += [
+            f"This run stopped (`--stop-after`) with {pending} planned cells not compiled yet, in the script's "
+            "order (opset 17, the people-det teacher, the light models as shipped, opset 11 dynamic, the "
+            "realistic light models, opset 13); `make coverage` resumes from its JSON.",
+            "",
+        ]
     for precision in precisions:
         lines += _totals(results, precision)
     lines += _before_after(results, before)
@@ -128,10 +143,14 @@ def markdown(results: dict, targets: list[str], precisions: list[str], command: 
         "- `light/* (realistic)`: the same graphs with Kaiming-normal weights in place of the generators and "
         "every Conv/Gemm output rescaled to unit deviation on real images (LSUV-style), so that fidelity is "
         "meaningful; untrained, so top-1 agreement is measured on near-tied logits and is a harsh test.",
-        "- the stock architectures (tests/conformance_models.py), trained 3 epochs on the 500 CIFAR-10 "
-        "calibration images (the U-Net segmenter and the YOLO detector keep random weights with BatchNorm "
-        "recalibrated), exported by torch at opset 11 with dynamic N/H/W and at opsets 13 and 17 static; 64×64 "
-        "input (YOLO: 320×320).",
+        f"- the stock architectures (tests/conformance_models.py), {training} (the U-Net segmenter keeps random "
+        "weights with BatchNorm recalibrated), exported by torch at opset 11 with dynamic N/H/W and at opsets 13 "
+        "and 17 static; 64×64 input (the Ultralytics-style detector: 320×320).",
+        "- `people-det-teacher/320`, `/640`: the zoo detector `yolo-det-p2` trained on people-det "
+        "(examples/people-det/teacher.pth; decoded boxes and scores, float decode), exported by edgekd at "
+        "opset 17, calibrated on people-det training images and measured on its validation images (SQNR of "
+        "boxes and scores together). It replaces the zoo `yolo` with random weights, whose QDQ simulation is "
+        "too far from float to verify anything.",
         "",
     ]
     for precision in precisions:

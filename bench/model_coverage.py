@@ -8,10 +8,12 @@ Models:
   output; they test the import, not fidelity);
 - ``light-realistic``: the same graphs with random weights in place of the generators and each layer
   rescaled on real images (``realistic_light_model``), so fidelity means something;
-- ``arch``: the stock architectures of tests/conformance_models.py, trained for a few epochs on the
-  500 CIFAR-10 calibration images (``trained_weights``; the detector and the segmenter keep random
-  weights with BatchNorm recalibrated), exported by torch at opset 11 with dynamic axes and at opsets
-  13 and 17 static.
+- ``arch``: the stock architectures of tests/conformance_models.py, trained (``trained_weights``) on
+  ``--train-per-class`` images per class of ``--train-data`` (default: ../shared's CIFAR-10 training
+  images, minus the held-out split) for ``--epochs``; the segmenter keeps random weights with
+  BatchNorm recalibrated; exported by torch at opset 11 with dynamic axes and at opsets 13 and 17 static;
+- ``people-det``: the trained people-det teacher (examples/people-det) at 320 and 640, calibrated and
+  measured on people-det images (where ../shared has them).
 
     python bench/model_coverage.py --json build/model-coverage.json --markdown docs/model-coverage.md
 
@@ -29,6 +31,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +44,12 @@ ARCH_SHAPE = (1, 3, 64, 64)
 LIGHT_SHAPE = (1, 3, 224, 224)
 VARIANTS = {"opset11-dynamic": (11, True), "opset13": (13, False), "opset17": (17, False)}
 VAL = ROOT / "examples" / "cifar10" / "val"
+TRAIN = ROOT.parent / "shared" / "data" / "cifar10" / "train"  # the calibration set stands in without it
+PEOPLE = ROOT.parent / "shared" / "data" / "people-det"
+PEOPLE_SIZES = (320, 640)
+# The zoo detector with random weights: no fidelity to measure; the trained people-det teacher (the same
+# zoo family) stands for it where ../shared has its data.
+RANDOM_ONLY = ("yolo",) if PEOPLE.is_dir() else ()
 BUILDERS: dict[Path, object] = {}  # model files made on first use
 BEFORE = {
     "commit": "2466d7a",
@@ -56,32 +65,89 @@ def _images(source: Path, shape, limit: int) -> np.ndarray:
     return calibration_images(shape, limit, source)
 
 
-def _arch_model(arch: str, shape, calib: Path, work: Path, epochs: int):
+@dataclass(frozen=True)
+class Training:
+    """How the stock architectures get their weights: ``per_class`` images of each class of ``data``
+    for ``epochs`` (0: random weights with BatchNorm recalibrated)."""
+
+    data: Path
+    per_class: int
+    epochs: int
+
+    def describe(self) -> str:
+        if not self.epochs:
+            return "with random weights and BatchNorm recalibrated on the calibration images"
+        return (
+            f"trained {self.epochs} epochs on {self.per_class} images per class of {self.data.name}'s training "
+            "split (AdamW, one-cycle schedule, flips and shifts; never the held-out images fidelity is measured on)"
+        )
+
+    @property
+    def tag(self) -> str:
+        return f"{self.per_class}x{self.epochs}" if self.epochs else "random"
+
+
+def _training_images(training: Training, pre) -> tuple[np.ndarray, np.ndarray]:
+    """``per_class`` images of each class, never from the held-out split the fidelity images come from."""
+    from edgekd.data.folder import scan_image_folder, split_holdout
+    from edgekd.data.preprocess import load_image
+
+    train, _ = split_holdout(scan_image_folder(training.data))
+    labels = np.asarray(train.labels)
+    chosen = np.concatenate([np.flatnonzero(labels == c)[: training.per_class] for c in np.unique(labels)])
+    return np.stack([load_image(train.files[i], pre) for i in chosen]).astype(np.float32), labels[chosen]
+
+
+def _arch_model(arch: str, shape, calib: Path, work: Path, training: Training):
     """The architecture with its coverage weights, trained once and cached as a state_dict."""
     import torch
 
     from conformance_models import ARCHITECTURES, DENSE_OUTPUTS, realistic_weights, trained_weights
     from edgekd.data.preprocess import Preprocess
-    from edgekd.data.samples import iter_labelled
 
     torch.manual_seed(0)
     model = ARCHITECTURES[arch]()
-    cache = work / "weights" / f"{arch}-{epochs}.pt"
+    cache = work / "weights" / f"{arch}-{training.tag}.pt"
     if cache.exists():
         model.load_state_dict(torch.load(cache, weights_only=True))
         return model.eval()
-    if arch in DENSE_OUTPUTS or epochs == 0:
+    if arch in DENSE_OUTPUTS or training.epochs == 0:
         model = realistic_weights(model, _images(calib, shape, 32))
     else:
-        xs, ys = zip(*iter_labelled(calib, Preprocess(size=shape[2:]), (50,) + tuple(shape[1:]), None))
-        model = trained_weights(model, np.concatenate(xs), np.concatenate(ys), epochs)
+        images, labels = _training_images(training, Preprocess(size=shape[2:]))
+        model = trained_weights(model, images, labels, training.epochs)
     cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), cache)
     return model
 
 
-def model_files(kinds: list[str], work: Path, calib: Path, only: str | None, epochs: int) -> dict[str, tuple]:
-    """Name → (ONNX file, input shape, is a classifier) for every model asked for."""
+@dataclass(frozen=True)
+class Entry:
+    path: Path
+    shape: tuple
+    classifier: bool
+    calib: Path | None = None  # None: the run's --calib
+    val: Path = VAL  # the held-out images fidelity is measured on
+
+
+def _people_det(work: Path, size: int) -> Path:
+    """The trained people-det teacher (examples/people-det) exported at ``size`` by edgekd's exporter."""
+    import onnx
+    import torch
+
+    from edgekd.models.export import export_onnx
+    from edgekd.models.yolo import person_detector
+
+    path = work / f"people-det-teacher_{size}.onnx"
+    if not path.exists():
+        model = person_detector()
+        model.load_state_dict(torch.load(ROOT / "examples" / "people-det" / "teacher.pth", weights_only=True))
+        onnx.save(export_onnx(model, (1, 3, size, size), 17), path)
+    return path
+
+
+def model_files(kinds: list[str], work: Path, calib: Path, only: str | None, training: Training) -> dict[str, Entry]:
+    """Name → its Entry for every model asked for."""
     from conformance_models import (
         ARCHITECTURES,
         DENSE_OUTPUTS,
@@ -92,28 +158,30 @@ def model_files(kinds: list[str], work: Path, calib: Path, only: str | None, epo
         realistic_light_model,
     )
 
-    out: dict[str, tuple] = {}
+    out: dict[str, Entry] = {}
 
     def wanted(name: str) -> bool:
         return only is None or only in name
 
     if "arch" in kinds:
         for arch in ARCHITECTURES:
+            if arch in RANDOM_ONLY:
+                continue
             shape = SHAPES.get(arch, ARCH_SHAPE)
             names = {v: f"{arch}/{v}" for v in VARIANTS}
             if not any(wanted(n) for n in names.values()):
                 continue
-            model = _arch_model(arch, shape, calib, work, epochs)
+            model = _arch_model(arch, shape, calib, work, training)
             for variant, (opset, dynamic) in VARIANTS.items():
                 if wanted(names[variant]):
-                    path = work / f"{arch}_{variant}.onnx"
+                    path = work / f"{arch}-{training.tag}_{variant}.onnx"
                     if not path.exists():
                         export(model, path, shape, opset, dynamic)
-                    out[names[variant]] = (path, shape, arch not in DENSE_OUTPUTS)
+                    out[names[variant]] = Entry(path, shape, arch not in DENSE_OUTPUTS)
     if "light" in kinds:
         for name in LIGHT_MODELS:
             if wanted(f"light/{name}"):
-                out[f"light/{name}"] = (light_model_dir() / f"light_{name}.onnx", LIGHT_SHAPE, True)
+                out[f"light/{name}"] = Entry(light_model_dir() / f"light_{name}.onnx", LIGHT_SHAPE, True)
     if "light-realistic" in kinds:
         for name in LIGHT_MODELS:
             key = f"light/{name} (realistic)"
@@ -124,7 +192,17 @@ def model_files(kinds: list[str], work: Path, calib: Path, only: str | None, epo
                 BUILDERS[path] = lambda name=name, path=path: realistic_light_model(
                     name, path, _images(calib, LIGHT_SHAPE, 8)
                 )
-            out[key] = (path, LIGHT_SHAPE, True)
+            out[key] = Entry(path, LIGHT_SHAPE, True)
+    if "people-det" in kinds and PEOPLE.is_dir():
+        for size in PEOPLE_SIZES:
+            if wanted(f"people-det-teacher/{size}"):
+                out[f"people-det-teacher/{size}"] = Entry(
+                    _people_det(work, size),
+                    (1, 3, size, size),
+                    False,
+                    PEOPLE / "train" / "images",
+                    PEOPLE / "valid" / "images",
+                )
     return out
 
 
@@ -204,10 +282,47 @@ def compile_cell(
     }
 
 
+def run_cells(planned: list[tuple], models: dict[str, Entry], results: dict, args, deadline: float | None) -> int:
+    """Compiles every planned (precision, model, target) cell not in ``results`` yet, saving the JSON after
+    each; returns how many were left when ``deadline`` passed."""
+    val: dict[tuple[Path, tuple], np.ndarray] = {}
+    todo = [c for c in planned if f"{c[1]}|{c[2]}|{c[0]}" not in results]
+    for i, (precision, name, target) in enumerate(todo):
+        if deadline is not None and time.monotonic() > deadline:
+            return len(todo) - i
+        entry = models[name]
+        if entry.path in BUILDERS:
+            BUILDERS.pop(entry.path)()
+        side = entry.shape[2]
+        if (entry.val, entry.shape) not in val:
+            limit = args.val_images if side <= 64 else args.val_images // 5 if side <= 320 else args.val_images // 16
+            val[entry.val, entry.shape] = _images(entry.val, entry.shape, limit)
+        key = f"{name}|{target}|{precision}"
+        results[key] = cell = compile_cell(
+            entry.path,
+            entry.shape,
+            entry.classifier,
+            target,
+            precision,
+            entry.calib or args.calib,
+            args.samples,
+            val[entry.val, entry.shape],
+            () if args.with_sensitivity else ("sensitivity",),
+        )
+        print(
+            f"[{i + 1}/{len(todo)}] {key}: {cell['status']} "
+            f"{cell.get('vs_float', cell.get('reason', ''))!s:.200} {cell['seconds']} s",
+            flush=True,
+        )
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
 def _rank(name: str) -> int:
-    """Run order, so that an interrupted run has covered every model once: opset 17 first, the light
-    models as shipped, opset 11 dynamic, the realistic light models, opset 13."""
-    order = ("/opset17", "light/", "/opset11-dynamic", "(realistic)", "/opset13")
+    """Run order, so that an interrupted run has covered every model once: opset 17 first, the people-det
+    teacher, the light models as shipped, opset 11 dynamic, the realistic light models, opset 13."""
+    order = ("/opset17", "people-det", "light/", "/opset11-dynamic", "(realistic)", "/opset13")
     return next(
         (i for i, tag in enumerate(order) if tag in name and not (tag == "light/" and "(realistic)" in name)),
         len(order),
@@ -218,57 +333,39 @@ def main(argv=None) -> int:
     from coverage_report import markdown
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="arch,light-realistic,light", help="arch, light-realistic, light")
+    ap.add_argument(
+        "--models", default="arch,people-det,light-realistic,light", help="arch, people-det, light-realistic, light"
+    )
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--precisions", default="int8,fp32")
     ap.add_argument("--only", help="substring a model name must contain")
     ap.add_argument("--calib", type=Path, default=ROOT / "calibration" / "cifar10")
     ap.add_argument("--samples", type=int, default=64, help="calibration samples per compile")
     ap.add_argument("--val-images", type=int, default=500, help="held-out images for fidelity (light: a fifth)")
-    ap.add_argument("--epochs", type=int, default=3, help="training epochs of the stock architectures (0: random)")
+    ap.add_argument("--epochs", type=int, default=12, help="training epochs of the stock architectures (0: random)")
+    ap.add_argument("--train-data", type=Path, default=TRAIN if TRAIN.is_dir() else ROOT / "calibration" / "cifar10")
+    ap.add_argument("--train-per-class", type=int, default=500, help="training images per class")
     ap.add_argument("--json", type=Path, default=ROOT / "build" / "model-coverage.json")
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--with-sensitivity", action="store_true", help="run the per-layer sensitivity pass too (slow)")
     ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "model-coverage")
+    ap.add_argument("--stop-after", type=float, help="minutes; start no new cell after them (the JSON resumes)")
     args = ap.parse_args(argv)
     targets, precisions = args.targets.split(","), args.precisions.split(",")
     args.work.mkdir(parents=True, exist_ok=True)
     results = json.loads(args.json.read_text()) if args.json.exists() else {}
-    models = model_files(args.models.split(","), args.work, args.calib, args.only, args.epochs)
-    val: dict[tuple, np.ndarray] = {}
-    for precision, name, target in sorted(
+    training = Training(args.train_data, args.train_per_class, args.epochs)
+    models = model_files(args.models.split(","), args.work, args.calib, args.only, training)
+    planned = sorted(
         ((p, n, t) for p in precisions for n in models for t in targets),
         key=lambda c: (precisions.index(c[0]), _rank(c[1])),
-    ):
-        path, shape, classifier = models[name]
-        if path in BUILDERS:
-            BUILDERS.pop(path)()
-        if shape not in val:
-            val[shape] = _images(VAL, shape, args.val_images if shape != LIGHT_SHAPE else args.val_images // 5)
-        key = f"{name}|{target}|{precision}"
-        if key in results:
-            continue
-        results[key] = compile_cell(
-            path,
-            shape,
-            classifier,
-            target,
-            precision,
-            args.calib,
-            args.samples,
-            val[shape],
-            () if args.with_sensitivity else ("sensitivity",),
-        )
-        cell = results[key]
-        print(
-            f"{key}: {cell['status']} {cell.get('vs_float', cell.get('reason', ''))!s:.200} {cell['seconds']} s",
-            flush=True,
-        )
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1))
+    )
+    deadline = time.monotonic() + 60 * args.stop_after if args.stop_after else None
+    pending = run_cells(planned, models, results, args, deadline)
     if args.markdown:
         command = "python bench/model_coverage.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        args.markdown.write_text(markdown(results, targets, precisions, command.strip(), BEFORE))
+        text = markdown(results, targets, precisions, command.strip(), BEFORE, training.describe(), pending)
+        args.markdown.write_text(text)
     for precision in precisions:
         cells = [c for k, c in results.items() if k.endswith(f"|{precision}")]
         print(f"{precision}: {sum(c['status'] == 'ok' for c in cells)} of {len(cells)} cells ok")
