@@ -261,6 +261,14 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     show_default=True,
     help="QAT epochs run when --max-drop is missed after PTQ and mixed precision (0: fail instead); needs --data",
 )
+@click.option(
+    "--nms",
+    is_flag=True,
+    help="detectors: NonMaxSuppression inside the artifact (onnx-cpu, openvino-cpu, jetson-*); else the runner does it",
+)
+@click.option("--nms-conf", type=float, default=0.25, show_default=True, help="--nms: score threshold")
+@click.option("--nms-iou", type=float, default=0.7, show_default=True, help="--nms: IoU above which a box is dropped")
+@click.option("--nms-max-det", type=int, default=300, show_default=True, help="--nms: boxes kept per class and image")
 @click.option("--passes", callback=_names, help="run exactly these passes, comma-separated")
 @click.option("--skip", callback=_names, help="drop these passes from the target's default pipeline")
 @click.option("--verify-samples", type=int, default=16, show_default=True)

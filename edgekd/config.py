@@ -75,6 +75,17 @@ class VerificationOptions:
 
 
 @dataclass(frozen=True)
+class DetectionOptions:
+    """``--nms``: NonMaxSuppression inside the artifact, after the float decode (targets whose runtime has
+    the op); without it the runner does NMS. The thresholds are the deployed ones, baked into the graph."""
+
+    nms: bool = False
+    conf: float = 0.25  # a box whose best class scores below this is never returned
+    iou: float = 0.7  # a box overlapping a better one of its class by more than this is dropped
+    max_det: int = 300  # most boxes kept per class and image
+
+
+@dataclass(frozen=True)
 class SearchOptions:
     """``--precision auto`` and ``--latency-budget``: where candidates are timed, and how."""
 
@@ -106,6 +117,7 @@ class CompileConfig:
     training: TrainingOptions = field(default_factory=TrainingOptions)
     qat: QATOptions = field(default_factory=QATOptions)
     verification: VerificationOptions = field(default_factory=VerificationOptions)
+    detection: DetectionOptions = field(default_factory=DetectionOptions)
     search: SearchOptions = field(default_factory=SearchOptions)
     passes: tuple[str, ...] | None = None  # None: the target's default pipeline
     skip: tuple[str, ...] = ()
@@ -166,6 +178,10 @@ FLAT_OPTIONS: dict[str, tuple[str, str]] = {
     "qat_fallback_epochs": ("qat", "fallback_epochs"),
     "verify_samples": ("verification", "samples"),
     "keep_failed": ("verification", "keep_failed"),
+    "nms": ("detection", "nms"),
+    "nms_conf": ("detection", "conf"),
+    "nms_iou": ("detection", "iou"),
+    "nms_max_det": ("detection", "max_det"),
     "device": ("search", "device"),
     "inventory": ("search", "inventory"),
     "latency_budget": ("search", "latency_budget_ms"),
@@ -179,6 +195,7 @@ _GROUPS = {
     "training": TrainingOptions,
     "qat": QATOptions,
     "verification": VerificationOptions,
+    "detection": DetectionOptions,
     "search": SearchOptions,
 }
 _PATHS = {"calib", "eval", "data", "inventory"}

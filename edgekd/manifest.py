@@ -26,6 +26,7 @@ SECTIONS = (
     "backend_report",
     "int8_coverage",
     "speed_check",
+    "nms",
 )
 
 
@@ -93,8 +94,23 @@ def build_manifest(
         "backend_report": sections["backend_report"],
         "int8_coverage": sections["int8_coverage"],
         "speed_check": sections["speed_check"],
+        "nms": sections["nms"] or _runner_nms(state),
         "config": state.config.to_dict(),
         "status": status,
+    }
+
+
+def _runner_nms(state: CompileState) -> dict[str, Any] | None:
+    """Where a detector's NMS runs when the graph has none: in the runner, in numpy."""
+    from edgekd.ir.detector import looks_like_detector
+
+    if state.onnx_model is None or not looks_like_detector(state.onnx_model.graph):
+        return None
+    return {
+        "where": "runner",
+        "module": "edgekd.detect.nms",
+        "graph_nms_available": state.spec.graph_nms,  # --nms would put it in the artifact
+        "why": state.spec.raw.get("detection", {}).get("why"),
     }
 
 

@@ -161,7 +161,21 @@ def _io_section(m: dict) -> list[str]:
             f"×{pre['scale']:.6g}, mean {pre['mean']}, std {pre['std']}, {pre['layout']}.",
             "",
         ]
-    return lines
+    return lines + _nms_line(m.get("nms"))
+
+
+def _nms_line(nms: dict | None) -> list[str]:
+    if not nms:
+        return []
+    if nms["where"] == "graph":
+        return [
+            f"NMS: in the artifact (ONNX NonMaxSuppression after the float decode; score > {nms['conf']}, "
+            f"IoU > {nms['iou']} suppressed, at most {nms['max_per_class']} per class): output `{nms['output']}` "
+            "holds (image, class, box) rows into `boxes` and `scores`.",
+            "",
+        ]
+    hint = " (`--nms` would put it in the artifact)" if nms.get("graph_nms_available") else ""
+    return [f"NMS: in the runner, numpy (`{nms['module']}`){hint}.", ""]
 
 
 def _passes_section(m: dict) -> list[str]:
@@ -243,8 +257,9 @@ def plot_sensitivity(sensitivity: list[dict], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [s["layer"] for s in sensitivity][::-1]
-    values = [min(s["sqnr_db"], 120.0) for s in sensitivity][::-1]
+    # A non-finite SQNR (an output equal to float's, or all zero) is stored as null: drawn at the clamp.
+    names = [s["layer"] + ("" if s["sqnr_db"] is not None else " (not finite)") for s in sensitivity][::-1]
+    values = [120.0 if s["sqnr_db"] is None else min(s["sqnr_db"], 120.0) for s in sensitivity][::-1]
     fig, ax = plt.subplots(figsize=(8, 0.22 * len(names) + 1.2))
     ax.barh(range(len(names)), values)
     ax.set_yticks(range(len(names)), names, fontsize=7)

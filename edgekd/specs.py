@@ -49,6 +49,7 @@ class TargetSpec:
     path: Path
     sha256: str
     raw: dict[str, Any] = field(repr=False, compare=False)
+    graph_nms: bool = False  # [detection] graph_nms
 
     def placement_for(self, scheme: str) -> str:
         """The Q/DQ placement for ``scheme``: this runtime's for its own scheme, the scheme's default for another."""
@@ -95,6 +96,10 @@ SPEC_TABLES: dict[str, dict[str, Key]] = {
         "legalize": Key("str-list"),
         "fuse_activations": Key("bool"),
         "fuse_conv_add": Key("bool"),
+        **_FREE,
+    },
+    "detection": {
+        "graph_nms": Key("bool"),  # the runtime runs ONNX NonMaxSuppression: --nms may put NMS in the artifact
         **_FREE,
     },
     "bench": {
@@ -176,6 +181,7 @@ def parse_spec(path: Path) -> TargetSpec:
         path=path,
         sha256=hashlib.sha256(data).hexdigest(),
         raw=t,
+        graph_nms=bool(_get(t, "detection.graph_nms", path, False)),
     )
 
 

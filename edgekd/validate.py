@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from edgekd.config import CompileConfig, InputSpec
+from edgekd.config import CompileConfig, DetectionOptions, InputSpec
 from edgekd.errors import ConfigError, DataError, InputNotFoundError, InputShapeError
 from edgekd.specs import TargetSpec
 
@@ -86,6 +86,18 @@ def check_paths(config: CompileConfig) -> None:
         )
 
 
+def check_detection(d: DetectionOptions, spec: TargetSpec) -> None:
+    check_number("--nms-conf", d.conf, minimum=0, maximum=1, hint="a score, e.g. 0.25")
+    check_number("--nms-iou", d.iou, minimum=0, maximum=1, hint="e.g. 0.7")
+    check_number("--nms-max-det", d.max_det, minimum=1, integer=True, hint="e.g. 300")
+    if d.nms and not spec.graph_nms:
+        raise ConfigError(
+            f"--nms puts NonMaxSuppression in the artifact, and {spec.name}'s runtime has no such op in edgekd's "
+            f"{spec.backend} backend",
+            "drop --nms: the runner does NMS for this target (edgekd.detect.nms, numpy; `edgekd bench` times it)",
+        )
+
+
 def validate_compile(config: CompileConfig, spec: TargetSpec) -> None:
     c, q, e, t, v, a = (
         config.calibration,
@@ -144,6 +156,7 @@ def validate_compile(config: CompileConfig, spec: TargetSpec) -> None:
         )
     if a.ranges not in ("learn", "ema"):
         raise ConfigError(f"--qat-ranges must be learn or ema, got {a.ranges!r}")
+    check_detection(config.detection, spec)
     check_shape(config.input)
     check_paths(config)
     if t.options:

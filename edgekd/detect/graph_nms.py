@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from edgekd.detect.nms import nms
 from edgekd.errors import ConfigError
 from edgekd.ir.detector import decoded_outputs
 from edgekd.ir.graph import new_initializer
@@ -64,3 +65,27 @@ def add_nms(
     graph.extend([per_class, nms])
     graph.outputs.append(out)
     return model
+
+
+def expected_selection(
+    boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, score_threshold: float, max_per_class: int
+) -> set[tuple[int, int, int]]:
+    """What ONNX NonMaxSuppression returns for ``boxes [N, A, 4]`` and ``scores [N, A, C]``, as the set of
+    (batch, class, box) triples, computed with the numpy NMS: per image and class, boxes scoring above the
+    threshold, greedy suppression, at most ``max_per_class`` kept."""
+    out: set[tuple[int, int, int]] = set()
+    for b in range(boxes.shape[0]):
+        for c in range(scores.shape[2]):
+            idx = np.flatnonzero(scores[b, :, c] > score_threshold)
+            kept = idx[nms(boxes[b, idx], scores[b, idx, c], iou_threshold, None, max_per_class)]
+            out.update((b, c, int(i)) for i in kept)
+    return out
+
+
+def selection_mismatch(boxes: np.ndarray, scores: np.ndarray, selected: np.ndarray, settings: dict) -> tuple[int, int]:
+    """(triples that differ, triples expected): an artifact's ``selected`` output against
+    :func:`expected_selection` of its own ``boxes`` and ``scores``. Equal scores may be taken in either
+    order, so a few differences can be legitimate."""
+    want = expected_selection(boxes, scores, settings["iou"], settings["conf"], settings["max_per_class"])
+    got = {tuple(int(v) for v in row) for row in np.asarray(selected).reshape(-1, 3)}
+    return len(got ^ want), len(want)

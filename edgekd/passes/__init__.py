@@ -13,6 +13,7 @@ from edgekd.passes.evaluate import EvaluatePass
 from edgekd.passes.export_onnx import ExportOnnxPass
 from edgekd.passes.fold_bias_dequantize import FoldBiasDequantizePass
 from edgekd.passes.fuse_conv_bn_relu import FuseConvBnReluPass
+from edgekd.passes.graph_nms import GraphNmsPass
 from edgekd.passes.int8_coverage import Int8CoveragePass
 from edgekd.passes.qat import QATPass
 from edgekd.passes.quantize import QuantizePass
@@ -36,6 +37,7 @@ PASSES: dict[str, type[Pass]] = {
         AccuracyBudgetPass,
         QuantizePass,
         FoldBiasDequantizePass,
+        GraphNmsPass,
         EmitPass,
         VerifyPass,
         Int8CoveragePass,
@@ -59,6 +61,7 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "sensitivity",
     "accuracy-budget",
     "quantize",
+    "nms",
     "emit",
     "verify",
     "int8-coverage",

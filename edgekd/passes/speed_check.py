@@ -62,11 +62,17 @@ class SpeedCheckOutput(PassOutput):
 
 
 def float_artifact(backend, state: CompileState, outdir: Path) -> Path:
-    """The float graph before quantization, emitted by the same backend into ``outdir``."""
+    """The float graph before quantization, emitted by the same backend into ``outdir`` (with the same graph
+    NMS as the int8 artifact, so that both time the same work)."""
     import onnx
     import onnx_ir as ir
 
+    from edgekd.detect.graph_nms import add_nms
+    from edgekd.passes.graph_nms import GraphNmsOutput
+
     model = ir.from_proto(onnx.load_from_string(state.float_onnx))
+    if (nms := state.output(GraphNmsOutput)) is not None:
+        add_nms(model, iou_threshold=nms.iou, score_threshold=nms.conf, max_per_class=nms.max_det)
     result = backend.emit(
         EmitInput(
             model=model,

@@ -23,9 +23,12 @@ import numpy as np
 from edgekd.backends import get_backend
 from edgekd.config import CompileConfig
 from edgekd.data.samples import iter_batches, random_batches
+from edgekd.detect.graph_nms import SELECTED, selection_mismatch
 from edgekd.errors import FidelityError
+from edgekd.ir.detector import decoded_outputs
 from edgekd.metrics import compare_outputs
 from edgekd.passes.base import Pass, PassResult
+from edgekd.passes.graph_nms import GraphNmsOutput
 from edgekd.quant.qparams import sqnr_db
 from edgekd.specs import TargetSpec
 from edgekd.state import EMITTED, CompileState, PassOutput
@@ -48,6 +51,7 @@ class FidelityOutput(PassOutput):
     max_output_steps: float | None = None  # worst output error in the artifact's output quantization steps
     # past the step limit: per output, SQNR vs the float model of the artifact and of the simulation
     vs_float: dict | None = None
+    graph_nms: dict | None = None  # --nms: the artifact's selected boxes against numpy NMS of its own outputs
 
     def to_manifest(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -65,6 +69,10 @@ MIN_SIMULATION_VS_FLOAT_DB = 10.0
 # The runtime rounds on the simulation's grids but independently of it: its difference from the simulation
 # may carry up to twice the power of the simulation's own error (-3 dB), no more.
 OWN_ROUNDING_DB = 3.0
+
+
+# Boxes of equal score may be kept in either order; more differences than this share mean the op differs.
+MAX_NMS_DIFFERENCE = 0.01
 
 
 class FidelityWarning(UserWarning):
@@ -136,10 +144,13 @@ class VerifyPass(Pass):
             inputs.append(x)
             got.append(run(x))
             want.append(state.reference(x))
+        names = [o.name for o in state.onnx_model.graph.outputs]
+        selection = None
+        if SELECTED in names:  # graph NMS: its indices are checked against the artifact's own boxes and scores
+            selection = self._selection(state, names, got)
+            got, want, names = _without(got, names), _without(want, names), [n for n in names if n != SELECTED]
         quantized = state.quantized
-        scales = [
-            state.qparams.get(o.name, {}).get("scale") if quantized else None for o in state.onnx_model.graph.outputs
-        ]
+        scales = [state.qparams.get(n, {}).get("scale") if quantized else None for n in names]
         tie = self._tie_margin(scales[0] if scales else None, quantized, got, want)
         metrics = compare_outputs(got, want, tie_margin=tie)
         stepped = [(err / float(np.max(s))) for err, s in zip(metrics["max_abs_per_output"], scales) if s is not None]
@@ -148,6 +159,7 @@ class VerifyPass(Pass):
             samples=sum(len(w[0]) for w in want),
             inputs="calibration images" if self.calib else "random normal",
             max_output_steps=max(stepped) if stepped else None,
+            graph_nms=selection,
             **metrics,
         )
         problems = self._problems(output, scales, quantized)
@@ -161,6 +173,15 @@ class VerifyPass(Pass):
                 output=output,
             )
         return PassResult(state, changed=False, output=output)
+
+    def _selection(self, state: CompileState, names: list[str], got: list) -> dict:
+        boxes, scores = (names.index(v.name) for v in decoded_outputs(state.onnx_model.graph))
+        settings = state.output(GraphNmsOutput).summary()
+        differ = expected = 0
+        for outs in got:
+            d, e = selection_mismatch(outs[boxes], outs[scores], outs[names.index(SELECTED)], settings)
+            differ, expected = differ + d, expected + e
+        return {"selected_expected": expected, "selected_differing": differ}
 
     def _against_float(self, output: FidelityOutput, problems: list[str], got, want, floats):
         """Past the limits: kept (with a FidelityWarning) when as close to float as the simulation."""
@@ -207,12 +228,24 @@ class VerifyPass(Pass):
             rel = max(unscaled) / out.reference_range if unscaled and out.reference_range else 0.0
             if rel > limit:
                 problems.append(f"relative error {rel:.2e} (limit {limit:.0e})")
+        nms = out.graph_nms
+        if nms and nms["selected_differing"] > MAX_NMS_DIFFERENCE * max(nms["selected_expected"], 1):
+            problems.append(
+                f"the graph's NonMaxSuppression kept {nms['selected_differing']} boxes differently from NMS of the "
+                f"artifact's own boxes and scores ({nms['selected_expected']} expected)"
+            )
         decisive = out.decisive_disagreements or 0
         if decisive > (1 - self.min_top1_agreement) * out.samples:
             problems.append(
                 f"top-1 differs on {decisive} of {out.samples} samples where the reference is not a near-tie"
             )
         return problems
+
+
+def _without(runs: list, names: list[str]) -> list:
+    """Each run's outputs without ``selected``: a run of a graph without NMS has one output fewer."""
+    k = names.index(SELECTED)
+    return [[o for i, o in enumerate(outs) if i != k] if len(outs) == len(names) else outs for outs in runs]
 
 
 def _as_close_to_float(vs_float: dict) -> bool:

@@ -1,0 +1,48 @@
+"""``--nms``: NonMaxSuppression appended to the graph the backend emits, after the float decode, on targets
+whose runtime has the op (the spec's ``[detection] graph_nms``). Without ``--nms`` the runner does NMS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgekd.config import CompileConfig, DetectionOptions
+from edgekd.detect.graph_nms import add_nms
+from edgekd.passes.base import Pass, PassResult
+from edgekd.specs import TargetSpec
+from edgekd.state import ONNX_MODEL, CompileState, PassOutput
+
+
+@dataclass(frozen=True)
+class GraphNmsOutput(PassOutput):
+    section = "nms"
+
+    conf: float
+    iou: float
+    max_det: int
+
+    def to_manifest(self) -> dict:
+        return {"where": "graph", "op": "NonMaxSuppression", **self.summary()}
+
+    def summary(self) -> dict:
+        return {"conf": self.conf, "iou": self.iou, "max_per_class": self.max_det, "output": "selected"}
+
+
+class GraphNmsPass(Pass):
+    name = "nms"
+    requires = frozenset({ONNX_MODEL})
+
+    def __init__(self, options: DetectionOptions):
+        self.options = options
+
+    @classmethod
+    def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "GraphNmsPass":
+        return cls(config.detection)
+
+    @classmethod
+    def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
+        return config.detection.nms
+
+    def run(self, state: CompileState) -> PassResult:
+        o = self.options
+        add_nms(state.onnx_model, iou_threshold=o.iou, score_threshold=o.conf, max_per_class=o.max_det)
+        return PassResult(state, changed=True, output=GraphNmsOutput(o.conf, o.iou, o.max_det))
