@@ -69,6 +69,18 @@ def decode_tail(graph: ir.Graph) -> frozenset[str]:
     return frozenset(n.name for n in graph if n.name not in feeds_weighted)
 
 
+def head_layers(graph: ir.Graph, tail: frozenset[str]) -> frozenset[str]:
+    """The weighted nodes whose every reader is in the decode ``tail``: a detector's last head convolutions."""
+    return frozenset(
+        n.name
+        for n in graph
+        if n.op_type in WEIGHTED
+        and n.name not in tail
+        and (uses := [u for v in n.outputs for u in v.uses()])
+        and all(u.node.name in tail for u in uses)
+    )
+
+
 def _dfl_projection(node: ir.Node) -> bool:
     """A convolution reading a Softmax (through Reshape/Transpose): the DFL's expectation over bins."""
     if node.op_type != "Conv" or not node.inputs or node.inputs[0] is None:

@@ -11,7 +11,7 @@ from onnx import helper
 
 from edgekd.quant.observers import Observer
 from edgekd.quant.placement import QuantPlan
-from edgekd.quant.qparams import QParams, scheme_for
+from edgekd.quant.qparams import QParams, qparams_from_range, scheme_for
 
 
 @dataclass
@@ -27,12 +27,15 @@ class Calibration:
     method: str
 
     def activation_qparams(self, plan: QuantPlan) -> dict[str, QParams]:
-        """Observed tensors get their observer's range; fixed-range outputs (sigmoid, softmax, tanh) get
+        """Observed tensors get their observer's range, within the site's bounds (what its readers can
+        tell apart, :mod:`edgekd.quant.reader_bounds`); fixed-range outputs (sigmoid, softmax, tanh) get
         what integer runtimes require: 256 codes over the range, its low end on the lowest code (sigmoid:
         scale 1/256, zero point -128; tanh: 1/128, 0 in int8)."""
         scheme = scheme_for(self.scheme)
         out = {t: obs.qparams(scheme) for t, obs in self.observers.items()}
         for name, site in plan.activations.items():
+            if site.bounds is not None and name in self.observers:
+                out[name] = self._bounded(self.observers[name], site.bounds, scheme, out[name])
             if site.fixed_range is None:
                 continue
             if scheme.symmetric:
@@ -50,6 +53,18 @@ class Calibration:
                     scheme,
                 )
         return out
+
+    @staticmethod
+    def _bounded(observer: Observer, bounds: tuple, scheme, observed: QParams) -> QParams:
+        lo, hi = observer.min_max()
+        if np.ndim(lo):
+            return observed
+        floor, ceiling = bounds
+        new_lo = max(lo, floor) if floor is not None and floor < hi else lo
+        new_hi = min(hi, ceiling) if ceiling is not None and ceiling > new_lo else hi
+        if (new_lo, new_hi) == (lo, hi):
+            return observed
+        return qparams_from_range(np.float64(new_lo), np.float64(new_hi), scheme)
 
 
 def with_outputs(model: onnx.ModelProto, tensors: list[str], dynamic_batch: bool) -> onnx.ModelProto:

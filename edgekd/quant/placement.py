@@ -28,7 +28,9 @@ Weights of Conv/ConvTranspose/Gemm/MatMul are always per-channel int8; layers na
 weights and read float inputs.
 
 A detector's decode (the nodes after its last head convolutions, :func:`edgekd.ir.detector.decode_tail`)
-stays float under both placements: the head outputs are quantized, the decode reads them dequantized.
+stays float under every placement; the decode reads the head outputs dequantized (``outputs``) or as the
+head convolutions write them in float (``qlinear``, and the input placements, which never quantize a
+weighted op's output).
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ import numpy as np
 import onnx_ir as ir
 
 from edgekd.ir.dataflow import data_values, is_float_data
-from edgekd.ir.detector import decode_tail
+from edgekd.ir.detector import decode_tail, head_layers
 from edgekd.ir.graph import FUSED_ACTIVATION, FUSED_ADD, const_array, sole_consumer
 from edgekd.ir.patterns import composites
+from edgekd.quant.reader_bounds import set_bounds
 from edgekd.specs import PLACEMENTS
 
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
@@ -128,6 +131,8 @@ class ActivationSite:
     to_graph_output: bool  # the graph output becomes the dequantized value
     fixed_range: tuple[float, float] | None = None
     same_as: str | None = None  # copy this (upstream) tensor's parameters instead of observing
+    # (floor, ceiling): the readers tell nothing apart beyond these (edgekd.quant.reader_bounds)
+    bounds: tuple[float | None, float | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -275,6 +280,7 @@ def plan_quantization(
         _input_sites(graph, data, plan, QUANTIZED_INPUTS[placement], hoist=placement == "quantizable-inputs")
     else:
         raise ValueError(f"unknown placement {placement!r}; known: {', '.join(PLACEMENTS)}")
+    set_bounds(graph, plan)
     return plan
 
 
@@ -306,8 +312,11 @@ def _output_sites(
     for v in graph.inputs:
         if _is_float_activation(v, data):
             plan.activations[v.name] = ActivationSite(v.name, _uses(v, keep_float), v.is_graph_output())
+    # ONNX Runtime runs a detector's last head convolutions as float Conv on their int8 inputs and weights:
+    # their outputs (the raw class logits and box offsets the float decode reads) are not rounded to int8.
+    float_heads = head_layers(graph, plan.float_tail) if ort_units else frozenset()
     for node in graph:
-        if node.name in plan.float_tail:
+        if node.name in plan.float_tail or node.name in float_heads:
             continue
         outs = [v for v in node.outputs if _is_float_activation(v, data) and v not in inside]
         if node.op_type in VALUE_CHANGING:
