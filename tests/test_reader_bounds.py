@@ -87,7 +87,7 @@ def test_no_silu_floor_where_the_sigmoid_reads_the_float_input():
 
 
 def _calibration(model: ir.Model, x: np.ndarray, placement: str = "outputs") -> tuple[Calibration, dict]:
-    from edgekd.runtime import onnx_run_fn, ort_session
+    from edgekd.runtime import ort_session
 
     plan = plan_quantization(model, placement)
     proto = ir.to_proto(model)
