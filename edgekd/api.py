@@ -228,7 +228,8 @@ def bench(
     inventory: str | Path | None = None,
     accept_new_host_key: bool = False,
 ) -> dict:
-    """Benchmarks a compiled artifact on a device; stores the result and a plot in the artifact."""
+    """Benchmarks a compiled artifact on a device; stores the result and a plot in the artifact. A detector is
+    also timed from frame to detections (``settings.end_to_end``; None: the model alone)."""
     artifact = Path(artifact)
     dev = resolve_device(device, inventory, accept_new_host_key)
     result = run_benchmark(artifact, dev, settings or BenchSettings(), progress)

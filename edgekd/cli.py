@@ -12,6 +12,13 @@ from pathlib import Path
 import click
 
 from edgekd import __version__, api
+from edgekd.bench.end_to_end import (
+    DEFAULT_END_TO_END,
+    END_TO_END_HEADERS,
+    EndToEndSettings,
+    end_to_end_line,
+    end_to_end_rows,
+)
 from edgekd.bench.session import BenchSettings
 from edgekd.errors import ConfigError, EdgekdError, InputNotFoundError
 from edgekd.report import LATENCY_HEADERS, latency_rows
@@ -340,7 +347,7 @@ def compile_cmd(
     _compile_summary(result)
     _search_tables(result.manifest)
     if bench_device:
-        _bench(result.output, bench_device, None, None, None, None, quiet, inventory)
+        _bench(result.output, bench_device, _settings(result.output), quiet, inventory)
 
 
 def _percent(v: float | None) -> str:
@@ -490,7 +497,9 @@ class _EpochBar:
             )
 
 
-def _settings(artifact, threads, warmup, iterations, time_budget) -> BenchSettings:
+def _settings(
+    artifact, threads=None, warmup=None, iterations=None, time_budget=None, end_to_end=DEFAULT_END_TO_END
+) -> BenchSettings:
     """Flags first, then the artifact's target spec defaults."""
     from edgekd.artifact import read_manifest
     from edgekd.specs import load_target
@@ -506,26 +515,43 @@ def _settings(artifact, threads, warmup, iterations, time_budget) -> BenchSettin
         warmup=d.warmup if warmup is None else warmup,
         iterations=d.iterations if iterations is None else iterations,
         time_budget_s=time_budget,
+        end_to_end=end_to_end,
     )
 
 
-def _bench(artifact, device, threads, warmup, iterations, time_budget, quiet, inventory=None, accept_new=False):
-    settings = _settings(artifact, threads, warmup, iterations, time_budget)
+def _bench(artifact, device, settings, quiet, inventory=None, accept_new=False):
     if quiet:
         result = api.bench(artifact, device, settings, inventory=inventory, accept_new_host_key=accept_new)
     else:
         with click.progressbar(length=settings.iterations, label=f"benchmarking on {device}", file=sys.stderr) as bar:
-            seen = [0]
 
             def progress(done, total):
-                bar.update(done - seen[0])
-                seen[0] = done
+                bar.length = total  # a detector's run counts its end-to-end loop too
+                bar.update(done - bar.pos)
 
             result = api.bench(
                 artifact, device, settings, progress, inventory=inventory, accept_new_host_key=accept_new
             )
-    click.echo(text_table(LATENCY_HEADERS, latency_rows([result])))
+    _latency_tables([result])
     return result
+
+
+def _latency_tables(results: list[dict]) -> None:
+    """Model-only latency; for detectors, each stage from frame to detections below it."""
+    click.echo(text_table(LATENCY_HEADERS, latency_rows(results)))
+    rows = end_to_end_rows(results)
+    if rows:
+        click.echo("\nend to end (frame → detections):")
+        click.echo(text_table(END_TO_END_HEADERS, rows))
+        for r in results:
+            if r.get("end_to_end"):
+                click.echo(end_to_end_line(r))
+
+
+def _compare_table(rows: list[dict]) -> str:
+    headers = ["target", "device", "runtime", "threads", "p50 ms", "p90 ms", "p99 ms", "e2e p50 ms", "fps", "when"]
+    keys = ["target", "device", "runtime", "threads", "p50_ms", "p90_ms", "p99_ms", "e2e_p50_ms", "throughput_fps"]
+    return text_table(headers, [[r.get(k) for k in keys] + [r["started"]] for r in rows])
 
 
 @main.command("bench")
@@ -540,52 +566,59 @@ def _bench(artifact, device, threads, warmup, iterations, time_budget, quiet, in
 @click.option("--threads", type=int, help="default: the target spec's")
 @click.option("--warmup", type=int)
 @click.option("--iterations", "-n", type=int)
-@click.option("--time-budget", type=float, help="seconds; stop the timed loop early when spent")
+@click.option("--time-budget", type=float, help="seconds; stop each timed loop early when spent")
+@click.option(
+    "--frames",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="a detector: time it end to end on these images (the first 16) [synthetic 640×480 frames]",
+)
+@click.option("--conf", type=float, default=0.25, show_default=True, help="a detector's end-to-end score threshold")
+@click.option("--iou", type=float, default=0.7, show_default=True, help="a detector's end-to-end NMS IoU")
+@click.option("--max-det", type=int, default=300, show_default=True, help="a detector's detections kept per frame")
+@click.option("--model-only", is_flag=True, help="a detector: time the model alone, not frame to detections")
 @click.option("--accept-new-host-key", is_flag=True, help="trust and record a board's host key not yet in known_hosts")
 @click.option("-q", "--quiet", is_flag=True)
 @handle_errors
 def bench_cmd(
-    artifacts, device, compare, inventory, threads, warmup, iterations, time_budget, accept_new_host_key, quiet
+    artifacts,
+    device,
+    compare,
+    inventory,
+    threads,
+    warmup,
+    iterations,
+    time_budget,
+    frames,
+    conf,
+    iou,
+    max_det,
+    model_only,
+    accept_new_host_key,
+    quiet,
 ):
-    """Benchmark compiled ARTIFACTS: p50/p90/p99 latency, throughput, peak memory."""
+    """Benchmark compiled ARTIFACTS: p50/p90/p99 latency, throughput, peak memory; a detector also end to end
+    (preprocess + model + decode/NMS, from camera-like frames)."""
     if compare:
         rows, png = api.compare(artifacts)
         if not rows:
             raise InputNotFoundError(
                 "no benchmark runs recorded in these artifacts", "run `edgekd bench OUT --device NAME` first"
             )
-        click.echo(
-            text_table(
-                ["target", "device", "runtime", "threads", "p50 ms", "p90 ms", "p99 ms", "fps", "when"],
-                [
-                    [
-                        r["target"],
-                        r["device"],
-                        r["runtime"],
-                        r["threads"],
-                        r["p50_ms"],
-                        r["p90_ms"],
-                        r["p99_ms"],
-                        r["throughput_fps"],
-                        r["started"],
-                    ]
-                    for r in rows
-                ],
-            )
-        )
+        click.echo(_compare_table(rows))
         click.echo(f"plot: {png}")
         return
     if len(artifacts) != 1:
         raise ConfigError("benchmark one artifact at a time (several are only for --compare)")
+    e2e = None if model_only else EndToEndSettings(str(frames) if frames else None, conf, iou, max_det)
+    settings = _settings(artifacts[0], threads, warmup, iterations, time_budget, e2e)
     names = [d.strip() for d in device.split(",") if d.strip()]
     if len(names) == 1:
-        _bench(artifacts[0], names[0], threads, warmup, iterations, time_budget, quiet, inventory, accept_new_host_key)
+        _bench(artifacts[0], names[0], settings, quiet, inventory, accept_new_host_key)
         return
-    settings = _settings(artifacts[0], threads, warmup, iterations, time_budget)
     results = api.bench_many(artifacts[0], names, settings, inventory, accept_new_host_key)
     ok = [r for r in results if not isinstance(r, Exception)]
     if ok:
-        click.echo(text_table(LATENCY_HEADERS, latency_rows(ok)))
+        _latency_tables(ok)
     for name, r in zip(names, results):
         if isinstance(r, Exception):
             click.secho(f"{name}: {r}", fg="red", err=True)

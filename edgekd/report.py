@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.artifact import REPORT, read_manifest
+from edgekd.bench.end_to_end import END_TO_END_HEADERS, end_to_end_line, end_to_end_rows
 from edgekd.bench.session import load_results
 from edgekd.ui import markdown_table
 
@@ -248,6 +249,11 @@ def _latency_section(results: list[dict]) -> list[str]:
         return []
     lines = ["## Latency", "", markdown_table(LATENCY_HEADERS, latency_rows(results)), ""]
     lines += [f"![latency on {r['device']}]({r['plot']})" for r in results if r.get("plot")]
+    e2e = end_to_end_rows(results)
+    if e2e:
+        lines += ["", "End to end, frame to detections (preprocess + model + decode/NMS):", ""]
+        lines += [markdown_table(END_TO_END_HEADERS, e2e), ""]
+        lines += [f"- {end_to_end_line(r)}" for r in results if r.get("end_to_end")]
     return lines + [""]
 
 

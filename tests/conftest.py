@@ -144,3 +144,54 @@ def compile_zoo_int8(tmp_path, zoo_models, name, target, out="out", **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
         return api.compile(config)
+
+
+DETECTOR_SIZE = (64, 64)
+
+
+def lively_detector(num_classes: int = 2, seed: int = 0) -> torch.nn.Module:
+    """A decoded ``yolo-det-p2:0.125`` (outputs boxes, scores) whose random weights see the input like a trained
+    one: BatchNorm statistics taken from noise frames preprocessed as ``detector_card`` says (activations stay
+    near unit scale through the depth), class logits spread wide (scores from ~0.02 to ~0.8, input-dependent)
+    and boxes a few cells wide, so NMS has overlaps to remove."""
+    torch.manual_seed(seed)
+    model = build_model("yolo-det-p2:0.125", num_classes=num_classes)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # a plain average over the batch below
+    frames = np.random.default_rng(seed).integers(0, 256, (8, *DETECTOR_SIZE, 3)).astype(np.float32)
+    x = (frames / 255 - np.asarray([0.1, 0.2, 0.3], np.float32)) / np.asarray([0.5, 0.6, 0.7], np.float32)
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+        for branch in model.head.cls:
+            branch[-1].weight.mul_(6.0)
+            branch[-1].bias.fill_(-1.5)
+        for branch in model.head.box:
+            branch[-1].bias[2:] = 0.0  # w = h = (2σ(0))² · 4 strides
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def detector_torchscript(tmp_path_factory) -> Path:
+    """``lively_detector()`` with 2 classes, TorchScript at 64×64."""
+    path = tmp_path_factory.mktemp("detector") / "det.pt"
+    torch.jit.save(torch.jit.trace(lively_detector(), torch.zeros(1, 3, *DETECTOR_SIZE)), str(path))
+    return path
+
+
+def detector_card(path: Path, torchscript: Path) -> Path:
+    """A model card for ``detector_torchscript``: letterbox, and a mean/std that are not the identity."""
+    path.write_text(
+        f'[model]\nsource = "{torchscript}"\n[input]\nshape = [1, 3, {DETECTOR_SIZE[0]}, {DETECTOR_SIZE[1]}]\n'
+        'resize = "letterbox"\nmean = [0.1, 0.2, 0.3]\nstd = [0.5, 0.6, 0.7]\n'
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def detector_artifact(tmp_path_factory, detector_torchscript) -> Path:
+    """``detector_torchscript`` compiled fp32 for onnx-cpu."""
+    root = tmp_path_factory.mktemp("detector-art")
+    card = detector_card(root / "det.toml", detector_torchscript)
+    return api.compile(api.make_config(str(card), "onnx-cpu", root / "art", precision="fp32")).output

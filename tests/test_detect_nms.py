@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgekd.detect.graph_nms import SELECTED, add_nms
-from edgekd.detect.nms import iou_matrix, nms
+from edgekd.detect.nms import iou_matrix, nms, select_from_graph
 from edgekd.detect.postprocess import NmsSettings, select
 from edgekd.errors import ConfigError
 from edgekd.runtime import ort_session
@@ -76,6 +76,18 @@ def test_select_thresholds_picks_best_class_and_caps_detections():
     assert det.scores.tolist() == pytest.approx([0.9, 0.8]) and det.classes.tolist() == [1, 0]
     det = select(boxes, scores, NmsSettings(conf=0.5, iou=0.5))
     assert det.classes.tolist() == [1, 0, 1]
+
+
+def test_graph_selected_rows_become_one_images_detections():
+    scores = np.zeros((2, 4, 2), np.float32)
+    scores[0, :, 0], scores[0, :, 1] = [0.9, 0.1, 0.5, 0.0], [0.2, 0.8, 0.0, 0.5]
+    scores[1] = 0.99
+    selected = np.asarray([[0, 1, 3], [0, 0, 2], [1, 0, 1], [0, 1, 1], [0, 0, 0], [0, 0, 1]], np.int64)
+    box, cls, score = select_from_graph(selected, scores, 0, conf=0.3, max_det=3)
+    # image 0 above 0.3: box 0 (0.9), box 1 class 1 (0.8), then boxes 2 and 3 at 0.5: the lower index first
+    assert box.tolist() == [0, 1, 2] and cls.tolist() == [0, 1, 0]
+    assert score.tolist() == pytest.approx([0.9, 0.8, 0.5])
+    assert select_from_graph(selected[:0], scores, 0, 0.3, 3)[0].tolist() == []
 
 
 def _decoded_graph(a: int, c: int) -> ir.Model:

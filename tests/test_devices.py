@@ -377,3 +377,18 @@ def test_tflite_and_openvino_artifacts_run_on_the_board(tmp_path, zoo_models, in
     remote = api.bench(out, "board", FAST, inventory=inv)
     assert local["runtime"]["name"] == remote["runtime"]["name"] == runtime
     assert remote["latency"]["iterations"] == 10 and remote["input"] == local["input"]
+
+
+def test_a_detector_runs_end_to_end_on_the_board(inv, tmp_path, detector_artifact, ssh_board):
+    from PIL import Image
+
+    from edgekd.bench.end_to_end import EndToEndSettings
+
+    art = shutil.copytree(detector_artifact, tmp_path / "det")
+    (tmp_path / "frames").mkdir()
+    Image.new("RGB", (80, 48), (30, 120, 200)).save(tmp_path / "frames" / "one frame.png")
+    e2e = EndToEndSettings(frames=str(tmp_path / "frames"))
+    r = api.bench(art, "board", BenchSettings(threads=1, warmup=1, iterations=5, end_to_end=e2e), inventory=inv)
+    assert r["device"] == "board" and r["end_to_end"]["frames"]["sizes"] == [[48, 80]]
+    assert r["end_to_end"]["stages"]["total"]["iterations"] == 5 and r["end_to_end"]["stages"]["model"]["p50_ms"] > 0
+    assert remote_runs(ssh_board) == []

@@ -17,6 +17,8 @@ CREATE TABLE IF NOT EXISTS runs (
     p50_ms REAL, p90_ms REAL, p99_ms REAL, mean_ms REAL, std_ms REAL, throughput_fps REAL, peak_rss_mb REAL,
     host TEXT, result TEXT NOT NULL
 )"""
+# Columns added since the first table; a database written before them gains them, empty, on first use.
+ADDED = {"e2e_p50_ms": "REAL", "e2e_p90_ms": "REAL", "e2e_mean_ms": "REAL"}
 COLUMNS = (
     "started",
     "device",
@@ -33,6 +35,7 @@ COLUMNS = (
     "std_ms",
     "throughput_fps",
     "peak_rss_mb",
+    *ADDED,
 )
 
 
@@ -40,11 +43,16 @@ def _connect(artifact: Path) -> sqlite3.Connection:
     (artifact / RESULTS_DIR).mkdir(exist_ok=True)
     db = sqlite3.connect(artifact / RESULTS_DIR / DB)
     db.execute(_SCHEMA)
+    have = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+    for name, kind in ADDED.items():
+        if name not in have:
+            db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
     return db
 
 
 def append(artifact: Path, result: dict) -> None:
     lat, mem = result["latency"], result.get("memory") or {}
+    total = ((result.get("end_to_end") or {}).get("stages") or {}).get("total") or {}
     row = (
         result["started"],
         result["device"],
@@ -61,6 +69,9 @@ def append(artifact: Path, result: dict) -> None:
         lat.get("std_ms"),
         lat.get("throughput_fps"),
         mem.get("peak_rss_mb"),
+        total.get("p50_ms"),
+        total.get("p90_ms"),
+        total.get("mean_ms"),
         json.dumps(result.get("host")),
         json.dumps({k: v for k, v in result.items() if k != "latencies_ms"}),
     )
@@ -103,6 +114,10 @@ def plot_compare(rows: list[dict], path: Path) -> Path:
     hi = [max(0.0, (r["p99_ms"] or r["p50_ms"]) - r["p50_ms"]) for r in rows]
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(rows)), 4))
     ax.bar(range(len(rows)), p50, yerr=[lo, hi], capsize=4)
+    e2e = [(i, r["e2e_p50_ms"]) for i, r in enumerate(rows) if r.get("e2e_p50_ms") is not None]
+    if e2e:  # detectors: frame to detections, beside the model alone
+        ax.plot(*zip(*e2e), "kD", label="end to end p50 (preprocess + model + NMS)")
+        ax.legend(fontsize=7)
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
     ax.set_ylabel("latency (ms): bar p50, whisker p99")
     ax.set_title("latency across devices and targets")

@@ -10,6 +10,11 @@ writes one JSON result.
 With ``--inputs x.npy --save-outputs y.npz`` it first runs every sample once, untimed, and saves the
 raw outputs (``output0``, ``output1``, ...: one array per model output, samples stacked on axis 0),
 so a board's results can be compared with the host's.
+
+With ``--detect settings.json`` (a detector) it then times the whole pipeline a camera runs, frame to
+detections: preprocess, model, decode/NMS and their total, on ``--frames`` (uint8 RGB frames, .npy/.npz) or
+synthetic VGA frames (see ``edgekd/bench/detect_loop.py``, shipped beside this file with the two modules it
+calls); ``--save-detections d.npz`` saves each frame's detections first.
 """
 
 import argparse
@@ -21,7 +26,13 @@ import resource
 import sys
 import time
 
-SCHEMA = 1
+SCHEMA = 1  # results with an ``end_to_end`` section are still 1: the key is optional, nothing else changed
+# What a detector run loads beside this file (a board has no edgekd): the name shipped → edgekd's module.
+SHIPPED_MODULES = {
+    "edgekd_detect_loop": "edgekd.bench.detect_loop",
+    "edgekd_frames": "edgekd.data.frames",
+    "edgekd_nms": "edgekd.detect.nms",
+}
 
 
 def read_first(path, default=None):
@@ -145,6 +156,8 @@ class LiteRTModel:
         self.input_index = inp["index"]
         self.input_shape = [int(d) for d in inp["shape"]]
         self.input_dtype = inp["dtype"].__name__
+        scale, zero_point = inp["quantization"]
+        self.input_quantization = {"scale": scale, "zero_point": zero_point} if scale else None
         self.outputs = [o["index"] for o in self.interp.get_output_details()]
 
     def __call__(self, x):
@@ -204,44 +217,126 @@ def save_outputs(model, samples, path):
         np.savez(f, **arrays)
 
 
-def time_model(model, samples, args):
-    """Latencies in ms of ``args.iterations`` runs after ``args.warmup``, with progress lines on stderr;
-    stops early once ``args.time_budget`` seconds are spent."""
+class Progress:
+    """``edgekd-progress DONE/TOTAL`` lines on stderr, counted across every timed loop of the run."""
+
+    def __init__(self, total, every=0):
+        self.total, self.done = total, 0
+        self.every = every or max(1, total // 10)
+
+    def step(self):
+        self.done += 1
+        if self.done % self.every == 0 or self.done == self.total:
+            sys.stderr.write("edgekd-progress %d/%d\n" % (self.done, self.total))
+            sys.stderr.flush()
+
+
+def time_model(model, samples, args, progress):
+    """Latencies in ms of ``args.iterations`` runs after ``args.warmup``; stops early once ``args.time_budget``
+    seconds are spent."""
     for i in range(args.warmup):
         model(samples[i % len(samples)])
     latencies = []
-    total = args.iterations
     deadline = time.perf_counter() + args.time_budget if args.time_budget else None
-    every = args.progress_every or max(1, total // 10)
-    for i in range(total):
+    for i in range(args.iterations):
         x = samples[i % len(samples)]
         start = time.perf_counter_ns()
         model(x)
         latencies.append((time.perf_counter_ns() - start) / 1e6)
-        if (i + 1) % every == 0 or i + 1 == total:
-            sys.stderr.write("edgekd-progress %d/%d\n" % (i + 1, total))
-            sys.stderr.flush()
+        progress.step()
         if deadline is not None and time.perf_counter() > deadline:
             break
     return latencies
 
 
-def main(argv=None):
+def load_shipped(name):
+    """A module of SHIPPED_MODULES: the copy beside this file (by path: ``python -I`` leaves the script's
+    folder off sys.path), else edgekd's own when run from the package."""
+    import importlib
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
+    if not os.path.exists(path):
+        return importlib.import_module(SHIPPED_MODULES[name])
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class DetectSetupError(Exception):
+    """The --detect settings or the --frames file cannot be used."""
+
+
+def load_end_to_end(model, args):
+    """(the shipped detector loop, its pipeline for ``model``, the frames, the settings) for --detect, read
+    before anything is timed; DetectSetupError when the settings or the frames cannot be used."""
+    loop = load_shipped("edgekd_detect_loop")
+    try:
+        with open(args.detect) as f:
+            spec = json.load(f)
+        pipeline = loop.Pipeline(model, spec, load_shipped("edgekd_frames"), load_shipped("edgekd_nms"))
+        frames = loop.load_frames(args.frames) if args.frames else loop.synthetic_frames()
+    except (ValueError, KeyError, OSError) as e:  # a JSON or frames error is a ValueError
+        raise DetectSetupError("%s: %s" % (type(e).__name__, e)) from e
+    return loop, pipeline, frames, spec
+
+
+def end_to_end(setup, args, progress):
+    """The ``end_to_end`` section of the result: each stage's latency over frames, frame to detections."""
+    loop, pipeline, frames, spec = setup
+    if args.save_detections:
+        loop.save_detections(pipeline, frames, args.save_detections)
+    stages, per_frame = loop.time_pipeline(
+        pipeline, frames, args.iterations, args.warmup, args.time_budget, progress.step
+    )
+    return {
+        "frames": loop.describe_frames(frames, args.frames),
+        "frames_per_iteration": pipeline.batch,
+        "preprocessing": dict(spec["preprocessing"], resize_filter="bilinear (Pillow's, in numpy)"),
+        "nms": dict(spec["nms"], where="graph" if spec["outputs"].get("selected") is not None else "numpy"),
+        "stages": {name: summarize(values, pipeline.batch) for name, values in stages.items()},
+        "detections_per_frame": per_frame,
+    }
+
+
+def parse_args(argv):
     ap = argparse.ArgumentParser(description="edgekd benchmark runner")
     ap.add_argument("model")
     ap.add_argument("--runtime", required=True, choices=sorted(RUNTIMES))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--iterations", type=int, default=100)
-    ap.add_argument("--time-budget", type=float, default=None, help="seconds; stop early when spent")
+    ap.add_argument("--time-budget", type=float, default=None, help="seconds per timed loop; stop early when spent")
     ap.add_argument("--inputs", default=None, help=".npy of input samples, cycled")
     ap.add_argument("--save-outputs", default=None, help=".npz: the outputs for every --inputs sample, run once")
+    ap.add_argument("--detect", default=None, help="a detector's settings .json: time it end to end as well")
+    ap.add_argument("--frames", default=None, help="with --detect: uint8 RGB frames (.npy, or .npz of any sizes)")
+    ap.add_argument("--save-detections", default=None, help="with --detect: .npz of every frame's detections")
     ap.add_argument("--out", default=None)
     ap.add_argument("--progress-every", type=int, default=0)
     args = ap.parse_args(argv)
     if args.save_outputs and not args.inputs:
         ap.error("--save-outputs needs --inputs")
+    if (args.frames or args.save_detections) and not args.detect:
+        ap.error("--frames and --save-detections need --detect")
+    return args
 
+
+def check_inputs_dtype(model, args):
+    """The samples' dtype for --save-outputs: make_input's cast would turn float samples into garbage
+    integers. An error line, or None."""
+    import numpy as np
+
+    given = np.load(args.inputs, mmap_mode="r").dtype
+    if given != model.input_dtype:
+        return "edgekd-error inputs-dtype: the samples are %s, the model takes %s\n" % (given, model.input_dtype)
+    return None
+
+
+def main(argv=None):
+    args = parse_args(argv)
     before = machine_state()
     rss_start = rss_mb()
     t0 = time.perf_counter()
@@ -252,19 +347,19 @@ def main(argv=None):
         return 4
     load_s = time.perf_counter() - t0
     rss_loaded = rss_mb()
-    if args.save_outputs:
-        import numpy as np
-
-        given = np.load(args.inputs, mmap_mode="r").dtype
-        if given != model.input_dtype:  # make_input's cast would turn float samples into garbage integers
-            sys.stderr.write(
-                "edgekd-error inputs-dtype: the samples are %s, the model takes %s\n" % (given, model.input_dtype)
-            )
-            return 2
+    error = check_inputs_dtype(model, args) if args.save_outputs else None
+    try:
+        detect = load_end_to_end(model, args) if args.detect and not error else None
+    except DetectSetupError as e:
+        error = "edgekd-error detect: %s\n" % e
+    if error:
+        sys.stderr.write(error)
+        return 2
     samples = make_input(model, args.inputs)
     if args.save_outputs:
         save_outputs(model, samples, args.save_outputs)
-    latencies = time_model(model, samples, args)
+    progress = Progress(args.iterations * (2 if args.detect else 1), args.progress_every)
+    latencies = time_model(model, samples, args, progress)
     result = {
         "schema": SCHEMA,
         "runtime": {"name": model.name, "version": model.version},
@@ -279,6 +374,17 @@ def main(argv=None):
         "latency": summarize(latencies, model.input_shape[0] if model.input_shape else 1),
         "latencies_ms": latencies,
         "load_s": load_s,
+    }
+    if detect:
+        result["end_to_end"] = end_to_end(detect, args, progress)
+    result.update(describe_run(rss_start, rss_loaded, before))
+    write_result(result, args.out)
+    return 0
+
+
+def describe_run(rss_start, rss_loaded, before):
+    """Memory, the host and its state before and after: the part of the result the model does not decide."""
+    return {
         "memory": {
             "rss_start_mb": rss_start,
             "rss_loaded_mb": rss_loaded,
@@ -295,13 +401,15 @@ def main(argv=None):
         "before": before,
         "after": machine_state(),
     }
+
+
+def write_result(result, path):
     text = json.dumps(result)
-    if args.out:
-        with open(args.out, "w") as f:
+    if path:
+        with open(path, "w") as f:
             f.write(text)
     else:
         sys.stdout.write(text + "\n")
-    return 0
 
 
 if __name__ == "__main__":

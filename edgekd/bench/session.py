@@ -13,6 +13,7 @@ from typing import Callable
 from edgekd.artifact import RESULTS_DIR, read_manifest, verify_files, write_json
 from edgekd.backends import backend_class
 from edgekd.bench.device import Device, RunOutput
+from edgekd.bench.end_to_end import DEFAULT_END_TO_END, EndToEndSettings, prepare, runner_flags
 from edgekd.errors import BenchmarkError, CorruptModelError, ToolchainMissingError
 
 RUNNER = Path(__file__).with_name("runner.py")
@@ -30,8 +31,10 @@ class BenchSettings:
     threads: int = 2
     warmup: int = 10
     iterations: int = 100
-    time_budget_s: float | None = None
+    time_budget_s: float | None = None  # per timed loop (a detector has two: model-only, then end to end)
     timeout_s: float = 600.0
+    # a detector is also timed from frame to detections; None: model-only (what a search compares)
+    end_to_end: EndToEndSettings | None = DEFAULT_END_TO_END
 
     def __post_init__(self):
         from edgekd.validate import check_number
@@ -63,33 +66,25 @@ def run_benchmark(
     if timed_by_backend is not None:
         result, started = timed_by_backend
         return _finish(result, device, manifest, model_file, started, settings)
-    with device:
-        remote_model, remote_runner = upload_artifact(artifact, manifest, device)
-        argv = [
-            device.python,
-            remote_runner,
-            remote_model,
-            "--runtime",
-            runtime,
-            "--threads",
-            str(settings.threads),
-            "--warmup",
-            str(settings.warmup),
-            "--iterations",
-            str(settings.iterations),
-            "--out",
-            "result.json",
-        ]
-        if settings.time_budget_s:
-            argv += ["--time-budget", str(settings.time_budget_s)]
-        started = time.time()
-        out = device.run(argv, timeout=settings.timeout_s, on_stderr_line=on_line)
-        check_runner_exit(out, runtime, device)
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = prepare(manifest, settings.end_to_end, Path(tmp))  # frames decoded before connecting: errors first
+        with device:
+            remote_model, remote_runner = upload_artifact(artifact, manifest, device)
+            remote_extra = {name: device.upload(path, name) for name, path in extra.items()}
+            argv = runner_argv(device.python, remote_runner, remote_model, runtime, settings)
+            started = time.time()
+            out = device.run(argv + runner_flags(remote_extra), timeout=settings.timeout_s, on_stderr_line=on_line)
+            check_runner_exit(out, runtime, device)
             local = Path(tmp) / "result.json"
             device.fetch(remote_join(remote_runner, "result.json"), local)
             result = json.loads(local.read_text())
     return _finish(result, device, manifest, model_file, started, settings)
+
+
+def runner_argv(python: str, runner: str, model: str, runtime: str, settings: BenchSettings) -> list[str]:
+    argv = [python, runner, model, "--runtime", runtime, "--threads", str(settings.threads)]
+    argv += ["--warmup", str(settings.warmup), "--iterations", str(settings.iterations), "--out", "result.json"]
+    return argv + (["--time-budget", str(settings.time_budget_s)] if settings.time_budget_s else [])
 
 
 def check_results_writable(artifact: Path) -> None:

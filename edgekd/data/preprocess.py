@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekd.data.frames import normalize
 from edgekd.errors import ConfigError, DataError
 
 
@@ -51,13 +52,7 @@ class Preprocess:
     def apply(self, rgb_uint8_hwc: np.ndarray) -> np.ndarray:
         """HWC RGB image on the 0..255 scale (uint8, or float32 from a 16-bit file), already at ``size``
         → float32 in this layout, no batch axis."""
-        x = rgb_uint8_hwc.astype(np.float32) * self.scale
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        if self.channel_order == "BGR":
-            x = x[..., ::-1]
-        if self.layout == "NCHW":
-            x = x.transpose(2, 0, 1)
-        return np.ascontiguousarray(x)
+        return normalize(rgb_uint8_hwc, self.scale, self.mean, self.std, self.channel_order, self.layout)
 
 
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")  # Pillow's modes for 16-bit (and 32-bit int) grey images

@@ -1,5 +1,6 @@
-"""Non-maximum suppression in numpy, with nothing else imported: the runner shipped to a board can carry
-this file as is.
+"""Non-maximum suppression in numpy, and the per-image selection around it, with nothing else imported: the
+benchmark runner ships this file to a board as is, and :mod:`edgekd.detect.postprocess` calls the same
+functions on the host.
 
 Greedy NMS (the ONNX ``NonMaxSuppression`` and torchvision semantics): take the highest-scoring box, drop
 every remaining box of the same class whose IoU with it exceeds ``iou_threshold``, repeat. Boxes are xyxy.
@@ -51,3 +52,40 @@ def nms(
         iou = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
         order = rest[iou <= iou_threshold]
     return np.asarray(keep, np.int64)
+
+
+def select_indices(
+    boxes: np.ndarray, scores: np.ndarray, conf: float, iou: float, max_det: int, max_candidates: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image, ``boxes [A, 4]`` and ``scores [A, C]`` → (indices of its kept boxes, their class, their score),
+    best first: each box's best class above ``conf``, the ``max_candidates`` best into per-class NMS, at most
+    ``max_det`` kept."""
+    cls = scores.argmax(1)
+    best = scores[np.arange(len(scores)), cls]
+    idx = np.flatnonzero(best > conf)
+    if len(idx) > max_candidates:
+        idx = idx[np.argpartition(-best[idx], max_candidates)[:max_candidates]]
+    keep = idx[nms(boxes[idx], best[idx], iou, cls[idx], max_det)]
+    return keep, cls[keep], best[keep]
+
+
+def select_from_graph(
+    selected: np.ndarray, scores: np.ndarray, image: int, conf: float, max_det: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The same triple from a graph ``NonMaxSuppression``'s ``selected [K, 3]`` (image, class, box) and the
+    graph's ``scores [N, A, C]``: the rows of ``image`` scoring above ``conf``, best first (ties by box index,
+    as :func:`nms` orders them), at most ``max_det``."""
+    rows = selected[selected[:, 0] == image]
+    box, cls = rows[:, 2].astype(np.int64), rows[:, 1].astype(np.int64)
+    score = scores[image][box, cls]
+    above = np.flatnonzero(score > conf)
+    order = above[np.lexsort((box[above], -score[above]))][:max_det]
+    return box[order], cls[order], score[order]
+
+
+def from_single_output(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes [N, A, 4] xyxy, scores [N, A, C]) from the single ``[N, 4 + C, A]`` output of Ultralytics
+    exports (cx, cy, w, h, then a score per class)."""
+    y = y.transpose(0, 2, 1)
+    cxcy, wh = y[..., :2], y[..., 2:4]
+    return np.concatenate([cxcy - wh / 2, cxcy + wh / 2], -1), y[..., 4:]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgekd.detect.nms import nms
+from edgekd.detect.nms import from_single_output, select_indices
 from edgekd.errors import DataError
 
 
@@ -46,9 +46,7 @@ def split_outputs(outputs: list[np.ndarray], num_classes: int | None = None) -> 
             if b.shape[2] == 4:
                 return b, a
     if len(outputs) == 1 and outputs[0].ndim == 3 and outputs[0].shape[1] > 4:
-        y = outputs[0].transpose(0, 2, 1)  # [N, A, 4 + C]
-        cxcy, wh = y[..., :2], y[..., 2:4]
-        return np.concatenate([cxcy - wh / 2, cxcy + wh / 2], -1), y[..., 4:]
+        return from_single_output(outputs[0])
     shapes = [tuple(o.shape) for o in outputs]
     raise DataError(
         f"detector outputs {shapes} are neither (boxes [N, A, 4], scores [N, A, C]) nor [N, 4 + C, A]",
@@ -58,10 +56,6 @@ def split_outputs(outputs: list[np.ndarray], num_classes: int | None = None) -> 
 
 def select(boxes: np.ndarray, scores: np.ndarray, settings: NmsSettings = DEFAULT_NMS) -> Detections:
     """One image: ``boxes [A, 4]``, ``scores [A, C]`` → its detections (model-input pixels), best first."""
-    cls = scores.argmax(1)
-    best = scores[np.arange(len(scores)), cls]
-    idx = np.flatnonzero(best > settings.conf)
-    if len(idx) > settings.max_candidates:
-        idx = idx[np.argpartition(-best[idx], settings.max_candidates)[: settings.max_candidates]]
-    keep = idx[nms(boxes[idx], best[idx], settings.iou, cls[idx], settings.max_det)]
-    return Detections(boxes[keep].astype(np.float32), best[keep].astype(np.float32), cls[keep].astype(np.int64))
+    s = settings
+    keep, cls, best = select_indices(boxes, scores, s.conf, s.iou, s.max_det, s.max_candidates)
+    return Detections(boxes[keep].astype(np.float32), best.astype(np.float32), cls.astype(np.int64))

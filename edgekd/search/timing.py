@@ -20,10 +20,13 @@ def device_timing(
     settings: BenchSettings | None = None,
     accept_new_host_key: bool = False,
 ) -> TimingFn:
-    """p50 latency of an artifact on ``device`` (local or an SSH board of the inventory)."""
+    """p50 latency of an artifact on ``device`` (local or an SSH board of the inventory), model-only: candidates
+    share their preprocessing and decode, so only the model tells them apart."""
+    from dataclasses import replace
+
     from edgekd.api import resolve_device
 
-    settings = settings or BenchSettings(iterations=50)
+    settings = replace(settings or BenchSettings(iterations=50), end_to_end=None)
 
     def timing(artifact: Path, repeat: int) -> float:
         dev = resolve_device(device, inventory, accept_new_host_key)

@@ -189,6 +189,7 @@ class TFLiteBackend(Backend):
 
     def session(self, model_path: Path, threads: int = 1) -> RunFn:
         from edgekd.backends.tflite.verify import interpreter
+        from edgekd.data.frames import quantize_input
 
         interp = interpreter(Path(model_path), threads)
         inp = interp.get_input_details()[0]
@@ -198,9 +199,7 @@ class TFLiteBackend(Backend):
         def one(x: np.ndarray) -> list[np.ndarray]:
             x = x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
             if inp["dtype"] == np.int8:
-                s, zp = inp["quantization"]
-                with np.errstate(over="ignore"):
-                    x = np.clip(np.rint(x / np.float32(s)) + zp, -128, 127)
+                x = quantize_input(x, *inp["quantization"], np.int8)  # as the benchmark runner does on a board
             interp.set_tensor(inp["index"], np.ascontiguousarray(x, dtype=inp["dtype"]))
             interp.invoke()
             results = []

@@ -3,7 +3,8 @@ calibration, evaluation, training and the runner side all use, so a detector see
 
 ``letterbox``: scale by one factor so the image fits, centre it, fill the rest with grey 114 (as YOLO
 exporters expect); ``stretch``: scale each axis on its own (what ``read_rgb`` does for classifiers).
-Resizing is PIL bilinear, as in :func:`edgekd.data.preprocess.read_rgb`.
+Resizing is PIL bilinear, as in :func:`edgekd.data.preprocess.read_rgb`. The geometry and the box mapping
+are :mod:`edgekd.data.frames`' (numpy alone), which the benchmark runner carries to a board.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgekd.data.frames import PAD_VALUE, RESIZE_MODES, boxes_to_source, fit_geometry, place, resized_shape
 from edgekd.errors import ConfigError
 
-RESIZE_MODES = ("letterbox", "stretch")
-PAD_VALUE = 114
+__all__ = ["PAD_VALUE", "RESIZE_MODES", "Letterbox", "fit", "letterbox", "read_letterboxed"]
 
 
 @dataclass(frozen=True)
@@ -34,23 +35,15 @@ class Letterbox:
 
     def to_source(self, boxes: np.ndarray) -> np.ndarray:
         """xyxy boxes in model-input pixels → source pixels, clipped to the source image."""
-        sx, sy = self.scale
-        out = (boxes - np.asarray([*self.pad, *self.pad], np.float32)) / np.asarray([sx, sy, sx, sy], np.float32)
-        h, w = self.source
-        return out.clip(0, np.asarray([w, h, w, h], np.float32)).astype(np.float32)
+        return boxes_to_source(boxes, self.scale, self.pad, self.source)
 
 
 def fit(source: tuple[int, int], size: tuple[int, int], mode: str = "letterbox") -> Letterbox:
     """The transform alone (no pixels): for mapping boxes of an image whose pixels are not needed."""
     if mode not in RESIZE_MODES:
         raise ConfigError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
-    (h, w), (H, W) = source, size
-    if mode == "stretch":
-        return Letterbox(source, size, (W / w, H / h), (0, 0))
-    r = min(H / h, W / w)
-    nw, nh = max(1, round(w * r)), max(1, round(h * r))
-    # the scale actually applied per axis, after rounding to whole pixels
-    return Letterbox(source, size, (nw / w, nh / h), ((W - nw) // 2, (H - nh) // 2))
+    scale, pad = fit_geometry(source, size, mode)
+    return Letterbox(source, size, scale, pad)
 
 
 def letterbox(rgb: np.ndarray, size: tuple[int, int], mode: str = "letterbox") -> tuple[np.ndarray, Letterbox]:
@@ -58,19 +51,13 @@ def letterbox(rgb: np.ndarray, size: tuple[int, int], mode: str = "letterbox") -
     from PIL import Image
 
     t = fit(rgb.shape[:2], size, mode)
-    H, W = size
-    nw, nh = round(rgb.shape[1] * t.scale[0]), round(rgb.shape[0] * t.scale[1])
+    nh, nw = resized_shape(rgb.shape[:2], t.scale)
     resized = (
         rgb
         if (nh, nw) == rgb.shape[:2]
         else np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR), dtype=np.uint8)
     )
-    if (nh, nw) == (H, W):
-        return np.ascontiguousarray(resized), t
-    out = np.full((H, W, 3), PAD_VALUE, np.uint8)
-    left, top = t.pad
-    out[top : top + nh, left : left + nw] = resized
-    return out, t
+    return place(resized, size, t.pad), t
 
 
 def read_letterboxed(path, size: tuple[int, int], mode: str = "letterbox") -> tuple[np.ndarray, Letterbox]:
