@@ -267,3 +267,14 @@ def test_greedy_returns_most_sensitive_layers_first():
     assert steps[-1].drop_pt == pytest.approx(0.2)
     already = greedy_keep_float(["a"], lambda kept: 0.85, float_top1=0.85, max_drop_pt=0.0)
     assert len(already) == 1 and already[0].kept_float == ()
+
+
+def test_sensitivity_samples_shrink_with_the_input_pixels():
+    from edgekd.passes.sensitivity import MIN_SAMPLES, samples_for
+
+    assert samples_for((1, 3, 32, 32), 32) == 32  # small inputs: every asked-for sample
+    assert samples_for((1, 3, 256, 256), 32) == 32
+    assert samples_for((1, 3, 640, 640), 32) == 5  # about 256×256 × 32 pixels in all
+    assert samples_for((1, 3, 4000, 4000), 32) == MIN_SAMPLES
+    assert samples_for((1, 3, 640, 640), 2) == 2  # never more than asked for
+    assert samples_for((1, 16), 8) == 8  # not an image: unchanged
