@@ -7,7 +7,8 @@ compile time.
 Rows: the teacher and the two students (labels only, KD) in float (torch, 640 × 640 letterboxed); then
 each model in --int8-models compiled full int8 for each --targets entry with
 ``--calib <train>/images --eval data.yaml`` (artifact mAP in its own runtime; jetson-* run their QDQ
-bundle in ONNX Runtime, i.e. their simulation), benchmarked locally (model only, --bench-iterations).
+bundle in ONNX Runtime, i.e. their simulation), benchmarked locally: the model alone and end to end (the
+valid images as frames: letterbox, model, decode and NMS; --bench-iterations).
 Finished compiles under --workdir are reused (delete a folder to redo it).
 """
 
@@ -96,10 +97,14 @@ def int8_row(name: str, target: str, data: Path, workdir: Path, iterations: int,
         "runtime": m["artifact"]["runtime"],
     }
     try:
+        from edgekd.bench.end_to_end import EndToEndSettings
         from edgekd.bench.session import BenchSettings
 
-        bench = api.bench(out, "local", BenchSettings(threads=2, warmup=5, iterations=iterations))
+        frames = EndToEndSettings(frames=str(data.parent / "valid" / "images"))
+        bench = api.bench(out, "local", BenchSettings(threads=2, warmup=5, iterations=iterations, end_to_end=frames))
         row["p50_ms"] = bench["latency"]["p50_ms"]
+        stages = (bench.get("end_to_end") or {}).get("stages", {})
+        row["e2e_p50_ms"] = {k: v["p50_ms"] for k, v in stages.items()}
     except Exception as e:  # a runtime that cannot run here (recorded, not fatal)
         row["bench_error"] = f"{type(e).__name__}: {str(e)[:200]}"
     record.write_text(json.dumps(row, indent=2) + "\n")
@@ -121,16 +126,24 @@ def markdown(rows: list[dict], command: str) -> str:
         "images at 640 × 640 (COCO mAP by faster-coco-eval, ≤ 300 detections per image, NMS IoU 0.7, conf 0.001). "
         "Anchor: YOLO11n (Ultralytics), 50 epochs at 640, on the same split: mAP50 0.194, mAP50-95 0.067.",
         "",
-        "| model | stage | params | MACs @640 | file | mAP50 | mAP50-95 | vs float mAP50 | p50 latency | compile |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | stage | params | MACs @640 | file | mAP50 | mAP50-95 | vs float mAP50 | p50 model | "
+        "p50 end to end (pre + model + decode/NMS) | compile |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         rel = f"{r['map50'] / r['float_map50']:.1%}" if r.get("float_map50") else "—"
         lat = f"{r['p50_ms']:.1f} ms" if r.get("p50_ms") else "—"
+        e2e = r.get("e2e_p50_ms")
+        e2e_cell = (
+            f"{e2e['total']:.1f} ms ({e2e['preprocess']:.1f} + {e2e['model']:.1f} + {e2e['decode']:.1f})"
+            if e2e and "total" in e2e
+            else "—"
+        )
         comp = f"{r['compile_s']:.0f} s" if r.get("compile_s") else "—"
         lines.append(
             f"| {r['model']} | {r['stage']} | {r['params']:,} | {r['macs'] / 1e9:.2f} G | "
-            f"{r['bytes'] / 1024:.0f} KiB | {r['map50']:.4f} | {r['map50_95']:.4f} | {rel} | {lat} | {comp} |"
+            f"{r['bytes'] / 1024:.0f} KiB | {r['map50']:.4f} | {r['map50_95']:.4f} | {rel} | {lat} | {e2e_cell} | "
+            f"{comp} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -142,12 +155,7 @@ def main(argv=None) -> int:
     ap.add_argument("--int8-models", default="teacher,student-kd")
     ap.add_argument("--targets", default="onnx-cpu,openvino-cpu,rpi4,jetson-xavier")
     ap.add_argument("--bench-iterations", type=int, default=20)
-    ap.add_argument(
-        "--skip",
-        default="sensitivity",
-        help="compile passes to skip (sensitivity ranks layers for --keep-float N, which this does not use; "
-        "at 640 it took 28 min for the teacher on 2 busy cores)",
-    )
+    ap.add_argument("--skip", default="", help="compile passes to skip, comma-separated")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
