@@ -50,6 +50,9 @@ class TargetSpec:
     sha256: str
     raw: dict[str, Any] = field(repr=False, compare=False)
     graph_nms: bool = False  # [detection] graph_nms
+    # [quantization] facts of the target's integer kernels (edgekd.quant.placement.plan_quantization)
+    constant_operands: bool = False
+    concat_grid: bool = False
 
     def placement_for(self, scheme: str) -> str:
         """The Q/DQ placement for ``scheme``: this runtime's for its own scheme, the scheme's default for another."""
@@ -182,6 +185,8 @@ def parse_spec(path: Path) -> TargetSpec:
         sha256=hashlib.sha256(data).hexdigest(),
         raw=t,
         graph_nms=bool(_get(t, "detection.graph_nms", path, False)),
+        constant_operands=bool(_get(t, "quantization.constant_operands", path, False)),
+        concat_grid=bool(_get(t, "quantization.concat_grid", path, False)),
     )
 
 

@@ -22,7 +22,7 @@ from edgekd.ir.graph import FUSED_ACTIVATION, FUSED_ADD
 from edgekd.passes.calibrate import CalibrationWarning
 from edgekd.passes.canonicalize import ops_to_decompose
 from edgekd.passes.fuse_conv_bn_relu import FuseConvBnReluPass
-from edgekd.quant.placement import plan_quantization
+from edgekd.quant.placement import plan_quantization, target_plan
 from edgekd.runtime import run_onnx
 from edgekd.specs import load_target
 
@@ -142,17 +142,16 @@ def test_openvino_artifact_matches_the_simulation_on_residual_blocks(tmp_path):
 def test_target_facts_reach_the_passes():
     assert FuseConvBnReluPass.from_config(None, load_target("openvino-cpu")).mark_conv_add
     assert not FuseConvBnReluPass.from_config(None, load_target("onnx-cpu")).mark_conv_add
-    from edgekd.passes.quantize import QuantizePass
-
-    class Config:
-        class quantization:
-            sensitivity_samples = 8
-
-    rpi, cpu = (
-        QuantizePass.from_config(Config, load_target("rpi4")),
-        QuantizePass.from_config(Config, load_target("onnx-cpu")),
-    )
+    rpi, cpu = load_target("rpi4"), load_target("onnx-cpu")
     assert rpi.constant_operands and rpi.concat_grid and not cpu.constant_operands and not cpu.concat_grid
+    # one plan for calibration, sensitivity, the accuracy budget, QAT and quantize: the spec's facts in it
+    model = ir.from_proto(
+        _model(
+            _conv("x", "c", "w") + [helper.make_node("Add", ["c", "shift"], ["y"], name="add")],
+            {**_weights("w"), "shift": RNG.standard_normal((1, 4, 1, 1))},
+        )
+    )
+    assert target_plan(model, rpi, "outputs").constants and not target_plan(model, cpu, "outputs").constants
 
 
 def test_constant_operands_become_int8_constants_only_where_asked():

@@ -18,7 +18,7 @@ from edgekd.passes.base import Pass, PassResult
 from edgekd.passes.qat import QAT_TRAINED, qat_train_config, run_qat
 from edgekd.quant.accuracy import BudgetStep, greedy_keep_float, top1, within_budget
 from edgekd.quant.calibrate import Calibration
-from edgekd.quant.placement import plan_quantization
+from edgekd.quant.placement import target_plan
 from edgekd.quant.simulate import quantized_copy
 from edgekd.runtime import RunFn, onnx_run_fn, ort_session
 from edgekd.runtime.batching import in_model_batches
@@ -149,7 +149,7 @@ class AccuracyBudgetPass(Pass):
         order = [s.layer for s in state.sensitivity if s.layer not in state.keep_float]
 
         def evaluate(kept: tuple[str, ...]) -> float:
-            plan = plan_quantization(state.onnx_model, cal.plan.placement, frozenset(kept) | state.keep_float)
+            plan = target_plan(state.onnx_model, state.spec, cal.plan.placement, frozenset(kept) | state.keep_float)
             model = quantized_copy(state.onnx_model, plan, cal.activation_qparams(plan))
             return score(onnx_run_fn(ort_session(ir.to_proto(model).SerializeToString())))
 

@@ -17,7 +17,7 @@ from edgekd.ir.detector import looks_like_detector
 from edgekd.passes.base import Pass, PassResult
 from edgekd.quant.calibrate import Calibration, observe
 from edgekd.quant.observers import make_observer
-from edgekd.quant.placement import plan_quantization
+from edgekd.quant.placement import target_plan
 from edgekd.specs import DEFAULT_PLACEMENT, TargetSpec
 from edgekd.state import ACTIVATIONS_MARKED, BN_FOLDED, CALIBRATED, ONNX_MODEL, CompileState, PassOutput
 
@@ -127,7 +127,7 @@ class CalibratePass(Pass):
                 CalibrationWarning,
                 stacklevel=2,
             )
-        plan = plan_quantization(state.onnx_model, self.placement)
+        plan = target_plan(state.onnx_model, state.spec, self.placement)
         proto = ir.to_proto(state.onnx_model)
         batches = iter_batches(self.data, state.input.preprocess, tuple(state.input.shape), limit=n)
         observers, seen = observe(

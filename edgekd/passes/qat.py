@@ -18,7 +18,7 @@ from edgekd.config import CompileConfig
 from edgekd.errors import ConfigError
 from edgekd.passes.base import Pass, PassResult
 from edgekd.passes.distill import train_config
-from edgekd.quant.placement import QuantPlan, plan_quantization
+from edgekd.quant.placement import QuantPlan, target_plan
 from edgekd.specs import TargetSpec
 from edgekd.state import CALIBRATED, CompileState, PassOutput
 
@@ -63,7 +63,7 @@ class QATOutput(PassOutput):
 def deployment_plan(state: CompileState) -> QuantPlan:
     """The plan the quantize pass will apply to this graph now: the target's placement, the layers kept in
     float. QAT must train exactly these Q/DQ sites (tests/test_qat.py holds them equal)."""
-    return plan_quantization(state.onnx_model, state.calibration.plan.placement, frozenset(state.keep_float))
+    return target_plan(state.onnx_model, state.spec, state.calibration.plan.placement, frozenset(state.keep_float))
 
 
 def qat_train_config(config: CompileConfig, epochs: int) -> "TrainConfig":

@@ -11,7 +11,7 @@ from edgekd.data.samples import iter_batches
 from edgekd.metrics import compare_outputs
 from edgekd.passes.base import Pass, PassResult
 from edgekd.quant.calibrate import Calibration
-from edgekd.quant.placement import plan_quantization
+from edgekd.quant.placement import target_plan
 from edgekd.quant.qdq import apply_plan
 from edgekd.quant.simulate import output_sqnr
 from edgekd.runtime import simulation_fn
@@ -46,19 +46,12 @@ class QuantizePass(Pass):
     requires = frozenset({CALIBRATED})
     provides = frozenset({QUANTIZED})
 
-    def __init__(self, samples: int = 32, constant_operands: bool = False, concat_grid: bool = False):
+    def __init__(self, samples: int = 32):
         self.samples = samples  # calibration samples on which the simulation is compared with float
-        # target facts (edgekd.quant.placement.plan_quantization): int8 constant operands, Concat grids
-        self.constant_operands, self.concat_grid = constant_operands, concat_grid
 
     @classmethod
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "QuantizePass":
-        q = spec.raw.get("quantization", {})
-        return cls(
-            config.quantization.sensitivity_samples,
-            bool(q.get("constant_operands", False)),
-            bool(q.get("concat_grid", False)),
-        )
+        return cls(config.quantization.sensitivity_samples)
 
     @classmethod
     def wanted(cls, config: CompileConfig, spec: TargetSpec, facts: set[str]) -> bool:
@@ -67,7 +60,7 @@ class QuantizePass(Pass):
     def run(self, state: CompileState) -> PassResult:
         cal: Calibration = state.calibration
         keep = frozenset(state.keep_float)
-        plan = plan_quantization(state.onnx_model, cal.plan.placement, keep, self.constant_operands, self.concat_grid)
+        plan = target_plan(state.onnx_model, state.spec, cal.plan.placement, keep)
         state.float_onnx = ir.to_proto(state.onnx_model).SerializeToString()
         written = apply_plan(state.onnx_model, plan, cal.activation_qparams(plan))
         state.qparams = written

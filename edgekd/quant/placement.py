@@ -45,7 +45,7 @@ from edgekd.ir.detector import decode_tail, head_layers
 from edgekd.ir.graph import FUSED_ACTIVATION, FUSED_ADD, const_array, sole_consumer
 from edgekd.ir.patterns import composites
 from edgekd.quant.reader_bounds import set_bounds
-from edgekd.specs import PLACEMENTS
+from edgekd.specs import PLACEMENTS, TargetSpec
 
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 # Ops whose outputs hold a new set of values, so their own range must be observed.
@@ -282,6 +282,14 @@ def plan_quantization(
         raise ValueError(f"unknown placement {placement!r}; known: {', '.join(PLACEMENTS)}")
     set_bounds(graph, plan)
     return plan
+
+
+def target_plan(
+    model: ir.Model, spec: TargetSpec, placement: str, keep_float: frozenset[str] = frozenset()
+) -> QuantPlan:
+    """The plan for ``spec``'s runtime: calibration, sensitivity, the accuracy budget, QAT and quantize all
+    place Q/DQ with it, so what they measure or train is what the artifact computes."""
+    return plan_quantization(model, placement, keep_float, spec.constant_operands, spec.concat_grid)
 
 
 def _skips_own_pair(node: ir.Node, ort_units: bool) -> bool:
