@@ -27,10 +27,9 @@ Functions written out in primitive ops that integer runtimes run as one kernel (
 Weights of Conv/ConvTranspose/Gemm/MatMul are always per-channel int8; layers named in ``keep_float`` keep float
 weights and read float inputs.
 
-A detector's decode (the nodes after its last head convolutions, :func:`edgekd.ir.detector.decode_tail`)
-stays float under every placement; the decode reads the head outputs dequantized (``outputs``) or as the
-head convolutions write them in float (``qlinear``, and the input placements, which never quantize a
-weighted op's output).
+A detector's decode and the last head convolutions feeding it (:func:`edgekd.ir.detector.float_region`)
+stay float under every placement, weights included: the head convolutions read their int8 input
+dequantized and write the float logits and offsets the decode reads.
 """
 
 from __future__ import annotations
@@ -264,11 +263,12 @@ def plan_quantization(
     converter moves such a producer there instead of adding a requantize op)."""
     graph = model.graph
     _node_names(graph)
-    tail = decode_tail(graph)
-    plan = QuantPlan(placement, keep_float=keep_float, float_tail=tail)
+    decode = decode_tail(graph)
+    heads = head_layers(graph, decode)
+    plan = QuantPlan(placement, keep_float=keep_float, float_tail=decode | heads)
     data = data_values(graph)
     for node in graph:
-        if node.op_type in WEIGHTED and node.name not in keep_float:
+        if node.op_type in WEIGHTED and node.name not in keep_float and node.name not in heads:
             axis = weight_axis(node)
             if axis is not None:
                 plan.weights.append(WeightSite(node.name, 1, axis))
@@ -320,11 +320,8 @@ def _output_sites(
     for v in graph.inputs:
         if _is_float_activation(v, data):
             plan.activations[v.name] = ActivationSite(v.name, _uses(v, keep_float), v.is_graph_output())
-    # ONNX Runtime runs a detector's last head convolutions as float Conv on their int8 inputs and weights:
-    # their outputs (the raw class logits and box offsets the float decode reads) are not rounded to int8.
-    float_heads = head_layers(graph, plan.float_tail) if ort_units else frozenset()
     for node in graph:
-        if node.name in plan.float_tail or node.name in float_heads:
+        if node.name in plan.float_tail:
             continue
         outs = [v for v in node.outputs if _is_float_activation(v, data) and v not in inside]
         if node.op_type in VALUE_CHANGING:

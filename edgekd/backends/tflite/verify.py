@@ -175,6 +175,7 @@ class _Readback:
     ops: list[dict]
     io_tensors: set[int]
     float_scopes: set[str] = field(default_factory=set)  # name scopes of a detector's float decode
+    float_edges: set[str] = field(default_factory=set)  # DEQUANTIZE outputs read only inside the float decode
 
     @classmethod
     def of(cls, model: bytes) -> "_Readback":
@@ -198,6 +199,7 @@ def check_flatbuffer(
     detector's decode, float by design), FidelityError when its ranges are not the ones asked for."""
     fb = _Readback.of(model)
     fb.float_scopes.update(scope for scope, onnx_name in lowered.scopes.items() if onnx_name in float_decode)
+    fb.float_edges.update(_dequantized_into_decode(fb))
     report: dict[str, Any] = {
         "ops": dict(sorted(Counter(o["op_name"] for o in fb.ops).items())),
         "tensor_dtypes": dict(sorted(Counter(t["dtype"].__name__ for t in fb.tensors.values()).items())),
@@ -225,11 +227,34 @@ def check_flatbuffer(
 
 
 def _in_float_decode(fb: _Readback, name: str) -> bool:
-    """A tensor of the float decode: in the name scope of a decode node, or a float constant it reads."""
+    """A tensor of the float decode: in the name scope of a decode node, a float constant it reads, or the
+    dequantized int8 tensor it starts from."""
     if not fb.float_scopes:
         return False
     constant = re.fullmatch(r"arith\.constant\d*", name) is not None or name.endswith("/Const")
-    return name.split("/")[0] in fb.float_scopes or constant  # an int8 op reading one would need a QUANTIZE
+    # an int8 op reading a float constant would need a QUANTIZE, reported on its own
+    return name.split("/")[0] in fb.float_scopes or constant or name in fb.float_edges
+
+
+def _dequantized_into_decode(fb: _Readback) -> set[str]:
+    """Names of DEQUANTIZE outputs whose every reader writes only float-decode tensors: where the float
+    decode (and a detector's float head convolutions) reads the int8 graph. The converter names such a
+    tensor after the fake quant it replaced, outside the decode's scopes."""
+    if not fb.float_scopes:
+        return set()
+    readers: dict[int, list[dict]] = {}
+    for o in fb.ops:
+        for i in o["inputs"]:
+            readers.setdefault(int(i), []).append(o)
+    out = set()
+    for o in fb.ops:
+        if o["op_name"] != "DEQUANTIZE":
+            continue
+        dst = int(o["outputs"][0])
+        ops = readers.get(dst, [])
+        if ops and all(fb.tensors[int(t)]["name"].split("/")[0] in fb.float_scopes for r in ops for t in r["outputs"]):
+            out.add(fb.tensors[dst]["name"])
+    return out
 
 
 def _float_tensors(fb: _Readback, problems: list[str]) -> list[str]:
