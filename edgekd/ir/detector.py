@@ -82,8 +82,8 @@ def float_region(graph: ir.Graph) -> frozenset[str]:
 
 def head_layers(graph: ir.Graph, tail: frozenset[str]) -> frozenset[str]:
     """The weighted nodes whose every reader is in the decode ``tail``: a detector's last head convolutions.
-    A DFL box head (its output reshaped into a Softmax) is not one: LiteRT's converter runs that softmax in
-    int8 whatever the graph says, so it stays on the int8 side with its head."""
+    A DFL box head (its output reshaped into a Softmax) is not one: with it in float, LiteRT's converter put a
+    QUANTIZE after that softmax (measured on the conformance Ultralytics-style graph), so it stays int8."""
     return frozenset(
         n.name
         for n in graph

@@ -28,7 +28,7 @@ Weights of Conv/ConvTranspose/Gemm/MatMul are always per-channel int8; layers na
 weights and read float inputs.
 
 A detector's decode and the last head convolutions feeding it (:func:`edgekd.ir.detector.float_region`)
-stay float under every placement, weights included: the head convolutions read their int8 input
+stay float under every placement: the head convolutions hold float weights, read their int8 input
 dequantized and write the float logits and offsets the decode reads.
 """
 

@@ -78,7 +78,7 @@ def reader_bounds(node: ir.Node, v: ir.Value, readers: frozenset[str], depth: in
     """The values below and above which ``node`` reading ``v`` writes (about) the same output; ``readers``:
     the nodes that read the same (quantized) ``v``."""
     op = node.op_type
-    if op in MOVING and node.inputs and node.inputs[0] is v or op == "Concat":
+    if op == "Concat" or (op in MOVING and node.inputs and node.inputs[0] is v):
         return _shared([value_bounds(out, depth + 1) for out in node.outputs])
     if op == "Relu":
         return 0.0, None
