@@ -26,6 +26,10 @@ class GraphNmsOutput(PassOutput):
     def summary(self) -> dict:
         return {"conf": self.conf, "iou": self.iou, "max_per_class": self.max_det, "output": "selected"}
 
+    def apply_to(self, model) -> None:
+        """Appends this NMS to ``model`` (also to the float artifact the speed check times)."""
+        add_nms(model, iou_threshold=self.iou, score_threshold=self.conf, max_per_class=self.max_det)
+
 
 class GraphNmsPass(Pass):
     name = "nms"
@@ -43,6 +47,6 @@ class GraphNmsPass(Pass):
         return config.detection.nms
 
     def run(self, state: CompileState) -> PassResult:
-        o = self.options
-        add_nms(state.onnx_model, iou_threshold=o.iou, score_threshold=o.conf, max_per_class=o.max_det)
-        return PassResult(state, changed=True, output=GraphNmsOutput(o.conf, o.iou, o.max_det))
+        output = GraphNmsOutput(self.options.conf, self.options.iou, self.options.max_det)
+        output.apply_to(state.onnx_model)
+        return PassResult(state, changed=True, output=output)

@@ -67,12 +67,11 @@ def float_artifact(backend, state: CompileState, outdir: Path) -> Path:
     import onnx
     import onnx_ir as ir
 
-    from edgekd.detect.graph_nms import add_nms
     from edgekd.passes.graph_nms import GraphNmsOutput
 
     model = ir.from_proto(onnx.load_from_string(state.float_onnx))
     if (nms := state.output(GraphNmsOutput)) is not None:
-        add_nms(model, iou_threshold=nms.iou, score_threshold=nms.conf, max_per_class=nms.max_det)
+        nms.apply_to(model)
     result = backend.emit(
         EmitInput(
             model=model,
