@@ -128,6 +128,7 @@ class Entry:
     classifier: bool
     calib: Path | None = None  # None: the run's --calib
     val: Path = VAL  # the held-out images fidelity is measured on
+    weights: str = ""  # how the weights were made (Training.tag): a cell of other weights is compiled again
 
 
 def _people_det(work: Path, size: int) -> Path:
@@ -177,7 +178,7 @@ def model_files(kinds: list[str], work: Path, calib: Path, only: str | None, tra
                     path = work / f"{arch}-{training.tag}_{variant}.onnx"
                     if not path.exists():
                         export(model, path, shape, opset, dynamic)
-                    out[names[variant]] = Entry(path, shape, arch not in DENSE_OUTPUTS)
+                    out[names[variant]] = Entry(path, shape, arch not in DENSE_OUTPUTS, weights=training.tag)
     if "light" in kinds:
         for name in LIGHT_MODELS:
             if wanted(f"light/{name}"):
@@ -286,7 +287,12 @@ def run_cells(planned: list[tuple], models: dict[str, Entry], results: dict, arg
     """Compiles every planned (precision, model, target) cell not in ``results`` yet, saving the JSON after
     each; returns how many were left when ``deadline`` passed."""
     val: dict[tuple[Path, tuple], np.ndarray] = {}
-    todo = [c for c in planned if f"{c[1]}|{c[2]}|{c[0]}" not in results]
+    todo = [
+        c
+        for c in planned
+        if results.get(f"{c[1]}|{c[2]}|{c[0]}", {}).get("weights", "") != models[c[1]].weights
+        or f"{c[1]}|{c[2]}|{c[0]}" not in results
+    ]
     for i, (precision, name, target) in enumerate(todo):
         if deadline is not None and time.monotonic() > deadline:
             return len(todo) - i
@@ -309,6 +315,7 @@ def run_cells(planned: list[tuple], models: dict[str, Entry], results: dict, arg
             val[entry.val, entry.shape],
             () if args.with_sensitivity else ("sensitivity",),
         )
+        cell["weights"] = entry.weights
         print(
             f"[{i + 1}/{len(todo)}] {key}: {cell['status']} "
             f"{cell.get('vs_float', cell.get('reason', ''))!s:.200} {cell['seconds']} s",
