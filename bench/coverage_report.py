@@ -65,10 +65,14 @@ def _before_after(results: dict, before: dict) -> list[str]:
     names = ("resnet50", "densenet121", "inception_v1", "shufflenet", "squeezenet")
     cells = [c for k, c in results.items() if k.endswith("|int8") and k.split("|")[0] in {f"light/{n}" for n in names}]
     ok = sum(c["status"] == "ok" for c in cells)
+    now = (
+        f"**{ok} of {len(cells)}** now"
+        if cells
+        else f"not compiled in this run (it stopped before them); {before['last']}"
+    )
     return [
         f"- Before/after for the issue's measured cells ({before['cells']}): "
-        f"**{before['int8_ok']} of {before['int8_cells']}** on main {before['commit']}, "
-        f"**{ok} of {len(cells)}** now."
+        f"**{before['int8_ok']} of {before['int8_cells']}** on main {before['commit']}, {now}."
     ]
 
 
