@@ -147,9 +147,10 @@ def markdown(
         "- `light/* (realistic)`: the same graphs with Kaiming-normal weights in place of the generators and "
         "every Conv/Gemm output rescaled to unit deviation on real images (LSUV-style), so that fidelity is "
         "meaningful; untrained, so top-1 agreement is measured on near-tied logits and is a harsh test.",
-        f"- the stock architectures (tests/conformance_models.py), {training} (the U-Net segmenter keeps random "
-        "weights with BatchNorm recalibrated), exported by torch at opset 11 with dynamic N/H/W and at opsets 13 "
-        "and 17 static; 64×64 input (the Ultralytics-style detector: 320×320).",
+        f"- the stock architectures (tests/conformance_models.py), {training} (the U-Net segmenter and the "
+        "Ultralytics-style detector keep random weights with BatchNorm recalibrated), exported by torch at "
+        "opset 11 with dynamic N/H/W and at opsets 13 and 17 static; 64×64 input (the Ultralytics-style "
+        "detector: 320×320).",
         "- `people-det-teacher/320`, `/640`: the zoo detector `yolo-det-p2` trained on people-det "
         "(examples/people-det/teacher.pth; decoded boxes and scores, float decode), exported by edgekd at "
         "opset 17, calibrated on people-det training images and measured on its validation images (SQNR of "

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -79,8 +80,9 @@ class Training:
         if not self.epochs:
             return "with random weights and BatchNorm recalibrated on the calibration images"
         return (
-            f"trained {self.epochs} epochs on {self.per_class} images per class of {self.data.name}'s training "
-            "split (AdamW, one-cycle schedule, flips and shifts; never the held-out images fidelity is measured on)"
+            f"trained {self.epochs} epochs on {self.per_class} images per class of "
+            f"`{os.path.relpath(self.data, ROOT)}` "
+            "(AdamW, one-cycle schedule, flips and shifts; never the held-out images fidelity is measured on)"
         )
 
     @property
