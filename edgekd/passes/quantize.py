@@ -13,7 +13,8 @@ from edgekd.passes.base import Pass, PassResult
 from edgekd.quant.calibrate import Calibration
 from edgekd.quant.placement import target_plan
 from edgekd.quant.qdq import apply_plan
-from edgekd.quant.simulate import output_sqnr
+from edgekd.quant.qparams import sqnr_db
+from edgekd.quant.simulate import flatten
 from edgekd.runtime import simulation_fn
 from edgekd.specs import TargetSpec
 from edgekd.state import CALIBRATED, QUANTIZED, CompileState, PassOutput
@@ -67,8 +68,9 @@ class QuantizePass(Pass):
         float_run, state.reference = state.float_reference, simulation_fn(state.onnx_model)
         state.reference_name = "QDQ simulation"
         batches = list(iter_batches(cal.source, state.input.preprocess, tuple(state.input.shape), limit=self.samples))
-        error = compare_outputs([state.reference(x) for x in batches], [float_run(x) for x in batches])
-        error["sqnr_db"] = output_sqnr(float_run, state.reference, batches)
+        simulated, floats = [state.reference(x) for x in batches], [float_run(x) for x in batches]
+        error = compare_outputs(simulated, floats)
+        error["sqnr_db"] = sqnr_db(flatten(floats), flatten(simulated))
         error["samples"] = sum(len(x) for x in batches)
         weights = len(plan.weights)
         return PassResult(

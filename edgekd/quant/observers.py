@@ -38,10 +38,11 @@ class Observer:
     def update(self, x: np.ndarray, *, tensor: str | None = None, sample: int | None = None) -> None:
         """Fold one batch in. Empty batches are skipped (as torch does); NaN/Inf raise DataError."""
         x = np.asarray(x)
-        _check_finite(x, tensor, sample)
         if x.size == 0:
             return
         batch_min, batch_max = self._batch_range(x, tensor)
+        if not (np.isfinite(batch_min).all() and np.isfinite(batch_max).all()):  # min/max propagate NaN
+            _raise_non_finite(x, tensor, sample)
         self._observe(x, batch_min, batch_max)
         self.batches += 1
 
@@ -252,12 +253,8 @@ def _where(tensor: str | None, sample: int | None) -> str:
     return " at ".join(parts) + " " if parts else ""
 
 
-def _check_finite(x: np.ndarray, tensor: str | None, sample: int | None) -> None:
-    if not np.issubdtype(x.dtype, np.floating):
-        return
+def _raise_non_finite(x: np.ndarray, tensor: str | None, sample: int | None) -> None:
     finite = np.isfinite(x)
-    if finite.all():
-        return
     nan = int(np.isnan(x).sum())
     inf = int(x.size - finite.sum()) - nan
     where = _where(tensor, sample) or "a calibration batch "

@@ -11,7 +11,7 @@ import onnx_ir as ir
 from edgekd.quant.placement import QuantPlan
 from edgekd.quant.qdq import apply_plan
 from edgekd.quant.qparams import QParams, sqnr_db
-from edgekd.runtime import RunFn, onnx_run_fn, ort_session, simulation_fn
+from edgekd.runtime import onnx_run_fn, ort_session, simulation_fn
 
 
 def clone(model: ir.Model) -> ir.Model:
@@ -34,13 +34,9 @@ def only_layer(plan: QuantPlan, layer: str) -> QuantPlan:
     return QuantPlan(plan.placement, acts, [w for w in plan.weights if w.node == layer], plan.keep_float)
 
 
-def output_sqnr(run_ref: RunFn, run_test: RunFn, batches: Iterable[np.ndarray]) -> float:
-    """SQNR (dB) of all outputs together, over the batches."""
-    ref, test = [], []
-    for x in batches:
-        ref += [o.ravel() for o in run_ref(x)]
-        test += [o.ravel() for o in run_test(x)]
-    return sqnr_db(np.concatenate(ref), np.concatenate(test))
+def flatten(outputs: Iterable[list[np.ndarray]]) -> np.ndarray:
+    """Every output of every batch, as one flat vector."""
+    return np.concatenate([o.ravel() for batch in outputs for o in batch])
 
 
 def layer_sensitivity(
@@ -52,11 +48,12 @@ def layer_sensitivity(
 ) -> dict[str, float]:
     """Per weighted layer: output SQNR when only that layer is quantized. Lower = more sensitive."""
     float_run = onnx_run_fn(ort_session(ir.to_proto(model).SerializeToString()))
+    reference = flatten(float_run(x) for x in batches)
     layers = [w.node for w in plan.weights]
     out = {}
     for i, layer in enumerate(layers):
         sim = simulation_fn(quantized_copy(model, only_layer(plan, layer), act_qparams))
-        out[layer] = output_sqnr(float_run, sim, batches)
+        out[layer] = sqnr_db(reference, flatten(sim(x) for x in batches))
         if progress:
             progress(i + 1, len(layers))
     return out
