@@ -127,23 +127,20 @@ def flat(tmp_path_factory, labelled) -> Path:
     return root
 
 
-def compile_zoo_int8(tmp_path, zoo_models, name, target, out="out", **kw):
-    """A zoo model (the ``zoo_models`` fixture) compiled int8 for ``target`` into ``tmp_path / out``."""
-    path, calib, shape = zoo_models[name]
-    config = api.make_config(
-        str(path),
-        target,
-        tmp_path / out,
-        input_shape=shape,
-        precision="int8",
-        calib=calib,
-        skip=("sensitivity",),
-        verify_samples=8,
-        **kw,
-    )
+def compile_quick(model, target, out, input_shape, calib=None, **kw):
+    """``model`` compiled for ``target`` into ``out``, quickly: int8, no sensitivity pass, 8 verify samples
+    unless ``kw`` says otherwise."""
+    settings = {"precision": "int8", "skip": ("sensitivity",), "verify_samples": 8, **kw}
+    config = api.make_config(str(model), str(target), out, input_shape=input_shape, calib=calib, **settings)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
         return api.compile(config)
+
+
+def compile_zoo_int8(tmp_path, zoo_models, name, target, out="out", **kw):
+    """A zoo model (the ``zoo_models`` fixture) compiled int8 for ``target`` into ``tmp_path / out``."""
+    path, calib, shape = zoo_models[name]
+    return compile_quick(path, target, tmp_path / out, shape, calib, **kw)
 
 
 DETECTOR_SIZE = (64, 64)

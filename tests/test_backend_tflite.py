@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +12,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from backend_template import BackendTemplate
+from conftest import compile_quick
 from edgekd import api
 from edgekd.backends import get_backend
 from edgekd.bench.session import BenchSettings
 from edgekd.errors import FidelityError, PassFailedError, UnsupportedOpsError
-from edgekd.passes.calibrate import CalibrationWarning
 from edgekd.specs import load_target
 
 pytestmark = pytest.mark.skipif(
@@ -189,20 +188,8 @@ def _strided_model(tmp_path: Path, size: int) -> Path:
 def _compile(path: Path, out: Path, shape, precision="int8", skip=("sensitivity",), **kw):
     calib = out.parent / f"{out.name}_calib.npy"
     np.save(calib, np.random.default_rng(1).standard_normal((32,) + tuple(shape[1:])).astype(np.float32))
-    config = api.make_config(
-        str(path),
-        "rpi4",
-        out,
-        input_shape=shape,
-        precision=precision,
-        calib=calib if precision == "int8" else None,
-        skip=skip,
-        verify_samples=8,
-        **kw,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CalibrationWarning)
-        return api.compile(config)
+    calib = calib if precision == "int8" else None
+    return compile_quick(path, "rpi4", out, shape, calib, precision=precision, skip=skip, **kw)
 
 
 @pytest.mark.parametrize("size,explicit", [(9, False), (8, True)])
@@ -307,21 +294,16 @@ def test_a_float_layer_in_a_qdq_graph_is_caught(tmp_path):
     path = _strided_model(tmp_path, 9)
     calib = tmp_path / "calib.npy"
     np.save(calib, np.random.default_rng(1).standard_normal((32, 3, 9, 9)).astype(np.float32))
-    config = api.make_config(
-        str(path),
+    result = compile_quick(
+        path,
         "onnx-cpu",
         tmp_path / "qdq",
-        input_shape=(1, 3, 9, 9),
-        precision="int8",
-        calib=calib,
-        skip=("sensitivity",),
+        (1, 3, 9, 9),
+        calib,
         verify_samples=4,
         keep_float=("proj",),
-        activation_scheme="asymmetric-int8",
-    )  # int8 activations, as TFLite reads them
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CalibrationWarning)
-        result = api.compile(config)
+        activation_scheme="asymmetric-int8",  # int8 activations, as TFLite reads them
+    )
     lowered = lower(onnx.load(result.output / "model.onnx"))
     with pytest.raises(FidelityError, match="quantized by the converter"):
         check_flatbuffer(convert(lowered, True), lowered, result.manifest["quantization"]["tensors"], True)
@@ -358,19 +340,7 @@ def test_float_io_option(tmp_path):
     spec.write_text(text.replace('name = "rpi4"', 'name = "rpi4-float-io"'))
     calib = tmp_path / "calib.npy"
     np.save(calib, np.random.default_rng(1).standard_normal((32, 3, 9, 9)).astype(np.float32))
-    config = api.make_config(
-        str(_strided_model(tmp_path, 9)),
-        str(spec),
-        tmp_path / "out",
-        input_shape=(1, 3, 9, 9),
-        precision="int8",
-        calib=calib,
-        skip=("sensitivity",),
-        verify_samples=8,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CalibrationWarning)
-        m = api.compile(config).manifest
+    m = compile_quick(_strided_model(tmp_path, 9), spec, tmp_path / "out", (1, 3, 9, 9), calib).manifest
     assert m["inputs"][0]["dtype"] == "float32" and m["outputs"][0]["dtype"] == "float32"
     report = m["backend_report"]
     assert report["float_tensors"] == [] and len(report["io_conversions"]) == 2

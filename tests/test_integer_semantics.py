@@ -5,7 +5,6 @@ layouts and ops the targets run (channel shuffle as a Gather, LayerNorm written 
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +13,10 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import ROOT
-from edgekd import api
+from conftest import ROOT, compile_quick
 from edgekd.backends import get_backend
 from edgekd.ir.canonical import canonicalize
 from edgekd.ir.graph import FUSED_ACTIVATION, FUSED_ADD
-from edgekd.passes.calibrate import CalibrationWarning
 from edgekd.passes.canonicalize import ops_to_decompose
 from edgekd.passes.fuse_conv_bn_relu import FuseConvBnReluPass
 from edgekd.quant.placement import plan_quantization, target_plan
@@ -80,19 +77,7 @@ def _compile(model: onnx.ModelProto, tmp_path: Path, target: str):
     onnx.save(model, path)
     calib = tmp_path / "calib.npy"
     np.save(calib, RNG.standard_normal((32,) + SHAPE[1:]).astype(np.float32))
-    config = api.make_config(
-        str(path),
-        target,
-        tmp_path / Path(target).stem,
-        input_shape=SHAPE,
-        precision="int8",
-        calib=calib,
-        skip=("sensitivity",),
-        verify_samples=8,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CalibrationWarning)
-        return api.compile(config)
+    return compile_quick(path, target, tmp_path / Path(target).stem, SHAPE, calib)
 
 
 def _fused(model: onnx.ModelProto, conv_add: bool = False) -> ir.Model:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from conftest import CALIB, realistic
+from conftest import CALIB, compile_quick, realistic
 from conftest import ZOO_SHAPES as SHAPES
 from edgekd import api
 from edgekd.errors import AccuracyBudgetError, ConfigError, DataError, PassFailedError
@@ -23,14 +23,9 @@ from edgekd.quant.accuracy import greedy_keep_float
 
 
 def compile_int8(tmp_path, model, shape, calib, **kw):
-    kw.setdefault("sensitivity_samples", 4)
-    kw.setdefault("verify_samples", 8)
-    config = api.make_config(
-        str(model), "onnx-cpu", tmp_path / "out", input_shape=shape, precision="int8", calib=calib, force=True, **kw
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CalibrationWarning)
-        result = api.compile(config)
+    """With the sensitivity pass unless ``kw`` skips it."""
+    settings = {"skip": (), "sensitivity_samples": 4, "force": True, **kw}
+    result = compile_quick(model, "onnx-cpu", tmp_path / "out", shape, calib, **settings)
     return result, onnx.load(str(result.output / "model.onnx"))
 
 

@@ -4,15 +4,13 @@ depends on this machine's speed."""
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 from click.testing import CliRunner
 
 import edgekd.passes.speed_check as speed_check
+from conftest import compile_zoo_int8
 from edgekd import api
 from edgekd.cli import main
-from edgekd.passes.calibrate import CalibrationWarning
 from edgekd.passes.speed_check import SpeedCheckOutput
 
 
@@ -28,24 +26,6 @@ def fixed_latencies(float_ms, int8_ms):
     return interleaved
 
 
-def compile_int8(tmp_path, zoo_models, target="onnx-cpu", **kw):
-    path, calib, shape = zoo_models["resnet20"]
-    config = api.make_config(
-        str(path),
-        target,
-        tmp_path / "out",
-        input_shape=shape,
-        precision="int8",
-        calib=calib,
-        skip=("sensitivity",),
-        verify_samples=8,
-        **kw,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CalibrationWarning)
-        return api.compile(config), config
-
-
 def test_slower_in_every_repeat_is_flagged_and_only_then():
     assert SpeedCheckOutput("x", 2, (1.0, 1.0, 1.0), (1.2, 1.1, 1.3)).int8_slower
     assert not SpeedCheckOutput("x", 2, (1.0, 1.0, 1.0), (1.2, 0.9, 1.3)).int8_slower  # noise: not decided
@@ -55,7 +35,8 @@ def test_slower_in_every_repeat_is_flagged_and_only_then():
 
 def test_an_int8_artifact_slower_than_float_is_never_shipped_silently(tmp_path, zoo_models, monkeypatch):
     monkeypatch.setattr(speed_check, "interleaved", fixed_latencies([1.0, 1.1, 1.0], [1.6, 1.7, 1.5]))
-    result, config = compile_int8(tmp_path, zoo_models)
+    result = compile_zoo_int8(tmp_path, zoo_models, "resnet20", "onnx-cpu")
+    model, calib, _ = zoo_models["resnet20"]
     sc = result.manifest["speed_check"]
     assert sc["int8_slower"] and sc["speedup"]["max"] < 1 and sc["runtime"] == "onnxruntime"
     report = (result.output / "report.md").read_text()
@@ -64,7 +45,7 @@ def test_an_int8_artifact_slower_than_float_is_never_shipped_silently(tmp_path, 
         main,
         [
             "compile",
-            str(config.model),
+            str(model),
             "-t",
             "onnx-cpu",
             "-o",
@@ -74,7 +55,7 @@ def test_an_int8_artifact_slower_than_float_is_never_shipped_silently(tmp_path, 
             "--precision",
             "int8",
             "--calib",
-            str(config.calibration.data),
+            str(calib),
             "--skip",
             "sensitivity",
             "-q",
@@ -86,7 +67,7 @@ def test_an_int8_artifact_slower_than_float_is_never_shipped_silently(tmp_path, 
 
 def test_a_faster_int8_artifact_reports_its_speedup_with_spread(tmp_path, zoo_models, monkeypatch):
     monkeypatch.setattr(speed_check, "interleaved", fixed_latencies([2.0, 2.2, 2.1], [1.0, 1.0, 1.0]))
-    result, _ = compile_int8(tmp_path, zoo_models)
+    result = compile_zoo_int8(tmp_path, zoo_models, "resnet20", "onnx-cpu")
     sc = result.manifest["speed_check"]
     assert not sc["int8_slower"] and sc["speedup"] == {"median": 2.1, "min": 2.0, "max": 2.2, "repeats": 3}
     assert "WARNING" not in (result.output / "report.md").read_text()
@@ -94,7 +75,7 @@ def test_a_faster_int8_artifact_reports_its_speedup_with_spread(tmp_path, zoo_mo
 
 def test_a_board_target_is_not_timed_on_the_compiling_machine(tmp_path, zoo_models):
     pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed")
-    result, _ = compile_int8(tmp_path, zoo_models, "rpi4")
+    result = compile_zoo_int8(tmp_path, zoo_models, "resnet20", "rpi4")
     assert result.manifest["speed_check"] is None
     assert "speed-check" not in [p["name"] for p in result.manifest["passes"]]
 
