@@ -101,6 +101,7 @@ class CompileState:
     calibration: "Calibration | None" = None
     sensitivity: tuple[LayerSensitivity, ...] = ()  # most sensitive first
     keep_float: set[str] = field(default_factory=set)  # layers in float: the user's names and what passes chose
+    float_region: frozenset[str] = frozenset()  # a quantized detector's float decode and heads (no Q/DQ there)
     qparams: dict[str, Any] = field(default_factory=dict)
     facts: set[str] = field(default_factory=set)
     records: list[PassRecord] = field(default_factory=list)

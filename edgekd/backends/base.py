@@ -32,6 +32,7 @@ class EmitInput:
     input_shape: tuple[int, ...]
     float_onnx: bytes | None  # the float graph just before quantization
     outdir: Path
+    float_region: frozenset[str] = frozenset()  # nodes the quantizer left float in a Q/DQ graph (detector tail)
 
 
 @dataclass

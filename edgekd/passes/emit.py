@@ -53,6 +53,7 @@ class EmitPass(Pass):
                 input_shape=tuple(state.input.shape),
                 float_onnx=state.float_onnx,
                 outdir=state.workdir,
+                float_region=state.float_region,
             )
         )
         state.artifact_files.extend(result.files)

@@ -65,6 +65,7 @@ class QuantizePass(Pass):
         state.float_onnx = ir.to_proto(state.onnx_model).SerializeToString()
         written = apply_plan(state.onnx_model, plan, cal.activation_qparams(plan))
         state.qparams = written
+        state.float_region = plan.float_tail
         float_run, state.reference = state.float_reference, simulation_fn(state.onnx_model)
         state.reference_name = "QDQ simulation"
         batches = list(iter_batches(cal.source, state.input.preprocess, tuple(state.input.shape), limit=self.samples))

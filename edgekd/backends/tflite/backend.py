@@ -132,8 +132,6 @@ class TFLiteBackend(Backend):
 
         from edgekd.backends.tflite.lower import lower
         from edgekd.backends.tflite.verify import check_flatbuffer, delegation, name_io
-        from edgekd.ir.detector import float_region
-
         opts = inp.spec.raw.get("tflite", {})
         quantized = inp.quantized
         kept = sorted(inp.keep_float)
@@ -146,7 +144,7 @@ class TFLiteBackend(Backend):
         in_type, out_type = (
             (_io_type(opts, "input_type"), _io_type(opts, "output_type")) if quantized else ("float32", "float32")
         )
-        decode_nodes = float_region(inp.model.graph) if quantized else frozenset()
+        decode_nodes = inp.float_region if quantized else frozenset()
         decode = frozenset(v.name for n in inp.model.graph if n.name in decode_nodes for v in n.outputs)
         if decode:
             out_type = "float32"  # a detector's boxes and scores leave its float decode as they are
