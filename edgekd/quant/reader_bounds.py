@@ -11,7 +11,9 @@ artifact keeps matching the simulation; values below the floor saturate to it in
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
+from typing import Iterable
 
 import onnx_ir as ir
 
@@ -71,7 +73,7 @@ def value_bounds(v: ir.Value, depth: int = 0) -> Bounds:
     if v.is_graph_output() or depth > 16:
         return UNBOUNDED
     readers = frozenset(u.node.name for u in v.uses())
-    return _shared([reader_bounds(u.node, v, readers, depth) for u in v.uses()])
+    return _shared(reader_bounds(u.node, v, readers, depth) for u in v.uses())
 
 
 def reader_bounds(node: ir.Node, v: ir.Value, readers: frozenset[str], depth: int = 0) -> Bounds:
@@ -79,7 +81,7 @@ def reader_bounds(node: ir.Node, v: ir.Value, readers: frozenset[str], depth: in
     the nodes that read the same (quantized) ``v``."""
     op = node.op_type
     if op == "Concat" or (op in MOVING and node.inputs and node.inputs[0] is v):
-        return _shared([value_bounds(out, depth + 1) for out in node.outputs])
+        return _shared(value_bounds(out, depth + 1) for out in node.outputs)
     if op == "Relu":
         return 0.0, None
     if op == "HardSwish":
@@ -95,13 +97,17 @@ def reader_bounds(node: ir.Node, v: ir.Value, readers: frozenset[str], depth: in
     return UNBOUNDED
 
 
-def _shared(bounds: list[Bounds]) -> Bounds:
-    """The bounds every reader accepts: the lowest floor and the highest ceiling, None if any lacks one."""
-    floors, ceilings = [b[0] for b in bounds], [b[1] for b in bounds]
-    return (
-        None if not floors or None in floors else min(floors),
-        None if not ceilings or None in ceilings else max(ceilings),
-    )
+def _shared(bounds: Iterable[Bounds]) -> Bounds:
+    """The bounds every reader accepts: the lowest floor and the highest ceiling, None if any lacks one (or
+    there are no readers). Stops at the first unbounded reader: a walk through wide Concat fan-outs stays short."""
+    floor: float | None = math.inf
+    ceiling: float | None = -math.inf
+    for low, high in bounds:
+        floor = None if floor is None or low is None else min(floor, low)
+        ceiling = None if ceiling is None or high is None else max(ceiling, high)
+        if floor is None and ceiling is None:
+            break
+    return (None if floor == math.inf else floor, None if ceiling == -math.inf else ceiling)
 
 
 def set_bounds(graph: ir.Graph, plan) -> int:

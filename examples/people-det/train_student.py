@@ -12,6 +12,8 @@ Same data, crops, augmentation, schedule, EMA and evaluation as train_teacher.py
 loss is edgekd.distill.detection.DetectionDistillLoss: the labels' loss plus class-map KD (temperature
 ``--temperature``), box KD and neck imitation (FitNets hints through 1×1 adapters), weights below.
 
+``--init WEIGHTS`` starts a new cosine cycle of ``--epochs`` epochs from a finished run's weights (a warm
+restart); the new record keeps the earlier run's record under ``init`` and numbers its epochs after it.
 ``--resume --epochs N`` with N above the checkpoint's total stretches the cosine schedule over N epochs (the
 learning rate steps back up to where the longer cycle would be, then decays to the same floor); the record
 lists every command.
@@ -85,6 +87,7 @@ def main(argv=None) -> int:  # long on purpose: the whole training recipe, top t
     ap.add_argument("--cache-dir", default=".cache")
     ap.add_argument("--out", required=True)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", help="weights of a finished run (its .json beside them) to continue from")
     args = ap.parse_args(argv)
     if bool(args.teacher) == args.labels_only:
         ap.error("pass either --teacher WEIGHTS (distillation) or --labels-only")
@@ -94,6 +97,11 @@ def main(argv=None) -> int:  # long on purpose: the whole training recipe, top t
     train_set, val_set = load_detection_set(args.data, "train"), load_detection_set(args.data, "val")
     images, boxes = decode_split(train_set, args.size, Path(args.cache_dir) / f"people-det-train-{args.size}.npy")
     student = build_student().to(memory_format=torch.channels_last)
+    init_record, first_epoch = None, 0
+    if args.init:
+        student.load_state_dict(torch.load(args.init, weights_only=True))
+        init_record = json.loads(Path(args.init).with_suffix(".json").read_text())
+        first_epoch = init_record.get("total_epochs", init_record["epochs"])
     example = torch.zeros(1, 3, args.crop, args.crop)
     teacher = loss_fn = None
     if args.teacher:
@@ -173,7 +181,7 @@ def main(argv=None) -> int:  # long on purpose: the whole training recipe, top t
                 avg = " ".join(f"{k} {v / seen:.3f}" for k, v in sums.items() if k != "positives")
                 print(f"  epoch {epoch + 1} step {step}/{steps_per_epoch} {avg} ({time.time() - t0:.0f}s)", flush=True)
         record = {
-            "epoch": epoch + 1,
+            "epoch": first_epoch + epoch + 1,
             "seconds": round(time.time() - t0, 1),
             **{k: v / seen for k, v in sums.items() if k != "positives"},
         }
@@ -220,6 +228,8 @@ def main(argv=None) -> int:  # long on purpose: the whole training recipe, top t
         if loss_fn is None
         else {"teacher": args.teacher, "temperature": args.temperature, "weights": loss_fn.weights},
         "epochs": args.epochs,
+        "total_epochs": first_epoch + args.epochs,
+        "init": None if init_record is None else {"weights": args.init, "record": init_record},
         "batch_size": args.batch_size,
         "crop": args.crop,
         "lr": args.lr,

@@ -132,6 +132,7 @@ class TFLiteBackend(Backend):
 
         from edgekd.backends.tflite.lower import lower
         from edgekd.backends.tflite.verify import check_flatbuffer, delegation, name_io
+
         opts = inp.spec.raw.get("tflite", {})
         quantized = inp.quantized
         kept = sorted(inp.keep_float)
