@@ -16,12 +16,10 @@ from edgekd.config import CompileConfig
 from edgekd.errors import ConfigError, EdgekdError, SearchError
 from edgekd.outputs import check_artifact_output
 from edgekd.passes.evaluate import SPEEDUP_PER_POINT
-from edgekd.report import PRECISION_HEADERS, precision_rows
 from edgekd.runtime.timing import REPEATS, Ratio, ratio
 from edgekd.search.finish import ship
 from edgekd.search.timing import TimingFn, time_interleaved
 from edgekd.specs import load_target
-from edgekd.ui import text_table
 
 ORDER = ("fp32", "fp16", "int8")
 
@@ -59,7 +57,8 @@ class Candidate:
 
 def candidate_config(config: CompileConfig, precision: str, out: Path) -> CompileConfig:
     """The user's compile at one precision into ``out``; --max-drop applies to int8 only (it returns layers
-    to float there), --eval scores every candidate."""
+    to float there), --eval scores every candidate. No speed-check pass: the search times every candidate
+    itself, interleaved, and one measurement in the report is enough."""
     int8 = precision == "int8"
     evaluation = config.evaluation if int8 else dataclasses.replace(config.evaluation, max_drop=None)
     quantization = (
@@ -74,6 +73,7 @@ def candidate_config(config: CompileConfig, precision: str, out: Path) -> Compil
         evaluation=evaluation,
         quantization=quantization,
         search=config.search.for_candidate(),
+        skip=tuple(dict.fromkeys(config.skip + ("speed-check",))),
     )
 
 
@@ -165,7 +165,4 @@ def search_precision(
             "why": why,
             "candidates": [c.to_dict(e.max_drop) for c in candidates],
         }
-        if progress:
-            progress(text_table(PRECISION_HEADERS, precision_rows(record)))
-            progress(f"precision search: shipping {chosen.precision}: {why}")
         return ship(chosen.path, config, "precision_search", record)
