@@ -32,7 +32,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from train_teacher import ATTRIBUTION, Ema, decode_split, make_batch, param_groups, validate
+from train_teacher import (
+    ATTRIBUTION,
+    Ema,
+    command_line,
+    decode_split,
+    end_epoch,
+    make_batch,
+    param_groups,
+    save_atomically,
+)
 
 from edgekd.data.detection import load_detection_set
 from edgekd.detect.loss import DetectionLoss
@@ -137,7 +146,7 @@ def main(argv=None) -> int:  # long on purpose: the whole training recipe, top t
     ema = Ema(student, factory=build_student)
     ckpt_path = Path(args.cache_dir) / f"{Path(args.out).stem}.ckpt"
     start, history, commands = 0, [], []
-    command = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
+    command = command_line(__file__, argv)
     if args.resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=True)
         student.load_state_dict(ck["model"])
@@ -185,20 +194,9 @@ def main(argv=None) -> int:  # long on purpose: the whole training recipe, top t
             "seconds": round(time.time() - t0, 1),
             **{k: v / seen for k, v in sums.items() if k != "positives"},
         }
-        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            t1 = time.time()
-            record["val"] = validate(ema.model, val_set, args.size)
-            record["val_seconds"] = round(time.time() - t1, 1)
-            print(
-                f"epoch {epoch + 1}/{args.epochs} ({record['seconds']:.0f}s): valid mAP50 {record['val']['map50']:.4f} "
-                f"mAP50-95 {record['val']['map50_95']:.4f}",
-                flush=True,
-            )
-        else:
-            print(f"epoch {epoch + 1}/{args.epochs} ({record['seconds']:.0f}s): loss {record['loss']:.3f}", flush=True)
+        end_epoch(record, epoch + 1, ema.model, val_set, args)
         history.append(record)
-        tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
-        torch.save(
+        save_atomically(
             {
                 "model": student.state_dict(),
                 "opt": opt.state_dict(),
@@ -210,14 +208,11 @@ def main(argv=None) -> int:  # long on purpose: the whole training recipe, top t
                 "history": json.dumps(history),
                 "commands": json.dumps(commands + [command]),
             },
-            tmp,
+            ckpt_path,
         )
-        tmp.replace(ckpt_path)
 
     out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save({k: v.contiguous() for k, v in ema.model.state_dict().items()}, tmp)
-    tmp.replace(out)
+    save_atomically({k: v.contiguous() for k, v in ema.model.state_dict().items()}, out)
     evals = [h for h in history if "val" in h]
     record = {
         "command": " && ".join(dict.fromkeys(commands + [command])),

@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -57,6 +59,7 @@ def decode_split(dataset, size: int, cache: Path) -> tuple[np.ndarray, list[np.n
     """Images fitted to ``size`` (uint8 [N, H, W, 3], memory-mapped) and their boxes in those pixels."""
     boxes = [fit(im.size, (size, size)).to_input(im.boxes).astype(np.float32) for im in dataset.images]
     if not cache.exists():
+        cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(cache.name + ".tmp")
         arr = np.lib.format.open_memmap(tmp, "w+", np.uint8, (len(dataset), size, size, 3))
         for i, im in enumerate(dataset.images):
@@ -89,7 +92,7 @@ def sample_crop(
         y0 = int(np.clip(cy - rng.uniform(0.1, 0.9) * side, 0, H - side))
     else:
         x0, y0 = int(rng.integers(0, W - side + 1)), int(rng.integers(0, H - side + 1))
-    patch = torch.from_numpy(np.ascontiguousarray(img[y0 : y0 + side, x0 : x0 + side])).permute(2, 0, 1)
+    patch = torch.from_numpy(np.array(img[y0 : y0 + side, x0 : x0 + side])).permute(2, 0, 1)  # a writable copy
     k = crop / side
     if side != crop:
         patch = F.interpolate(patch[None].float(), size=(crop, crop), mode="bilinear", align_corners=False)[0]
@@ -173,6 +176,35 @@ def validate(model: torch.nn.Module, val_set, size: int, limit: int | None = Non
         "best_f1": m.best_f1,
         "best_f1_conf": m.best_f1_conf,
     }
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How this run was started, for its record: the script (relative to here) and its arguments."""
+    return "python " + shlex.join([os.path.relpath(script)] + (argv if argv is not None else sys.argv[1:]))
+
+
+def save_atomically(obj, path: Path) -> None:
+    """torch.save through a temporary file: an interrupted save never leaves a half-written checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def end_epoch(record: dict, epoch: int, model: torch.nn.Module, val_set, args) -> None:
+    """Validates ``model`` into ``record`` every ``--eval-every`` epochs and at the last; prints the epoch."""
+    if epoch % args.eval_every == 0 or epoch == args.epochs:
+        t1 = time.time()
+        record["val"] = validate(model, val_set, args.size)
+        record["val_seconds"] = round(time.time() - t1, 1)
+        v = record["val"]
+        print(
+            f"epoch {epoch}/{args.epochs} ({record['seconds']:.0f}s): valid mAP50 {v['map50']:.4f} "
+            f"mAP50-95 {v['map50_95']:.4f} P {v['precision']:.3f} R {v['recall']:.3f} "
+            f"(eval {record['val_seconds']:.0f}s)",
+            flush=True,
+        )
+    else:
+        print(f"epoch {epoch}/{args.epochs} ({record['seconds']:.0f}s): loss {record['loss']:.3f}", flush=True)
 
 
 def main(argv=None) -> int:  # long on purpose: the whole training recipe, top to bottom, as its record cites it
@@ -260,21 +292,9 @@ def main(argv=None) -> int:  # long on purpose: the whole training recipe, top t
                     flush=True,
                 )
         record = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 1), **{k: v / seen for k, v in sums.items()}}
-        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            t1 = time.time()
-            record["val"] = validate(ema.model, val_set, args.size)
-            record["val_seconds"] = round(time.time() - t1, 1)
-            print(
-                f"epoch {epoch + 1}/{args.epochs} ({record['seconds']:.0f}s): valid mAP50 {record['val']['map50']:.4f} "
-                f"mAP50-95 {record['val']['map50_95']:.4f} P {record['val']['precision']:.3f} "
-                f"R {record['val']['recall']:.3f} (eval {record['val_seconds']:.0f}s)",
-                flush=True,
-            )
-        else:
-            print(f"epoch {epoch + 1}/{args.epochs} ({record['seconds']:.0f}s): loss {record['loss']:.3f}", flush=True)
+        end_epoch(record, epoch + 1, ema.model, val_set, args)
         history.append(record)
-        tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
-        torch.save(
+        save_atomically(
             {
                 "model": model.state_dict(),
                 "opt": opt.state_dict(),
@@ -284,18 +304,14 @@ def main(argv=None) -> int:  # long on purpose: the whole training recipe, top t
                 "epoch": epoch + 1,
                 "history": json.dumps(history),
             },
-            tmp,
+            ckpt_path,
         )
-        tmp.replace(ckpt_path)
 
     out = Path(args.out)
-    state = {k: v.contiguous() for k, v in ema.model.state_dict().items()}
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(out)
+    save_atomically({k: v.contiguous() for k, v in ema.model.state_dict().items()}, out)
     evals = [h for h in history if "val" in h]
     record = {
-        "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+        "command": command_line(__file__, argv),
         "data": ATTRIBUTION,
         "model": MODEL,
         "epochs": args.epochs,
