@@ -8,8 +8,8 @@ For each model (the CIFAR-10 student, and MobileNetV2-1.0 at 224×224 with rando
 top-1 on the held-out split (CIFAR-10; the random-weight MobileNetV2 has near-tied logits, so there the SQNR
 of its logits against the float model), and latency at batch 1 in LiteRT (XNNPACK), OpenVINO and ONNX
 Runtime, int8 and fp32, at --threads threads; ratios against the peer and achieved GMAC/s against the CPU's
-peak. Within each of --repeats repeats the artifacts take turns of 10 runs in a shuffled order, so a load
-spike on a shared machine hits all of them; a ratio is the median of its per-repeat ratios, quoted with their range.
+peak. Every artifact is timed in turn within each of --repeats repeats (interleaved), so a load spike on a
+shared machine hits all of them; a ratio is the median of its per-repeat ratios, quoted with their range.
 With --before, edgekd's previous placements are measured in the same run (OpenVINO: Q/DQ on every output;
 ONNX Runtime: int8 activations), so before/after ratios share the machine's state.
 
@@ -45,11 +45,10 @@ from quant_benchmark import (
 )
 
 from edgekd import api  # noqa: E402
-from edgekd.bench.runner import RUNTIMES, cpu_model  # noqa: E402
+from edgekd.bench.runner import RUNTIMES, cpu_model, summarize  # noqa: E402
 from edgekd.frontend import model_input  # noqa: E402
 from edgekd.model_config import read_model_card  # noqa: E402
 
-TURN = 10  # runs an artifact takes in a row before the next one (see interleaved_latency)
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
@@ -259,42 +258,35 @@ class Runner:
     def logits(self, xs: np.ndarray) -> np.ndarray:
         return np.concatenate([self(x[None]) for x in xs])
 
+    def latency(self, x: np.ndarray, runs: int) -> dict:
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            self(x)
+            times.append((time.perf_counter() - t0) * 1000)
+        return summarize(times, 1)
+
 
 def interleaved_latency(runners: dict[str, Runner], x: np.ndarray, repeats: int, runs: int) -> dict[str, dict]:
-    """Per artifact: the p50 of each repeat, their median and range, and the p90 of the pooled runs.
-
-    Within a repeat the artifacts take turns in blocks of TURN runs, in a new random order every round:
-    turns this short spread a load burst over every artifact (blocks of 100 runs came out bimodal under
-    load, 2.5 or 4-6 ms for one MobileNetV2), and a shuffled order gives none a fixed predecessor (a run
-    right after the fp32 model, whose weights flushed the L2 cache, measured up to 12 % slower). Each
-    turn starts with an untimed run, so what is timed is the model running back to back, as deployed."""
+    """Per artifact: the p50 of each repeat (every artifact timed in turn within a repeat), their median
+    and range, and the p90 of the pooled runs."""
     for r in runners.values():
         for _ in range(20):
             r(x)
-    names = list(runners)
-    order = np.random.default_rng(0)
-    per: dict[str, list[list[float]]] = {name: [] for name in names}
+    per: dict[str, list[dict]] = {name: [] for name in runners}
     for k in range(repeats):
         progress(f"  latency repeat {k + 1}/{repeats}")
-        times: dict[str, list[float]] = {name: [] for name in names}
-        for _ in range(max(1, runs // TURN)):
-            for name in order.permutation(names):
-                runners[name](x)
-                for _ in range(TURN):
-                    t0 = time.perf_counter()
-                    runners[name](x)
-                    times[name].append((time.perf_counter() - t0) * 1000)
-        for name in names:
-            per[name].append(times[name])
+        for name, r in runners.items():
+            per[name].append(r.latency(x, runs))
     out = {}
     for name, reps in per.items():
-        p50s = [float(np.median(t)) for t in reps]
+        p50s = [s["p50_ms"] for s in reps]
         out[name] = {
             "p50_ms": float(np.median(p50s)),
             "p50_per_repeat": p50s,
             "p50_range": [min(p50s), max(p50s)],
-            "p90_ms": float(np.percentile(np.concatenate(reps), 90)),
-            "runs": len(reps[0]),
+            "p90_ms": float(np.median([s["p90_ms"] for s in reps])),
+            "runs": runs,
             "repeats": repeats,
         }
     return out
@@ -580,9 +572,8 @@ Produced by
 
 on **{cpu_model() or platform.processor()}** ({os.cpu_count()} cores; peak at {args.threads} threads and
 {peak["ghz"]:.2f} GHz: {peak["fp32"]:.0f} GMAC/s fp32, {peak["int8"]:.0f} GMAC/s int8{" with VNNI" if peak["vnni"] else ""}),
-batch 1, {args.threads} threads. Latency: {args.repeats} repeats of {args.runs} runs per artifact after 20 warm-up
-runs; within a repeat the artifacts take turns of {TURN} runs in a new random order every round (each turn
-after one untimed run), so a load burst hits every artifact and none always follows the same one; the table gives the median of the per-repeat p50s and
+batch 1, {args.threads} threads. Latency: every artifact timed in turn within each of {args.repeats} repeats
+(interleaved) of {args.runs} runs after 20 warm-up runs; the table gives the median of the per-repeat p50s and
 their range, a ratio is the median of the per-repeat ratios with their range [min, max]. A target counts as
 met only when the whole range meets it. Load average (1, 5, 15 min) at the start: {la(load["start"])}; at
 the end: {la(load["end"])} — the machine is shared; a wide range means the load moved during the run.
