@@ -94,6 +94,11 @@ def test_inputs_keeps_tensorrts_placement():
     assert got == {"x": ["stem"], "r0": ["conv1", "join"], "r1": ["conv2"], "c2": ["join"], "flat": ["fc"]}
 
 
+def test_weighted_inputs_quantizes_only_what_a_weighted_layer_reads():
+    """Ascend: AMCT quantizes the data input of each Conv/Gemm/MatMul; ATC computes the rest in float16."""
+    assert sites("weighted-inputs") == {"x": ["stem"], "r0": ["conv1"], "r1": ["conv2"], "flat": ["fc"]}
+
+
 def test_keep_float_layers_read_float_in_consumer_placements():
     plan = plan_quantization(residual_graph(), "quantizable-inputs", frozenset({"conv1"}))
     assert [n for n, _ in plan.activations["r0"].consumers] == ["join"]  # conv1 reads float r0

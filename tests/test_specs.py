@@ -84,7 +84,8 @@ def test_each_runtime_names_its_placement_and_a_user_spec_may_omit_it(tmp_path):
         "rpi5": "outputs",
         "jetson-xavier": "inputs",
         "jetson-orin-nano": "inputs",
-        "ascend310": "outputs",
+        "ascend310": "weighted-inputs",
+        "ascend310p": "weighted-inputs",
     }
     assert {name: load_target(name).placement for name in expected} == expected
     text = (ROOT / "targets" / "onnx-cpu.toml").read_text().replace('placement = "qlinear"\n', "")

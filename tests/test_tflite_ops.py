@@ -198,7 +198,8 @@ FLOAT_ONLY = {
     ),
     "pow_cube": ([_conv(), _n("Pow", ["c", "three"], "y")], {"three": np.float32(3)}, {"POW"}),
 }
-INT8_OPS = {"layernorm_pow_sqrt_div": {"SQRT", "DIV", "MEAN"}}  # in int8 each op keeps its own rounding
+# in int8 each op keeps its own rounding; canonicalize writes x / sqrt(v) as x * (1 / sqrt(v)), one RSQRT
+INT8_OPS = {"layernorm_pow_sqrt_div": {"RSQRT", "MUL", "MEAN"}}
 MAX_STEPS = 2.0  # one rounding of the op's own kernel, one of the conv before it
 
 

@@ -123,6 +123,7 @@ def canonicalize(
             "reduce_mean_to_global_pool": normalize.reduce_mean_to_global_pool(graph),
             "channel_shuffle_to_gather": normalize.channel_shuffle_to_gather(graph),
             "square_to_mul": normalize.square_to_mul(graph),
+            "div_by_sqrt_to_rsqrt": normalize.div_by_sqrt(graph),
         }
     )
     report.rewrites["affine_chain_merged"] = normalize.merge_affine_chains(graph)

@@ -74,11 +74,21 @@ def is_tanh_gelu(node: ir.Node) -> bool:
     return mul is not None and any(_is_const(v, np.sqrt(2 / np.pi)) for v in mul.inputs)
 
 
+def _reciprocal_sqrt(v: ir.Value | None) -> ir.Node | None:
+    """The Sqrt of ``1 / sqrt(x)`` that computed ``v``."""
+    div = _producer(v, "Div")
+    return _producer(div.inputs[1], "Sqrt") if div is not None and _is_const(div.inputs[0], 1.0) else None
+
+
 def is_layernorm(node: ir.Node) -> bool:
-    """The final Div of ``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps)``."""
-    if node.op_type != "Div":
+    """The final Div of ``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps)``, or its final Mul by
+    ``1 / sqrt(...)`` (the form canonicalization writes)."""
+    if node.op_type == "Div":
+        sub, sqrt = _producer(node.inputs[0], "Sub"), _producer(node.inputs[1], "Sqrt")
+    elif node.op_type == "Mul" and len(node.inputs) == 2:
+        sub, sqrt = _producer(node.inputs[0], "Sub"), _reciprocal_sqrt(node.inputs[1])
+    else:
         return False
-    sub, sqrt = _producer(node.inputs[0], "Sub"), _producer(node.inputs[1], "Sqrt")
     if sub is None or sqrt is None or _producer(sub.inputs[1], "ReduceMean") is None:
         return False
     add = _producer(sqrt.inputs[0], "Add")
@@ -115,7 +125,7 @@ class Composite:
     has an int8 kernel; ``Erf`` has none). The quantizer puts no Q/DQ inside it (the simulation rounds
     once, at ``output``, as the single kernel does) and a backend lowers it from ``input`` to ``output``."""
 
-    kind: str  # "gelu"
+    kind: str  # "gelu", "rsqrt"
     input: ir.Value
     output: ir.Value
     nodes: tuple[ir.Node, ...]  # every node of it, the one producing ``output`` last
@@ -163,6 +173,16 @@ def _gelu_at(erf: ir.Node) -> Composite | None:
     return Composite("gelu", x, nodes[-1].outputs[0], tuple(nodes))
 
 
+def _rsqrt_at(div: ir.Node) -> Composite | None:
+    """``1 / sqrt(x)`` ending in ``div``: TFLite's RSQRT, whose int8 kernel maps an input of zero to its
+    largest output where a DIV by a zero SQRT has no defined result."""
+    sqrt = _reciprocal_sqrt(div.outputs[0])
+    if sqrt is None or _sole_use(sqrt.outputs[0]) is not div:
+        return None
+    return Composite("rsqrt", sqrt.inputs[0], div.outputs[0], (sqrt, div))
+
+
 def composites(graph: ir.Graph) -> list[Composite]:
-    """Every GELU written out with Erf in ``graph``."""
-    return [c for node in graph if node.op_type == "Erf" and (c := _gelu_at(node)) is not None]
+    """Every GELU written out with Erf and every ``1 / sqrt(x)`` in ``graph``."""
+    found = (_gelu_at(n) if n.op_type == "Erf" else _rsqrt_at(n) if n.op_type == "Div" else None for n in graph)
+    return [c for c in found if c is not None]

@@ -19,5 +19,5 @@ HANDLERS: dict[str, Callable[[Lowering, onnx.NodeProto], list[Val]]] = {
     **ops_conv_transpose.HANDLERS,
 }
 # Functions written out in primitive ops that lower to one TFLite op (edgekd.ir.patterns.composites).
-COMPOSITES: dict[str, Callable[[Lowering, Val], Val]] = {"gelu": ops_elementwise.gelu}
+COMPOSITES: dict[str, Callable[[Lowering, Val], Val]] = {"gelu": ops_elementwise.gelu, "rsqrt": ops_elementwise.rsqrt}
 assert set(HANDLERS) == set(CHECKS), "every checked op needs a handler"

@@ -79,6 +79,11 @@ def _erf(cx: Lowering, node) -> list[Val]:
     raise Reject("Erf has no TFLite op; only a GELU written with it (0.5·x·(1 + erf(x/√2))) lowers")
 
 
+def rsqrt(cx: Lowering, x: Val) -> Val:
+    """The ``1 / sqrt(x)`` a composite stands for: TFLite's RSQRT."""
+    return Val(cx.tf.math.rsqrt(cx.tensor(x)), x.nhwc)
+
+
 def gelu(cx: Lowering, x: Val) -> Val:
     """The GELU a composite (``edgekd.ir.patterns.composites``) stands for: TFLite's GELU op."""
     return Val(cx.tf.nn.gelu(cx.tensor(x), approximate=False), x.nhwc)
