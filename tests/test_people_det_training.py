@@ -74,3 +74,11 @@ def test_a_warm_restart_numbers_its_epochs_after_the_run_it_starts_from(people, 
     _, record = _student(people, second_dir, "--labels-only", "--epochs", "2", "--init", str(first))
     assert [h["epoch"] for h in record["history"]] == [2, 3] and record["total_epochs"] == 3
     assert record["init"] == {"weights": str(first), "record": first_record}
+
+
+def test_a_warm_restart_without_the_earlier_record_is_refused_with_what_to_pass(people, tmp_path, capsys):
+    weights = tmp_path / "elsewhere.pth"
+    torch.save(train_student.build_student().state_dict(), weights)
+    with pytest.raises(SystemExit):
+        _student(people, tmp_path, "--labels-only", "--epochs", "1", "--init", str(weights))
+    assert "elsewhere.json is missing; pass weights this script wrote" in capsys.readouterr().err

@@ -111,7 +111,7 @@ def lower_batchnorm(graph: ir.Graph) -> int:
     return count
 
 
-def _affine_step(node: ir.Node) -> tuple[ir.Value, str, np.ndarray] | None:
+def affine_step(node: ir.Node) -> tuple[ir.Value, str, np.ndarray] | None:
     """(data input, 'mul'|'add'|'sub', constant) when ``node`` is Mul/Add/Sub of a data value by a
     float constant whose broadcast does not grow the data."""
     if node.op_type not in ("Mul", "Add", "Sub") or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
@@ -139,13 +139,13 @@ def merge_affine_chains(graph: ir.Graph) -> int:
     while changed:
         changed = False
         for start in list(graph):
-            step = _affine_step(start)
+            step = affine_step(start)
             if step is None:
                 continue
             x, chain = step[0], [start]
             while (
                 (nxt := sole_consumer(chain[-1].outputs[0])) is not None
-                and (s := _affine_step(nxt)) is not None
+                and (s := affine_step(nxt)) is not None
                 and s[0] is chain[-1].outputs[0]
             ):
                 chain.append(nxt)
@@ -153,7 +153,7 @@ def merge_affine_chains(graph: ir.Graph) -> int:
                 continue  # already x * s + t
             scale, shift = np.ones(1, np.float64), np.zeros(1, np.float64)
             for node in chain:
-                _, kind, c = _affine_step(node)
+                _, kind, c = affine_step(node)
                 c = c.astype(np.float64)
                 if kind == "mul":
                     scale, shift = scale * c, shift * c
@@ -206,7 +206,7 @@ def fold_affine_into_conv(graph: ir.Graph) -> int:
     for conv in [n for n in graph if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]:
         while (
             (nxt := sole_consumer(conv.outputs[0])) is not None
-            and (step := _affine_step(nxt)) is not None
+            and (step := affine_step(nxt)) is not None
             and step[0] is conv.outputs[0]
         ):
             w = const_array(conv.inputs[1])

@@ -54,6 +54,7 @@ import onnx_ir as ir
 from edgekd.ir.dataflow import data_values, is_float_data
 from edgekd.ir.detector import decode_tail, head_layers
 from edgekd.ir.graph import FUSED_ACTIVATION, FUSED_ADD, const_array, sole_consumer
+from edgekd.ir.normalize import affine_step
 from edgekd.ir.patterns import composites
 from edgekd.quant.reader_bounds import set_bounds
 from edgekd.specs import PLACEMENTS, TargetSpec
@@ -169,7 +170,7 @@ class QuantPlan:
     activations: dict[str, ActivationSite] = field(default_factory=dict)
     weights: list[WeightSite] = field(default_factory=list)
     keep_float: frozenset[str] = frozenset()
-    float_tail: frozenset[str] = frozenset()  # a detector's decode: no Q/DQ inside it
+    float_tail: frozenset[str] = frozenset()  # a detector's decode and last head convolutions: no Q/DQ there
     constants: list[ConstantSite] = field(default_factory=list)
 
     @property
@@ -308,16 +309,11 @@ def target_plan(
 def _channel_scale(node: ir.Node) -> bool:
     """A Mul of a value by a constant holding one factor per channel (axis 1): a BatchNorm that no
     convolution absorbed, written out."""
-    if node.op_type != "Mul" or len(node.inputs) != 2:
+    step = affine_step(node)
+    if step is None or step[1] != "mul":
         return False
-    constants = [const_array(v) for v in node.inputs]
-    if (constants[0] is None) == (constants[1] is None):
-        return False
-    c, x = (constants[1], node.inputs[0]) if constants[0] is None else (constants[0], node.inputs[1])
-    if x is None or x.shape is None or c.ndim > len(x.shape) or len(x.shape) < 2:
-        return False
-    padded = c.reshape((1,) * (len(x.shape) - c.ndim) + c.shape)
-    return padded.shape[1] > 1 and all(d == 1 for i, d in enumerate(padded.shape) if i != 1)
+    factors = step[2]
+    return factors.ndim >= 2 and factors.shape[1] > 1 and all(d == 1 for i, d in enumerate(factors.shape) if i != 1)
 
 
 def keeps_part_grids(node: ir.Node) -> bool:

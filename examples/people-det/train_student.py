@@ -108,8 +108,11 @@ def main(argv=None) -> int:  # long on purpose: the whole training recipe, top t
     student = build_student().to(memory_format=torch.channels_last)
     init_record, first_epoch = None, 0
     if args.init:
+        init_json = Path(args.init).with_suffix(".json")
+        if not init_json.exists():
+            ap.error(f"--init {args.init}: its training record {init_json} is missing; pass weights this script wrote")
         student.load_state_dict(torch.load(args.init, weights_only=True))
-        init_record = json.loads(Path(args.init).with_suffix(".json").read_text())
+        init_record = json.loads(init_json.read_text())
         first_epoch = init_record.get("total_epochs", init_record["epochs"])
     example = torch.zeros(1, 3, args.crop, args.crop)
     teacher = loss_fn = None
