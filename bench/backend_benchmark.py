@@ -10,8 +10,8 @@ of its logits against the float model), and latency at batch 1 in LiteRT (XNNPAC
 Runtime, int8 and fp32, at --threads threads; ratios against the peer and achieved GMAC/s against the CPU's
 peak. Every artifact is timed in turn within each of --repeats repeats (interleaved), so a load spike on a
 shared machine hits all of them; a ratio is the median of its per-repeat ratios, quoted with their range.
-With --before, edgekd's previous placements are measured in the same run (OpenVINO: Q/DQ on every output;
-ONNX Runtime: int8 activations), so before/after ratios share the machine's state.
+With --before, edgekd's previous placements are measured in the same run (OpenVINO: asymmetric uint8 Q/DQ
+on every output; ONNX Runtime: int8 activations), so before/after ratios share the machine's state.
 
 onnx2tf pins its own TensorFlow, so it lives in its own virtual environment (--onnx2tf, default
 .venv-onnx2tf/bin/onnx2tf; `make bench-backends` creates it).
@@ -155,9 +155,13 @@ def edgekd_compile(
     return result.output / result.manifest["artifact"]["model_file"]
 
 
-# edgekd's placements before per-runtime placement (commit 3521a8c): a spec edit reproduces each.
+# edgekd's placements before per-runtime placement (commit 3521a8c) and zero-point-free OpenVINO activations:
+# a spec edit reproduces each.
 BEFORE = {
-    "openvino-cpu": [('placement = "quantizable-inputs"', 'placement = "outputs"')],
+    "openvino-cpu": [
+        ('activations = "symmetric-by-sign"', 'activations = "asymmetric-uint8"'),
+        ('placement = "quantizable-inputs"', 'placement = "outputs"'),
+    ],
     "onnx-cpu": [
         ('activations = "asymmetric-uint8"', 'activations = "asymmetric-int8"'),
         ('placement = "qlinear"', 'placement = "outputs"'),
@@ -488,7 +492,7 @@ def ratios(r: dict) -> list[str]:
         ),
         ratio_line(
             r,
-            "OpenVINO int8 latency before this change (Q/DQ on every output) / NNCF",
+            "OpenVINO int8 latency before this change (asymmetric uint8 Q/DQ on every output) / NNCF",
             "edgekd openvino int8, before",
             "nncf openvino int8",
         ),
@@ -581,7 +585,7 @@ LiteRT with XNNPACK (its default); OpenVINO CPU plugin with f32 inference precis
 {onnxruntime.__version__} CPU provider, all graph optimizations. Every path starts from the same float ONNX
 (edgekd's fp32 compile, BatchNorm folded) and the same {args.calib_samples} calibration images.
 {onnx2tf}, OpenVINO {openvino.get_version()}, NNCF default `nncf.quantize` (subset = all calibration images).
-"before" rows: edgekd's placements before per-runtime placement (OpenVINO: Q/DQ on every op's output;
+"before" rows: edgekd's placements before per-runtime placement (OpenVINO: asymmetric uint8 Q/DQ on every op's output;
 ONNX Runtime: int8 activations), compiled from spec edits in the same run.
 Compile time is the whole user-facing step: edgekd's `compile` including its own fidelity check in the
 runtime; onnx2tf's float + int8 conversion; NNCF's conversion + quantization. "of peak" is GMAC/s over the

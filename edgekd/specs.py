@@ -10,15 +10,21 @@ from typing import Any
 import tomllib
 
 from edgekd.errors import ConfigError, InputNotFoundError, UnknownTargetError
+from edgekd.quant.qparams import SCHEMES
 from edgekd.resources import data_dir
 from edgekd.schema import Key, at_least, check_table, length, non_empty
 
-ACTIVATION_SCHEMES = ("asymmetric-int8", "asymmetric-uint8", "symmetric-int8")
+ACTIVATION_SCHEMES = tuple(SCHEMES)
 PRECISIONS = ("fp32", "fp16", "int8")
 # Where Q/DQ pairs go (edgekd.quant.placement): chosen per runtime from what it runs on integer kernels.
 PLACEMENTS = ("outputs", "qlinear", "inputs", "quantizable-inputs", "weighted-inputs")
 # A spec without ``placement``, or a compile that overrides the target's activation scheme, gets the scheme's.
-DEFAULT_PLACEMENT = {"symmetric-int8": "inputs", "asymmetric-int8": "outputs", "asymmetric-uint8": "outputs"}
+DEFAULT_PLACEMENT = {
+    "symmetric-int8": "inputs",
+    "asymmetric-int8": "outputs",
+    "asymmetric-uint8": "outputs",
+    "symmetric-by-sign": "quantizable-inputs",
+}
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,16 @@ class TestOpenVINOBackend(BackendTemplate):
         assert all(layer["kernel"].upper().endswith("_I8") for layer in report["layers"])  # e.g. brgconv_avx512_amx_i8
         assert report["openvino"].startswith(manifest["toolchain"]["openvino"])
         assert manifest["artifact"]["runtime"] == "openvino"
-        assert manifest["quantization"]["activation_scheme"] == "asymmetric-uint8"
+        assert manifest["quantization"]["activation_scheme"] == "symmetric-by-sign"
+
+    def test_no_activation_carries_a_zero_point(self, compiled):
+        """NNCF's CPU preset: u8 over [0, max] or symmetric i8; a zero point would cost the plugin a
+        compensation term per convolution."""
+        _, manifest, _ = compiled
+        tensors = manifest["quantization"]["tensors"]
+        activations = [q for q in tensors.values() if q["axis"] is None]
+        assert activations and all(q["zero_point"] == 0 for q in activations)
+        assert {q["scheme"]["dtype"] for q in activations} == {"uint8", "int8"}  # ReLU outputs and signed ones
 
     def test_ir_weights_stay_fp32_and_int8(self, compiled):
         out, manifest, _ = compiled
@@ -209,6 +218,6 @@ def test_nodes_without_a_conversion_rule_are_named():
 def test_target_spec():
     spec = load_target("openvino-cpu")
     assert spec.backend == "openvino" and spec.device_class == "cpu-server"
-    assert spec.precisions == ("fp32", "int8") and spec.activation_scheme == "asymmetric-uint8"
+    assert spec.precisions == ("fp32", "int8") and spec.activation_scheme == "symmetric-by-sign"
     assert spec.opset == 17 and spec.opset_range == (13, 21) and spec.bench.threads == 2
     assert spec.passes == load_target("onnx-cpu").passes and spec.pipeline_why

@@ -18,7 +18,15 @@ from edgekd.quant.calibrate import Calibration
 from edgekd.quant.fakequant import fake_quantize, fake_quantize_bias, fake_quantize_weight, range_qparams, weight_scale
 from edgekd.quant.fixed_ranges import FixedRange, with_ranges
 from edgekd.quant.placement import plan_quantization
-from edgekd.quant.qparams import SCHEMES, dequantize, qparams_from_range, quantize, quantize_bias, weight_qparams
+from edgekd.quant.qparams import (
+    SCHEMES,
+    dequantize,
+    qparams_from_range,
+    quantize,
+    quantize_bias,
+    resolve_scheme,
+    weight_qparams,
+)
 from edgekd.quant.qparams import fake_quantize as np_fake_quantize
 from edgekd.quant.simulate import quantized_copy
 from edgekd.runtime import simulation_fn
@@ -38,9 +46,9 @@ def _tricky(rng: np.random.Generator, scale: float, zp: float, n: int = 4000) ->
 
 @pytest.mark.parametrize("scheme_name", SCHEME_NAMES)
 def test_fake_quantize_is_quantize_linear_then_dequantize_linear(scheme_name):
-    scheme = SCHEMES[scheme_name]
     rng = np.random.default_rng(0)
     for lo, hi in [(-1.3, 2.7), (0.0, 6.0), (-0.02, 0.001), (-5.0, -1.0), (0.0, 0.0), (-3e-9, 4e-9)]:
+        scheme = resolve_scheme(SCHEMES[scheme_name], lo)
         qp = qparams_from_range(lo, hi, scheme)
         scale, zero_point = range_qparams(
             torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64), scheme
@@ -143,8 +151,12 @@ def _fixed_calibration(scheme_name: str, plan, graph) -> Calibration:
     observers = {}
     for i, t in enumerate(plan.observed):
         s = 2.0 ** -(4 + i % 3)
-        # 255 steps around zero (asymmetric: zero point -1 or 127), or ±127 steps (symmetric): scale exactly s
-        observers[t] = FixedRange(-127 * s, (127 if SCHEMES[scheme_name].symmetric else 128) * s)
+        # 255 steps around zero (asymmetric: zero point -1 or 127), or ±127 steps (symmetric): scale exactly s;
+        # by sign, every other tensor never negative: the uint8 grid from 0
+        if scheme_name == "symmetric-by-sign" and i % 2:
+            observers[t] = FixedRange(0.0, 255 * s)
+        else:
+            observers[t] = FixedRange(-127 * s, (127 if SCHEMES[scheme_name].symmetric else 128) * s)
     return Calibration(scheme_name, plan, observers, 0, "", "", "fixed")
 
 

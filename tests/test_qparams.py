@@ -56,6 +56,17 @@ def test_scheme_for_covers_every_spec_name_and_lists_them_otherwise():
     assert "asymmetric-int8" in e.value.hint and "symmetric-int8" in e.value.hint
 
 
+def test_symmetric_by_sign_puts_no_zero_point_on_any_activation():
+    by_sign = scheme_for("symmetric-by-sign")
+    relu = qparams_from_range(0.0, 6.0, by_sign)  # never negative: the whole uint8 grid over [0, max]
+    assert relu.scheme == ACT_UINT8_ASYM and int(relu.zero_point) == 0
+    assert np.isclose(float(relu.scale), 6.0 / 255)
+    signed = qparams_from_range(-1.0, 4.0, by_sign)  # goes negative: symmetric int8 over the larger end
+    assert signed.scheme == ACT_INT8_SYM and int(signed.zero_point) == 0
+    assert np.isclose(float(signed.scale), 4.0 / 127)
+    assert qparams_from_range(-1e-6, 4.0, by_sign).scheme == ACT_INT8_SYM  # any negative value is signed
+
+
 def test_bad_schemes_are_refused():
     with pytest.raises(ConfigError):
         QScheme("int4", symmetric=False)

@@ -21,7 +21,7 @@ from edgekd.quant.qparams import sqnr_db
 from edgekd.quant.simulate import quantized_copy
 from edgekd.runtime import run_onnx, simulation_fn
 
-SCHEMES = {"outputs": "asymmetric-int8", "qlinear": "asymmetric-uint8", "quantizable-inputs": "asymmetric-uint8"}
+SCHEMES = {"outputs": "asymmetric-int8", "qlinear": "asymmetric-uint8", "quantizable-inputs": "symmetric-by-sign"}
 
 
 def _init(name: str, array) -> onnx.TensorProto:

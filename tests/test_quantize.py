@@ -42,7 +42,7 @@ def weight_dq(graph, node):
 
 
 @pytest.mark.parametrize("name", list(SHAPES))
-@pytest.mark.parametrize("scheme", ["asymmetric-int8", "symmetric-int8", "asymmetric-uint8"])
+@pytest.mark.parametrize("scheme", ["asymmetric-int8", "symmetric-int8", "asymmetric-uint8", "symmetric-by-sign"])
 def test_simulation_tracks_float_on_zoo_models(tmp_path, zoo_models, name, scheme):
     path, calib, shape = zoo_models[name]
     result, model = compile_int8(

@@ -10,6 +10,7 @@ import click
 from edgekd import api
 from edgekd.cli.bench import bench_artifact, bench_settings
 from edgekd.cli.common import handle_errors, main, parse_floats, parse_ints, parse_names, training_flags
+from edgekd.quant.qparams import SCHEMES
 from edgekd.ui import text_table
 
 
@@ -45,7 +46,7 @@ from edgekd.ui import text_table
 @click.option("--percentile", type=float, default=99.99, show_default=True)
 @click.option(
     "--activation-scheme",
-    type=click.Choice(["asymmetric-int8", "asymmetric-uint8", "symmetric-int8"]),
+    type=click.Choice(list(SCHEMES)),
     help="override the target's activation scheme",
 )
 @click.option("--keep-float", help="N (keep the N most sensitive layers in float) or layer names, comma-separated")

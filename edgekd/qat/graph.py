@@ -25,7 +25,7 @@ from edgekd.qat.ops import ABSENT, Kernel, NodeSpec, kernel
 from edgekd.quant.activation_quant import FixedQuantizer, RangeQuantizer
 from edgekd.quant.fakequant import fake_quantize_bias, fake_quantize_weight
 from edgekd.quant.placement import QuantPlan
-from edgekd.quant.qparams import QParams, QScheme
+from edgekd.quant.qparams import ActivationScheme, QParams, resolve_scheme
 
 TRAINED_OPS = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,)}  # inputs that train when constant
 BIAS_QUANTIZED = frozenset({"Conv", "Gemm"})  # as edgekd.quant.qdq._quantize_bias
@@ -36,7 +36,7 @@ class SiteRanges:
     """Where the quantizers start: the calibrated range of each observed tensor, the fixed parameters of
     fixed-range outputs, the activation scheme and how ranges move while training."""
 
-    scheme: QScheme
+    scheme: ActivationScheme
     ranges: dict[str, tuple[float, float]]
     fixed: dict[str, QParams]
     mode: str = "learn"  # learn | ema
@@ -98,7 +98,9 @@ class QuantGraph(nn.Module):
                 self.quantizers[roots[root]] = (
                     FixedQuantizer(sites.fixed[root])
                     if root in sites.fixed
-                    else RangeQuantizer(*sites.ranges[root], sites.scheme, sites.mode)
+                    else RangeQuantizer(
+                        *sites.ranges[root], resolve_scheme(sites.scheme, sites.ranges[root][0]), sites.mode
+                    )
                 )
                 self._roots[roots[root]] = root
             self._quantizer_of[name] = roots[root]

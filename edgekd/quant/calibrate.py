@@ -12,7 +12,7 @@ from onnx import helper
 
 from edgekd.quant.observers import Observer
 from edgekd.quant.placement import QuantPlan
-from edgekd.quant.qparams import QParams, qparams_from_range, scheme_for
+from edgekd.quant.qparams import QParams, qparams_from_range, resolve_scheme, scheme_for
 
 # Bytes of observed activations alive per calibration step. Batches of 32 images at 640 × 640 through the
 # people-det teacher took a coverage run's compile to 23 GB, where it was killed for memory.
@@ -36,13 +36,14 @@ class Calibration:
         tell apart, :mod:`edgekd.quant.reader_bounds`); fixed-range outputs (sigmoid, softmax, tanh) get
         what integer runtimes require: 256 codes over the range, its low end on the lowest code (sigmoid:
         scale 1/256, zero point -128; tanh: 1/128, 0 in int8)."""
-        scheme = scheme_for(self.scheme)
-        out = {t: obs.qparams(scheme) for t, obs in self.observers.items()}
+        policy = scheme_for(self.scheme)
+        out = {t: obs.qparams(policy) for t, obs in self.observers.items()}
         for name, site in plan.activations.items():
             if site.bounds is not None and name in self.observers:
-                out[name] = self._bounded(self.observers[name], site.bounds, scheme, out[name])
+                out[name] = self._bounded(self.observers[name], site.bounds, policy, out[name])
             if site.fixed_range is None:
                 continue
+            scheme = resolve_scheme(policy, site.fixed_range[0])
             if scheme.symmetric:
                 amax = max(abs(v) for v in site.fixed_range)
                 out[name] = QParams(

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgekd.errors import ConfigError, DataError
-from edgekd.quant.qparams import QParams, QScheme, qparams_from_range
+from edgekd.quant.qparams import ActivationScheme, QParams, qparams_from_range
 
 _NON_FINITE_HINT = (
     "the model produces NaN/Inf on this input (check the weights and the preprocessing), "
@@ -74,7 +74,7 @@ class Observer:
             )
         return np.array(self._min, dtype=np.float64), np.array(self._max, dtype=np.float64)
 
-    def qparams(self, scheme: QScheme) -> QParams:
+    def qparams(self, scheme: ActivationScheme) -> QParams:
         lo, hi = self.min_max()
         return qparams_from_range(lo, hi, scheme, axis=self.axis)
 

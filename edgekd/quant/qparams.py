@@ -13,7 +13,7 @@ Conventions (the ones ONNX Runtime, TensorRT and TFLite agree on):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -65,10 +65,38 @@ ACT_UINT8_ASYM = QScheme("uint8", symmetric=False)
 # TensorRT style: scale = amax / 127, zero point 0, so +amax and -amax are both representable.
 ACT_INT8_SYM = QScheme("int8", symmetric=True, narrow_range=True)
 
-SCHEMES = {"asymmetric-int8": ACT_INT8_ASYM, "asymmetric-uint8": ACT_UINT8_ASYM, "symmetric-int8": ACT_INT8_SYM}
+
+@dataclass(frozen=True)
+class SymmetricBySign:
+    """Zero point 0 on every activation, the sign picked per tensor from its range: uint8 over [0, max] for
+    a tensor that never goes negative (ReLU outputs), symmetric int8 for one that does. This is NNCF's CPU
+    preset; OpenVINO's CPU plugin then runs each int8 convolution without zero-point compensation (a u8
+    source with a zero point costs it a compensation term and an extra post-op per convolution)."""
+
+    unsigned: QScheme = ACT_UINT8_ASYM
+    signed: QScheme = ACT_INT8_SYM
+    symmetric: ClassVar[bool] = True  # zero point 0 on both sides
+
+    def for_range(self, lo) -> QScheme:
+        return self.unsigned if float(np.min(lo)) >= 0.0 else self.signed
 
 
-def scheme_for(name: str) -> QScheme:
+ActivationScheme = QScheme | SymmetricBySign
+
+SCHEMES: dict[str, ActivationScheme] = {
+    "asymmetric-int8": ACT_INT8_ASYM,
+    "asymmetric-uint8": ACT_UINT8_ASYM,
+    "symmetric-int8": ACT_INT8_SYM,
+    "symmetric-by-sign": SymmetricBySign(),
+}
+
+
+def resolve_scheme(scheme: ActivationScheme, lo) -> QScheme:
+    """The scheme a tensor whose range starts at ``lo`` is quantized on."""
+    return scheme.for_range(lo) if isinstance(scheme, SymmetricBySign) else scheme
+
+
+def scheme_for(name: str) -> ActivationScheme:
     """The activation scheme a target spec names (``[quantization] activations``)."""
     try:
         return SCHEMES[name]
@@ -129,8 +157,9 @@ class QParams:
         return cls(np.asarray(d["scale"]), np.asarray(d["zero_point"]), d["axis"], QScheme(**d["scheme"]))
 
 
-def qparams_from_range(min_val, max_val, scheme: QScheme, axis: int | None = None) -> QParams:
+def qparams_from_range(min_val, max_val, scheme: ActivationScheme, axis: int | None = None) -> QParams:
     """Scale and zero point covering [min_val, max_val] (scalars, or (C,) arrays with ``axis``)."""
+    scheme = resolve_scheme(scheme, min_val)
     lo = np.asarray(min_val, dtype=np.float64)
     hi = np.asarray(max_val, dtype=np.float64)
     expected_ndim = 0 if axis is None else 1
