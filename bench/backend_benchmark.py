@@ -76,6 +76,11 @@ def parse_args(argv):
         help="also measure edgekd's previous placements (OpenVINO outputs, ONNX Runtime int8 activations)",
     )
     ap.add_argument("--onnx2tf", default=".venv-onnx2tf/bin/onnx2tf", help="'none': leave the onnx2tf rows out")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing: write --markdown from the --json of an earlier run (the peak recomputed)",
+    )
     ap.add_argument("--workdir", default=".cache/backend-bench")
     ap.add_argument("--json")
     ap.add_argument("--markdown")
@@ -610,8 +615,41 @@ there; it measures compile time and speed, the CIFAR-10 model measures accuracy.
 """)
 
 
+def with_peak(result: dict, peak: dict) -> dict:
+    """``result`` with its "of peak" figures over ``peak``."""
+    for name, row in result["artifacts"].items():
+        row["peak_fraction"] = row["gmacs"] / peak["int8" if "int8" in name else "fp32"]
+    return {**result, "peak": peak}
+
+
+def report(args, command: str, results: dict, load: dict) -> None:
+    titles = {
+        "cifar": f"CIFAR-10 model `{args.cifar_student}` (32×32)",
+        "mobilenetv2": "MobileNetV2-1.0, 224×224, random weights",
+    }
+    sections = []
+    for key, r in results.items():
+        sections.append(
+            f"## {titles[key]} — {r['macs'] / 1e6:.1f} M MACs\n\n{model_table(r)}\n\n" + "\n".join(ratios(r))
+        )
+    text = "\n\n".join(sections)
+    print(text)
+    if args.markdown:
+        write_markdown(args, command, next(iter(results.values()))["peak"], load, text)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.report_only:
+        if not (args.json and Path(args.json).exists()):
+            fail("--report-only needs --json FILE written by an earlier run")
+        saved = json.loads(Path(args.json).read_text())
+        run_args = parse_args(shlex.split(saved["command"])[2:])  # the options the measurements were taken with
+        run_args.markdown = args.markdown
+        peak = cpu_peak_gmacs(run_args.threads)
+        results = {key: with_peak(r, peak) for key, r in saved["results"].items()}
+        report(run_args, saved["command"], results, saved["load_average"])
+        return 0
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if args.onnx2tf != "none" and not Path(args.onnx2tf).exists():
@@ -624,25 +662,12 @@ def main(argv=None) -> int:
     results = {key: bench_model(key, card, args, train, val, workdir) for key, card in cards.items()}
     load["end"] = os.getloadavg()
     command = "python bench/backend_benchmark.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    peak = next(iter(results.values()))["peak"]
-    titles = {
-        "cifar": f"CIFAR-10 model `{args.cifar_student}` (32×32)",
-        "mobilenetv2": "MobileNetV2-1.0, 224×224, random weights",
-    }
-    sections = []
-    for key, r in results.items():
-        sections.append(
-            f"## {titles[key]} — {r['macs'] / 1e6:.1f} M MACs\n\n{model_table(r)}\n\n" + "\n".join(ratios(r))
-        )
-    text = "\n\n".join(sections)
-    print(text)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(
             json.dumps({"command": command, "load_average": load, "results": results}, indent=2, default=str)
         )
-    if args.markdown:
-        write_markdown(args, command, peak, load, text)
+    report(args, command, results, load)
     return 0
 
 
