@@ -13,7 +13,10 @@ Models:
   images, minus the held-out split) for ``--epochs``; the segmenter keeps random weights with
   BatchNorm recalibrated; exported by torch at opset 11 with dynamic axes and at opsets 13 and 17 static;
 - ``people-det``: the trained people-det teacher (examples/people-det) at 320 and 640, calibrated and
-  measured on people-det images (where ../shared has them).
+  measured on people-det images (where ../shared has them);
+- ``cifar10-teacher``: the CIFAR-10 teacher of examples/cifar10 (ResNet-20 trained to 87 % holdout
+  top-1), its card's normalization in the graph: the one classifier trained to convergence, so its
+  logits have the margins a shipped model's have (the stock architectures' are trained briefly).
 
     python bench/model_coverage.py --json build/model-coverage.json --markdown docs/model-coverage.md
 
@@ -150,6 +153,35 @@ def _people_det(work: Path, size: int) -> Path:
     return path
 
 
+def _cifar10_teacher(work: Path) -> Path:
+    """examples/cifar10's teacher with its card's mean/std subtracted in the graph, so that it reads the
+    [0, 1] RGB images every coverage model reads, exported by edgekd's exporter."""
+    import onnx
+    import torch
+
+    from edgekd.frontend import model_input
+    from edgekd.models.export import export_onnx
+    from edgekd.models.load import load_model
+
+    path = work / "cifar10-teacher_opset17.onnx"
+    if not path.exists():
+        card = model_input(str(ROOT / "examples" / "cifar10" / "model.toml"))
+        pre = card.input.preprocess
+
+        class Normalized(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = load_model(card.source, card.weights).torch_module
+                self.register_buffer("mean", torch.tensor(pre.mean, dtype=torch.float32).view(1, -1, 1, 1))
+                self.register_buffer("std", torch.tensor(pre.std, dtype=torch.float32).view(1, -1, 1, 1))
+
+            def forward(self, x):
+                return self.net((x - self.mean) / self.std)
+
+        onnx.save(export_onnx(Normalized().eval(), (1, 3, 32, 32), 17), path)
+    return path
+
+
 def model_files(kinds: list[str], work: Path, calib: Path, only: str | None, training: Training) -> dict[str, Entry]:
     """Name → its Entry for every model asked for."""
     from conformance_models import (
@@ -197,6 +229,8 @@ def model_files(kinds: list[str], work: Path, calib: Path, only: str | None, tra
                     name, path, _images(calib, LIGHT_SHAPE, 8)
                 )
             out[key] = Entry(path, LIGHT_SHAPE, True)
+    if "cifar10-teacher" in kinds and wanted("cifar10-teacher"):
+        out["cifar10-teacher/opset17"] = Entry(_cifar10_teacher(work), (1, 3, 32, 32), True)
     if "people-det" in kinds and PEOPLE.is_dir():
         for size in PEOPLE_SIZES:
             if wanted(f"people-det-teacher/{size}"):
@@ -344,7 +378,9 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--models", default="arch,people-det,light-realistic,light", help="arch, people-det, light-realistic, light"
+        "--models",
+        default="arch,cifar10-teacher,people-det,light-realistic,light",
+        help="arch, cifar10-teacher, people-det, light-realistic, light",
     )
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--precisions", default="int8,fp32")
