@@ -363,6 +363,23 @@ def run_cells(planned: list[tuple], models: dict[str, Entry], results: dict, arg
     return 0
 
 
+def float_confidence(models: dict[str, Entry], args) -> dict[str, float]:
+    """Mean top-1 softmax probability of each trained classifier's float model on its fidelity images
+    (the light models' constant or untrained weights have no meaningful confidence)."""
+    from edgekd.runtime import onnx_run_fn, ort_session
+
+    out = {}
+    for name, entry in models.items():
+        if not entry.classifier or name.startswith("light/") or not entry.path.exists():
+            continue
+        run = onnx_run_fn(ort_session(entry.path, threads=2))
+        images = _images(entry.val, entry.shape, args.val_images)
+        logits = np.concatenate([run(images[i : i + 1])[0].reshape(1, -1) for i in range(len(images))])
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        out[name] = round(float((p.max(1) / p.sum(1)).mean()), 3)
+    return out
+
+
 def _rank(name: str) -> int:
     """Run order, so that an interrupted run has covered every model once: opset 17 first, the people-det
     teacher, the light models as shipped, opset 11 dynamic, the realistic light models, opset 13."""
@@ -414,7 +431,8 @@ def main(argv=None) -> int:
     if args.markdown:
         given = argv if argv is not None else sys.argv[1:]
         command = "python bench/model_coverage.py " + " ".join(a for a in given if a != "--report-only")
-        text = markdown(results, targets, precisions, command.strip(), BEFORE, training.describe(), pending)
+        confidence = float_confidence(models, args)
+        text = markdown(results, targets, precisions, command.strip(), BEFORE, training.describe(), pending, confidence)
         args.markdown.write_text(text)
     for precision in precisions:
         cells = [c for k, c in results.items() if k.endswith(f"|{precision}")]
