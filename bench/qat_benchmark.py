@@ -250,6 +250,21 @@ def fallback_text(result: dict, args) -> str:
     return "\n".join(text)
 
 
+def reading(rows: dict, eval_images: int) -> str:
+    """What the table says about the student: how much PTQ left for QAT to recover, and how far QAT moved."""
+    pairs = [(r["ptq"], r["qat"]) for r in rows.values() if r.get("qat") and "error" not in r["qat"]]
+    if not pairs:
+        return ""
+    worst_ptq = max(p["drop_pt"] for p, _ in pairs)
+    moved = [p["drop_pt"] - q["drop_pt"] for p, q in pairs]
+    step = 100 / max(1, eval_images)
+    return (
+        f"PTQ loses at most {worst_ptq:+.2f} pt on these targets ({round(worst_ptq / step)} of {eval_images} images), "
+        f"so this student leaves QAT {'little' if worst_ptq <= 5 * step else 'something'} to recover; QAT moved "
+        f"top-1 by {min(moved):+.2f} to {max(moved):+.2f} pt against PTQ."
+    )
+
+
 def markdown(rows: dict, args, folders: dict, command: str, fallback: dict | None = None) -> str:
     any_qat = next((r["qat"]["qat"] for r in rows.values() if r.get("qat") and "error" not in r["qat"]), None)
     training = any_qat["training"] if any_qat else {}
@@ -264,7 +279,8 @@ Produced by
 ```
 
 on {platform.processor() or platform.machine()}, edgekd {EDGEKD_VERSION}, {time.strftime("%Y-%m-%d")}.
-Student `{args.student}` (weights `{args.weights}`), preprocessing and labels of `{args.card}`.
+Student `{args.student}` (weights `{args.weights}`: the KD student of `python bench/student_benchmark.py
+--variants kd`), preprocessing and labels of `{args.card}`.
 Calibration: {folders["calib_images"]} training images evenly spaced over the train split, observer
 `{args.calib_method}`{f" at {args.percentile}" if args.calib_method == "percentile" else ""}, the same for PTQ and
 QAT (its starting ranges). Scored: {folders["eval_images"]} held-out images (every 10th of each class), by each
@@ -275,6 +291,8 @@ SGD lr {training.get("lr", "–")} cosine, batch {training.get("batch_size", "�
 (from the calibration), BatchNorm folded as deployed. One image is {100 / max(1, folders["eval_images"]):.2f} pt.
 
 {table(rows)}
+
+{reading(rows, folders["eval_images"])}
 
 Targets: QAT recovers ≥ {100 * TARGET_RECOVERY:.0f} % of the PTQ drop and ends within {TARGET_GAP_PT} pt of float.
 {chr(10) + fallback_text(fallback, args) + chr(10) if fallback else ""}"""
