@@ -88,29 +88,42 @@ def _matrix(results: dict, targets: list[str], precision: str) -> list[str]:
     return lines
 
 
-def _confidence(results: dict, confidence: dict[str, float]) -> list[str]:
-    """Each trained classifier's float confidence beside its lowest and median int8 agreement: int8 noise
-    flips the top-1 of images whose two best logits nearly tie, so agreement follows the margins."""
-    if not confidence:
+def _classifiers(results: dict, context: dict[str, dict]) -> list[str]:
+    """Each trained classifier's float confidence, edgekd's int8 agreement over the targets and the peer's
+    on the same graph: int8 noise flips the top-1 of images whose two best logits nearly tie."""
+    if not context:
         return []
     lines = [
-        "## Agreement and the float model's confidence",
+        "## Classifier fidelity in context",
         "",
-        "Top-1 agreement measures how many predictions int8 noise flips, and only images whose two best "
-        "logits nearly tie can flip: a briefly trained model has many. Per classifier, its float model's mean "
-        "top-1 softmax probability on the fidelity images and its int8 agreement over the targets:",
+        "Top-1 agreement counts the predictions int8 noise flips, and only images whose two best logits nearly "
+        "tie can flip: a briefly trained model has many. Per classifier (static graphs): its float model's mean "
+        "top-1 softmax probability on the fidelity images; edgekd's int8 agreement, lowest and median over the "
+        "targets, and its onnx-cpu SQNR; and NNCF's `nncf.quantize` on the same ONNX with the same calibration "
+        "images (its ONNX backend's QDQ graph in ONNX Runtime), scored on the same images.",
         "",
-        "| classifier | float mean top-1 probability | int8 top-1 agreement, lowest / median over targets |",
-        "|---|---:|---:|",
+        "| classifier | float mean top-1 probability | edgekd int8 agreement, lowest / median | edgekd onnx-cpu "
+        "SQNR | NNCF agreement · SQNR |",
+        "|---|---:|---:|---:|---:|",
     ]
-    for model, p in sorted(confidence.items(), key=lambda kv: -kv[1]):
-        agree = sorted(
-            c["vs_float"]["top1_agreement"]
-            for k, c in results.items()
-            if k.startswith(f"{model}|") and k.endswith("|int8") and c["status"] == "ok" and c.get("vs_float")
-        )
+    for model, c in sorted(context.items(), key=lambda kv: -kv[1]["confidence"]):
+        cells = {
+            k.split("|")[1]: cell["vs_float"]
+            for k, cell in results.items()
+            if k.startswith(f"{model}|") and k.endswith("|int8") and cell["status"] == "ok" and cell.get("vs_float")
+        }
+        agree = sorted(f["top1_agreement"] for f in cells.values())
         shown = f"{100 * agree[0]:.1f} % / {100 * agree[len(agree) // 2]:.1f} %" if agree else "–"
-        lines.append(f"| {model} | {p:.2f} | {shown} |")
+        ort = f"{cells['onnx-cpu']['sqnr_db']:.1f} dB" if "onnx-cpu" in cells else "–"
+        peer = c.get("nncf")
+        peer_text = (
+            "–"
+            if peer is None
+            else peer["error"]
+            if "error" in peer
+            else f"{100 * peer['top1_agreement']:.1f} % · {peer['sqnr_db']:.1f} dB"
+        )
+        lines.append(f"| {model} | {c['confidence']:.2f} | {shown} | {ort} | {peer_text} |")
     return lines + [""]
 
 
@@ -135,7 +148,7 @@ def markdown(
     before: dict,
     training: str,
     pending: int = 0,
-    confidence: dict[str, float] | None = None,
+    context: dict[str, dict] | None = None,
 ) -> str:
     lines = [
         "# Model coverage",
@@ -190,6 +203,6 @@ def markdown(
     ]
     for precision in precisions:
         lines += [f"## {precision}", ""] + _matrix(results, targets, precision) + [""]
-    lines += _confidence(results, confidence or {})
+    lines += _classifiers(results, context or {})
     lines += ["## Refusals in full", ""] + _refusals(results) + [""]
     return "\n".join(lines)

@@ -363,21 +363,58 @@ def run_cells(planned: list[tuple], models: dict[str, Entry], results: dict, arg
     return 0
 
 
-def float_confidence(models: dict[str, Entry], args) -> dict[str, float]:
-    """Mean top-1 softmax probability of each trained classifier's float model on its fidelity images
-    (the light models' constant or untrained weights have no meaningful confidence)."""
-    from edgekd.runtime import onnx_run_fn, ort_session
+def classifier_context(models: dict[str, Entry], args) -> dict[str, dict]:
+    """Per trained classifier (static graphs: opset 17 and 13): its float model's mean top-1 softmax
+    probability on the fidelity images, and the peer's int8 on the same ONNX, calibration and images —
+    NNCF's ``nncf.quantize`` (its ONNX backend, QDQ run in ONNX Runtime) — where NNCF is installed."""
+    from edgekd.runtime import ort_session
 
+    try:
+        import nncf
+    except ImportError:
+        nncf = None
     out = {}
     for name, entry in models.items():
-        if not entry.classifier or name.startswith("light/") or not entry.path.exists():
+        if not entry.classifier or name.startswith("light/") or "dynamic" in name or not entry.path.exists():
             continue
-        run = onnx_run_fn(ort_session(entry.path, threads=2))
         images = _images(entry.val, entry.shape, args.val_images)
-        logits = np.concatenate([run(images[i : i + 1])[0].reshape(1, -1) for i in range(len(images))])
+        logits = _logits(ort_session(entry.path, threads=2), images)
         p = np.exp(logits - logits.max(1, keepdims=True))
-        out[name] = round(float((p.max(1) / p.sum(1)).mean()), 3)
+        out[name] = {"confidence": round(float((p.max(1) / p.sum(1)).mean()), 3)}
+        if nncf is not None:
+            out[name]["nncf"] = _nncf_fidelity(nncf, entry, args, images, logits)
     return out
+
+
+def _logits(session, images: np.ndarray) -> np.ndarray:
+    """One image per run: the graphs keep the batch of 1 they were exported with."""
+    from edgekd.runtime import onnx_run_fn
+
+    run = onnx_run_fn(session)
+    return np.concatenate([run(images[i : i + 1])[0].reshape(1, -1) for i in range(len(images))])
+
+
+def _nncf_fidelity(nncf, entry: Entry, args, images: np.ndarray, float_logits: np.ndarray) -> dict:
+    import logging
+
+    import onnx
+
+    from edgekd.quant.qparams import sqnr_db
+    from edgekd.runtime import ort_session
+
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    model = onnx.load(entry.path)
+    name = model.graph.input[0].name
+    calib = _images(entry.calib or args.calib, entry.shape, args.samples)
+    try:
+        quantized = nncf.quantize(model, nncf.Dataset(list(calib), lambda x: {name: x[None]}), subset_size=len(calib))
+        logits = _logits(ort_session(quantized.SerializeToString(), threads=2), images)
+    except Exception as e:  # a peer failure is a result too
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+    return {
+        "top1_agreement": round(float((logits.argmax(1) == float_logits.argmax(1)).mean()), 4),
+        "sqnr_db": round(float(sqnr_db(float_logits.ravel(), logits.ravel())), 2),
+    }
 
 
 def _rank(name: str) -> int:
@@ -431,8 +468,8 @@ def main(argv=None) -> int:
     if args.markdown:
         given = argv if argv is not None else sys.argv[1:]
         command = "python bench/model_coverage.py " + " ".join(a for a in given if a != "--report-only")
-        confidence = float_confidence(models, args)
-        text = markdown(results, targets, precisions, command.strip(), BEFORE, training.describe(), pending, confidence)
+        context = classifier_context(models, args)
+        text = markdown(results, targets, precisions, command.strip(), BEFORE, training.describe(), pending, context)
         args.markdown.write_text(text)
     for precision in precisions:
         cells = [c for k, c in results.items() if k.endswith(f"|{precision}")]
