@@ -55,6 +55,10 @@ PEOPLE_SIZES = (320, 640)
 # zoo family) stands for it where ../shared has its data.
 RANDOM_ONLY = ("yolo",) if PEOPLE.is_dir() else ()
 BUILDERS: dict[Path, object] = {}  # model files made on first use
+DIED = (
+    "the coverage process died during this compile (no Python error: killed by the OS, e.g. out of memory "
+    "on this 23 GiB machine); a resumed run records it and goes on"
+)
 BEFORE = {
     "commit": "2466d7a",
     "int8_ok": 0,
@@ -341,6 +345,11 @@ def run_cells(planned: list[tuple], models: dict[str, Entry], results: dict, arg
             limit = args.val_images if side <= 64 else args.val_images // 5 if side <= 320 else args.val_images // 16
             val[entry.val, entry.shape] = _images(entry.val, entry.shape, limit)
         key = f"{name}|{target}|{precision}"
+        # Written before the compile: if the process dies in it (the OS's out-of-memory killer took a run
+        # at VGG-19's TFLite conversion), the next run finds this and goes on to the next cell.
+        results[key] = {"status": "died", "named": False, "reason": DIED, "seconds": 0.0, "weights": entry.weights}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
         results[key] = cell = compile_cell(
             entry.path,
             entry.shape,
