@@ -56,8 +56,8 @@ PEOPLE_SIZES = (320, 640)
 RANDOM_ONLY = ("yolo",) if PEOPLE.is_dir() else ()
 BUILDERS: dict[Path, object] = {}  # model files made on first use
 DIED = (
-    "the coverage process died during this compile (no Python error: killed by the OS, e.g. out of memory "
-    "on this 23 GiB machine); a resumed run records it and goes on"
+    "the coverage process died during this compile, with no Python error (killed by the OS, e.g. for "
+    "memory); the resumed run recorded it and went on"
 )
 BEFORE = {
     "commit": "2466d7a",
