@@ -112,8 +112,10 @@ def _classifiers(results: dict, context: dict[str, dict]) -> list[str]:
             for k, cell in results.items()
             if k.startswith(f"{model}|") and k.endswith("|int8") and cell["status"] == "ok" and cell.get("vs_float")
         }
+        if not cells:
+            continue  # not compiled by edgekd in this run: nothing to compare
         agree = sorted(f["top1_agreement"] for f in cells.values())
-        shown = f"{100 * agree[0]:.1f} % / {100 * agree[len(agree) // 2]:.1f} %" if agree else "–"
+        shown = f"{100 * agree[0]:.1f} % / {100 * agree[len(agree) // 2]:.1f} %"
         ort = f"{cells['onnx-cpu']['sqnr_db']:.1f} dB" if "onnx-cpu" in cells else "–"
         peer = c.get("nncf")
         peer_text = (
