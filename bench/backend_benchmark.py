@@ -79,7 +79,8 @@ def parse_args(argv):
     ap.add_argument(
         "--report-only",
         action="store_true",
-        help="measure nothing: write --markdown from the --json of an earlier run (the peak recomputed)",
+        help="measure nothing: write --markdown from the --json of an earlier run on this machine (its peak "
+        "recomputed from this CPU)",
     )
     ap.add_argument("--workdir", default=".cache/backend-bench")
     ap.add_argument("--json")

@@ -255,7 +255,7 @@ def reading(rows: dict, eval_images: int) -> str:
     pairs = [(r["ptq"], r["qat"]) for r in rows.values() if r.get("qat") and "error" not in r["qat"]]
     if not pairs:
         return ""
-    worst_ptq = max(p["drop_pt"] for p, _ in pairs)
+    worst_ptq = max(0.0, *(p["drop_pt"] for p, _ in pairs))
     moved = [p["drop_pt"] - q["drop_pt"] for p, q in pairs]
     step = 100 / max(1, eval_images)
     return (

@@ -156,7 +156,8 @@ def _fixed_calibration(scheme_name: str, plan, graph) -> Calibration:
         if scheme_name == "symmetric-by-sign" and i % 2:
             observers[t] = FixedRange(0.0, 255 * s)
         else:
-            observers[t] = FixedRange(-127 * s, (127 if SCHEMES[scheme_name].symmetric else 128) * s)
+            symmetric = resolve_scheme(SCHEMES[scheme_name], -1.0).symmetric
+            observers[t] = FixedRange(-127 * s, (127 if symmetric else 128) * s)
     return Calibration(scheme_name, plan, observers, 0, "", "", "fixed")
 
 

@@ -22,12 +22,13 @@ simulation, so the fidelity check follows whichever is chosen.
   Concat, average pooling, ReduceMean); the CPU plugin folds each FakeQuantize into the layer that
   produces its input. Nothing is quantized only because an op wrote it: no pair on a value that only a
   float op (the SE gate's HardSigmoid, the graph output) reads, none between an Add and its ReLU.
-  Measured against NNCF's ``nncf.quantize`` (``bench/openvino_placement.py``; OpenVINO 2026.4, AVX-512
-  VNNI, 2 threads): the plugin compiles MobileNetV2 and a CIFAR ResNet-20 to NNCF's runtime graph, with
-  the same oneDNN kernels and post-op chains up to a zero-point shift on a few convolutions, and runs
-  them at NNCF's latency (0.98-1.00×). The graph input and the classifier keep their pairs: without the
-  first, the first convolution runs in f32 behind an f32 reorder (1.05-1.09× NNCF's latency on
-  MobileNetV2); without the second, the fully-connected layer runs in f32 on i8 weights, no faster.
+  Measured against NNCF's ``nncf.quantize`` (``bench/openvino_placement.py``; OpenVINO 2026.4, 2
+  threads): with the zero-point-free ``symmetric-by-sign`` activations the plugin compiles MobileNetV2 and
+  a CIFAR ResNet-20 to NNCF's runtime graph node for node, with NNCF's oneDNN kernels and post-op chains,
+  and runs them at NNCF's latency (0.98-1.00× on AVX-512 VNNI and on AMX). The graph input and the
+  classifier keep their pairs: without the first, the first convolution runs in f32 behind an f32
+  reorder (1.05-1.09× NNCF's latency on MobileNetV2); without the second, the fully-connected layer runs
+  in f32 on i8 weights, no faster.
 
 Functions written out in primitive ops that integer runtimes run as one kernel (GELU with Erf,
 ``1 / sqrt(x)``; ``edgekd.ir.patterns.composites``) get no pair inside them, only on their output.

@@ -13,7 +13,7 @@ Conventions (the ones ONNX Runtime, TensorRT and TFLite agree on):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -75,7 +75,6 @@ class SymmetricBySign:
 
     unsigned: QScheme = ACT_UINT8_ASYM
     signed: QScheme = ACT_INT8_SYM
-    symmetric: ClassVar[bool] = True  # zero point 0 on both sides
 
     def for_range(self, lo) -> QScheme:
         return self.unsigned if float(np.min(lo)) >= 0.0 else self.signed
