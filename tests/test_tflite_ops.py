@@ -116,6 +116,24 @@ CASES = {
         {"wg": RNG.standard_normal((12, 2, 3, 3)) * 0.3, "bg": RNG.standard_normal(12) * 0.1},
         {"CONV_2D", "CONCATENATION"},
     ),
+    # a ReLU after the CONCATENATION blocks the converter's range propagation: each part writes ReLU'd int8
+    "grouped_conv_relu": (
+        [
+            _conv(),
+            helper.make_node(
+                "Conv", ["c", "wg", "bg"], ["g"], name="g", group=4, pads=[1, 1, 1, 1], kernel_shape=[3, 3]
+            ),
+            _n("Relu", ["g"], "y"),
+        ],
+        {"wg": RNG.standard_normal((12, 2, 3, 3)) * 0.3, "bg": RNG.standard_normal(12) * 0.1},
+        {"CONV_2D", "CONCATENATION"},
+    ),
+    # Caffe2's ShuffleNet: pads 1/1 where TF's SAME pads 0/1, the pad outside the count
+    "average_pool_pads_unlike_same": (
+        [_conv(), _n("AveragePool", ["c"], "y", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])],
+        {},
+        {"AVERAGE_POOL_2D", "MUL"},
+    ),
     "div_by_tensor": (
         [
             _conv(),
@@ -187,19 +205,38 @@ CASES = {
     "depth_to_space_dcr": ([_conv(), _n("DepthToSpace", ["c"], "y", blocksize=2)], {}, {"DEPTH_TO_SPACE"}),
     "depth_to_space_crd": ([_conv(), _n("DepthToSpace", ["c"], "y", blocksize=2, mode="CRD")], {}, {"DEPTH_TO_SPACE"}),
     "space_to_depth": ([_conv(), _n("SpaceToDepth", ["c"], "y", blocksize=2)], {}, {"SPACE_TO_DEPTH"}),
+    "lrn_beta_0.75_alpha_1e-4": (
+        [_conv(), _n("LRN", ["c"], "y", size=5, alpha=1e-4, beta=0.75, bias=1.0)],
+        {},
+        {"LOCAL_RESPONSE_NORMALIZATION"},
+    ),
+    "lrn_beta_0.5_alpha_0.1": (
+        [_conv(), _n("LRN", ["c"], "y", size=3, alpha=0.1, beta=0.5, bias=2.0)],
+        {},
+        {"LOCAL_RESPONSE_NORMALIZATION"},
+    ),
+    "lrn_beta_0.25_alpha_1e-2": (
+        [_conv(), _n("LRN", ["c"], "y", size=3, alpha=1e-2, beta=0.25, bias=1.0)],
+        {},
+        {"LOCAL_RESPONSE_NORMALIZATION"},
+    ),
 }
 # Lowered in float only: an int8 compile for rpi4 is refused by check-support, naming the op.
 FLOAT_ONLY = {
     "elu": ([_conv(), _n("Elu", ["c"], "y")], {}, {"ELU"}),
-    "lrn": (
-        [_conv(), _n("LRN", ["c"], "y", size=3, alpha=1e-2, beta=0.75, bias=1.0)],
+    "pow_cube": ([_conv(), _n("Pow", ["c", "three"], "y")], {"three": np.float32(3)}, {"POW"}),
+    "lrn_beta_0.6": (
+        [_conv(), _n("LRN", ["c"], "y", size=3, alpha=1e-2, beta=0.6, bias=1.0)],
         {},
         {"LOCAL_RESPONSE_NORMALIZATION"},
     ),
-    "pow_cube": ([_conv(), _n("Pow", ["c", "three"], "y")], {"three": np.float32(3)}, {"POW"}),
 }
 # in int8 each op keeps its own rounding; canonicalize writes x / sqrt(v) as x * (1 / sqrt(v)), one RSQRT
-INT8_OPS = {"layernorm_pow_sqrt_div": {"RSQRT", "MUL", "MEAN"}}
+# LRN in int8: x² (MUL), the channel window (CONV_2D), v^-beta (RSQRT, MUL): ops_lrn
+INT8_OPS = {
+    "layernorm_pow_sqrt_div": {"RSQRT", "MUL", "MEAN"},
+    **{case: {"MUL", "CONV_2D", "RSQRT"} for case in CASES if case.startswith("lrn")},
+}
 MAX_STEPS = 2.0  # one rounding of the op's own kernel, one of the conv before it
 
 
@@ -255,6 +292,22 @@ def test_op_without_int8_kernel_lowers_in_fp32_and_is_refused_in_int8(tmp_path, 
         _compile(path, tmp_path / "int8", "int8")
     assert e.value.pass_name == "check-support" and isinstance(e.value.cause, UnsupportedOpsError)
     assert "force float on rpi4" in str(e.value) and "y" in str(e.value) and "--precision fp32" in e.value.cause.hint
+
+
+def test_a_classifier_layer_too_large_for_one_constant_is_split_by_output_channel(tmp_path, monkeypatch):
+    from edgekd.backends.tflite import ops
+
+    k, n = SHAPE[1] * SHAPE[2] * SHAPE[3] * 2, 10
+    monkeypatch.setattr(ops, "MAX_WEIGHT_BYTES", k * n * 4 // 3 + 1)  # the converter's real limit: 128 MiB
+    nodes = [_conv(), _n("Flatten", ["c"], "f"), _n("Gemm", ["f", "fc", "fb"], "g", transB=1), _n("Relu", ["g"], "y")]
+    inits = {"fc": RNG.standard_normal((n, k)) * 0.05, "fb": RNG.standard_normal(n) * 0.1}
+    result = _compile(_model(tmp_path, "fc", nodes, inits), tmp_path / "out", "int8")
+    fid, report = result.manifest["fidelity"], result.manifest["backend_report"]
+    assert fid["max_output_steps"] <= MAX_STEPS + 1e-3 and report["float_tensors"] == [], (fid, report)
+    from edgekd.backends.tflite.verify import interpreter
+
+    convs = [o for o in interpreter(result.output / "model.tflite", delegates=False)._get_ops_details()]
+    assert sum(o["op_name"] == "CONV_2D" for o in convs) == 1 + 3  # the 3×3 conv, the layer in three parts
 
 
 def test_argmax_output_is_the_index_in_both_precisions(tmp_path):

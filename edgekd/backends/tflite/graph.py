@@ -81,6 +81,13 @@ def grid(qp: tuple[float, int]) -> tuple[float, float]:
     return (INT8_MIN - zp) * s, (INT8_MAX - zp) * s
 
 
+def derived_grid(lo: float, hi: float) -> tuple[float, int]:
+    """(scale, zero point) of an int8 grid over [lo, hi] widened to hold 0."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    s = (hi - lo) / 255.0 or 1e-7
+    return s, int(np.clip(np.rint(INT8_MIN - lo / s), INT8_MIN, INT8_MAX))
+
+
 def same_pads(size: int, k: int, s: int, d: int) -> tuple[int, int]:
     out = math.ceil(size / s)
     total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
@@ -102,8 +109,20 @@ class Lowering:
         self.fake_quants = 0
         self.index = -1  # of the node being lowered
         self.float_nodes: frozenset[str] = frozenset()  # a detector's decode: lowered so it stays float
+        self._readers: dict[str, list] | None = None
 
     # ---- helpers
+    def sole_reader(self, name: str):
+        """The one node reading tensor ``name`` (None when it has none, several, or is a graph output)."""
+        if self._readers is None:
+            self._readers = {}
+            for n in self.model.graph.node:
+                for i in n.input:
+                    self._readers.setdefault(i, []).append(n)
+        readers = self._readers.get(name, [])
+        outputs = {o.name for o in self.model.graph.output}
+        return readers[0] if len(readers) == 1 and name not in outputs else None
+
     def get(self, name: str) -> Val:
         if name not in self.env:
             raise Reject(f"input {name!r} is not available (produced by an unsupported node?)")
@@ -149,11 +168,8 @@ class Lowering:
         """An intermediate range the lowering derives (inside one ONNX op): only in quantized graphs."""
         if not self.quantized:
             return x
-        lo, hi = min(lo, 0.0), max(hi, 0.0)
-        s = (hi - lo) / 255.0 or 1e-7
-        zp = int(np.clip(np.rint(INT8_MIN - lo / s), INT8_MIN, INT8_MAX))
         with self.tf.name_scope("derived"):
-            return self.fake_quant(x, (s, zp))
+            return self.fake_quant(x, derived_grid(lo, hi))
 
     def operand(self, v: Val):
         """A value as an operand of an element-wise op: a constant the simulation quantized per tensor

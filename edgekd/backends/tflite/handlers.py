@@ -7,7 +7,7 @@ from typing import Callable
 
 import onnx
 
-from edgekd.backends.tflite import ops, ops_conv_transpose, ops_elementwise, ops_reduce, ops_shape
+from edgekd.backends.tflite import ops, ops_conv_transpose, ops_elementwise, ops_lrn, ops_reduce, ops_shape
 from edgekd.backends.tflite.graph import Lowering, Val
 from edgekd.backends.tflite.rules import CHECKS
 
@@ -15,6 +15,7 @@ HANDLERS: dict[str, Callable[[Lowering, onnx.NodeProto], list[Val]]] = {
     **ops.HANDLERS,
     **ops_elementwise.HANDLERS,
     **ops_reduce.HANDLERS,
+    **ops_lrn.HANDLERS,
     **ops_shape.HANDLERS,
     **ops_conv_transpose.HANDLERS,
 }

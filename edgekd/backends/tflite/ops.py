@@ -3,6 +3,7 @@ simulation has its Q/DQ pair."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable
 
@@ -153,6 +154,7 @@ def _grouped_conv(cx: Lowering, node, x: Val, xt, wv: Val, group: int, geometry)
     w = wv.t
     out = w.shape[0] // group
     bias = _conv_bias(cx, node, x, wv)
+    relu_grid = _relu_then_quantized(cx, node)
     with tf.name_scope("derived"):
         parts = tf.split(xt, group, axis=3)
     ys = []
@@ -169,6 +171,8 @@ def _grouped_conv(cx: Lowering, node, x: Val, xt, wv: Val, group: int, geometry)
             )
             if bias is not None:
                 y = tf.nn.bias_add(y, bias[rows])
+            if relu_grid is not None:  # the ReLU node after it then has nothing left to clamp
+                y = cx.fake_quant(tf.nn.relu(y), relu_grid)
         cx.conv_scopes[scope.rstrip("/")] = {
             "node": node.name,
             "op": "CONV_2D",
@@ -177,6 +181,18 @@ def _grouped_conv(cx: Lowering, node, x: Val, xt, wv: Val, group: int, geometry)
         }
         ys.append(y)
     return Val(tf.concat(ys, axis=3), True)
+
+
+def _relu_then_quantized(cx: Lowering, node) -> tuple[float, int] | None:
+    """The grid of ``node``'s output when a ReLU alone reads it and a QuantizeLinear alone reads that: a
+    grouped convolution applies both per group, so each CONV_2D writes int8 with the ReLU fused (the
+    converter cannot carry a range back through a float ReLU after the CONCATENATION)."""
+    relu = cx.sole_reader(node.output[0])
+    q = cx.sole_reader(relu.output[0]) if relu is not None and relu.op_type == "Relu" else None
+    if q is None or q.op_type != "QuantizeLinear":
+        return None
+    scale = float(np.float32(cx.get(q.input[1]).t))
+    return scale, int(cx.get(q.input[2]).t) if len(q.input) > 2 and q.input[2] else 0
 
 
 def _bias(x: Val, w: Val, bias: np.ndarray) -> np.ndarray:
@@ -193,6 +209,12 @@ def _bias(x: Val, w: Val, bias: np.ndarray) -> np.ndarray:
     return (q.astype(np.float64) * scale.astype(np.float64)).astype(np.float32)
 
 
+# The converter leaves a per-channel fake quant on a constant of 128 MiB or more unfolded ("neither a
+# custom op nor a flex op"; measured: a 1×1 CONV_2D of 8000×4096 floats converts, 8192×4096 does not):
+# AlexNet's and VGG's first classifier layers are split by output channel below it.
+MAX_WEIGHT_BYTES = 96 * 2**20
+
+
 def _fc(cx: Lowering, node, x: Val, w: Val, bias: np.ndarray | None) -> Val:
     """x [.., K] @ w [K, N] + bias as a 1×1 CONV_2D on [M, 1, 1, K]: the converter fails on
     per-channel FULLY_CONNECTED weights, and per-tensor ones would differ from the simulation."""
@@ -202,22 +224,33 @@ def _fc(cx: Lowering, node, x: Val, w: Val, bias: np.ndarray | None) -> Val:
     lead = xt.shape.as_list()[:-1]
     with tf.name_scope("derived"):
         x4 = tf.reshape(xt, [-1, 1, 1, k])
-    y = tf.nn.conv2d(x4, cx.weight(Val(w.t.reshape(1, 1, k, n), w=w.w)), [1, 1, 1, 1], "VALID")
     if bias is not None:
         bias = _bias(x, w, bias)
-        y = tf.nn.bias_add(y, bias)
-    cx.conv_scopes[f"n{cx.index}"] = {
-        "node": node.name,
-        "op": "CONV_2D",
-        "weight_scales": None if w.w is None else w.w.scale,
-        "bias": bias,
-    }
+    parts = np.array_split(np.arange(n), math.ceil(k * n * 4 / MAX_WEIGHT_BYTES))
+    relu_grid = _relu_then_quantized(cx, node) if len(parts) > 1 else None
+    ys = []
+    for j, cols in enumerate(parts):
+        q = None if w.w is None else WeightQ(w.w.q[:, cols], np.broadcast_to(w.w.scale, (n,))[cols], 3)
+        with contextlib.nullcontext(f"n{cx.index}") if len(parts) == 1 else tf.name_scope(f"part{j}") as scope:
+            y = tf.nn.conv2d(x4, cx.weight(Val(w.t[:, cols].reshape(1, 1, k, len(cols)), w=q)), 1, "VALID")
+            if bias is not None:
+                y = tf.nn.bias_add(y, bias[cols])
+            if relu_grid is not None:
+                y = cx.fake_quant(tf.nn.relu(y), relu_grid)
+        cx.conv_scopes[scope.rstrip("/")] = {
+            "node": node.name,
+            "op": "CONV_2D",
+            "weight_scales": None if q is None else q.scale,
+            "bias": None if bias is None else bias[cols],
+        }
+        ys.append(y)
     if w.w is not None:
         note = next((nt for nt in cx.notes if nt["forced"] == FC_AS_CONV), None)
         if note is None:
             note = {"forced": FC_AS_CONV, "reason": FC_AS_CONV_REASON, "nodes": []}
             cx.notes.append(note)
         note["nodes"].append(node.name)
+    y = ys[0] if len(ys) == 1 else tf.concat(ys, axis=3)
     return Val(tf.reshape(y, lead + [n]))
 
 
@@ -381,9 +414,26 @@ def _pool(cx: Lowering, node) -> list[Val]:
             with tf.name_scope("derived"):
                 xt = tf.pad(xt, [[0, 0], explicit[0], explicit[1], [0, 0]])
         else:
-            raise Reject("AveragePool with padding that excludes the pad from the count, split unlike TF's SAME")
+            return [_avg_pool_excluding_pads(cx, x, xt, kernel, strides, explicit)]
     fn = tf.nn.max_pool2d if maxpool else tf.nn.avg_pool2d
     return [Val(fn(xt, kernel, strides, padding), True)]
+
+
+def _avg_pool_excluding_pads(cx: Lowering, x: Val, xt, kernel, strides, pads) -> Val:
+    """ONNX's average over the window's inside only, with pads split unlike TF's SAME (Caffe2's
+    ShuffleNet: pads 1/1 where SAME pads 0/1): the mean over the zero-padded window, rescaled per output
+    position by window size / inside count, a constant map (one extra rounding at the border)."""
+    tf = cx.tf
+    h, w = x.t.shape.as_list()[1:3]
+    inside = np.pad(np.ones((h, w), np.float64), pads)
+    windows = np.lib.stride_tricks.sliding_window_view(inside, kernel)[:: strides[0], :: strides[1]]
+    factor = (kernel[0] * kernel[1] / windows.sum(axis=(2, 3)))[None, :, :, None].astype(np.float32)
+    with tf.name_scope("derived"):
+        mean = tf.nn.avg_pool2d(tf.pad(xt, [[0, 0], pads[0], pads[1], [0, 0]]), kernel, strides, "VALID")
+        if x.q is not None:  # TFLite's int8 pool keeps its input's grid
+            mean = cx.fake_quant(mean, x.q)
+        scale = cx.fake_quant_range(tf.constant(factor), 0.0, float(factor.max()))
+    return Val(mean * scale, True)
 
 
 def _same_pads_of(x: Val, kernel: list[int], strides: list[int]) -> list[tuple[int, int]]:

@@ -1,4 +1,4 @@
-"""Reductions over axes (ReduceMean / ReduceMax / ReduceSum, GlobalMaxPool, ArgMax) and LRN.
+"""Reductions over axes (ReduceMean / ReduceMax / ReduceSum, GlobalMaxPool, ArgMax).
 
 An NHWC value keeps its layout when the axes left after the reduction are in the same order in both
 layouts (keepdims, or reducing H and W to [N, C]); otherwise it is brought back to ONNX order first.
@@ -70,31 +70,10 @@ def _argmax(cx: Lowering, node) -> list[Val]:
     return [Val(t, x.nhwc and keepdims)]
 
 
-def _lrn(cx: Lowering, node) -> list[Val]:
-    """ONNX: x / (bias + alpha / size · Σ x²)^beta over ``size`` channels around each; TF sums over
-    ``depth_radius`` either side and scales by its alpha directly."""
-    if cx.quantized:
-        raise Reject("LRN has no int8 TFLite kernel: the converter keeps LOCAL_RESPONSE_NORMALIZATION float")
-    a = node_attrs(node)
-    size = int(a["size"])
-    if size % 2 == 0:
-        raise Reject(f"LRN with an even size ({size}) sums a window TFLite's symmetric one cannot")
-    x = cx.to_nhwc(cx.get(node.input[0]))
-    t = cx.tf.nn.local_response_normalization(
-        x.t,
-        depth_radius=(size - 1) // 2,
-        bias=float(a.get("bias", 1.0)),
-        alpha=float(a.get("alpha", 1e-4)) / size,
-        beta=float(a.get("beta", 0.75)),
-    )
-    return [Val(t, True)]
-
-
 HANDLERS = {
     "ReduceMean": _reduce("reduce_mean"),
     "ReduceMax": _reduce("reduce_max"),
     "ReduceSum": _reduce("reduce_sum"),
     "GlobalMaxPool": _global_max,
     "ArgMax": _argmax,
-    "LRN": _lrn,
 }

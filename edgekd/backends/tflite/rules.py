@@ -147,6 +147,19 @@ def _check_lrn(node, a, consts) -> str | None:
     return None
 
 
+LRN_INT8_BETAS = (0.25, 0.5, 0.75, 1.0)  # written out in int8 ops by ops_lrn
+
+
+def lrn_int8_refusal(a: dict) -> str | None:
+    """Why this LRN cannot be written in int8 ops (None: it can)."""
+    beta, bias = float(a.get("beta", 0.75)), float(a.get("bias", 1.0))
+    if beta not in LRN_INT8_BETAS:
+        return f"LRN with beta {beta:g} has no int8 TFLite form (int8: beta {', '.join(map(str, LRN_INT8_BETAS))})"
+    if bias <= 0:
+        return f"LRN with bias {bias:g} ≤ 0 can divide by 0: it has no int8 TFLite form"
+    return None
+
+
 def _check_erf(node, a, consts) -> str | None:
     return "Erf has no TFLite op; only a GELU written with it (0.5·x·(1 + erf(x/√2))) lowers, to TFLite's GELU"
 
@@ -221,8 +234,10 @@ def float_only_nodes(model: onnx.ModelProto) -> list[Unsupported]:
     bad = []
     for node in model.graph.node:
         name, op = node.name or node.op_type, node.op_type
-        if op in ("LRN", "Elu"):
-            bad.append(Unsupported(name, op, f"{op} has no int8 TFLite kernel: the converter keeps it float"))
+        if op == "Elu":
+            bad.append(Unsupported(name, op, "Elu has no int8 TFLite kernel: the converter keeps it float"))
+        elif op == "LRN" and lrn_int8_refusal(node_attrs(node)):
+            bad.append(Unsupported(name, op, lrn_int8_refusal(node_attrs(node))))
         elif (
             op == "Pow"
             and node.input[1] in consts
