@@ -165,6 +165,30 @@ def test_per_channel_affine_after_conv_folds_into_it():
     np.testing.assert_allclose(_run(model, x)[0], _run(proto, x)[0], rtol=1e-4, atol=1e-4)
 
 
+def test_softmax_over_the_last_axis_behind_flatten_and_reshape_is_one_softmax():
+    """How ONNX's converter writes an opset-11 Softmax whose input rank it cannot see (an Ultralytics DFL
+    exported at opset 11 with dynamic axes): Flatten → Softmax → Reshape back. Over the last axis that is
+    one Softmax, which the float decode then recognizes; over more axes the detour stays."""
+
+    def detour(axis: int) -> onnx.ModelProto:
+        nodes = [
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("Flatten", ["r"], ["f"], axis=axis),
+            helper.make_node("Softmax", ["f"], ["s"], axis=-1),
+            helper.make_node("Shape", ["r"], ["shape"]),
+            helper.make_node("Reshape", ["s", "shape"], ["y"]),
+        ]
+        return _graph(nodes, {}, shape=(1, 4, 8, 16), opset=13)
+
+    x = np.random.default_rng(3).standard_normal((1, 4, 8, 16)).astype(np.float32)
+    model, report = canonicalize(ir.from_proto(detour(3)), (1, 4, 8, 16), (13, 17), 17)
+    assert op_counts(model.graph) == {"Relu": 1, "Softmax": 1} and report.rewrites == {"softmax_unflattened": 1}
+    np.testing.assert_allclose(_run(model, x)[0], _run(detour(3), x)[0], rtol=1e-5, atol=1e-6)
+    model, report = canonicalize(ir.from_proto(detour(2)), (1, 4, 8, 16), (13, 17), 17)
+    assert "softmax_unflattened" not in report.rewrites and op_counts(model.graph)["Flatten"] == 1
+    np.testing.assert_allclose(_run(model, x)[0], _run(detour(2), x)[0], rtol=1e-5, atol=1e-6)
+
+
 def test_a_division_by_a_tensor_stays_a_division():
     proto = _graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Div", ["x", "r"], ["y"])], {})
     model, report = canonicalize(ir.from_proto(proto), (1, 4, 8, 8), (13, 17), 17)

@@ -15,6 +15,7 @@ from conformance_models import UltralyticsStyleDetector, calibration_images, exp
 from edgekd import api
 from edgekd.ir.detector import decode_tail
 from edgekd.passes.calibrate import CalibrationWarning
+from edgekd.quant.placement import plan_quantization
 
 SIZE = 160
 SHAPE = (1, 3, SIZE, SIZE)
@@ -37,6 +38,31 @@ def test_the_dfl_and_everything_after_the_head_convolutions_is_the_decode(detect
     assert {"Softmax", "Conv", "Sigmoid", "Concat"} <= ops  # the DFL's projection is decode, not a head
     head_convs = [n for n in graph if n.op_type == "Conv" and n.name not in tail]
     assert len(head_convs) == 17  # backbone and heads quantize
+
+
+def test_the_decode_convolution_keeps_float_weights(detector):
+    """The DFL projection (weights 0..15) is decode: int8 weights would round it (15/127 steps), and
+    OpenVINO computed a float Conv on int8-dequantized weights after the opset-11 layout wrongly."""
+    graph = ir.from_proto(onnx.load(detector[0])).graph
+    plan = plan_quantization(ir.from_proto(onnx.load(detector[0])), "quantizable-inputs")
+    assert {w.node for w in plan.weights}.isdisjoint(decode_tail(graph)) and len(plan.weights) == 17
+
+
+def test_an_opset_11_dynamic_export_compiles_for_openvino_like_opset_17(detector, tmp_path):
+    path, calib = detector
+    torch.manual_seed(0)
+    model = realistic_weights(UltralyticsStyleDetector(size=SIZE), calibration_images(SHAPE, 16))
+    old = export(model, tmp_path / "opset11.onnx", SHAPE, 11, True)
+    config = api.make_config(
+        str(old), "openvino-cpu", tmp_path / "ov", input_shape=SHAPE, precision="int8", calib=calib,
+        skip=("sensitivity", "speed-check"), verify_samples=8,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        m = api.compile(config).manifest
+    canon = next(p["metrics"] for p in m["passes"] if p["name"] == "canonicalize")
+    assert m["status"] == "ok" and canon["rewrites"].get("softmax_unflattened") == 1
+    assert m["fidelity"]["relative_error"] < 0.05
 
 
 @pytest.mark.parametrize("target", ["rpi4", "onnx-cpu"])

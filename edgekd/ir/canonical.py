@@ -124,6 +124,7 @@ def canonicalize(
             "channel_shuffle_to_gather": normalize.channel_shuffle_to_gather(graph),
             "square_to_mul": normalize.square_to_mul(graph),
             "div_by_sqrt_to_rsqrt": normalize.div_by_sqrt(graph),
+            "softmax_unflattened": normalize.unflatten_softmax(graph),
         }
     )
     report.rewrites["affine_chain_merged"] = normalize.merge_affine_chains(graph)

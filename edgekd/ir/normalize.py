@@ -11,6 +11,7 @@ Each function rewrites every match in place and returns how many it rewrote:
 * ``channel_shuffle_to_gather``: ShuffleNet's Reshape → Transpose → Reshape → one Gather of channels;
 * ``square_to_mul``: ``Pow(x, 2)`` → ``Mul(x, x)``;
 * ``div_by_sqrt``: ``a / sqrt(v)`` → ``a * (1 / sqrt(v))``;
+* ``unflatten_softmax``: an opset-11 Softmax over the last axis, converted through Flatten/Reshape → one Softmax;
 * ``decompose_layernorm``: LayerNormalization → its primitives, for targets without it.
 """
 
@@ -398,6 +399,35 @@ def square_to_mul(graph: ir.Graph) -> int:
         mul.outputs[0].shape, mul.outputs[0].dtype = node.outputs[0].shape, node.outputs[0].dtype
         _replace_output(graph, node.outputs[0], mul.outputs[0])
         graph.remove(node, safe=True)
+        count += 1
+    return count
+
+
+def unflatten_softmax(graph: ir.Graph) -> int:
+    """``Flatten(axis=r-1) → Softmax(-1) → Reshape(back)`` → ``Softmax(axis=-1)``: how ONNX's version
+    converter keeps an opset-11 Softmax over the last axis (opset 11 coerced to 2-D). The same values,
+    without the 2-D detour that hides a detector's DFL softmax from the decode it belongs to."""
+    count = 0
+    for flat in [n for n in graph if n.op_type == "Flatten" and n.domain in ("", "ai.onnx")]:
+        shape = _static_shape(flat.inputs[0])
+        soft = sole_consumer(flat.outputs[0])
+        if shape is None or soft is None or soft.op_type not in ("Softmax", "LogSoftmax"):
+            continue
+        back = sole_consumer(soft.outputs[0])
+        axis = flat.attributes.get_int("axis", 1) % max(len(shape), 1)
+        if (
+            axis != len(shape) - 1
+            or soft.attributes.get_int("axis", -1) not in (-1, 1)
+            or back is None
+            or back.op_type != "Reshape"
+            or _static_shape(back.outputs[0]) != shape
+        ):
+            continue
+        soft.replace_input_with(0, flat.inputs[0])
+        soft.attributes["axis"] = ir.AttrInt64("axis", -1)
+        soft.outputs[0].shape = ir.Shape(shape)
+        _replace_output(graph, back.outputs[0], soft.outputs[0])
+        graph.remove([back, flat], safe=True)
         count += 1
     return count
 

@@ -283,7 +283,7 @@ def plan_quantization(
     plan = QuantPlan(placement, keep_float=keep_float, float_tail=decode | heads)
     data = data_values(graph)
     for node in graph:
-        if node.op_type in WEIGHTED and node.name not in keep_float and node.name not in heads:
+        if node.op_type in WEIGHTED and node.name not in keep_float and node.name not in plan.float_tail:
             axis = weight_axis(node)
             if axis is not None:
                 plan.weights.append(WeightSite(node.name, 1, axis))

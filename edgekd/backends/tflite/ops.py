@@ -268,8 +268,9 @@ def _gemm(cx: Lowering, node) -> list[Val]:
         bt = cx.tensor(b)
         y = cx.tf.matmul(cx.tensor(x), bt, transpose_b=bool(a.get("transB", 0)))
         return [Val(y + bias if bias is not None else y)]
-    w = Val(b.t.T if a.get("transB", 0) else b.t, w=b.w)
-    return [_fc(cx, node, x, w, bias)]
+    if a.get("transB", 0):  # [N, K] → [K, N], its int8 values too (_fc slices them by output channel)
+        b = Val(b.t.T, w=None if b.w is None else WeightQ(b.w.q.T, b.w.scale, None if b.w.axis is None else 1))
+    return [_fc(cx, node, x, b, bias)]
 
 
 def _matmul(cx: Lowering, node) -> list[Val]:
