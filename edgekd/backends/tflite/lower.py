@@ -78,6 +78,7 @@ def lower(model: onnx.ModelProto, float_nodes: frozenset[str] = frozenset()) -> 
     module = tf.Module()
     module.f = fn
     concrete = fn.get_concrete_function()
+    module.weights = cx.variables
     producers = {o: n for n in g.node for o in n.output}
 
     def sources(name: str) -> set[str]:
