@@ -296,6 +296,7 @@ def test_op_without_int8_kernel_lowers_in_fp32_and_is_refused_in_int8(tmp_path, 
 
 def test_a_classifier_layer_too_large_for_one_constant_is_split_by_output_channel(tmp_path, monkeypatch):
     from edgekd.backends.tflite import ops
+    from edgekd.backends.tflite.verify import interpreter
 
     k, n = SHAPE[1] * SHAPE[2] * SHAPE[3] * 2, 10
     monkeypatch.setattr(ops, "MAX_WEIGHT_BYTES", k * n * 4 // 3 + 1)  # the converter's real limit: 128 MiB
@@ -304,10 +305,8 @@ def test_a_classifier_layer_too_large_for_one_constant_is_split_by_output_channe
     result = _compile(_model(tmp_path, "fc", nodes, inits), tmp_path / "out", "int8")
     fid, report = result.manifest["fidelity"], result.manifest["backend_report"]
     assert fid["max_output_steps"] <= MAX_STEPS + 1e-3 and report["float_tensors"] == [], (fid, report)
-    from edgekd.backends.tflite.verify import interpreter
-
-    convs = [o for o in interpreter(result.output / "model.tflite", delegates=False)._get_ops_details()]
-    assert sum(o["op_name"] == "CONV_2D" for o in convs) == 1 + 3  # the 3×3 conv, the layer in three parts
+    details = interpreter(result.output / "model.tflite", delegates=False)._get_ops_details()
+    assert sum(o["op_name"] == "CONV_2D" for o in details) == 1 + 3  # the 3×3 conv, the layer in three parts
 
 
 def test_argmax_output_is_the_index_in_both_precisions(tmp_path):

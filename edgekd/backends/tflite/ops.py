@@ -41,10 +41,14 @@ def _identity(cx: Lowering, node) -> list[Val]:
     return [cx.get(node.input[0])]
 
 
+def _qparams(cx: Lowering, q) -> tuple[float, int]:
+    """(scale, zero point) of a per-tensor QuantizeLinear node."""
+    return float(np.float32(cx.get(q.input[1]).t)), int(cx.get(q.input[2]).t) if len(q.input) > 2 and q.input[2] else 0
+
+
 def _quantize(cx: Lowering, node) -> list[Val]:
     x = cx.get(node.input[0])
-    scale = float(np.float32(cx.get(node.input[1]).t))
-    zp = int(cx.get(node.input[2]).t) if len(node.input) > 2 and node.input[2] else 0
+    scale, zp = _qparams(cx, node)
     if x.const:
         raise Reject("QuantizeLinear of a constant is not lowered")
     with cx.tf.name_scope(f"q_{scope_name(node.input[0])}") as scope:
@@ -189,10 +193,7 @@ def _relu_then_quantized(cx: Lowering, node) -> tuple[float, int] | None:
     converter cannot carry a range back through a float ReLU after the CONCATENATION)."""
     relu = cx.sole_reader(node.output[0])
     q = cx.sole_reader(relu.output[0]) if relu is not None and relu.op_type == "Relu" else None
-    if q is None or q.op_type != "QuantizeLinear":
-        return None
-    scale = float(np.float32(cx.get(q.input[1]).t))
-    return scale, int(cx.get(q.input[2]).t) if len(q.input) > 2 and q.input[2] else 0
+    return _qparams(cx, q) if q is not None and q.op_type == "QuantizeLinear" else None
 
 
 def _bias(x: Val, w: Val, bias: np.ndarray) -> np.ndarray:

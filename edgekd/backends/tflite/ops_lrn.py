@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgekd.backends.tflite.graph import Lowering, Reject, Val, WeightQ, derived_grid, grid
+from edgekd.backends.tflite.graph import INT8_MAX, Lowering, Reject, Val, WeightQ, derived_grid, grid
 from edgekd.backends.tflite.rules import LRN_INT8_BETAS, lrn_int8_refusal
 from edgekd.ir.proto_index import node_attrs
 from edgekd.quant.qparams import quantize_bias
 
-INT8_MAX = 127
 # v^-beta from a = v^-1/2 and b = rsqrt(a) = v^1/4: the exponents int8 kernels reach, as products.
 FACTORS = {0.25: ("a", "b"), 0.5: ("a",), 0.75: ("a", "a", "b"), 1.0: ("a", "a")}
 assert set(FACTORS) == set(LRN_INT8_BETAS)
