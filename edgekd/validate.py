@@ -98,6 +98,21 @@ def check_detection(d: DetectionOptions, spec: TargetSpec) -> None:
         )
 
 
+def check_activation_scheme(scheme: str | None, spec: TargetSpec, precision: str) -> None:
+    """An --activation-scheme the target's runtime cannot compute is refused before any work (it failed
+    in emit, after calibration, as nodes the backend cannot lower)."""
+    from edgekd.backends import get_backend
+
+    accepted = get_backend(spec.backend).activation_schemes
+    if scheme is None or precision not in ("int8", "auto") or accepted is None or scheme in accepted:
+        return
+    raise ConfigError(
+        f"--activation-scheme {scheme}: {spec.name}'s runtime ({spec.backend}) computes "
+        f"{' or '.join(accepted)} activations only",
+        f"drop --activation-scheme (the target's own is {spec.activation_scheme}) or pass {', '.join(accepted)}",
+    )
+
+
 def validate_compile(config: CompileConfig, spec: TargetSpec) -> None:
     c, q, e, t, v, a = (
         config.calibration,
@@ -154,6 +169,7 @@ def validate_compile(config: CompileConfig, spec: TargetSpec) -> None:
             f"--qat-epochs trains int8 ranges; this compile is {precision}",
             "pass --precision int8 --calib DIR, or drop --qat-epochs",
         )
+    check_activation_scheme(c.activation_scheme, spec, precision)
     if a.ranges not in ("learn", "ema"):
         raise ConfigError(f"--qat-ranges must be learn or ema, got {a.ranges!r}")
     check_detection(config.detection, spec)

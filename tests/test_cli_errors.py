@@ -350,6 +350,20 @@ def test_pipeline_rules_through_api_and_cli(models, tmp_path, options, error, ne
     assert_failed_cleanly(r, out, *needles)
 
 
+@pytest.mark.parametrize(
+    "target, scheme",
+    [("rpi4", "asymmetric-uint8"), ("jetson-xavier", "asymmetric-int8"), ("ascend310", "symmetric-by-sign")],
+)
+def test_an_activation_scheme_the_runtime_cannot_compute_is_refused_before_any_work(models, tmp_path, target, scheme):
+    out = tmp_path / "out"
+    options = {"precision": "int8", "calib": CALIB, "activation_scheme": scheme}
+    with pytest.raises(ConfigError) as e:
+        api.compile(api.make_config(str(models["ts"]), target, out, input_shape=(1, 3, 32, 32), **options))
+    assert f"--activation-scheme {scheme}: {target}" in e.value.message and not out.exists()
+    r = compile_cli(models["ts"], out, "-t", target, "--input-shape", "1,3,32,32", *as_flags(options))
+    assert_failed_cleanly(r, out, f"--activation-scheme {scheme}", "drop --activation-scheme")
+
+
 # --- failures during the compile -------------------------------------------------------------------
 
 

@@ -97,6 +97,8 @@ class Backend(abc.ABC):
     packages: ClassVar[tuple[str, ...]]  # distributions that must be installed
     modules: ClassVar[tuple[str, ...]]  # modules imported at call time
     extra: ClassVar[str | None] = None  # pip extra that installs them
+    # The activation schemes (edgekd.quant.qparams.SCHEMES) the runtime computes; None: every one.
+    activation_schemes: ClassVar[tuple[str, ...] | None] = None
 
     def available(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in self.modules)

@@ -218,6 +218,7 @@ class AscendBackend(OnnxRuntimeBackend):
     local_stand_in = True
     packages = ("onnxruntime", "onnx")
     modules = ("onnxruntime", "onnx")
+    activation_schemes = ("asymmetric-int8", "symmetric-int8")  # AMCT/ATC: int8 activations with an offset
 
     def unsupported(self, model: "onnx.ModelProto", spec: "TargetSpec") -> list[Unsupported]:
         return unsupported(model, spec)

@@ -118,6 +118,7 @@ class TensorRTBackend(OnnxRuntimeBackend):
     # Emitting needs only ONNX tooling; TensorRT itself runs on the board (build_engine.sh).
     packages = ("onnxruntime", "onnx")
     modules = ("onnxruntime", "onnx")
+    activation_schemes = ("symmetric-int8",)  # TensorRT: symmetric int8, zero point 0
 
     def toolchain_versions(self) -> dict[str, str]:
         return {**super().toolchain_versions(), "tensorrt": "not used here: the engine is built on the board"}

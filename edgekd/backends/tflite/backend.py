@@ -106,6 +106,7 @@ class TFLiteBackend(Backend):
     packages = ("tensorflow-cpu", "ai-edge-litert")
     modules = ("tensorflow", "ai_edge_litert")
     extra = "tflite"
+    activation_schemes = ("asymmetric-int8", "symmetric-int8")  # TFLite's int8 spec: activations are int8
 
     def toolchain_versions(self) -> dict[str, str]:
         out = super().toolchain_versions()
