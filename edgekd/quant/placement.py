@@ -9,7 +9,8 @@ simulation, so the fidelity check follows whichever is chosen.
 * ``qlinear`` (ONNX Runtime): ``outputs``, shaped to the node units ORT's QDQ optimizer replaces by
   QLinearConv/QLinearAdd/QGemm/...: an Add/Sub/Mul whose only reader is a ReLU is quantized after the
   ReLU (ORT drops a ReLU whose Q starts at zero, so the unit becomes DQ → Add → Q), the output of a
-  Gemm/MatMul that is a graph output stays float (QGemm writes float). Activations must be uint8 on
+  Gemm/MatMul that is a graph output, or read only by a Softmax/Sigmoid that is one, stays float (QGemm
+  writes float), and so does that Softmax/Sigmoid. Activations must be uint8 on
   x86: ORT's x86 selectors take int8 activations only after converting a Q/DQ pair to uint8, which it
   does only for a Q with one reader, so every tensor read twice stayed float under int8.
 * ``inputs`` (symmetric int8, TensorRT): following TensorRT's guidance on Q/DQ placement, the data
@@ -344,7 +345,20 @@ def _skips_own_pair(node: ir.Node, ort_units: bool) -> bool:
     if node.op_type in ELEMENTWISE:
         readers = out.consumers()
         return len(readers) == 1 and readers[0].op_type in RELU_LIKE and not out.is_graph_output()
-    return node.op_type in ("Gemm", "MatMul") and out.is_graph_output() and not out.uses()
+    return node.op_type in ("Gemm", "MatMul", *FINAL_ACTIVATIONS) and _ends_the_graph(out)
+
+
+FINAL_ACTIVATIONS = ("Softmax", "Sigmoid")
+
+
+def _ends_the_graph(v: ir.Value) -> bool:
+    """A graph output nothing else reads, or a value read only by a Softmax/Sigmoid that ends the graph.
+    ORT writes it in float at no cost (QGemm's float output; a float softmax over one vector), where the
+    fixed 1/256 grid of a quantized softmax rounds a 1000-class model's small probabilities to 0."""
+    if v.is_graph_output():
+        return not v.uses()
+    readers = v.consumers()
+    return len(readers) == 1 and readers[0].op_type in FINAL_ACTIVATIONS and _ends_the_graph(readers[0].outputs[0])
 
 
 def _output_sites(
