@@ -221,3 +221,26 @@ def test_target_spec():
     assert spec.precisions == ("fp32", "int8") and spec.activation_scheme == "symmetric-by-sign"
     assert spec.opset == 17 and spec.opset_range == (13, 21) and spec.bench.threads == 2
     assert spec.passes == load_target("onnx-cpu").passes and spec.pipeline_why
+
+
+def test_shufflenet_v2_keeps_its_channel_shuffle_for_openvino(tmp_path, monkeypatch):
+    """OpenVINO's CPU plugin computed ShuffleNetV2 wrongly once canonicalize wrote its channel shuffle as
+    a Gather of channels (relative error ~1); the exporter's Reshape → Transpose → Reshape runs right. If
+    this test's first half stops failing, OpenVINO fixed it and ``wrong_after`` can go."""
+    from conformance_models import ARCHITECTURES, calibration_images, export, realistic_weights
+
+    shape = (1, 3, 64, 64)
+    torch.manual_seed(0)
+    model = realistic_weights(ARCHITECTURES["shufflenetv2"](), calibration_images(shape, 16))
+    path = export(model, tmp_path / "shufflenetv2.onnx", shape, 17, False)
+
+    def compile_fp32(out: str) -> dict:
+        config = api.make_config(str(path), "openvino-cpu", tmp_path / out, input_shape=shape, precision="fp32")
+        return api.compile(config).manifest
+
+    m = compile_fp32("kept")
+    canon = next(p["metrics"] for p in m["passes"] if p["name"] == "canonicalize")
+    assert "channel_shuffle_to_gather" not in canon["rewrites"] and m["fidelity"]["relative_error"] < 1e-5
+    monkeypatch.setattr(OpenVINOBackend, "wrong_after", frozenset())
+    with pytest.raises(PassFailedError, match="disagrees with the source ONNX model"):
+        compile_fp32("gathered")

@@ -90,10 +90,12 @@ def canonicalize(
     opset_range: tuple[int, int],
     preferred_opset: int,
     decompose: frozenset[str] = frozenset(),
+    skip: frozenset[str] = frozenset(),
 ) -> tuple[ir.Model, CanonicalReport]:
     """The canonical form of ``model`` for input ``shape`` and a target's opset range (a new model when
     the opset changed, else ``model`` edited in place). ``decompose``: fused ops the target lacks
-    (LayerNormalization), written out in primitives before the opset moves."""
+    (LayerNormalization), written out in primitives before the opset moves; ``skip``: rewrites (by
+    report key) the target's runtime computes wrongly."""
     report = CanonicalReport(nodes_before=len(model.graph))
     report.initializer_inputs_removed = _drop_initializer_inputs(model)
     report.bound_dims = bind_graph_input(model, shape)
@@ -121,7 +123,9 @@ def canonicalize(
             "div_by_constant_to_mul": normalize.div_by_constant(graph),
             "batchnorm_to_mul_add": normalize.lower_batchnorm(graph),
             "reduce_mean_to_global_pool": normalize.reduce_mean_to_global_pool(graph),
-            "channel_shuffle_to_gather": normalize.channel_shuffle_to_gather(graph),
+            "channel_shuffle_to_gather": (
+                0 if "channel_shuffle_to_gather" in skip else normalize.channel_shuffle_to_gather(graph)
+            ),
             "square_to_mul": normalize.square_to_mul(graph),
             "div_by_sqrt_to_rsqrt": normalize.div_by_sqrt(graph),
             "softmax_unflattened": normalize.unflatten_softmax(graph),

@@ -63,18 +63,25 @@ class CanonicalizePass(Pass):
     requires = frozenset({ONNX_MODEL})
     provides = frozenset({CANONICAL})
 
-    def __init__(self, opset_range: tuple[int, int], opset: int, decompose: frozenset[str] = frozenset()):
-        self.opset_range, self.opset, self.decompose = opset_range, opset, decompose
+    def __init__(
+        self,
+        opset_range: tuple[int, int],
+        opset: int,
+        decompose: frozenset[str] = frozenset(),
+        skip: frozenset[str] = frozenset(),
+    ):
+        self.opset_range, self.opset, self.decompose, self.skip = opset_range, opset, decompose, skip
 
     @classmethod
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "CanonicalizePass":
         lo, hi = spec.opset_range
         if (config.precision or spec.default_precision) == "int8" and hi >= QDQ_MIN_OPSET:
             lo = max(lo, QDQ_MIN_OPSET)  # per-channel DequantizeLinear needs it: convert up first
-        return cls((lo, hi), min(max(spec.opset, lo), hi), ops_to_decompose(spec))
+        skip = get_backend(spec.backend).wrong_after
+        return cls((lo, hi), min(max(spec.opset, lo), hi), ops_to_decompose(spec), skip)
 
     def run(self, state: CompileState) -> PassResult:
         state.onnx_model, report = canonicalize(
-            state.onnx_model, tuple(state.input.shape), self.opset_range, self.opset, self.decompose
+            state.onnx_model, tuple(state.input.shape), self.opset_range, self.opset, self.decompose, self.skip
         )
         return PassResult(state, changed=report.changed, output=CanonicalizeOutput(report))
