@@ -224,9 +224,9 @@ def test_target_spec():
 
 
 def test_shufflenet_v2_keeps_its_channel_shuffle_for_openvino(tmp_path, monkeypatch):
-    """OpenVINO's CPU plugin computed ShuffleNetV2 wrongly in f32 once canonicalize wrote its channel
-    shuffle as a Gather of channels (relative error ~1); the exporter's Reshape → Transpose → Reshape runs
-    right. If the second compile stops failing, OpenVINO fixed it and ``wrong_after`` can go."""
+    """OpenVINO's CPU plugin computed ShuffleNetV2 wrongly once canonicalize wrote its channel shuffle as
+    a Gather of channels (relative error ~1); the exporter's Reshape → Transpose → Reshape runs right. If
+    this test's first half stops failing, OpenVINO fixed it and ``wrong_after`` can go."""
     from conformance_models import ARCHITECTURES, calibration_images, export, realistic_weights
 
     shape = (1, 3, 64, 64)
@@ -241,6 +241,6 @@ def test_shufflenet_v2_keeps_its_channel_shuffle_for_openvino(tmp_path, monkeypa
     m = compile_fp32("kept")
     canon = next(p["metrics"] for p in m["passes"] if p["name"] == "canonicalize")
     assert "channel_shuffle_to_gather" not in canon["rewrites"] and m["fidelity"]["relative_error"] < 1e-5
-    monkeypatch.setattr(OpenVINOBackend, "wrong_after", {})
+    monkeypatch.setattr(OpenVINOBackend, "wrong_after", frozenset())
     with pytest.raises(PassFailedError, match="disagrees with the source ONNX model"):
         compile_fp32("gathered")

@@ -99,8 +99,8 @@ class Backend(abc.ABC):
     extra: ClassVar[str | None] = None  # pip extra that installs them
     # The activation schemes (edgekd.quant.qparams.SCHEMES) the runtime computes; None: every one.
     activation_schemes: ClassVar[tuple[str, ...] | None] = None
-    # canonicalize rewrites (CanonicalReport.rewrites keys) this runtime computes wrongly, by precision
-    wrong_after: ClassVar[dict[str, frozenset[str]]] = {}
+    # canonicalize rewrites (CanonicalReport.rewrites keys) this runtime computes wrongly: not applied
+    wrong_after: ClassVar[frozenset[str]] = frozenset()
 
     def available(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in self.modules)

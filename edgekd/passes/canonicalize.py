@@ -77,7 +77,7 @@ class CanonicalizePass(Pass):
         lo, hi = spec.opset_range
         if (config.precision or spec.default_precision) == "int8" and hi >= QDQ_MIN_OPSET:
             lo = max(lo, QDQ_MIN_OPSET)  # per-channel DequantizeLinear needs it: convert up first
-        skip = get_backend(spec.backend).wrong_after.get(config.precision or spec.default_precision, frozenset())
+        skip = get_backend(spec.backend).wrong_after
         return cls((lo, hi), min(max(spec.opset, lo), hi), ops_to_decompose(spec), skip)
 
     def run(self, state: CompileState) -> PassResult:
