@@ -188,11 +188,12 @@ def markdown(
         "fidelity columns are degenerate (an SQNR of ∞ or 0 dB, top-1 trivially 100 %). They test the import.",
         "- `light/* (realistic)`: the same graphs with Kaiming-normal weights in place of the generators and "
         "every Conv/Gemm output rescaled to unit deviation on real images (LSUV-style), so that fidelity is "
-        "meaningful; each residual branch joins its skip at 0.2 of that scale, as in trained ResNets (at unit "
+        "meaningful; each residual branch joins its skip at 0.2 of that scale, small as zero-init-residual "
+        "training starts it (at unit "
         "scale a random BatchNorm network is chaotic: light ResNet-50 turned input noise at -40 dB into logits "
         "at 20 dB, no quantized copy of it could track float; at 0.2, 38 dB). Untrained, so top-1 agreement is "
-        "measured on near-tied logits and is a harsh test; the residual networks (ResNet-50, ShuffleNet) "
-        "still lose about 1 dB per block, their simulation stays 14-17 dB from float.",
+        "measured on near-tied logits and is a harsh test; ResNet-50 still loses about 1 dB per block, and its "
+        "simulation and ShuffleNet's stay 14-17 dB from float.",
         f"- the stock architectures (tests/conformance_models.py), {training} (the U-Net segmenter and the "
         "Ultralytics-style detector keep random weights with BatchNorm recalibrated), exported by torch at "
         "opset 11 with dynamic N/H/W and at opsets 13 and 17 static; 64×64 input (the Ultralytics-style "

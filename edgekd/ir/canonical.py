@@ -84,6 +84,20 @@ def _drop_identities(graph: ir.Graph) -> None:
             bypass(graph, node, node.inputs[0])
 
 
+# The pattern rewrites, in the order they run, by the key the report counts them under (and a backend's
+# ``wrong_after`` names).
+PATTERN_REWRITES = {
+    "sum_to_add": normalize.sum_to_add,
+    "div_by_constant_to_mul": normalize.div_by_constant,
+    "batchnorm_to_mul_add": normalize.lower_batchnorm,
+    "reduce_mean_to_global_pool": normalize.reduce_mean_to_global_pool,
+    "channel_shuffle_to_gather": normalize.channel_shuffle_to_gather,
+    "square_to_mul": normalize.square_to_mul,
+    "div_by_sqrt_to_rsqrt": normalize.div_by_sqrt,
+    "softmax_unflattened": normalize.unflatten_softmax,
+}
+
+
 def canonicalize(
     model: ir.Model,
     shape: Sequence[int],
@@ -117,20 +131,7 @@ def canonicalize(
     if report.rewrites["hard_activation_fused"]:
         common.RemoveUnusedNodesPass()(model)
     _infer_shapes(model)
-    report.rewrites.update(
-        {
-            "sum_to_add": normalize.sum_to_add(graph),
-            "div_by_constant_to_mul": normalize.div_by_constant(graph),
-            "batchnorm_to_mul_add": normalize.lower_batchnorm(graph),
-            "reduce_mean_to_global_pool": normalize.reduce_mean_to_global_pool(graph),
-            "channel_shuffle_to_gather": (
-                0 if "channel_shuffle_to_gather" in skip else normalize.channel_shuffle_to_gather(graph)
-            ),
-            "square_to_mul": normalize.square_to_mul(graph),
-            "div_by_sqrt_to_rsqrt": normalize.div_by_sqrt(graph),
-            "softmax_unflattened": normalize.unflatten_softmax(graph),
-        }
-    )
+    report.rewrites.update({key: 0 if key in skip else rewrite(graph) for key, rewrite in PATTERN_REWRITES.items()})
     report.rewrites["affine_chain_merged"] = normalize.merge_affine_chains(graph)
     report.rewrites["affine_folded_into_conv"] = normalize.fold_affine_into_conv(graph)
     ir.passes.Sequential(common.RemoveUnusedNodesPass(), common.TopologicalSortPass())(model)

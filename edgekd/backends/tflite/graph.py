@@ -117,13 +117,12 @@ class Lowering:
     def sole_reader(self, name: str):
         """The one node reading tensor ``name`` (None when it has none, several, or is a graph output)."""
         if self._readers is None:
-            self._readers = {}
+            self._readers = {o.name: [None] for o in self.model.graph.output}  # a graph output: read outside
             for n in self.model.graph.node:
                 for i in n.input:
                     self._readers.setdefault(i, []).append(n)
         readers = self._readers.get(name, [])
-        outputs = {o.name for o in self.model.graph.output}
-        return readers[0] if len(readers) == 1 and name not in outputs else None
+        return readers[0] if len(readers) == 1 else None
 
     def get(self, name: str) -> Val:
         if name not in self.env:

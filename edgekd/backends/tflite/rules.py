@@ -236,8 +236,8 @@ def float_only_nodes(model: onnx.ModelProto) -> list[Unsupported]:
         name, op = node.name or node.op_type, node.op_type
         if op == "Elu":
             bad.append(Unsupported(name, op, "Elu has no int8 TFLite kernel: the converter keeps it float"))
-        elif op == "LRN" and lrn_int8_refusal(node_attrs(node)):
-            bad.append(Unsupported(name, op, lrn_int8_refusal(node_attrs(node))))
+        elif op == "LRN" and (why := lrn_int8_refusal(node_attrs(node))):
+            bad.append(Unsupported(name, op, why))
         elif (
             op == "Pow"
             and node.input[1] in consts
