@@ -14,7 +14,9 @@ trains on random crops (``--crop`` px, most of them centred near an object, with
 images' own resolution and is evaluated on whole 640 × 640 validation images, which costs a fraction of
 full-image training on a CPU. The images are decoded once into a uint8 cache (``--cache-dir``).
 
-Every epoch is checkpointed (``--resume`` continues); every ``--eval-every`` epochs the EMA weights are
+Every epoch is checkpointed (``--resume`` continues); ``--init WEIGHTS`` starts a new cosine cycle of
+``--epochs`` epochs from a finished run's weights (a warm restart; the record keeps the earlier run's record
+under ``init`` and numbers its epochs after it); every ``--eval-every`` epochs the EMA weights are
 scored on the validation split (COCO mAP50-95 / mAP50, faster-coco-eval). The result is a plain
 state_dict of the EMA weights plus a JSON record (command, epochs, seconds per epoch, mAP per evaluation).
 """
@@ -230,6 +232,7 @@ def main(argv=None) -> int:  # long on purpose: the whole training recipe, top t
     ap.add_argument("--cache-dir", default=".cache")
     ap.add_argument("--out", default="examples/people-det/teacher.pth")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", help="weights of a finished run (its .json beside them) to continue from")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -242,6 +245,14 @@ def main(argv=None) -> int:  # long on purpose: the whole training recipe, top t
     images, boxes = decode_split(train_set, args.size, cache / f"people-det-train-{args.size}.npy")
 
     model = build().to(memory_format=torch.channels_last)
+    init_record, first_epoch = None, 0
+    if args.init:
+        init_json = Path(args.init).with_suffix(".json")
+        if not init_json.exists():
+            ap.error(f"--init {args.init}: its training record {init_json} is missing; pass weights this script wrote")
+        model.load_state_dict(torch.load(args.init, weights_only=True))
+        init_record = json.loads(init_json.read_text())
+        first_epoch = init_record.get("total_epochs", init_record["epochs"])
     loss_fn = DetectionLoss(model.strides)
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.999))
     steps_per_epoch = len(train_set) * args.crops_per_image // args.batch_size
@@ -252,7 +263,8 @@ def main(argv=None) -> int:  # long on purpose: the whole training recipe, top t
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     ema = Ema(model)
-    ckpt_path = cache / "people-det-teacher.ckpt"
+    # a continued run checkpoints apart from the run that made its starting weights
+    ckpt_path = cache / (f"people-det-teacher-from-{first_epoch}.ckpt" if args.init else "people-det-teacher.ckpt")
     start, history = 0, []
     if args.resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=True)
@@ -291,7 +303,11 @@ def main(argv=None) -> int:  # long on purpose: the whole training recipe, top t
                     f"({time.time() - t0:.0f}s)",
                     flush=True,
                 )
-        record = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 1), **{k: v / seen for k, v in sums.items()}}
+        record = {
+            "epoch": first_epoch + epoch + 1,
+            "seconds": round(time.time() - t0, 1),
+            **{k: v / seen for k, v in sums.items()},
+        }
         end_epoch(record, epoch + 1, ema.model, val_set, args)
         history.append(record)
         save_atomically(
@@ -315,6 +331,8 @@ def main(argv=None) -> int:  # long on purpose: the whole training recipe, top t
         "data": ATTRIBUTION,
         "model": MODEL,
         "epochs": args.epochs,
+        "total_epochs": first_epoch + args.epochs,
+        "init": None if init_record is None else {"weights": args.init, "record": init_record},
         "batch_size": args.batch_size,
         "crop": args.crop,
         "lr": args.lr,
