@@ -145,7 +145,7 @@ class PassFailedError(EdgekdError):
 class FidelityError(EdgekdError):
     """The artifact computes something other than its reference."""
 
-    default_hint = "inspect the artifact with --keep-failed, or compare against the simulation with `edgekd inspect`"
+    default_hint = "--keep-failed keeps the artifact and the manifest with the fidelity figures"
 
 
 class BenchmarkError(EdgekdError):

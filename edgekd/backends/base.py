@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import onnx
     import onnx_ir as ir
 
+    from edgekd.runtime.divergence import Site, TapFn
     from edgekd.specs import TargetSpec
 
 
@@ -153,6 +154,11 @@ class Backend(abc.ABC):
         """The compute layers of the artifact as the runtime compiled it, in execution order (layout moves
         and quantize/dequantize steps left out); ``model`` is the emitted graph. None: the runtime cannot
         be asked here (an engine built on the board)."""
+        return None
+
+    def tap(self, model_path: Path, sites: list["Site"]) -> "TapFn | None":
+        """The artifact run with the values at ``sites`` read out, dequantized: where verify's disagreement
+        starts (edgekd.runtime.divergence). None: the runtime cannot be read inside here."""
         return None
 
     @abc.abstractmethod

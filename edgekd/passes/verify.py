@@ -19,6 +19,7 @@ import warnings
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+import onnx_ir as ir
 
 from edgekd.backends import get_backend
 from edgekd.config import CompileConfig
@@ -29,7 +30,9 @@ from edgekd.ir.detector import decoded_outputs
 from edgekd.metrics import compare_outputs
 from edgekd.passes.base import Pass, PassResult
 from edgekd.passes.graph_nms import GraphNmsOutput
+from edgekd.quant.placement import WEIGHTED
 from edgekd.quant.qparams import sqnr_db
+from edgekd.runtime.divergence import Departure, activation_sites, departures, simulate_sites, sqnr_by_site
 from edgekd.specs import TargetSpec
 from edgekd.state import EMITTED, CompileState, PassOutput
 
@@ -168,11 +171,23 @@ class VerifyPass(Pass):
                 output, problems, got, want, [state.float_reference(x) for x in inputs]
             )
         if problems:
-            raise FidelityError(
-                f"the {self.backend.name} artifact disagrees with the {state.reference_name}: " + "; ".join(problems),
-                output=output,
+            message = f"the {self.backend.name} artifact disagrees with the {state.reference_name}: " + "; ".join(
+                problems
             )
+            found = self._where(state, inputs[0]) if quantized else None
+            raise FidelityError(*_located(message, *found) if found else (message,), output=output)
         return PassResult(state, changed=False, output=output)
+
+    def _where(self, state: CompileState, x: np.ndarray) -> tuple[list[Departure], dict[str, float]] | None:
+        """Where the artifact's activations leave the simulation's, when its runtime can be read inside:
+        the layers that lose ``DEPARTURE_DB`` at once, and every activation's SQNR vs the simulation."""
+        model = ir.to_proto(state.onnx_model)
+        sites = activation_sites(model)
+        tap = self.backend.tap(state.workdir / self.backend.main_file(state.artifact_files), sites) if sites else None
+        if tap is None:
+            return None
+        db = sqnr_by_site(tap(x), simulate_sites(model, sites, x))
+        return (departures(model, sites, db), db) if db else None
 
     def _selection(self, state: CompileState, names: list[str], got: list) -> dict:
         boxes, scores = (names.index(v.name) for v in decoded_outputs(state.onnx_model.graph))
@@ -240,6 +255,26 @@ class VerifyPass(Pass):
                 f"top-1 differs on {decisive} of {out.samples} samples where the reference is not a near-tie"
             )
         return problems
+
+
+def _located(message: str, found: list[Departure], db: dict[str, float]) -> tuple[str, str]:
+    """The refusal with the layer that departs from the simulation, or with how the difference grew."""
+    if found:
+        weighted = [n for n, op in zip(found[0].nodes, found[0].ops) if op in WEIGHTED]
+        keep = f"keep {', '.join(weighted)} in float with --keep-float {','.join(weighted)}; " if weighted else ""
+        return (
+            f"{message}; it departs from the simulation at {found[0].describe()}",
+            keep + "--keep-failed keeps the artifact to report to the runtime's maintainers",
+        )
+    finite = [v for v in db.values() if math.isfinite(v)]  # the graph input's pair is exact
+    first, last = (finite[0], finite[-1]) if finite else (math.inf, math.inf)
+    return (
+        f"{message}; no layer departs from the simulation at once: SQNR vs it falls layer by layer, "
+        f"{first:.0f} dB at the first quantized activation to {last:.0f} dB at the last (the integer kernels' "
+        "rounding adds up)",
+        "keep the most sensitive layers in float (--keep-float N, with the sensitivity pass), or calibrate on more "
+        "images like the model's inputs",
+    )
 
 
 def _without(runs: list, names: list[str]) -> list:

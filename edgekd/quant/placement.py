@@ -30,6 +30,8 @@ simulation, so the fidelity check follows whichever is chosen.
   classifier keep their pairs: without the first, the first convolution runs in f32 behind an f32
   reorder (1.05-1.09× NNCF's latency on MobileNetV2); without the second, the fully-connected layer runs
   in f32 on i8 weights, no faster.
+  A pair is not hoisted above an average pool or a linear Resize: the plugin rounds their int8 output
+  onto their input's grid, so the pair on their output copies the input's parameters (``interpolates``).
 
 Functions written out in primitive ops that integer runtimes run as one kernel (GELU with Erf,
 ``1 / sqrt(x)``; ``edgekd.ir.patterns.composites``) get no pair inside them, only on their output.
@@ -401,16 +403,28 @@ def _output_sites(
                     )
 
 
+def interpolates(node: ir.Node | None) -> bool:
+    """An average pool or a non-nearest Resize: on an int8 input its output lies between the input's grid
+    points, and OpenVINO's int8 kernel rounds it back onto that grid (light Inception-v2's pooled branch
+    read by a 1×1 convolution: 33 dB from the simulation that averaged in float, 80 dB on the grid)."""
+    if node is None:
+        return False
+    return node.op_type == "AveragePool" or (
+        node.op_type == "Resize" and (node.attributes.get_string("mode", "nearest") or "nearest") != "nearest"
+    )
+
+
 def _hoisted(node: ir.Node, idx: int, v: ir.Value, data: set[ir.Value]) -> tuple[ir.Node, int, ir.Value]:
     """The edge to quantize for ``node``'s input ``idx``: moved up through ops that only move values
     (Flatten, Reshape, MaxPool, ...) while each is the value's only reader, so the pair lands on the
     output of the op that computed the values and the runtime folds it in there (as NNCF propagates
-    its quantizers)."""
+    its quantizers). Not through an op that ``interpolates``: its output is not on its input's grid."""
     while True:
         producer = v.producer()
         if (
             producer is None
             or producer.op_type not in GRID_PRESERVING
+            or interpolates(producer)
             or len(v.uses()) != 1
             or v.is_graph_output()
             or not _is_float_activation(producer.inputs[0], data)
@@ -428,8 +442,8 @@ def _summed_in_float(v: ir.Value) -> bool:
 
 def _input_sites(graph: ir.Graph, data: set[ir.Value], plan: QuantPlan, ops: frozenset[str], hoist: bool) -> None:
     """Q/DQ on the data inputs of ``ops`` only, each pair read by exactly those inputs (``hoist``: moved
-    above value-moving ops). An element-wise op is quantized only when all its inputs are activations
-    (not a bias or scale constant)."""
+    above value-moving ops, OpenVINO's placement). An element-wise op is quantized only when all its inputs
+    are activations (not a bias or scale constant)."""
     wanted: dict[str, set[tuple[str, int]]] = {}
     for node in graph:
         if node.name in plan.keep_float or node.name in plan.float_tail or node.op_type not in ops:
@@ -448,3 +462,9 @@ def _input_sites(graph: ir.Graph, data: set[ir.Value], plan: QuantPlan, ops: fro
                 wanted.setdefault(v.name, set()).add((reader.name, at))
     for name, consumers in wanted.items():
         plan.activations[name] = ActivationSite(name, tuple(sorted(consumers)), False, None)
+    if not hoist:
+        return
+    for node in graph:  # OpenVINO rounds an interpolation's int8 output onto its input's grid
+        out, source = node.outputs[0].name, node.inputs[0].name if node.inputs and node.inputs[0] else None
+        if interpolates(node) and out in plan.activations and source in plan.activations:
+            plan.activations[out] = replace(plan.activations[out], same_as=plan.activations[source].same_as or source)

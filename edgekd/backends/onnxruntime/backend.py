@@ -40,6 +40,24 @@ class OnnxRuntimeBackend(Backend):
     def session(self, model_path: Path, threads: int = 1) -> RunFn:
         return onnx_run_fn(ort_session(model_path, threads))
 
+    def tap(self, model_path: Path, sites):
+        """The sites' int8 tensors as extra outputs: read there, they leave ORT's QDQ fusions as they are."""
+        import onnx
+
+        from edgekd.runtime.divergence import with_outputs
+
+        model = onnx.load(str(model_path))
+        produced = {o for n in model.graph.node for o in n.output}
+        kept = [s for s in sites if s.quantized in produced]
+        sess = ort_session(with_outputs(model, [s.quantized for s in kept]).SerializeToString())
+        names, feed = [o.name for o in sess.get_outputs()], sess.get_inputs()[0].name
+
+        def run(x):
+            values = dict(zip(names, sess.run(None, {feed: x})))
+            return {s.tensor: s.dequantize(values[s.quantized]) for s in kept}
+
+        return run
+
     def io(self, model_path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
         sess = ort_session(model_path)
 

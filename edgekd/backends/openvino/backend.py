@@ -206,6 +206,24 @@ class OpenVINOBackend(Backend):
 
         return in_model_batches(one, batch)
 
+    def tap(self, model_path: Path, sites):
+        """The sites' dequantized tensors (FakeQuantize outputs in the IR) as extra results."""
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(model_path))
+        named = {n for op in model.get_ops() for port in op.outputs() for n in port.get_names()}
+        kept = [s for s in sites if s.dequantized in named]
+        if kept:
+            model.add_outputs([s.dequantized for s in kept])
+        compiled = core.compile_model(model, DEVICE, runtime_config(1))
+
+        def run(x):
+            got = {n: v for port, v in compiled(x).items() for n in port.get_names()}
+            return {s.tensor: got[s.dequantized] for s in kept if s.dequantized in got}
+
+        return run
+
     def io(self, model_path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
         import openvino as ov
 

@@ -1,0 +1,111 @@
+"""Verify names the layer where an artifact departs from its QDQ simulation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from conftest import ROOT, compile_quick, realistic
+from edgekd.backends import get_backend
+from edgekd.errors import PassFailedError
+from edgekd.runtime.divergence import activation_sites, departures, simulate_sites, sqnr_by_site
+
+CALIB = ROOT / "calibration" / "cifar10"
+
+
+def chain() -> onnx.ModelProto:
+    """x → Q/DQ → Conv a → Relu → Q/DQ (s1) → Conv b → Q/DQ (s2) → Conv c → Q/DQ (s3)."""
+    nodes, inits = [], [numpy_helper.from_array(np.array(0.1, np.float32), "scale")]
+    inits.append(numpy_helper.from_array(np.array(0, np.int8), "zero"))
+
+    def pair(t: str) -> str:
+        nodes.append(helper.make_node("QuantizeLinear", [t, "scale", "zero"], [f"{t}_q"], name=f"{t}_Q"))
+        nodes.append(helper.make_node("DequantizeLinear", [f"{t}_q", "scale", "zero"], [f"{t}_dq"], name=f"{t}_DQ"))
+        return f"{t}_dq"
+
+    x = pair("x")
+    for conv, out in (("a", "s1"), ("b", "s2"), ("c", "s3")):
+        inits.append(numpy_helper.from_array(np.full((2, 2, 1, 1), 0.5, np.float32), f"w_{conv}"))
+        nodes.append(helper.make_node("Conv", [x, f"w_{conv}"], [f"{conv}_out"], name=conv))
+        if conv == "a":
+            nodes.append(helper.make_node("Relu", ["a_out"], [out], name="a_relu"))
+        else:
+            nodes.append(helper.make_node("Identity", [f"{conv}_out"], [out], name=f"{conv}_id"))
+        x = pair(out)
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 2, 4, 4])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_layer_losing_tens_of_db_at_once_is_named_with_the_nodes_before_it():
+    model = chain()
+    sites = activation_sites(model)
+    assert [s.tensor for s in sites] == ["x", "s1", "s2", "s3"]
+    found = departures(model, sites, {"x": np.inf, "s1": 50.0, "s2": 3.0, "s3": 1.0})
+    assert [(d.site, d.nodes, d.ops) for d in found] == [("s2", ("b", "b_id"), ("Conv", "Identity"))]
+    assert "50.0 dB on its inputs, 3.0 dB at 's2'" in found[0].describe()
+
+
+def test_rounding_that_adds_up_layer_by_layer_is_no_departure():
+    model = chain()
+    assert departures(model, activation_sites(model), {"x": np.inf, "s1": 70.0, "s2": 58.0, "s3": 46.0}) == []
+
+
+class WideGroups(nn.Module):
+    """A grouped 1×1 convolution with 68 input channels per group, as in ShuffleNet v1's stage 3."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 272, 3, padding=1), nn.BatchNorm2d(272), nn.ReLU())
+        self.grouped = nn.Sequential(nn.Conv2d(272, 272, 1, groups=4), nn.BatchNorm2d(272), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(272, 10))
+
+    def forward(self, x):
+        return self.head(self.grouped(self.stem(x)))
+
+
+@pytest.fixture(scope="module")
+def wide_groups(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("wide") / "wide_groups.onnx"
+    torch.manual_seed(0)
+    torch.onnx.export(realistic(WideGroups()), torch.zeros(1, 3, 16, 16), str(path), opset_version=17, dynamo=False)
+    return path
+
+
+def test_openvino_refusal_names_the_layer_its_kernel_computes_wrongly(wide_groups, tmp_path, monkeypatch):
+    """With the per-group split turned off, OpenVINO's int8 kernel for the wide grouped convolution
+    computes something else; the refusal names that convolution and the flag that keeps it float."""
+    import edgekd.backends.openvino.grouped_conv as grouped_conv
+
+    compiled = compile_quick(wide_groups, "openvino-cpu", tmp_path / "split", (1, 3, 16, 16), CALIB)
+    assert compiled.manifest["backend_report"]["convert"]["grouped_convs_split"]
+    monkeypatch.setattr(grouped_conv, "split_grouped_convs", lambda model: [])
+    with pytest.raises(PassFailedError, match=r"departs from the simulation at (\S+) \(Conv\)") as e:
+        compile_quick(wide_groups, "openvino-cpu", tmp_path / "whole", (1, 3, 16, 16), CALIB)
+    layer = e.value.message.split("departs from the simulation at ")[1].split(" ")[0]
+    assert f"--keep-float {layer}" in e.value.hint
+    kept = compile_quick(wide_groups, "openvino-cpu", tmp_path / "kept", (1, 3, 16, 16), CALIB, keep_float=(layer,))
+    assert kept.manifest["fidelity"]["relative_error"] < 0.05
+
+
+def test_onnxruntime_tap_reads_every_integer_tensor(wide_groups, tmp_path):
+    out = compile_quick(wide_groups, "onnx-cpu", tmp_path / "ort", (1, 3, 16, 16), CALIB).output
+    backend = get_backend("onnxruntime")
+    model = onnx.load(str(out / "model.onnx"))
+    sites = activation_sites(model)
+    x = np.random.default_rng(0).normal(size=(1, 3, 16, 16)).astype(np.float32)
+    tapped = backend.tap(out / "model.onnx", sites)(x)
+    assert set(tapped) == {s.tensor for s in sites}
+    db = sqnr_by_site(tapped, simulate_sites(model, sites, x))
+    assert min(db.values()) > 25 and departures(model, sites, db) == []
