@@ -105,7 +105,35 @@ def test_onnxruntime_tap_reads_every_integer_tensor(wide_groups, tmp_path):
     model = onnx.load(str(out / "model.onnx"))
     sites = activation_sites(model)
     x = np.random.default_rng(0).normal(size=(1, 3, 16, 16)).astype(np.float32)
-    tapped = backend.tap(out / "model.onnx", sites)(x)
+    tapped = backend.tap(out / "model.onnx", sites, model)(x)
     assert set(tapped) == {s.tensor for s in sites}
     db = sqnr_by_site(tapped, simulate_sites(model, sites, x))
     assert min(db.values()) > 25 and departures(model, sites, db) == []
+
+
+def test_litert_tap_finds_the_sites_in_the_converters_fused_tensor_names(wide_groups, tmp_path, monkeypatch):
+    """The converter names tensors after the TF ops it fused; the lowering's name scopes in those names lead
+    back to the Q/DQ sites (the grouped convolution lowered in four parts: their concatenation)."""
+    monkeypatch.setenv("EDGEKD_DUMP_IR", str(tmp_path / "ir"))
+    out = compile_quick(wide_groups, "rpi4", tmp_path / "tflite", (1, 3, 16, 16), CALIB).output
+    model = onnx.load(str(next((tmp_path / "ir").glob("*_quantize.onnx"))))  # the graph emit lowered
+    sites = activation_sites(model)
+    x = np.random.default_rng(0).normal(size=(1, 3, 16, 16)).astype(np.float32)
+    tapped = get_backend("tflite").tap(out / "model.tflite", sites, model)(x)
+    # every site but the Flatten before the classifier, which FULLY_CONNECTED does itself
+    assert {s.tensor for s in sites} - set(tapped) == {"/head/head.1/Flatten_output_0"}
+    db = sqnr_by_site(tapped, simulate_sites(model, sites, x))
+    assert min(db.values()) > 25 and departures(model, sites, db) == []
+
+
+def test_a_refusal_without_a_departing_layer_says_how_the_difference_grew():
+    from edgekd.passes.verify import _located
+
+    db = {"x": np.inf, "a": 80.0, "b": 55.0, "c": 30.0}
+    message, hint = _located("disagrees", [], db, float_layers=True)
+    assert message.endswith(
+        "80 dB at the first quantized activation to 30 dB at the last (the integer kernels' rounding adds up)"
+    )
+    assert "--keep-float N" in hint
+    _, full_int8 = _located("disagrees", [], db, float_layers=False)
+    assert "--keep-float" not in full_int8 and "mixes precisions" in full_int8

@@ -102,6 +102,8 @@ class Backend(abc.ABC):
     activation_schemes: ClassVar[tuple[str, ...] | None] = None
     # canonicalize rewrites (CanonicalReport.rewrites keys) this runtime computes wrongly: not applied
     wrong_after: ClassVar[frozenset[str]] = frozenset()
+    # whether an int8 artifact may keep layers in float (--keep-float); TFLite full int8 may not
+    float_layers: ClassVar[bool] = True
 
     def available(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in self.modules)
@@ -156,9 +158,10 @@ class Backend(abc.ABC):
         be asked here (an engine built on the board)."""
         return None
 
-    def tap(self, model_path: Path, sites: list["Site"]) -> "TapFn | None":
-        """The artifact run with the values at ``sites`` read out, dequantized: where verify's disagreement
-        starts (edgekd.runtime.divergence). None: the runtime cannot be read inside here."""
+    def tap(self, model_path: Path, sites: list["Site"], model: "onnx.ModelProto") -> "TapFn | None":
+        """The artifact run with the values at ``sites`` of ``model`` (the graph it was emitted from) read
+        out, dequantized: where verify's disagreement starts (edgekd.runtime.divergence). None: the runtime
+        cannot be read inside here."""
         return None
 
     @abc.abstractmethod

@@ -175,7 +175,8 @@ class VerifyPass(Pass):
                 problems
             )
             found = self._where(state, inputs[0]) if quantized else None
-            raise FidelityError(*_located(message, *found) if found else (message,), output=output)
+            located = _located(message, *found, self.backend.float_layers) if found else (message,)
+            raise FidelityError(*located, output=output)
         return PassResult(state, changed=False, output=output)
 
     def _where(self, state: CompileState, x: np.ndarray) -> tuple[list[Departure], dict[str, float]] | None:
@@ -183,7 +184,11 @@ class VerifyPass(Pass):
         the layers that lose ``DEPARTURE_DB`` at once, and every activation's SQNR vs the simulation."""
         model = ir.to_proto(state.onnx_model)
         sites = activation_sites(model)
-        tap = self.backend.tap(state.workdir / self.backend.main_file(state.artifact_files), sites) if sites else None
+        tap = (
+            self.backend.tap(state.workdir / self.backend.main_file(state.artifact_files), sites, model)
+            if sites
+            else None
+        )
         if tap is None:
             return None
         db = sqnr_by_site(tap(x), simulate_sites(model, sites, x))
@@ -257,23 +262,31 @@ class VerifyPass(Pass):
         return problems
 
 
-def _located(message: str, found: list[Departure], db: dict[str, float]) -> tuple[str, str]:
-    """The refusal with the layer that departs from the simulation, or with how the difference grew."""
+def _located(message: str, found: list[Departure], db: dict[str, float], float_layers: bool) -> tuple[str, str]:
+    """The refusal with the layer that departs from the simulation, or with how the difference grew; the
+    hint keeps layers in float where the target can."""
+    mixed = "" if float_layers else "; a target that mixes precisions (onnx-cpu, openvino-cpu) can keep layers in float"
     if found:
         weighted = [n for n, op in zip(found[0].nodes, found[0].ops) if op in WEIGHTED]
         keep = f"keep {', '.join(weighted)} in float with --keep-float {','.join(weighted)}; " if weighted else ""
         return (
             f"{message}; it departs from the simulation at {found[0].describe()}",
-            keep + "--keep-failed keeps the artifact to report to the runtime's maintainers",
+            (keep if float_layers else "")
+            + "--keep-failed keeps the artifact to report to the runtime's maintainers"
+            + mixed,
         )
     finite = [v for v in db.values() if math.isfinite(v)]  # the graph input's pair is exact
     first, last = (finite[0], finite[-1]) if finite else (math.inf, math.inf)
+    keep = (
+        "keep the most sensitive layers in float (--keep-float N, with the sensitivity pass), or "
+        if float_layers
+        else ""
+    )
     return (
         f"{message}; no layer departs from the simulation at once: SQNR vs it falls layer by layer, "
         f"{first:.0f} dB at the first quantized activation to {last:.0f} dB at the last (the integer kernels' "
         "rounding adds up)",
-        "keep the most sensitive layers in float (--keep-float N, with the sensitivity pass), or calibrate on more "
-        "images like the model's inputs",
+        f"{keep}calibrate on more images like the model's inputs{mixed}",
     )
 
 

@@ -106,8 +106,13 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 
 def sqnr_by_site(artifact: dict[str, np.ndarray], simulation: dict[str, np.ndarray]) -> dict[str, float]:
-    """Per site read from the artifact, its SQNR vs the simulation (dB), in the sites' order."""
-    return {t: sqnr_db(simulation[t].astype(np.float64), a.astype(np.float64)) for t, a in artifact.items()}
+    """Per site read from the artifact, its SQNR vs the simulation (dB), in the sites' order. A runtime may
+    hold a tensor in its own layout of the same values (a classifier as a 1×1 convolution: [1, C, 1, 1])."""
+    return {
+        t: sqnr_db(simulation[t].astype(np.float64), a.reshape(simulation[t].shape).astype(np.float64))
+        for t, a in artifact.items()
+        if a.size == simulation[t].size
+    }
 
 
 def departures(model: onnx.ModelProto, sites: list[Site], db: dict[str, float]) -> list[Departure]:
@@ -119,8 +124,10 @@ def departures(model: onnx.ModelProto, sites: list[Site], db: dict[str, float]) 
     found = []
     for tensor, value in db.items():
         nodes, upstream = _computed_from(tensor, producer, site_of)
+        if any(u not in db for u in upstream):
+            continue  # a site the runtime keeps no tensor for: nothing to compare against
         nodes.sort(key=lambda n: order[id(n)])
-        worst = min((db.get(u, math.inf) for u in upstream), default=math.inf)
+        worst = min((db[u] for u in upstream), default=math.inf)
         names = tuple(n.name or n.output[0] for n in nodes)
         found.append(Departure(tensor, names, tuple(n.op_type for n in nodes), worst, value))
     return sorted((d for d in found if d.drop >= DEPARTURE_DB), key=lambda d: -d.drop)

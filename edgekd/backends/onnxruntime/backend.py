@@ -40,7 +40,7 @@ class OnnxRuntimeBackend(Backend):
     def session(self, model_path: Path, threads: int = 1) -> RunFn:
         return onnx_run_fn(ort_session(model_path, threads))
 
-    def tap(self, model_path: Path, sites):
+    def tap(self, model_path: Path, sites, model):
         """The sites' int8 tensors as extra outputs: read there, they leave ORT's QDQ fusions as they are."""
         import onnx
 

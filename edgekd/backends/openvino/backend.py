@@ -206,7 +206,7 @@ class OpenVINOBackend(Backend):
 
         return in_model_batches(one, batch)
 
-    def tap(self, model_path: Path, sites):
+    def tap(self, model_path: Path, sites, model):
         """The sites' dequantized tensors (FakeQuantize outputs in the IR) as extra results."""
         import openvino as ov
 

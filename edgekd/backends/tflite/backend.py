@@ -100,6 +100,18 @@ def _save_repro(tf, lowered, quantized: bool, input_type: str, output_type: str)
     return d
 
 
+def _feed(interp, x: np.ndarray) -> None:
+    """An NCHW float batch into the interpreter's NHWC input, quantized where the input is int8 (as the
+    benchmark runner does on a board)."""
+    from edgekd.data.frames import quantize_input
+
+    inp = interp.get_input_details()[0]
+    x = x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
+    if inp["dtype"] == np.int8:
+        x = quantize_input(x, *inp["quantization"], np.int8)
+    interp.set_tensor(inp["index"], np.ascontiguousarray(x, dtype=inp["dtype"]))
+
+
 class TFLiteBackend(Backend):
     name = "tflite"
     runtime = "litert"
@@ -107,6 +119,7 @@ class TFLiteBackend(Backend):
     modules = ("tensorflow", "ai_edge_litert")
     extra = "tflite"
     activation_schemes = ("asymmetric-int8", "symmetric-int8")  # TFLite's int8 spec: activations are int8
+    float_layers = False
 
     def toolchain_versions(self) -> dict[str, str]:
         out = super().toolchain_versions()
@@ -137,7 +150,7 @@ class TFLiteBackend(Backend):
         opts = inp.spec.raw.get("tflite", {})
         quantized = inp.quantized
         kept = sorted(inp.keep_float)
-        if quantized and kept:
+        if quantized and kept and not self.float_layers:
             raise UnsupportedOpsError(
                 f"{inp.spec.name} runs full int8, with no float layers; kept in float: {', '.join(kept)}",
                 "drop --keep-float / --keep-float-count (or loosen --max-drop), calibrate better, or compile "
@@ -189,18 +202,12 @@ class TFLiteBackend(Backend):
 
     def session(self, model_path: Path, threads: int = 1) -> RunFn:
         from edgekd.backends.tflite.verify import interpreter
-        from edgekd.data.frames import quantize_input
 
         interp = interpreter(Path(model_path), threads)
-        inp = interp.get_input_details()[0]
         outs = interp.get_output_details()
-        batch = int(inp["shape"][0])
 
         def one(x: np.ndarray) -> list[np.ndarray]:
-            x = x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
-            if inp["dtype"] == np.int8:
-                x = quantize_input(x, *inp["quantization"], np.int8)  # as the benchmark runner does on a board
-            interp.set_tensor(inp["index"], np.ascontiguousarray(x, dtype=inp["dtype"]))
+            _feed(interp, x)
             interp.invoke()
             results = []
             for o in outs:
@@ -211,7 +218,12 @@ class TFLiteBackend(Backend):
                 results.append(y.transpose(0, 3, 1, 2) if y.ndim == 4 else y)
             return results
 
-        return in_model_batches(one, batch)
+        return in_model_batches(one, int(interp.get_input_details()[0]["shape"][0]))
+
+    def tap(self, model_path: Path, sites, model):
+        from edgekd.backends.tflite.tap import tap
+
+        return tap(model_path, sites, model, _feed)
 
     def io(self, model_path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
         from edgekd.backends.tflite.verify import interpreter

@@ -231,9 +231,9 @@ class Lowering:
                     continue  # inside a composite: lowered with its last node
                 kind, source = composite[0], composite[1]
                 handler = lambda cx, n, kind=kind, source=source: [cx.composites[kind](cx, cx.get(source))]  # noqa: E731
-            scope = f"n{index}"
+            scope = node_scope(index)
             try:
-                if node.op_type in ("Constant", "Identity", "QuantizeLinear", "DequantizeLinear"):
+                if node.op_type in LOWERED_APART:
                     outs = handler(self, node)
                 else:
                     self.index = index
@@ -255,6 +255,31 @@ class Lowering:
             outs.append(self.tf.identity(self.tensor(v)))
             nhwc.append(v.nhwc)
         return outs, nhwc
+
+
+def node_scope(index: int) -> str:
+    """The TF name scope of the ONNX node at ``index``, which the converter keeps in its tensor names."""
+    return f"n{index}"
+
+
+def quantize_scope(tensor: str) -> str:
+    """The TF name scope of the fake quant of an activation Q/DQ pair on ``tensor``."""
+    return f"q_{scope_name(tensor)}"
+
+
+LOWERED_APART = ("Constant", "Identity", "QuantizeLinear", "DequantizeLinear")  # no node scope of their own
+
+
+def lowering_scopes(graph) -> dict[str, str]:
+    """Name scope → the ONNX tensor it computes, in graph order, as ``Lowering.lower`` names them (read
+    back from a converted model's tensor names by ``verify.owner``)."""
+    scopes = {scope_name(graph.input[0].name): graph.input[0].name}
+    for index, node in enumerate(graph.node):
+        if node.op_type == "QuantizeLinear":
+            scopes[quantize_scope(node.input[0])] = node.input[0]
+        elif node.op_type not in LOWERED_APART:
+            scopes[node_scope(index)] = node.output[0]
+    return scopes
 
 
 def scope_name(onnx_name: str) -> str:

@@ -23,8 +23,8 @@ from edgekd.backends.tflite.graph import (
     Val,
     WeightQ,
     grid,
+    quantize_scope,
     same_pads,
-    scope_name,
 )
 from edgekd.ir.proto_index import constant_node_value, node_attrs
 from edgekd.quant.qparams import quantize_bias
@@ -51,7 +51,7 @@ def _quantize(cx: Lowering, node) -> list[Val]:
     scale, zp = _qparams(cx, node)
     if x.const:
         raise Reject("QuantizeLinear of a constant is not lowered")
-    with cx.tf.name_scope(f"q_{scope_name(node.input[0])}") as scope:
+    with cx.tf.name_scope(quantize_scope(node.input[0])) as scope:
         cx.scopes[scope.rstrip("/")] = node.input[0]
         return [Val(cx.fake_quant(x.t, (scale, zp)), x.nhwc, (scale, zp))]
 

@@ -1,0 +1,51 @@
+"""The converted model's quantized activations, read out of LiteRT for ``edgekd.runtime.divergence``.
+
+LiteRT keeps every intermediate tensor when asked (``experimental_preserve_all_tensors``). Each site is
+found through the lowering's name scopes in the converter's fused tensor names (``verify.owner``), on the
+site's own scale; of several such tensors (a grouped convolution's parts), the whole one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.backends.tflite.graph import lowering_scopes
+from edgekd.backends.tflite.verify import owner
+
+
+def tap(model_path: Path, sites, model, feed):
+    """``feed(interpreter, x)`` sets the input as the session does; returns x → {site tensor: values}."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    scopes = lowering_scopes(model.graph)
+    order = {s: i for i, s in enumerate(scopes)}
+    interp = Interpreter(model_path=str(model_path), experimental_preserve_all_tensors=True)
+    interp.allocate_tensors()
+    carried: dict[str, list[dict]] = {}
+    for d in interp.get_tensor_details():
+        scope, derived = owner(d["name"], order)
+        if scope is not None and not derived and d["quantization"][0]:
+            carried.setdefault(scopes[scope], []).append(d)
+    given = interp.get_input_details()[0]
+    if given["quantization"][0]:  # the int8 input is the graph input's pair, as the runner quantizes it
+        carried[model.graph.input[0].name] = [given]
+    chosen = {}
+    for s in sites:
+        scale = float(np.max(s.scale))
+        same_grid = [d for d in carried.get(s.tensor, []) if abs(d["quantization"][0] - scale) <= 1e-6 * scale]
+        if same_grid and s.scale.size == 1:
+            chosen[s.tensor] = max(same_grid, key=lambda d: int(np.prod(d["shape"])))
+
+    def run(x: np.ndarray) -> dict[str, np.ndarray]:
+        feed(interp, x)
+        interp.invoke()
+        out = {}
+        for tensor, d in chosen.items():
+            scale, zero = d["quantization"]
+            y = (interp.get_tensor(d["index"]).astype(np.float32) - zero) * np.float32(scale)
+            out[tensor] = y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
+        return out
+
+    return run
