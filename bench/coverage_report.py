@@ -142,6 +142,34 @@ def _refusals(results: dict) -> list[str]:
     return lines
 
 
+# What the matrix found the runtimes computing differently from the graph, and what edgekd does about it.
+RUNTIME_FINDINGS = [
+    "## What the runtimes compute differently",
+    "",
+    "A refused verify names the layer where the runtime's own int8 activations leave the simulation's (read "
+    "out of ONNX Runtime, OpenVINO and LiteRT at every Q/DQ pair; `edgekd/runtime/divergence.py`), or says "
+    "that the difference grew layer by layer. Found that way, and handled:",
+    "",
+    "- **OpenVINO 2026.4, int8 grouped 1×1 convolutions with more than 64 input channels per group (not a "
+    "multiple of 64)**: the CPU plugin's kernel comes out 50-73 output steps from the same Q/DQ graph in "
+    "ONNX Runtime (68, 72, ..., 124, 132, ... per group; 34, 64, 128, depthwise, 3×3 and ungrouped are "
+    "exact). Light ShuffleNet's stage 3 (272 channels in 4 groups) went from 47 dB to -2 dB vs the "
+    "simulation at its first such layer. edgekd splits them into one convolution per group before "
+    "conversion (`edgekd/backends/openvino/grouped_conv.py`; its test fails when OpenVINO fixes the kernel).",
+    "- **OpenVINO rounds an int8 average pool's output onto its input's grid**: where a convolution read the "
+    "pool's output, the simulation averaged in float; the pair is now placed on the pool's output with its "
+    "input's parameters (light Inception-v2: 33 → 45 dB vs the simulation at the pool, 23 → 26 dB at the "
+    "last activation).",
+    "- OpenVINO in fp32 computed ShuffleNetV2 wrongly after its channel shuffle became one Gather "
+    "(`Backend.wrong_after`: OpenVINO keeps the exporter's Reshape → Transpose → Reshape).",
+    "- `light/squeezenet` as shipped, fp32 on OpenVINO: its constant weights give 1000 equal logits of "
+    "6.8e9; OpenVINO sums in another order (relative differences of 1e-6, thousands in absolute terms), "
+    "so its softmax is near one-hot where ONNX Runtime's is uniform. The model is degenerate, not the "
+    "artifact; it stays refused.",
+    "",
+]
+
+
 def markdown(
     results: dict,
     targets: list[str],
@@ -211,5 +239,6 @@ def markdown(
     for precision in precisions:
         lines += [f"## {precision}", ""] + _matrix(results, targets, precision) + [""]
     lines += _classifiers(results, context or {})
+    lines += RUNTIME_FINDINGS
     lines += ["## Refusals in full", ""] + _refusals(results) + [""]
     return "\n".join(lines)

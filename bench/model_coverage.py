@@ -30,6 +30,7 @@ for every model. Results are kept in the JSON as they come, so an interrupted ru
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -253,11 +254,8 @@ def vs_float(artifact_run, source: Path, images: np.ndarray, classifier: bool) -
     from edgekd.quant.qparams import sqnr_db
     from edgekd.runtime import onnx_run_fn, ort_session
 
-    float_run = onnx_run_fn(ort_session(source, threads=2))
-    got, want = [], []
-    for i in range(len(images)):  # one at a time: artifacts keep the batch of 1 they were compiled for
-        got.append(artifact_run(images[i : i + 1]))
-        want.append(float_run(images[i : i + 1]))
+    got = _each_image(artifact_run, images)
+    want = _each_image(onnx_run_fn(ort_session(source, threads=2)), images)
     ref = np.concatenate([o.ravel() for outs in want for o in outs])
     test = np.concatenate([o.ravel() for outs in got for o in outs])
     out = {"images": len(images), "sqnr_db": round(float(sqnr_db(ref, test)), 2)}
@@ -375,32 +373,43 @@ def run_cells(planned: list[tuple], models: dict[str, Entry], results: dict, arg
 def classifier_context(models: dict[str, Entry], args) -> dict[str, dict]:
     """Per trained classifier (static graphs: opset 17 and 13): its float model's mean top-1 softmax
     probability on the fidelity images, and the peer's int8 on the same ONNX, calibration and images —
-    NNCF's ``nncf.quantize`` (its ONNX backend, QDQ run in ONNX Runtime) — where NNCF is installed."""
+    NNCF's ``nncf.quantize`` (its ONNX backend, QDQ run in ONNX Runtime) — where NNCF is installed. Kept
+    beside the JSON per model file, so a report written again does not quantize with NNCF again."""
     from edgekd.runtime import ort_session
 
     try:
         import nncf
     except ImportError:
         nncf = None
+    cache_path = args.json.with_suffix(".context.json")
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     out = {}
     for name, entry in models.items():
         if not entry.classifier or name.startswith("light/") or "dynamic" in name or not entry.path.exists():
             continue
-        images = _images(entry.val, entry.shape, args.val_images)
-        logits = _logits(ort_session(entry.path, threads=2), images)
-        p = np.exp(logits - logits.max(1, keepdims=True))
-        out[name] = {"confidence": round(float((p.max(1) / p.sum(1)).mean()), 3)}
-        if nncf is not None:
-            out[name]["nncf"] = _nncf_fidelity(nncf, entry, args, images, logits)
+        digest = hashlib.sha256(entry.path.read_bytes()).hexdigest()[:16]
+        key = f"{name}|{digest}|{args.val_images} images|{args.samples} calibration|{'nncf' if nncf else 'float'}"
+        if key not in cache:
+            images = _images(entry.val, entry.shape, args.val_images)
+            logits = _logits(ort_session(entry.path, threads=2), images)
+            p = np.exp(logits - logits.max(1, keepdims=True))
+            cache[key] = {"confidence": round(float((p.max(1) / p.sum(1)).mean()), 3)}
+            if nncf is not None:
+                cache[key]["nncf"] = _nncf_fidelity(nncf, entry, args, images, logits)
+        out[name] = cache[key]
+    cache_path.write_text(json.dumps(cache, indent=1))
     return out
 
 
+def _each_image(run, images: np.ndarray) -> list[list[np.ndarray]]:
+    """One image per run: artifacts and graphs keep the batch of 1 they were compiled or exported with."""
+    return [run(images[i : i + 1]) for i in range(len(images))]
+
+
 def _logits(session, images: np.ndarray) -> np.ndarray:
-    """One image per run: the graphs keep the batch of 1 they were exported with."""
     from edgekd.runtime import onnx_run_fn
 
-    run = onnx_run_fn(session)
-    return np.concatenate([run(images[i : i + 1])[0].reshape(1, -1) for i in range(len(images))])
+    return np.concatenate([outs[0].reshape(1, -1) for outs in _each_image(onnx_run_fn(session), images)])
 
 
 def _nncf_fidelity(nncf, entry: Entry, args, images: np.ndarray, float_logits: np.ndarray) -> dict:

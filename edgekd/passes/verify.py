@@ -174,7 +174,10 @@ class VerifyPass(Pass):
             message = f"the {self.backend.name} artifact disagrees with the {state.reference_name}: " + "; ".join(
                 problems
             )
-            found = self._where(state, inputs[0]) if quantized else None
+            try:
+                found = self._where(state, inputs[0]) if quantized else None
+            except Exception as e:  # the diagnosis must never replace the refusal it explains
+                message, found = f"{message} (where it departs could not be read: {type(e).__name__}: {e})", None
             located = _located(message, *found, self.backend.float_layers) if found else (message,)
             raise FidelityError(*located, output=output)
         return PassResult(state, changed=False, output=output)
