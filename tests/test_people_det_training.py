@@ -82,3 +82,15 @@ def test_a_warm_restart_without_the_earlier_record_is_refused_with_what_to_pass(
     with pytest.raises(SystemExit):
         _student(people, tmp_path, "--labels-only", "--epochs", "1", "--init", str(weights))
     assert "elsewhere.json is missing; pass weights this script wrote" in capsys.readouterr().err
+
+
+def test_a_teacher_warm_restart_starts_from_its_weights_and_keeps_its_record(people, teacher, tmp_path):
+    out = tmp_path / "teacher-more.pth"
+    argv = ["--data", str(people), "--epochs", "1", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    assert train_teacher.main([*argv, *TINY, "--init", str(teacher), "--lr", "0"]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert [h["epoch"] for h in record["history"]] == [2] and record["total_epochs"] == 2
+    assert record["init"] == {"weights": str(teacher), "record": json.loads(teacher.with_suffix(".json").read_text())}
+    first, again = torch.load(teacher, weights_only=True), torch.load(out, weights_only=True)
+    convs = [k for k, v in first.items() if v.ndim == 4]
+    assert all(torch.equal(first[k], again[k]) for k in convs)  # lr 0: the EMA of unchanged weights

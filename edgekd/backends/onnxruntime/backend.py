@@ -46,10 +46,10 @@ class OnnxRuntimeBackend(Backend):
 
         from edgekd.runtime.divergence import with_outputs
 
-        model = onnx.load(str(model_path))
-        produced = {o for n in model.graph.node for o in n.output}
+        artifact = onnx.load(str(model_path))
+        produced = {o for n in artifact.graph.node for o in n.output}
         kept = [s for s in sites if s.quantized in produced]
-        sess = ort_session(with_outputs(model, [s.quantized for s in kept]).SerializeToString())
+        sess = ort_session(with_outputs(artifact, [s.quantized for s in kept]).SerializeToString())
         names, feed = [o.name for o in sess.get_outputs()], sess.get_inputs()[0].name
 
         def run(x):
