@@ -298,7 +298,8 @@ def compile_cell(
                 )
             )
         except Exception as e:  # every failure is a result here: the matrix records it
-            lines = str(e).splitlines() or [type(e).__name__]
+            message, _, hint = str(e).partition("\n  hint: ")
+            message = message if len(message) <= 600 else message[:600] + " …"
             named = (
                 type(e).__name__ == "PassFailedError" and type(getattr(e, "cause", None)).__module__ == "edgekd.errors"
             )
@@ -306,7 +307,7 @@ def compile_cell(
                 "status": "refused",
                 "error": type(getattr(e, "cause", e)).__name__,
                 "named": named,
-                "reason": "\n".join(lines[:4])[:700],
+                "reason": (message or type(e).__name__) + (f"\n  hint: {hint}" if hint else ""),  # the hint whole
                 "seconds": round(time.perf_counter() - start, 1),
             }
         seconds = time.perf_counter() - start
