@@ -246,8 +246,9 @@ def test_shufflenet_v2_keeps_its_channel_shuffle_for_openvino(tmp_path, monkeypa
         compile_fp32("gathered")
 
 
-def grouped_pointwise_qdq(channels: int, groups: int):
-    """u8 activations × i8 per-channel weights through one grouped 1×1 Conv + Relu, as the quantizer writes it."""
+def grouped_pointwise_qdq(channels: int, groups: int, float_bias: bool = False):
+    """u8 activations × i8 per-channel weights through one grouped 1×1 Conv + Relu, as the quantizer writes it
+    (``float_bias``: the bias a float initializer, as the quantizer leaves it beside a float input)."""
     from onnx import numpy_helper
 
     rng = np.random.default_rng(0)
@@ -263,13 +264,21 @@ def grouped_pointwise_qdq(channels: int, groups: int):
         "x_scale": np.array(0.02, np.float32),
         "y_scale": np.array(0.05, np.float32),
         "zero": np.array(0, np.uint8),
+        "b_float": rng.normal(0, 0.1, channels).astype(np.float32),
     }
     nodes = [
         helper.make_node("QuantizeLinear", ["x", "x_scale", "zero"], ["x_q"]),
         helper.make_node("DequantizeLinear", ["x_q", "x_scale", "zero"], ["x_dq"]),
         helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w"], axis=0),
         helper.make_node("DequantizeLinear", ["b_q", "b_scale", "b_zero"], ["b"], axis=0),
-        helper.make_node("Conv", ["x_dq", "w", "b"], ["c"], name="gconv", group=groups, kernel_shape=[1, 1]),
+        helper.make_node(
+            "Conv",
+            ["x_dq", "w", "b_float" if float_bias else "b"],
+            ["c"],
+            name="gconv",
+            group=groups,
+            kernel_shape=[1, 1],
+        ),
         helper.make_node("Relu", ["c"], ["r"]),
         helper.make_node("QuantizeLinear", ["r", "y_scale", "zero"], ["r_q"]),
         helper.make_node("DequantizeLinear", ["r_q", "y_scale", "zero"], ["y"]),
@@ -284,8 +293,8 @@ def grouped_pointwise_qdq(channels: int, groups: int):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
-@pytest.mark.parametrize("channels, groups", [(272, 4), (272, 2)])
-def test_wide_grouped_pointwise_convs_are_split_for_openvino(channels, groups):
+@pytest.mark.parametrize("channels, groups, float_bias", [(272, 4, False), (272, 2, False), (272, 4, True)])
+def test_wide_grouped_pointwise_convs_are_split_for_openvino(channels, groups, float_bias):
     """OpenVINO 2026.4's int8 kernel for grouped 1×1 convolutions with 68-124, 132-... input channels per
     group computes something else (tens of output steps). Split per group, the IR matches the simulation;
     if the first assertion stops holding, OpenVINO fixed it and grouped_conv.py can go."""
@@ -295,7 +304,7 @@ def test_wide_grouped_pointwise_convs_are_split_for_openvino(channels, groups):
     from edgekd.backends.openvino.grouped_conv import split_grouped_convs
     from edgekd.runtime.onnx import ort_session
 
-    model = grouped_pointwise_qdq(channels, groups)
+    model = grouped_pointwise_qdq(channels, groups, float_bias)
     x = np.abs(np.random.default_rng(1).normal(0, 1, (1, channels, 14, 14))).astype(np.float32)
     simulation = ort_session(model.SerializeToString(), optimize=False).run(None, {"x": x})[0]
 

@@ -2,13 +2,15 @@
 convolution per group.
 
 Measured on OpenVINO 2026.4.1 (CPU plugin, f32 inference precision, u8 or i8 activations × i8
-per-channel weights): a grouped 1×1 convolution whose input channels per group are more than 64 and
-not a multiple of 64 (68, 72, ..., 124, 132, ...; but not 65-67, 69-71, ...: multiples of 4) comes out
-50-73 output steps from the same Q/DQ graph in ONNX Runtime; 34, 64 and 128 per group, depthwise, 3×3
-kernels and ungrouped convolutions of the same width are exact. ShuffleNet v1's stage 3 (272 channels
-in 4 groups) is one: from its first such layer on, OpenVINO's activations are uncorrelated with the
-simulation's (-2 dB). Split into ungrouped convolutions over channel slices of the same int8 input,
-each runs the plugin's exact kernel; the math is the graph's (a grouped convolution is that split).
+per-channel weights; groups 2 and 4, 4 to 156 input channels per group): a grouped 1×1 convolution
+with a multiple of 4 above 64 input channels per group, other than 128 (68, 72, ..., 124, 132, ...),
+comes out 50-73 output steps from the same Q/DQ graph in ONNX Runtime; 34, 64, 65-67, 69-71 and 128
+per group, depthwise, 3×3 kernels and ungrouped convolutions of the same width are exact. ShuffleNet
+v1's stage 3 (272 channels in 4 groups) is one: from its first such layer on, OpenVINO's activations
+are uncorrelated with the simulation's (-2 dB). Every grouped 1×1 convolution above 64 channels per
+group that is not a multiple of 64 is split into ungrouped convolutions over channel slices of the
+same int8 input (harmless where the kernel was exact): each runs the plugin's exact kernel, and the
+math is the graph's (a grouped convolution is that split).
 """
 
 from __future__ import annotations
@@ -50,11 +52,15 @@ def split_grouped_convs(model: onnx.ModelProto) -> list[str]:
 
 
 def _quantized_parts(node, producer, inits) -> dict | None:
-    """The initializers (values, scale, zero point) behind the conv's weight and bias DequantizeLinear."""
+    """The initializers behind the conv's weight (values, scale, zero point of its DequantizeLinear) and
+    bias (the same, or a float initializer read directly)."""
     if node.op_type != "Conv":
         return None
     parts = {}
     for key, name in zip(("w", "b"), node.input[1:3]):
+        if key == "b" and name in inits:
+            parts[key] = [inits[name], None]
+            continue
         dq = producer.get(name)
         if dq is None or dq.op_type != "DequantizeLinear" or not all(i in inits for i in dq.input):
             return None
@@ -93,7 +99,8 @@ def _split(node, parts, graph, opset: int) -> list[onnx.NodeProto]:
 
 
 def _sliced_dequantize(part, i: int, group: int, name: str, graph, out: list) -> str:
-    """The i-th of ``group`` equal slices (along the output channels) of a DequantizeLinear of initializers."""
+    """The i-th of ``group`` equal slices (along the output channels) of a DequantizeLinear of initializers,
+    or of a float initializer."""
     *tensors, dq = part
     sliced = []
     for t in tensors:
@@ -104,6 +111,8 @@ def _sliced_dequantize(part, i: int, group: int, name: str, graph, out: list) ->
         init = numpy_helper.from_array(a, f"{name}_{len(sliced)}")
         graph.initializer.append(init)
         sliced.append(init.name)
+    if dq is None:  # a float initializer, read as it is
+        return sliced[0]
     node = helper.make_node("DequantizeLinear", sliced, [f"{name}_dequantized"], name=f"{name}_DequantizeLinear")
     node.attribute.extend(a for a in dq.attribute)
     out.append(node)
