@@ -158,8 +158,8 @@ RUNTIME_FINDINGS = [
     "conversion (`edgekd/backends/openvino/grouped_conv.py`; its test fails when OpenVINO fixes the kernel).",
     "- **OpenVINO rounds an int8 average pool's output onto its input's grid**: where a convolution read the "
     "pool's output, the simulation averaged in float; the pair is now placed on the pool's output with its "
-    "input's parameters (light Inception-v2: 33 → 45 dB vs the simulation at the pool, 23 → 26 dB at the "
-    "last activation).",
+    "input's parameters (light Inception-v2: 33 → 39 dB vs the simulation at the convolution reading the "
+    "pool, 23 → 26 dB at the last activation).",
     "- OpenVINO in fp32 computed ShuffleNetV2 wrongly after its channel shuffle became one Gather "
     "(`Backend.wrong_after`: OpenVINO keeps the exporter's Reshape → Transpose → Reshape).",
     "- `light/squeezenet` as shipped, fp32 on OpenVINO: its constant weights give 1000 equal logits of "
