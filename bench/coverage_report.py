@@ -155,9 +155,9 @@ def _refusals(results: dict) -> list[str]:
 RUNTIME_FINDINGS = [
     "## What the runtimes compute differently",
     "",
-    "A refused verify names the layer where the runtime's own int8 activations leave the simulation's (read "
-    "out of ONNX Runtime, OpenVINO and LiteRT at every Q/DQ pair; `edgekd/runtime/divergence.py`), or says "
-    "that the difference grew layer by layer. Found that way, and handled:",
+    "A refused verify names the layer where the runtime's own activations leave the reference's (read out of "
+    "ONNX Runtime, OpenVINO and LiteRT at every Q/DQ pair of an int8 graph, at every node of a float one; "
+    "`edgekd/runtime/divergence.py`), or says that the difference grew layer by layer. Found that way:",
     "",
     "- **OpenVINO 2026.4, int8 grouped 1×1 convolutions with more than 64 input channels per group (not a "
     "multiple of 64)**: the CPU plugin's kernel comes out 50-73 output steps from the same Q/DQ graph in "

@@ -130,10 +130,10 @@ def test_a_refusal_without_a_departing_layer_says_how_the_difference_grew():
     from edgekd.passes.verify import _located
 
     db = {"x": np.inf, "a": 80.0, "b": 55.0, "c": 30.0}
-    message, hint = _located("disagrees", [], db, float_layers=True)
-    assert message.endswith(
-        "80 dB at the first quantized activation to 30 dB at the last (the integer kernels' rounding adds up)"
-    )
+    message, hint = _located("disagrees", [], db, float_layers=True, quantized=True)
+    assert message.endswith("80 dB at the first activation read to 30 dB at the last (the runtime's rounding adds up)")
     assert "--keep-float N" in hint
-    _, full_int8 = _located("disagrees", [], db, float_layers=False)
+    _, full_int8 = _located("disagrees", [], db, float_layers=False, quantized=True)
     assert "--keep-float" not in full_int8 and "mixes precisions" in full_int8
+    message, fp32 = _located("disagrees", [], db, float_layers=True, quantized=False)
+    assert "from the source model at once" in message and "--keep-float" not in fp32

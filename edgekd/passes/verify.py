@@ -32,7 +32,14 @@ from edgekd.passes.base import Pass, PassResult
 from edgekd.passes.graph_nms import GraphNmsOutput
 from edgekd.quant.placement import WEIGHTED
 from edgekd.quant.qparams import sqnr_db
-from edgekd.runtime.divergence import Departure, activation_sites, departures, simulate_sites, sqnr_by_site
+from edgekd.runtime.divergence import (
+    Departure,
+    activation_sites,
+    departures,
+    float_sites,
+    simulate_sites,
+    sqnr_by_site,
+)
 from edgekd.specs import TargetSpec
 from edgekd.state import EMITTED, CompileState, PassOutput
 
@@ -175,10 +182,10 @@ class VerifyPass(Pass):
                 problems
             )
             try:
-                found = self._where(state, inputs[0]) if quantized else None
+                found = self._where(state, inputs[0])
             except Exception as e:  # the diagnosis must never replace the refusal it explains
                 message, found = f"{message} (where it departs could not be read: {type(e).__name__}: {e})", None
-            located = _located(message, *found, self.backend.float_layers) if found else (message,)
+            located = _located(message, *found, self.backend.float_layers, quantized) if found else (message,)
             raise FidelityError(*located, output=output)
         return PassResult(state, changed=False, output=output)
 
@@ -186,7 +193,7 @@ class VerifyPass(Pass):
         """Where the artifact's activations leave the simulation's, when its runtime can be read inside:
         the layers that lose ``DEPARTURE_DB`` at once, and every activation's SQNR vs the simulation."""
         model = ir.to_proto(state.onnx_model)
-        sites = activation_sites(model)
+        sites = activation_sites(model) if state.quantized else float_sites(model)
         tap = (
             self.backend.tap(state.workdir / self.backend.main_file(state.artifact_files), sites, model)
             if sites
@@ -265,31 +272,38 @@ class VerifyPass(Pass):
         return problems
 
 
-def _located(message: str, found: list[Departure], db: dict[str, float], float_layers: bool) -> tuple[str, str]:
-    """The refusal with the layer that departs from the simulation, or with how the difference grew; the
-    hint keeps layers in float where the target can."""
-    mixed = "" if float_layers else "; a target that mixes precisions (onnx-cpu, openvino-cpu) can keep layers in float"
+def _located(
+    message: str, found: list[Departure], db: dict[str, float], float_layers: bool, quantized: bool
+) -> tuple[str, str]:
+    """The refusal with the layer that departs from the reference, or with how the difference grew; the
+    hint keeps layers in float where the target can (``float_layers``)."""
+    reference = "the simulation" if quantized else "the source model"
+    report = "--keep-failed keeps the artifact to report to the runtime's maintainers"
+    mixed = (
+        "; a target that mixes precisions (onnx-cpu, openvino-cpu) can keep layers in float"
+        if quantized and not float_layers
+        else ""
+    )
     if found:
         weighted = [n for n, op in zip(found[0].nodes, found[0].ops) if op in WEIGHTED]
-        keep = f"keep {', '.join(weighted)} in float with --keep-float {','.join(weighted)}; " if weighted else ""
+        keep = f"keep {', '.join(weighted)} in float with --keep-float {','.join(weighted)}; "
         return (
-            f"{message}; it departs from the simulation at {found[0].describe()}",
-            (keep if float_layers else "")
-            + "--keep-failed keeps the artifact to report to the runtime's maintainers"
-            + mixed,
+            f"{message}; it departs from {reference} at {found[0].describe(reference)}",
+            (keep if weighted and quantized and float_layers else "") + report + mixed,
         )
     finite = [v for v in db.values() if math.isfinite(v)]  # the graph input's pair is exact
     first, last = (finite[0], finite[-1]) if finite else (math.inf, math.inf)
-    keep = (
-        "keep the most sensitive layers in float (--keep-float N, with the sensitivity pass), or "
-        if float_layers
-        else ""
-    )
+    if not quantized:
+        hint = report
+    elif float_layers:
+        hint = "keep the most sensitive layers in float (--keep-float N, with the sensitivity pass), or calibrate "
+        hint += "on more images like the model's inputs"
+    else:
+        hint = "calibrate on more images like the model's inputs" + mixed
     return (
-        f"{message}; no layer departs from the simulation at once: SQNR vs it falls layer by layer, "
-        f"{first:.0f} dB at the first quantized activation to {last:.0f} dB at the last (the integer kernels' "
-        "rounding adds up)",
-        f"{keep}calibrate on more images like the model's inputs{mixed}",
+        f"{message}; no layer departs from {reference} at once: SQNR vs it falls layer by layer, {first:.0f} dB "
+        f"at the first activation read to {last:.0f} dB at the last (the runtime's rounding adds up)",
+        hint,
     )
 
 

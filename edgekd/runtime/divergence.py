@@ -5,7 +5,8 @@ differently. Both run on the same input with every quantized activation read out
 integer tensors where it keeps them, dequantized), and each activation's SQNR against the simulation is
 set against that of the activations it is computed from: per-layer rounding loses a few dB per layer,
 a layer the runtime computes differently loses tens at once (OpenVINO's int8 kernel for wide grouped
-1×1 convolutions: 47 dB on its input, -2 dB on its output).
+1×1 convolutions: 47 dB on its input, -2 dB on its output). A float artifact is read the same way at
+every node output, against the source model (OpenVINO's fp32 channel-shuffle Gather: exact on its input).
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ class Site:
     dequantized: str
     scale: np.ndarray
     zero_point: np.ndarray
+    integer: bool = True  # False: a tensor of a float graph, read as it is (its three names are one)
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
+        if not self.integer:
+            return q
         return (q.astype(np.float32) - self.zero_point.astype(np.float32)) * self.scale
 
 
@@ -52,10 +56,10 @@ class Departure:
     def drop(self) -> float:
         return min(self.upstream_db, EXACT_DB) - min(self.db, EXACT_DB)
 
-    def describe(self) -> str:
+    def describe(self, reference: str = "the simulation") -> str:
         steps = ", ".join(f"{n} ({op})" for n, op in zip(self.nodes, self.ops))
         before = "exact" if self.upstream_db >= EXACT_DB else f"{self.upstream_db:.1f} dB"
-        return f"{steps}: SQNR vs the simulation {before} on its inputs, {self.db:.1f} dB at {self.site!r}"
+        return f"{steps}: SQNR vs {reference} {before} on its inputs, {self.db:.1f} dB at {self.site!r}"
 
 
 TapFn = Callable[[np.ndarray], dict[str, np.ndarray]]  # input → {site tensor: dequantized values}
@@ -83,15 +87,31 @@ def activation_sites(model: onnx.ModelProto) -> list[Site]:
     return sites
 
 
+# Ops whose outputs are shapes, indices or constants, not values a runtime computes from the input.
+NOT_VALUES = frozenset({"Constant", "ConstantOfShape", "Shape", "Size", "Range", "NonZero"})
+
+
+def float_sites(model: onnx.ModelProto) -> list[Site]:
+    """Every value a float graph computes (each node's first output), in graph order; the tensors that turn
+    out not to hold floats are dropped when the reference runs (``simulate_sites``)."""
+    one, zero = np.ones((), np.float32), np.zeros((), np.float32)
+    return [
+        Site(n.output[0], n.output[0], n.output[0], one, zero, integer=False)
+        for n in model.graph.node
+        if n.op_type not in NOT_VALUES and n.output and n.output[0]
+    ]
+
+
 def simulate_sites(model: onnx.ModelProto, sites: list[Site], x: np.ndarray) -> dict[str, np.ndarray]:
-    """The simulation's dequantized value at every site (ONNX Runtime, graph optimizations off)."""
+    """The simulation's dequantized value at every site (ONNX Runtime, graph optimizations off); a float
+    graph's sites that hold no floats (shapes, indices) are left out."""
     from edgekd.runtime.onnx import ort_session
 
     tapped = with_outputs(model, [s.dequantized for s in sites])
     sess = ort_session(tapped.SerializeToString(), optimize=False)
     names = [o.name for o in sess.get_outputs()]
     values = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x})))
-    return {s.tensor: values[s.dequantized] for s in sites}
+    return {s.tensor: values[s.dequantized] for s in sites if np.issubdtype(values[s.dequantized].dtype, np.floating)}
 
 
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
@@ -111,7 +131,7 @@ def sqnr_by_site(artifact: dict[str, np.ndarray], simulation: dict[str, np.ndarr
     return {
         t: sqnr_db(simulation[t].astype(np.float64), a.reshape(simulation[t].shape).astype(np.float64))
         for t, a in artifact.items()
-        if a.size == simulation[t].size
+        if t in simulation and a.size == simulation[t].size
     }
 
 

@@ -1,4 +1,4 @@
-"""The converted model's quantized activations, read out of LiteRT for ``edgekd.runtime.divergence``.
+"""The converted model's activations (int8 ones dequantized), read out of LiteRT for ``edgekd.runtime.divergence``.
 
 LiteRT keeps every intermediate tensor when asked (``experimental_preserve_all_tensors``). Each site is
 found through the lowering's name scopes in the converter's fused tensor names (``verify.owner``), on the
@@ -26,7 +26,7 @@ def tap(model_path: Path, sites, model, feed):
     carried: dict[str, list[dict]] = {}
     for d in interp.get_tensor_details():
         scope, derived = owner(d["name"], order)
-        if scope is not None and not derived and d["quantization"][0]:
+        if scope is not None and not derived and (d["quantization"][0] or d["dtype"] == np.float32):
             carried.setdefault(scopes[scope], []).append(d)
     given = interp.get_input_details()[0]
     if given["quantization"][0]:  # the int8 input is the graph input's pair, as the runner quantizes it
@@ -34,7 +34,11 @@ def tap(model_path: Path, sites, model, feed):
     chosen = {}
     for s in sites:
         scale = float(np.max(s.scale))
-        same_grid = [d for d in carried.get(s.tensor, []) if abs(d["quantization"][0] - scale) <= 1e-6 * scale]
+        same_grid = [
+            d
+            for d in carried.get(s.tensor, [])
+            if (abs(d["quantization"][0] - scale) <= 1e-6 * scale if s.integer else d["dtype"] == np.float32)
+        ]
         if same_grid and s.scale.size == 1:
             chosen[s.tensor] = max(same_grid, key=lambda d: int(np.prod(d["shape"])))
 
@@ -44,7 +48,8 @@ def tap(model_path: Path, sites, model, feed):
         out = {}
         for tensor, d in chosen.items():
             scale, zero = d["quantization"]
-            y = (interp.get_tensor(d["index"]).astype(np.float32) - zero) * np.float32(scale)
+            y = interp.get_tensor(d["index"]).astype(np.float32)
+            y = (y - zero) * np.float32(scale) if scale else y
             out[tensor] = y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
         return out
 
