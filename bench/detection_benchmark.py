@@ -55,8 +55,9 @@ artifacts again without recompiling them.
 In every int8 row the decode and the last head convolutions run in float
 (docs/detection.md, "int8: what stays float"). The int8 "params" column counts the emitted graph's
 constants, int32 biases and quantization parameters included. The teacher ran 60 epochs (30, then 30 from a
-warm restart; examples/people-det/teacher.json). The students ran 40 epochs (20, then 20 from a warm restart;
-examples/people-det/student-*.json), the KD student distilled from the teacher's first 30 epochs.
+warm restart; examples/people-det/teacher.json). The students ran 60 epochs (20, then 20 and 20 from warm
+restarts; examples/people-det/student-*.json), the KD student distilled from the 30-epoch teacher for 40 epochs
+and from the 60-epoch teacher for the last 20.
 
 Before the float heads and reader-bounded ranges (main c71518c, the 20-epoch KD student, same data): int8
 mAP50 vs float was onnx-cpu 92.3 %, openvino-cpu 97.5 %, rpi4 93.3 %, jetson-xavier 99.7 %.
