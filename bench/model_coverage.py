@@ -251,7 +251,7 @@ def model_files(kinds: list[str], work: Path, calib: Path, only: str | None, tra
 
 def vs_float(artifact_run, source: Path, images: np.ndarray, classifier: bool) -> dict:
     """The artifact against the float source model on ``images``: top-1 agreement and output SQNR."""
-    from edgekd.quant.qparams import sqnr_db
+    from edgekd.metrics import sqnr_db
     from edgekd.runtime import onnx_run_fn, ort_session
 
     got = _each_image(artifact_run, images)
@@ -418,7 +418,7 @@ def _nncf_fidelity(nncf, entry: Entry, args, images: np.ndarray, float_logits: n
 
     import onnx
 
-    from edgekd.quant.qparams import sqnr_db
+    from edgekd.metrics import sqnr_db
     from edgekd.runtime import ort_session
 
     logging.getLogger("nncf").setLevel(logging.ERROR)

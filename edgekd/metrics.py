@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgekd.errors import ConfigError
+
 
 def compare_outputs(got: list[list[np.ndarray]], want: list[list[np.ndarray]], tie_margin: float = 0.0) -> dict:
     """Per-run output lists → error figures.
@@ -42,3 +44,18 @@ def compare_outputs(got: list[list[np.ndarray]], want: list[list[np.ndarray]], t
         out["top1_agreement"] = agree / total
         out["decisive_disagreements"] = decisive
     return out
+
+
+def sqnr_db(reference, test) -> float:
+    """Signal-to-quantization-noise ratio in dB: 10·log10(Σref² / Σ(ref − test)²); +inf when equal."""
+    ref = np.asarray(reference, dtype=np.float64)
+    out = np.asarray(test, dtype=np.float64)
+    if ref.shape != out.shape:
+        raise ConfigError(f"cannot compare shapes {ref.shape} and {out.shape}")
+    noise = float(np.sum((ref - out) ** 2))
+    signal = float(np.sum(ref**2))
+    if noise == 0.0:
+        return float("inf")
+    if signal == 0.0:
+        return float("-inf")
+    return float(10.0 * np.log10(signal / noise))

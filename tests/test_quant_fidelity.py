@@ -14,10 +14,10 @@ from conftest import compile_quick
 from edgekd.backends import get_backend
 from edgekd.ir.canonical import canonicalize
 from edgekd.ir.patterns import composites
+from edgekd.metrics import sqnr_db
 from edgekd.quant.calibrate import Calibration, observe
 from edgekd.quant.observers import make_observer
 from edgekd.quant.placement import plan_quantization
-from edgekd.quant.qparams import sqnr_db
 from edgekd.quant.simulate import quantized_copy
 from edgekd.runtime import run_onnx, simulation_fn
 

@@ -13,10 +13,11 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgekd.metrics import sqnr_db
 from edgekd.quant.calibrate import Calibration
 from edgekd.quant.observers import MinMaxObserver
 from edgekd.quant.placement import plan_quantization
-from edgekd.quant.qparams import dequantize, quantize, scheme_for, sqnr_db
+from edgekd.quant.qparams import dequantize, quantize, scheme_for
 from edgekd.quant.reader_bounds import SIGMOID_BOUND, SILU_FLOOR
 
 

@@ -8,12 +8,11 @@ import onnx_ir as ir
 
 from edgekd.config import CompileConfig
 from edgekd.data.samples import iter_batches
-from edgekd.metrics import compare_outputs
+from edgekd.metrics import compare_outputs, sqnr_db
 from edgekd.passes.base import Pass, PassResult
 from edgekd.quant.calibrate import Calibration
 from edgekd.quant.placement import target_plan
 from edgekd.quant.qdq import apply_plan
-from edgekd.quant.qparams import sqnr_db
 from edgekd.quant.simulate import flatten
 from edgekd.runtime import simulation_fn
 from edgekd.specs import TargetSpec

@@ -27,11 +27,10 @@ from edgekd.data.samples import iter_batches, random_batches
 from edgekd.detect.graph_nms import SELECTED, selection_mismatch
 from edgekd.errors import FidelityError
 from edgekd.ir.detector import decoded_outputs
-from edgekd.metrics import compare_outputs
+from edgekd.metrics import compare_outputs, sqnr_db
 from edgekd.passes.base import Pass, PassResult
 from edgekd.passes.graph_nms import GraphNmsOutput
 from edgekd.quant.placement import WEIGHTED
-from edgekd.quant.qparams import sqnr_db
 from edgekd.runtime.divergence import (
     Departure,
     activation_sites,

@@ -286,18 +286,3 @@ def quantize_bias(bias, input_scale: float, weight_scales) -> tuple[np.ndarray, 
         )
     q = np.rint(bias.astype(np.float64) / bias_scale.astype(np.float64))
     return np.clip(q, _INT32.min, _INT32.max).astype(np.int32), bias_scale
-
-
-def sqnr_db(reference, test) -> float:
-    """Signal-to-quantization-noise ratio in dB: 10·log10(Σref² / Σ(ref − test)²); +inf when equal."""
-    ref = np.asarray(reference, dtype=np.float64)
-    out = np.asarray(test, dtype=np.float64)
-    if ref.shape != out.shape:
-        raise ConfigError(f"cannot compare shapes {ref.shape} and {out.shape}")
-    noise = float(np.sum((ref - out) ** 2))
-    signal = float(np.sum(ref**2))
-    if noise == 0.0:
-        return float("inf")
-    if signal == 0.0:
-        return float("-inf")
-    return float(10.0 * np.log10(signal / noise))

@@ -8,9 +8,10 @@ from typing import Callable, Iterable
 import numpy as np
 import onnx_ir as ir
 
+from edgekd.metrics import sqnr_db
 from edgekd.quant.placement import QuantPlan
 from edgekd.quant.qdq import apply_plan
-from edgekd.quant.qparams import QParams, sqnr_db
+from edgekd.quant.qparams import QParams
 from edgekd.runtime import onnx_run_fn, ort_session, simulation_fn
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgekd.quant.qparams import sqnr_db
+from edgekd.metrics import sqnr_db
 
 # A drop smaller than this between an activation and those it is computed from is rounding.
 DEPARTURE_DB = 15.0
