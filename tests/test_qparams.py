@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from edgekd.errors import ConfigError, DataError
+from edgekd.metrics import sqnr_db
 from edgekd.quant.qparams import (
     ACT_INT8_ASYM,
     ACT_INT8_SYM,
@@ -24,7 +25,6 @@ from edgekd.quant.qparams import (
     quantize,
     quantize_bias,
     scheme_for,
-    sqnr_db,
     weight_qparams,
 )
 from edgekd.specs import ACTIVATION_SCHEMES
