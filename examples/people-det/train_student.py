@@ -41,6 +41,7 @@ from train_teacher import (
     make_batch,
     param_groups,
     save_atomically,
+    warm_start,
 )
 
 from edgekd.data.detection import load_detection_set
@@ -106,14 +107,7 @@ def main(argv=None) -> int:  # long on purpose: the whole training recipe, top t
     train_set, val_set = load_detection_set(args.data, "train"), load_detection_set(args.data, "val")
     images, boxes = decode_split(train_set, args.size, Path(args.cache_dir) / f"people-det-train-{args.size}.npy")
     student = build_student().to(memory_format=torch.channels_last)
-    init_record, first_epoch = None, 0
-    if args.init:
-        init_json = Path(args.init).with_suffix(".json")
-        if not init_json.exists():
-            ap.error(f"--init {args.init}: its training record {init_json} is missing; pass weights this script wrote")
-        student.load_state_dict(torch.load(args.init, weights_only=True))
-        init_record = json.loads(init_json.read_text())
-        first_epoch = init_record.get("total_epochs", init_record["epochs"])
+    init_record, first_epoch = warm_start(ap, args.init, student)
     example = torch.zeros(1, 3, args.crop, args.crop)
     teacher = loss_fn = None
     if args.teacher:

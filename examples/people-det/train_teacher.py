@@ -192,6 +192,19 @@ def save_atomically(obj, path: Path) -> None:
     tmp.replace(path)
 
 
+def warm_start(ap: argparse.ArgumentParser, init: str | None, model: torch.nn.Module) -> tuple[dict | None, int]:
+    """``--init WEIGHTS``: loads them into ``model``; returns their training record (beside them, as this
+    script or train_student.py wrote it) and how many epochs it counted. No ``--init``: (None, 0)."""
+    if not init:
+        return None, 0
+    record_path = Path(init).with_suffix(".json")
+    if not record_path.exists():
+        ap.error(f"--init {init}: its training record {record_path} is missing; pass weights this script wrote")
+    model.load_state_dict(torch.load(init, weights_only=True))
+    record = json.loads(record_path.read_text())
+    return record, record.get("total_epochs", record["epochs"])
+
+
 def end_epoch(record: dict, epoch: int, model: torch.nn.Module, val_set, args) -> None:
     """Validates ``model`` into ``record`` every ``--eval-every`` epochs and at the last; prints the epoch."""
     if epoch % args.eval_every == 0 or epoch == args.epochs:
@@ -245,14 +258,7 @@ def main(argv=None) -> int:  # long on purpose: the whole training recipe, top t
     images, boxes = decode_split(train_set, args.size, cache / f"people-det-train-{args.size}.npy")
 
     model = build().to(memory_format=torch.channels_last)
-    init_record, first_epoch = None, 0
-    if args.init:
-        init_json = Path(args.init).with_suffix(".json")
-        if not init_json.exists():
-            ap.error(f"--init {args.init}: its training record {init_json} is missing; pass weights this script wrote")
-        model.load_state_dict(torch.load(args.init, weights_only=True))
-        init_record = json.loads(init_json.read_text())
-        first_epoch = init_record.get("total_epochs", init_record["epochs"])
+    init_record, first_epoch = warm_start(ap, args.init, model)
     loss_fn = DetectionLoss(model.strides)
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.999))
     steps_per_epoch = len(train_set) * args.crops_per_image // args.batch_size

@@ -211,12 +211,12 @@ class OpenVINOBackend(Backend):
         import openvino as ov
 
         core = ov.Core()
-        model = core.read_model(str(model_path))
-        named = {n for op in model.get_ops() for port in op.outputs() for n in port.get_names()}
+        artifact = core.read_model(str(model_path))
+        named = {n for op in artifact.get_ops() for port in op.outputs() for n in port.get_names()}
         kept = [s for s in sites if s.dequantized in named]
         if kept:
-            model.add_outputs([s.dequantized for s in kept])
-        compiled = core.compile_model(model, DEVICE, runtime_config(1))
+            artifact.add_outputs([s.dequantized for s in kept])
+        compiled = core.compile_model(artifact, DEVICE, runtime_config(1))
 
         def run(x):
             got = {n: v for port, v in compiled(x).items() for n in port.get_names()}

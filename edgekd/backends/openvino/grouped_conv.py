@@ -24,10 +24,9 @@ WIDE_GROUP = 64  # input channels per group above which (unless a multiple of it
 
 def computed_wrongly(node: onnx.NodeProto, weight_shape: tuple[int, ...]) -> bool:
     group = next((a.i for a in node.attribute if a.name == "group"), 1)
-    out_channels, per_group = weight_shape[0], weight_shape[1]
-    depthwise = per_group == 1 and out_channels == group
+    per_group = weight_shape[1]  # input channels per group (above 64: never depthwise)
     pointwise = tuple(weight_shape[2:]) == (1, 1)
-    return group > 1 and not depthwise and pointwise and per_group > WIDE_GROUP and per_group % WIDE_GROUP != 0
+    return group > 1 and pointwise and per_group > WIDE_GROUP and per_group % WIDE_GROUP != 0
 
 
 def split_grouped_convs(model: onnx.ModelProto) -> list[str]:
