@@ -126,16 +126,44 @@ def _classifiers(results: dict, context: dict[str, dict]) -> list[str]:
             else f"{100 * peer['top1_agreement']:.1f} % · {peer['sqnr_db']:.1f} dB"
         )
         lines.append(f"| {model} | {c['confidence']:.2f} | {shown} | {ort} | {peer_text} |")
-    return lines + ["", RPI4_LOGITS, ""]
+    return lines + ["", *_converged_flips(results), ""]
 
 
-# Measured on this run's CIFAR-10 teacher (bench/model_coverage.py's fidelity images; 2026-12-05).
-RPI4_LOGITS = (
-    "The converged teacher's lowest agreement is rpi4's: TFLite full int8 writes the logits in int8, here on a "
-    "0.09 grid. Of its 7 flips in 500 images, the float model's two best logits were 0.007 to 0.20 apart, and 2 "
-    "are exact ties on that grid (the first index wins); onnx-cpu, whose logits stay float, flips 4 (two of them "
-    "the same images)."
-)
+CONVERGED = "cifar10-teacher/opset17"
+
+
+def _converged_flips(results: dict) -> list[str]:
+    """Why the converged classifier's lowest int8 agreement is where it is, from its cells' recorded flips."""
+    cells = {
+        k.split("|")[1]: c["vs_float"]
+        for k, c in results.items()
+        if k.startswith(f"{CONVERGED}|") and k.endswith("|int8") and c["status"] == "ok" and "flips" in c["vs_float"]
+    }
+    if not cells:
+        return []
+    target, worst = min(cells.items(), key=lambda kv: kv[1]["top1_agreement"])
+    flips = worst["flips"]
+    if not flips["images"]:
+        return []
+    grid = (
+        f"{target} writes the logits in int8, here on a {flips['logit_step']:.2g} grid"
+        if flips["logit_step"]
+        else f"{target} keeps the logits float"
+    )
+    text = (
+        f"The converged teacher's lowest agreement is {target}'s ({100 * worst['top1_agreement']:.1f} %): {grid}. "
+        f"Of its {len(flips['images'])} flips in {worst['images']} images, the float model's two best logits were "
+        f"{flips['float_margin'][0]:.2g} to {flips['float_margin'][1]:.2g} apart"
+    )
+    if flips["tied"]:
+        text += f", and {flips['tied']} are exact ties in the artifact's logits (the first index wins)"
+    others = [
+        f"{t} flips {len(f['flips']['images'])} ({len(set(f['flips']['images']) & set(flips['images']))} of them "
+        "the same images)"
+        for t, f in sorted(cells.items())
+        if t != target and f["flips"]["logit_step"] is None
+    ]
+    return [text + (f"; where the logits stay float, {', '.join(others)}." if others else ".")]
 
 
 def _refusals(results: dict) -> list[str]:
@@ -164,7 +192,8 @@ RUNTIME_FINDINGS = [
     "ONNX Runtime (68, 72, ..., 124, 132, ... per group; 34, 64, 128, depthwise, 3×3 and ungrouped are "
     "exact). Light ShuffleNet's stage 3 (272 channels in 4 groups) went from 47 dB to -2 dB vs the "
     "simulation at its first such layer. edgekd splits them into one convolution per group before "
-    "conversion (`edgekd/backends/openvino/grouped_conv.py`; its test fails when OpenVINO fixes the kernel).",
+    "conversion (`edgekd/backends/openvino/grouped_conv.py`; its test fails when OpenVINO fixes the kernel; "
+    "`bench/openvino_grouped_conv.py` scans the widths and checks the rule against them).",
     "- **OpenVINO rounds an int8 average pool's output onto its input's grid**: where a convolution read the "
     "pool's output, the simulation averaged in float; the pair is now placed on the pool's output with its "
     "input's parameters (light Inception-v2: 33 → 39 dB vs the simulation at the convolution reading the "

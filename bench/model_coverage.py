@@ -260,10 +260,28 @@ def vs_float(artifact_run, source: Path, images: np.ndarray, classifier: bool) -
     test = np.concatenate([o.ravel() for outs in got for o in outs])
     out = {"images": len(images), "sqnr_db": round(float(sqnr_db(ref, test)), 2)}
     if classifier:
-        a = np.concatenate([outs[0] for outs in got]).reshape(len(images), -1).argmax(1)
-        b = np.concatenate([outs[0] for outs in want]).reshape(len(images), -1).argmax(1)
-        out["top1_agreement"] = round(float((a == b).mean()), 4)
+        logits = np.concatenate([outs[0] for outs in got]).reshape(len(images), -1)
+        float_logits = np.concatenate([outs[0] for outs in want]).reshape(len(images), -1)
+        out["top1_agreement"] = round(float((logits.argmax(1) == float_logits.argmax(1)).mean()), 4)
+        out["flips"] = flips(logits, float_logits)
     return out
+
+
+def flips(logits: np.ndarray, float_logits: np.ndarray) -> dict:
+    """Where the artifact's top-1 differs from the float model's: which images, how close the float model's two
+    best logits were there, how many are exact ties in the artifact's logits (the first index wins), and the
+    grid the artifact writes its logits on when they are quantized (≤ 256 distinct values)."""
+    flipped = np.flatnonzero(logits.argmax(1) != float_logits.argmax(1))
+    best_two = np.sort(float_logits, 1)[:, -2:]
+    margins = best_two[flipped, 1] - best_two[flipped, 0]
+    ranked = np.sort(logits, 1)
+    levels = np.unique(logits)
+    return {
+        "images": flipped.tolist(),
+        "float_margin": [round(float(margins.min()), 4), round(float(margins.max()), 4)] if len(flipped) else None,
+        "tied": int((ranked[flipped, -1] == ranked[flipped, -2]).sum()),
+        "logit_step": round(float(np.diff(levels).min()), 4) if 1 < len(levels) <= 256 else None,
+    }
 
 
 def compile_cell(

@@ -25,6 +25,7 @@ from edgekd.bench.session import BenchSettings
 from edgekd.errors import FidelityError, PassFailedError
 from edgekd.passes.calibrate import CalibrationWarning
 from edgekd.specs import load_target
+from qdq_graphs import grouped_pointwise_qdq, openvino_steps, pointwise_input, simulate
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install 'edgekd[openvino]')")
 
@@ -248,77 +249,22 @@ def test_shufflenet_v2_keeps_its_channel_shuffle_for_openvino(tmp_path, monkeypa
         compile_fp32("gathered")
 
 
-def grouped_pointwise_qdq(channels: int, groups: int, float_bias: bool = False):
-    """u8 activations × i8 per-channel weights through one grouped 1×1 Conv + Relu, as the quantizer writes it
-    (``float_bias``: the bias a float initializer, as the quantizer leaves it beside a float input)."""
-    from onnx import numpy_helper
-
-    rng = np.random.default_rng(0)
-    w = rng.normal(0, (channels // groups) ** -0.5, (channels, channels // groups, 1, 1)).astype(np.float32)
-    w_scale = (np.abs(w).reshape(channels, -1).max(1) / 127).astype(np.float32)
-    inits = {
-        "w_q": np.round(w / w_scale[:, None, None, None]).astype(np.int8),
-        "w_scale": w_scale,
-        "w_zero": np.zeros(channels, np.int8),
-        "b_q": rng.integers(-2000, 2000, channels).astype(np.int32),
-        "b_scale": (w_scale * 0.02).astype(np.float32),
-        "b_zero": np.zeros(channels, np.int32),
-        "x_scale": np.array(0.02, np.float32),
-        "y_scale": np.array(0.05, np.float32),
-        "zero": np.array(0, np.uint8),
-        "b_float": rng.normal(0, 0.1, channels).astype(np.float32),
-    }
-    nodes = [
-        helper.make_node("QuantizeLinear", ["x", "x_scale", "zero"], ["x_q"]),
-        helper.make_node("DequantizeLinear", ["x_q", "x_scale", "zero"], ["x_dq"]),
-        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w"], axis=0),
-        helper.make_node("DequantizeLinear", ["b_q", "b_scale", "b_zero"], ["b"], axis=0),
-        helper.make_node(
-            "Conv",
-            ["x_dq", "w", "b_float" if float_bias else "b"],
-            ["c"],
-            name="gconv",
-            group=groups,
-            kernel_shape=[1, 1],
-        ),
-        helper.make_node("Relu", ["c"], ["r"]),
-        helper.make_node("QuantizeLinear", ["r", "y_scale", "zero"], ["r_q"]),
-        helper.make_node("DequantizeLinear", ["r_q", "y_scale", "zero"], ["y"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "grouped",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 14, 14])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 14, 14])],
-        [numpy_helper.from_array(v, k) for k, v in inits.items()],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-
-
 @pytest.mark.parametrize("channels, groups, float_bias", [(272, 4, False), (272, 2, False), (272, 4, True)])
 def test_wide_grouped_pointwise_convs_are_split_for_openvino(channels, groups, float_bias):
     """OpenVINO 2026.4's int8 kernel for grouped 1×1 convolutions with 68-124, 132-... input channels per
     group computes something else (tens of output steps). Split per group, the IR matches the simulation;
     if the first assertion stops holding, OpenVINO fixed it and grouped_conv.py can go."""
-    import openvino as ov
-
-    from edgekd.backends.openvino.backend import convert, runtime_config
     from edgekd.backends.openvino.grouped_conv import split_grouped_convs
-    from edgekd.runtime.onnx import ort_session
 
     model = grouped_pointwise_qdq(channels, groups, float_bias)
-    x = np.abs(np.random.default_rng(1).normal(0, 1, (1, channels, 14, 14))).astype(np.float32)
-    simulation = ort_session(model.SerializeToString(), optimize=False).run(None, {"x": x})[0]
+    x = pointwise_input(channels)
+    simulation = simulate(model, x)
 
-    def openvino_steps(m) -> float:
-        compiled = ov.Core().compile_model(convert(m), "CPU", runtime_config(1))
-        return float(np.abs(compiled(x)[0] - simulation).max() / 0.05)
-
-    assert openvino_steps(model) > 20
+    assert openvino_steps(model, x, simulation) > 20
     assert split_grouped_convs(model) == ["gconv"]
     assert [n.op_type for n in model.graph.node].count("Conv") == groups
-    assert ort_session(model.SerializeToString(), optimize=False).run(None, {"x": x})[0] == pytest.approx(simulation)
-    assert openvino_steps(model) <= 1.001  # a rounding tie may land one step apart
+    assert simulate(model, x) == pytest.approx(simulation)
+    assert openvino_steps(model, x, simulation) <= 1.001  # a rounding tie may land one step apart
 
 
 @pytest.mark.parametrize("channels, groups", [(136, 4), (256, 4), (272, 272), (272, 1)])

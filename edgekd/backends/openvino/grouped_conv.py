@@ -10,7 +10,7 @@ v1's stage 3 (272 channels in 4 groups) is one: from its first such layer on, Op
 are uncorrelated with the simulation's (-2 dB). Every grouped 1×1 convolution above 64 channels per
 group that is not a multiple of 64 is split into ungrouped convolutions over channel slices of the
 same int8 input (harmless where the kernel was exact): each runs the plugin's exact kernel, and the
-math is the graph's (a grouped convolution is that split).
+math is the graph's (a grouped convolution is that split). bench/openvino_grouped_conv.py repeats the scan.
 """
 
 from __future__ import annotations
