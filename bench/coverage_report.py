@@ -61,6 +61,40 @@ def _totals(results: dict, precision: str) -> list[str]:
     ]
 
 
+CONVERGED_MODELS = ("cifar10-teacher/", "people-det-teacher/")  # trained to convergence on real data
+RANDOM_WEIGHTS = ("unet/", "ultralytics-style/")  # random weights, BatchNorm recalibrated
+
+
+WEIGHT_KINDS = (
+    "trained to convergence",
+    "stock, trained briefly",
+    "stock, random weights",
+    "light, random weights rescaled",
+    "light, constant weights (degenerate)",
+)
+
+
+def weights_kind(model: str) -> str:
+    if model.startswith(CONVERGED_MODELS):
+        return WEIGHT_KINDS[0]
+    if model.startswith("light/"):
+        return WEIGHT_KINDS[3] if model.endswith("(realistic)") else WEIGHT_KINDS[4]
+    return WEIGHT_KINDS[2] if model.startswith(RANDOM_WEIGHTS) else WEIGHT_KINDS[1]
+
+
+def _fidelity_by_weights(results: dict) -> list[str]:
+    """The int8 fidelity target per kind of weights: it measures the compiler only where the float model's
+    decisions have a trained model's margins."""
+    tally: dict[str, list[int]] = {}
+    for key, cell in results.items():
+        if key.endswith("|int8") and (met := _meets(cell)) is not None:
+            counts = tally.setdefault(weights_kind(key.split("|")[0]), [0, 0])
+            counts[0] += met
+            counts[1] += 1
+    parts = [f"{kind} {tally[kind][0]} of {tally[kind][1]}" for kind in WEIGHT_KINDS if kind in tally]
+    return ["- int8 fidelity target met, by how the weights were made: " + "; ".join(parts)] if parts else []
+
+
 def _before_after(results: dict, before: dict) -> list[str]:
     names = ("resnet50", "densenet121", "inception_v1", "shufflenet", "squeezenet")
     cells = [c for k, c in results.items() if k.endswith("|int8") and k.split("|")[0] in {f"light/{n}" for n in names}]
@@ -243,6 +277,7 @@ def markdown(
         ]
     for precision in precisions:
         lines += _totals(results, precision)
+    lines += _fidelity_by_weights(results)
     lines += _before_after(results, before)
     lines += [
         "",
