@@ -222,17 +222,26 @@ def _fidelity_section(fid: dict | None) -> list[str]:
 
 
 def _accuracy_section(acc: dict) -> list[str]:
+    header = ["float top-1 %", "artifact top-1 %", "drop pt"]
+    row = [f"{100 * acc['float_top1']:.2f}", f"{100 * acc['artifact_top1']:.2f}", f"{acc['drop_pt']:.2f}"]
+    ci = acc.get("drop_ci95_pt")
+    if ci is not None:
+        header += ["images lost / gained", "drop, 95 % interval"]
+        row += [f"{acc['images_lost']} / {acc['images_gained']}", f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"]
     lines = [
         "## Accuracy",
         "",
         f"Top-1 on {acc['samples']} images of `{acc['source']}`:",
         "",
-        markdown_table(
-            ["float top-1 %", "artifact top-1 %", "drop pt"],
-            [[f"{100 * acc['float_top1']:.2f}", f"{100 * acc['artifact_top1']:.2f}", f"{acc['drop_pt']:.2f}"]],
-        ),
+        markdown_table(header, [row]),
         "",
     ]
+    if ci is not None:
+        lines += [
+            "Lost: images the float model gets right and the artifact wrong; gained: the reverse. Only those carry "
+            "the drop: " + ("within its interval it may be 0 (noise)." if ci[0] <= 0 <= ci[1] else "it is real."),
+            "",
+        ]
     sp = acc.get("speed")
     if sp:
         verdict = "meets" if sp["met"] else "does NOT meet"

@@ -19,7 +19,7 @@ from edgekd.errors import AccuracyBudgetError, ConfigError, DataError, PassFaile
 from edgekd.ir.graph import FUSED_ACTIVATION
 from edgekd.models import build_model
 from edgekd.passes.calibrate import CalibrationWarning
-from edgekd.quant.accuracy import greedy_keep_float
+from edgekd.quant.accuracy import greedy_keep_float, paired_drop
 
 
 def compile_int8(tmp_path, model, shape, calib, **kw):
@@ -229,8 +229,27 @@ def test_image_folder_calibration_and_eval_report_accuracy(tmp_path):
     acc = r.manifest["accuracy"]
     assert acc["samples"] == 100 and 0 <= acc["artifact_top1"] <= 1
     assert acc["drop_pt"] == pytest.approx(100 * (acc["float_top1"] - acc["artifact_top1"]))
+    assert acc["drop_pt"] == pytest.approx(acc["images_lost"] - acc["images_gained"])  # 100 images: 1 pt each
+    low, high = acc["drop_ci95_pt"]
+    assert low <= acc["drop_pt"] <= high
     assert set(acc["speed"]) >= {"float_ms", "artifact_ms", "speedup", "needed_speedup", "met"}
-    assert "## Accuracy" in (r.output / "report.md").read_text()
+    report = (r.output / "report.md").read_text()
+    assert "## Accuracy" in report and f"| {acc['images_lost']} / {acc['images_gained']} |" in report
+
+
+def test_a_drop_is_judged_on_the_images_float_and_int8_disagree_on():
+    labels = np.zeros(5000, int)
+    float_pred, int8_pred = labels.copy(), labels.copy()
+    int8_pred[:30] = 1  # lost: float right, int8 wrong
+    float_pred[30:50] = 1  # gained: float wrong, int8 right
+    float_pred[50:60] = int8_pred[50:60] = 2  # both wrong: no information about the drop
+    paired = paired_drop(labels, float_pred, int8_pred)
+    assert (paired.lost, paired.gained, paired.samples) == (30, 20, 5000)
+    assert paired.drop_pt == pytest.approx(0.2)
+    low, high = paired.ci95_pt()
+    assert low < 0 < high  # 30 against 20 is noise
+    assert (high - low) / 2 == pytest.approx(196 * np.sqrt(50 / 5000 - (10 / 5000) ** 2) / np.sqrt(5000), rel=1e-6)
+    assert paired_drop(labels, float_pred * 0, int8_pred).ci95_pt()[0] > 0  # 40 lost, none gained: real
 
 
 def test_max_drop_needs_an_eval_set(tmp_path, zoo_models):

@@ -231,7 +231,13 @@ def _accuracy_lines(acc: dict | None) -> None:
     elif acc:
         click.echo(
             f"top-1 on {acc['samples']} eval images: float {100 * acc['float_top1']:.2f} %, "
-            f"artifact {100 * acc['artifact_top1']:.2f} % (drop {acc['drop_pt']:.2f} pt)"
+            f"artifact {100 * acc['artifact_top1']:.2f} % (drop {acc['drop_pt']:.2f} pt"
+            + (
+                f"; {acc['images_lost']} images lost, {acc['images_gained']} gained; 95 % interval "
+                f"{acc['drop_ci95_pt'][0]:+.2f} to {acc['drop_ci95_pt'][1]:+.2f})"
+                if "drop_ci95_pt" in acc
+                else ")"
+            )
         )
         speed = acc.get("speed")
         if speed and not speed["met"]:

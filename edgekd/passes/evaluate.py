@@ -8,13 +8,15 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from edgekd.backends import get_backend
 from edgekd.config import CompileConfig
 from edgekd.data.samples import iter_labelled
 from edgekd.detect.compile_eval import detection_accuracy, detection_picture, is_detection_data
 from edgekd.passes.base import Pass, PassResult
 from edgekd.passes.speed_check import SpeedCheckOutput
-from edgekd.quant.accuracy import top1
+from edgekd.quant.accuracy import PairedDrop, paired_drop, predictions
 from edgekd.runtime.batching import in_model_batches
 from edgekd.specs import TargetSpec
 from edgekd.state import EMITTED, CompileState, PassOutput
@@ -37,6 +39,7 @@ class AccuracyOutput(PassOutput):
     artifact_top1: float
     drop_pt: float
     speed: dict | None = None  # float vs artifact latency (the speed check's), and whether the speed rule is met
+    paired: PairedDrop | None = None  # the images each gets right: how many the artifact lost and gained
 
     def to_manifest(self) -> dict:
         out = {
@@ -46,10 +49,17 @@ class AccuracyOutput(PassOutput):
             "artifact_top1": self.artifact_top1,
             "drop_pt": self.drop_pt,
         }
+        if self.paired is not None:
+            low, high = self.paired.ci95_pt()
+            out |= {"images_lost": self.paired.lost, "images_gained": self.paired.gained, "drop_ci95_pt": [low, high]}
         return out | ({"speed": self.speed} if self.speed is not None else {})
 
     def summary(self) -> dict:
-        out = {k: round(v, 4) if isinstance(v, float) else v for k, v in self.to_manifest().items() if k != "speed"}
+        out = {
+            k: round(v, 4) if isinstance(v, float) else v
+            for k, v in self.to_manifest().items()
+            if k not in ("speed", "drop_ci95_pt")
+        }
         if self.speed is not None:
             out["speedup"] = round(self.speed["speedup"], 2)
             out["speed_rule_met"] = self.speed["met"]
@@ -108,7 +118,9 @@ class EvaluatePass(Pass):
             iter_labelled(self.eval_data, state.input.preprocess, tuple(state.input.shape), state.labels, self.samples)
         )
         artifact = self.backend.session(state.workdir / self.backend.main_file(state.artifact_files), self.threads)
-        float_top1, artifact_top1 = top1(state.float_reference, data), top1(artifact, data)
+        labels = np.concatenate([y for _, y in data])
+        float_pred, artifact_pred = predictions(state.float_reference, data), predictions(artifact, data)
+        float_top1, artifact_top1 = float(np.mean(float_pred == labels)), float(np.mean(artifact_pred == labels))
         drop_pt = 100.0 * (float_top1 - artifact_top1)
         speed = None
         timed = state.output(SpeedCheckOutput)
@@ -127,7 +139,13 @@ class EvaluatePass(Pass):
             state,
             changed=False,
             output=AccuracyOutput(
-                str(self.eval_data), sum(len(y) for _, y in data), float_top1, artifact_top1, drop_pt, speed
+                str(self.eval_data),
+                len(labels),
+                float_top1,
+                artifact_top1,
+                drop_pt,
+                speed,
+                paired_drop(labels, float_pred, artifact_pred),
             ),
         )
 
