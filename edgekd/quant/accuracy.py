@@ -11,17 +11,14 @@ import numpy as np
 from edgekd.runtime import RunFn
 
 
-def top1(run: RunFn, batches: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
-    correct = total = 0
-    for x, y in batches:
-        correct += int((run(x)[0].reshape(len(y), -1).argmax(1) == y).sum())
-        total += len(y)
-    return correct / max(total, 1)
-
-
 def predictions(run: RunFn, batches: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """The top-1 class of every image, in order."""
     return np.concatenate([run(x)[0].reshape(len(y), -1).argmax(1) for x, y in batches] or [np.zeros(0, int)])
+
+
+def top1(run: RunFn, batches: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
+    labels = np.concatenate([y for _, y in batches] or [np.zeros(0, int)])
+    return float(np.mean(predictions(run, batches) == labels)) if len(labels) else 0.0
 
 
 @dataclass(frozen=True)
