@@ -36,6 +36,7 @@ from edgekd.data.samples import iter_batches
 from edgekd.detect.evaluate import evaluate
 from edgekd.models.profile import profile
 from edgekd.models.yolo import person_detector, person_detector_student
+from edgekd.quant.qparams import SCHEMES, fake_quantize, qparams_from_range
 from edgekd.runtime import torch_reference
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "people-det"
@@ -101,11 +102,8 @@ def recorded(run):
 
 
 def fake_quant(x: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Asymmetric uint8 over [low, high] (0 on the grid), as a per-tensor int8 output would carry ``x``."""
-    low, high = min(low, 0.0), max(high, 0.0)
-    scale = (high - low) / 255 or 1.0
-    zero = np.round(-low / scale)
-    return ((np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale).astype(np.float32)
+    """``x`` as a per-tensor asymmetric int8 output over [low, high] carries it (TFLite's full-int8 outputs)."""
+    return fake_quantize(x, qparams_from_range(low, high, SCHEMES["asymmetric-int8"]))
 
 
 def output_quant_rows(name: str, run, data: Path, pre: Preprocess) -> list[dict]:
@@ -126,7 +124,7 @@ def output_quant_rows(name: str, run, data: Path, pre: Preprocess) -> list[dict]
             fake_quant(o, *r) for o, r in zip(run(x), (b, s))
         ]
         m = evaluate(quantized, load_detection_set(data, "val"), pre, batch=4)
-        step = [(r[1] - min(r[0], 0.0)) / 255 for r in (box_range, score_range)]
+        step = [float(qparams_from_range(*r, SCHEMES["asymmetric-int8"]).scale) for r in (box_range, score_range)]
         rows.append({"model": name, "outputs": how, "map50": m.map50, "map50_95": m.map50_95, "steps": step})
     return rows
 
