@@ -163,7 +163,7 @@ def _classifiers(results: dict, context: dict[str, dict]) -> list[str]:
     return lines + ["", *_converged_flips(results), ""]
 
 
-CONVERGED = "cifar10-teacher/opset17"
+CONVERGED_CLASSIFIER = "cifar10-teacher/opset17"
 
 
 def _converged_flips(results: dict) -> list[str]:
@@ -171,7 +171,7 @@ def _converged_flips(results: dict) -> list[str]:
     cells = {
         k.split("|")[1]: c["vs_float"]
         for k, c in results.items()
-        if k.startswith(f"{CONVERGED}|") and k.endswith("|int8") and c["status"] == "ok" and "flips" in c["vs_float"]
+        if k == f"{CONVERGED_CLASSIFIER}|{k.split('|')[1]}|int8" and c["status"] == "ok" and "flips" in c["vs_float"]
     }
     if not cells:
         return []
