@@ -116,3 +116,49 @@ def test_light_caffe2_squeezenet_compiles_int8_for_every_target(tmp_path, target
     canon = next(p["metrics"] for p in result.manifest["passes"] if p["name"] == "canonicalize")
     assert canon["opset"]["from"] == 9 and canon["removed_ops"]["ConstantOfShape"] == 39
     assert result.manifest["status"] == "ok"
+
+
+class _ChannelsLast(torch.nn.Module):
+    """A TensorFlow/Keras-style graph: NHWC images in, transposed to NCHW first (as tf2onnx writes them)."""
+
+    def __init__(self, body: torch.nn.Module):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return self.body(x.permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("target", ["onnx-cpu", "openvino-cpu", "rpi4"])
+def test_an_nhwc_model_compiles_int8_with_layout_nhwc(images, tmp_path, target):
+    torch.manual_seed(0)
+    model = _ChannelsLast(realistic_weights(ARCHITECTURES["resnet18"](), np.load(images)[:32])).eval()
+    path = tmp_path / "nhwc.onnx"
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 64, 64, 3),),
+        str(path),
+        dynamo=False,
+        opset_version=13,
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes={"images": {0: "N"}, "logits": {0: "N"}},
+    )
+    result = api.compile(
+        api.make_config(
+            str(path),
+            target,
+            tmp_path / "out",
+            input_shape=(1, 64, 64, 3),
+            layout="NHWC",
+            precision="int8",
+            calib=ROOT / "calibration" / "cifar10",  # images, laid out NHWC as the model takes them
+            calib_samples=32,
+            verify_samples=8,
+            skip=("sensitivity",),
+        )
+    )
+    m = result.manifest
+    assert m["status"] == "ok" and m["inputs"][0]["layout"] == "NHWC", m["inputs"]
+    vs_float = m["quantization"]["error_vs_float"]
+    assert vs_float["sqnr_db"] >= MIN_SQNR_DB and vs_float["top1_agreement"] >= 0.75, vs_float

@@ -64,4 +64,5 @@ class OnnxRuntimeBackend(Backend):
         def info(args, layout):
             return [TensorInfo(a.name, tuple(a.shape), _ORT_TYPES.get(a.type, a.type), layout) for a in args]
 
-        return info(sess.get_inputs(), "NCHW"), info(sess.get_outputs(), None)
+        # the input keeps the source graph's layout: the manifest fills in the preprocessing's (--layout)
+        return info(sess.get_inputs(), None), info(sess.get_outputs(), None)

@@ -229,10 +229,7 @@ class OpenVINOBackend(Backend):
 
         model = ov.Core().read_model(str(model_path))
 
-        def info(port, is_input: bool) -> TensorInfo:
-            shape = _shape(port)
-            return TensorInfo(
-                port.get_any_name(), shape, _dtype(port), "NCHW" if is_input and len(shape) == 4 else None
-            )
+        def info(port) -> TensorInfo:  # no layout: the IR keeps the source's, which the manifest takes
+            return TensorInfo(port.get_any_name(), _shape(port), _dtype(port))
 
-        return [info(p, True) for p in model.inputs], [info(p, False) for p in model.outputs]
+        return [info(p) for p in model.inputs], [info(p) for p in model.outputs]
