@@ -144,6 +144,7 @@ def onnx_input(loaded: LoadedModel, inp: InputSpec) -> InputSpec:
     shape = bind_shape(gi.name, proto_dims(gi), inp.shape)
     pre = inp.preprocess
     size = (shape[2], shape[3]) if pre.layout == "NCHW" else (shape[1], shape[2])
+    pre.check_channels(shape[1] if pre.layout == "NCHW" else shape[3], shape)
     return dataclasses.replace(inp, name=gi.name, shape=shape, preprocess=dataclasses.replace(pre, size=size))
 
 

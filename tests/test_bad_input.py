@@ -105,7 +105,7 @@ CASES: dict[str, Case] = {
     "std-inf": Case([*COMPILE, "--std", "inf,1,1"], ("NaN or Inf", "std")),
     "std-zero": Case([*COMPILE, "--std", "0,1,1"], ("positive",)),
     "std-negative": Case([*COMPILE, "--std", "-1,1,1"], ("positive",)),
-    "mean-two-values": Case([*COMPILE, "--mean", "0.5,0.5"], ("three values",)),
+    "mean-two-values": Case([*COMPILE, "--mean", "0.5,0.5"], ("take 3 value(s)",)),
     "scale-zero": Case([*COMPILE, "--scale", "0"], ("positive",)),
     # calibration and sample data
     "calib-missing": Case(

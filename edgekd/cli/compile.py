@@ -22,10 +22,12 @@ from edgekd.ui import text_table
 @click.option("--weights", type=click.Path(path_type=Path), help="state_dict for a factory MODEL (weights_only)")
 @click.option("--allow-pickle", is_flag=True, help="allow unpickling a whole-module file (runs code from it)")
 @click.option("--input-shape", callback=parse_ints, help="N,C,H,W (or N,H,W,C with --layout NHWC)")
-@click.option("--mean", callback=parse_floats, help="per-channel mean after scaling, e.g. 0.485,0.456,0.406")
+@click.option(
+    "--mean", callback=parse_floats, help="per-channel mean after scaling, e.g. 0.485,0.456,0.406 (GRAY: one value)"
+)
 @click.option("--std", callback=parse_floats, help="per-channel std, e.g. 0.229,0.224,0.225")
 @click.option("--scale", type=float, help="pixel multiplier before mean/std (default 1/255)")
-@click.option("--channel-order", type=click.Choice(["RGB", "BGR"]))
+@click.option("--channel-order", type=click.Choice(["RGB", "BGR", "GRAY"]))
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]))
 @click.option("--labels", type=click.Path(exists=True, path_type=Path), help="text file, one class name per line")
 @click.option(

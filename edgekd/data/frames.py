@@ -98,7 +98,10 @@ def letterbox_frame(rgb, size, mode="letterbox"):
 
 def normalize(rgb, scale, mean, std, channel_order="RGB", layout="NCHW"):
     """HWC image on the 0..255 scale → float32 ``(pixel · scale − mean) / std`` in ``layout``, no batch axis."""
-    x = rgb.astype(np.float32) * scale
+    x = rgb.astype(np.float32)
+    if channel_order == "GRAY":  # ITU-R 601 luma, as Pillow's "L" conversion
+        x = x @ np.asarray([[0.299], [0.587], [0.114]], np.float32)
+    x = x * scale
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     if channel_order == "BGR":
         x = x[..., ::-1]

@@ -11,24 +11,36 @@ import numpy as np
 from edgekd.data.frames import normalize
 from edgekd.errors import ConfigError, DataError
 
+CHANNEL_ORDERS = ("RGB", "BGR", "GRAY")
+
 
 @dataclass(frozen=True)
 class Preprocess:
     size: tuple[int, int] = (224, 224)  # (H, W)
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # applied after ``scale``
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)  # applied after ``scale``; one value per channel
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
     scale: float = 1.0 / 255.0  # pixel (0..255) → scale · pixel
-    channel_order: str = "RGB"
+    channel_order: str = "RGB"  # or BGR, or GRAY: one channel, the image's luma
     layout: str = "NCHW"
     resize: str = "stretch"  # or "letterbox" (detectors): see edgekd.data.detection.letterbox
 
     def __post_init__(self):
-        if self.channel_order not in ("RGB", "BGR"):
-            raise ConfigError(f"channel order must be RGB or BGR, got {self.channel_order!r}")
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise ConfigError(f"channel order must be {', '.join(CHANNEL_ORDERS)}, got {self.channel_order!r}")
         if self.layout not in ("NCHW", "NHWC"):
             raise ConfigError(f"layout must be NCHW or NHWC, got {self.layout!r}")
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise ConfigError("mean and std take three values, one per channel", "e.g. --mean 0.485,0.456,0.406")
+        if self.channel_order == "GRAY":
+            for name in ("mean", "std"):  # one grey channel: a uniform triple (the defaults) is its one value
+                values = tuple(getattr(self, name))
+                if len(values) == 3 and len(set(values)) == 1:
+                    object.__setattr__(self, name, values[:1])
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            example = "--mean 0.5 --std 0.25" if self.channels == 1 else "--mean 0.485,0.456,0.406"
+            raise ConfigError(
+                f"mean and std take {self.channels} value(s) with channel order {self.channel_order}, one per channel, "
+                f"got mean {list(self.mean)}, std {list(self.std)}",
+                f"e.g. {example}",
+            )
         values = {"mean": self.mean, "std": self.std, "scale": (self.scale,)}
         bad = [f"{k} {list(v)}" for k, v in values.items() if not all(math.isfinite(float(x)) for x in v)]
         if bad:
@@ -45,6 +57,23 @@ class Preprocess:
             raise ConfigError(f"image size must be two positive numbers (H, W), got {self.size}")
         if self.resize not in ("stretch", "letterbox"):
             raise ConfigError(f"resize must be stretch or letterbox, got {self.resize!r}")
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.channel_order == "GRAY" else 3
+
+    def check_channels(self, channels: int, shape: tuple) -> None:
+        """The model's input takes as many channels as this preprocessing makes of an image."""
+        if channels == self.channels or channels not in (1, 3):  # 4 channels: preprocessed arrays only
+            return
+        order = "GRAY" if channels == 1 else "RGB (or BGR)"
+        raise ConfigError(
+            f"the model's input {tuple(shape)} takes {channels} channel(s); channel order {self.channel_order} "
+            f"makes {self.channels} of an image",
+            f"pass --channel-order {order.split(' ')[0]}"
+            + (" (images are converted to luma, 0.299 R + 0.587 G + 0.114 B)" if channels == 1 else "")
+            + f', or [input] channel_order = "{order.split(" ")[0]}" in the model card',
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)

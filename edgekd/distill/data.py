@@ -64,7 +64,10 @@ def load_folder(root, size: tuple[int, int], limit: int | None = None, seed: int
 
 def to_tensor(images: np.ndarray, pre: Preprocess) -> torch.Tensor:
     """uint8 N,H,W,3 → normalised float NCHW (the layout the torch models take)."""
-    x = torch.from_numpy(images).float() * pre.scale
+    x = torch.from_numpy(images).float()
+    if pre.channel_order == "GRAY":  # the luma edgekd.data.frames.normalize takes
+        x = x @ torch.tensor([[0.299], [0.587], [0.114]])
+    x = x * pre.scale
     x = (x - torch.tensor(pre.mean)) / torch.tensor(pre.std)
     if pre.channel_order == "BGR":
         x = x.flip(-1)
