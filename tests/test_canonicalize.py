@@ -13,7 +13,7 @@ from torch import nn
 
 from conformance_models import export, hswish, light_model_dir, silu
 from edgekd import api
-from edgekd.errors import InputShapeError, OpsetConversionError, UnsupportedOpsError
+from edgekd.errors import ConfigError, InputShapeError, OpsetConversionError, UnsupportedOpsError
 from edgekd.ir.bind import bind_shape
 from edgekd.ir.canonical import canonicalize
 from edgekd.ir.dataflow import data_values
@@ -334,3 +334,62 @@ def test_a_bias_shared_through_identity_compiles_below_opset_16(tmp_path):
     assert canon["opset"] == {"from": 17, "to": 15} and result.manifest["status"] == "ok"
     biases = [n for n in onnx.load(result.output / "model.onnx").graph.node if n.name.startswith("b_Dequantize")]
     assert len(biases) == 2 and len({n.input[1] for n in biases}) == 2  # one bias scale per layer
+
+
+def _uint8_input_model(cast_only: bool = True) -> onnx.ModelProto:
+    """Raw pixels in, as many exported models take them: uint8 → Cast to float → ×1/255 → Conv → pooled logits."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Cast", ["pixels"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["f", "s"], ["x"]),
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["logits"]),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 8])]
+    if not cast_only:  # the pixels also leave as they are
+        nodes.append(helper.make_node("Identity", ["pixels"], ["echo"]))
+        outputs.append(helper.make_tensor_value_info("echo", TensorProto.UINT8, list(SHAPE)))
+    graph = helper.make_graph(
+        nodes,
+        "raw_pixels",
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, list(SHAPE))],
+        outputs,
+        [
+            numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w"),
+            numpy_helper.from_array(np.array(1 / 255, np.float32), "s"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_an_integer_pixel_input_read_through_cast_becomes_a_float_input():
+    model, report = canonicalize(ir.from_proto(_uint8_input_model()), SHAPE, (13, 17), 17)
+    assert report.rewrites["integer_input_to_float"] == 1 and "Cast" not in op_counts(model.graph)
+    assert model.graph.inputs[0].dtype == ir.DataType.FLOAT
+    pixels = np.random.default_rng(1).integers(0, 256, SHAPE)
+    want = run_onnx(_uint8_input_model().SerializeToString(), pixels.astype(np.float32))  # cast by run_onnx
+    np.testing.assert_array_equal(_run(model, pixels.astype(np.float32))[0], want[0])
+    kept, report = canonicalize(ir.from_proto(_uint8_input_model(cast_only=False)), SHAPE, (13, 17), 17)
+    assert not report.rewrites.get("integer_input_to_float")  # read as integers too: not a float input
+
+
+@pytest.mark.parametrize("target", ["onnx-cpu", "openvino-cpu", "rpi4"])
+def test_a_uint8_input_model_compiles_int8_with_raw_pixels(tmp_path, target):
+    path, calib = tmp_path / "pixels.onnx", tmp_path / "pixels.npy"
+    onnx.save(_uint8_input_model(), path)
+    np.save(calib, np.random.default_rng(0).integers(0, 256, (16,) + SHAPE[1:]).astype(np.float32))
+
+    def config(out, **kw):
+        return api.make_config(
+            str(path), target, tmp_path / out, precision="int8", calib=calib, skip=("sensitivity",), **kw
+        )
+
+    with pytest.raises(ConfigError, match="is uint8: it takes the pixels") as e:
+        api.compile(config("scaled"))
+    assert "--scale 1" in e.value.hint
+    result = api.compile(config("raw", scale=1.0, calib_samples=16, verify_samples=4))
+    m = result.manifest
+    assert m["status"] == "ok" and m["inputs"][0]["dtype"] == ("int8" if target == "rpi4" else "float32")
+    assert m["quantization"]["error_vs_float"]["top1_agreement"] >= 0.75  # against the uint8 source model

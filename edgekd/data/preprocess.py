@@ -75,6 +75,17 @@ class Preprocess:
             + f', or [input] channel_order = "{order.split(" ")[0]}" in the model card',
         )
 
+    def check_raw_pixels(self, input_name: str, dtype: str) -> None:
+        """An integer image input takes the pixels themselves: no scaling, no mean, no std."""
+        if self.scale == 1.0 and not any(self.mean) and all(s == 1.0 for s in self.std):
+            return
+        raise ConfigError(
+            f"the model's input {input_name!r} is {dtype}: it takes the pixels 0..255 as they are, but the "
+            f"preprocessing scales them by {self.scale:g}, mean {list(self.mean)}, std {list(self.std)}",
+            "pass --scale 1 and no --mean/--std (the model normalizes inside); the artifact takes the same "
+            "values as float",
+        )
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -87,6 +87,7 @@ def _drop_identities(graph: ir.Graph) -> None:
 # The pattern rewrites, in the order they run, by the key the report counts them under (and a backend's
 # ``wrong_after`` names).
 PATTERN_REWRITES = {
+    "integer_input_to_float": normalize.integer_input_to_float,
     "sum_to_add": normalize.sum_to_add,
     "div_by_constant_to_mul": normalize.div_by_constant,
     "batchnorm_to_mul_add": normalize.lower_batchnorm,

@@ -12,7 +12,9 @@ Each function rewrites every match in place and returns how many it rewrote:
 * ``square_to_mul``: ``Pow(x, 2)`` → ``Mul(x, x)``;
 * ``div_by_sqrt``: ``a / sqrt(v)`` → ``a * (1 / sqrt(v))``;
 * ``unflatten_softmax``: an opset-11 Softmax over the last axis, converted through Flatten/Reshape → one Softmax;
-* ``decompose_layernorm``: LayerNormalization → its primitives, for targets without it.
+* ``decompose_layernorm``: LayerNormalization → its primitives, for targets without it;
+* ``integer_input_to_float``: an image input of uint8/int8 pixels read only through ``Cast`` to float → a float
+  input of the same values (exact: pixels are small integers), so every backend and the quantizer see float.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgekd.ir.graph import const_array, new_initializer, sole_consumer
+from edgekd.ir.graph import bypass, const_array, new_initializer, sole_consumer
 
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
 
@@ -463,5 +465,22 @@ def div_by_sqrt(graph: ir.Graph) -> int:
         mul.outputs[0].shape, mul.outputs[0].dtype = node.outputs[0].shape, node.outputs[0].dtype
         _replace_output(graph, node.outputs[0], mul.outputs[0])
         graph.remove(node, safe=True)
+        count += 1
+    return count
+
+
+INTEGER_PIXELS = (ir.DataType.UINT8, ir.DataType.INT8)
+
+
+def integer_input_to_float(graph: ir.Graph) -> int:
+    count = 0
+    for value in graph.inputs:
+        readers = [use.node for use in value.uses()]
+        casts = [n for n in readers if n.op_type == "Cast" and n.attributes.get_int("to") == ir.DataType.FLOAT]
+        if value.dtype not in INTEGER_PIXELS or not readers or len(casts) != len(readers):
+            continue
+        value.dtype = ir.DataType.FLOAT
+        for cast in casts:
+            bypass(graph, cast, value)
         count += 1
     return count

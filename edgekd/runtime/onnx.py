@@ -28,10 +28,18 @@ def ort_session(model: str | Path | bytes, threads: int = 1, optimize: bool = Tr
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 
+INTEGER_INPUTS = {"tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
+
+
 def onnx_run_fn(sess) -> RunFn:
-    """The session as a RunFn (its first input fed, every output returned)."""
-    name = sess.get_inputs()[0].name
-    return lambda x: sess.run(None, {name: x})
+    """The session as a RunFn (its first input fed, every output returned). A model whose input takes integer
+    pixels gets the float pixels of the preprocessing (scale 1) as those integers."""
+    first = sess.get_inputs()[0]
+    name, dtype = first.name, INTEGER_INPUTS.get(first.type)
+    if dtype is None:
+        return lambda x: sess.run(None, {name: x})
+    low, high = np.iinfo(dtype).min, np.iinfo(dtype).max
+    return lambda x: sess.run(None, {name: np.clip(np.rint(x), low, high).astype(dtype)})
 
 
 def run_onnx(model: str | Path | bytes, x: np.ndarray, threads: int = 1) -> list[np.ndarray]:
