@@ -144,7 +144,6 @@ def onnx_input(loaded: LoadedModel, inp: InputSpec) -> InputSpec:
     shape = bind_shape(gi.name, proto_dims(gi), inp.shape)
     pre = inp.preprocess
     size = (shape[2], shape[3]) if pre.layout == "NCHW" else (shape[1], shape[2])
-    pre.check_channels(shape[1] if pre.layout == "NCHW" else shape[3], shape)
     integer = {2: "uint8", 3: "int8"}.get(gi.type.tensor_type.elem_type)  # onnx.TensorProto.UINT8, INT8
     if integer is not None:
         pre.check_raw_pixels(gi.name, integer)

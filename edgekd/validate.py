@@ -53,7 +53,6 @@ def check_shape(inp: InputSpec) -> None:
             f"input shape {shape} with layout {layout} has {channels} channels{likely}",
             f"write the shape in the layout's order ({layout}), channels being 1, 3 or 4",
         )
-    inp.preprocess.check_channels(channels, shape)
 
 
 def check_paths(config: CompileConfig) -> None:

@@ -11,7 +11,7 @@ from torch import nn
 from conftest import CALIB
 from edgekd import api
 from edgekd.data.preprocess import Preprocess
-from edgekd.errors import ConfigError
+from edgekd.errors import ConfigError, PassFailedError
 
 
 def test_grey_preprocessing_is_the_luma_with_one_mean_and_std():
@@ -46,10 +46,17 @@ def _compile(path, target, out, **options):
 
 
 def test_a_grey_model_fed_rgb_images_is_refused_by_name(grey_onnx, tmp_path):
-    with pytest.raises(ConfigError, match="takes 1 channel") as e:
+    with pytest.raises(PassFailedError, match="takes 1 channel") as e:
         _compile(grey_onnx, "onnx-cpu", tmp_path / "out")
-    assert "--channel-order GRAY" in e.value.hint
+    assert isinstance(e.value.cause, ConfigError) and "--channel-order GRAY" in e.value.cause.hint
     assert not (tmp_path / "out").exists()
+
+
+def test_a_grey_model_calibrates_on_preprocessed_arrays_without_a_channel_order(grey_onnx, tmp_path):
+    arrays = tmp_path / "grey.npy"
+    np.save(arrays, np.random.default_rng(0).uniform(0, 1, (32, 1, 28, 28)).astype(np.float32))
+    result = api.compile(api.make_config(str(grey_onnx), "onnx-cpu", tmp_path / "out", precision="int8", calib=arrays))
+    assert result.manifest["status"] == "ok"
 
 
 @pytest.mark.parametrize("target", ["onnx-cpu", "openvino-cpu", "rpi4"])

@@ -62,17 +62,19 @@ class Preprocess:
     def channels(self) -> int:
         return 1 if self.channel_order == "GRAY" else 3
 
-    def check_channels(self, channels: int, shape: tuple) -> None:
-        """The model's input takes as many channels as this preprocessing makes of an image."""
+    def check_channels(self, shape: tuple) -> None:
+        """The model's input (``shape``, in this layout) takes as many channels as this preprocessing makes of an
+        image: checked where images are read (preprocessed arrays are the model's already)."""
+        channels = shape[1] if self.layout == "NCHW" else shape[-1]
         if channels == self.channels or channels not in (1, 3):  # 4 channels: preprocessed arrays only
             return
-        order = "GRAY" if channels == 1 else "RGB (or BGR)"
+        order = "GRAY" if channels == 1 else "RGB"
+        luma = " (images become their luma, 0.299 R + 0.587 G + 0.114 B)" if channels == 1 else ""
         raise ConfigError(
             f"the model's input {tuple(shape)} takes {channels} channel(s); channel order {self.channel_order} "
             f"makes {self.channels} of an image",
-            f"pass --channel-order {order.split(' ')[0]}"
-            + (" (images are converted to luma, 0.299 R + 0.587 G + 0.114 B)" if channels == 1 else "")
-            + f', or [input] channel_order = "{order.split(" ")[0]}" in the model card',
+            f'pass --channel-order {order}{luma} or [input] channel_order = "{order}" in the model card; '
+            "or give preprocessed arrays (.npy) instead of images",
         )
 
     def check_raw_pixels(self, input_name: str, dtype: str) -> None:

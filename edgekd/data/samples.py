@@ -62,6 +62,7 @@ def iter_batches(
             yield np.array(arr[i : min(i + batch, n)], dtype=np.float32)  # a copy: mmap slices are read-only
         return
     folder = scan_image_folder(path)
+    pre.check_channels(input_shape)
     files = folder.files if limit is None else folder.files[:limit]
     for i in range(0, len(files), batch):
         chunk = [load_image(f, pre) for f in files[i : i + batch]]
@@ -85,6 +86,7 @@ def iter_labelled(
     """(batch, labels) from a class-subfolder image folder; labels follow ``class_names`` when given
     (the model's label order), else the sorted folder names. Samples are spread over all classes."""
     folder = scan_image_folder(source)
+    pre.check_channels(input_shape)
     if folder.labels is None:
         raise DataError(
             f"{source} has no class subfolders, so it has no labels to evaluate against",
