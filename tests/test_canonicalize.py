@@ -393,3 +393,25 @@ def test_a_uint8_input_model_compiles_int8_with_raw_pixels(tmp_path, target):
     m = result.manifest
     assert m["status"] == "ok" and m["inputs"][0]["dtype"] == ("int8" if target == "rpi4" else "float32")
     assert m["quantization"]["error_vs_float"]["top1_agreement"] >= 0.75  # against the uint8 source model
+
+
+@pytest.mark.parametrize("precision, target", [("fp32", "onnx-cpu"), ("int8", "onnx-cpu"), ("int8", "rpi4")])
+def test_a_half_precision_model_compiles_from_float32(tmp_path, precision, target):
+    """``model.half()`` exports: float16 weights, input and output. The graph is widened to float32 (exact),
+    verified against the float16 model within float16's rounding."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()
+    )
+    model = nn.Sequential(net, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval().half()
+    path = tmp_path / "half.onnx"
+    torch.onnx.export(model, (torch.zeros(SHAPE).half(),), str(path), dynamo=False, opset_version=13)
+    result = api.compile(
+        api.make_config(
+            str(path), target, tmp_path / "out", precision=precision, calib=_calib(tmp_path), skip=("sensitivity",)
+        )
+    )
+    m = result.manifest
+    canon = next(p["metrics"] for p in m["passes"] if p["name"] == "canonicalize")
+    assert canon["rewrites"]["float16_to_float32"] >= 5  # the initializers and the input
+    assert m["status"] == "ok" and m["inputs"][0]["dtype"] in ("float32", "int8")

@@ -113,6 +113,7 @@ def canonicalize(
     report key) the target's runtime computes wrongly."""
     report = CanonicalReport(nodes_before=len(model.graph))
     report.initializer_inputs_removed = _drop_initializer_inputs(model)
+    widened = normalize.float16_to_float32(model.graph)  # before binding: shape inference reads the types
     report.bound_dims = bind_graph_input(model, shape)
     report.opset_from = model_opset(model)
     decomposed = {}
@@ -128,7 +129,11 @@ def canonicalize(
     counts = simplify(model)
     report.removed_ops = counts["removed"]
     graph = model.graph
-    report.rewrites = {**decomposed, "hard_activation_fused": fuse_hard_activations(model, model_opset(model))}
+    report.rewrites = {
+        "float16_to_float32": widened,
+        **decomposed,
+        "hard_activation_fused": fuse_hard_activations(model, model_opset(model)),
+    }
     if report.rewrites["hard_activation_fused"]:
         common.RemoveUnusedNodesPass()(model)
     _infer_shapes(model)

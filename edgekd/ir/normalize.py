@@ -14,7 +14,9 @@ Each function rewrites every match in place and returns how many it rewrote:
 * ``unflatten_softmax``: an opset-11 Softmax over the last axis, converted through Flatten/Reshape → one Softmax;
 * ``decompose_layernorm``: LayerNormalization → its primitives, for targets without it;
 * ``integer_input_to_float``: an image input of uint8/int8 pixels read only through ``Cast`` to float → a float
-  input of the same values (exact: pixels are small integers), so every backend and the quantizer see float.
+  input of the same values (exact: pixels are small integers), so every backend and the quantizer see float;
+* ``float16_to_float32``: a model exported in half precision (``model.half()``) → the same graph in float32
+  (every float16 value widened exactly), the precision edgekd calibrates and quantizes from.
 """
 
 from __future__ import annotations
@@ -483,4 +485,31 @@ def integer_input_to_float(graph: ir.Graph) -> int:
         for cast in casts:
             bypass(graph, cast, value)
         count += 1
+    return count
+
+
+def float16_to_float32(graph: ir.Graph) -> int:
+    """Returns how many float16 tensors (initializers, Constant values) were widened; inputs, outputs and every
+    intermediate value follow."""
+    count = 0
+    for value in list(graph.initializers.values()):
+        if value.dtype == ir.DataType.FLOAT16 and value.const_value is not None:
+            value.const_value = ir.tensor(value.const_value.numpy().astype(np.float32), name=value.name)
+            value.dtype = ir.DataType.FLOAT
+            count += 1
+    for node in graph:
+        if node.op_type == "Constant" and "value" in node.attributes:
+            tensor = node.attributes["value"].as_tensor()
+            if tensor.dtype == ir.DataType.FLOAT16:
+                node.attributes["value"] = ir.AttrTensor("value", ir.tensor(tensor.numpy().astype(np.float32)))
+                count += 1
+        if node.op_type == "Cast" and node.attributes.get_int("to") == ir.DataType.FLOAT16:
+            node.attributes["to"] = ir.AttrInt64("to", ir.DataType.FLOAT)
+        for v in node.outputs:
+            if v.dtype == ir.DataType.FLOAT16:
+                v.dtype = ir.DataType.FLOAT
+    for v in [*graph.inputs, *graph.outputs]:
+        if v.dtype == ir.DataType.FLOAT16:
+            v.dtype = ir.DataType.FLOAT
+            count += v.is_graph_input()
     return count

@@ -33,9 +33,11 @@ INTEGER_INPUTS = {"tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
 
 def onnx_run_fn(sess) -> RunFn:
     """The session as a RunFn (its first input fed, every output returned). A model whose input takes integer
-    pixels gets the float pixels of the preprocessing (scale 1) as those integers."""
+    pixels gets the float pixels of the preprocessing (scale 1) as those integers; a float16 model, float16."""
     first = sess.get_inputs()[0]
     name, dtype = first.name, INTEGER_INPUTS.get(first.type)
+    if first.type == "tensor(float16)":  # a half-precision model: its outputs are widened back
+        return lambda x: [o.astype(np.float32) for o in sess.run(None, {name: x.astype(np.float16)})]
     if dtype is None:
         return lambda x: sess.run(None, {name: x})
     low, high = np.iinfo(dtype).min, np.iinfo(dtype).max
