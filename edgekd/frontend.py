@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import onnx_ir as ir
+
 from edgekd.config import InputSpec
 from edgekd.data.preprocess import Preprocess
 from edgekd.errors import ConfigError, InputShapeError
 from edgekd.ir.bind import bind_shape, proto_dims
+from edgekd.ir.normalize import INTEGER_PIXELS
 from edgekd.model_config import read_model_card
 from edgekd.models.load import LoadedModel, load_model
 from edgekd.runtime import RunFn, onnx_run_fn, ort_session, torch_reference
@@ -144,9 +147,9 @@ def onnx_input(loaded: LoadedModel, inp: InputSpec) -> InputSpec:
     shape = bind_shape(gi.name, proto_dims(gi), inp.shape)
     pre = inp.preprocess
     size = (shape[2], shape[3]) if pre.layout == "NCHW" else (shape[1], shape[2])
-    integer = {2: "uint8", 3: "int8"}.get(gi.type.tensor_type.elem_type)  # onnx.TensorProto.UINT8, INT8
-    if integer is not None:
-        pre.check_raw_pixels(gi.name, integer)
+    dtype = ir.DataType(gi.type.tensor_type.elem_type)
+    if dtype in INTEGER_PIXELS:
+        pre.check_raw_pixels(gi.name, dtype.name.lower())
     return dataclasses.replace(inp, name=gi.name, shape=shape, preprocess=dataclasses.replace(pre, size=size))
 
 

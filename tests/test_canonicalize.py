@@ -397,8 +397,8 @@ def test_a_uint8_input_model_compiles_int8_with_raw_pixels(tmp_path, target):
 
 @pytest.mark.parametrize("precision, target", [("fp32", "onnx-cpu"), ("int8", "onnx-cpu"), ("int8", "rpi4")])
 def test_a_half_precision_model_compiles_from_float32(tmp_path, precision, target):
-    """``model.half()`` exports: float16 weights, input and output. The graph is widened to float32 (exact),
-    verified against the float16 model within float16's rounding."""
+    """``model.half()`` exports: float16 weights, input and output. The graph is widened to float32 (exact) and
+    verified against the float16 model (run on float16 input) with verify's usual limits."""
     torch.manual_seed(0)
     net = nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()

@@ -66,3 +66,12 @@ def test_a_grey_model_compiles_int8_with_channel_order_gray(grey_onnx, tmp_path,
     assert m["status"] == "ok"
     pre = m["inputs"][0]["preprocessing"]
     assert pre["channel_order"] == "GRAY" and list(pre["mean"]) == [0.5]
+
+
+def test_a_four_channel_model_fed_images_is_told_to_give_arrays(tmp_path):
+    path = tmp_path / "rgba.onnx"
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    torch.onnx.export(model, (torch.zeros(1, 4, 28, 28),), str(path), dynamo=False, opset_version=13)
+    with pytest.raises(PassFailedError, match="takes 4 channels") as e:
+        _compile(path, "onnx-cpu", tmp_path / "out")
+    assert isinstance(e.value.cause, ConfigError) and ".npy" in e.value.cause.hint

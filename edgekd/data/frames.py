@@ -96,11 +96,14 @@ def letterbox_frame(rgb, size, mode="letterbox"):
     return place(resized, size, pad), scale, pad
 
 
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights of R, G, B, as Pillow's "L" conversion: channel order GRAY
+
+
 def normalize(rgb, scale, mean, std, channel_order="RGB", layout="NCHW"):
     """HWC image on the 0..255 scale → float32 ``(pixel · scale − mean) / std`` in ``layout``, no batch axis."""
     x = rgb.astype(np.float32)
-    if channel_order == "GRAY":  # ITU-R 601 luma, as Pillow's "L" conversion
-        x = x @ np.asarray([[0.299], [0.587], [0.114]], np.float32)
+    if channel_order == "GRAY":
+        x = x @ np.asarray(LUMA, np.float32)[:, None]
     x = x * scale
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     if channel_order == "BGR":

@@ -66,8 +66,13 @@ class Preprocess:
         """The model's input (``shape``, in this layout) takes as many channels as this preprocessing makes of an
         image: checked where images are read (preprocessed arrays are the model's already)."""
         channels = shape[1] if self.layout == "NCHW" else shape[-1]
-        if channels == self.channels or channels not in (1, 3):  # 4 channels: preprocessed arrays only
+        if channels == self.channels:
             return
+        if channels not in (1, 3):
+            raise ConfigError(
+                f"the model's input {tuple(shape)} takes {channels} channels; an image gives 1 (GRAY) or 3",
+                "give preprocessed arrays (.npy of shape [N, *input_shape[1:]]) instead of images",
+            )
         order = "GRAY" if channels == 1 else "RGB"
         luma = " (images become their luma, 0.299 R + 0.587 G + 0.114 B)" if channels == 1 else ""
         raise ConfigError(

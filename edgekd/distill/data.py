@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from edgekd.data.folder import ImageFolder, scan_image_folder, split_holdout
+from edgekd.data.frames import LUMA
 from edgekd.data.preprocess import Preprocess, read_rgb
 from edgekd.errors import DataError
 
@@ -65,8 +66,8 @@ def load_folder(root, size: tuple[int, int], limit: int | None = None, seed: int
 def to_tensor(images: np.ndarray, pre: Preprocess) -> torch.Tensor:
     """uint8 N,H,W,3 → normalised float NCHW (the layout the torch models take)."""
     x = torch.from_numpy(images).float()
-    if pre.channel_order == "GRAY":  # the luma edgekd.data.frames.normalize takes
-        x = x @ torch.tensor([[0.299], [0.587], [0.114]])
+    if pre.channel_order == "GRAY":
+        x = x @ torch.tensor(LUMA)[:, None]
     x = x * pre.scale
     x = (x - torch.tensor(pre.mean)) / torch.tensor(pre.std)
     if pre.channel_order == "BGR":

@@ -58,9 +58,6 @@ class CanonicalizeOutput(PassOutput):
         return self.report.to_dict()
 
 
-FLOAT16_SOURCE = "float16-source"  # fact: the source computes in float16; the graph now computes it in float32
-
-
 class CanonicalizePass(Pass):
     name = "canonicalize"
     requires = frozenset({ONNX_MODEL})
@@ -87,6 +84,4 @@ class CanonicalizePass(Pass):
         state.onnx_model, report = canonicalize(
             state.onnx_model, tuple(state.input.shape), self.opset_range, self.opset, self.decompose, self.skip
         )
-        if report.rewrites.get("float16_to_float32"):
-            state.facts.add(FLOAT16_SOURCE)
         return PassResult(state, changed=report.changed, output=CanonicalizeOutput(report))

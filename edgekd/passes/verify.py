@@ -29,7 +29,6 @@ from edgekd.errors import FidelityError
 from edgekd.ir.detector import decoded_outputs
 from edgekd.metrics import compare_outputs, sqnr_db
 from edgekd.passes.base import Pass, PassResult
-from edgekd.passes.canonicalize import FLOAT16_SOURCE
 from edgekd.passes.graph_nms import GraphNmsOutput
 from edgekd.quant.placement import WEIGHTED
 from edgekd.runtime.divergence import (
@@ -42,8 +41,6 @@ from edgekd.runtime.divergence import (
 )
 from edgekd.specs import TargetSpec
 from edgekd.state import EMITTED, CompileState, PassOutput
-
-FLOAT16_RELATIVE_ERROR = 1e-2  # float16 keeps 11 bits (relative step 1e-3); a few layers compound it
 
 
 @dataclass(frozen=True)
@@ -174,7 +171,7 @@ class VerifyPass(Pass):
             graph_nms=selection,
             **metrics,
         )
-        problems = self._problems(output, scales, quantized, FLOAT16_SOURCE in state.facts)
+        problems = self._problems(output, scales, quantized)
         if problems and quantized and state.float_reference is not None and math.isfinite(output.max_abs_error):
             output, problems = self._against_float(
                 output, problems, got, want, [state.float_reference(x) for x in inputs]
@@ -248,7 +245,7 @@ class VerifyPass(Pass):
         reference_range = max(float(np.abs(w[0]).max()) for w in want)
         return 2 * min(seen, self.max_relative_error_quantized * reference_range)
 
-    def _problems(self, out: FidelityOutput, scales: list, quantized: bool, half_source: bool = False) -> list[str]:
+    def _problems(self, out: FidelityOutput, scales: list, quantized: bool) -> list[str]:
         if not (math.isfinite(out.max_abs_error) and math.isfinite(out.reference_range)):
             return ["the outputs contain NaN or Inf (artifact or reference): check --mean/--std and the model"]
         problems = []
@@ -257,8 +254,6 @@ class VerifyPass(Pass):
         unscaled = [e for e, s in zip(out.max_abs_per_output, scales) if s is None]
         if unscaled or not quantized:
             limit = self.max_relative_error_quantized if quantized else self.max_relative_error
-            if half_source and not quantized:  # float32 against a float16 model: its rounding, layer after layer
-                limit = max(limit, FLOAT16_RELATIVE_ERROR)
             rel = max(unscaled) / out.reference_range if unscaled and out.reference_range else 0.0
             if rel > limit:
                 problems.append(f"relative error {rel:.2e} (limit {limit:.0e})")
