@@ -9,6 +9,7 @@ from edgekd.passes.canonicalize import CanonicalizePass
 from edgekd.passes.check_support import CheckSupportPass
 from edgekd.passes.distill import DistillPass
 from edgekd.passes.emit import EmitPass
+from edgekd.passes.equalize import EqualizePass
 from edgekd.passes.evaluate import EvaluatePass
 from edgekd.passes.export_onnx import ExportOnnxPass
 from edgekd.passes.fold_bias_dequantize import FoldBiasDequantizePass
@@ -31,6 +32,7 @@ PASSES: dict[str, type[Pass]] = {
         CanonicalizePass,
         FuseConvBnReluPass,
         CheckSupportPass,
+        EqualizePass,
         CalibratePass,
         QATPass,
         SensitivityPass,
@@ -56,6 +58,7 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "canonicalize",
     "fuse",
     "check-support",
+    "equalize",
     "calibrate",
     "qat",
     "sensitivity",
