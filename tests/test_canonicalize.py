@@ -415,3 +415,77 @@ def test_a_half_precision_model_compiles_from_float32(tmp_path, precision, targe
     canon = next(p["metrics"] for p in m["passes"] if p["name"] == "canonicalize")
     assert canon["rewrites"]["float16_to_float32"] >= 5  # the initializers and the input
     assert m["status"] == "ok" and m["inputs"][0]["dtype"] in ("float32", "int8")
+
+
+class Norms(nn.Module):
+    """LayerNorm over the last axis (as a transformer's tokens) and over the last two, with and without
+    an affine, as torch writes them out in primitives below opset 17."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 4, 4)
+        self.ln1, self.ln2 = nn.LayerNorm(8), nn.LayerNorm([8, 8], elementwise_affine=False)
+        with torch.no_grad():
+            self.ln1.weight.uniform_(0.5, 1.5), self.ln1.bias.uniform_(-0.3, 0.3)
+
+    def forward(self, x):
+        t = self.conv(x).flatten(2).transpose(1, 2)  # (N, 64 tokens, 8)
+        return self.ln2(self.ln1(t).reshape(-1, 8, 8, 8))
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_a_layernorm_written_out_below_opset_17_becomes_the_fused_op_where_the_target_has_it(tmp_path, opset):
+    torch.manual_seed(0)
+    source_path = export(Norms().eval(), tmp_path / "norms.onnx", SHAPE, opset, False)
+    source = onnx.load(str(source_path))
+    x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+
+    model, report = canonicalize(ir.from_proto(source), SHAPE, (13, 21), 17)  # onnx-cpu's range
+    ops = op_counts(model.graph)
+    assert report.opset_to == 17 and report.rewrites["layernorm_fused"] == 2
+    assert ops["LayerNormalization"] == 2 and not {"ReduceMean", "Sqrt", "Div", "Pow"} & set(ops)
+    assert "square_to_mul" not in report.rewrites  # the replaced nodes are not counted by later rewrites
+    np.testing.assert_allclose(_run(model, x)[0], _run(source, x)[0], rtol=1e-4, atol=1e-4)
+
+    kept, kept_report = canonicalize(
+        ir.from_proto(source), SHAPE, (13, 21), 17, decompose=frozenset({"LayerNormalization"})
+    )
+    assert "LayerNormalization" not in op_counts(kept.graph)  # rpi4, Ascend: their lowering takes the primitives
+    capped, _ = canonicalize(ir.from_proto(source), SHAPE, (11, 15), 13)  # a range below 17
+    assert "LayerNormalization" not in op_counts(capped.graph)
+
+
+def test_an_int8_vit_exported_at_opset_13_tracks_float_as_its_opset_17_export_does(tmp_path):
+    """The coverage ViT's finding: at opset 13 its written-out LayerNorms got Q/DQ on their statistics
+    (22 dB against float on onnx-cpu) where the opset-17 export's fused op got none (28 dB)."""
+    from conformance_models import ARCHITECTURES, calibration_images, realistic_weights
+    from edgekd.backends import get_backend
+    from edgekd.metrics import sqnr_db
+    from edgekd.runtime import onnx_run_fn, ort_session
+
+    shape = (1, 3, 32, 32)
+    images = calibration_images(shape, 48)
+    np.save(tmp_path / "calib.npy", images)
+    torch.manual_seed(0)
+    model = realistic_weights(ARCHITECTURES["vit"](tokens=16), images[:16])  # 16 patches of 8×8
+    sqnr = {}
+    for opset in (13, 17):
+        path = export(model, tmp_path / f"vit{opset}.onnx", shape, opset, False)
+        result = api.compile(
+            api.make_config(
+                str(path),
+                "onnx-cpu",
+                tmp_path / f"out{opset}",
+                input_shape=shape,
+                precision="int8",
+                calib=tmp_path / "calib.npy",
+                skip=("sensitivity",),
+                verify_samples=4,
+            )
+        )
+        m = result.manifest
+        run = get_backend(m["artifact"]["backend"]).session(result.output / m["artifact"]["model_file"])
+        want = np.concatenate([onnx_run_fn(ort_session(path))(images[i : i + 1])[0] for i in range(len(images))])
+        got = np.concatenate([run(images[i : i + 1])[0] for i in range(len(images))])
+        sqnr[opset] = sqnr_db(want, got)
+    assert abs(sqnr[13] - sqnr[17]) < 1.0, sqnr

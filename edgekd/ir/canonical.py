@@ -14,11 +14,12 @@ from typing import Sequence
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
+from edgekd.errors import OpsetConversionError
 from edgekd.ir import normalize
 from edgekd.ir.bind import bind_graph_input
 from edgekd.ir.graph import bypass
 from edgekd.ir.opset import convert_opset, target_opset
-from edgekd.ir.patterns import count_patterns, fuse_hard_activations
+from edgekd.ir.patterns import count_patterns, fuse_hard_activations, is_layernorm
 from edgekd.ir.simplify import simplify
 
 
@@ -99,6 +100,19 @@ PATTERN_REWRITES = {
 }
 
 
+LAYERNORM_OPSET = 17
+
+
+def _fusable_layernorm(model: ir.Model, opset: int, opset_range: tuple[int, int], decompose: frozenset[str]) -> bool:
+    """Whether raising the opset would let a LayerNorm written out in primitives become the fused op: the
+    target takes LayerNormalization and its range reaches opset 17, the model is below it and holds one."""
+    return (
+        opset < LAYERNORM_OPSET <= opset_range[1]
+        and "LayerNormalization" not in decompose
+        and any(is_layernorm(n) for n in model.graph)
+    )
+
+
 def canonicalize(
     model: ir.Model,
     shape: Sequence[int],
@@ -125,6 +139,14 @@ def canonicalize(
         _drop_identities(model.graph)  # ONNX's converter has no adapter for Identity below opset 16
         model = ir.from_proto(convert_opset(ir.to_proto(model), to))
         report.opset_to = to
+    elif _fusable_layernorm(model, report.opset_from, opset_range, decompose):
+        to = max(LAYERNORM_OPSET, min(preferred_opset, opset_range[1]))
+        _drop_identities(model.graph)
+        try:
+            model = ir.from_proto(convert_opset(ir.to_proto(model), to))
+            report.opset_to = to
+        except OpsetConversionError:
+            pass  # optional: the model is in the target's range as it is; its LayerNorms stay written out
     _infer_shapes(model)
     counts = simplify(model)
     report.removed_ops = counts["removed"]
@@ -132,10 +154,13 @@ def canonicalize(
     report.rewrites = {
         "float16_to_float32": widened,
         **decomposed,
+        "layernorm_fused": normalize.fuse_layernorm(graph)
+        if model_opset(model) >= LAYERNORM_OPSET and "LayerNormalization" not in decompose
+        else 0,
         "hard_activation_fused": fuse_hard_activations(model, model_opset(model)),
     }
-    if report.rewrites["hard_activation_fused"]:
-        common.RemoveUnusedNodesPass()(model)
+    if report.rewrites["hard_activation_fused"] or report.rewrites["layernorm_fused"]:
+        common.RemoveUnusedNodesPass()(model)  # the rewrites below would count the replaced nodes too
     _infer_shapes(model)
     report.rewrites.update({key: 0 if key in skip else rewrite(graph) for key, rewrite in PATTERN_REWRITES.items()})
     report.rewrites["affine_chain_merged"] = normalize.merge_affine_chains(graph)

@@ -13,6 +13,7 @@ Each function rewrites every match in place and returns how many it rewrote:
 * ``div_by_sqrt``: ``a / sqrt(v)`` → ``a * (1 / sqrt(v))``;
 * ``unflatten_softmax``: an opset-11 Softmax over the last axis, converted through Flatten/Reshape → one Softmax;
 * ``decompose_layernorm``: LayerNormalization → its primitives, for targets without it;
+* ``fuse_layernorm``: the primitives torch writes below opset 17 → LayerNormalization, for targets with it;
 * ``integer_input_to_float``: an image input of uint8/int8 pixels read only through ``Cast`` to float → a float
   input of the same values (exact: pixels are small integers), so every backend and the quantizer see float;
 * ``float16_to_float32``: a model exported in half precision (``model.half()``) → the same graph in float32
@@ -25,6 +26,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgekd.ir.graph import bypass, const_array, new_initializer, sole_consumer
+from edgekd.ir.patterns import is_layernorm
 
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
 
@@ -512,4 +514,75 @@ def float16_to_float32(graph: ir.Graph) -> int:
         if v.dtype == ir.DataType.FLOAT16:
             v.dtype = ir.DataType.FLOAT
             count += v.is_graph_input()
+    return count
+
+
+def _trailing_axes(node: ir.Node, rank: int) -> int | None:
+    """The first axis of a keepdims mean over the trailing axes of a rank-``rank`` tensor, else None."""
+    axes = _reduce_axes(node)
+    if axes is None or not node.attributes.get_int("keepdims", 1):
+        return None
+    axes = sorted(a % rank for a in axes)
+    return axes[0] if axes == list(range(axes[0], rank)) else None
+
+
+def _affine_constant(node: ir.Node | None, op: str, data: ir.Value, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The constant ``node`` (an ``op`` of ``data`` by it) applies, as an array of the normalized ``shape``."""
+    if node is None or node.op_type != op or len(node.inputs) != 2 or data not in node.inputs:
+        return None
+    c = const_array(node.inputs[1] if node.inputs[0] is data else node.inputs[0])
+    if c is None or c.ndim > len(shape) and any(d != 1 for d in c.shape[: c.ndim - len(shape)]):
+        return None
+    c = c.reshape(c.shape[max(0, c.ndim - len(shape)) :])
+    try:
+        return np.broadcast_to(c, shape).astype(np.float32)
+    except ValueError:
+        return None
+
+
+def fuse_layernorm(graph: ir.Graph) -> int:
+    """``(x - mean(x)) / sqrt(mean((x - mean(x))²) + ε) * γ + β`` over trailing axes, as torch exports
+    LayerNorm below opset 17, → one LayerNormalization (the model must be at opset 17 or later). The
+    quantizer then puts no grid inside it, as it does not inside the fused op: the coverage ViT exported at
+    opset 13 for onnx-cpu had Q/DQ on its statistics and kept 22 dB against float where the opset-17
+    export, with the fused op, kept 28 dB."""
+    count = 0
+    for div in [n for n in graph if n.op_type == "Div" and is_layernorm(n)]:
+        sub, sqrt = div.inputs[0].producer(), div.inputs[1].producer()
+        x, add = sub.inputs[0], sqrt.inputs[0].producer()
+        mean, var = sub.inputs[1].producer(), add.inputs[0].producer()
+        eps = const_array(add.inputs[1])
+        rank = len(x.shape) if x.shape is not None else 0
+        axis = _trailing_axes(mean, rank) if rank and mean.inputs[0] is x else None
+        if axis is None or _trailing_axes(var, rank) != axis or eps is None or eps.size != 1:
+            continue
+        shape = tuple(x.shape[axis:])
+        if not all(isinstance(d, int) for d in shape):
+            continue
+        last, scale, bias = div, np.ones(shape, np.float32), None
+        gamma = _affine_constant(nxt := sole_consumer(last.outputs[0]), "Mul", last.outputs[0], shape)
+        if gamma is not None:
+            last, scale = nxt, gamma
+            bias = _affine_constant(nxt := sole_consumer(last.outputs[0]), "Add", last.outputs[0], shape)
+            if bias is not None:
+                last = nxt
+        base = div.name or div.outputs[0].name
+        inputs = [x, new_initializer(graph, f"{base}_ln_scale", scale)]
+        if bias is not None:
+            inputs.append(new_initializer(graph, f"{base}_ln_bias", bias))
+        ln = ir.Node(
+            "",
+            "LayerNormalization",
+            inputs,
+            attributes={
+                "axis": ir.AttrInt64("axis", axis),
+                "epsilon": ir.AttrFloat32("epsilon", float(eps.reshape(-1)[0])),
+            },
+            name=f"{base}_layernorm",
+        )
+        ln.outputs[0].name = f"{base}_layernorm"
+        ln.outputs[0].dtype, ln.outputs[0].shape = last.outputs[0].dtype, last.outputs[0].shape
+        graph.insert_after(last, ln)
+        _replace_output(graph, last.outputs[0], ln.outputs[0])
+        count += 1
     return count
