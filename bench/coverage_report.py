@@ -332,6 +332,12 @@ def markdown(
         "- `cifar10-teacher/opset17`: the CIFAR-10 teacher of examples/cifar10 (ResNet-20 trained to convergence, "
         "87 % holdout top-1), its card's normalization in the graph, exported by edgekd at opset 17, 32×32: "
         "the one classifier here whose logits have a shipped model's margins.",
+        "- `cifar10-teacher/nhwc`, `/uint8`, `/float16`: the same teacher in the input forms other exporters "
+        "write, exported by torch at opset 17: channels last behind a Transpose (compiled with `--layout NHWC`), "
+        "raw uint8 pixels read through a Cast (`--scale 1`), half precision (`model.half()`); each measured "
+        "against its own float model on the same images, laid out for it. edgekd computes a half-precision "
+        "model in float32, so even its fp32 artifacts differ from it by the model's own float16 rounding "
+        "(66 dB, one top-1 of 500), and its int8 cells carry that beside the int8 noise.",
         "",
     ]
     for precision in precisions:

@@ -16,7 +16,9 @@ Models:
   measured on people-det images (where ../shared has them);
 - ``cifar10-teacher``: the CIFAR-10 teacher of examples/cifar10 (ResNet-20 trained to 87 % holdout
   top-1), its card's normalization in the graph: the one classifier trained to convergence, so its
-  logits have the margins a shipped model's have (the stock architectures' are trained briefly).
+  logits have the margins a shipped model's have (the stock architectures' are trained briefly); also
+  in the input forms other exporters write (``FORMS``): channels last behind a Transpose (TF/Keras),
+  raw uint8 pixels through a Cast, half precision (``model.half()``).
 
     python bench/model_coverage.py --json build/model-coverage.json --markdown docs/model-coverage.md
 
@@ -60,6 +62,27 @@ DIED = (
     "the coverage process died during this compile, with no Python error (killed by the OS, e.g. for "
     "memory); the resumed run recorded it and went on"
 )
+# Input forms of the CIFAR-10 teacher: the compile options a user passes for each, and how the fidelity
+# images (NCHW, [0, 1]) are laid out for it (float32 either way: the runners cast to the model's input type).
+FORMS = {
+    "nhwc": {"layout": "NHWC"},  # channels last, a Transpose first (TF/Keras exports)
+    "uint8": {"scale": 1.0},  # raw 0-255 pixels, a Cast to float inside
+    "float16": {},  # model.half(): float16 weights, input and output
+}
+
+
+def form_images(images: np.ndarray, form: str) -> np.ndarray:
+    if form == "nhwc":
+        return np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+    if form == "uint8":
+        return np.rint(images * 255).astype(np.float32)
+    return images
+
+
+def form_shape(shape: tuple, form: str) -> tuple:
+    return (shape[0], *shape[2:], shape[1]) if form == "nhwc" else shape
+
+
 BEFORE = {
     "commit": "2466d7a",
     "int8_ok": 0,
@@ -140,6 +163,7 @@ class Entry:
     calib: Path | None = None  # None: the run's --calib
     val: Path = VAL  # the held-out images fidelity is measured on
     weights: str = ""  # how the weights were made (Training.tag): a cell of other weights is compiled again
+    form: str = ""  # one of FORMS: the graph reads its input in that form
 
 
 def _people_det(work: Path, size: int) -> Path:
@@ -158,9 +182,13 @@ def _people_det(work: Path, size: int) -> Path:
     return path
 
 
-def _cifar10_teacher(work: Path) -> Path:
+TEACHER = ROOT / "examples" / "cifar10" / "teacher.pth"
+
+
+def _cifar10_teacher(work: Path, tag: str, form: str = "") -> Path:
     """examples/cifar10's teacher with its card's mean/std subtracted in the graph, so that it reads the
-    [0, 1] RGB images every coverage model reads, exported by edgekd's exporter."""
+    [0, 1] RGB images every coverage model reads, exported by edgekd's exporter; with a ``form``, exported by
+    torch with that input form around it."""
     import onnx
     import torch
 
@@ -168,22 +196,35 @@ def _cifar10_teacher(work: Path) -> Path:
     from edgekd.models.export import export_onnx
     from edgekd.models.load import load_model
 
-    path = work / "cifar10-teacher_opset17.onnx"
-    if not path.exists():
-        card = model_input(str(ROOT / "examples" / "cifar10" / "model.toml"))
-        pre = card.input.preprocess
+    path = work / f"cifar10-teacher-{tag}_{form or 'opset17'}.onnx"
+    if path.exists():
+        return path
+    card = model_input(str(ROOT / "examples" / "cifar10" / "model.toml"))
+    pre = card.input.preprocess
 
-        class Normalized(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.net = load_model(card.source, card.weights).torch_module
-                self.register_buffer("mean", torch.tensor(pre.mean, dtype=torch.float32).view(1, -1, 1, 1))
-                self.register_buffer("std", torch.tensor(pre.std, dtype=torch.float32).view(1, -1, 1, 1))
+    class Normalized(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = load_model(card.source, card.weights).torch_module
+            self.register_buffer("mean", torch.tensor(pre.mean, dtype=torch.float32).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor(pre.std, dtype=torch.float32).view(1, -1, 1, 1))
 
-            def forward(self, x):
-                return self.net((x - self.mean) / self.std)
+        def forward(self, x):
+            if form == "nhwc":
+                x = x.permute(0, 3, 1, 2)
+            elif form == "uint8":
+                x = x.to(torch.float32) / 255
+            return self.net((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
 
-        onnx.save(export_onnx(Normalized().eval(), (1, 3, 32, 32), 17), path)
+    model = Normalized().eval()
+    if not form:
+        onnx.save(export_onnx(model, (1, 3, 32, 32), 17), path)
+        return path
+    dtype = {"uint8": torch.uint8, "float16": torch.float16}.get(form, torch.float32)
+    if form == "float16":
+        model = model.half()
+    example = torch.zeros(form_shape((1, 3, 32, 32), form), dtype=dtype)
+    torch.onnx.export(model, (example,), str(path), opset_version=17, dynamo=False, input_names=["images"])
     return path
 
 
@@ -234,8 +275,12 @@ def model_files(kinds: list[str], work: Path, calib: Path, only: str | None, tra
                     name, path, _images(calib, LIGHT_SHAPE, 8)
                 )
             out[key] = Entry(path, LIGHT_SHAPE, True)
-    if "cifar10-teacher" in kinds and wanted("cifar10-teacher"):
-        out["cifar10-teacher/opset17"] = Entry(_cifar10_teacher(work), (1, 3, 32, 32), True)
+    if "cifar10-teacher" in kinds:
+        tag = hashlib.sha256(TEACHER.read_bytes()).hexdigest()[:12]  # a new teacher compiles its cells again
+        for form in ("", *FORMS):
+            name = f"cifar10-teacher/{form or 'opset17'}"
+            if wanted(name):
+                out[name] = Entry(_cifar10_teacher(work, tag, form), (1, 3, 32, 32), True, weights=tag, form=form)
     if "people-det" in kinds and PEOPLE.is_dir():
         for size in PEOPLE_SIZES:
             if wanted(f"people-det-teacher/{size}"):
@@ -294,6 +339,7 @@ def compile_cell(
     samples: int,
     val: np.ndarray,
     skip: tuple[str, ...] = ("sensitivity",),
+    options: dict | None = None,
 ) -> dict:
     from edgekd import api
     from edgekd.backends import get_backend
@@ -313,6 +359,7 @@ def compile_cell(
                     sensitivity_samples=16,
                     verify_samples=8,
                     skip=skip,
+                    **(options or {}),
                 )
             )
         except Exception as e:  # every failure is a result here: the matrix records it
@@ -369,14 +416,15 @@ def run_cells(planned: list[tuple], models: dict[str, Entry], results: dict, arg
         args.json.write_text(json.dumps(results, indent=1))
         results[key] = cell = compile_cell(
             entry.path,
-            entry.shape,
+            form_shape(entry.shape, entry.form),
             entry.classifier,
             target,
             precision,
             entry.calib or args.calib,
             args.samples,
-            val[entry.val, entry.shape],
+            form_images(val[entry.val, entry.shape], entry.form),
             () if args.with_sensitivity else ("sensitivity",),
+            FORMS.get(entry.form),
         )
         cell["weights"] = entry.weights
         print(
@@ -404,7 +452,13 @@ def classifier_context(models: dict[str, Entry], args) -> dict[str, dict]:
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     out = {}
     for name, entry in models.items():
-        if not entry.classifier or name.startswith("light/") or "dynamic" in name or not entry.path.exists():
+        if (
+            not entry.classifier
+            or name.startswith("light/")
+            or "dynamic" in name
+            or entry.form
+            or not entry.path.exists()
+        ):
             continue
         digest = hashlib.sha256(entry.path.read_bytes()).hexdigest()[:16]
         key = f"{name}|{digest}|{args.val_images} images|{args.samples} calibration|{'nncf' if nncf else 'float'}"
