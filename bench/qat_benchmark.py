@@ -19,6 +19,7 @@ the run can be stopped and restarted; finished compiles are not redone.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import shlex
@@ -134,9 +135,6 @@ def student_card(args, workdir: Path) -> Path:
 
 
 def compile_one(card: Path, target: str, out: Path, folders: dict, args, qat: bool | str) -> dict:
-    done = out.with_suffix(".json")
-    if done.exists():
-        return json.loads(done.read_text())
     options = dict(
         precision="int8",
         calib=folders["calib"],
@@ -156,6 +154,13 @@ def compile_one(card: Path, target: str, out: Path, folders: dict, args, qat: bo
             options.update(qat_epochs=args.qat_epochs)
         if args.qat_lr is not None:
             options["qat_lr"] = args.qat_lr
+    # A result is reused only for the same settings and weights: a run with another --qat-lr, say, in the
+    # same --workdir compiles again instead of reporting the old figures.
+    settings = {k: str(v) for k, v in options.items() if k not in ("force", "resume")}
+    settings["weights_sha256"] = hashlib.sha256(Path(args.weights).read_bytes()).hexdigest()
+    done = out.with_suffix(".json")
+    if done.exists() and json.loads(done.read_text()).get("settings") == settings:
+        return json.loads(done.read_text())
     started = time.time()
     try:
         with warnings.catch_warnings():
@@ -178,6 +183,7 @@ def compile_one(card: Path, target: str, out: Path, folders: dict, args, qat: bo
         "accuracy_budget": m["quantization"]["accuracy_budget"],
         "qat": {k: v for k, v in (m.get("qat") or {}).items() if k not in ("tensor_ranges",)} or None,
         **{k: acc[k] for k in PAIRED if k in acc},
+        "settings": settings,
     }
     done.write_text(json.dumps(result, indent=2))
     return result
