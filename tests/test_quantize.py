@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import numpy as np
@@ -19,7 +20,7 @@ from edgekd.errors import AccuracyBudgetError, ConfigError, DataError, PassFaile
 from edgekd.ir.graph import FUSED_ACTIVATION
 from edgekd.models import build_model
 from edgekd.passes.calibrate import CalibrationWarning
-from edgekd.quant.accuracy import greedy_keep_float, paired_drop
+from edgekd.quant.accuracy import PairedDrop, greedy_keep_float, paired_drop
 
 
 def compile_int8(tmp_path, model, shape, calib, **kw):
@@ -248,8 +249,16 @@ def test_a_drop_is_judged_on_the_images_float_and_int8_disagree_on():
     assert paired.drop_pt == pytest.approx(0.2)
     low, high = paired.ci95_pt()
     assert low < 0 < high  # 30 against 20 is noise
-    assert (high - low) / 2 == pytest.approx(196 * np.sqrt(50 / 5000 - (10 / 5000) ** 2) / np.sqrt(5000), rel=1e-6)
+    # exact given the 50 disagreements: at each bound the binomial tail beyond 30 holds 2.5 %
+    p_low, p_high = (1 + low / 100 * 5000 / 50) / 2, (1 + high / 100 * 5000 / 50) / 2
+    tail = lambda p, ks: sum(math.comb(50, k) * p**k * (1 - p) ** (50 - k) for k in ks)  # noqa: E731
+    assert tail(p_low, range(30, 51)) == pytest.approx(0.025, rel=1e-6)
+    assert tail(p_high, range(0, 31)) == pytest.approx(0.025, rel=1e-6)
     assert paired_drop(labels, float_pred * 0, int8_pred).ci95_pt()[0] > 0  # 40 lost, none gained: real
+    few = PairedDrop(100, 5, 0)  # 5 lost, none gained: McNemar's exact p is 0.0625, not significant
+    assert few.ci95_pt()[0] == pytest.approx(100 * (2 * 0.025 ** (1 / 5) - 1) * 5 / 100, rel=1e-6)
+    assert few.ci95_pt()[0] < 0 < few.ci95_pt()[1]
+    assert PairedDrop(5000, 0, 0).ci95_pt() == (0.0, 0.0)
 
 
 def test_max_drop_needs_an_eval_set(tmp_path, zoo_models):
