@@ -108,7 +108,7 @@ def _region(seed: ir.Value) -> Region | None:
             else:
                 return None
     if not readers:
-        return None  # nothing absorbs the factors: the region would reach a graph output another way
+        return None  # nothing reads the region's values: no factor would change anything
     return Region(tensors, producers, readers)
 
 
