@@ -2,7 +2,7 @@
 
     python bench/qat_benchmark.py --data ../shared/data/cifar10/train \\
         --student resnet8:0.625 --weights .cache/student-bench/kd/student.pt \\
-        --targets onnx-cpu,rpi4,openvino-cpu --qat-epochs 3 \\
+        --targets onnx-cpu,rpi4,openvino-cpu --qat-epochs 3 --tune-lr 1e-4,2.5e-4,5e-4 \\
         --json build/qat-benchmark.json --markdown docs/qat-benchmark.md
 
 For each target, two `edgekd.api.compile` runs of the student with the teacher card's preprocessing and
@@ -10,7 +10,8 @@ labels (examples/cifar10/model.toml): post-training quantization (EMA calibratio
 evenly spaced over the train split), and the same plus `--qat-epochs N` on the train split. Both score
 the float model and the emitted artifact, in the target's own runtime, on the held-out images (every
 10th image of each class: the split every edgekd training uses, so QAT never trains on them). Reported:
-float, PTQ int8 and QAT int8 top-1, the drops, and how much of the PTQ drop QAT recovers.
+float, PTQ int8 and QAT int8 top-1, the drops, and how much of the PTQ drop QAT recovers. With --tune-lr the
+QAT learning rate is chosen first, on images the table does not score (``tune_lr``).
 
 Each compile's result is kept under --workdir, and an interrupted QAT resumes from its checkpoints, so
 the run can be stopped and restarted; finished compiles are not redone.
@@ -70,6 +71,13 @@ def parse_args(argv):
         type=int,
         help="train QAT on this many train-split images (spread over the classes) instead of all 45,000",
     )
+    ap.add_argument(
+        "--tune-lr",
+        help="comma-separated QAT learning rates to choose from first, on --tune-target: each trains on the train "
+        "split less its every-10th image and is judged there (never on the scored images); the rate whose QAT "
+        "top-1 ends closest to float's is then used for every target",
+    )
+    ap.add_argument("--tune-target", default="openvino-cpu")
     ap.add_argument("--workdir", default=".cache/qat-bench")
     ap.add_argument("--json")
     ap.add_argument("--markdown")
@@ -116,6 +124,10 @@ def prepare_folders(args, workdir: Path) -> dict:
         "calib_images": len(calib),
         "eval_images": len(evalset),
     }
+    if args.tune_lr:
+        # QAT takes every 10th file of each class as its own holdout: of these, train-split files only
+        out["tune"] = link_folder(workdir / "tune-train", list(train.files), class_names(train))
+        out["tune_held_images"] = len(split_holdout(train)[1])
     if args.qat_images:
         sub = train.subset(spread(len(train), args.qat_images))
         # its own every-10th holdout is taken from these train-split files: QAT still never sees the eval images
@@ -336,7 +348,27 @@ def reading(rows: dict, eval_images: int) -> str:
     )
 
 
-def markdown(rows: dict, args, folders: dict, command: str, fallback: dict | None = None) -> str:
+def tuning_text(tuning: list[dict], chosen: float, args) -> str:
+    lines = [
+        "## QAT learning rate",
+        "",
+        f"Chosen before the table, on {args.tune_target}: QAT at each rate trained on the train split less its "
+        f"every-10th image and was judged on those {tuning[0]['images']} images, which the table never scores; "
+        "the rate whose QAT top-1 there ends closest to float's is used for every target (a tie goes to the "
+        "larger rate).",
+        "",
+        "| QAT lr | float top-1 % (tuning split) | QAT int8 top-1 % | QAT − float pt |",
+        "|---:|---:|---:|---:|",
+    ]
+    for r in tuning:
+        mark = " **(chosen)**" if r["lr"] == chosen else ""
+        lines.append(f"| {r['lr']:g}{mark} | {r['float']:.2f} | {r['qat']:.2f} | {r['qat'] - r['float']:+.2f} |")
+    return "\n".join(lines)
+
+
+def markdown(
+    rows: dict, args, folders: dict, command: str, fallback: dict | None = None, tuning: list[dict] | None = None
+) -> str:
     any_qat = next((r["qat"]["qat"] for r in rows.values() if r.get("qat") and "error" not in r["qat"]), None)
     training = any_qat["training"] if any_qat else {}
     temperature = training.get("temperature", {}).get("start", "–")
@@ -366,7 +398,29 @@ SGD lr {training.get("lr", "–")} cosine, batch {training.get("batch_size", "�
 {reading(rows, folders["eval_images"])}
 
 Targets: QAT recovers ≥ {100 * TARGET_RECOVERY:.0f} % of the PTQ drop and ends within {TARGET_GAP_PT} pt of float.
+{chr(10) + tuning_text(tuning, args.qat_lr, args) + chr(10) if tuning else ""}
 {chr(10) + fallback_text(fallback, args) + chr(10) if fallback else ""}"""
+
+
+def tune_lr(card: Path, folders: dict, args, workdir: Path) -> list[dict]:
+    """QAT on --tune-target at each candidate rate, trained on the train split less its every-10th image and
+    judged on those (QAT's own holdout; the scored images stay unseen): one row per rate."""
+    rows = []
+    for lr in [float(v) for v in args.tune_lr.split(",")]:
+        progress(f"{args.tune_target}: QAT at lr {lr:g} on the tuning split ...")
+        tuned = argparse.Namespace(**{**vars(args), "qat_lr": lr})
+        out = workdir / f"tune-{args.tune_target}-lr{lr:g}"
+        result = compile_one(card, args.tune_target, out, {**folders, "train": folders["tune"]}, tuned, qat=True)
+        if "error" in result:
+            raise SystemExit(f"tuning at lr {lr:g}: {result['error']}")
+        q = result["qat"]
+        rows.append({"lr": lr, "images": folders["tune_held_images"], "float": q["float_top1"], "qat": q["qat_top1"]})
+    return rows
+
+
+def chosen_lr(rows: list[dict]) -> float:
+    """The rate whose QAT top-1 on the tuning split is closest to float's; a tie goes to the larger rate."""
+    return min(rows, key=lambda r: (abs(r["qat"] - r["float"]), -r["lr"]))["lr"]
 
 
 def main(argv=None) -> int:
@@ -375,6 +429,10 @@ def main(argv=None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     folders = prepare_folders(args, workdir)
     card = student_card(args, workdir)
+    tuning = tune_lr(card, folders, args, workdir) if args.tune_lr else None
+    if tuning:
+        args.qat_lr = chosen_lr(tuning)
+        progress(f"QAT learning rate: {args.qat_lr:g} (closest to float on the tuning split)")
     rows = {}
     for target in [t for t in args.targets.split(",") if t]:
         progress(f"{target}: post-training quantization ...")
@@ -401,13 +459,14 @@ def main(argv=None) -> int:
                     "command": command,
                     "folders": {k: str(v) for k, v in folders.items()},
                     "results": rows,
+                    "lr_tuning": tuning,
                     "fallback": fallback,
                 },
                 indent=2,
             )
         )
     if args.markdown:
-        Path(args.markdown).write_text(markdown(rows, args, folders, command, fallback))
+        Path(args.markdown).write_text(markdown(rows, args, folders, command, fallback, tuning))
     return 0
 
 
