@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
+TEACHER_RECORD = Path(__file__).resolve().parents[1] / "examples" / "cifar10" / "teacher.json"
 MIN_TOP1 = 0.99  # issue 11's fidelity targets for int8 against float
 MIN_SQNR_DB = 20.0
 
@@ -330,7 +333,8 @@ def markdown(
         "boxes and scores together). It replaces the zoo `yolo` with random weights, whose QDQ simulation is "
         "too far from float to verify anything.",
         "- `cifar10-teacher/opset17`: the CIFAR-10 teacher of examples/cifar10 (ResNet-20 trained to convergence, "
-        "87 % holdout top-1), its card's normalization in the graph, exported by edgekd at opset 17, 32×32: "
+        f"{100 * json.loads(TEACHER_RECORD.read_text())['val_top1']:.1f} % holdout top-1), its card's normalization "
+        "in the graph, exported by edgekd at opset 17, 32×32: "
         "the one classifier here whose logits have a shipped model's margins.",
         "- `cifar10-teacher/nhwc`, `/uint8`, `/float16`: the same teacher in the input forms other exporters "
         "write, exported by torch at opset 17: channels last behind a Transpose (compiled with `--layout NHWC`), "

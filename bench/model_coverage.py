@@ -14,9 +14,9 @@ Models:
   BatchNorm recalibrated; exported by torch at opset 11 with dynamic axes and at opsets 13 and 17 static;
 - ``people-det``: the trained people-det teacher (examples/people-det) at 320 and 640, calibrated and
   measured on people-det images (where ../shared has them);
-- ``cifar10-teacher``: the CIFAR-10 teacher of examples/cifar10 (ResNet-20 trained to 87 % holdout
-  top-1), its card's normalization in the graph: the one classifier trained to convergence, so its
-  logits have the margins a shipped model's have (the stock architectures' are trained briefly); also
+- ``cifar10-teacher``: the CIFAR-10 teacher of examples/cifar10 (ResNet-20), its card's normalization in
+  the graph: the one classifier trained to convergence, so its logits have the margins a shipped model's
+  have (the stock architectures' are trained briefly); also
   in the input forms other exporters write (``FORMS``): channels last behind a Transpose (TF/Keras),
   raw uint8 pixels through a Cast, half precision (``model.half()``).
 
