@@ -489,3 +489,17 @@ def test_an_int8_vit_exported_at_opset_13_tracks_float_as_its_opset_17_export_do
         got = np.concatenate([run(images[i : i + 1])[0] for i in range(len(images))])
         sqnr[opset] = sqnr_db(want, got)
     assert abs(sqnr[13] - sqnr[17]) < 1.0, sqnr
+
+
+def test_a_model_in_range_keeps_its_opset_when_the_optional_raise_for_layernorm_cannot_convert(tmp_path, monkeypatch):
+    import edgekd.ir.canonical as canonical
+
+    def refuse(model, opset):
+        raise OpsetConversionError(f"cannot convert the model to opset {opset}: op X does not convert")
+
+    monkeypatch.setattr(canonical, "convert_opset", refuse)
+    source = onnx.load(str(export(Norms().eval(), tmp_path / "norms.onnx", SHAPE, 13, False)))
+    model, report = canonicalize(ir.from_proto(source), SHAPE, (13, 21), 17)
+    assert report.opset_to is None and "LayerNormalization" not in op_counts(model.graph)
+    with pytest.raises(OpsetConversionError):  # below the range, conversion is not optional
+        canonicalize(ir.from_proto(source), SHAPE, (14, 21), 17)

@@ -135,18 +135,17 @@ def canonicalize(
         _infer_shapes(model)
         decomposed["layernorm_decomposed"] = normalize.decompose_layernorm(model.graph, report.opset_from)
     to = target_opset(report.opset_from, opset_range, preferred_opset)
+    optional = to is None and _fusable_layernorm(model, report.opset_from, opset_range, decompose)
+    if optional:
+        to = max(LAYERNORM_OPSET, min(preferred_opset, opset_range[1]))
     if to is not None:
         _drop_identities(model.graph)  # ONNX's converter has no adapter for Identity below opset 16
-        model = ir.from_proto(convert_opset(ir.to_proto(model), to))
-        report.opset_to = to
-    elif _fusable_layernorm(model, report.opset_from, opset_range, decompose):
-        to = max(LAYERNORM_OPSET, min(preferred_opset, opset_range[1]))
-        _drop_identities(model.graph)
         try:
             model = ir.from_proto(convert_opset(ir.to_proto(model), to))
             report.opset_to = to
         except OpsetConversionError:
-            pass  # optional: the model is in the target's range as it is; its LayerNorms stay written out
+            if not optional:
+                raise  # in range as it is, the model keeps its opset and its LayerNorms stay written out
     _infer_shapes(model)
     counts = simplify(model)
     report.removed_ops = counts["removed"]
