@@ -13,7 +13,7 @@ from torch import nn
 
 from conformance_models import export, hswish, light_model_dir, silu
 from edgekd import api
-from edgekd.errors import ConfigError, InputShapeError, OpsetConversionError, UnsupportedOpsError
+from edgekd.errors import ConfigError, InputShapeError, OpsetConversionError, PassFailedError, UnsupportedOpsError
 from edgekd.ir.bind import bind_shape
 from edgekd.ir.canonical import canonicalize
 from edgekd.ir.dataflow import data_values
@@ -336,11 +336,16 @@ def test_a_bias_shared_through_identity_compiles_below_opset_16(tmp_path):
     assert len(biases) == 2 and len({n.input[1] for n in biases}) == 2  # one bias scale per layer
 
 
-def _uint8_input_model(cast_only: bool = True) -> onnx.ModelProto:
-    """Raw pixels in, as many exported models take them: uint8 → Cast to float → ×1/255 → Conv → pooled logits."""
+def _uint8_input_model(cast_only: bool = True, front: str = "") -> onnx.ModelProto:
+    """Raw pixels in, as many exported models take them: uint8 → Cast to float → ×1/255 → Conv → pooled logits.
+    ``front`` "nhwc": channels-last pixels, a Transpose before the Cast (TF exports); "integer": a MaxPool on the
+    integers before the Cast."""
     rng = np.random.default_rng(0)
-    nodes = [
-        helper.make_node("Cast", ["pixels"], ["f"], to=TensorProto.FLOAT),
+    first = {"nhwc": "Transpose", "integer": "MaxPool"}.get(front)
+    attrs = {"Transpose": {"perm": [0, 3, 1, 2]}, "MaxPool": {"kernel_shape": [1, 1]}}.get(first, {})
+    nodes = [helper.make_node(first, ["pixels"], ["moved"], name="front", **attrs)] if first else []
+    nodes += [
+        helper.make_node("Cast", ["moved" if first else "pixels"], ["f"], to=TensorProto.FLOAT),
         helper.make_node("Mul", ["f", "s"], ["x"]),
         helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c"], ["r"]),
@@ -354,7 +359,7 @@ def _uint8_input_model(cast_only: bool = True) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes,
         "raw_pixels",
-        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, list(SHAPE))],
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, _nhwc(SHAPE) if front == "nhwc" else list(SHAPE))],
         outputs,
         [
             numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w"),
@@ -373,6 +378,44 @@ def test_an_integer_pixel_input_read_through_cast_becomes_a_float_input():
     np.testing.assert_array_equal(_run(model, pixels.astype(np.float32))[0], want[0])
     kept, report = canonicalize(ir.from_proto(_uint8_input_model(cast_only=False)), SHAPE, (13, 17), 17)
     assert not report.rewrites.get("integer_input_to_float")  # read as integers too: not a float input
+
+
+def _nhwc(shape) -> list[int]:
+    return [shape[0], *shape[2:], shape[1]]
+
+
+@pytest.mark.parametrize("target", ["onnx-cpu", "rpi4"])
+def test_channels_last_uint8_pixels_moved_by_a_transpose_before_the_cast_compile_int8(tmp_path, target):
+    model, report = canonicalize(ir.from_proto(_uint8_input_model(front="nhwc")), _nhwc(SHAPE), (13, 17), 17)
+    assert report.rewrites["integer_input_to_float"] == 1 and "Cast" not in op_counts(model.graph)
+    path, calib = tmp_path / "nhwc.onnx", tmp_path / "nhwc.npy"
+    onnx.save(_uint8_input_model(front="nhwc"), path)
+    np.save(calib, np.random.default_rng(0).integers(0, 256, [16, *_nhwc(SHAPE)[1:]]).astype(np.float32))
+    result = api.compile(
+        api.make_config(
+            str(path), target, tmp_path / "out", precision="int8", calib=calib, skip=("sensitivity",),
+            scale=1.0, layout="NHWC", calib_samples=16, verify_samples=4,
+        )
+    )  # fmt: skip
+    assert result.manifest["status"] == "ok"
+
+
+def test_pixels_computed_on_as_integers_get_a_named_error_for_int8_and_compile_in_fp32(tmp_path):
+    path, calib = tmp_path / "integer.onnx", tmp_path / "integer.npy"
+    onnx.save(_uint8_input_model(front="integer"), path)
+    np.save(calib, np.random.default_rng(0).integers(0, 256, (16,) + SHAPE[1:]).astype(np.float32))
+
+    def config(precision, out):
+        return api.make_config(
+            str(path), "onnx-cpu", tmp_path / out, precision=precision, calib=calib, skip=("sensitivity",),
+            scale=1.0, verify_samples=4,
+        )  # fmt: skip
+
+    with pytest.raises(PassFailedError) as e:
+        api.compile(config("int8", "int8"))
+    assert e.value.pass_name == "calibrate" and isinstance(e.value.cause, UnsupportedOpsError)
+    assert "computes on as integers (MaxPool 'front')" in e.value.cause.message and "Cast" in e.value.cause.hint
+    assert api.compile(config("fp32", "fp32")).manifest["status"] == "ok"
 
 
 @pytest.mark.parametrize("target", ["onnx-cpu", "openvino-cpu", "rpi4"])

@@ -14,8 +14,9 @@ Each function rewrites every match in place and returns how many it rewrote:
 * ``unflatten_softmax``: an opset-11 Softmax over the last axis, converted through Flatten/Reshape → one Softmax;
 * ``decompose_layernorm``: LayerNormalization → its primitives, for targets without it;
 * ``fuse_layernorm``: the primitives torch writes below opset 17 → LayerNormalization, for targets with it;
-* ``integer_input_to_float``: an image input of uint8/int8 pixels read only through ``Cast`` to float → a float
-  input of the same values (exact: pixels are small integers), so every backend and the quantizer see float;
+* ``integer_input_to_float``: an image input of uint8/int8 pixels that reaches float only through ``Cast``, directly
+  or after ops that only move values → a float input of the same values (exact: pixels are small integers), so
+  every backend and the quantizer see float;
 * ``float16_to_float32``: a model exported in half precision (``model.half()``) → the same graph in float32
   (every float16 value widened exactly), the precision edgekd calibrates and quantizes from.
 """
@@ -476,16 +477,41 @@ def div_by_sqrt(graph: ir.Graph) -> int:
 INTEGER_PIXELS = (ir.DataType.UINT8, ir.DataType.INT8)
 
 
+# Ops that only move values: integer pixels pass through them unchanged on their way to a Cast.
+PIXEL_MOVES = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+
+
+def integer_reader(value: ir.Value) -> ir.Node | None:
+    """The first node that computes on the integer ``value`` — anything but an op that only moves it (a
+    channels-last Transpose, a Reshape) or a Cast to float — or None when every path reaches such a Cast."""
+    for use in value.uses():
+        node = use.node
+        if node.op_type == "Cast" and node.attributes.get_int("to") == ir.DataType.FLOAT:
+            continue
+        if node.op_type not in PIXEL_MOVES or use.idx != 0 or node.outputs[0].is_graph_output():
+            return node
+        if (inner := integer_reader(node.outputs[0])) is not None:
+            return inner
+    return None
+
+
 def integer_input_to_float(graph: ir.Graph) -> int:
+    """Image inputs of uint8/int8 pixels that reach float only through Casts, directly or after ops that only
+    move values (TF exports: NHWC uint8 → Transpose → Cast), become float inputs of the same values; the Casts
+    go. Exact: pixels are small integers."""
     count = 0
     for value in graph.inputs:
-        readers = [use.node for use in value.uses()]
-        casts = [n for n in readers if n.op_type == "Cast" and n.attributes.get_int("to") == ir.DataType.FLOAT]
-        if value.dtype not in INTEGER_PIXELS or not readers or len(casts) != len(readers):
+        if value.dtype not in INTEGER_PIXELS or not value.uses() or integer_reader(value) is not None:
             continue
-        value.dtype = ir.DataType.FLOAT
-        for cast in casts:
-            bypass(graph, cast, value)
+        stack = [value]
+        while stack:
+            v = stack.pop()
+            v.dtype = ir.DataType.FLOAT
+            for node in [use.node for use in v.uses()]:
+                if node.op_type == "Cast":
+                    bypass(graph, node, v)
+                else:
+                    stack.append(node.outputs[0])
         count += 1
     return count
 

@@ -12,8 +12,9 @@ import onnx_ir as ir
 from edgekd.config import CompileConfig
 from edgekd.data.folder import scan_image_folder
 from edgekd.data.samples import count_samples, iter_batches
-from edgekd.errors import ConfigError, UnknownNameError
+from edgekd.errors import ConfigError, UnknownNameError, UnsupportedOpsError
 from edgekd.ir.detector import looks_like_detector
+from edgekd.ir.normalize import INTEGER_PIXELS, integer_reader
 from edgekd.passes.base import Pass, PassResult
 from edgekd.quant.calibrate import Calibration, observe
 from edgekd.quant.observers import make_observer
@@ -79,6 +80,21 @@ def check_layer_names(state: CompileState) -> None:
         )
 
 
+def check_float_input(graph: ir.Graph) -> None:
+    """An integer pixel input that canonicalize could not make float (the model computes on the integers before
+    any Cast) gets a named error here, not ONNX Runtime's 'Unexpected input data type' from inside calibration."""
+    first = graph.inputs[0]
+    if first.dtype in INTEGER_PIXELS:
+        node = integer_reader(first)
+        where = f" ({node.op_type} {node.name!r})" if node is not None else ""
+        raise UnsupportedOpsError(
+            f"input {first.name!r} holds {first.dtype.name.lower()} pixels that the model computes on as integers"
+            f"{where} before converting them to float; int8 quantization starts from a float graph",
+            "re-export the model with a float input, or with a Cast to float right after the input (layout ops "
+            "such as a Transpose may come first); --precision fp32 compiles it as it is",
+        )
+
+
 class CalibratePass(Pass):
     name = "calibrate"
     requires = frozenset({ONNX_MODEL, BN_FOLDED, ACTIVATIONS_MARKED})
@@ -116,6 +132,7 @@ class CalibratePass(Pass):
 
     def run(self, state: CompileState) -> PassResult:
         check_layer_names(state)
+        check_float_input(state.onnx_model.graph)
         available = count_samples(self.data)
         n = min(available, self.limit) if self.limit else available
         detector = looks_like_detector(state.onnx_model.graph)
