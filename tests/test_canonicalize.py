@@ -546,3 +546,32 @@ def test_a_model_in_range_keeps_its_opset_when_the_optional_raise_for_layernorm_
     assert report.opset_to is None and "LayerNormalization" not in op_counts(model.graph)
     with pytest.raises(OpsetConversionError):  # below the range, conversion is not optional
         canonicalize(ir.from_proto(source), SHAPE, (14, 21), 17)
+
+
+def test_a_normalization_by_another_power_is_not_taken_for_a_layernorm():
+    """(x - mean) / sqrt(mean((x - mean)³) + ε) has LayerNorm's shape but not its arithmetic."""
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[-1]),
+        helper.make_node("Sub", ["x", "m"], ["c"]),
+        helper.make_node("Pow", ["c", "three"], ["p"]),
+        helper.make_node("ReduceMean", ["p"], ["v"], axes=[-1]),
+        helper.make_node("Add", ["v", "eps"], ["ve"]),
+        helper.make_node("Sqrt", ["ve"], ["s"]),
+        helper.make_node("Div", ["c", "s"], ["y"]),
+    ]
+    shape = [1, 4, 8]
+    graph = helper.make_graph(
+        nodes,
+        "cubed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        [
+            numpy_helper.from_array(np.array(3.0, np.float32), "three"),
+            numpy_helper.from_array(np.array(9.0, np.float32), "eps"),
+        ],
+    )
+    source = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.abs(np.random.default_rng(0).standard_normal(shape)).astype(np.float32)
+    model, report = canonicalize(ir.from_proto(source), shape, (13, 21), 17)
+    assert "LayerNormalization" not in op_counts(model.graph) and not report.rewrites.get("layernorm_fused")
+    np.testing.assert_allclose(_run(model, x)[0], _run(source, x)[0], rtol=1e-5, atol=1e-6)

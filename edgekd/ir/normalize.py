@@ -566,6 +566,14 @@ def _affine_constant(node: ir.Node | None, op: str, data: ir.Value, shape: tuple
         return None
 
 
+def _squares(node: ir.Node, v: ir.Value) -> bool:
+    """``node`` computes ``v²``: ``Mul(v, v)`` or ``Pow(v, 2)``."""
+    if node.op_type == "Mul":
+        return len(node.inputs) == 2 and node.inputs[0] is v and node.inputs[1] is v
+    exponent = const_array(node.inputs[1]) if node.op_type == "Pow" and node.inputs[0] is v else None
+    return exponent is not None and exponent.size == 1 and float(exponent.reshape(-1)[0]) == 2.0
+
+
 def fuse_layernorm(graph: ir.Graph) -> int:
     """``(x - mean(x)) / sqrt(mean((x - mean(x))²) + ε) * γ + β`` over trailing axes, as torch exports
     LayerNorm below opset 17, → one LayerNormalization (the model must be at opset 17 or later). The
@@ -581,6 +589,8 @@ def fuse_layernorm(graph: ir.Graph) -> int:
         rank = len(x.shape) if x.shape is not None else 0
         axis = _trailing_axes(mean, rank) if rank and mean.inputs[0] is x else None
         if axis is None or _trailing_axes(var, rank) != axis or eps is None or eps.size != 1:
+            continue
+        if not _squares(var.inputs[0].producer(), sub.outputs[0]):
             continue
         shape = tuple(x.shape[axis:])
         if not all(isinstance(d, int) for d in shape):
