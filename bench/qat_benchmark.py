@@ -146,6 +146,11 @@ def student_card(args, workdir: Path) -> Path:
     return path
 
 
+def result_file(out: Path) -> Path:
+    """``out`` + ``.json`` (not ``with_suffix``: a rate in the name, ``lr0.0005``, has a dot of its own)."""
+    return out.with_name(out.name + ".json")
+
+
 def compile_one(card: Path, target: str, out: Path, folders: dict, args, qat: bool | str) -> dict:
     options = dict(
         precision="int8",
@@ -170,7 +175,7 @@ def compile_one(card: Path, target: str, out: Path, folders: dict, args, qat: bo
     # same --workdir compiles again instead of reporting the old figures.
     settings = {k: str(v) for k, v in options.items() if k not in ("force", "resume")}
     settings["weights_sha256"] = hashlib.sha256(Path(args.weights).read_bytes()).hexdigest()
-    done = out.with_suffix(".json")
+    done = result_file(out)
     if done.exists() and json.loads(done.read_text()).get("settings") == settings:
         return json.loads(done.read_text())
     started = time.time()
@@ -237,7 +242,7 @@ def add_pairing(rows: dict, card: Path, workdir: Path, folders: dict, samples: i
             )
         paired = paired_drop(labels, float_pred, int8_pred)
         result |= dict(zip(PAIRED, (paired.lost, paired.gained, list(paired.ci95_pt()))))
-        out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+        result_file(out).write_text(json.dumps(result, indent=2))
         progress(f"{target} {kind}: {paired.lost} images lost, {paired.gained} gained against float")
 
 
