@@ -16,9 +16,9 @@ Models:
   measured on people-det images (where ../shared has them);
 - ``cifar10-teacher``: the CIFAR-10 teacher of examples/cifar10 (ResNet-20), its card's normalization in
   the graph: the one classifier trained to convergence, so its logits have the margins a shipped model's
-  have (the stock architectures' are trained briefly); also
-  in the input forms other exporters write (``FORMS``): channels last behind a Transpose (TF/Keras),
-  raw uint8 pixels through a Cast, half precision (``model.half()``).
+  have (the stock architectures' are trained briefly); also in the input forms other exporters write
+  (``FORMS``): channels last behind a Transpose (TF/Keras), raw uint8 pixels through a Cast, half
+  precision (``model.half()``).
 
     python bench/model_coverage.py --json build/model-coverage.json --markdown docs/model-coverage.md
 
