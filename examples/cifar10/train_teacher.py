@@ -63,6 +63,17 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
+def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """One ``size``×``size`` square per normalized image set to 0 (the mean colour), its centre anywhere in the
+    image and the square clipped at the edges (DeVries & Taylor 2017: 16 px on CIFAR-10)."""
+    n, _, h, w = x.shape
+    y0 = torch.randint(0, h, (n, 1, 1), generator=gen) - size // 2
+    x0 = torch.randint(0, w, (n, 1, 1), generator=gen) - size // 2
+    ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+    hole = (ys >= y0) & (ys < y0 + size) & (xs >= x0) & (xs < x0 + size)
+    return x * (~hole).unsqueeze(1)
+
+
 @torch.no_grad()
 def evaluate(model, x, y, batch=500) -> float:
     model.eval()
@@ -85,6 +96,7 @@ def main(argv=None) -> int:  # long on purpose: the whole training recipe, top t
     ap.add_argument("--cache-dir", default=".cache")
     ap.add_argument("--out", default="examples/cifar10/teacher.pth")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--cutout", type=int, default=0, help="side of the square Cutout hides per image (0: none)")
     ap.add_argument(
         "--init",
         help="start from these weights (a state_dict, e.g. the teacher of an earlier run): "
@@ -130,7 +142,10 @@ def main(argv=None) -> int:  # long on purpose: the whole training recipe, top t
         for step in range(steps_per_epoch):
             idx = perm[step * args.batch_size : (step + 1) * args.batch_size]
             xb = augment(torch.from_numpy(xtr[idx.numpy()]).permute(0, 3, 1, 2), gen).permute(0, 2, 3, 1)
-            inp = to_input(xb).contiguous(memory_format=torch.channels_last)
+            inp = to_input(xb)
+            if args.cutout:
+                inp = cutout(inp, args.cutout, gen)
+            inp = inp.contiguous(memory_format=torch.channels_last)
             target = torch.from_numpy(ytr[idx.numpy()])
             logits = model(inp)
             loss = F.cross_entropy(logits, target)
