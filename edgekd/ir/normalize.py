@@ -200,7 +200,7 @@ def merge_affine_chains(graph: ir.Graph) -> int:
     return count
 
 
-def _per_channel(c: np.ndarray, rank: int, channels: int) -> np.ndarray | None:
+def per_channel(c: np.ndarray, rank: int, channels: int) -> np.ndarray | None:
     """The per-output-channel vector of a constant that varies along axis 1 only, else None."""
     padded = c.reshape((1,) * (rank - c.ndim) + c.shape)
     if padded.shape[0] != 1 or any(d != 1 for d in padded.shape[2:]) or padded.shape[1] not in (1, channels):
@@ -220,7 +220,7 @@ def fold_affine_into_conv(graph: ir.Graph) -> int:
             w = const_array(conv.inputs[1])
             b_in = conv.inputs[2] if len(conv.inputs) > 2 else None
             b = const_array(b_in) if b_in is not None else (np.zeros(w.shape[0], w.dtype) if w is not None else None)
-            vec = _per_channel(step[2], len(conv.outputs[0].shape), w.shape[0]) if w is not None else None
+            vec = per_channel(step[2], len(conv.outputs[0].shape), w.shape[0]) if w is not None else None
             if w is None or b is None or vec is None:
                 break
             b = b.astype(np.float64)

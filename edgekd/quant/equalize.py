@@ -24,6 +24,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgekd.ir.graph import const_array, new_initializer
+from edgekd.ir.normalize import per_channel
 
 # Ops that act on each channel of their first input alone and commute with a positive factor per channel.
 CHANNELWISE = frozenset({"Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Resize"})
@@ -56,10 +57,7 @@ def _absorbing_mul(node: ir.Node, index: int, channels: int | None) -> bool:
     if other is None or node.inputs[1 - index] is node.inputs[index]:
         return False
     rank = len(node.inputs[index].shape) if node.inputs[index].shape is not None else 0
-    if other.ndim > rank:
-        return False
-    padded = other.reshape((1,) * (rank - other.ndim) + other.shape)
-    return all(d == 1 for i, d in enumerate(padded.shape) if i != 1) and padded.shape[1] in (1, channels)
+    return other.ndim <= rank and per_channel(other, rank, channels) is not None
 
 
 def _channels(v: ir.Value) -> int | None:
@@ -181,6 +179,5 @@ def equalize(graph: ir.Graph, region: Region, per_producer: dict[str, np.ndarray
         data = mul.inputs[index]
         rank = len(data.shape)
         c = const_array(mul.inputs[1 - index])
-        per_channel = np.broadcast_to(c.reshape((1,) * (rank - c.ndim) + c.shape).reshape(-1), carried[data].shape)
-        divided = (per_channel.astype(np.float64) / carried[data]).reshape((1, -1) + (1,) * (rank - 2))
+        divided = (per_channel(c, rank, len(carried[data])) / carried[data]).reshape((1, -1) + (1,) * (rank - 2))
         _replace_const(graph, mul, 1 - index, divided.astype(c.dtype), "scale_equalized")
