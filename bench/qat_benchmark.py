@@ -6,7 +6,7 @@
         --json build/qat-benchmark.json --markdown docs/qat-benchmark.md
 
 For each target, two `edgekd.api.compile` runs of the student with the teacher card's preprocessing and
-labels (examples/cifar10/model.toml): post-training quantization (EMA calibration on 512 training images,
+labels (examples/cifar10/model.toml): post-training quantization (calibration on 512 training images,
 evenly spaced over the train split), and the same plus `--qat-epochs N` on the train split. Both score
 the float model and the emitted artifact, in the target's own runtime, on the held-out images (every
 10th image of each class: the split every edgekd training uses, so QAT never trains on them). Reported:
@@ -33,6 +33,7 @@ import numpy as np
 
 from edgekd import __version__ as EDGEKD_VERSION
 from edgekd import api
+from edgekd.config import CalibrationOptions
 from edgekd.data.folder import scan_image_folder, split_holdout
 from edgekd.errors import EdgekdError
 from edgekd.model_config import read_model_card
@@ -51,9 +52,9 @@ def parse_args(argv):
     ap.add_argument("--calib-samples", type=int, default=512)
     ap.add_argument(
         "--calib-method",
-        default="ema",
-        choices=["ema", "minmax", "percentile"],
-        help="calibration for both PTQ and QAT's starting ranges (default: ema, edgekd's default)",
+        default=CalibrationOptions().method,
+        choices=["minmax", "ema", "percentile"],
+        help="calibration for both PTQ and QAT's starting ranges (default: edgekd's)",
     )
     ap.add_argument("--percentile", type=float, default=99.99)
     ap.add_argument(

@@ -43,7 +43,13 @@ from edgekd.ui import text_table
 @click.option(
     "--calib-samples", type=int, default=512, show_default=True, help="use at most this many calibration samples"
 )
-@click.option("--calib-method", type=click.Choice(["ema", "minmax", "percentile"]), default="ema", show_default=True)
+@click.option(
+    "--calib-method",
+    type=click.Choice(["minmax", "ema", "percentile"]),
+    default="minmax",
+    show_default=True,
+    help="activation ranges: min/max over all samples, a moving average of batch min/max, or a percentile",
+)
 @click.option("--ema-constant", type=float, default=0.01, show_default=True, help="EMA averaging constant")
 @click.option("--percentile", type=float, default=99.99, show_default=True)
 @click.option(
