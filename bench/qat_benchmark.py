@@ -325,13 +325,18 @@ def reading(rows: dict, eval_images: int) -> str:
     pairs = [(r["ptq"], r["qat"]) for r in rows.values() if r.get("qat") and "error" not in r["qat"]]
     if not pairs:
         return ""
-    worst_ptq = max(0.0, *(p["drop_pt"] for p, _ in pairs))
+    drops = [p["drop_pt"] for p, _ in pairs]
+    worst_ptq = max(drops)
     moved = [p["drop_pt"] - q["drop_pt"] for p, q in pairs]
     step = 100 / max(1, eval_images)
+    lost = (
+        f"PTQ loses at most {worst_ptq:+.2f} pt on these targets ({round(worst_ptq / step)} of {eval_images} images)"
+        if worst_ptq > 0
+        else f"PTQ loses nothing on these targets (int8 top-1 {-max(drops):+.2f} to {-min(drops):+.2f} pt from float's)"
+    )
     text = (
-        f"PTQ loses at most {worst_ptq:+.2f} pt on these targets ({round(worst_ptq / step)} of {eval_images} images), "
-        f"so this student leaves QAT {'little' if worst_ptq <= 5 * step else 'something'} to recover; QAT moved "
-        f"top-1 by {min(moved):+.2f} to {max(moved):+.2f} pt against PTQ."
+        f"{lost}, so this student leaves QAT {'little' if worst_ptq <= 5 * step else 'something'} to recover; QAT "
+        f"moved top-1 by {min(moved):+.2f} to {max(moved):+.2f} pt against PTQ."
     )
     paired = {t: (r["ptq"], r["qat"]) for t, r in rows.items() if "images_lost" in (r.get("qat") or {})}
     if not paired:
