@@ -414,7 +414,7 @@ def nncf_method() -> Method:
 
 def all_methods() -> list[Method]:
     return (
-        [edgekd_method(m) for m in ("ema", "minmax", "percentile")]
+        [edgekd_method(m) for m in ("ema", "minmax", "percentile", "mse")]
         + [ort_method(m) for m in ("MinMax", "Entropy", "Percentile")]
         + [nncf_method()]
     )

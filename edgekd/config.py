@@ -31,7 +31,7 @@ class CalibrationOptions:
     # min/max over all samples by default: EMA (c 0.01, batches of 32) keeps little more than the first batch's
     # range and clips what later images reach; on the converged CIFAR-10 teacher that cost 6 dB against float
     # on every target (docs/quantization-benchmark.md has the top-1 figures)
-    method: str = "minmax"  # minmax | ema | percentile
+    method: str = "minmax"  # minmax | ema | percentile | mse
     ema_constant: float = 0.01
     percentile: float = 99.99
     activation_scheme: str | None = None  # None: the target's

@@ -1,5 +1,6 @@
 """Calibration observers: running min/max, EMA arithmetic by hand, per-channel axes, the percentile
-histogram against np.percentile, and NaN/Inf errors that name the tensor and sample."""
+histogram against np.percentile, the least-squares range against a brute-force search, and NaN/Inf
+errors that name the tensor and sample."""
 
 from __future__ import annotations
 
@@ -13,15 +14,20 @@ from edgekd.quant.observers import (
     OBSERVERS,
     EMAMinMaxObserver,
     MinMaxObserver,
+    MSEObserver,
     PercentileObserver,
     make_observer,
 )
-from edgekd.quant.qparams import ACT_INT8_ASYM, ACT_INT8_SYM, qparams_from_range
+from edgekd.quant.qparams import ACT_INT8_ASYM, ACT_INT8_SYM, SCHEMES, fake_quantize, qparams_from_range
 
 
 def exact_observer(kind: str):
     """An observer whose range is the plain min/max on a single batch (percentile 100)."""
     return make_observer(kind, **({"percentile": 100.0} if kind == "percentile" else {}))
+
+
+def squared_error(x: np.ndarray, qp) -> float:
+    return float(np.sum((fake_quantize(x, qp).astype(np.float64) - x) ** 2))
 
 
 def batch(lo: float, hi: float) -> np.ndarray:
@@ -158,6 +164,33 @@ def test_percentile_arguments_are_validated(kw):
         PercentileObserver(**kw)
 
 
+# --- least squared error -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_mse_range_clips_rare_outliers_and_beats_min_max_on_the_data(scheme):
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(1.0, 1.0, 200_000), [40.0, -30.0]]).astype(np.float32)
+    obs = MSEObserver()
+    for part in np.array_split(x, 7):
+        obs.update(part)
+    chosen, full = obs.qparams(SCHEMES[scheme]), qparams_from_range(x.min(), x.max(), SCHEMES[scheme])
+    assert float(chosen.scale) < 0.7 * float(full.scale)  # two values in 200,002 do not set the grid
+    assert squared_error(x, chosen) < 0.7 * squared_error(x, full)
+    # within 3 % of the best factor on the data itself (the histogram sees bin centres, not the values)
+    brute = min(
+        squared_error(x, qparams_from_range(x.min() * f, x.max() * f, SCHEMES[scheme])) for f in MSEObserver.FACTORS
+    )
+    assert squared_error(x, chosen) <= 1.03 * brute
+
+
+def test_mse_range_keeps_a_tail_that_carries_mass():
+    x = np.random.default_rng(1).uniform(0.0, 6.0, 100_000).astype(np.float32)
+    obs = MSEObserver()
+    obs.update(x)
+    assert float(obs.qparams(ACT_INT8_ASYM).scale) * 255 == pytest.approx(6.0, rel=0.02)
+
+
 # --- errors and bookkeeping ------------------------------------------------------------------
 
 
@@ -197,12 +230,12 @@ def test_to_dict_is_json(kind):
 
 
 def test_make_observer_by_name():
-    assert set(OBSERVERS) == {"ema", "minmax", "percentile"}
+    assert set(OBSERVERS) == {"ema", "minmax", "percentile", "mse"}
     obs = make_observer("ema", averaging_constant=0.2, ch_axis=1)
     assert isinstance(obs, EMAMinMaxObserver) and obs.averaging_constant == 0.2 and obs.ch_axis == 1
     with pytest.raises(ConfigError) as e:
         make_observer("kl")
-    assert "ema, minmax, percentile" in e.value.hint
+    assert "ema, minmax, mse, percentile" in e.value.hint
     with pytest.raises(ConfigError, match="percentile") as e:
         make_observer("minmax", percentile=99.0)
     assert "ch_axis" in e.value.hint

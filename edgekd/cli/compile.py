@@ -45,7 +45,7 @@ from edgekd.ui import text_table
 )
 @click.option(
     "--calib-method",
-    type=click.Choice(["minmax", "ema", "percentile"]),
+    type=click.Choice(["minmax", "ema", "percentile", "mse"]),
     default="minmax",
     show_default=True,
     help="activation ranges: min/max over all samples, a moving average of batch min/max, or a percentile",
