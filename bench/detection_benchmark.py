@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from edgekd import api
+from edgekd.config import CalibrationOptions
 from edgekd.data.detection import load_detection_set
 from edgekd.data.preprocess import Preprocess
 from edgekd.data.samples import iter_batches
@@ -172,8 +173,12 @@ def int8_row(
     out = workdir / f"{name}-{target}"
     record = out.with_suffix(".json")
     manifest = out / "manifest.json"
-    compiled_from = json.loads(manifest.read_text())["source"].get("sha256") if manifest.exists() else None
-    if record.exists() and compiled_from == weights_sha(name):
+    compiled = json.loads(manifest.read_text()) if manifest.exists() else {}
+    same = (compiled.get("source", {}).get("sha256"), compiled.get("calibration", {}).get("method")) == (
+        weights_sha(name),
+        CalibrationOptions().method,
+    )
+    if record.exists() and same:  # the same weights, calibrated the same way
         row = json.loads(record.read_text())
         if rebench:
             row = {k: v for k, v in row.items() if k not in ("p50_ms", "e2e_p50_ms", "bench_error")}

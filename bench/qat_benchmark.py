@@ -396,8 +396,8 @@ on {platform.processor() or platform.machine()}, edgekd {EDGEKD_VERSION}, {time.
 Student `{args.student}` (weights `{args.weights}`: the KD student of `python bench/student_benchmark.py
 --variants kd`), preprocessing and labels of `{args.card}`.
 Calibration: {folders["calib_images"]} training images evenly spaced over the train split, observer
-`{args.calib_method}`{f" at {args.percentile}" if args.calib_method == "percentile" else ""}, the same for PTQ and
-QAT (its starting ranges). Scored: {folders["eval_images"]} held-out images (every 10th of each class), by each
+{observer_text(args)}, the same for PTQ and QAT (its starting ranges).
+Scored: {folders["eval_images"]} held-out images (every 10th of each class), by each
 target's own runtime running the emitted artifact (`evaluate` pass); float is the PyTorch model on the same images.
 QAT: {args.qat_epochs} epochs on {folders["train_images"]} train-split images, KD from the float student
 (temperature {temperature}, KD share {kd_share}),
@@ -411,6 +411,17 @@ SGD lr {training.get("lr", "–")} cosine, batch {training.get("batch_size", "�
 Targets: QAT recovers ≥ {100 * TARGET_RECOVERY:.0f} % of the PTQ drop and ends within {TARGET_GAP_PT} pt of float.
 {chr(10) + tuning_text(tuning, args.qat_lr, args) + chr(10) if tuning else ""}
 {chr(10) + fallback_text(fallback, args) + chr(10) if fallback else ""}"""
+
+
+def observer_text(args) -> str:
+    text = f"`{args.calib_method}`" + (f" at {args.percentile}" if args.calib_method == "percentile" else "")
+    default = CalibrationOptions().method
+    if args.calib_method == default:
+        return text
+    return text + (
+        f" (edgekd's default is `{default}`; `--calib-method {args.calib_method}` here gives PTQ and QAT the full "
+        "observed ranges, where EMA's are about its first batch's)"
+    )
 
 
 def tune_lr(card: Path, folders: dict, args, workdir: Path) -> list[dict]:

@@ -303,29 +303,28 @@ def test_sensitivity_samples_shrink_with_the_input_pixels():
     assert samples_for((1, 16), 8) == 8  # not an image: unchanged
 
 
-def test_default_ranges_cover_what_only_a_later_batch_reaches(tmp_path, zoo_models):
-    """min/max by default: EMA would keep about the first batch's range and clip the later image."""
+def test_calib_method_decides_whether_a_later_batch_sets_the_range(tmp_path, zoo_models):
+    """min/max covers what only the second batch reaches; EMA keeps about the first batch's range."""
     path, _, shape = zoo_models["resnet20"]
     samples = np.random.default_rng(0).uniform(0.0, 0.5, (64, *shape[1:])).astype(np.float32)
     samples[40, 0, 0, 0] = 2.0  # in the second batch of 32
     np.save(tmp_path / "calib.npy", samples)
     widths = {}
-    for method in (None, "ema"):
-        kw = {"calib_method": method} if method else {}
+    for method in ("minmax", "ema"):
         config = api.make_config(
             str(path),
             "onnx-cpu",
-            tmp_path / f"o-{method}",
+            tmp_path / method,
             input_shape=shape,
             precision="int8",
             calib=tmp_path / "calib.npy",
+            calib_method=method,
             skip=("sensitivity",),
-            **kw,
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CalibrationWarning)
             m = json.loads((api.compile(config).output / "manifest.json").read_text())
-        q = m["inputs"][0]["quantization"]
-        widths[m["calibration"]["method"]] = q["scale"] * 255
+        assert m["calibration"]["method"] == method
+        widths[method] = m["inputs"][0]["quantization"]["scale"] * 255
     assert widths["minmax"] == pytest.approx(2.0, rel=1e-3)
     assert widths["ema"] < 0.6

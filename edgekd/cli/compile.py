@@ -45,10 +45,11 @@ from edgekd.ui import text_table
 )
 @click.option(
     "--calib-method",
-    type=click.Choice(["minmax", "ema", "percentile", "mse"]),
-    default="minmax",
+    type=click.Choice(["ema", "minmax", "percentile", "mse"]),
+    default="ema",
     show_default=True,
-    help="activation ranges: min/max over all samples, a moving average of batch min/max, or a percentile",
+    help="activation ranges: a moving average of batch min/max, min/max over all samples, a percentile, "
+    "or the range closest to the values seen (mse)",
 )
 @click.option("--ema-constant", type=float, default=0.01, show_default=True, help="EMA averaging constant")
 @click.option("--percentile", type=float, default=99.99, show_default=True)

@@ -1,4 +1,4 @@
-"""Measures activation ranges on sample data with the configured observer (min/max by default)."""
+"""Measures activation ranges on sample data with the configured observer (EMA min/max by default)."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ class CalibratePass(Pass):
         self,
         data: Path,
         scheme: str,
-        method: str = "minmax",
+        method: str = "ema",
         limit: int | None = 512,
         batch: int = 32,
         placement: str | None = None,

@@ -105,8 +105,8 @@ class EMAMinMaxObserver(Observer):
     """Exponential moving average of each batch's min and max (torch's MovingAverageMinMaxObserver).
 
     The first batch sets the range; later ones move it by ``averaging_constant`` of the way, so after n
-    batches the first still weighs (1 − c)^(n−1): 86 % for 512 samples in batches of 32 at c = 0.01. It
-    suits QAT's thousands of steps; for calibration, min/max over every sample is the default.
+    batches the first still weighs (1 − c)^(n−1): 86 % for 512 samples in batches of 32 at c = 0.01, so a
+    calibration's ranges are about its first batch's, and what later samples reach beyond them is clipped.
     """
 
     kind = "ema"
