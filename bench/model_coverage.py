@@ -388,6 +388,14 @@ def compile_cell(
     }
 
 
+def calibration_method() -> str:
+    """edgekd's default observer: an int8 cell compiled under another is compiled again (cells recorded before
+    this key were all calibrated with EMA, the default then)."""
+    from edgekd.config import CalibrationOptions
+
+    return CalibrationOptions().method
+
+
 def run_cells(planned: list[tuple], models: dict[str, Entry], results: dict, args, deadline: float | None) -> int:
     """Compiles every planned (precision, model, target) cell not in ``results`` yet, saving the JSON after
     each; returns how many were left when ``deadline`` passed."""
@@ -395,8 +403,10 @@ def run_cells(planned: list[tuple], models: dict[str, Entry], results: dict, arg
     todo = [
         c
         for c in planned
-        if results.get(f"{c[1]}|{c[2]}|{c[0]}", {}).get("weights", "") != models[c[1]].weights
-        or f"{c[1]}|{c[2]}|{c[0]}" not in results
+        if f"{c[1]}|{c[2]}|{c[0]}" not in results
+        or results[f"{c[1]}|{c[2]}|{c[0]}"].get("weights", "") != models[c[1]].weights
+        or c[0] == "int8"
+        and results[f"{c[1]}|{c[2]}|{c[0]}"].get("calibration", "ema") != calibration_method()
     ]
     for i, (precision, name, target) in enumerate(todo):
         if deadline is not None and time.monotonic() > deadline:
@@ -427,6 +437,8 @@ def run_cells(planned: list[tuple], models: dict[str, Entry], results: dict, arg
             FORMS.get(entry.form),
         )
         cell["weights"] = entry.weights
+        if precision == "int8":
+            cell["calibration"] = calibration_method()
         print(
             f"[{i + 1}/{len(todo)}] {key}: {cell['status']} "
             f"{cell.get('vs_float', cell.get('reason', ''))!s:.200} {cell['seconds']} s",
