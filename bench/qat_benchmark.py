@@ -53,7 +53,7 @@ def parse_args(argv):
     ap.add_argument(
         "--calib-method",
         default=CalibrationOptions().method,
-        choices=["minmax", "ema", "percentile"],
+        choices=["ema", "minmax", "percentile", "mse"],
         help="calibration for both PTQ and QAT's starting ranges (default: edgekd's)",
     )
     ap.add_argument("--percentile", type=float, default=99.99)
@@ -418,10 +418,8 @@ def observer_text(args) -> str:
     default = CalibrationOptions().method
     if args.calib_method == default:
         return text
-    return text + (
-        f" (edgekd's default is `{default}`; `--calib-method {args.calib_method}` here gives PTQ and QAT the full "
-        "observed ranges, where EMA's are about its first batch's)"
-    )
+    why = "; min/max gives PTQ and QAT the full observed ranges, EMA about its first batch's"
+    return text + f" (edgekd's default is `{default}`{why if args.calib_method == 'minmax' else ''})"
 
 
 def tune_lr(card: Path, folders: dict, args, workdir: Path) -> list[dict]:

@@ -30,8 +30,8 @@ class CalibrationOptions:
     batch: int = 32  # samples per observer update (EMA step) when the graph allows it
     # No observer is best for every model: on the converged CIFAR-10 teacher, min/max over every sample is 6 dB
     # closer to float than EMA (whose first batch keeps most of the weight and clips later images), but the
-    # people-det detectors keep less mAP with it (the student on openvino-cpu: 97.6 % of float with EMA over batches of
-    # 4, 92.7 % with min/max, 96.5 % with mse); EMA stays the default until one wins on both.
+    # people-det detectors keep less mAP with it (the student on openvino-cpu: 97.6 % of float with EMA over
+    # batches of 4, 92.7 % with min/max, 96.5 % with mse); EMA stays the default until one wins on both.
     method: str = "ema"  # ema | minmax | percentile | mse
     ema_constant: float = 0.01
     percentile: float = 99.99

@@ -104,8 +104,8 @@ class MinMaxObserver(Observer):
 class EMAMinMaxObserver(Observer):
     """Exponential moving average of each batch's min and max (torch's MovingAverageMinMaxObserver).
 
-    The first batch sets the range; later ones move it by ``averaging_constant`` of the way, so after n
-    batches the first still weighs (1 − c)^(n−1): 86 % for 512 samples in batches of 32 at c = 0.01, so a
+    The first batch sets the range; later ones move it by ``averaging_constant`` of the way. After n
+    batches the first still weighs (1 − c)^(n−1), 86 % for 512 samples in batches of 32 at c = 0.01: a
     calibration's ranges are about its first batch's, and what later samples reach beyond them is clipped.
     """
 
