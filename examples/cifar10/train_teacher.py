@@ -103,6 +103,8 @@ def main(argv=None) -> int:  # long on purpose: the whole training recipe, top t
         "one more learning-rate cycle on top of it; its .json record is kept in ours",
     )
     args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # before the hours of training, not after
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -190,7 +192,6 @@ def main(argv=None) -> int:  # long on purpose: the whole training recipe, top t
             ckpt_path,
         )
 
-    out = Path(args.out)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     tmp = out.with_name(out.name + ".tmp")
     torch.save(state, tmp)
