@@ -569,8 +569,9 @@ def main(argv=None) -> int:
         deadline = time.monotonic() + 60 * args.stop_after
     pending = run_cells(planned, models, results, args, deadline)
     if args.markdown:
-        given = argv if argv is not None else sys.argv[1:]
-        command = "python bench/model_coverage.py " + " ".join(a for a in given if a != "--report-only")
+        command = "python bench/model_coverage.py " + " ".join(_report_arguments(argv or sys.argv[1:]))
+        if args.only:  # the report covers every model in the JSON, not only the ones this run compiled
+            models = model_files(args.models.split(","), args.work, args.calib, None, training)
         context = classifier_context(models, args)
         text = markdown(results, targets, precisions, command.strip(), BEFORE, training.describe(), pending, context)
         args.markdown.write_text(text)
@@ -578,6 +579,23 @@ def main(argv=None) -> int:
         cells = [c for k, c in results.items() if k.endswith(f"|{precision}")]
         print(f"{precision}: {sum(c['status'] == 'ok' for c in cells)} of {len(cells)} cells ok")
     return 0
+
+
+RUN_ONLY = {"--report-only": 0, "--only": 1, "--stop-after": 1}  # what this run did, not what the report shows
+
+
+def _report_arguments(given: list[str]) -> list[str]:
+    """The command line that regenerates the whole report: without the options that pick what one run does."""
+    kept, skip = [], 0
+    for a in given:
+        name = a.split("=", 1)[0]
+        if skip:
+            skip -= 1
+        elif name in RUN_ONLY:
+            skip = RUN_ONLY[name] if "=" not in a else 0
+        else:
+            kept.append(a)
+    return kept
 
 
 if __name__ == "__main__":

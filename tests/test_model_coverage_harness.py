@@ -1,5 +1,5 @@
 """bench/model_coverage.py's resume rule: a recorded cell is reused only if it was made the way a new one
-would be (the same weights; for int8, the same default calibration)."""
+would be (the same weights; for int8, the same default calibration); the command its report names."""
 
 from __future__ import annotations
 
@@ -36,3 +36,15 @@ def test_other_weights_another_calibration_or_no_record_compile_again(monkeypatc
 def test_fp32_cells_ignore_the_calibration(monkeypatch):
     monkeypatch.setattr(mc, "calibration_method", lambda: "mse")
     assert left({"m|t|fp32": {"weights": "w"}}, "fp32") == 0
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        ["--json", "c.json", "--only", "cifar10-teacher", "--markdown", "c.md"],
+        ["--json", "c.json", "--only=cifar10-teacher", "--stop-after", "30", "--markdown", "c.md"],
+        ["--report-only", "--json", "c.json", "--markdown", "c.md"],
+    ],
+)
+def test_the_report_names_the_command_for_the_whole_matrix(given):
+    assert mc._report_arguments(given) == ["--json", "c.json", "--markdown", "c.md"]

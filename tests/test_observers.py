@@ -139,6 +139,21 @@ def test_percentile_matches_np_percentile_within_a_bin_while_the_range_grows():
     assert obs.width * obs.bins <= 2 * (data.max() - data.min())  # widening costs at most 2× resolution
 
 
+@pytest.mark.parametrize("centre", [0.0, 3e4, -1e6])
+def test_percentile_of_float32_values_far_from_zero_stays_within_a_bin(centre):
+    # Values are binned in float32 (the fast path): a widened histogram's edge is off the float32 grid,
+    # and far from zero rounding it must not move the bins.
+    rng = np.random.default_rng(2)
+    batches = [(centre + rng.normal(size=50_000) * spread).astype(np.float32) for spread in (0.01, 0.03)]
+    obs = PercentileObserver(percentile=99.0, bins=512)
+    for b in batches:  # the widening puts the edge off the float32 grid
+        obs.update(b)
+    data = np.concatenate(batches)
+    lo, hi = obs.min_max()
+    expected_lo, expected_hi = np.percentile(data.astype(np.float64), [1.0, 99.0])
+    assert abs(lo - expected_lo) <= obs.width and abs(hi - expected_hi) <= obs.width
+
+
 def test_percentile_100_is_the_exact_min_max():
     obs = PercentileObserver(percentile=100.0)
     obs.update(np.float32([0.1, 0.2]))

@@ -173,16 +173,21 @@ class PercentileObserver(Observer):
             if batch_min < self.lo or batch_max > self._hi():
                 self._widen(batch_min, batch_max)
             self._min, self._max = np.minimum(self._min, batch_min), np.maximum(self._max, batch_max)
-        self.counts += self._bin_counts(x.astype(np.float64).ravel())
+        self.counts += self._bin_counts(x.ravel())
 
     def _hi(self) -> float:
         return self.lo + self.bins * self.width
 
     def _bin_counts(self, values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         if self.width == 0.0:
-            index = np.zeros(values.shape, dtype=np.int64)
+            index = np.zeros(values.shape, dtype=np.intp)
         else:
-            index = np.clip(np.floor((values - self.lo) / self.width), 0, self.bins - 1).astype(np.int64)
+            # float32 binning is 3× faster; it is exact enough unless rounding lo to float32 moves it by
+            # a sizeable part of a bin, i.e. unless the values sit far from zero relative to their spread.
+            exact_enough = values.dtype == np.float32 and abs(self.lo) < 2.0**16 * self.width
+            dtype = np.float32 if exact_enough else np.float64
+            scaled = (values.astype(dtype, copy=False) - dtype(self.lo)) * dtype(1.0 / self.width)
+            index = np.clip(scaled, 0, self.bins - 1, out=scaled).astype(np.intp)  # ≥ 0: truncation is floor
         return np.bincount(index, weights=weights, minlength=self.bins).astype(np.int64)
 
     def _widen(self, batch_min: float, batch_max: float) -> None:
