@@ -18,6 +18,7 @@ from edgekd.models.profile import ModelProfile, count_macs, count_params, profil
 # name as built in tests (small widths keep export fast), input side, classes
 CLASSIFIERS = [
     ("resnet8:0.625", 32, 10),
+    ("resnet14:0.375", 32, 10),
     ("resnet20", 32, 10),
     ("resnet32:0.5", 32, 10),
     ("resnet56:0.5", 32, 10),

@@ -11,6 +11,7 @@ from edgekd.models import mobilenetv2, mobilenetv3, resnet_cifar, yolo
 
 ZOO: dict[str, Callable[..., nn.Module]] = {
     "resnet8": resnet_cifar.resnet8,
+    "resnet14": resnet_cifar.resnet14,
     "resnet20": resnet_cifar.resnet20,
     "resnet32": resnet_cifar.resnet32,
     "resnet56": resnet_cifar.resnet56,
