@@ -11,8 +11,10 @@ each class, the split the teacher was trained with):
   (d) 50 % sparse            (b)'s student, magnitude-pruned per layer with a cubic ramp during a KD fine-tune
   (e) 2:4 sparse             (b)'s student, N:M 2:4 along input channels during a KD fine-tune
 
-Each variant checkpoints every epoch under --workdir and resumes, so the run can be stopped and restarted;
-finished variants are not retrained. Prints one table and writes it as markdown (--markdown).
+Further student shapes (--shapes) train with (b)'s KD only, at the same epochs: which architecture within the
+budget keeps most of the teacher. Each run checkpoints every epoch under --workdir and resumes, so the
+benchmark can be stopped and restarted; finished runs are not retrained. Prints one table and writes it as
+markdown (--markdown).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def parse_args(argv):
     ap.add_argument("--data", required=True, help="labelled CIFAR-10 folder (DIR/<class>/*.jpg)")
     ap.add_argument("--model", default="examples/cifar10/model.toml", help="teacher model card")
     ap.add_argument("--student", default="resnet8:0.625", help="zoo student (default: resnet8:0.625)")
+    ap.add_argument("--shapes", default="", help="further zoo students, comma-separated, trained with (b)'s KD only")
     ap.add_argument("--epochs", type=int, default=20, help="epochs for (a)-(c)")
     ap.add_argument("--finetune-epochs", type=int, default=8, help="KD fine-tune epochs for (d), (e)")
     ap.add_argument("--batch-size", type=int, default=128)
@@ -101,20 +104,27 @@ def config_for(variant: str, args, ckpt: Path) -> TrainConfig:
     return fine
 
 
-def run_variant(variant, args, teacher, pre, workdir: Path) -> dict:
-    done = workdir / variant / "result.json"
+def shape_run(shape: str) -> str:
+    """The run name (and folder under --workdir) of a further student shape: ``kd-resnet14-0.375``."""
+    return "kd-" + shape.replace(":", "-")
+
+
+def run_variant(variant, args, teacher, pre, workdir: Path, shape: str | None = None) -> dict:
+    """One training run: a variant of --student, or (``shape`` given) that zoo student with (b)'s KD."""
+    name = shape_run(shape) if shape else variant
+    done = workdir / name / "result.json"
     if done.exists():
         return json.loads(done.read_text())
-    student = build_model(args.student, num_classes=10)
+    student = build_model(shape or args.student, num_classes=10)
     if variant.startswith("sparse"):
         dense = workdir / "kd" / "student.pt"
         student.load_state_dict(torch.load(dense, weights_only=True))
-    cfg = config_for(variant, args, workdir / variant / "checkpoints")
+    cfg = config_for(variant, args, workdir / name / "checkpoints")
     started = time.time()
 
     def progress(epoch, step, steps, loss, acc):
         if step == steps:
-            line = f"[{variant}] epoch {epoch}/{cfg.epochs} loss {loss:.4f}"
+            line = f"[{name}] epoch {epoch}/{cfg.epochs} loss {loss:.4f}"
             print(
                 line
                 + (f" holdout top-1 {acc:.2f} %" if acc is not None else "")
@@ -122,9 +132,9 @@ def run_variant(variant, args, teacher, pre, workdir: Path) -> dict:
                 flush=True,
             )
 
-    r = train_kd(teacher, student, args.data, pre, cfg, out_dir=workdir / variant, progress=progress)
+    r = train_kd(teacher, student, args.data, pre, cfg, out_dir=workdir / name, progress=progress)
     student.eval()
-    torch.save(student.state_dict(), workdir / variant / "student.pt")
+    torch.save(student.state_dict(), workdir / name / "student.pt")
     prof = profile(student, (1, 3, *pre.size))
     sparsity = None
     if r.sparsity:
@@ -132,7 +142,8 @@ def run_variant(variant, args, teacher, pre, workdir: Path) -> dict:
         sparsity = sum(r.sparsity[n] * sizes[n] for n in sizes) / sum(sizes.values())
     result = {
         "variant": variant,
-        "title": TITLES[variant],
+        "student": shape or args.student,
+        "title": f"(b) KD, {shape}" if shape else TITLES[variant],
         "params": prof.params,
         "nonzero_params": nonzero_params(student),
         "macs": prof.macs,
@@ -165,10 +176,7 @@ def table(results: dict, teacher: dict) -> str:
         f"| teacher {teacher['name']} | {teacher['params']:,} | {teacher['macs'] / 1e6:.1f} M | "
         f"{teacher['val_top1']:.2f} % | 100 % | {teacher['epochs']} | — | {teacher['gzip_bytes'] / 1024:.0f} KiB |",
     ]
-    for v in VARIANTS:
-        if v not in results:
-            continue
-        r = results[v]
+    for r in results.values():
         nz = f" ({r['nonzero_params']:,})" if r["weight_sparsity"] else ""
         rows.append(
             f"| {r['title']} | {r['params']:,}{nz} | {r['macs'] / 1e6:.2f} M | {r['val_top1']:.2f} % | "
@@ -180,13 +188,14 @@ def table(results: dict, teacher: dict) -> str:
 
 def verdicts(results: dict, teacher: dict) -> list[str]:
     out = []
-    if "kd" in results:
-        s = results["kd"]
+    for name, s in results.items():
+        if name != "kd" and not name.startswith("kd-"):
+            continue
         p, m, acc = teacher["params"] / s["params"], teacher["macs"] / s["macs"], s["val_top1"] / teacher["val_top1"]
         ok = p >= 8 and m >= 8 and acc >= 0.95
         out.append(
-            f"- student ≤ 1/8 of the teacher's params and MACs at ≥ 95 % of its top-1: params 1/{p:.1f}, "
-            f"MACs 1/{m:.1f}, {acc * 100:.1f} % of the teacher — **{'met' if ok else 'NOT met'}**"
+            f"- `{s.get('student', '?')}` with KD ≤ 1/8 of the teacher's params and MACs at ≥ 95 % of its top-1: "
+            f"params 1/{p:.1f}, MACs 1/{m:.1f}, {acc * 100:.1f} % of the teacher — **{'met' if ok else 'NOT met'}**"
         )
     if "kd" in results and "labels" in results:
         gain = results["kd"]["val_top1"] - results["labels"]["val_top1"]
@@ -220,6 +229,8 @@ def main(argv=None) -> int:
     for v in VARIANTS:
         if v in variants:
             results[v] = run_variant(v, args, teacher, pre, workdir)
+    for shape in (s for s in args.shapes.split(",") if s):
+        results[shape_run(shape)] = run_variant("kd", args, teacher, pre, workdir, shape=shape)
     tprof = profile(teacher, (1, 3, *pre.size))
     record = (
         json.loads((Path(args.model).parent / "teacher.json").read_text())
@@ -251,6 +262,8 @@ def main(argv=None) -> int:
 
 def markdown(text, lines, results, teacher, args, command) -> str:
     pairs = results.get("kd-features", {}).get("feature_pairs")
+    others = [f"`{s}`" for s in args.shapes.split(",") if s]
+    shapes = f" (and, with (b)'s KD only, {', '.join(others)})" if others else ""
     return f"""# Student benchmark: distillation and sparsity on CIFAR-10
 
 Produced by
@@ -260,7 +273,7 @@ Produced by
 ```
 
 on {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}.
-Teacher: the model card `{args.model}`; student: `{args.student}` from edgekd's zoo. Training set: the 45,000
+Teacher: the model card `{args.model}`; student: `{args.student}` from edgekd's zoo{shapes}. Training set: the 45,000
 images of the folder left after holding out every 10th file of each class; holdout top-1 on those 5,000.
 (a)–(c) train from scratch for {args.epochs} epochs (SGD + Nesterov, lr {args.lr}, cosine, batch {args.batch_size},
 flip + crop); (d) and (e) start from (b)'s student and fine-tune {args.finetune_epochs} epochs with KD at lr
@@ -276,7 +289,7 @@ all weights. Seconds per epoch are medians; epochs that shared the two cores wit
 Sizes are honest about sparsity: the parameter count stays the same, the gzip'd weights shrink with
 unstructured zeros; no latency gain is claimed, as none of the CPU runtimes here runs sparse kernels
 (TensorRT on Jetson Orin does for 2:4: `build_engine.sh` passes `--sparsity=enable`).
-Per-epoch losses and holdout top-1 of every run: `{args.workdir}/<variant>/training.csv` and `training.png`.
+Per-epoch losses and holdout top-1 of every run: `{args.workdir}/<run>/training.csv` and `training.png`.
 """
 
 
