@@ -60,6 +60,8 @@ def parse_args(argv):
     ap.add_argument("--finetune-epochs", type=int, default=8, help="KD fine-tune epochs for (d), (e)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--live-teacher", action="store_true", help="KD on the teacher's logits of each augmented batch")
+    ap.add_argument("--amp", choices=["bf16"], help="forward passes in bfloat16 autocast (see TrainConfig.amp)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
     ap.add_argument("--workdir", default=".cache/student-bench", help="checkpoints and per-variant results")
     ap.add_argument("--json", help="write all results as JSON here")
@@ -80,9 +82,11 @@ def config_for(variant: str, args, ckpt: Path) -> TrainConfig:
         resume=True,
         temperature=Schedule("linear", 6.0, 2.0),
         alpha=Schedule("linear", 0.7, 0.3),
+        live_teacher=args.live_teacher,
+        amp=args.amp,
     )
     if variant == "labels":
-        return replace(base, alpha=Schedule("constant", 0.0))
+        return replace(base, alpha=Schedule("constant", 0.0), live_teacher=False)
     if variant == "kd":
         return base
     if variant == "kd-features":
@@ -264,6 +268,11 @@ def markdown(text, lines, results, teacher, args, command) -> str:
     pairs = results.get("kd-features", {}).get("feature_pairs")
     others = [f"`{s}`" for s in args.shapes.split(",") if s]
     shapes = f" (and, with (b)'s KD only, {', '.join(others)})" if others else ""
+    teaching = (
+        "those of each augmented batch (consistent teaching)"
+        if args.live_teacher
+        else "computed once on the un-augmented images (hint + attention: of each augmented batch)"
+    )
     return f"""# Student benchmark: distillation and sparsity on CIFAR-10
 
 Produced by
@@ -276,7 +285,8 @@ on {platform.processor() or platform.machine()}, {torch.get_num_threads()} threa
 Teacher: the model card `{args.model}`; student: `{args.student}` from edgekd's zoo{shapes}. Training set: the 45,000
 images of the folder left after holding out every 10th file of each class; holdout top-1 on those 5,000.
 (a)–(c) train from scratch for {args.epochs} epochs (SGD + Nesterov, lr {args.lr}, cosine, batch {args.batch_size},
-flip + crop); (d) and (e) start from (b)'s student and fine-tune {args.finetune_epochs} epochs with KD at lr
+flip + crop{"; forward passes in bfloat16 autocast" if args.amp else ""}); the teacher's logits are {teaching}.
+(d) and (e) start from (b)'s student and fine-tune {args.finetune_epochs} epochs with KD at lr
 {args.lr / 5:g} while the masks ramp up (cubic, first two thirds), then stay fixed.
 {f"Feature pairs (student = teacher, matched by spatial size): {', '.join(f'`{s}` = `{t}`' for s, t in pairs)}." if pairs else ""}
 

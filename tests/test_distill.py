@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,26 @@ def test_decoupled_kd_trains_with_labels_and_label_free(data, request):
     r = train_kd(teacher, student, request.getfixturevalue(data), PRE, cfg)
     losses = [h["loss_kd"] for h in r.history]
     assert len(losses) == 3 and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("amp, live", [(None, True), ("bf16", False), ("bf16", True)])
+def test_amp_runs_the_forward_passes_in_bfloat16_and_keeps_float32_weights(labelled, amp, live):
+    teacher, student = models()
+    seen = {"student": set(), "teacher": set()}
+    for role, model in (("student", student), ("teacher", teacher)):
+        model.stem[0].register_forward_hook(lambda m, i, o, role=role: seen[role].add(o.dtype))
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=3e-3, optimizer="adamw", amp=amp, live_teacher=live)
+    r = train_kd(teacher, student, labelled, PRE, cfg)
+    low = torch.bfloat16 if amp else torch.float32
+    assert low in seen["student"]  # training steps (the holdout is scored in float32)
+    assert (low in seen["teacher"]) == live  # stored logits are computed once, in float32
+    assert all(p.dtype == torch.float32 for p in student.parameters())
+    assert all(math.isfinite(h["train_loss"]) for h in r.history) and r.history[-1]["val_top1"] is not None
+
+
+def test_amp_other_than_bf16_is_a_config_error():
+    with pytest.raises(ConfigError, match="amp must be one of"):
+        TrainConfig(amp="fp16")
 
 
 def test_resume_continues_from_the_saved_epoch(labelled, tmp_path):

@@ -31,6 +31,8 @@ DIRECT = {
     "augment": "augment",
     "kd_loss": "kd_loss",
     "dkd_beta": "dkd_beta",
+    "live_teacher": "live_teacher",
+    "amp": "amp",
 }
 KNOWN = set(DIRECT) | {"temperature", "temperature_schedule", "alpha", "feature_pairs"}
 

@@ -4,6 +4,7 @@ updates, and data parallelism under torchrun."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -66,6 +67,9 @@ class TrainConfig:
     mask_every: int = 10  # steps between mask updates during the ramp
     validate_first: bool = False  # also score the student on the holdout before training (TrainResult.initial_acc)
     live_teacher: bool = False  # teacher logits of each augmented batch, not the stored un-augmented ones
+    # "bf16": the student's and teacher's forward passes in bfloat16 autocast, weights, gradients and losses in
+    # float32 (2-2.7x faster on a CPU with AMX: a ResNet-8 step 54 → 26 s an epoch, a ResNet-20 teacher 57 → 21 s)
+    amp: str | None = None
 
     def __post_init__(self):
         for name, value, valid in (
@@ -75,9 +79,10 @@ class TrainConfig:
             ("scope", self.scope, ("layer", "global")),
             ("feature_loss", self.feature_loss, ("mse", "cosine")),
             ("kd_loss", self.kd_loss, ("hinton", "dkd")),
+            ("amp", self.amp, (None, "bf16")),
         ):
             if value not in valid:
-                raise ConfigError(f"{name} must be one of {', '.join(valid)}, got {value!r}")
+                raise ConfigError(f"{name} must be one of {', '.join(map(str, valid))}, got {value!r}")
         if self.sparsity is not None and not 0 <= self.sparsity < 1:
             raise ConfigError(f"sparsity must lie in [0, 1), got {self.sparsity}")
         if self.select_fraction is not None and not 0 < self.select_fraction <= 1:
@@ -112,6 +117,11 @@ class TrainResult:
 def predict(model: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
     model.eval()
     return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]) if len(x) else torch.zeros(0)
+
+
+def autocast(cfg: TrainConfig):
+    """The forward passes' precision: bfloat16 autocast under ``amp="bf16"``, else float32 as the model is."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if cfg.amp == "bf16" else contextlib.nullcontext()
 
 
 def top1(logits: torch.Tensor, labels: np.ndarray) -> float:
@@ -348,8 +358,8 @@ def _batch(run: _Run, idx: torch.Tensor):
     t_feats = None
     if run.cfg.uses_features or run.cfg.live_teacher:
         names = [t for _, t in run.objective.features.pairs] if run.cfg.uses_features else []
-        with torch.no_grad(), capture(run.teacher, names) as feats:
-            live = run.teacher(xb)
+        with torch.no_grad(), capture(run.teacher, names) as feats, autocast(run.cfg):
+            live = run.teacher(xb).float()
         t_feats = feats if run.cfg.uses_features else None
         if not replaying:  # replayed samples keep the logits stored with them
             tb = live
@@ -370,7 +380,9 @@ def _loss(run: _Run, idx: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[s
     cfg, labels = run.cfg, run.data.labels
     frac = step / max(1, run.total_steps - 1)
     xb, tb, t_feats = _batch(run, idx)
-    logits, hint, at, learned_t = run.model(xb, t_feats)
+    with autocast(cfg):
+        logits, hint, at, learned_t = run.model(xb, t_feats)
+    logits, hint, at = (None if t is None else t.float() for t in (logits, hint, at))
     temp = learned_t if learned_t is not None else cfg.temperature.at(frac)
     alpha = 1.0 if labels is None else (cfg.alpha or DEFAULT_ALPHA).at(frac)
     if run.replay is not None:

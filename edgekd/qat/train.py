@@ -85,7 +85,9 @@ def train_quantized(
         teacher, student = _frozen(_ChannelsLast(teacher)), _ChannelsLast(student)
         shape = (shape[0], shape[3], shape[1], shape[2])
     _check_classifier(teacher, shape)
-    cfg = replace(cfg, validate_first=True, live_teacher=True)  # the "before" score; targets of augmented batches
+    # the "before" score; targets of augmented batches; float32 throughout: the ranges learn on the int8 grid's
+    # exact arithmetic, which bfloat16 (8 significant bits) would blur
+    cfg = replace(cfg, validate_first=True, live_teacher=True, amp=None)
     result = train_kd(teacher, student, data, pre, cfg, out_dir=out_dir, progress=progress)
     graph = student.graph if isinstance(student, _ChannelsLast) else student
     graph.eval()
