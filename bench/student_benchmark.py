@@ -56,7 +56,7 @@ def parse_args(argv):
     ap.add_argument("--model", default="examples/cifar10/model.toml", help="teacher model card")
     ap.add_argument("--student", default="resnet8:0.625", help="zoo student (default: resnet8:0.625)")
     ap.add_argument("--shapes", default="", help="further zoo students, comma-separated, trained with (b)'s KD only")
-    ap.add_argument("--epochs", type=int, default=20, help="epochs for (a)-(c)")
+    ap.add_argument("--epochs", type=int, default=20, help="epochs for (a)-(c), (f) and --shapes")
     ap.add_argument("--finetune-epochs", type=int, default=8, help="KD fine-tune epochs for (d), (e)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1)
