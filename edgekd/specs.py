@@ -24,6 +24,7 @@ DEFAULT_PLACEMENT = {
     "asymmetric-int8": "outputs",
     "asymmetric-uint8": "outputs",
     "symmetric-by-sign": "quantizable-inputs",
+    "by-sign-skewed-asymmetric": "quantizable-inputs",
 }
 
 

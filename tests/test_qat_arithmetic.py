@@ -20,6 +20,7 @@ from edgekd.quant.fixed_ranges import FixedRange, with_ranges
 from edgekd.quant.placement import plan_quantization
 from edgekd.quant.qparams import (
     SCHEMES,
+    SymmetricBySign,
     dequantize,
     qparams_from_range,
     quantize,
@@ -48,7 +49,7 @@ def _tricky(rng: np.random.Generator, scale: float, zp: float, n: int = 4000) ->
 def test_fake_quantize_is_quantize_linear_then_dequantize_linear(scheme_name):
     rng = np.random.default_rng(0)
     for lo, hi in [(-1.3, 2.7), (0.0, 6.0), (-0.02, 0.001), (-5.0, -1.0), (0.0, 0.0), (-3e-9, 4e-9)]:
-        scheme = resolve_scheme(SCHEMES[scheme_name], lo)
+        scheme = resolve_scheme(SCHEMES[scheme_name], lo, hi)
         qp = qparams_from_range(lo, hi, scheme)
         scale, zero_point = range_qparams(
             torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64), scheme
@@ -153,10 +154,14 @@ def _fixed_calibration(scheme_name: str, plan, graph) -> Calibration:
         s = 2.0 ** -(4 + i % 3)
         # 255 steps around zero (asymmetric: zero point -1 or 127), or ±127 steps (symmetric): scale exactly s;
         # by sign, every other tensor never negative: the uint8 grid from 0
-        if scheme_name == "symmetric-by-sign" and i % 2:
+        by_sign = isinstance(SCHEMES[scheme_name], SymmetricBySign)
+        if by_sign and i % 3 == 1:
             observers[t] = FixedRange(0.0, 255 * s)
+        elif by_sign and i % 3 == 2:  # lopsided: asymmetric uint8 where the scheme puts a zero point there
+            skewed = resolve_scheme(SCHEMES[scheme_name], -s, 254 * s)
+            observers[t] = FixedRange(-s, 254 * s) if not skewed.symmetric else FixedRange(-127 * s, 127 * s)
         else:
-            symmetric = resolve_scheme(SCHEMES[scheme_name], -1.0).symmetric
+            symmetric = resolve_scheme(SCHEMES[scheme_name], -1.0, 1.0).symmetric
             observers[t] = FixedRange(-127 * s, (127 if symmetric else 128) * s)
     return Calibration(scheme_name, plan, observers, 0, "", "", "fixed")
 

@@ -67,6 +67,25 @@ def test_symmetric_by_sign_puts_no_zero_point_on_any_activation():
     assert qparams_from_range(-1e-6, 4.0, by_sign).scheme == ACT_INT8_SYM  # any negative value is signed
 
 
+@pytest.mark.parametrize(
+    "lo, hi, asymmetric",
+    [
+        (-0.28, 6.0, True),  # a SiLU output: symmetric int8 would spend half its codes on [-6, -0.28]
+        (-6.0, 0.5, True),  # lopsided the other way
+        (-5.0, -1.0, True),  # never positive
+        (-2.0, 5.0, False),  # both sides carry: zero-point-free, as NNCF's CPU preset
+        (0.0, 6.0, False),  # never negative: uint8 from 0
+    ],
+)
+def test_by_sign_skewed_puts_a_zero_point_only_on_lopsided_signed_tensors(lo, hi, asymmetric):
+    qp = qparams_from_range(lo, hi, scheme_for("by-sign-skewed-asymmetric"))
+    if asymmetric:
+        assert qp.scheme == ACT_UINT8_ASYM and int(qp.zero_point) not in (0,)
+        assert np.isclose(float(qp.scale), (max(hi, 0) - min(lo, 0)) / 255, rtol=1e-6)
+    else:
+        assert int(qp.zero_point) == 0 and qp == qparams_from_range(lo, hi, scheme_for("symmetric-by-sign"))
+
+
 def test_bad_schemes_are_refused():
     with pytest.raises(ConfigError):
         QScheme("int4", symmetric=False)

@@ -25,7 +25,7 @@ from edgekd.qat.ops import ABSENT, Kernel, NodeSpec, kernel
 from edgekd.quant.activation_quant import FixedQuantizer, RangeQuantizer
 from edgekd.quant.fakequant import fake_quantize_bias, fake_quantize_weight
 from edgekd.quant.placement import QuantPlan
-from edgekd.quant.qparams import ActivationScheme, QParams, resolve_scheme
+from edgekd.quant.qparams import ActivationScheme, QParams
 
 TRAINED_OPS = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,)}  # inputs that train when constant
 BIAS_QUANTIZED = frozenset({"Conv", "Gemm"})  # as edgekd.quant.qdq._quantize_bias
@@ -98,9 +98,7 @@ class QuantGraph(nn.Module):
                 self.quantizers[roots[root]] = (
                     FixedQuantizer(sites.fixed[root])
                     if root in sites.fixed
-                    else RangeQuantizer(
-                        *sites.ranges[root], resolve_scheme(sites.scheme, sites.ranges[root][0]), sites.mode
-                    )
+                    else RangeQuantizer(*sites.ranges[root], sites.scheme, sites.mode)
                 )
                 self._roots[roots[root]] = root
             self._quantizer_of[name] = roots[root]

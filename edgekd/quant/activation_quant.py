@@ -25,7 +25,7 @@ from torch import nn
 
 from edgekd.errors import ConfigError
 from edgekd.quant.fakequant import fake_quantize, range_qparams
-from edgekd.quant.qparams import QParams, QScheme
+from edgekd.quant.qparams import ActivationScheme, QParams, QScheme, resolve_scheme
 
 RANGE_MODES = ("learn", "ema")
 _RMS_DECAY = 0.99  # running mean of squared range gradients over about 100 steps
@@ -58,11 +58,13 @@ class _RelativeGrad(torch.autograd.Function):
 class RangeQuantizer(nn.Module):
     """One activation tensor's range, learned or EMA-updated, and its fake quantization."""
 
-    def __init__(self, lo: float, hi: float, scheme: QScheme, mode: str = "learn", averaging_constant: float = 0.01):
+    def __init__(
+        self, lo: float, hi: float, scheme: ActivationScheme, mode: str = "learn", averaging_constant: float = 0.01
+    ):
         super().__init__()
         if mode not in RANGE_MODES:
             raise ConfigError(f"unknown range mode {mode!r}", f"use one of {', '.join(RANGE_MODES)}")
-        self.scheme, self.mode, self.averaging_constant = scheme, mode, averaging_constant
+        self.policy, self.mode, self.averaging_constant = scheme, mode, averaging_constant
         # float64, as the observers keep ranges: at the start of training the quantizers compute exactly the
         # post-training qparams
         for name, value in (("lo", lo), ("hi", hi)):
@@ -74,6 +76,12 @@ class RangeQuantizer(nn.Module):
         if mode == "learn":
             self.register_buffer("grad_mean_square", torch.zeros(2, dtype=torch.float64))
             self.register_buffer("grad_steps", torch.zeros(2, dtype=torch.float64))
+
+    @property
+    def scheme(self) -> QScheme:
+        """The grid's scheme for the range as it is now: the one the quantize pass will write for that range
+        (a scheme chosen by the range, e.g. by sign, follows the range as it trains)."""
+        return resolve_scheme(self.policy, float(self.lo), float(self.hi))
 
     def qparams_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, zero point) as float32 tensors; in training, with the relative gradient on learned ends."""

@@ -43,7 +43,7 @@ class Calibration:
                 out[name] = self._bounded(self.observers[name], site.bounds, policy, out[name])
             if site.fixed_range is None:
                 continue
-            scheme = resolve_scheme(policy, site.fixed_range[0])
+            scheme = resolve_scheme(policy, *site.fixed_range)
             if scheme.symmetric:
                 amax = max(abs(v) for v in site.fixed_range)
                 out[name] = QParams(
