@@ -396,18 +396,35 @@ def calibration_method() -> str:
     return CalibrationOptions().method
 
 
+def activation_scheme(target: str) -> str:
+    """The target's int8 activation scheme: an int8 cell compiled under another is compiled again."""
+    from edgekd.specs import load_target
+
+    return load_target(target).activation_scheme
+
+
+# What an int8 cell recorded before its scheme was keyed was compiled with, where the target has changed since.
+SCHEMES_BEFORE_THE_KEY = {"openvino-cpu": "symmetric-by-sign"}
+
+
+def reusable(cell: dict | None, precision: str, weights: str, target: str) -> bool:
+    """A recorded cell made as a new one would be: the same weights; int8, the same calibration and scheme."""
+    if cell is None or cell.get("weights", "") != weights:
+        return False
+    if precision != "int8":
+        return True
+    scheme = activation_scheme(target)
+    return (
+        cell.get("calibration", "ema") == calibration_method()
+        and cell.get("scheme", SCHEMES_BEFORE_THE_KEY.get(target, scheme)) == scheme
+    )
+
+
 def run_cells(planned: list[tuple], models: dict[str, Entry], results: dict, args, deadline: float | None) -> int:
     """Compiles every planned (precision, model, target) cell not in ``results`` yet, saving the JSON after
     each; returns how many were left when ``deadline`` passed."""
     val: dict[tuple[Path, tuple], np.ndarray] = {}
-    todo = [
-        c
-        for c in planned
-        if f"{c[1]}|{c[2]}|{c[0]}" not in results
-        or results[f"{c[1]}|{c[2]}|{c[0]}"].get("weights", "") != models[c[1]].weights
-        or c[0] == "int8"
-        and results[f"{c[1]}|{c[2]}|{c[0]}"].get("calibration", "ema") != calibration_method()
-    ]
+    todo = [c for c in planned if not reusable(results.get(f"{c[1]}|{c[2]}|{c[0]}"), c[0], models[c[1]].weights, c[2])]
     for i, (precision, name, target) in enumerate(todo):
         if deadline is not None and time.monotonic() > deadline:
             return len(todo) - i
@@ -438,7 +455,7 @@ def run_cells(planned: list[tuple], models: dict[str, Entry], results: dict, arg
         )
         cell["weights"] = entry.weights
         if precision == "int8":
-            cell["calibration"] = calibration_method()
+            cell["calibration"], cell["scheme"] = calibration_method(), activation_scheme(target)
         print(
             f"[{i + 1}/{len(todo)}] {key}: {cell['status']} "
             f"{cell.get('vs_float', cell.get('reason', ''))!s:.200} {cell['seconds']} s",

@@ -1,5 +1,6 @@
 """bench/model_coverage.py's resume rule: a recorded cell is reused only if it was made the way a new one
-would be (the same weights; for int8, the same default calibration); the command its report names."""
+would be (the same weights; for int8, the same default calibration and the target's activation scheme); the
+command its report names."""
 
 from __future__ import annotations
 
@@ -14,15 +15,30 @@ import model_coverage as mc  # noqa: E402
 ENTRY = {"m": mc.Entry(Path("m.onnx"), (1, 3, 8, 8), True, weights="w")}
 
 
-def left(results: dict, precision: str = "int8") -> int:
+def left(results: dict, precision: str = "int8", target: str = "t") -> int:
     """Cells still to compile (a deadline already past returns before compiling any)."""
-    return mc.run_cells([(precision, "m", "t")], ENTRY, results, None, deadline=0)
+    return mc.run_cells([(precision, "m", target)], ENTRY, results, None, deadline=0)
+
+
+@pytest.fixture(autouse=True)
+def scheme(monkeypatch):
+    monkeypatch.setattr(mc, "activation_scheme", lambda target: "by-sign-skewed-asymmetric")
 
 
 def test_a_cell_of_the_same_weights_and_calibration_is_reused(monkeypatch):
     monkeypatch.setattr(mc, "calibration_method", lambda: "ema")
     assert left({"m|t|int8": {"weights": "w", "calibration": "ema"}}) == 0
     assert left({"m|t|int8": {"weights": "w"}}) == 0  # recorded before the key: EMA, the default then
+
+
+def test_a_cell_of_a_scheme_the_target_no_longer_uses_compiles_again(monkeypatch):
+    monkeypatch.setattr(mc, "calibration_method", lambda: "ema")
+    cell = {"weights": "w", "calibration": "ema"}
+    assert left({"m|t|int8": {**cell, "scheme": "by-sign-skewed-asymmetric"}}) == 0
+    assert left({"m|t|int8": {**cell, "scheme": "symmetric-by-sign"}}) == 1
+    # recorded before the key: the scheme the target had then
+    assert left({"m|openvino-cpu|int8": cell}, target="openvino-cpu") == 1
+    assert left({"m|t|int8": cell}) == 0
 
 
 @pytest.mark.parametrize(
