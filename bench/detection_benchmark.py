@@ -39,6 +39,7 @@ from edgekd.models.profile import profile
 from edgekd.models.yolo import person_detector, person_detector_student
 from edgekd.quant.qparams import SCHEMES, fake_quantize, qparams_from_range
 from edgekd.runtime import torch_reference
+from edgekd.specs import load_target
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "people-det"
 MODELS = {  # name → (factory, weights, model card)
@@ -174,11 +175,12 @@ def int8_row(
     record = out.with_suffix(".json")
     manifest = out / "manifest.json"
     compiled = json.loads(manifest.read_text()) if manifest.exists() else {}
-    same = (compiled.get("source", {}).get("sha256"), compiled.get("calibration", {}).get("method")) == (
-        weights_sha(name),
-        CalibrationOptions().method,
-    )
-    if record.exists() and same:  # the same weights, calibrated the same way
+    same = (
+        compiled.get("source", {}).get("sha256"),
+        compiled.get("calibration", {}).get("method"),
+        compiled.get("quantization", {}).get("activation_scheme"),
+    ) == (weights_sha(name), CalibrationOptions().method, load_target(target).activation_scheme)
+    if record.exists() and same:  # the same weights, calibrated and quantized the same way
         row = json.loads(record.read_text())
         if rebench:
             row = {k: v for k, v in row.items() if k not in ("p50_ms", "e2e_p50_ms", "bench_error")}
