@@ -165,7 +165,7 @@ def edgekd_compile(
 # a spec edit reproduces each.
 BEFORE = {
     "openvino-cpu": [
-        ('activations = "by-sign-skewed-asymmetric"', 'activations = "asymmetric-uint8"'),
+        ('activations = "symmetric-by-sign"', 'activations = "asymmetric-uint8"'),
         ('placement = "quantizable-inputs"', 'placement = "outputs"'),
     ],
     "onnx-cpu": [

@@ -403,21 +403,15 @@ def activation_scheme(target: str) -> str:
     return load_target(target).activation_scheme
 
 
-# What an int8 cell recorded before its scheme was keyed was compiled with, where the target has changed since.
-SCHEMES_BEFORE_THE_KEY = {"openvino-cpu": "symmetric-by-sign"}
-
-
 def reusable(cell: dict | None, precision: str, weights: str, target: str) -> bool:
-    """A recorded cell made as a new one would be: the same weights; int8, the same calibration and scheme."""
+    """A recorded cell made as a new one would be: the same weights; int8, the same calibration and scheme
+    (cells recorded before the scheme key were compiled with the schemes the targets have now)."""
     if cell is None or cell.get("weights", "") != weights:
         return False
     if precision != "int8":
         return True
     scheme = activation_scheme(target)
-    return (
-        cell.get("calibration", "ema") == calibration_method()
-        and cell.get("scheme", SCHEMES_BEFORE_THE_KEY.get(target, scheme)) == scheme
-    )
+    return cell.get("calibration", "ema") == calibration_method() and cell.get("scheme", scheme) == scheme
 
 
 def run_cells(planned: list[tuple], models: dict[str, Entry], results: dict, args, deadline: float | None) -> int:

@@ -91,20 +91,15 @@ class TestOpenVINOBackend(BackendTemplate):
         assert all(layer["kernel"].upper().endswith("_I8") for layer in report["layers"])  # e.g. brgconv_avx512_amx_i8
         assert report["openvino"].startswith(manifest["toolchain"]["openvino"])
         assert manifest["artifact"]["runtime"] == "openvino"
-        assert manifest["quantization"]["activation_scheme"] == "by-sign-skewed-asymmetric"
+        assert manifest["quantization"]["activation_scheme"] == "symmetric-by-sign"
 
-    def test_a_zero_point_only_on_lopsided_signed_activations(self, compiled, request):
-        """NNCF's CPU preset where a zero point buys nothing (u8 over [0, max], symmetric i8): it would cost the
-        plugin a compensation term per convolution. A signed tensor whose short side is under a third of its
-        long one (SiLU, HardSwish outputs) gets asymmetric u8: its zero point lies in the lowest or highest
-        quarter of the codes."""
+    def test_no_activation_carries_a_zero_point(self, compiled):
+        """NNCF's CPU preset: u8 over [0, max] or symmetric i8; a zero point would cost the plugin a
+        compensation term per convolution."""
         _, manifest, _ = compiled
         tensors = manifest["quantization"]["tensors"]
         activations = [q for q in tensors.values() if q["axis"] is None]
-        with_zero_point = [q for q in activations if q["zero_point"] != 0]
-        assert all(q["scheme"]["dtype"] == "uint8" and not 64 <= q["zero_point"] <= 191 for q in with_zero_point)
-        relu_only = "mobilenetv2" in request.node.callspec.id
-        assert bool(with_zero_point) != relu_only  # MobileNetV2 (ReLU6) has none; HardSwish and SiLU nets do
+        assert activations and all(q["zero_point"] == 0 for q in activations)
         assert {q["scheme"]["dtype"] for q in activations} == {"uint8", "int8"}  # ReLU outputs and signed ones
 
     def test_ir_weights_stay_fp32_and_int8(self, compiled):
@@ -224,7 +219,7 @@ def test_nodes_without_a_conversion_rule_are_named():
 def test_target_spec():
     spec = load_target("openvino-cpu")
     assert spec.backend == "openvino" and spec.device_class == "cpu-server"
-    assert spec.precisions == ("fp32", "int8") and spec.activation_scheme == "by-sign-skewed-asymmetric"
+    assert spec.precisions == ("fp32", "int8") and spec.activation_scheme == "symmetric-by-sign"
     assert spec.opset == 17 and spec.opset_range == (13, 21) and spec.bench.threads == 2
     assert spec.passes == load_target("onnx-cpu").passes and spec.pipeline_why
 
