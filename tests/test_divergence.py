@@ -137,3 +137,13 @@ def test_a_refusal_without_a_departing_layer_says_how_the_difference_grew():
     assert "--keep-float" not in full_int8 and "mixes precisions" in full_int8
     message, fp32 = _located("disagrees", [], db, float_layers=True, quantized=False)
     assert "from the source model at once" in message and "--keep-float" not in fp32
+
+
+def test_a_refusal_whose_read_out_matches_the_reference_says_the_difference_is_elsewhere():
+    """OpenVINO with zero points on the conformance MobileNetV3: every one of 40 tapped activations within float
+    rounding of the simulation (138 dB to exact) while the logits are 0.39 off: nothing "adds up" layer by layer."""
+    from edgekd.passes.verify import _located
+
+    message, hint = _located("disagrees", [], {"x": np.inf, "a": 140.0, "b": np.inf, "c": 138.6}, True, True)
+    assert "every activation read out of the runtime matches the simulation (139 dB or closer)" in message
+    assert "adds up" not in message and "--keep-failed" in hint and "--keep-float" not in hint
