@@ -32,6 +32,7 @@ for every model. Results are kept in the JSON as they come, so an interrupted ru
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -47,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 TARGETS = ("onnx-cpu", "openvino-cpu", "jetson-xavier", "ascend310", "rpi4")
+PRECISIONS = ("int8", "fp32")
 ARCH_SHAPE = (1, 3, 64, 64)
 LIGHT_SHAPE = (1, 3, 224, 224)
 VARIANTS = {"opset11-dynamic": (11, True), "opset13": (13, False), "opset17": (17, False)}
@@ -396,6 +398,7 @@ def calibration_method() -> str:
     return CalibrationOptions().method
 
 
+@functools.cache
 def activation_scheme(target: str) -> str:
     """The target's int8 activation scheme: an int8 cell compiled under another is compiled again."""
     from edgekd.specs import load_target
@@ -551,7 +554,7 @@ def main(argv=None) -> int:
         help="arch, cifar10-teacher, people-det, light-realistic, light",
     )
     ap.add_argument("--targets", default=",".join(TARGETS))
-    ap.add_argument("--precisions", default="int8,fp32")
+    ap.add_argument("--precisions", default=",".join(PRECISIONS))
     ap.add_argument("--only", help="substring a model name must contain")
     ap.add_argument("--calib", type=Path, default=ROOT / "calibration" / "cifar10")
     ap.add_argument("--samples", type=int, default=64, help="calibration samples per compile")
@@ -571,20 +574,21 @@ def main(argv=None) -> int:
     results = json.loads(args.json.read_text()) if args.json.exists() else {}
     training = Training(args.train_data, args.train_per_class, args.epochs)
     models = model_files(args.models.split(","), args.work, args.calib, args.only, training)
-    planned = sorted(
-        ((p, n, t) for p in precisions for n in models for t in targets),
-        key=lambda c: (precisions.index(c[0]), _rank(c[1])),
-    )
     deadline = time.monotonic() - 1 if args.report_only else None
     if args.stop_after and not args.report_only:
         deadline = time.monotonic() + 60 * args.stop_after
-    pending = run_cells(planned, models, results, args, deadline)
+    run_cells(_plan(precisions, models, targets), models, results, args, deadline)
     if args.markdown:
+        # The report covers every target, precision and model, not only the ones this run was pointed at.
         command = "python bench/model_coverage.py " + " ".join(_report_arguments(argv or sys.argv[1:]))
-        if args.only:  # the report covers every model in the JSON, not only the ones this run compiled
+        if args.only:
             models = model_files(args.models.split(","), args.work, args.calib, None, training)
+        everything = _plan(list(PRECISIONS), models, list(TARGETS))
+        pending = run_cells(everything, models, results, args, deadline=time.monotonic() - 1)  # counts, compiles none
         context = classifier_context(models, args)
-        text = markdown(results, targets, precisions, command.strip(), BEFORE, training.describe(), pending, context)
+        text = markdown(
+            results, list(TARGETS), list(PRECISIONS), command.strip(), BEFORE, training.describe(), pending, context
+        )
         args.markdown.write_text(text)
     for precision in precisions:
         cells = [c for k, c in results.items() if k.endswith(f"|{precision}")]
@@ -592,7 +596,16 @@ def main(argv=None) -> int:
     return 0
 
 
-RUN_ONLY = {"--report-only": 0, "--only": 1, "--stop-after": 1}  # what this run did, not what the report shows
+# What one run compiles, not what the report shows: option → how many values follow it.
+RUN_ONLY = {"--report-only": 0, "--only": 1, "--stop-after": 1, "--targets": 1, "--precisions": 1}
+
+
+def _plan(precisions: list[str], models: dict[str, Entry], targets: list[str]) -> list[tuple[str, str, str]]:
+    """(precision, model, target) cells, precision by precision, the quick models first."""
+    return sorted(
+        ((p, n, t) for p in precisions for n in models for t in targets),
+        key=lambda c: (precisions.index(c[0]), _rank(c[1])),
+    )
 
 
 def _report_arguments(given: list[str]) -> list[str]:

@@ -55,7 +55,12 @@ def parse_args(argv):
     ap.add_argument("--data", required=True, help="labelled CIFAR-10 folder (DIR/<class>/*.jpg)")
     ap.add_argument("--model", default="examples/cifar10/model.toml", help="teacher model card")
     ap.add_argument("--student", default="resnet8:0.625", help="zoo student (default: resnet8:0.625)")
-    ap.add_argument("--shapes", default="", help="further zoo students, comma-separated, trained with (b)'s KD only")
+    ap.add_argument(
+        "--shapes",
+        type=lambda text: [s for s in text.split(",") if s],
+        default=[],
+        help="further zoo students, comma-separated, trained with (b)'s KD only",
+    )
     ap.add_argument("--epochs", type=int, default=20, help="epochs for (a)-(c), (f) and --shapes")
     ap.add_argument("--finetune-epochs", type=int, default=8, help="KD fine-tune epochs for (d), (e)")
     ap.add_argument("--batch-size", type=int, default=128)
@@ -117,8 +122,8 @@ def run_variant(variant, args, teacher, pre, workdir: Path, shape: str | None = 
     """One training run: a variant of --student, or (``shape`` given) that zoo student with (b)'s KD."""
     name = shape_run(shape) if shape else variant
     done = workdir / name / "result.json"
-    if done.exists():
-        return json.loads(done.read_text())
+    if done.exists():  # runs recorded before the key name no student: theirs is --student
+        return {"student": shape or args.student, **json.loads(done.read_text())}
     student = build_model(shape or args.student, num_classes=10)
     if variant.startswith("sparse"):
         dense = workdir / "kd" / "student.pt"
@@ -198,7 +203,7 @@ def verdicts(results: dict, teacher: dict) -> list[str]:
         p, m, acc = teacher["params"] / s["params"], teacher["macs"] / s["macs"], s["val_top1"] / teacher["val_top1"]
         ok = p >= 8 and m >= 8 and acc >= 0.95
         out.append(
-            f"- `{s.get('student', '?')}` with KD ≤ 1/8 of the teacher's params and MACs at ≥ 95 % of its top-1: "
+            f"- `{s['student']}` with KD ≤ 1/8 of the teacher's params and MACs at ≥ 95 % of its top-1: "
             f"params 1/{p:.1f}, MACs 1/{m:.1f}, {acc * 100:.1f} % of the teacher — **{'met' if ok else 'NOT met'}**"
         )
     if "kd" in results and "labels" in results:
@@ -233,7 +238,7 @@ def main(argv=None) -> int:
     for v in VARIANTS:
         if v in variants:
             results[v] = run_variant(v, args, teacher, pre, workdir)
-    for shape in (s for s in args.shapes.split(",") if s):
+    for shape in args.shapes:
         results[shape_run(shape)] = run_variant("kd", args, teacher, pre, workdir, shape=shape)
     tprof = profile(teacher, (1, 3, *pre.size))
     record = (
@@ -266,8 +271,7 @@ def main(argv=None) -> int:
 
 def markdown(text, lines, results, teacher, args, command) -> str:
     pairs = results.get("kd-features", {}).get("feature_pairs")
-    others = [f"`{s}`" for s in args.shapes.split(",") if s]
-    shapes = f" (and, with (b)'s KD only, {', '.join(others)})" if others else ""
+    shapes = f" (and, with (b)'s KD only, {', '.join(f'`{s}`' for s in args.shapes)})" if args.shapes else ""
     teaching = (
         "those of each augmented batch (consistent teaching)"
         if args.live_teacher

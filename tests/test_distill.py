@@ -91,8 +91,18 @@ def test_amp_runs_the_forward_passes_in_bfloat16_and_keeps_float32_weights(label
 
 
 def test_amp_other_than_bf16_is_a_config_error():
-    with pytest.raises(ConfigError, match="amp must be one of"):
+    with pytest.raises(ConfigError, match="amp must be 'bf16' or unset") as e:
         TrainConfig(amp="fp16")
+    assert "float32" in e.value.hint
+
+
+def test_amp_on_a_cpu_without_native_bfloat16_warns_that_it_is_slower(labelled, monkeypatch):
+    import edgekd.distill.trainer as trainer
+
+    monkeypatch.setattr(trainer, "native_bf16", lambda: False)
+    teacher, student = models()
+    with pytest.warns(UserWarning, match="without native bfloat16"):
+        train_kd(teacher, student, labelled, PRE, TrainConfig(epochs=1, batch_size=16, amp="bf16"))
 
 
 def test_resume_continues_from_the_saved_epoch(labelled, tmp_path):

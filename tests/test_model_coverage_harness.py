@@ -58,6 +58,7 @@ def test_fp32_cells_ignore_the_calibration(monkeypatch):
         ["--json", "c.json", "--only", "cifar10-teacher", "--markdown", "c.md"],
         ["--json", "c.json", "--only=cifar10-teacher", "--stop-after", "30", "--markdown", "c.md"],
         ["--report-only", "--json", "c.json", "--markdown", "c.md"],
+        ["--json", "c.json", "--targets", "openvino-cpu", "--precisions=int8", "--markdown", "c.md"],
     ],
 )
 def test_the_report_names_the_command_for_the_whole_matrix(given):

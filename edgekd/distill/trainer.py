@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -79,10 +80,11 @@ class TrainConfig:
             ("scope", self.scope, ("layer", "global")),
             ("feature_loss", self.feature_loss, ("mse", "cosine")),
             ("kd_loss", self.kd_loss, ("hinton", "dkd")),
-            ("amp", self.amp, (None, "bf16")),
         ):
             if value not in valid:
-                raise ConfigError(f"{name} must be one of {', '.join(map(str, valid))}, got {value!r}")
+                raise ConfigError(f"{name} must be one of {', '.join(valid)}, got {value!r}")
+        if self.amp not in (None, "bf16"):
+            raise ConfigError(f"amp must be 'bf16' or unset, got {self.amp!r}", "leave it unset to train in float32")
         if self.sparsity is not None and not 0 <= self.sparsity < 1:
             raise ConfigError(f"sparsity must lie in [0, 1), got {self.sparsity}")
         if self.select_fraction is not None and not 0 < self.select_fraction <= 1:
@@ -117,6 +119,11 @@ class TrainResult:
 def predict(model: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
     model.eval()
     return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]) if len(x) else torch.zeros(0)
+
+
+def native_bf16() -> bool:
+    """The CPU computes bfloat16 itself (AVX512-BF16 or AMX); elsewhere torch emulates it, slower than float32."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def autocast(cfg: TrainConfig):
@@ -274,6 +281,13 @@ def _start_run(
     world: World,
     replay: ReplayBuffer | None,
 ) -> _Run:
+    if cfg.amp == "bf16" and not native_bf16():
+        warnings.warn(
+            "--amp bf16 on a CPU without native bfloat16 (AVX512-BF16 or AMX): torch emulates it, slower than "
+            "float32; train without --amp here",
+            UserWarning,
+            stacklevel=3,
+        )
     pairs = features = None
     if cfg.uses_features:
         pairs = pair_layers(student, teacher, data.x[:2], cfg.feature_pairs)

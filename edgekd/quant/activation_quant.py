@@ -81,10 +81,13 @@ class RangeQuantizer(nn.Module):
     def scheme(self) -> QScheme:
         """The grid's scheme for the range as it is now: the one the quantize pass will write for that range
         (a scheme chosen by the range, e.g. by sign, follows the range as it trains)."""
+        if isinstance(self.policy, QScheme):  # one scheme for every range: no read of the range needed
+            return self.policy
         return resolve_scheme(self.policy, float(self.lo), float(self.hi))
 
-    def qparams_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def qparams_tensors(self, scheme: QScheme | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, zero point) as float32 tensors; in training, with the relative gradient on learned ends."""
+        scheme = scheme or self.scheme
         lo, hi = self.lo, self.hi
         if self.training and (lo.requires_grad or hi.requires_grad):
             width = (hi - lo).detach().abs().clamp_min(_EPS)
@@ -96,7 +99,7 @@ class RangeQuantizer(nn.Module):
                     else end
                 )
             lo, hi = ends
-        return range_qparams(lo, hi, self.scheme)
+        return range_qparams(lo, hi, scheme)
 
     def observe(self, x: torch.Tensor) -> None:
         """EMA mode, training: move the range toward this batch's min and max."""
@@ -111,8 +114,9 @@ class RangeQuantizer(nn.Module):
         """(x on the grid, the scale used) — the scale also sets a following layer's int32 bias scale."""
         if observe:
             self.observe(x)
-        scale, zero_point = self.qparams_tensors()
-        return fake_quantize(x, scale, zero_point, self.scheme), scale
+        scheme = self.scheme  # once a step: a by-sign scheme reads the range off the tensors
+        scale, zero_point = self.qparams_tensors(scheme)
+        return fake_quantize(x, scale, zero_point, scheme), scale
 
     def no_weight_decay(self) -> list[nn.Parameter]:
         """Ranges are not weights: decay would shrink them toward zero (read by the trainer)."""
