@@ -12,7 +12,8 @@ each class, the split the teacher was trained with):
   (e) 2:4 sparse             (b)'s student, N:M 2:4 along input channels during a KD fine-tune
 
 Further student shapes (--shapes) train with (b)'s KD only, at the same epochs: which architecture within the
-budget keeps most of the teacher. Each run checkpoints every epoch under --workdir and resumes, so the
+budget keeps most of the teacher. A variant written VARIANT@N trains for N epochs instead (its own run, folder
+VARIANT@N), so objectives can be compared on a short schedule beside a long one: `--variants kd,kd@20,dkd@20`. Each run checkpoints every epoch under --workdir and resumes, so the
 benchmark can be stopped and restarted; finished runs are not retrained. Prints one table and writes it as
 markdown (--markdown).
 """
@@ -67,7 +68,11 @@ def parse_args(argv):
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--live-teacher", action="store_true", help="KD on the teacher's logits of each augmented batch")
     ap.add_argument("--amp", choices=["bf16"], help="forward passes in bfloat16 autocast (see TrainConfig.amp)")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
+    ap.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"subset of {','.join(VARIANTS)}; VARIANT@N trains that variant for N epochs (fine-tune epochs for sparse)",
+    )
     ap.add_argument("--workdir", default=".cache/student-bench", help="checkpoints and per-variant results")
     ap.add_argument("--json", help="write all results as JSON here")
     ap.add_argument("--markdown", help="write the table as a markdown page here")
@@ -78,9 +83,19 @@ def nonzero_params(model: torch.nn.Module) -> int:
     return int(sum((p != 0).sum() for p in model.parameters()))
 
 
-def config_for(variant: str, args, ckpt: Path) -> TrainConfig:
+def parse_run(spec: str) -> tuple[str, int | None]:
+    """``dkd@20`` → ("dkd", 20); ``kd`` → ("kd", None): the variant and its own epochs, if any."""
+    variant, at, epochs = spec.partition("@")
+    if variant not in VARIANTS:
+        sys.exit(f"unknown variant {variant!r} in --variants; valid: {', '.join(VARIANTS)} (optionally @EPOCHS)")
+    if at and not (epochs.isdigit() and int(epochs) > 0):
+        sys.exit(f"--variants {spec}: the epochs after @ must be a positive whole number")
+    return variant, int(epochs) if epochs else None
+
+
+def config_for(variant: str, args, ckpt: Path, epochs: int | None = None) -> TrainConfig:
     base = TrainConfig(
-        epochs=args.epochs,
+        epochs=epochs or args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         checkpoint_dir=ckpt,
@@ -105,7 +120,7 @@ def config_for(variant: str, args, ckpt: Path) -> TrainConfig:
         )
     fine = replace(
         base,
-        epochs=args.finetune_epochs,
+        epochs=epochs or args.finetune_epochs,
         lr=args.lr / 5,
         sparsity=0.5,
         pattern="2:4" if variant == "sparse-2:4" else "unstructured",
@@ -118,9 +133,12 @@ def shape_run(shape: str) -> str:
     return "kd-" + shape.replace(":", "-")
 
 
-def run_variant(variant, args, teacher, pre, workdir: Path, shape: str | None = None) -> dict:
-    """One training run: a variant of --student, or (``shape`` given) that zoo student with (b)'s KD."""
-    name = shape_run(shape) if shape else variant
+def run_variant(
+    variant, args, teacher, pre, workdir: Path, shape: str | None = None, epochs: int | None = None
+) -> dict:
+    """One training run: a variant of --student (for ``epochs`` when given), or (``shape`` given) that zoo student
+    with (b)'s KD."""
+    name = shape_run(shape) if shape else variant + (f"@{epochs}" if epochs else "")
     done = workdir / name / "result.json"
     if done.exists():  # runs recorded before the key name no student: theirs is --student
         return {"student": shape or args.student, **json.loads(done.read_text())}
@@ -128,7 +146,7 @@ def run_variant(variant, args, teacher, pre, workdir: Path, shape: str | None = 
     if variant.startswith("sparse"):
         dense = workdir / "kd" / "student.pt"
         student.load_state_dict(torch.load(dense, weights_only=True))
-    cfg = config_for(variant, args, workdir / name / "checkpoints")
+    cfg = config_for(variant, args, workdir / name / "checkpoints", epochs)
     started = time.time()
 
     def progress(epoch, step, steps, loss, acc):
@@ -195,23 +213,45 @@ def table(results: dict, teacher: dict) -> str:
     return "\n".join(rows)
 
 
+def counterpart(results: dict, variant: str, like: dict) -> dict | None:
+    """The run of ``variant`` with the same student and epochs as ``like``: comparisons are at equal schedules."""
+    return next(
+        (
+            r
+            for r in results.values()
+            if r["variant"] == variant and r["student"] == like["student"] and r["epochs"] == like["epochs"]
+        ),
+        None,
+    )
+
+
 def verdicts(results: dict, teacher: dict) -> list[str]:
     out = []
-    for name, s in results.items():
-        if name != "kd" and not name.startswith("kd-"):
+    for s in results.values():
+        if s["variant"] != "kd":
             continue
         p, m, acc = teacher["params"] / s["params"], teacher["macs"] / s["macs"], s["val_top1"] / teacher["val_top1"]
         ok = p >= 8 and m >= 8 and acc >= 0.95
         out.append(
-            f"- `{s['student']}` with KD ≤ 1/8 of the teacher's params and MACs at ≥ 95 % of its top-1: "
-            f"params 1/{p:.1f}, MACs 1/{m:.1f}, {acc * 100:.1f} % of the teacher — **{'met' if ok else 'NOT met'}**"
+            f"- `{s['student']}` with KD, {s['epochs']} epochs, ≤ 1/8 of the teacher's params and MACs at ≥ 95 % of "
+            f"its top-1: params 1/{p:.1f}, MACs 1/{m:.1f}, {acc * 100:.1f} % of the teacher — "
+            f"**{'met' if ok else 'NOT met'}**"
         )
-    if "kd" in results and "labels" in results:
-        gain = results["kd"]["val_top1"] - results["labels"]["val_top1"]
-        out.append(f"- KD ≥ +1 pt over labels only: {gain:+.2f} pt — **{'met' if gain >= 1 else 'NOT met'}**")
-    if "kd-features" in results and "labels" in results:
-        gain = results["kd-features"]["val_top1"] - results["labels"]["val_top1"]
-        out.append(f"- KD + hint + attention over labels only: {gain:+.2f} pt")
+    for r in results.values():
+        labels = counterpart(results, "labels", r)
+        if r["variant"] == "kd" and labels:
+            gain = r["val_top1"] - labels["val_top1"]
+            out.append(
+                f"- KD ≥ +1 pt over labels only ({r['epochs']} epochs each): {gain:+.2f} pt — "
+                f"**{'met' if gain >= 1 else 'NOT met'}**"
+            )
+        kd = counterpart(results, "kd", r)
+        if r["variant"] in ("kd-features", "dkd") and kd:
+            vs_labels = f", {r['val_top1'] - labels['val_top1']:+.2f} pt over labels only" if labels else ""
+            out.append(
+                f"- {r['title']} over KD ({r['epochs']} epochs each): {r['val_top1'] - kd['val_top1']:+.2f} pt"
+                + vs_labels
+            )
     for v in ("sparse-50", "sparse-2:4"):
         if v in results and "kd" in results:
             d = results[v]["val_top1"] - results["kd"]["val_top1"]
@@ -230,14 +270,18 @@ def main(argv=None) -> int:
     teacher = load_model(card.source, card.weights).torch_module.eval()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    variants = [v for v in args.variants.split(",") if v]
-    unknown = set(variants) - set(VARIANTS)
-    if unknown:
-        sys.exit(f"unknown variants {sorted(unknown)}; valid: {', '.join(VARIANTS)}")
+    # sparse variants fine-tune (b)'s student, so every run goes in VARIANTS order
+    runs = sorted(
+        (parse_run(spec) for spec in dict.fromkeys(args.variants.split(",")) if spec),
+        key=lambda run: VARIANTS.index(run[0]),
+    )
+    needs_dense = any(v.startswith("sparse") for v, _ in runs)
+    if needs_dense and ("kd", None) not in runs and not (workdir / "kd" / "student.pt").exists():
+        sys.exit(f"the sparse variants fine-tune (b)'s student: add kd to --variants (none under {workdir / 'kd'})")
     results = {}
-    for v in VARIANTS:
-        if v in variants:
-            results[v] = run_variant(v, args, teacher, pre, workdir)
+    for variant, epochs in runs:
+        result = run_variant(variant, args, teacher, pre, workdir, epochs=epochs)
+        results[variant + (f"@{epochs}" if epochs else "")] = result
     for shape in args.shapes:
         results[shape_run(shape)] = run_variant("kd", args, teacher, pre, workdir, shape=shape)
     tprof = profile(teacher, (1, 3, *pre.size))
@@ -288,9 +332,9 @@ Produced by
 on {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}.
 Teacher: the model card `{args.model}`; student: `{args.student}` from edgekd's zoo{shapes}. Training set: the 45,000
 images of the folder left after holding out every 10th file of each class; holdout top-1 on those 5,000.
-(a)–(c) train from scratch for {args.epochs} epochs (SGD + Nesterov, lr {args.lr}, cosine, batch {args.batch_size},
+(a)–(c) and (f) train from scratch for the epochs in the table (SGD + Nesterov, lr {args.lr}, cosine over the run, batch {args.batch_size},
 flip + crop{"; forward passes in bfloat16 autocast" if args.amp else ""}); the teacher's logits are {teaching}.
-(d) and (e) start from (b)'s student and fine-tune {args.finetune_epochs} epochs with KD at lr
+(d) and (e) start from (b)'s {args.epochs}-epoch student and fine-tune with KD at lr
 {args.lr / 5:g} while the masks ramp up (cubic, first two thirds), then stay fixed.
 {f"Feature pairs (student = teacher, matched by spatial size): {', '.join(f'`{s}` = `{t}`' for s, t in pairs)}." if pairs else ""}
 
