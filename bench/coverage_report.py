@@ -298,7 +298,8 @@ def markdown(
     ]
     if pending:
         lines += [
-            f"This run stopped (`--stop-after`) with {pending} planned cells not compiled yet, in the script's "
+            f"{pending} planned cells are not compiled yet (a run stopped by `--stop-after`, pointed at some "
+            "targets, precisions or models, or a report written with `--report-only`); they come in the script's "
             "order (opset 17, the people-det teacher, the light models as shipped, opset 11 dynamic, the "
             "realistic light models, opset 13); `make coverage` resumes from its JSON.",
             "",

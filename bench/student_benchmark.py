@@ -329,7 +329,7 @@ Produced by
 {command}
 ```
 
-on {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}.
+on {platform.processor() or platform.machine()}, {torch.get_num_threads()} thread{"s" if torch.get_num_threads() > 1 else ""} per run, torch {torch.__version__}.
 Teacher: the model card `{args.model}`; student: `{args.student}` from edgekd's zoo{shapes}. Training set: the 45,000
 images of the folder left after holding out every 10th file of each class; holdout top-1 on those 5,000.
 (a)–(c) and (f) train from scratch for the epochs in the table (SGD + Nesterov, lr {args.lr}, cosine over the run, batch {args.batch_size},
