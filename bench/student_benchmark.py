@@ -60,7 +60,7 @@ def parse_args(argv):
         "--shapes",
         type=lambda text: [s for s in text.split(",") if s],
         default=[],
-        help="further zoo students, comma-separated, trained with (b)'s KD only",
+        help="further zoo students, comma-separated, trained with (b)'s KD only (SHAPE@N: for N epochs)",
     )
     ap.add_argument("--epochs", type=int, default=20, help="epochs for (a)-(c), (f) and --shapes")
     ap.add_argument("--finetune-epochs", type=int, default=8, help="KD fine-tune epochs for (d), (e)")
@@ -83,14 +83,20 @@ def nonzero_params(model: torch.nn.Module) -> int:
     return int(sum((p != 0).sum() for p in model.parameters()))
 
 
+def split_epochs(spec: str) -> tuple[str, int | None]:
+    """``dkd@20`` → ("dkd", 20); ``kd`` → ("kd", None): a run and its own epochs, if any."""
+    name, at, epochs = spec.partition("@")
+    if at and not (epochs.isdigit() and int(epochs) > 0):
+        sys.exit(f"{spec}: the epochs after @ must be a positive whole number")
+    return name, int(epochs) if epochs else None
+
+
 def parse_run(spec: str) -> tuple[str, int | None]:
-    """``dkd@20`` → ("dkd", 20); ``kd`` → ("kd", None): the variant and its own epochs, if any."""
-    variant, at, epochs = spec.partition("@")
+    """A --variants entry: the variant and its own epochs, if any."""
+    variant, epochs = split_epochs(spec)
     if variant not in VARIANTS:
         sys.exit(f"unknown variant {variant!r} in --variants; valid: {', '.join(VARIANTS)} (optionally @EPOCHS)")
-    if at and not (epochs.isdigit() and int(epochs) > 0):
-        sys.exit(f"--variants {spec}: the epochs after @ must be a positive whole number")
-    return variant, int(epochs) if epochs else None
+    return variant, epochs
 
 
 def config_for(variant: str, args, ckpt: Path, epochs: int | None = None) -> TrainConfig:
@@ -128,9 +134,9 @@ def config_for(variant: str, args, ckpt: Path, epochs: int | None = None) -> Tra
     return fine
 
 
-def shape_run(shape: str) -> str:
-    """The run name (and folder under --workdir) of a further student shape: ``kd-resnet14-0.375``."""
-    return "kd-" + shape.replace(":", "-")
+def run_name(variant: str, shape: str | None = None, epochs: int | None = None) -> str:
+    """The run's name and folder under --workdir: ``kd``, ``dkd@20``, ``kd-resnet14-0.375@20`` (a further shape)."""
+    return ("kd-" + shape.replace(":", "-") if shape else variant) + (f"@{epochs}" if epochs else "")
 
 
 def run_variant(
@@ -138,7 +144,7 @@ def run_variant(
 ) -> dict:
     """One training run: a variant of --student (for ``epochs`` when given), or (``shape`` given) that zoo student
     with (b)'s KD."""
-    name = shape_run(shape) if shape else variant + (f"@{epochs}" if epochs else "")
+    name = run_name(variant, shape, epochs)
     done = workdir / name / "result.json"
     if done.exists():  # runs recorded before the key name no student: theirs is --student
         return {"student": shape or args.student, **json.loads(done.read_text())}
@@ -225,7 +231,9 @@ def counterpart(results: dict, variant: str, like: dict) -> dict | None:
     )
 
 
-def verdicts(results: dict, teacher: dict) -> list[str]:
+def verdicts(results: dict, teacher: dict, student: str = "resnet8:0.625") -> list[str]:
+    """The targets' verdicts, and each comparison of two runs that differ in one thing only (the objective,
+    or the student shape against ``student``)."""
     out = []
     for s in results.values():
         if s["variant"] != "kd":
@@ -245,7 +253,12 @@ def verdicts(results: dict, teacher: dict) -> list[str]:
                 f"- KD ≥ +1 pt over labels only ({r['epochs']} epochs each): {gain:+.2f} pt — "
                 f"**{'met' if gain >= 1 else 'NOT met'}**"
             )
-        kd = counterpart(results, "kd", r)
+        kd = counterpart(results, "kd", {**r, "student": student})
+        if r["variant"] == "kd" and r["student"] != student and kd:
+            out.append(
+                f"- `{r['student']}` over `{student}`, KD, {r['epochs']} epochs each: "
+                f"{r['val_top1'] - kd['val_top1']:+.2f} pt"
+            )
         if r["variant"] in ("kd-features", "dkd") and kd:
             vs_labels = f", {r['val_top1'] - labels['val_top1']:+.2f} pt over labels only" if labels else ""
             out.append(
@@ -280,10 +293,11 @@ def main(argv=None) -> int:
         sys.exit(f"the sparse variants fine-tune (b)'s student: add kd to --variants (none under {workdir / 'kd'})")
     results = {}
     for variant, epochs in runs:
-        result = run_variant(variant, args, teacher, pre, workdir, epochs=epochs)
-        results[variant + (f"@{epochs}" if epochs else "")] = result
-    for shape in args.shapes:
-        results[shape_run(shape)] = run_variant("kd", args, teacher, pre, workdir, shape=shape)
+        results[run_name(variant, epochs=epochs)] = run_variant(variant, args, teacher, pre, workdir, epochs=epochs)
+    for shape, epochs in map(split_epochs, args.shapes):
+        results[run_name("kd", shape, epochs)] = run_variant(
+            "kd", args, teacher, pre, workdir, shape=shape, epochs=epochs
+        )
     tprof = profile(teacher, (1, 3, *pre.size))
     record = (
         json.loads((Path(args.model).parent / "teacher.json").read_text())
@@ -300,7 +314,7 @@ def main(argv=None) -> int:
         "gzip_bytes": gzip_bytes(teacher),
     }
     text = table(results, teacher_info)
-    lines = verdicts(results, teacher_info)
+    lines = verdicts(results, teacher_info, args.student)
     print("\n" + text + "\n\n" + "\n".join(lines))
     command = "python bench/student_benchmark.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     if args.json:
@@ -315,7 +329,8 @@ def main(argv=None) -> int:
 
 def markdown(text, lines, results, teacher, args, command) -> str:
     pairs = results.get("kd-features", {}).get("feature_pairs")
-    shapes = f" (and, with (b)'s KD only, {', '.join(f'`{s}`' for s in args.shapes)})" if args.shapes else ""
+    names = [split_epochs(spec)[0] for spec in args.shapes]
+    shapes = f" (and, with (b)'s KD only, {', '.join(f'`{s}`' for s in names)})" if names else ""
     teaching = (
         "those of each augmented batch (consistent teaching)"
         if args.live_teacher

@@ -34,7 +34,7 @@ def test_a_run_spec_names_its_own_epochs():
 
 @pytest.mark.parametrize("spec", ["kdd", "kd@", "kd@0", "kd@twenty", "dkd@-3"])
 def test_a_bad_run_spec_is_refused_by_name(spec):
-    with pytest.raises(SystemExit, match="--variants|unknown variant"):
+    with pytest.raises(SystemExit, match="epochs after @|unknown variant"):
         sb.parse_run(spec)
 
 
@@ -60,6 +60,18 @@ def test_objectives_are_compared_only_with_kd_of_the_same_epochs():
     assert len(budget) == 2  # one per KD run, each naming its epochs
     assert "200 epochs" in budget[1] and "95.6 % of the teacher — **met**" in budget[1]
     assert "87.8 % of the teacher — **NOT met**" in budget[0]
+
+
+def test_a_further_shape_is_compared_with_the_student_at_its_epochs():
+    results = {
+        "kd@20": run("kd", 20, 79.0),
+        "kd": run("kd", 200, 86.0),
+        "kd-resnet14-0.375@20": run("kd", 20, 80.2, student="resnet14:0.375"),
+    }
+    lines = sb.verdicts(results, TEACHER, "resnet8:0.625")
+    assert "- `resnet14:0.375` over `resnet8:0.625`, KD, 20 epochs each: +1.20 pt" in lines
+    assert sb.run_name("kd", "resnet14:0.375", 20) == "kd-resnet14-0.375@20"
+    assert sb.split_epochs("resnet14:0.375@20") == ("resnet14:0.375", 20)
 
 
 def test_no_comparison_across_schedules_or_students():
