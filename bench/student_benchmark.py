@@ -328,7 +328,14 @@ def main(argv=None) -> int:
 
 
 def markdown(text, lines, results, teacher, args, command) -> str:
-    pairs = results.get("kd-features", {}).get("feature_pairs")
+    variants = {r["variant"]: r for r in results.values()}
+    pairs = variants.get("kd-features", {}).get("feature_pairs")
+    dkd = (
+        "(f) is the paper's CIFAR loss (TCKD + 8·NCKD at T 4, weighted equally with the labels) without its "
+        "linear warm-up of the DKD term over the first 20 of 240 epochs.\n"
+        if "dkd" in variants
+        else ""
+    )
     names = [split_epochs(spec)[0] for spec in args.shapes]
     shapes = f" (and, with (b)'s KD only, {', '.join(f'`{s}`' for s in names)})" if names else ""
     teaching = (
@@ -351,7 +358,7 @@ images of the folder left after holding out every 10th file of each class; holdo
 flip + crop{"; forward passes in bfloat16 autocast" if args.amp else ""}); the teacher's logits are {teaching}.
 (d) and (e) start from (b)'s {args.epochs}-epoch student and fine-tune with KD at lr
 {args.lr / 5:g} while the masks ramp up (cubic, first two thirds), then stay fixed.
-{f"Feature pairs (student = teacher, matched by spatial size): {', '.join(f'`{s}` = `{t}`' for s, t in pairs)}." if pairs else ""}
+{dkd}{f"Feature pairs (student = teacher, matched by spatial size): {', '.join(f'`{s}` = `{t}`' for s, t in pairs)}." if pairs else ""}
 
 {text}
 
