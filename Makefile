@@ -84,12 +84,13 @@ bench-quant: $(VENV)/.bench
 	$(PY) bench/quant_benchmark.py --data $(DATA) --model examples/cifar10/model.toml \
 	  --json build/quant-benchmark.json --markdown docs/quantization-benchmark.md
 
-# Objectives at 20 epochs (labels only, KD, KD + hint/attention, decoupled KD), the 200-epoch KD student and
-# its 50 % and 2:4 sparse fine-tunes (bench/README.md). Checkpoints and resumes under .cache/students-cifar10
-# (hours: about 60 s an epoch on one core); rewrites docs/student-benchmark.md.
+# Objectives and a second shape at 20 epochs (labels only, KD, KD + hint/attention, decoupled KD; resnet14:0.375),
+# the 200-epoch KD student and its 50 % and 2:4 sparse fine-tunes (bench/README.md). Checkpoints and resumes
+# under .cache/students-cifar10 (hours: about 60 s an epoch on one core); rewrites docs/student-benchmark.md.
 bench-students: $(VENV)/.base
 	$(PY) bench/student_benchmark.py --data $(DATA) --epochs 200 --live-teacher --amp bf16 \
-	  --variants labels@20,kd@20,kd-features@20,dkd@20,kd,sparse-50,sparse-2:4 --workdir .cache/students-cifar10 \
+	  --variants labels@20,kd@20,kd-features@20,dkd@20,kd,sparse-50,sparse-2:4 --shapes resnet14:0.375@20 \
+	  --workdir .cache/students-cifar10 \
 	  --json build/student-benchmark.json --markdown docs/student-benchmark.md
 
 # onnx2tf pins its own TensorFlow, so it gets its own venv beside ours.
