@@ -12,10 +12,10 @@ each class, the split the teacher was trained with):
   (e) 2:4 sparse             (b)'s student, N:M 2:4 along input channels during a KD fine-tune
 
 Further student shapes (--shapes) train with (b)'s KD only, at the same epochs: which architecture within the
-budget keeps most of the teacher. A variant written VARIANT@N trains for N epochs instead (its own run, folder
-VARIANT@N), so objectives can be compared on a short schedule beside a long one: `--variants kd,kd@20,dkd@20`. Each run checkpoints every epoch under --workdir and resumes, so the
-benchmark can be stopped and restarted; finished runs are not retrained. Prints one table and writes it as
-markdown (--markdown).
+budget keeps most of the teacher. A variant or shape written NAME@N trains for N epochs instead (its own run,
+folder NAME@N), so objectives can be compared on a short schedule beside a long one: `--variants kd,kd@20,dkd@20`.
+Each run checkpoints every epoch under --workdir and resumes, so the benchmark can be stopped and restarted;
+finished runs are not retrained. Prints one table and writes it as markdown (--markdown).
 """
 
 from __future__ import annotations
