@@ -134,6 +134,11 @@ def config_for(variant: str, args, ckpt: Path, epochs: int | None = None) -> Tra
     return fine
 
 
+def run_settings(args) -> dict:
+    """What a finished run is reused under: the same teaching, precision and optimizer settings."""
+    return {"live_teacher": args.live_teacher, "amp": args.amp, "lr": args.lr, "batch_size": args.batch_size}
+
+
 def run_name(variant: str, shape: str | None = None, epochs: int | None = None) -> str:
     """The run's name and folder under --workdir: ``kd``, ``dkd@20``, ``kd-resnet14-0.375@20`` (a further shape)."""
     return ("kd-" + shape.replace(":", "-") if shape else variant) + (f"@{epochs}" if epochs else "")
@@ -146,8 +151,16 @@ def run_variant(
     with (b)'s KD."""
     name = run_name(variant, shape, epochs)
     done = workdir / name / "result.json"
+    settings = run_settings(args)
     if done.exists():  # runs recorded before the key name no student: theirs is --student
-        return {"student": shape or args.student, **json.loads(done.read_text())}
+        recorded = json.loads(done.read_text())
+        differ = {k: (v, settings[k]) for k, v in recorded.get("settings", settings).items() if settings.get(k) != v}
+        if differ:
+            sys.exit(
+                f"{done} was trained with other settings ({', '.join(f'{k} {a} here {b}' for k, (a, b) in differ.items())}"
+                f"): give another --workdir, or the run's own settings"
+            )
+        return {"student": shape or args.student, **recorded}
     student = build_model(shape or args.student, num_classes=10)
     if variant.startswith("sparse"):
         dense = workdir / "kd" / "student.pt"
@@ -188,6 +201,7 @@ def run_variant(
         "gzip_bytes": gzip_bytes(student),
         "weight_sparsity": sparsity,
         "feature_pairs": r.feature_pairs,
+        "settings": settings,
         "history": r.history,
     }
     done.write_text(json.dumps(result, indent=2))

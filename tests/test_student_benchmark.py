@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -90,3 +91,15 @@ def test_sparse_runs_compare_with_the_dense_kd_student():
         "within 1 pt of the dense KD student: -0.80 pt, weight sparsity 50.0 % — **met**" in x
         for x in sb.verdicts(results, TEACHER)
     )
+
+
+def test_a_finished_run_of_other_settings_is_not_reused(tmp_path):
+    args = sb.parse_args(["--data", "d", "--live-teacher", "--amp", "bf16"])
+    (tmp_path / "kd").mkdir()
+    recorded = {**run("kd", 20, 79.0), "settings": {**sb.run_settings(args), "live_teacher": False}}
+    (tmp_path / "kd" / "result.json").write_text(json.dumps(recorded))
+    with pytest.raises(SystemExit, match="live_teacher False here True.*another --workdir"):
+        sb.run_variant("kd", args, None, None, tmp_path)
+    recorded["settings"]["live_teacher"] = True
+    (tmp_path / "kd" / "result.json").write_text(json.dumps(recorded))
+    assert sb.run_variant("kd", args, None, None, tmp_path)["val_top1"] == 79.0
