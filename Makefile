@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 DEMO_OUT ?= build/demo
 
-.PHONY: demo test lint system-deps clean bench-quant bench-students bench-backends coverage arm-board
+.PHONY: demo test lint system-deps clean bench-quant bench-students bench-backends coverage coverage-torchvision arm-board
 
 # Debian packages: python3-venv for the venv itself.
 system-deps:
@@ -112,3 +112,16 @@ bench-backends: $(VENV)/.bench $(VENV)/.test $(ONNX2TF_VENV)/bin/onnx2tf
 # stock architectures at opsets 11/13/17, static and dynamic. Resumes from build/model-coverage.json.
 coverage: $(VENV)/.test
 	$(PY) bench/model_coverage.py --json build/model-coverage.json --markdown docs/model-coverage.md
+
+# torchvision's own model definitions, exported by torch 2.14 (its default dynamo exporter and TorchScript at
+# opset 17) in a venv of their own: torchvision does not import beside edgekd's torch 2.13.0 CPU wheel.
+# The same matrix for them; rewrites docs/torchvision-coverage.md. Resumes from build/torchvision-coverage.json.
+TORCHVISION_VENV ?= .cache/torchvision-venv
+$(TORCHVISION_VENV)/bin/python: | system-deps
+	python3 -m venv $(TORCHVISION_VENV)
+	$(TORCHVISION_VENV)/bin/pip --disable-pip-version-check -q install torch==2.14.1 torchvision==0.29.1 onnx onnxscript
+
+coverage-torchvision: $(VENV)/.test $(TORCHVISION_VENV)/bin/python
+	$(TORCHVISION_VENV)/bin/python bench/torchvision_export.py --images calibration/cifar10 --out .cache/torchvision-onnx
+	$(PY) bench/model_coverage.py --models torchvision --json build/torchvision-coverage.json \
+	  --markdown docs/torchvision-coverage.md

@@ -230,7 +230,39 @@ def _cifar10_teacher(work: Path, tag: str, form: str = "") -> Path:
     return path
 
 
-def model_files(kinds: list[str], work: Path, calib: Path, only: str | None, training: Training) -> dict[str, Entry]:
+def _torchvision_models(folder: Path, wanted) -> dict[str, Entry]:
+    """The exports of bench/torchvision_export.py (run in its own venv) listed in ``folder``'s manifest."""
+    manifest = folder / "manifest.json"
+    if not manifest.exists():
+        raise SystemExit(
+            f"no {manifest}: export torchvision's models first, in their own venv (bench/README.md, "
+            "'torchvision models')"
+        )
+    out = {}
+    for name, record in json.loads(manifest.read_text()).items():
+        key = f"torchvision/{name}"
+        if wanted(key):
+            path = folder / record["file"]
+            out[key] = Entry(path, tuple(record["shape"]), record["task"] == "classify", weights=_digest(path), val=VAL)
+    return out
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def model_files(
+    kinds: list[str],
+    work: Path,
+    calib: Path,
+    only: str | None,
+    training: Training,
+    torchvision_dir: Path = ROOT / ".cache" / "torchvision-onnx",
+) -> dict[str, Entry]:
     """Name → its Entry for every model asked for."""
     from conformance_models import (
         ARCHITECTURES,
@@ -283,6 +315,8 @@ def model_files(kinds: list[str], work: Path, calib: Path, only: str | None, tra
             name = f"cifar10-teacher/{form or 'opset17'}"
             if wanted(name):
                 out[name] = Entry(_cifar10_teacher(work, tag, form), (1, 3, 32, 32), True, weights=tag, form=form)
+    if "torchvision" in kinds:
+        out.update(_torchvision_models(torchvision_dir, wanted))
     if "people-det" in kinds and PEOPLE.is_dir():
         for size in PEOPLE_SIZES:
             if wanted(f"people-det-teacher/{size}"):
@@ -463,11 +497,16 @@ def run_cells(planned: list[tuple], models: dict[str, Entry], results: dict, arg
     return 0
 
 
-def classifier_context(models: dict[str, Entry], args) -> dict[str, dict]:
-    """Per trained classifier (static graphs: opset 17 and 13): its float model's mean top-1 softmax
-    probability on the fidelity images, and the peer's int8 on the same ONNX, calibration and images —
-    NNCF's ``nncf.quantize`` (its ONNX backend, QDQ run in ONNX Runtime) — where NNCF is installed. Kept
-    beside the JSON per model file, so a report written again does not quantize with NNCF again."""
+def _trained_classifier(name: str, entry: Entry) -> bool:
+    """The models of docs/model-coverage.md's context table: trained classifiers, static graphs (opsets 17, 13)."""
+    return entry.classifier and not name.startswith("light/") and "dynamic" not in name and not entry.form
+
+
+def classifier_context(models: dict[str, Entry], args, select=_trained_classifier) -> dict[str, dict]:
+    """Per model ``select`` picks: its float model's mean top-1 softmax probability on the fidelity images,
+    and the peer's int8 on the same ONNX, calibration and images — NNCF's ``nncf.quantize`` (its ONNX
+    backend, QDQ run in ONNX Runtime) — where NNCF is installed. Kept beside the JSON per model file, so a
+    report written again does not quantize with NNCF again."""
     from edgekd.runtime import ort_session
 
     try:
@@ -478,15 +517,9 @@ def classifier_context(models: dict[str, Entry], args) -> dict[str, dict]:
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     out = {}
     for name, entry in models.items():
-        if (
-            not entry.classifier
-            or name.startswith("light/")
-            or "dynamic" in name
-            or entry.form
-            or not entry.path.exists()
-        ):
+        if not select(name, entry) or not entry.path.exists():
             continue
-        digest = hashlib.sha256(entry.path.read_bytes()).hexdigest()[:16]
+        digest = _digest(entry.path)
         key = f"{name}|{digest}|{args.val_images} images|{args.samples} calibration|{'nncf' if nncf else 'float'}"
         if key not in cache:
             images = _images(entry.val, entry.shape, args.val_images)
@@ -545,13 +578,20 @@ def _rank(name: str) -> int:
 
 
 def main(argv=None) -> int:
-    from coverage_report import markdown
+    from coverage_report import markdown, torchvision_markdown
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--models",
         default="arch,cifar10-teacher,people-det,light-realistic,light",
-        help="arch, cifar10-teacher, people-det, light-realistic, light",
+        help="arch, cifar10-teacher, people-det, light-realistic, light; or torchvision alone (exported first: "
+        "bench/README.md)",
+    )
+    ap.add_argument(
+        "--torchvision",
+        type=Path,
+        default=ROOT / ".cache" / "torchvision-onnx",
+        help="the folder bench/torchvision_export.py wrote",
     )
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--precisions", default=",".join(PRECISIONS))
@@ -573,7 +613,8 @@ def main(argv=None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     results = json.loads(args.json.read_text()) if args.json.exists() else {}
     training = Training(args.train_data, args.train_per_class, args.epochs)
-    models = model_files(args.models.split(","), args.work, args.calib, args.only, training)
+    kinds = args.models.split(",")
+    models = model_files(kinds, args.work, args.calib, args.only, training, args.torchvision)
     deadline = time.monotonic() - 1 if args.report_only else None
     if args.stop_after and not args.report_only:
         deadline = time.monotonic() + 60 * args.stop_after
@@ -582,13 +623,20 @@ def main(argv=None) -> int:
         # The report covers every target, precision and model, not only the ones this run was pointed at.
         command = "python bench/model_coverage.py " + " ".join(_report_arguments(argv or sys.argv[1:]))
         if args.only:
-            models = model_files(args.models.split(","), args.work, args.calib, None, training)
+            models = model_files(kinds, args.work, args.calib, None, training, args.torchvision)
         everything = _plan(list(PRECISIONS), models, list(TARGETS))
         pending = run_cells(everything, models, results, args, deadline=time.monotonic() - 1)  # counts, compiles none
-        context = classifier_context(models, args)
-        text = markdown(
-            results, list(TARGETS), list(PRECISIONS), command.strip(), BEFORE, training.describe(), pending, context
-        )
+        if kinds == ["torchvision"]:
+            manifest = json.loads((args.torchvision / "manifest.json").read_text())
+            peer = classifier_context(models, args, select=lambda name, _: name.endswith("/torchscript"))
+            text = torchvision_markdown(
+                results, list(TARGETS), list(PRECISIONS), command.strip(), manifest, pending, peer
+            )
+        else:
+            context = classifier_context(models, args)
+            text = markdown(
+                results, list(TARGETS), list(PRECISIONS), command.strip(), BEFORE, training.describe(), pending, context
+            )
         args.markdown.write_text(text)
     for precision in precisions:
         cells = [c for k, c in results.items() if k.endswith(f"|{precision}")]

@@ -215,6 +215,23 @@ def test_going_down_an_opset_whose_ops_did_not_change_is_a_relabel():
     assert next(o.version for o in convert_opset(proto, 15).opset_import if o.domain == "") == 15
 
 
+def test_an_opset_20_reduction_as_torch_dynamo_writes_it_converts_down_to_17():
+    """torch 2.14's default exporter writes ReduceMean-18 with ``noop_with_empty_axes=0`` spelled out;
+    onnx's adapter kept the flag and the rpi4 target (opsets up to 17) refused every such model."""
+    axes = np.array([-1, -2], np.int64)
+    proto = _graph(
+        [helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=1, noop_with_empty_axes=0)],
+        {"axes": axes},
+        opset=20,
+        outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, (1, 4, 1, 1))],
+    )
+    converted = convert_opset(proto, 17)
+    (node,) = converted.graph.node
+    assert {a.name: helper.get_attribute_value(a) for a in node.attribute} == {"keepdims": 1, "axes": [-1, -2]}
+    x = np.random.default_rng(0).normal(size=(1, 4, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(run_onnx(converted.SerializeToString(), x)[0], x.mean((2, 3), keepdims=True), rtol=1e-5)
+
+
 def test_run_time_shape_subgraphs_get_no_qdq_even_without_canonicalization(shuffle_onnx, tmp_path):
     """Calibration used to die with `Type (tensor(float)) of output arg ... of node Concat does not match
     expected type (tensor(int64))`: the placement must see the shape chain as not data."""

@@ -63,3 +63,51 @@ def test_fp32_cells_ignore_the_calibration(monkeypatch):
 )
 def test_the_report_names_the_command_for_the_whole_matrix(given):
     assert mc._report_arguments(given) == ["--json", "c.json", "--markdown", "c.md"]
+
+
+def _torchvision_folder(tmp_path: Path) -> Path:
+    (tmp_path / "resnet18_dynamo.onnx").write_bytes(b"one")
+    (tmp_path / "lraspp_torchscript.onnx").write_bytes(b"two")
+    record = {"opset": 20, "params": 11_689_512, "torch": "2.14.1", "torchvision": "0.29.1"}
+    manifest = {
+        "resnet18/dynamo": {**record, "file": "resnet18_dynamo.onnx", "shape": [1, 3, 224, 224], "task": "classify"},
+        "lraspp/torchscript": {**record, "file": "lraspp_torchscript.onnx", "shape": [1, 3, 96, 96], "task": "segment"},
+    }
+    for name, r in manifest.items():
+        r["exporter"] = name.split("/")[1]
+    (tmp_path / "manifest.json").write_text(__import__("json").dumps(manifest))
+    return tmp_path
+
+
+def test_torchvision_exports_are_read_from_their_manifest_with_their_file_digest_as_weights(tmp_path):
+    folder = _torchvision_folder(tmp_path)
+    models = mc._torchvision_models(folder, lambda name: True)
+    assert set(models) == {"torchvision/resnet18/dynamo", "torchvision/lraspp/torchscript"}
+    seg = models["torchvision/lraspp/torchscript"]
+    assert seg.shape == (1, 3, 96, 96) and not seg.classifier and seg.path == folder / "lraspp_torchscript.onnx"
+    assert models["torchvision/resnet18/dynamo"].weights != seg.weights  # a new export compiles its cells again
+    assert set(mc._torchvision_models(folder, lambda name: "resnet" in name)) == {"torchvision/resnet18/dynamo"}
+
+
+def test_without_torchvision_exports_the_harness_says_how_to_make_them(tmp_path):
+    with pytest.raises(SystemExit, match="export torchvision's models first"):
+        mc._torchvision_models(tmp_path, lambda name: True)
+
+
+def test_the_torchvision_report_judges_sqnr_only_and_sets_edgekd_beside_the_peer(tmp_path):
+    from coverage_report import torchvision_markdown
+
+    manifest = __import__("json").loads((_torchvision_folder(tmp_path) / "manifest.json").read_text())
+    flat = {"images": 100, "sqnr_db": 31.0, "top1_agreement": 0.7, "flips": {}}
+    results = {
+        "torchvision/lraspp/torchscript|onnx-cpu|int8": {"status": "ok", "seconds": 3.0, "vs_float": flat},
+        "torchvision/lraspp/torchscript|rpi4|int8": {"status": "ok", "seconds": 3.0, "vs_float": {"sqnr_db": 12.0}},
+        "torchvision/resnet18/dynamo|rpi4|int8": {"status": "refused", "seconds": 1.0, "reason": "no kernel"},
+    }
+    peer = {"torchvision/lraspp/torchscript": {"nncf": {"sqnr_db": 7.5, "top1_agreement": 0.5}}}
+    text = torchvision_markdown(results, ["onnx-cpu", "rpi4"], ["int8"], "cmd", manifest, 0, peer)
+    assert "**int8: 2 of 3 cells (67 %) compile with verify passing**" in text
+    assert "fidelity target met (top-1 ≥ 99 % / SQNR ≥ 20 dB) in 1 of 2 compiled cells" in text
+    assert "| torchvision/lraspp/torchscript | ✓ 31 dB · 3 s | ✓ᶠ 12 dB · 3 s |" in text and "70.0 %" not in text
+    assert "| lraspp | 31.0 dB | – | 12.0 dB | 7.5 dB |" in text
+    assert "| resnet18 | dynamo | 20 | 224×224 | 11.7 M |" in text and "no kernel" in text

@@ -47,9 +47,26 @@ def _failing_op(message: str, model: onnx.ModelProto) -> str | None:
     return named[0] if named else None
 
 
+def _without_default_reduce_flags(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without ``noop_with_empty_axes=0`` on its reductions (the default, so the same function).
+
+    Why: torch's dynamo exporter writes the flag explicitly, and onnx's opset-18 → 17 adapter for the
+    reductions moves ``axes`` into an attribute but keeps the flag, which opset 17 does not define
+    ("Unrecognized attribute: noop_with_empty_axes for operator ReduceMean")."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for node in out.graph.node:
+        if node.op_type.startswith("Reduce") and node.domain in ("", "ai.onnx"):
+            for attr in [a for a in node.attribute if a.name == "noop_with_empty_axes" and a.i == 0]:
+                node.attribute.remove(attr)
+    return out
+
+
 def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     """``model`` at ``opset``; fails naming the op the converter has no adapter for."""
     current = onnx_opset(model)
+    if current is not None and opset < 18 <= current:
+        model = _without_default_reduce_flags(model)
     if current is not None and opset < current and relabel_safe(model, opset):
         relabelled = onnx.ModelProto()
         relabelled.CopyFrom(model)
