@@ -232,6 +232,27 @@ def test_an_opset_20_reduction_as_torch_dynamo_writes_it_converts_down_to_17():
     np.testing.assert_allclose(run_onnx(converted.SerializeToString(), x)[0], x.mean((2, 3), keepdims=True), rtol=1e-5)
 
 
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_an_opset_20_gelu_is_written_out_for_a_target_of_opset_17(approximate):
+    """torch 2.14's default exporter writes Gelu-20, which has no earlier version to convert to: ONNX's own
+    definition of it (Erf or Tanh arithmetic) replaces it, counted, and computes the same."""
+    proto = _graph([helper.make_node("Gelu", ["x"], ["y"], approximate=approximate)], {}, opset=20)
+    model, report = canonicalize(ir.from_proto(proto), (1, 4, 8, 8), (17, 17), 17)
+    assert report.opset_to == 17 and report.rewrites["gelu_expanded"] == 1
+    assert "Gelu" not in op_counts(model.graph) and ("Erf" if approximate == "none" else "Tanh") in op_counts(
+        model.graph
+    )
+    x = np.random.default_rng(0).normal(0, 3, size=(1, 4, 8, 8)).astype(np.float32)
+    want = run_onnx(proto.SerializeToString(), x)[0]
+    np.testing.assert_allclose(run_onnx(ir.to_proto(model).SerializeToString(), x)[0], want, atol=1e-5)
+
+
+def test_an_op_in_the_targets_opset_is_not_written_out():
+    proto = _graph([helper.make_node("Gelu", ["x"], ["y"])], {}, opset=20)
+    model, report = canonicalize(ir.from_proto(proto), (1, 4, 8, 8), (13, 21), 17)
+    assert op_counts(model.graph) == {"Gelu": 1} and "gelu_expanded" not in report.rewrites
+
+
 def test_run_time_shape_subgraphs_get_no_qdq_even_without_canonicalization(shuffle_onnx, tmp_path):
     """Calibration used to die with `Type (tensor(float)) of output arg ... of node Concat does not match
     expected type (tensor(int64))`: the placement must see the shape chain as not data."""

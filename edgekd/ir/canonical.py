@@ -18,7 +18,7 @@ from edgekd.errors import OpsetConversionError
 from edgekd.ir import normalize
 from edgekd.ir.bind import bind_graph_input
 from edgekd.ir.graph import bypass
-from edgekd.ir.opset import convert_opset, target_opset
+from edgekd.ir.opset import convert_opset, expand_newer_ops, target_opset
 from edgekd.ir.patterns import count_patterns, fuse_hard_activations, is_layernorm
 from edgekd.ir.simplify import simplify
 
@@ -141,8 +141,10 @@ def canonicalize(
     if to is not None:
         _drop_identities(model.graph)  # ONNX's converter has no adapter for Identity below opset 16
         try:
-            model = ir.from_proto(convert_opset(ir.to_proto(model), to))
+            proto, expanded = expand_newer_ops(ir.to_proto(model), to)
+            model = ir.from_proto(convert_opset(proto, to))
             report.opset_to = to
+            decomposed.update({f"{op.lower()}_expanded": n for op, n in expanded.items()})
         except OpsetConversionError:
             if not optional:
                 raise  # in range as it is, the model keeps its opset and its LayerNorms stay written out

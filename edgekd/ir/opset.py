@@ -62,6 +62,71 @@ def _without_default_reduce_flags(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def _defined_at(op_type: str, opset: int) -> bool:
+    try:
+        onnx.defs.get_schema(op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return False
+    return True
+
+
+def _function_body(node: onnx.NodeProto, opset: int, types: dict[str, onnx.TypeProto]) -> onnx.FunctionProto | None:
+    """The function ONNX defines ``node`` by at ``opset``, for its inputs' types; None if it defines none."""
+    schema = onnx.defs.get_schema(node.op_type, opset, "")
+    if schema.has_context_dependent_function:
+        if any(i and i not in types for i in node.input):
+            return None
+        empty = onnx.TypeProto()
+        encoded = [(types[i] if i else empty).SerializeToString() for i in node.input]
+        return onnx.FunctionProto.FromString(schema.get_context_dependent_function(node.SerializeToString(), encoded))
+    return schema.function_body if schema.has_function else None
+
+
+EXPANDED = "edgekd.expanded"  # the domain the expanded ops are called in until the inliner replaces them
+
+
+def expand_newer_ops(model: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """``model`` with each op that ``opset`` does not define yet replaced by the older ops ONNX defines it
+    by (Gelu-20 → Erf or Tanh arithmetic), and how many of each; ops ONNX gives no function stay.
+
+    Why: torch 2.14's default exporter writes opset 20 with Gelu, and the version converter has no
+    adapter below an op's first version, so every GELU network was refused by targets of opset ≤ 17."""
+    current = onnx_opset(model)
+    newer = [
+        n
+        for n in model.graph.node
+        if n.domain in ("", "ai.onnx") and _defined_at(n.op_type, current) and not _defined_at(n.op_type, opset)
+    ]
+    if not newer:
+        return model, {}
+    import onnx.inliner
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {
+        v.name: v.type
+        for v in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output)
+        if v.type.HasField("tensor_type")
+    }
+    types.update({t.name: onnx.helper.make_tensor_type_proto(t.data_type, None) for t in model.graph.initializer})
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    counts: dict[str, int] = {}
+    for node in out.graph.node:
+        if node not in newer or (body := _function_body(node, current, types)) is None:
+            continue
+        body.name, body.domain = f"{node.op_type}_{len(out.functions)}", EXPANDED
+        out.functions.append(body)
+        node.op_type, node.domain = body.name, EXPANDED
+        counts[node.op_type.rsplit("_", 1)[0]] = counts.get(node.op_type.rsplit("_", 1)[0], 0) + 1
+    if not counts:
+        return model, {}
+    out.opset_import.append(onnx.helper.make_opsetid(EXPANDED, 1))
+    inlined = onnx.inliner.inline_local_functions(out)
+    del inlined.opset_import[:]
+    inlined.opset_import.extend(o for o in out.opset_import if o.domain != EXPANDED)
+    return inlined, counts
+
+
 def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     """``model`` at ``opset``; fails naming the op the converter has no adapter for."""
     current = onnx_opset(model)
