@@ -422,7 +422,8 @@ def torchvision_markdown(
         "Each cell is one `edgekd compile` for the target at the precision. **✓** = compiled and verify passed "
         "(the artifact in the target's own runtime against the QDQ simulation; Jetson and Ascend: the QDQ graph "
         "their build scripts take, in ONNX Runtime); then the artifact's **output SQNR against the float "
-        "model** and the **compile seconds** (a shared two-core machine). **✓ᶠ** = compiled, SQNR below "
+        "model** and the **compile seconds** (a shared two-core machine; without the speed check, which times "
+        "fp32 against int8). **✓ᶠ** = compiled, SQNR below "
         f"{MIN_SQNR_DB:.0f} dB. **✗** = refused, with the pass and its reason (in full below). Top-1 agreement is "
         "not shown: with random weights the 1000 logits sit within hundredths of each other, and which wins "
         "under int8 noise says nothing about the compiler.",

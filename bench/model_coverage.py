@@ -481,7 +481,7 @@ def run_cells(planned: list[tuple], models: dict[str, Entry], results: dict, arg
             entry.calib or args.calib,
             args.samples,
             form_images(val[entry.val, entry.shape], entry.form),
-            () if args.with_sensitivity else ("sensitivity",),
+            tuple(p for p in args.skip.split(",") if p),
             FORMS.get(entry.form),
         )
         cell["weights"] = entry.weights
@@ -604,7 +604,11 @@ def main(argv=None) -> int:
     ap.add_argument("--train-per-class", type=int, default=500, help="training images per class")
     ap.add_argument("--json", type=Path, default=ROOT / "build" / "model-coverage.json")
     ap.add_argument("--markdown", type=Path)
-    ap.add_argument("--with-sensitivity", action="store_true", help="run the per-layer sensitivity pass too (slow)")
+    ap.add_argument(
+        "--skip",
+        default="sensitivity",
+        help="passes every compile skips (default: the slow per-layer sensitivity; '' runs every pass)",
+    )
     ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "model-coverage")
     ap.add_argument("--stop-after", type=float, help="minutes; start no new cell after them (the JSON resumes)")
     ap.add_argument("--report-only", action="store_true", help="compile nothing: write the report from the JSON")
