@@ -20,6 +20,7 @@ from edgekd.frontend import model_input
 from edgekd.ir.bind import bind_shape
 from edgekd.ir.canonical import canonicalize
 from edgekd.ir.dataflow import data_values
+from edgekd.ir.einsum import batched_matmul
 from edgekd.ir.graph import op_counts
 from edgekd.ir.opset import convert_opset
 from edgekd.models.load import load_model
@@ -251,6 +252,37 @@ def test_an_op_in_the_targets_opset_is_not_written_out():
     proto = _graph([helper.make_node("Gelu", ["x"], ["y"])], {}, opset=20)
     model, report = canonicalize(ir.from_proto(proto), (1, 4, 8, 8), (13, 21), 17)
     assert op_counts(model.graph) == {"Gelu": 1} and "gelu_expanded" not in report.rewrites
+
+
+@pytest.mark.parametrize(
+    "equation,shapes",
+    [
+        ("B G H I D, B G H J D -> B G H I J", [(1, 2, 3, 5, 4), (1, 2, 3, 6, 4)]),  # MaxViT's q·kᵀ
+        ("B G H I J, B G H J D -> B G H I D", [(1, 2, 3, 5, 6), (1, 2, 3, 6, 4)]),  # its weights times v
+        ("bji,bkj->bik", [(2, 4, 3), (2, 5, 4)]),  # both operands stored the other way round
+    ],
+)
+def test_an_einsum_that_is_a_batched_matrix_product_becomes_matmul(equation, shapes):
+    a, b = (np.random.default_rng(k).normal(size=s).astype(np.float32) for k, s in enumerate(shapes))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shapes[0]))
+    graph = helper.make_graph(
+        [helper.make_node("Einsum", ["x", "k"], ["y"], equation=equation)],
+        "g",
+        [x],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(b, "k")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model, report = canonicalize(ir.from_proto(proto), shapes[0], (13, 17), 17)
+    assert report.rewrites["einsum_to_matmul"] == 1 and "Einsum" not in op_counts(model.graph)
+    np.testing.assert_allclose(
+        run_onnx(ir.to_proto(model).SerializeToString(), a)[0], np.einsum(equation.replace(" ", ""), a, b), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("equation", ["ij,jk->ki", "ii->i", "bij,bjk->bik,", "bi,bj->bij", "...ij,...jk->...ik"])
+def test_an_einsum_that_is_not_one_matrix_product_stays(equation):
+    assert batched_matmul(equation) is None
 
 
 def test_run_time_shape_subgraphs_get_no_qdq_even_without_canonicalization(shuffle_onnx, tmp_path):

@@ -17,6 +17,7 @@ import onnx_ir.passes.common as common
 from edgekd.errors import OpsetConversionError
 from edgekd.ir import normalize
 from edgekd.ir.bind import bind_graph_input
+from edgekd.ir.einsum import einsum_to_matmul
 from edgekd.ir.graph import bypass
 from edgekd.ir.opset import convert_opset, expand_newer_ops, target_opset
 from edgekd.ir.patterns import count_patterns, fuse_hard_activations, is_layernorm
@@ -97,6 +98,7 @@ PATTERN_REWRITES = {
     "square_to_mul": normalize.square_to_mul,
     "div_by_sqrt_to_rsqrt": normalize.div_by_sqrt,
     "softmax_unflattened": normalize.unflatten_softmax,
+    "einsum_to_matmul": einsum_to_matmul,
 }
 
 
