@@ -285,6 +285,38 @@ def test_an_einsum_that_is_not_one_matrix_product_stays(equation):
     assert batched_matmul(equation) is None
 
 
+def _pad_and_fill(opset: int, pad_inputs: list[str]):
+    """Pad → Add(a ConstantOfShape fill), as torch's dynamo exporter writes Swin's window padding and mask."""
+    inits = {"pads": np.array([0, 0, 1, 2, 0, 0, 1, 2], np.int64), "shape": np.array([1, 4, 10, 12], np.int64)}
+    if "axes" in pad_inputs:
+        inits.update(pads=np.array([1, 2, 1, 2], np.int64), axes=np.array([2, 3], np.int64))
+    fill = helper.make_tensor("value", TensorProto.FLOAT, [1], [0.5])
+    nodes = [
+        helper.make_node("Pad", ["x", *pad_inputs], ["p"], mode="constant"),
+        helper.make_node("ConstantOfShape", ["shape"], ["c"], value=fill),
+        helper.make_node("Add", ["p", "c"], ["y"]),
+    ]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, (1, 4, 10, 12))]
+    return _graph(nodes, inits, opset=opset, outputs=outputs)
+
+
+def test_an_opset_20_pad_and_fill_convert_down_as_the_older_ops_they_are():
+    """ONNX's converter has no adapter for Pad 18 → 17 nor ConstantOfShape 20 → 19; a node that uses
+    nothing the later versions added is the older op (Swin exported by torch 2.14 was refused for rpi4)."""
+    proto = _pad_and_fill(20, ["pads", ""])
+    converted = convert_opset(proto, 17)
+    onnx.checker.check_model(converted)
+    assert [o.domain for o in converted.opset_import] == [""] and {n.domain for n in converted.graph.node} == {""}
+    x = np.random.default_rng(0).normal(size=(1, 4, 8, 8)).astype(np.float32)
+    want = run_onnx(proto.SerializeToString(), x)[0]
+    np.testing.assert_array_equal(run_onnx(converted.SerializeToString(), x)[0], want)
+
+
+def test_a_pad_over_chosen_axes_has_no_older_form_and_is_refused_by_name():
+    with pytest.raises(OpsetConversionError, match="op Pad does not convert"):
+        convert_opset(_pad_and_fill(20, ["pads", "", "axes"]), 17)
+
+
 def test_run_time_shape_subgraphs_get_no_qdq_even_without_canonicalization(shuffle_onnx, tmp_path):
     """Calibration used to die with `Type (tensor(float)) of output arg ... of node Concat does not match
     expected type (tensor(int64))`: the placement must see the shape chain as not data."""

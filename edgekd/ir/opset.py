@@ -127,6 +127,50 @@ def expand_newer_ops(model: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProt
     return inlined, counts
 
 
+# Ops whose later versions only added what a node may leave unused: such a node going down is the older op
+# under another version number, where ONNX's converter has no adapter (Pad 18 → 17, ConstantOfShape 20 → 19,
+# both in Swin as torch's dynamo exporter writes it). op → (the oldest version it is then, whether a node is one).
+_OLD_TYPES = {
+    onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.BOOL,
+    *(getattr(onnx.TensorProto, t) for t in ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")),
+}  # fmt: skip
+UNUSED_ADDITIONS = {
+    # Pad-18 added the `axes` input, Pad-19 the `wrap` mode; Pad-13 took bfloat16.
+    "Pad": (13, lambda n: len(n.input) < 4 and _attr(n, "mode", b"constant") != b"wrap"),
+    # ConstantOfShape-20 and later added bfloat16, float8 and int4 values.
+    "ConstantOfShape": (
+        9,
+        lambda n: _attr(n, "value", None) is None or _attr(n, "value", None).data_type in _OLD_TYPES,
+    ),
+}
+SET_ASIDE = "edgekd.set_aside"  # the domain such nodes wait in while the converter moves the rest
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _converted(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """ONNX's converter on ``model``, the nodes of ``UNUSED_ADDITIONS`` kept out of its way."""
+    aside = onnx.ModelProto()
+    aside.CopyFrom(model)
+    moved = False
+    for node in aside.graph.node:
+        rule = UNUSED_ADDITIONS.get(node.op_type)
+        if node.domain in ("", "ai.onnx") and rule and rule[0] <= opset and rule[1](node):
+            node.domain, moved = SET_ASIDE, True
+    if moved:
+        aside.opset_import.append(onnx.helper.make_opsetid(SET_ASIDE, 1))
+    converted = version_converter.convert_version(aside, opset)
+    for node in converted.graph.node:
+        if node.domain == SET_ASIDE:
+            node.domain = ""
+    kept = [o for o in converted.opset_import if o.domain != SET_ASIDE]
+    del converted.opset_import[:]
+    converted.opset_import.extend(kept)
+    return converted
+
+
 def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     """``model`` at ``opset``; fails naming the op the converter has no adapter for."""
     current = onnx_opset(model)
@@ -140,7 +184,7 @@ def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
                 entry.version = opset
         return relabelled
     try:
-        converted = version_converter.convert_version(model, opset)
+        converted = _converted(model, opset)
         onnx.checker.check_model(converted)
     except Exception as e:  # the converter raises RuntimeError/ValueError/checker errors with free text
         text = (str(e).splitlines() or [""])[0][:300]
