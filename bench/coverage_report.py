@@ -343,6 +343,9 @@ def markdown(
         "against its own float model on the same images, laid out for it. edgekd computes a half-precision "
         "model in float32, so even its fp32 artifacts differ from it by the model's own float16 rounding "
         "(66 dB, one top-1 of 500), and its int8 cells carry that beside the int8 noise.",
+        "- torchvision's own model definitions (22 architectures, exported by torch 2.14 with its default dynamo "
+        "exporter at opset 20 and with TorchScript at opset 17) have a matrix of their own, "
+        "[torchvision-coverage.md](torchvision-coverage.md) (`make coverage-torchvision`).",
         "",
     ]
     for precision in precisions:

@@ -1,4 +1,6 @@
-"""Moving a model into a target's opset range with ONNX's version converter."""
+"""Moving a model into a target's opset range with ONNX's version converter, and around its gaps: ops newer
+than the target written out in ONNX's own definitions of them, ops whose later versions a node does not use
+moved down as they are, flags the converter's adapters keep where the older op has none."""
 
 from __future__ import annotations
 
@@ -92,11 +94,11 @@ def expand_newer_ops(model: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProt
     Why: torch 2.14's default exporter writes opset 20 with Gelu, and the version converter has no
     adapter below an op's first version, so every GELU network was refused by targets of opset ≤ 17."""
     current = onnx_opset(model)
-    newer = [
-        n
-        for n in model.graph.node
+    newer = {
+        i
+        for i, n in enumerate(model.graph.node)
         if n.domain in ("", "ai.onnx") and _defined_at(n.op_type, current) and not _defined_at(n.op_type, opset)
-    ]
+    }
     if not newer:
         return model, {}
     import onnx.inliner
@@ -111,13 +113,13 @@ def expand_newer_ops(model: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProt
     out = onnx.ModelProto()
     out.CopyFrom(model)
     counts: dict[str, int] = {}
-    for node in out.graph.node:
-        if node not in newer or (body := _function_body(node, current, types)) is None:
+    for i, node in enumerate(out.graph.node):
+        if i not in newer or (body := _function_body(node, current, types)) is None:
             continue
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
         body.name, body.domain = f"{node.op_type}_{len(out.functions)}", EXPANDED
         out.functions.append(body)
         node.op_type, node.domain = body.name, EXPANDED
-        counts[node.op_type.rsplit("_", 1)[0]] = counts.get(node.op_type.rsplit("_", 1)[0], 0) + 1
     if not counts:
         return model, {}
     out.opset_import.append(onnx.helper.make_opsetid(EXPANDED, 1))
@@ -140,7 +142,7 @@ UNUSED_ADDITIONS = {
     # ConstantOfShape-20 and later added bfloat16, float8 and int4 values.
     "ConstantOfShape": (
         9,
-        lambda n: _attr(n, "value", None) is None or _attr(n, "value", None).data_type in _OLD_TYPES,
+        lambda n: getattr(_attr(n, "value", None), "data_type", onnx.TensorProto.FLOAT) in _OLD_TYPES,
     ),
 }
 SET_ASIDE = "edgekd.set_aside"  # the domain such nodes wait in while the converter moves the rest
