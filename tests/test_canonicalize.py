@@ -312,6 +312,19 @@ def test_an_opset_20_pad_and_fill_convert_down_as_the_older_ops_they_are():
     np.testing.assert_array_equal(run_onnx(converted.SerializeToString(), x)[0], want)
 
 
+def test_an_opset_18_split_into_n_outputs_converts_down_with_its_sizes_given():
+    """Split-18's ``num_outputs`` (torch.chunk as the dynamo exporter writes it) has no older form and no
+    adapter: the sizes it cuts (ceil(7 / 3) = 3, 3, then 1) become the sizes input every version takes."""
+    outputs = [helper.make_tensor_value_info(f"y{k}", TensorProto.FLOAT, (1, n, 2, 2)) for k, n in enumerate((3, 3, 1))]
+    split = helper.make_node("Split", ["x"], ["y0", "y1", "y2"], axis=1, num_outputs=3)
+    proto = _graph([split], {}, shape=(1, 7, 2, 2), opset=18, outputs=outputs)
+    converted = convert_opset(proto, 17)
+    x = np.random.default_rng(0).normal(size=(1, 7, 2, 2)).astype(np.float32)
+    got = run_onnx(converted.SerializeToString(), x)
+    assert [g.shape[1] for g in got] == [3, 3, 1]
+    np.testing.assert_array_equal(np.concatenate(got, 1), x)
+
+
 def test_a_pad_over_chosen_axes_has_no_older_form_and_is_refused_by_name():
     with pytest.raises(OpsetConversionError, match="op Pad does not convert"):
         convert_opset(_pad_and_fill(20, ["pads", "", "axes"]), 17)

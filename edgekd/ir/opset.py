@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import onnx
 from onnx import version_converter
 
@@ -139,6 +140,8 @@ _OLD_TYPES = {
 UNUSED_ADDITIONS = {
     # Pad-18 added the `axes` input, Pad-19 the `wrap` mode; Pad-13 took bfloat16.
     "Pad": (13, lambda n: len(n.input) < 4 and _attr(n, "mode", b"constant") != b"wrap"),
+    # Split-18 added `num_outputs` (``_split_sizes_given`` turns it into the sizes input where the axis is known).
+    "Split": (13, lambda n: _attr(n, "num_outputs", None) is None),
     # ConstantOfShape-20 and later added bfloat16, float8 and int4 values.
     "ConstantOfShape": (
         9,
@@ -152,10 +155,42 @@ def _attr(node: onnx.NodeProto, name: str, default):
     return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
+def _split_sizes_given(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Each ``Split(num_outputs=n)`` whose axis has a known size given its sizes as an input instead (as
+    Split-18 cuts: ``ceil(size / n)`` each, the last one what is left), the form every Split version takes."""
+    splits = [n for n in model.graph.node if n.op_type == "Split" and _attr(n, "num_outputs", None) is not None]
+    if not splits:
+        return model
+    inferred = onnx.shape_inference.infer_shapes(model)
+    dims = {
+        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in (*inferred.graph.input, *inferred.graph.value_info)
+    }
+    dims.update({t.name: list(t.dims) for t in model.graph.initializer})
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for node in out.graph.node:
+        if node.op_type != "Split" or (n := _attr(node, "num_outputs", None)) is None:
+            continue
+        shape = dims.get(node.input[0])
+        size = shape[_attr(node, "axis", 0)] if shape else None
+        if not size:
+            continue
+        chunk = -(-size // n)
+        sizes = onnx.numpy_helper.from_array(
+            np.array([chunk] * (n - 1) + [size - chunk * (n - 1)], np.int64), f"{node.output[0]}_split_sizes"
+        )
+        out.graph.initializer.append(sizes)
+        del node.input[1:]
+        node.input.append(sizes.name)
+        node.attribute.remove(next(a for a in node.attribute if a.name == "num_outputs"))
+    return out
+
+
 def _converted(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     """ONNX's converter on ``model``, the nodes of ``UNUSED_ADDITIONS`` kept out of its way."""
     aside = onnx.ModelProto()
-    aside.CopyFrom(model)
+    aside.CopyFrom(_split_sizes_given(model) if opset < 18 else model)
     moved = False
     for node in aside.graph.node:
         rule = UNUSED_ADDITIONS.get(node.op_type)
