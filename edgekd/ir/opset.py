@@ -13,7 +13,7 @@ from onnx import version_converter
 from edgekd.errors import OpsetConversionError
 
 
-def onnx_opset(model: onnx.ModelProto) -> int | None:
+def onnx_opset(model: onnx.ModelProto | onnx.FunctionProto) -> int | None:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
@@ -116,6 +116,8 @@ def expand_newer_ops(model: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProt
     counts: dict[str, int] = {}
     for i, node in enumerate(out.graph.node):
         if i not in newer or (body := _function_body(node, current, types)) is None:
+            continue
+        if onnx_opset(body) != current:  # written for another opset (LayerNormalization-17's): not inlinable here
             continue
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
         body.name, body.domain = f"{node.op_type}_{len(out.functions)}", EXPANDED
