@@ -170,6 +170,12 @@ CASES = {
     "layernorm_pow_sqrt_div": (*_layernorm(), {"MEAN"}),  # fp32: the converter makes SQRT + DIV an RSQRT + MUL
     "gelu_erf": (*_gelu(), {"GELU"}),
     "tanh": ([_conv(), _n("Tanh", ["c"], "y")], {}, {"TANH"}),
+    # GoogLeNet's and SqueezeNet's pools (torch ceil_mode=True): 4 outputs where TFLite's floor makes 3
+    "max_pool_ceil_mode": (
+        [_conv(), _n("MaxPool", ["c"], "y", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)],
+        {},
+        {"MAX_POOL_2D"},
+    ),
     "exp": ([_conv(), _n("Mul", ["c", "k"], "s"), _n("Exp", ["s"], "y")], {"k": np.float32(0.5)}, {"EXP"}),
     "leaky_relu": ([_conv(), _n("LeakyRelu", ["c"], "y", alpha=0.1)], {}, {"LEAKY_RELU"}),
     "prelu": ([_conv(), _n("PRelu", ["c", "slope"], "y")], {"slope": RNG.uniform(0.05, 0.3, (8, 1, 1))}, {"PRELU"}),

@@ -394,17 +394,15 @@ def _pool(cx: Lowering, node) -> list[Val]:
     x = cx.to_nhwc(cx.get(node.input[0]))
     kernel, strides = a["kernel_shape"], a.get("strides", [1, 1])
     padding, explicit = _pads_for(cx, x, a, kernel, strides, [1, 1])
-    if a.get("ceil_mode", 0):
-        h, w = x.t.shape.as_list()[1:3]
-        pads = a.get("pads", [0, 0, 0, 0])
-        for size, k, s, p0, p1 in (
-            (h, kernel[0], strides[0], pads[0], pads[2]),
-            (w, kernel[1], strides[1], pads[1], pads[3]),
-        ):
-            if (size + p0 + p1 - k) % s:
-                raise Reject("ceil_mode=1 changes the output size here; TFLite pools floor it")
-    xt = x.t
     maxpool = node.op_type == "MaxPool"
+    if a.get("ceil_mode", 0):
+        extra = _ceil_mode_extra(x, a, kernel, strides)
+        if any(extra) and not maxpool:
+            raise Reject("ceil_mode=1 changes the output size here; TFLite pools floor it (MaxPool only is padded)")
+        if any(extra):  # the extra windows reach past the end: pad there, and the max ignores the padding
+            base = explicit or (_same_pads_of(x, kernel, strides) if padding == "SAME" else [[0, 0], [0, 0]])
+            explicit = [[p0, p1 + e] for (p0, p1), e in zip(base, extra)]
+    xt = x.t
     if explicit is not None or (padding == "SAME" and not maxpool and a.get("count_include_pad", 0)):
         explicit = explicit or [[p0, p1] for p0, p1 in _same_pads_of(x, kernel, strides)]
         padding = "VALID"
@@ -419,6 +417,19 @@ def _pool(cx: Lowering, node) -> list[Val]:
             return [_avg_pool_excluding_pads(cx, x, xt, kernel, strides, explicit)]
     fn = tf.nn.max_pool2d if maxpool else tf.nn.avg_pool2d
     return [Val(fn(xt, kernel, strides, padding), True)]
+
+
+def _ceil_mode_extra(x: Val, a: dict, kernel: list[int], strides: list[int]) -> list[int]:
+    """Per spatial axis, how far past the end ``ceil_mode=1`` windows reach: the output size rounded up,
+    less a last window that would start in the end padding (PyTorch's and ONNX Runtime's rule)."""
+    pads = a.get("pads", [0, 0, 0, 0])
+    extra = []
+    for size, k, s, p0, p1 in zip(x.t.shape.as_list()[1:3], kernel, strides, pads[:2], pads[2:]):
+        out = -(-(size + p0 + p1 - k) // s) + 1
+        if (out - 1) * s >= size + p0:
+            out -= 1
+        extra.append(max(0, (out - 1) * s + k - (size + p0 + p1)))
+    return extra
 
 
 def _avg_pool_excluding_pads(cx: Lowering, x: Val, xt, kernel, strides, pads) -> Val:
