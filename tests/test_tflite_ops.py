@@ -328,3 +328,19 @@ def test_a_lone_erf_is_named_not_lowered(tmp_path):
     with pytest.raises(PassFailedError) as e:
         _compile(path, tmp_path / "out", "fp32")
     assert e.value.pass_name == "check-support" and "Erf" in str(e.value) and "GELU" in str(e.value)
+
+
+def test_a_node_refused_at_lowering_is_named_once_and_what_reads_it_is_counted(tmp_path):
+    """The refusal names the node that could not be lowered, not every node below it (torchvision's GoogLeNet
+    listed 299, all downstream of one pool)."""
+    nodes = [
+        _conv(),
+        _n("AveragePool", ["c"], "pool", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+        _n("Relu", ["pool"], "r"),
+        _n("Sigmoid", ["r"], "y"),
+    ]
+    with pytest.raises(PassFailedError) as e:
+        _compile(_model(tmp_path, "avg_ceil", nodes, {}), tmp_path / "out", "fp32")
+    message = str(e.value.cause)
+    assert "1 node(s) cannot be lowered" in message and "pool (AveragePool): ceil_mode=1" in message
+    assert "(2 tensor(s) below them were not tried)" in message and "Relu" not in message

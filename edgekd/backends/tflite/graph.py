@@ -223,7 +223,12 @@ class Lowering:
         self.env[inp.name] = Val(input_nhwc, nhwc=input_nhwc.shape.rank == 4)
         self.scopes[scope_name(inp.name)] = inp.name
         bad: list[Unsupported] = []
+        unlowered: set[str] = set()  # outputs of refused nodes and of the nodes that read them
+        refused: set[str] = set()
         for index, node in enumerate(g.node):
+            if unlowered.intersection(node.input):
+                unlowered.update(node.output)  # downstream of a refusal: nothing to lower it from
+                continue
             handler = self.handlers[node.op_type]
             composite = self.inside.get(node.output[0]) if node.output else None
             if composite is not None:
@@ -242,12 +247,14 @@ class Lowering:
                         outs = handler(self, node)
             except Reject as e:
                 bad.append(Unsupported(node.name or node.op_type, node.op_type, str(e)))
+                unlowered.update(node.output)
+                refused.update(node.output)
                 continue
             for name, v in zip(node.output, outs):
                 if name:
                     self.env[name] = v
         if bad:
-            raise_unsupported(bad)
+            raise_unsupported(bad, downstream=len(unlowered - refused))
         outs, nhwc = [], []
         for o in g.output:
             v = self.get(o.name)

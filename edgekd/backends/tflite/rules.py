@@ -283,7 +283,9 @@ def unsupported_nodes(model: onnx.ModelProto) -> list[Unsupported]:
     return bad
 
 
-def raise_unsupported(bad: list[Unsupported], where: str = "the tflite backend") -> None:
+def raise_unsupported(bad: list[Unsupported], where: str = "the tflite backend", downstream: int = 0) -> None:
+    """``downstream``: tensors below the refused nodes, which were not tried (they read what was not lowered)."""
     listing = "\n".join(f"  {u.node} ({u.op}): {u.reason}" for u in bad[:50])
     more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
-    raise UnsupportedOpsError(f"{len(bad)} node(s) cannot be lowered by {where}:\n{listing}{more}")
+    below = f"\n  ({downstream} tensor(s) below them were not tried)" if downstream else ""
+    raise UnsupportedOpsError(f"{len(bad)} node(s) cannot be lowered by {where}:\n{listing}{more}{below}")
