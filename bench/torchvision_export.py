@@ -10,7 +10,8 @@ No pretrained weights here (no network): each model keeps torchvision's own init
 BatchNorm statistics recalibrated on real images (``--images``, a folder of image files) so that
 activations keep the scale a trained network's have, and the last BatchNorm of every residual branch
 scaled by ``--branch-scale`` (zero-init-residual style; at unit scale a deep random residual network is
-chaotic, and no int8 copy of a chaotic network can follow it). ImageNet's mean/std is subtracted inside
+chaotic, and no int8 copy of a chaotic network can follow it), as is ConvNeXt's layer scale (1e-6 at
+initialisation: its branches would add nothing). ImageNet's mean/std is subtracted inside
 the graph, so each model reads RGB in [0, 1] like every other coverage model.
 
 Exporters: ``dynamo`` is what ``torch.onnx.export(model, args, path)`` does in torch 2.14 (the
@@ -126,6 +127,9 @@ def recalibrated(net: nn.Module, batch: torch.Tensor, branch_scale: float) -> nn
     for bn in residual_branch_ends(net):
         bn.weight.mul_(branch_scale)
         bn.bias.mul_(branch_scale)
+    for m in net.modules():  # ConvNeXt's layer scale starts at 1e-6: a branch that adds nothing yet
+        if isinstance(getattr(m, "layer_scale", None), nn.Parameter):
+            m.layer_scale.fill_(branch_scale)
     return net.eval()
 
 
