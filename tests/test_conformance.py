@@ -204,3 +204,31 @@ def test_torchs_default_exporter_at_opset_20_compiles_int8_for_every_target(dyna
     assert canon["opset"]["from"] == 20 and canon["rewrites"]["einsum_to_matmul"] == 2
     assert ("gelu_expanded" in canon["rewrites"]) == (canon["opset"]["to"] < 20)
     assert result.manifest["quantization"]["error_vs_float"]["sqnr_db"] >= MIN_SQNR_DB
+
+
+class _LayerScaledBlock(torch.nn.Module):
+    """torchvision's ConvNeXt block: depthwise 7×7, channels last for LayerNorm and the two Linears, back to
+    channels first, then the per-channel layer scale before the residual Add."""
+
+    def __init__(self, dim: int = 16):
+        super().__init__()
+        self.dw = torch.nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = torch.nn.LayerNorm(dim)
+        self.up, self.down = torch.nn.Linear(dim, 4 * dim), torch.nn.Linear(4 * dim, dim)
+        self.layer_scale = torch.nn.Parameter(torch.full((dim, 1, 1), 0.2))
+
+    def forward(self, x):
+        y = self.norm(self.dw(x).permute(0, 2, 3, 1))
+        return x + self.layer_scale * self.down(torch.nn.functional.gelu(self.up(y))).permute(0, 3, 1, 2)
+
+
+def test_a_layer_scaled_convnext_block_compiles_full_int8_for_rpi4(images, tmp_path):
+    """Every torchvision ConvNeXt was refused for rpi4 with 'the TFLite converter did not keep the
+    simulation's quantization': the range check took a tensor the lowering derived inside the Add (TF names a
+    second ``derived`` scope of one op ``derived_1``) for the Add's output. The artifact was right."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 4, stride=4), _LayerScaledBlock(), _LayerScaledBlock())
+    path = export(model.eval(), tmp_path / "convnext_block.onnx", SHAPE, 17, False)
+    result = _compile(path, "rpi4", tmp_path / "out", images)
+    assert result.manifest["status"] == "ok"
+    assert result.manifest["backend_report"]["activations"]["mismatches"] == []

@@ -71,6 +71,11 @@ def _rel(a, b) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30))) if a.size else 0.0
 
 
+def _derived(parts: list[str]) -> bool:
+    """A tensor made inside a ``derived`` name scope; TF numbers a second one in the same op ``derived_1``."""
+    return any(p == "derived" or re.fullmatch(r"derived_\d+", p) for p in parts)
+
+
 def owner(name: str, order: dict[str, int]) -> tuple[str | None, bool]:
     """The lowering scope a tensor belongs to (the latest in graph order among the scopes named in
     its fused name), and whether it is an intermediate the lowering derived inside that op."""
@@ -81,9 +86,9 @@ def owner(name: str, order: dict[str, int]) -> tuple[str | None, bool]:
         if scope not in order:
             continue
         if best is None or order[scope] > order[best]:
-            best, derived = scope, "derived" in parts
+            best, derived = scope, _derived(parts)
         elif scope == best:
-            derived = derived and "derived" in parts
+            derived = derived and _derived(parts)
     return best, (derived if best is not None else False)
 
 
