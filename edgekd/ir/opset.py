@@ -190,13 +190,18 @@ def _split_sizes_given(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _converted(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
-    """ONNX's converter on ``model``, the nodes of ``UNUSED_ADDITIONS`` kept out of its way."""
+    """ONNX's converter on ``model``, the nodes of ``UNUSED_ADDITIONS`` kept out of its way going down (going
+    up, the converter's adapters move them: Split-11's ``split`` attribute becomes Split-13's input)."""
+    current = onnx_opset(model)
+    down = current is not None and opset < current
     aside = onnx.ModelProto()
-    aside.CopyFrom(_split_sizes_given(model) if opset < 18 else model)
+    aside.CopyFrom(_split_sizes_given(model) if down and opset < 18 else model)
     moved = False
     for node in aside.graph.node:
         rule = UNUSED_ADDITIONS.get(node.op_type)
-        if node.domain in ("", "ai.onnx") and rule and rule[0] <= opset and rule[1](node):
+        if not (down and rule and node.domain in ("", "ai.onnx") and rule[1](node)):
+            continue
+        if onnx.defs.get_schema(node.op_type, opset, "").since_version >= rule[0]:  # not below that version
             node.domain, moved = SET_ASIDE, True
     if moved:
         aside.opset_import.append(onnx.helper.make_opsetid(SET_ASIDE, 1))
