@@ -250,7 +250,8 @@ RUNTIME_FINDINGS = [
     "`edgekd/runtime/divergence.py`), or says that the difference grew layer by layer. Found that way:",
     "",
     "- **OpenVINO 2026.4, int8 grouped 1×1 convolutions with more than 64 input channels per group (not a "
-    "multiple of 64)**: the CPU plugin's kernel comes out 50-73 output steps from the same Q/DQ graph in "
+    "multiple of 64)**, on the Intel AVX-512-VNNI CPU of these runs (exact on an AMD EPYC, Zen 4): the CPU "
+    "plugin's kernel comes out 50-73 output steps from the same Q/DQ graph in "
     "ONNX Runtime (68, 72, ..., 124, 132, ... per group; 34, 64, 128, depthwise, 3×3 and ungrouped are "
     "exact). Light ShuffleNet's stage 3 (272 channels in 4 groups) went from 47 dB to -2 dB vs the "
     "simulation at its first such layer. edgekd splits them into one convolution per group before "
@@ -419,8 +420,8 @@ def torchvision_markdown(
         "`dynamo=False` at opset 17. No pretrained weights are reachable here, so each model keeps torchvision's "
         "initialisation with its BatchNorm statistics recalibrated on 64 real images and the last BatchNorm of "
         "each residual branch at 0.2 (as zero-init-residual training starts it; at 1 a deep random residual "
-        "network is chaotic), ConvNeXt's layer scale too (1e-6 at initialisation); ImageNet's mean/std is "
-        "subtracted in the graph. Inputs are CIFAR-10 images "
+        "network is chaotic), ConvNeXt's layer scale too (1e-6 at initialisation), and ViT's head, zero at "
+        "initialisation, drawn like Swin's (std 0.02); ImageNet's mean/std is subtracted in the graph. Inputs are CIFAR-10 images "
         "resized to the model's size; calibration on 64 of them, fidelity on 100 held-out ones.",
         "",
         "Each cell is one `edgekd compile` for the target at the precision. **✓** = compiled and verify passed "

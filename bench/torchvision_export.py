@@ -11,7 +11,8 @@ BatchNorm statistics recalibrated on real images (``--images``, a folder of imag
 activations keep the scale a trained network's have, and the last BatchNorm of every residual branch
 scaled by ``--branch-scale`` (zero-init-residual style; at unit scale a deep random residual network is
 chaotic, and no int8 copy of a chaotic network can follow it), as is ConvNeXt's layer scale (1e-6 at
-initialisation: its branches would add nothing). ImageNet's mean/std is subtracted inside
+initialisation: its branches would add nothing); a classifier initialised to zero (ViT's head: every logit 0)
+gets truncated-normal weights (std 0.02). ImageNet's mean/std is subtracted inside
 the graph, so each model reads RGB in [0, 1] like every other coverage model.
 
 Exporters: ``dynamo`` is what ``torch.onnx.export(model, args, path)`` does in torch 2.14 (the
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -130,18 +132,23 @@ def recalibrated(net: nn.Module, batch: torch.Tensor, branch_scale: float) -> nn
     for m in net.modules():  # ConvNeXt's layer scale starts at 1e-6: a branch that adds nothing yet
         if isinstance(getattr(m, "layer_scale", None), nn.Parameter):
             m.layer_scale.fill_(branch_scale)
+        if isinstance(m, nn.Linear) and not m.weight.any():  # ViT's head starts at 0: every logit 0
+            nn.init.trunc_normal_(m.weight, std=0.02)
     return net.eval()
 
 
 def export(model: nn.Module, size: int, path: Path, exporter: str) -> int:
+    """Writes ``path`` whole or not at all (a coverage run may be reading the one it replaces)."""
     example = torch.rand(1, 3, size, size)
+    partial = path.with_suffix(".partial")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
             program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"])
-            program.save(str(path))
+            program.save(str(partial))
         else:
-            torch.onnx.export(model, (example,), str(path), opset_version=17, dynamo=False, input_names=["images"])
+            torch.onnx.export(model, (example,), str(partial), opset_version=17, dynamo=False, input_names=["images"])
+    os.replace(partial, path)
     import onnx
 
     imports = onnx.load(str(path), load_external_data=False).opset_import

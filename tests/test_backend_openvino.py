@@ -252,15 +252,18 @@ def test_shufflenet_v2_keeps_its_channel_shuffle_for_openvino(tmp_path, monkeypa
 @pytest.mark.parametrize("channels, groups, float_bias", [(272, 4, False), (272, 2, False), (272, 4, True)])
 def test_wide_grouped_pointwise_convs_are_split_for_openvino(channels, groups, float_bias):
     """OpenVINO 2026.4's int8 kernel for grouped 1×1 convolutions with 68-124, 132-... input channels per
-    group computes something else (tens of output steps). Split per group, the IR matches the simulation;
-    if the first assertion stops holding, OpenVINO fixed it and grouped_conv.py can go."""
+    group computed something else (tens of output steps) on the Intel AVX-512-VNNI CPU of earlier runs; on
+    an AMD EPYC (Zen 4) the same kernel is exact. Whole, the IR is either that wrong or exact, nothing
+    between; split per group, it matches the simulation on both. Where it stays exact on Intel CPUs too,
+    OpenVINO fixed it and grouped_conv.py can go."""
     from edgekd.backends.openvino.grouped_conv import split_grouped_convs
 
     model = grouped_pointwise_qdq(channels, groups, float_bias)
     x = pointwise_input(channels)
     simulation = simulate(model, x)
 
-    assert openvino_steps(model, x, simulation) > 20
+    whole = openvino_steps(model, x, simulation)
+    assert whole > 20 or whole <= 1.001, whole
     assert split_grouped_convs(model) == ["gconv"]
     assert [n.op_type for n in model.graph.node].count("Conv") == groups
     assert simulate(model, x) == pytest.approx(simulation)

@@ -74,14 +74,16 @@ def _compile(model, tmp_path, target: str, shape, calib):
 
 
 def test_integer_kernels_past_the_step_limit_are_kept_with_their_figures(tmp_path):
-    """MobileNetV3's hard-swish and squeeze-excite gates on OpenVINO's integer kernels: past the relative
-    limit from the simulation, as close to float as it."""
+    """MobileNetV3's hard-swish and squeeze-excite gates on LiteRT's integer kernels: past the step limit from
+    the simulation (5 output steps), as close to float as it (15.4 dB vs the simulation's 14.7). On OpenVINO
+    the same graph lands either side of verify's 1 dB by CPU (within it on the Intel machine of earlier runs,
+    1.08 dB out on an AMD EPYC), so the test reads LiteRT's, whose integer arithmetic is the same on both."""
     shape = (1, 3, 64, 64)
     images = calibration_images(shape, 32)
     np.save(tmp_path / "calib.npy", images)
     torch.manual_seed(0)
     model = export(realistic_weights(MobileNetV3(), images), tmp_path / "mnv3.onnx", shape, 17, False)
-    fidelity, warned = _compile(model, tmp_path, "openvino-cpu", shape, tmp_path / "calib.npy")
+    fidelity, warned = _compile(model, tmp_path, "rpi4", shape, tmp_path / "calib.npy")
     assert "vs_float" in fidelity and _as_close_to_float(fidelity["vs_float"]) and warned
     assert min(fidelity["vs_float"]["simulation_sqnr_db"]) >= 10
 

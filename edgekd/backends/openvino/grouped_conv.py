@@ -2,7 +2,8 @@
 convolution per group.
 
 Measured on OpenVINO 2026.4.1 (CPU plugin, f32 inference precision, u8 or i8 activations × i8
-per-channel weights; groups 2 and 4, 4 to 156 input channels per group): a grouped 1×1 convolution
+per-channel weights; groups 2 and 4, 4 to 156 input channels per group) on an Intel AVX-512-VNNI CPU
+(on an AMD EPYC, Zen 4, every width is exact: the plugin's kernel choice depends on the CPU): a grouped 1×1 convolution
 with a multiple of 4 above 64 input channels per group, other than 128 (68, 72, ..., 124, 132, ...),
 comes out 50-73 output steps from the same Q/DQ graph in ONNX Runtime; 34, 64, 65-67, 69-71 and 128
 per group, depthwise, 3×3 kernels and ungrouped convolutions of the same width are exact. ShuffleNet
