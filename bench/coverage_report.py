@@ -421,8 +421,9 @@ def torchvision_markdown(
         "initialisation with its BatchNorm statistics recalibrated on 64 real images and the last BatchNorm of "
         "each residual branch at 0.2 (as zero-init-residual training starts it; at 1 a deep random residual "
         "network is chaotic), ConvNeXt's layer scale too (1e-6 at initialisation), and ViT's head, zero at "
-        "initialisation, drawn like Swin's (std 0.02); ImageNet's mean/std is subtracted in the graph. Inputs are CIFAR-10 images "
-        "resized to the model's size; calibration on 64 of them, fidelity on 100 held-out ones.",
+        "initialisation, drawn like Swin's (std 0.02); ImageNet's mean/std is subtracted in the graph. Inputs "
+        "are CIFAR-10 images resized to the model's size; calibration on 64 of them, fidelity on 100 held-out "
+        "ones.",
         "",
         "Each cell is one `edgekd compile` for the target at the precision. **✓** = compiled and verify passed "
         "(the artifact in the target's own runtime against the QDQ simulation; Jetson and Ascend: the QDQ graph "
