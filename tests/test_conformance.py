@@ -234,3 +234,30 @@ def test_a_layer_scaled_convnext_block_compiles_full_int8_for_rpi4(images, tmp_p
     result = _compile(path, "rpi4", tmp_path / "out", images)
     assert result.manifest["status"] == "ok"
     assert result.manifest["backend_report"]["activations"]["mismatches"] == []
+
+
+class _TorchAttention(torch.nn.Module):
+    """Patch embedding and one pre-norm block of ``torch.nn.MultiheadAttention``, as torchvision's ViT builds
+    it: the export scales q and kᵀ by √(1/√d) each (two Mul) before their MatMul."""
+
+    def __init__(self, dim: int = 32):
+        super().__init__()
+        self.patches = torch.nn.Conv2d(3, dim, 16, stride=16)
+        self.norm = torch.nn.LayerNorm(dim)
+        self.attention = torch.nn.MultiheadAttention(dim, 4, batch_first=True)
+        self.head = torch.nn.Linear(dim, 10)
+
+    def forward(self, x):
+        t = self.patches(x).flatten(2).transpose(1, 2)
+        y = self.norm(t)
+        return self.head((t + self.attention(y, y, y, need_weights=False)[0]).mean(1))
+
+
+def test_torchs_multihead_attention_compiles_full_int8_for_rpi4(images, tmp_path):
+    """The scaled kᵀ (a Mul read only by the MatMul's second input) got no Q/DQ: the quantizer took every
+    second input of a MatMul for a weight, so TFLite ran the attention in float and the compile was refused
+    (torchvision's ViT-B/16, and any model with ``nn.MultiheadAttention``)."""
+    torch.manual_seed(0)
+    path = export(_TorchAttention().eval(), tmp_path / "attention.onnx", SHAPE, 17, False)
+    result = _compile(path, "rpi4", tmp_path / "out", images)
+    assert result.manifest["status"] == "ok" and result.manifest["backend_report"]["float_tensors"] == []

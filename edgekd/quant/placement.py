@@ -223,8 +223,8 @@ def _uses(
         node, idx = use.node, use.idx
         if node.name in keep_float or (only_ops is not None and node.op_type not in only_ops):
             continue
-        if node.op_type in WEIGHTED and idx != 0:
-            continue  # weights and biases are handled as weight sites
+        if node.op_type in WEIGHTED and idx != 0 and const_array(v) is not None:
+            continue  # weights and biases are handled as weight sites; attention's MatMul(q, kᵀ) reads data
         out.append((node.name, idx))
     return tuple(out)
 
