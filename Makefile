@@ -123,5 +123,5 @@ $(TORCHVISION_VENV)/bin/python: | system-deps
 
 coverage-torchvision: $(VENV)/.test $(TORCHVISION_VENV)/bin/python
 	$(TORCHVISION_VENV)/bin/python bench/torchvision_export.py --images calibration/cifar10 --out .cache/torchvision-onnx
-	$(PY) bench/model_coverage.py --models torchvision --skip sensitivity,speed-check \
+	$(PY) bench/model_coverage.py --models torchvision --skip sensitivity,speed-check --peer \
 	  --json build/torchvision-coverage.json --markdown docs/torchvision-coverage.md

@@ -599,6 +599,11 @@ def main(argv=None) -> int:
         default=ROOT / ".cache" / "torchvision-onnx",
         help="the folder bench/torchvision_export.py wrote",
     )
+    ap.add_argument(
+        "--peer",
+        action="store_true",
+        help="torchvision: quantize each TorchScript export with NNCF too, for the report's peer table (slow)",
+    )
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--precisions", default=",".join(PRECISIONS))
     ap.add_argument("--only", help="substring a model name must contain")
@@ -638,7 +643,11 @@ def main(argv=None) -> int:
         pending = run_cells(everything, models, results, args, deadline=time.monotonic() - 1)  # counts, compiles none
         if kinds == ["torchvision"]:
             manifest = json.loads((args.torchvision / "manifest.json").read_text())
-            peer = classifier_context(models, args, select=lambda name, _: name.endswith("/torchscript"))
+            peer = (
+                classifier_context(models, args, select=lambda name, _: name.endswith("/torchscript"))
+                if args.peer
+                else {}
+            )
             text = torchvision_markdown(
                 results, list(TARGETS), list(PRECISIONS), command.strip(), manifest, pending, peer
             )
