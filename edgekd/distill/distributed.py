@@ -4,6 +4,7 @@ single process training on the whole batch."""
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -65,4 +66,12 @@ def join() -> World:
         return World()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # Left to the interpreter's exit, gloo's threads were sometimes still joinable when their destructor
+        # ran: the worker died with "terminate called without an active exception" after finishing its work.
+        atexit.register(_leave)
     return World(dist.get_rank(), dist.get_world_size())
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
