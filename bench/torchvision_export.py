@@ -3,8 +3,8 @@ matrix (bench/model_coverage.py ``--kinds torchvision``).
 
 Runs in its own venv, never edgekd's: torchvision does not import beside edgekd's torch 2.13.0 CPU wheel
 (bench/README.md has the two commands). Reads nothing of edgekd; writes ``OUT/<name>_<exporter>.onnx`` and
-``OUT/manifest.json`` (name, file, input shape, task, exporter, opset, parameter count, torch and
-torchvision versions).
+``OUT/manifest.json`` (name, file and its sha256, input shape, task, exporter, opset, parameter count, torch
+and torchvision versions).
 
 No pretrained weights here (no network): each model keeps torchvision's own initialisation, its
 BatchNorm statistics recalibrated on real images (``--images``, a folder of image files) so that
@@ -25,6 +25,7 @@ most models in the wild were exported with.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -192,6 +193,7 @@ def main() -> None:
                 continue
             manifest[f"{name}/{exporter}"] = {
                 "file": path.name,
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),  # the coverage cells' weights key
                 "shape": [1, 3, size, size],
                 "task": task,
                 "exporter": exporter,

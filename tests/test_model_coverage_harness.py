@@ -4,6 +4,8 @@ command its report names."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -75,7 +77,8 @@ def _torchvision_folder(tmp_path: Path) -> Path:
     }
     for name, r in manifest.items():
         r["exporter"] = name.split("/")[1]
-    (tmp_path / "manifest.json").write_text(__import__("json").dumps(manifest))
+        r["sha256"] = hashlib.sha256((tmp_path / r["file"]).read_bytes()).hexdigest()
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     return tmp_path
 
 
@@ -97,7 +100,7 @@ def test_without_torchvision_exports_the_harness_says_how_to_make_them(tmp_path)
 def test_the_torchvision_report_judges_sqnr_only_and_sets_edgekd_beside_the_peer(tmp_path):
     from coverage_report import torchvision_markdown
 
-    manifest = __import__("json").loads((_torchvision_folder(tmp_path) / "manifest.json").read_text())
+    manifest = json.loads((_torchvision_folder(tmp_path) / "manifest.json").read_text())
     flat = {"images": 100, "sqnr_db": 31.0, "top1_agreement": 0.7, "flips": {}}
     results = {
         "torchvision/lraspp/torchscript|onnx-cpu|int8": {"status": "ok", "seconds": 3.0, "vs_float": flat},
