@@ -460,10 +460,16 @@ def realistic_weights(model: nn.Module, images: np.ndarray, seed: int = 0) -> nn
 
 
 def trained_weights(
-    model: nn.Module, images: np.ndarray, labels: np.ndarray, epochs: int = 8, seed: int = 0, batch: int = 32
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    epochs: int = 8,
+    seed: int = 0,
+    batch: int = 32,
+    progress=None,
 ) -> nn.Module:
     """``realistic_weights``, then supervised training (AdamW with a cosine schedule, random flips and
-    4-pixel shifts) on ``images``.
+    4-pixel shifts) on ``images``; ``progress(epoch, epochs, mean loss, training top-1)`` after each epoch.
 
     Why: BatchNorm recalibrated per channel on a random network gives every channel unit variance, so
     channels that carried almost nothing are amplified like the rest; such a network is chaotic (Yang
@@ -483,19 +489,25 @@ def trained_weights(
     opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=5e-4)
     steps = epochs * -(-len(x) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=max(steps, 1), pct_start=0.15)
-    for _ in range(epochs):
+    for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(x), generator=g)
+        loss_sum, correct = 0.0, 0
         for i in range(0, len(x), batch):
             idx = order[i : i + batch]
             xb = x[idx].flip(3) if torch.rand((), generator=g) < 0.5 else x[idx]
             dy, dx = torch.randint(-4, 5, (2,), generator=g).tolist()
             xb = torch.roll(xb, (dy, dx), (2, 3))
-            loss = F.cross_entropy(model(xb), y[idx])
+            logits = model(xb)
+            loss = F.cross_entropy(logits, y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
+            loss_sum += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == y[idx]).sum())
+        if progress is not None:
+            progress(epoch + 1, epochs, loss_sum / len(x), correct / len(x))
     return model.eval()
 
 

@@ -103,6 +103,39 @@ def test_canonical_form_computes_what_the_source_computes(shuffle_onnx, opset, d
     assert report.nodes_after < report.nodes_before
 
 
+class PaddedWindows(nn.Module):
+    """A Swin-style block: the window padding and partition sizes computed from the input's run-time shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.mix = nn.Linear(8, 8)
+
+    def forward(self, x):
+        b, h, w, c = x.shape
+        y = nn.functional.pad(x, (0, 0, 0, (7 - w % 7) % 7, 0, (7 - h % 7) % 7))
+        _, ph, pw, _ = y.shape
+        y = y.view(b, ph // 7, 7, pw // 7, 7, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, 49, c)
+        y = self.mix(y).view(b, ph // 7, pw // 7, 7, 7, c).permute(0, 1, 3, 2, 4, 5).reshape(b, ph, pw, c)
+        return x + y[:, :h, :w, :].contiguous()
+
+
+def test_shape_subgraphs_fold_through_a_deep_stack_of_blocks(tmp_path):
+    """Each folding round resolves about one block's shapes (a Reshape's shape folds, then the Shape ops
+    below it): torchvision's Swin-T, 12 such blocks, kept 120 Shape ops after 8 rounds and was refused for
+    rpi4 and ascend310. Twelve blocks here; every Shape folds and the function is unchanged."""
+    torch.manual_seed(0)
+    shape = (1, 12, 12, 8)
+    path = export(
+        nn.Sequential(*[PaddedWindows() for _ in range(12)]).eval(), tmp_path / "windows.onnx", shape, 17, False
+    )
+    source = onnx.load(path)
+    assert op_counts(ir.from_proto(source).graph)["Shape"] >= 48
+    model, _ = canonicalize(ir.from_proto(source), shape, (11, 17), 17)
+    assert "Shape" not in op_counts(model.graph)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    np.testing.assert_allclose(_run(model, x)[0], _run(source, x)[0], rtol=1e-5, atol=1e-5)
+
+
 def test_light_caffe2_model_folds_its_generated_weights_and_converts_from_opset_9():
     source = onnx.load(str(light_model_dir() / "light_resnet50.onnx"))
     model, report = canonicalize(ir.from_proto(source), (1, 3, 224, 224), (13, 17), 17)

@@ -18,7 +18,8 @@ from edgekd.ir.graph import op_counts
 # Constants up to this many elements are materialized (a VGG fully connected weight has 1e8): the
 # backends need weights as constants, and the model already holds them in memory once.
 MAX_FOLDED_ELEMENTS = 1 << 28
-MAX_ROUNDS = 8
+# Each round folds about one block's shapes (torchvision's Swin-T needs 14): a guard, not a budget.
+MAX_ROUNDS = 64
 
 
 def _fold_weight_generators(node: ir.Node) -> bool | None:
