@@ -142,6 +142,41 @@ def test_litert_tap_finds_the_sites_in_the_converters_fused_tensor_names(wide_gr
     assert min(db.values()) > 25 and departures(model, sites, db) == []
 
 
+class WindowPartition(nn.Module):
+    """MaxViT's window partition: [B, C, H, W] → [B, windows, pixels, C], a 4-D tensor that is not an image."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.mix = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        b, c, h, w = x.shape
+        x = x.reshape(b, c, h // 4, 4, w // 4, 4).permute(0, 2, 4, 3, 5, 1).reshape(b, (h // 4) * (w // 4), 16, c)
+        return self.head(self.mix(x).mean((1, 2)))
+
+
+def test_litert_tap_reads_a_4d_tensor_held_in_the_onnx_layout_as_it_is(tmp_path, monkeypatch):
+    """A Reshape's 4-D output is no image: the lowering keeps it in the ONNX layout, and the tap must not
+    transpose it as if channels last (it named MaxViT's partition Reshape as a departure, at -3 dB)."""
+    path = tmp_path / "windows.onnx"
+    torch.manual_seed(0)
+    torch.onnx.export(
+        realistic(WindowPartition()), torch.zeros(1, 3, 16, 16), str(path), opset_version=17, dynamo=False
+    )
+    monkeypatch.setenv("EDGEKD_DUMP_IR", str(tmp_path / "ir"))
+    out = compile_quick(path, "rpi4", tmp_path / "tflite", (1, 3, 16, 16), CALIB).output
+    model = onnx.load(str(next((tmp_path / "ir").glob("*_quantize.onnx"))))
+    sites = activation_sites(model)
+    x = np.random.default_rng(0).normal(size=(1, 3, 16, 16)).astype(np.float32)
+    tapped = get_backend("tflite").tap(out / "model.tflite", sites, model)(x)
+    assert any(a.shape == (1, 16, 16, 8) for a in tapped.values())  # the partitioned windows were read
+    db = sqnr_by_site(tapped, simulate_sites(model, sites, x))
+    assert min(db.values()) > 25 and departures(model, sites, db) == []
+
+
 def test_a_refusal_without_a_departing_layer_says_how_the_difference_grew():
     from edgekd.passes.verify import _located
 

@@ -2,7 +2,9 @@
 
 LiteRT keeps every intermediate tensor when asked (``experimental_preserve_all_tensors``). Each site is
 found through the lowering's name scopes in the converter's fused tensor names (``verify.owner``), on the
-site's own scale; of several such tensors (a grouped convolution's parts), the whole one.
+site's own scale; of several such tensors (a grouped convolution's parts), the whole one. A 4-D tensor the
+lowering holds in NHWC (a spatial op's output) is transposed back to the ONNX layout; one it holds in the
+ONNX layout (a Reshape's 4-D output, as MaxViT's window partitions) is read as it is.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ def tap(model_path: Path, sites, model, feed):
     from ai_edge_litert.interpreter import Interpreter
 
     scopes = lowering_scopes(model.graph)
+    onnx_shapes = _static_shapes(model)
     order = {s: i for i, s in enumerate(scopes)}
     interp = Interpreter(model_path=str(model_path), experimental_preserve_all_tensors=True)
     interp.allocate_tensors()
@@ -50,7 +53,26 @@ def tap(model_path: Path, sites, model, feed):
             scale, zero = d["quantization"]
             y = interp.get_tensor(d["index"]).astype(np.float32)
             y = (y - zero) * np.float32(scale) if scale else y
-            out[tensor] = y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
+            out[tensor] = y.transpose(0, 3, 1, 2) if held_nhwc(y.shape, onnx_shapes.get(tensor)) else y
         return out
 
     return run
+
+
+def held_nhwc(shape: tuple[int, ...], onnx_shape: tuple[int, ...] | None) -> bool:
+    """Whether LiteRT's tensor of ``shape`` holds the ONNX tensor of ``onnx_shape`` channels last. Only the
+    shapes tell, so where both layouts fit (C = H = W) it is taken for a spatial op's output, as most are."""
+    if len(shape) != 4:
+        return False
+    nhwc = onnx_shape is not None and tuple(shape) == (onnx_shape[0], *onnx_shape[2:], onnx_shape[1])
+    return nhwc or tuple(shape) != tuple(onnx_shape or ())
+
+
+def _static_shapes(model) -> dict[str, tuple[int, ...]]:
+    values = [*model.graph.value_info, *model.graph.input, *model.graph.output]
+    out = {}
+    for v in values:
+        dims = v.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            out[v.name] = tuple(d.dim_value for d in dims)
+    return out
