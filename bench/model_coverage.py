@@ -558,11 +558,22 @@ def classifier_context(models: dict[str, Entry], args, select=_trained_classifie
             logits = _logits(ort_session(entry.path, threads=2), images)
             p = np.exp(logits - logits.max(1, keepdims=True))
             cache[key] = {"confidence": round(float((p.max(1) / p.sum(1)).mean()), 3)}
+            labels = _labels(entry.val, len(images))
+            if labels is not None and logits.shape[1] > labels.max():
+                cache[key]["float_top1"] = round(float((logits.argmax(1) == labels).mean()), 4)
             if nncf is not None:
                 cache[key]["nncf"] = _nncf_fidelity(nncf, entry, args, images, logits)
         out[name] = cache[key]
     cache_path.write_text(json.dumps(cache, indent=1))
     return out
+
+
+def _labels(folder: Path, count: int) -> np.ndarray | None:
+    """The class of each of the first ``count`` images ``_images`` reads from ``folder``, where it has classes."""
+    from edgekd.data.folder import scan_image_folder
+
+    labels = scan_image_folder(folder).labels
+    return None if labels is None else np.asarray(labels[:count])
 
 
 def _each_image(run, images: np.ndarray) -> list[list[np.ndarray]]:
@@ -610,7 +621,7 @@ def _rank(name: str) -> int:
 
 
 def main(argv=None) -> int:
-    from coverage_report import markdown, torchvision_markdown
+    from coverage_report import converged_markdown, markdown, torchvision_markdown
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -676,6 +687,12 @@ def main(argv=None) -> int:
             )
             text = torchvision_markdown(
                 results, list(TARGETS), list(PRECISIONS), command.strip(), manifest, pending, peer
+            )
+        elif kinds == ["converged"]:
+            context = classifier_context(models, args)
+            described = Training(training.data, *CONVERGED).describe()
+            text = converged_markdown(
+                results, list(TARGETS), list(PRECISIONS), command.strip(), described, pending, context
             )
         else:
             context = classifier_context(models, args)

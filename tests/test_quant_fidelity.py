@@ -118,15 +118,25 @@ def test_a_concat_read_by_a_convolution_keeps_its_pair():
 # --- ViT: calibration of a graph that runs one sample at a time ---------------------------------------
 
 
-def _classifier(batch_baked_in: bool) -> onnx.ModelProto:
-    """Conv → (Reshape to [1, 256]: the batch size baked in, as static exports write it) → Gemm logits."""
+def _classifier(flatten: str) -> onnx.ModelProto:
+    """Conv → flatten → Gemm logits. ``flatten``: "any" (Reshape to [-1, 256]), "baked" (to [1, 256]: the batch
+    size baked in, as static exports write it) or "gather" (every value to one row, then a Gather of the first
+    256: torch's dynamo exporter's ``as_strided``, which runs at any batch size and reads the first sample)."""
     rng = np.random.default_rng(0)  # the same weights either way
     conv, inits = _conv("x", "c", 4, 4, 1.0, rng)
-    shape = [1, 256] if batch_baked_in else [-1, 256]
-    nodes = conv + [
-        helper.make_node("Reshape", ["c", "shape"], ["flat"], name="flat"),
-        helper.make_node("Gemm", ["flat", "fc"], ["y"], name="fc", transB=1),
-    ]
+    shape = [-1, 256] if flatten == "any" else [1, 256]
+    nodes = conv + [helper.make_node("Reshape", ["c", "shape"], ["flat"], name="flat")]
+    if flatten == "gather":
+        nodes = conv + [
+            helper.make_node("Reshape", ["c", "row"], ["all"], name="all"),
+            helper.make_node("Gather", ["all", "first"], ["picked"], name="picked", axis=1),
+            helper.make_node("Reshape", ["picked", "shape"], ["flat"], name="flat"),
+        ]
+        inits += [
+            numpy_helper.from_array(np.asarray([1, -1], np.int64), "row"),
+            numpy_helper.from_array(np.arange(256, dtype=np.int64), "first"),
+        ]
+    nodes.append(helper.make_node("Gemm", ["flat", "fc"], ["y"], name="fc", transB=1))
     inits += [numpy_helper.from_array(np.asarray(shape, np.int64), "shape"), _init("fc", rng.normal(0, 0.1, (10, 256)))]
     return _model(nodes, inits, (1, 4, 8, 8))
 
@@ -142,7 +152,21 @@ def test_a_graph_that_takes_one_sample_at_a_time_is_calibrated_in_whole_batches(
         assert seen == 64
         return tuple(float(v) for v in observers["y"].min_max())
 
-    assert logits_range(_classifier(True)) == pytest.approx(logits_range(_classifier(False)), rel=1e-5)
+    assert logits_range(_classifier("baked")) == pytest.approx(logits_range(_classifier("any")), rel=1e-5)
+
+
+def test_a_graph_that_runs_a_batch_but_reads_only_its_first_sample_is_calibrated_one_sample_at_a_time():
+    """A Gather of constant indices over the flattened batch runs at any batch size: batched, every sample's
+    logits would be the first one's, and the observers would see one sample in 32."""
+    x = np.random.default_rng(2).standard_normal((64, 4, 8, 8)).astype(np.float32)
+    x[1::2] *= 4  # every second sample reaches four times as far
+
+    def logits_range(model: onnx.ModelProto) -> tuple:
+        plan = plan_quantization(ir.from_proto(model), "outputs")
+        observers, _ = observe(model, plan.observed, [x], lambda t: make_observer("minmax"), 32)
+        return tuple(float(v) for v in observers["y"].min_max())
+
+    assert logits_range(_classifier("gather")) == pytest.approx(logits_range(_classifier("any")), rel=1e-5)
 
 
 # --- ViT: a LayerNorm with a token of tiny variance, written out for int8 targets ----------------------
