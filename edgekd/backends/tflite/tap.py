@@ -61,11 +61,13 @@ def tap(model_path: Path, sites, model, feed):
 
 def held_nhwc(shape: tuple[int, ...], onnx_shape: tuple[int, ...] | None) -> bool:
     """Whether LiteRT's tensor of ``shape`` holds the ONNX tensor of ``onnx_shape`` channels last. Only the
-    shapes tell, so where both layouts fit (C = H = W) it is taken for a spatial op's output, as most are."""
+    shapes tell: a 4-D tensor of another shape than the ONNX one (or of an unknown one) is a spatial op's
+    output in NHWC; where both layouts fit (C = H = W) it is taken for one too, as most are."""
     if len(shape) != 4:
         return False
-    nhwc = onnx_shape is not None and tuple(shape) == (onnx_shape[0], *onnx_shape[2:], onnx_shape[1])
-    return nhwc or tuple(shape) != tuple(onnx_shape or ())
+    if onnx_shape is None or tuple(shape) != tuple(onnx_shape):
+        return True
+    return tuple(shape) == (onnx_shape[0], *onnx_shape[2:], onnx_shape[1])
 
 
 def _static_shapes(model) -> dict[str, tuple[int, ...]]:
