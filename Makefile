@@ -109,19 +109,19 @@ bench-backends: $(VENV)/.bench $(VENV)/.test $(ONNX2TF_VENV)/bin/onnx2tf
 	  --json build/backend-benchmark.json --markdown docs/backend-benchmark.md $(BENCH_BACKENDS_ARGS)
 
 # Third-party models × targets × precisions (bench/model_coverage.py): the onnx wheel's light Caffe2 models and
-# stock architectures at opsets 11/13/17, static and dynamic. Resumes from build/model-coverage.json.
+# stock architectures at opsets 11/13/17, static and dynamic. Resumes from bench/results/model-coverage.json.
 coverage: $(VENV)/.test
-	$(PY) bench/model_coverage.py --json build/model-coverage.json --markdown docs/model-coverage.md
+	$(PY) bench/model_coverage.py --json bench/results/model-coverage.json --markdown docs/model-coverage.md
 
 # The stock classifiers trained to convergence (15 epochs on 2000 CIFAR-10 images per class, ~2 h of one core
 # the first time, cached under .cache/model-coverage), beside NNCF; rewrites docs/converged-coverage.md.
 coverage-converged: $(VENV)/.test $(VENV)/.bench
 	$(PY) bench/model_coverage.py --models converged --skip sensitivity,speed-check \
-	  --json build/converged-coverage.json --markdown docs/converged-coverage.md
+	  --json bench/results/converged-coverage.json --markdown docs/converged-coverage.md
 
 # torchvision's own model definitions, exported by torch 2.14 (its default dynamo exporter and TorchScript at
 # opset 17) in a venv of their own: torchvision does not import beside edgekd's torch 2.13.0 CPU wheel.
-# The same matrix for them; rewrites docs/torchvision-coverage.md. Resumes from build/torchvision-coverage.json.
+# The same matrix for them; rewrites docs/torchvision-coverage.md. Resumes from bench/results/torchvision-coverage.json.
 TORCHVISION_VENV ?= .cache/torchvision-venv
 $(TORCHVISION_VENV)/bin/python: | system-deps
 	python3 -m venv $(TORCHVISION_VENV)
@@ -130,4 +130,4 @@ $(TORCHVISION_VENV)/bin/python: | system-deps
 coverage-torchvision: $(VENV)/.test $(TORCHVISION_VENV)/bin/python
 	$(TORCHVISION_VENV)/bin/python bench/torchvision_export.py --images calibration/cifar10 --out .cache/torchvision-onnx
 	$(PY) bench/model_coverage.py --models torchvision --skip sensitivity,speed-check --peer \
-	  --json build/torchvision-coverage.json --markdown docs/torchvision-coverage.md
+	  --json bench/results/torchvision-coverage.json --markdown docs/torchvision-coverage.md

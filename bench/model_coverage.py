@@ -20,7 +20,7 @@ Models:
   (``FORMS``): channels last behind a Transpose (TF/Keras), raw uint8 pixels through a Cast, half
   precision (``model.half()``).
 
-    python bench/model_coverage.py --json build/model-coverage.json --markdown docs/model-coverage.md
+    python bench/model_coverage.py --json bench/results/model-coverage.json --markdown docs/model-coverage.md
 
 A cell is `ok` when the compile finished with verify passing, else the error's first line (the pass
 that refused and why). Fidelity: the artifact (for Jetson and Ascend, whose runtimes are not here, the
@@ -650,7 +650,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=12, help="training epochs of the stock architectures (0: random)")
     ap.add_argument("--train-data", type=Path, default=TRAIN if TRAIN.is_dir() else ROOT / "calibration" / "cifar10")
     ap.add_argument("--train-per-class", type=int, default=500, help="training images per class")
-    ap.add_argument("--json", type=Path, default=ROOT / "build" / "model-coverage.json")
+    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "model-coverage.json")
     ap.add_argument("--markdown", type=Path)
     ap.add_argument(
         "--skip",
