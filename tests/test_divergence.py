@@ -14,7 +14,7 @@ from torch import nn
 from conftest import ROOT, compile_quick, realistic
 from edgekd.backends import get_backend
 from edgekd.errors import PassFailedError
-from edgekd.runtime.divergence import activation_sites, departures, simulate_sites, sqnr_by_site
+from edgekd.runtime.divergence import activation_sites, amplified, departures, simulate_sites, sqnr_by_site
 
 CALIB = ROOT / "calibration" / "cifar10"
 
@@ -60,6 +60,49 @@ def test_a_layer_losing_tens_of_db_at_once_is_named_with_the_nodes_before_it():
 def test_rounding_that_adds_up_layer_by_layer_is_no_departure():
     model = chain()
     assert departures(model, activation_sites(model), {"x": np.inf, "s1": 70.0, "s2": 58.0, "s3": 46.0}) == []
+
+
+def reciprocal() -> onnx.ModelProto:
+    """x → Q/DQ → 1 / x → Q/DQ (r): a layer that turns one step of its input into many of its output."""
+    inits = [
+        numpy_helper.from_array(np.array(0.01, np.float32), "xs"),
+        numpy_helper.from_array(np.array(0.8, np.float32), "rs"),
+        numpy_helper.from_array(np.array(0, np.int8), "zero"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "zero"], ["x_q"], name="x_Q"),
+        helper.make_node("DequantizeLinear", ["x_q", "xs", "zero"], ["x_dq"], name="x_DQ"),
+        helper.make_node("Div", ["one", "x_dq"], ["r"], name="reciprocal"),
+        helper.make_node("QuantizeLinear", ["r", "rs", "zero"], ["r_q"], name="r_Q"),
+        helper.make_node("DequantizeLinear", ["r_q", "rs", "zero"], ["r_dq"], name="r_DQ"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "reciprocal",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("r_dq", TensorProto.FLOAT, [1, 8])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("kernel", ["right", "wrong"])
+def test_a_layer_that_only_amplifies_its_inputs_difference_is_no_departure(kernel):
+    """Its input one step off where it is smallest (as TFLite's int8 MEAN rounds a LayerNorm's variance), a
+    reciprocal is 21 steps off: re-run on the artifact's own input, the simulation gives the artifact's output,
+    so the layer computes its function. A kernel that computes something else stays a departure."""
+    model, x = reciprocal(), np.array([[0.02, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0]], np.float32)
+    sites = activation_sites(model)
+    simulation = simulate_sites(model, sites, x)
+    off = x.copy()
+    off[0, 0] += 0.01
+    artifact = simulate_sites(model, sites, off)
+    if kernel == "wrong":
+        artifact["r"] = artifact["r"][:, ::-1].copy()
+    found = {d.site: d for d in departures(model, sites, sqnr_by_site(artifact, simulation))}
+    assert found["r"].upstream_db > 30 and found["r"].db < 15  # past the input's one step, as verify sees it
+    assert amplified(model, sites, found["r"], artifact, simulation) == (kernel == "right")
 
 
 class WideGroups(nn.Module):

@@ -35,6 +35,7 @@ from edgekd.quant.placement import WEIGHTED
 from edgekd.runtime.divergence import (
     Departure,
     activation_sites,
+    amplified,
     departures,
     float_sites,
     simulate_sites,
@@ -212,8 +213,12 @@ class VerifyPass(Pass):
         )
         if tap is None:
             return None
-        db = sqnr_by_site(tap(x), simulate_sites(model, sites, x))
-        return (departures(model, sites, db), db) if db else None
+        artifact, simulation = tap(x), simulate_sites(model, sites, x)
+        db = sqnr_by_site(artifact, simulation)
+        if not db:
+            return None
+        found = [d for d in departures(model, sites, db) if not amplified(model, sites, d, artifact, simulation)]
+        return found, db
 
     def _selection(self, state: CompileState, names: list[str], got: list) -> dict:
         boxes, scores = (names.index(v.name) for v in decoded_outputs(state.onnx_model.graph))

@@ -7,6 +7,9 @@ set against that of the activations it is computed from: per-layer rounding lose
 a layer the runtime computes differently loses tens at once (OpenVINO's int8 kernel for wide grouped
 1×1 convolutions: 47 dB on its input, -2 dB on its output). A float artifact is read the same way at
 every node output, against the source model (OpenVINO's fp32 channel-shuffle Gather: exact on its input).
+A layer that loses tens of dB at once may still compute its function: one that amplifies small differences
+(a reciprocal square root of a variance one step off, where TFLite's int8 MEAN rounds differently) is run
+again in the simulation on the artifact's own inputs, and is no departure when that explains its output.
 """
 
 from __future__ import annotations
@@ -151,6 +154,58 @@ def departures(model: onnx.ModelProto, sites: list[Site], db: dict[str, float]) 
         names = tuple(n.name or n.output[0] for n in nodes)
         found.append(Departure(tensor, names, tuple(n.op_type for n in nodes), worst, value))
     return sorted((d for d in found if d.drop >= DEPARTURE_DB), key=lambda d: -d.drop)
+
+
+def amplified(
+    model: onnx.ModelProto,
+    sites: list[Site],
+    departure: Departure,
+    artifact: dict[str, np.ndarray],
+    simulation: dict[str, np.ndarray],
+) -> bool:
+    """Whether ``departure``'s layers, run in the simulation on the values the artifact holds at their inputs,
+    give what the artifact holds at their output (``DEPARTURE_DB`` closer than the simulation's own value is):
+    the layer computes its function, and its drop only amplifies what its inputs already carried."""
+    from edgekd.runtime.onnx import ort_session
+
+    by_tensor = {s.tensor: s for s in sites}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    _, upstream = _computed_from(departure.site, producer, {s.dequantized: s.tensor for s in sites})
+    if not upstream or any(u not in artifact or u not in simulation for u in upstream):
+        return False
+    feed = {by_tensor[u].dequantized: artifact[u].reshape(simulation[u].shape) for u in upstream}
+    site = by_tensor[departure.site]
+    try:
+        sess = ort_session(_layer(model, producer, feed, site.dequantized).SerializeToString(), optimize=False)
+        (again,) = sess.run(None, feed)
+    except Exception:  # a layer that cannot be run on its own stays a departure
+        return False
+    held = artifact[departure.site].reshape(again.shape).astype(np.float64)
+    return sqnr_db(again.astype(np.float64), held) >= departure.db + DEPARTURE_DB
+
+
+def _layer(model: onnx.ModelProto, producer: dict, inputs: dict[str, np.ndarray], output: str) -> onnx.ModelProto:
+    """The nodes that compute ``output`` from ``inputs`` (and constants), as a model of their own."""
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes, used, stack = {}, set(), [output]
+    while stack:
+        name = stack.pop()
+        if name in inputs or name in used:
+            continue
+        used.add(name)
+        node = producer.get(name)
+        if node is not None and id(node) not in nodes:
+            nodes[id(node)] = node
+            stack.extend(i for i in node.input if i)
+    order = {id(n): i for i, n in enumerate(model.graph.node)}
+    graph = onnx.helper.make_graph(
+        sorted(nodes.values(), key=lambda n: order[id(n)]),
+        "layer",
+        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, a.shape) for n, a in inputs.items()],
+        [onnx.helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None)],
+        [inits[n] for n in used if n in inits],
+    )
+    return onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
 
 
 def _computed_from(tensor: str, producer: dict, site_of: dict[str, str]) -> tuple[list, set[str]]:
