@@ -12,11 +12,13 @@ Models:
   ``--train-per-class`` images per class of ``--train-data`` (default: ../shared's CIFAR-10 training
   images, minus the held-out split) for ``--epochs``; the segmenter keeps random weights with
   BatchNorm recalibrated; exported by torch at opset 11 with dynamic axes and at opsets 13 and 17 static;
+- ``converged``: the classifiers among them trained to convergence (``CONVERGED``: 15 epochs on 2000 images
+  per class), opset 17 static, on a page of their own (docs/converged-coverage.md);
 - ``people-det``: the trained people-det teacher (examples/people-det) at 320 and 640, calibrated and
   measured on people-det images (where ../shared has them);
 - ``cifar10-teacher``: the CIFAR-10 teacher of examples/cifar10 (ResNet-20), its card's normalization in
-  the graph: the one classifier trained to convergence, so its logits have the margins a shipped model's
-  have (the stock architectures' are trained briefly); also in the input forms other exporters write
+  the graph, trained to convergence, so its logits have the margins a shipped model's have (the ``arch``
+  ones are trained briefly); also in the input forms other exporters write
   (``FORMS``): channels last behind a Transpose (TF/Keras), raw uint8 pixels through a Cast, half
   precision (``model.half()``).
 
