@@ -116,8 +116,8 @@ def test_the_torchvision_report_judges_sqnr_only_and_sets_edgekd_beside_the_peer
     assert "| resnet18 | dynamo | 20 | 224×224 | 11.7 M |" in text and "no kernel" in text
 
 
-def test_the_converged_report_sets_each_classifiers_accuracy_beside_its_int8_cells_and_the_peer():
-    from coverage_report import converged_markdown
+def test_the_fidelity_report_sets_each_classifiers_accuracy_beside_its_int8_cells_and_the_peer():
+    from coverage_report import fidelity_markdown
 
     def cell(agreement: float, sqnr: float) -> dict:
         return {
@@ -127,17 +127,23 @@ def test_the_converged_report_sets_each_classifiers_accuracy_beside_its_int8_cel
         }
 
     results = {
-        "resnet18 (converged)/opset17|onnx-cpu|int8": cell(0.994, 31.9),
-        "resnet18 (converged)/opset17|rpi4|int8": cell(0.986, 27.2),
-        "vit (converged)/opset17|onnx-cpu|int8": {"status": "refused", "seconds": 1.0, "reason": "no kernel"},
+        "resnet18 (trained longer)/opset17|onnx-cpu|int8": cell(0.994, 31.9),
+        "resnet18 (trained longer)/opset17|rpi4|int8": cell(0.986, 27.2),
+        "vit (trained longer)/opset17|onnx-cpu|int8": {"status": "refused", "seconds": 1.0, "reason": "no kernel"},
         "resnet18/opset17|onnx-cpu|int8": cell(0.9, 20.0),  # briefly trained: another page's
     }
     context = {
-        "resnet18 (converged)/opset17": {"confidence": 0.83, "float_top1": 0.786, "nncf": cell(0.99, 30.2)["vs_float"]},
-        "vit (converged)/opset17": {"confidence": 0.7},
+        "resnet18 (trained longer)/opset17": {
+            "confidence": 0.83,
+            "float_top1": 0.786,
+            "nncf": cell(0.99, 30.2)["vs_float"],
+        },
+        "vit (trained longer)/opset17": {"confidence": 0.7},
     }
-    text = converged_markdown(results, ["onnx-cpu", "rpi4"], ["int8"], "cmd", "trained", 0, context)
+    text = fidelity_markdown(results, ["onnx-cpu", "rpi4"], ["int8"], "cmd", "trained", 0, context)
     assert "**int8: 2 of 3 cells (67 %) compile with verify passing**" in text
     assert "fidelity target met (top-1 ≥ 99 % / SQNR ≥ 20 dB) in 1 of 2 compiled cells" in text
     assert "| resnet18 | 78.6 % | 0.83 | 99.4 % · 32 dB | ⚠ 98.6 % · 27 dB | 99.0 % · 30 dB |" in text
     assert "| vit | – | 0.70 | ✗ | – | – |" in text and "resnet18/opset17" not in text
+    assert text.index("| resnet18 |") < text.index("| vit |")  # the more confident float model first
+    assert "above NNCF's on 1 of 1 classifiers, equal on 0, below on 0." in text  # 99.4 % (of two, the upper)
