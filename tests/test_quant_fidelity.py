@@ -125,17 +125,19 @@ def _classifier(flatten: str) -> onnx.ModelProto:
     rng = np.random.default_rng(0)  # the same weights either way
     conv, inits = _conv("x", "c", 4, 4, 1.0, rng)
     shape = [-1, 256] if flatten == "any" else [1, 256]
-    nodes = conv + [helper.make_node("Reshape", ["c", "shape"], ["flat"], name="flat")]
+    flat_input = "c"
+    nodes = list(conv)
     if flatten == "gather":
-        nodes = conv + [
+        flat_input = "picked"
+        nodes += [
             helper.make_node("Reshape", ["c", "row"], ["all"], name="all"),
             helper.make_node("Gather", ["all", "first"], ["picked"], name="picked", axis=1),
-            helper.make_node("Reshape", ["picked", "shape"], ["flat"], name="flat"),
         ]
         inits += [
             numpy_helper.from_array(np.asarray([1, -1], np.int64), "row"),
             numpy_helper.from_array(np.arange(256, dtype=np.int64), "first"),
         ]
+    nodes.append(helper.make_node("Reshape", [flat_input, "shape"], ["flat"], name="flat"))
     nodes.append(helper.make_node("Gemm", ["flat", "fc"], ["y"], name="fc", transB=1))
     inits += [numpy_helper.from_array(np.asarray(shape, np.int64), "shape"), _init("fc", rng.normal(0, 0.1, (10, 256)))]
     return _model(nodes, inits, (1, 4, 8, 8))
