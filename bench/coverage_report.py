@@ -43,6 +43,19 @@ def cell_text(cell: dict, precision: str) -> str:
     return f"{mark} " + " · ".join(parts)
 
 
+RESUMES = "the command above resumes them."
+
+
+def _totals_section(results: dict, precisions: list[str], pending: int, resumes: str = RESUMES) -> list[str]:
+    """The page's totals: what is still planned, then each precision's cells."""
+    lines = ["## Totals", ""]
+    if pending:
+        lines += [f"{pending} planned cells are not compiled yet; {resumes}", ""]
+    for precision in precisions:
+        lines += _totals(results, precision)
+    return lines
+
+
 def _totals(results: dict, precision: str) -> list[str]:
     cells = {k: c for k, c in results.items() if k.endswith(f"|{precision}")}
     ok = [c for c in cells.values() if c["status"] == "ok"]
@@ -151,19 +164,30 @@ def _classifiers(results: dict, context: dict[str, dict]) -> list[str]:
         }
         if not cells:
             continue  # not compiled by edgekd in this run: nothing to compare
-        agree = sorted(f["top1_agreement"] for f in cells.values())
+        agree = _int8_agreements(results, model)
         shown = f"{100 * agree[0]:.1f} % / {100 * agree[len(agree) // 2]:.1f} %"
         ort = f"{cells['onnx-cpu']['sqnr_db']:.1f} dB" if "onnx-cpu" in cells else "–"
-        peer = c.get("nncf")
-        peer_text = (
-            "–"
-            if peer is None
-            else peer["error"]
-            if "error" in peer
-            else f"{100 * peer['top1_agreement']:.1f} % · {peer['sqnr_db']:.1f} dB"
-        )
-        lines.append(f"| {model} | {c['confidence']:.2f} | {shown} | {ort} | {peer_text} |")
+        lines.append(f"| {model} | {c['confidence']:.2f} | {shown} | {ort} | {_peer_text(c, 1)} |")
     return lines + ["", *_converged_flips(results), ""]
+
+
+def _peer_text(context: dict, decimals: int) -> str:
+    """NNCF's int8 of a classifier: top-1 agreement · SQNR, its error, or – where it was not run."""
+    peer = context.get("nncf")
+    if peer is None:
+        return "–"
+    if "error" in peer:
+        return peer["error"]
+    return f"{100 * peer['top1_agreement']:.1f} % · {peer['sqnr_db']:.{decimals}f} dB"
+
+
+def _int8_agreements(results: dict, model: str) -> list[float]:
+    """The model's int8 top-1 agreements with float over the targets where it compiled, lowest first."""
+    return sorted(
+        cell["vs_float"]["top1_agreement"]
+        for key, cell in results.items()
+        if key.startswith(f"{model}|") and key.endswith("|int8") and cell["status"] == "ok" and cell.get("vs_float")
+    )
 
 
 CONVERGED_CLASSIFIER = "cifar10-teacher/opset17"
@@ -294,19 +318,16 @@ def markdown(
         f"below the fidelity target (top-1 < {100 * MIN_TOP1:.0f} % or SQNR < {MIN_SQNR_DB:.0f} dB). "
         "**✗** = refused, with the pass and its reason (all of them in full below).",
         "",
-        "## Totals",
-        "",
     ]
-    if pending:
-        lines += [
-            f"{pending} planned cells are not compiled yet (a run stopped by `--stop-after`, pointed at some "
-            "targets, precisions or models, or a report written with `--report-only`); they come in the script's "
-            "order (opset 17, the people-det teacher, the light models as shipped, opset 11 dynamic, the "
-            "realistic light models, opset 13); `make coverage` resumes from its JSON.",
-            "",
-        ]
-    for precision in precisions:
-        lines += _totals(results, precision)
+    lines += _totals_section(
+        results,
+        precisions,
+        pending,
+        "they were left by a run stopped by `--stop-after`, pointed at some targets, precisions or models, or a "
+        "report written with `--report-only`; they come in the script's order (opset 17, the people-det teacher, "
+        "the light models as shipped, opset 11 dynamic, the realistic light models, opset 13); `make coverage` "
+        "resumes from its JSON.",
+    )
     lines += _fidelity_by_weights(results)
     lines += _before_after(results, before)
     lines += [
@@ -437,13 +458,8 @@ def torchvision_markdown(
         "not shown: with random weights the 1000 logits sit within hundredths of each other, and which wins "
         "under int8 noise says nothing about the compiler.",
         "",
-        "## Totals",
-        "",
     ]
-    if pending:
-        lines += [f"{pending} planned cells are not compiled yet; the command above resumes them.", ""]
-    for precision in precisions:
-        lines += _totals(results, precision)
+    lines += _totals_section(results, precisions, pending)
     lines += [
         "",
         "## Models",
@@ -485,14 +501,7 @@ def _fidelity_table(results: dict, targets: list[str], context: dict[str, dict])
                 if not f
                 else f"{'' if _meets(cell) else '⚠ '}{100 * f['top1_agreement']:.1f} % · {f['sqnr_db']:.0f} dB"
             )
-        peer = c.get("nncf")
-        row.append(
-            "–"
-            if peer is None
-            else peer["error"]
-            if "error" in peer
-            else f"{100 * peer['top1_agreement']:.1f} % · {peer['sqnr_db']:.0f} dB"
-        )
+        row.append(_peer_text(c, 0))
         accuracy = f"{100 * c['float_top1']:.1f} %" if "float_top1" in c else "–"
         lines.append(f"| {model.split(' ')[0]} | {accuracy} | {c['confidence']:.2f} | " + " | ".join(row) + " |")
     return lines
@@ -502,11 +511,7 @@ def _against_peer(results: dict, context: dict[str, dict]) -> list[str]:
     """edgekd's median int8 agreement over the targets against NNCF's, per classifier."""
     better = same = worse = 0
     for model, c in context.items():
-        agree = sorted(
-            cell["vs_float"]["top1_agreement"]
-            for key, cell in results.items()
-            if key.startswith(f"{model}|") and key.endswith("|int8") and cell["status"] == "ok"
-        )
+        agree = _int8_agreements(results, model)
         peer = (c.get("nncf") or {}).get("top1_agreement")
         if not agree or peer is None:
             continue
@@ -554,13 +559,8 @@ def fidelity_markdown(
         "the float model, its **output SQNR** against it, and the **compile seconds**. **✓ᶠ** / ⚠ = below the "
         f"fidelity target (top-1 < {100 * MIN_TOP1:.0f} % or SQNR < {MIN_SQNR_DB:.0f} dB). **✗** = refused.",
         "",
-        "## Totals",
-        "",
     ]
-    if pending:
-        lines += [f"{pending} planned cells are not compiled yet; the command above resumes them.", ""]
-    for precision in precisions:
-        lines += _totals(results, precision)
+    lines += _totals_section(results, precisions, pending)
     lines += [
         "",
         "## int8 against float, per classifier",
