@@ -136,7 +136,16 @@ def _training_images(training: Training, pre) -> tuple[np.ndarray, np.ndarray]:
 
     train, _ = split_holdout(scan_image_folder(training.data))
     labels = np.asarray(train.labels)
-    chosen = np.concatenate([np.flatnonzero(labels == c)[: training.per_class] for c in np.unique(labels)])
+    classes, counts = np.unique(labels, return_counts=True)
+    if counts.min() < training.per_class:
+        # The page states the asked number: training on fewer would report what was not done.
+        short = ", ".join(f"{train.classes[c]} {n}" for c, n in zip(classes, counts) if n < training.per_class)
+        raise SystemExit(
+            f"--train-data {training.data} has fewer than {training.per_class} training images in some classes "
+            f"(outside the held-out split: {short}); pass --train-data with a larger image folder "
+            f"(../shared/data/cifar10/train) or a smaller --train-per-class"
+        )
+    chosen = np.concatenate([np.flatnonzero(labels == c)[: training.per_class] for c in classes])
     return np.stack([load_image(train.files[i], pre) for i in chosen]).astype(np.float32), labels[chosen]
 
 

@@ -147,3 +147,19 @@ def test_the_fidelity_report_sets_each_classifiers_accuracy_beside_its_int8_cell
     assert "| vit | – | 0.70 | ✗ | – | – |" in text and "resnet18/opset17" not in text
     assert text.index("| resnet18 |") < text.index("| vit |")  # the more confident float model first
     assert "above NNCF's on 1 of 1 classifiers, equal on 0, below on 0." in text  # 99.4 % (of two, the upper)
+
+
+def test_training_on_fewer_images_per_class_than_asked_is_refused_naming_the_folder(tmp_path):
+    from PIL import Image
+
+    from edgekd.data.preprocess import Preprocess
+
+    for cls, count in (("cat", 12), ("dog", 4)):
+        (tmp_path / cls).mkdir()
+        for i in range(count):
+            Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(tmp_path / cls / f"{i:02d}.png")
+    pre = Preprocess(size=(8, 8))
+    images, labels = mc._training_images(mc.Training(tmp_path, 4, 1), pre)  # cat's tenth image is held out
+    assert images.shape[0] == 8 and sorted(labels.tolist()) == [0] * 4 + [1] * 4
+    with pytest.raises(SystemExit, match=rf"--train-data {tmp_path} has fewer than 5 .*: dog 4\); .*--train-per-class"):
+        mc._training_images(mc.Training(tmp_path, 5, 1), pre)
