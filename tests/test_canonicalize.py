@@ -676,6 +676,33 @@ def test_a_layernorm_written_out_below_opset_17_becomes_the_fused_op_where_the_t
     assert "LayerNormalization" not in op_counts(capped.graph)
 
 
+def test_a_decomposed_layernorm_writes_no_mul_by_one_or_add_of_zero(tmp_path):
+    """A LayerNorm as initialized (torch shares its identical ones and zeros through Identity nodes): no
+    Mul/Add for them, whose int8 grids a converter that drops them finds unequal at the next Gather."""
+
+    class Fresh(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 4, 4)
+            self.ln1, self.ln2 = nn.LayerNorm(8), nn.LayerNorm(8)
+            with torch.no_grad():
+                self.ln2.weight.uniform_(0.5, 1.5)  # ln2's bias stays zero
+
+        def forward(self, x):
+            return self.ln2(self.ln1(self.conv(x).flatten(2).transpose(1, 2)))
+
+    torch.manual_seed(0)
+    source = onnx.load(str(export(Fresh().eval(), tmp_path / "fresh.onnx", SHAPE, 17, False)))
+    model, report = canonicalize(
+        ir.from_proto(source), SHAPE, (13, 17), 17, decompose=frozenset({"LayerNormalization"})
+    )
+    assert report.rewrites["layernorm_decomposed"] == 2 and op_counts(model.graph)["Sqrt"] == 2
+    affine = [n.name for n in model.graph if n.name.endswith(("_scaled", "_shifted"))]
+    assert affine == ["/ln2/LayerNormalization_scaled"]
+    x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+    np.testing.assert_allclose(_run(model, x)[0], _run(source, x)[0], rtol=1e-4, atol=1e-4)
+
+
 def test_an_int8_vit_exported_at_opset_13_tracks_float_as_its_opset_17_export_does(tmp_path):
     """The coverage ViT's finding: at opset 13 its written-out LayerNorms got Q/DQ on their statistics
     (22 dB against float on onnx-cpu) where the opset-17 export's fused op got none (28 dB)."""

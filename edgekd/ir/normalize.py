@@ -359,6 +359,13 @@ class _NodeChain:
         return node.outputs[0]
 
 
+def _all_equal(value: ir.Value, number: float) -> bool:
+    while value.producer() is not None and value.producer().op_type == "Identity":  # torch's shared initializers
+        value = value.producer().inputs[0]
+    array = const_array(value)
+    return array is not None and bool(np.all(array == number))
+
+
 def decompose_layernorm(graph: ir.Graph, opset: int) -> int:
     """LayerNormalization (opset 17) → ReduceMean, Sub, Mul, ReduceMean, Add, Sqrt, Div, Mul, Add, for
     targets whose opset range or op list lacks it. ``(x - μ)²`` is a Mul, not a Pow: every target that
@@ -379,12 +386,13 @@ def decompose_layernorm(graph: ir.Graph, opset: int) -> int:
         add = _NodeChain(graph, ln, base, x, axes, opset).add
         centred = add("Sub", [x, add("ReduceMean", [x], "mean", reduce=True)], "centred")
         var = add("ReduceMean", [add("Mul", [centred, centred], "square")], "variance", reduce=True)
-        out = add(
-            "Mul",
-            [add("Div", [centred, add("Sqrt", [add("Add", [var, eps], "variance_eps")], "std")], "normalized"), scale],
-            "scaled",
-        )
-        if bias is not None:
+        out = add("Div", [centred, add("Sqrt", [add("Add", [var, eps], "variance_eps")], "std")], "normalized")
+        # An identity scale or bias (a LayerNorm as initialized) writes no Mul / Add: each would be one more
+        # int8 grid for the same values, which a converter that drops it finds unequal where a Gather or
+        # Reshape must keep its input's grid.
+        if not _all_equal(scale, 1.0):
+            out = add("Mul", [out, scale], "scaled")
+        if bias is not None and not _all_equal(bias, 0.0):
             out = add("Add", [out, bias], "shifted")
         out.shape = ln.outputs[0].shape
         _replace_output(graph, ln.outputs[0], out)

@@ -193,17 +193,6 @@ def unsqueeze(spec: NodeSpec) -> Kernel:
     return run
 
 
-def reduce_mean(spec: NodeSpec) -> Kernel:
-    axes = _axes(spec, 1)
-    keep = bool(spec.attrs.get("keepdims", 1))
-
-    def run(args):
-        x = args[0]
-        return [x.mean(dim=tuple(axes) if axes else tuple(range(x.dim())), keepdim=keep)]
-
-    return run
-
-
 def split(spec: NodeSpec) -> Kernel:
     axis = int(spec.attrs.get("axis", 0))
     sizes = spec.const(1, "split sizes") if spec.has_input(1) else spec.attrs.get("split")
@@ -286,6 +275,105 @@ def transpose(spec: NodeSpec) -> Kernel:
     return lambda args: [args[0].permute(*(perm or reversed(range(args[0].dim()))))]
 
 
+def layer_norm(spec: NodeSpec) -> Kernel:
+    """Normalizes over the axes from ``axis`` on, then Scale and B broadcast over them (ONNX opset 17)."""
+    if spec.outputs > 1:
+        raise spec.fail("LayerNormalization's Mean and InvStdDev outputs")
+    axis = int(spec.attrs.get("axis", -1))
+    eps = float(spec.attrs.get("epsilon", 1e-5))
+
+    def run(args):
+        x = args[0]
+        dims = tuple(range(axis % x.dim(), x.dim()))
+        centred = x - x.mean(dim=dims, keepdim=True)
+        y = centred / torch.sqrt((centred * centred).mean(dim=dims, keepdim=True) + eps) * args[1]
+        return [y + args[2] if len(args) > 2 and args[2] is not None else y]
+
+    return run
+
+
+def gelu(spec: NodeSpec) -> Kernel:
+    approximate = spec.attrs.get("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise spec.fail(f"Gelu approximate={approximate}")
+    return lambda args: [F.gelu(args[0], approximate=approximate)]
+
+
+def gather(spec: NodeSpec) -> Kernel:
+    """Gather with constant indices (a token, a channel permutation); indices computed at run time are refused."""
+    indices = np.asarray(spec.const(1, "indices")).astype(np.int64)
+    axis = int(spec.attrs.get("axis", 0))
+
+    def run(args):
+        x = args[0]
+        a = axis % x.dim()
+        flat = torch.from_numpy(indices.reshape(-1) % x.shape[a]).to(x.device)
+        picked = x.index_select(a, flat)
+        return [picked.reshape(*x.shape[:a], *indices.shape, *x.shape[a + 1 :])]
+
+    return run
+
+
+def expand(spec: NodeSpec) -> Kernel:
+    shape = [int(s) for s in spec.const(1, "shape")]
+    return lambda args: [args[0].expand(torch.broadcast_shapes(args[0].shape, tuple(shape)))]
+
+
+def concat(spec: NodeSpec) -> Kernel:
+    axis = int(spec.attrs["axis"])
+
+    def run(args):
+        parts = list(args)
+        rank = parts[0].dim()
+        batch = max(p.shape[0] for p in parts) if rank else 1
+        if rank and axis % rank != 0:
+            # the graph is bound to batch 1: a constant joined to the data (ViT's class token) follows its batch
+            parts = [p.expand(batch, *p.shape[1:]) if p.shape[0] == 1 else p for p in parts]
+        return [torch.cat(parts, dim=axis)]
+
+    return run
+
+
+def cast(spec: NodeSpec) -> Kernel:
+    to = int(spec.attrs["to"])
+    if to not in (1, 10, 11, 16):  # FLOAT, FLOAT16, DOUBLE, BFLOAT16: values stay float
+        raise spec.fail(f"a Cast to ONNX type {to} (QAT runs float tensors)")
+    return lambda args: [args[0]]
+
+
+def reduce(fn: Callable[..., torch.Tensor]) -> Callable[[NodeSpec], Kernel]:
+    def make(spec: NodeSpec) -> Kernel:
+        axes = _axes(spec, 1)
+        keep = bool(spec.attrs.get("keepdims", 1))
+        if not axes and spec.attrs.get("noop_with_empty_axes", 0):
+            return lambda args: [args[0]]
+
+        def run(args):
+            x = args[0]
+            return [fn(x, tuple(axes) if axes else tuple(range(x.dim())), keep)]
+
+        return run
+
+    return make
+
+
+def _variadic(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[NodeSpec], Kernel]:
+    def run(args):
+        out = args[0]
+        for a in args[1:]:
+            out = fn(out, a)
+        return [out]
+
+    return lambda spec: run
+
+
+def _sqrt(x: torch.Tensor) -> torch.Tensor:
+    # A LayerNorm variance rounded to zero on its int8 grid gives 1/sqrt(0) = inf, which the next Q/DQ clamps to
+    # its top code; sqrt's gradient at zero is infinite, though, and times the clamp's zero gradient is NaN. From
+    # the smallest normal float up, the reciprocal stays finite, clamps the same, and every gradient is a number.
+    return torch.sqrt(torch.clamp_min(x, torch.finfo(x.dtype).tiny))
+
+
 def _unary(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[NodeSpec], Kernel]:
     return lambda spec: lambda args: [fn(args[0])]
 
@@ -313,18 +401,37 @@ OPS: dict[str, Callable[[NodeSpec], Kernel]] = {
     "GlobalAveragePool": _unary(lambda x: x.mean(dim=tuple(range(2, x.dim())), keepdim=True)),
     "AveragePool": pool("average"),
     "MaxPool": pool("max"),
-    "ReduceMean": reduce_mean,
+    "ReduceMean": reduce(lambda x, dims, keep: x.mean(dim=dims, keepdim=keep)),
+    "ReduceSum": reduce(lambda x, dims, keep: x.sum(dim=dims, keepdim=keep)),
+    "ReduceMax": reduce(lambda x, dims, keep: x.amax(dim=dims, keepdim=keep)),
+    "ReduceMin": reduce(lambda x, dims, keep: x.amin(dim=dims, keepdim=keep)),
     "Flatten": flatten,
     "Reshape": reshape,
     "Squeeze": squeeze,
     "Unsqueeze": unsqueeze,
     "Transpose": transpose,
-    "Concat": lambda spec: lambda args: [torch.cat(list(args), dim=int(spec.attrs["axis"]))],
+    "Concat": concat,
     "Split": split,
     "Slice": slice_,
     "Resize": resize,
     "Pad": pad,
     "Identity": _unary(lambda x: x),
+    "Cast": cast,
+    "Sqrt": _unary(_sqrt),
+    "Reciprocal": _unary(torch.reciprocal),
+    "Exp": _unary(torch.exp),
+    "Log": _unary(torch.log),
+    "Neg": _unary(torch.neg),
+    "Abs": _unary(torch.abs),
+    "Erf": _unary(torch.erf),
+    "Gelu": gelu,
+    "Pow": _binary(torch.pow),
+    "Max": _variadic(torch.maximum),
+    "Min": _variadic(torch.minimum),
+    "Sum": _variadic(torch.add),
+    "LayerNormalization": layer_norm,
+    "Gather": gather,
+    "Expand": expand,
     "BatchNormalization": batch_norm,
 }
 

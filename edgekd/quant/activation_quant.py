@@ -83,7 +83,7 @@ class RangeQuantizer(nn.Module):
         (a scheme chosen by the range, e.g. by sign, follows the range as it trains)."""
         if isinstance(self.policy, QScheme):  # one scheme for every range: no read of the range needed
             return self.policy
-        return resolve_scheme(self.policy, float(self.lo), float(self.hi))
+        return resolve_scheme(self.policy, float(self.lo.detach()), float(self.hi.detach()))
 
     def qparams_tensors(self, scheme: QScheme | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, zero point) as float32 tensors; in training, with the relative gradient on learned ends."""
