@@ -87,6 +87,41 @@ def test_qlinear_leaves_a_final_softmax_and_the_gemm_before_it_float():
     assert "probs" in plan_quantization(model, "outputs").activations  # TFLite's SOFTMAX is int8 at 1/256
 
 
+def _class_token_graph() -> ir.Model:
+    """Patch tokens [1, 4, 8] (a MatMul), a constant class token joined in front, a position embedding added,
+    then a layer."""
+    rng = np.random.default_rng(0)
+    const = lambda name, *s: numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), name)  # noqa: E731
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["tokens"], name="embed"),
+        helper.make_node("Concat", ["cls", "tokens"], ["joined"], name="join", axis=1),
+        helper.make_node("Add", ["joined", "pos"], ["y"], name="position"),
+        helper.make_node("MatMul", ["y", "w2"], ["out"], name="block"),
+        helper.make_node("Relu", ["out"], ["act"], name="block_relu"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+        [helper.make_tensor_value_info("act", TensorProto.FLOAT, [1, 5, 8])],
+        [const("w", 8, 8), const("cls", 1, 1, 8), const("pos", 1, 5, 8), const("w2", 8, 8)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return ir.from_proto(onnx.shape_inference.infer_shapes(model))
+
+
+def test_qlinear_joins_a_class_token_in_float_before_the_position_embedding():
+    """ORT's QLinearConcat needs every input dequantized, so a constant's Concat runs in float anyway; a pair
+    on it only rounded the class token onto the patches' grid before the Add rounded the sum again."""
+    assert "joined" not in plan_quantization(_class_token_graph(), "qlinear").activations
+    assert {"tokens", "y"} <= set(plan_quantization(_class_token_graph(), "qlinear").activations)
+    assert "joined" in plan_quantization(_class_token_graph(), "outputs").activations  # int8 CONCATENATION
+    model = _class_token_graph()  # a Concat read by a layer keeps its pair: the layer's integer kernel needs it
+    joined = model.graph.node("join").outputs[0]
+    model.graph.append(ir.node("MatMul", [joined, model.graph.initializers["w2"]], name="head"))
+    assert set(plan_quantization(model, "qlinear").activations["joined"].consumers) == {("head", 0), ("position", 0)}
+
+
 def test_quantizable_inputs_quantize_only_what_an_integer_layer_reads():
     got = sites("quantizable-inputs")
     # the GlobalAveragePool output is quantized above the Flatten (the plugin folds it into the pooling);
