@@ -62,8 +62,10 @@ def test_qat_runs_transformer_and_shuffle_graphs_as_onnx_runtime_and_the_simulat
     assert expected <= ops, ops
     session = ort_session(proto.SerializeToString())
     float_ref = _each(lambda x: session.run(None, {proto.graph.input[0].name: x}), images)
+    float_graph = QuantGraph(graph)
     with torch.no_grad():
-        float_got = QuantGraph(graph)(torch.from_numpy(images)).numpy()  # the whole batch at once
+        float_got = float_graph(torch.from_numpy(images)).numpy()
+    assert float_graph._one_at_a_time is False  # the whole batch at once
     np.testing.assert_allclose(float_got, float_ref, atol=2e-5 * np.abs(float_ref).max(), rtol=0)
 
     plan = plan_quantization(graph, placement)
@@ -105,3 +107,34 @@ def test_compile_with_qat_epochs_trains_a_vision_transformer(tmp_path, images, l
     m = api.compile(config).manifest
     assert m["quantization"]["ranges_from"] == "qat" and m["qat"]["weights_changed"] > 0
     assert m["fidelity"].get("decisive_disagreements", 0) == 0
+
+
+class _TorchAttention(torch.nn.Module):
+    """torch's own nn.MultiheadAttention (torchvision's ViT uses it): its export folds the heads into the
+    leading axis ([heads, tokens, dim] at batch 1), where a batch is no longer the leading dimension alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Conv2d(3, 16, 16, 16)
+        self.attention = torch.nn.MultiheadAttention(16, 4, batch_first=True)
+        self.head = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        mixed, _ = self.attention(tokens, tokens, tokens, need_weights=False)
+        return self.head(mixed.mean(1))
+
+
+def test_a_batch_runs_through_attention_whose_export_folds_the_heads_into_the_leading_axis(images):
+    torch.manual_seed(0)
+    model = _TorchAttention().eval()
+    graph, _ = canonicalize(ir.from_proto(export_onnx(model, SHAPE, 17)), SHAPE, (13, 17), 17)
+    proto = ir.to_proto(graph)
+    session = ort_session(proto.SerializeToString())
+    expected = _each(lambda x: session.run(None, {proto.graph.input[0].name: x}), images)
+    torch_graph = QuantGraph(graph)
+    with torch.no_grad():
+        got = torch_graph(torch.from_numpy(images)).numpy()
+        np.testing.assert_allclose(got, model(torch.from_numpy(images)).numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    assert torch_graph._one_at_a_time is True

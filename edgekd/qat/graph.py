@@ -53,6 +53,12 @@ class _Step:
     quantize_bias: bool
 
 
+def _static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
+    if value is None or value.shape is None or not all(isinstance(d, int) for d in value.shape):
+        return None
+    return tuple(int(d) for d in value.shape)
+
+
 def _attributes(node: ir.Node) -> dict:
     return {k: a.value for k, a in node.attributes.items()}
 
@@ -81,6 +87,7 @@ class QuantGraph(nn.Module):
             self._place_quantizers(plan, sites)
             weights = {w.node: w.axis for w in plan.weights if w.input_index == 1}
         self._steps = [self._step(graph, node, weights) for node in graph if not self._is_constant(node)]
+        self._one_at_a_time: bool | None = None  # decided by the first batch of two or more
 
     # ------------------------------------------------------------------ construction
 
@@ -140,7 +147,8 @@ class QuantGraph(nn.Module):
         refs, consts = ((), ())
         if node.inputs:
             refs, consts = zip(*(self._input_ref(graph, node, i, v) for i, v in enumerate(node.inputs)), strict=True)
-        spec = NodeSpec(node.name, node.op_type, _attributes(node), tuple(consts), len(node.outputs))
+        shapes = tuple(_static_shape(v) for v in node.inputs)
+        spec = NodeSpec(node.name, node.op_type, _attributes(node), tuple(consts), len(node.outputs), shapes)
         axis = weights.get(node.name)
         bias = (
             axis is not None
@@ -167,12 +175,43 @@ class QuantGraph(nn.Module):
         return env[key]
 
     def forward(self, *inputs: torch.Tensor):
+        """The graph on a batch. Its shapes are bound to one sample, and a batch runs through them as one
+        only where the batch stays the outermost axis of every tensor; an export that moves it inward (torch's
+        nn.MultiheadAttention works on [tokens, batch, dim]) runs one sample at a time, as the first batch
+        shows."""
+        if inputs[0].shape[0] > 1 and self._one_at_a_time is None:
+            self._one_at_a_time = not self._batches_faithfully(inputs)
+        if not self._one_at_a_time or inputs[0].shape[0] == 1:
+            return self._run(inputs)
+        runs = [self._run(tuple(x[i : i + 1] for x in inputs)) for i in range(inputs[0].shape[0])]
+        if isinstance(runs[0], tuple):
+            return tuple(torch.cat(parts) for parts in zip(*runs, strict=True))
+        return torch.cat(runs)
+
+    def _batches_faithfully(self, inputs: tuple[torch.Tensor, ...]) -> bool:
+        """Whether two samples in one batch give what each gives alone (no range observes the probe)."""
+        pair = tuple(x[:2].detach() for x in inputs)
+        with torch.no_grad():
+            try:
+                together = self._run(pair, observe=False)
+            except RuntimeError:  # a shape bound to one sample refuses two
+                return False
+            alone = [self._run(tuple(x[i : i + 1] for x in pair), observe=False) for i in range(2)]
+        together = together if isinstance(together, tuple) else (together,)
+        alone = [a if isinstance(a, tuple) else (a,) for a in alone]
+        return all(
+            t.shape == torch.cat(parts).shape and torch.allclose(t, torch.cat(parts), rtol=1e-4, atol=1e-5)
+            for t, parts in zip(together, zip(*alone, strict=True), strict=True)
+        )
+
+    def _run(self, inputs: tuple[torch.Tensor, ...], observe: bool = True):
         env = dict(zip(self.input_names, inputs, strict=True))
         done: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
         def quantized(tensor: str) -> tuple[torch.Tensor, torch.Tensor]:
             if tensor not in done:  # one Q/DQ pair per tensor, read by every consumer the plan lists
-                done[tensor] = self.quantizers[self._quantizer_of[tensor]](env[tensor], tensor in self._observed)
+                watch = observe and tensor in self._observed
+                done[tensor] = self.quantizers[self._quantizer_of[tensor]](env[tensor], watch)
             return done[tensor]
 
         for step in self._steps:

@@ -27,6 +27,7 @@ class NodeSpec:
     attrs: dict[str, Any]
     consts: tuple[np.ndarray | None, ...]  # each input's constant value, None for computed ones
     outputs: int
+    shapes: tuple[tuple[int, ...] | None, ...] = ()  # each input's static shape in the graph (batch 1)
 
     def const(self, index: int, what: str) -> np.ndarray | None:
         """A constant input (None when the optional input is absent); a computed one is refused."""
@@ -147,13 +148,24 @@ def pool(kind: str) -> Callable[[NodeSpec], Kernel]:
 def reshape(spec: NodeSpec) -> Kernel:
     shape = [int(s) for s in spec.const(1, "shape")]
     allow_zero = int(spec.attrs.get("allowzero", 0))
+    bound = spec.shapes[0] if spec.shapes else None
+    if bound is not None:  # the shape this Reshape writes in the graph, bound to batch 1
+        target = [bound[i] if s == 0 and not allow_zero else s for i, s in enumerate(shape)]
+        if -1 in target:
+            target[target.index(-1)] = int(np.prod(bound)) // -int(np.prod(target))
 
     def run(args):
         x = args[0]
-        target = [x.shape[i] if s == 0 and not allow_zero else s for i, s in enumerate(shape)]
-        if target and target[0] == 1 and x.dim() and x.shape[0] != 1:
-            target[0] = x.shape[0]  # the graph is bound to batch 1: a constant shape's leading 1 is the batch
-        return [x.reshape(target)]
+        if bound is None:  # no static shape: the leading dimension is taken for the batch
+            out = [x.shape[i] if s == 0 and not allow_zero else s for i, s in enumerate(shape)]
+            if out and out[0] == 1 and x.dim() and x.shape[0] != 1:
+                out[0] = x.shape[0]
+            return [x.reshape(out)]
+        # A batch of B samples is B graphs' values one after another (the batch is the outermost axis of
+        # every tensor), so the output's leading dimension grows B times, whatever that dimension holds
+        # (ViT's attention folds the heads into it: [12, 197, 64] at batch 1).
+        batch = x.numel() // max(int(np.prod(bound)), 1)
+        return [x.reshape([target[0] * batch, *target[1:]])]
 
     return run
 
@@ -432,6 +444,8 @@ OPS: dict[str, Callable[[NodeSpec], Kernel]] = {
     "LayerNormalization": layer_norm,
     "Gather": gather,
     "Expand": expand,
+    "Einsum": lambda spec: lambda args: [torch.einsum(spec.attrs["equation"], *args)],
+    "Where": lambda spec: lambda args: [torch.where(args[0].bool(), args[1], args[2])],
     "BatchNormalization": batch_norm,
 }
 
