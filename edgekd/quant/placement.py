@@ -10,7 +10,8 @@ simulation, so the fidelity check follows whichever is chosen.
   QLinearConv/QLinearAdd/QGemm/...: an Add/Sub/Mul whose only reader is a ReLU is quantized after the
   ReLU (ORT drops a ReLU whose Q starts at zero, so the unit becomes DQ → Add → Q), the output of a
   Gemm/MatMul that is a graph output, or read only by a Softmax/Sigmoid that is one, stays float (QGemm
-  writes float), and so does that Softmax/Sigmoid. Activations must be uint8 on
+  writes float), and so does that Softmax/Sigmoid; a Concat of a constant and data read only by
+  element-wise arithmetic (a class token) is joined in float, as ORT does anyway. Activations must be uint8 on
   x86: ORT's x86 selectors take int8 activations only after converting a Q/DQ pair to uint8, which it
   does only for a Q with one reader, so every tensor read twice stayed float under int8.
 * ``inputs`` (symmetric int8, TensorRT): following TensorRT's guidance on Q/DQ placement, the data
@@ -357,7 +358,7 @@ def _joins_a_constant_into_arithmetic(node: ir.Node) -> bool:
     its patch tokens, then the position embedding added). ORT fuses a Concat into QLinearConcat only when
     every input is dequantized, so it joins these in float either way; a pair on the output would only
     round the constant onto the data's grid before the Add rounds the sum again (the coverage ViT on
-    onnx-cpu: 27.6 → 28.9 dB against float without it)."""
+    onnx-cpu: top-1 agreement with float 94.0 → 96.8 %, 27.3 → 28.5 dB without it)."""
     out = node.outputs[0]
     readers = out.consumers()
     return (
