@@ -43,8 +43,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -391,6 +395,30 @@ def vs_float(artifact_run, source: Path, images: np.ndarray, classifier: bool) -
     return out
 
 
+def weights_alone(qdq: onnx.ModelProto) -> onnx.ModelProto:
+    """The QDQ graph with int8 weights and float activations: every activation's QuantizeLinear →
+    DequantizeLinear pair removed (constants' DequantizeLinear kept). What rounding the weights alone costs,
+    the floor under every int8 compile of the model whatever its activations do."""
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(qdq)
+    graph = model.graph
+    constants = {i.name for i in graph.initializer}
+    nodes = list(graph.node)
+    quantized = {n.output[0]: n.input[0] for n in nodes if n.op_type == "QuantizeLinear"}
+    quantized = {q: x for q, x in quantized.items() if x not in constants}
+    float_of = {n.output[0]: quantized[n.input[0]] for n in nodes if n.input and n.input[0] in quantized}
+    kept = [n for n in nodes if n.output[0] not in quantized and n.output[0] not in float_of]
+    for node in kept:
+        node.input[:] = [float_of.get(name, name) for name in node.input]
+    outputs = [o.name for o in graph.output if o.name in float_of]
+    kept += [onnx.helper.make_node("Identity", [float_of[name]], [name]) for name in outputs]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return model
+
+
 def flips(logits: np.ndarray, float_logits: np.ndarray) -> dict:
     """Where the artifact's top-1 differs from the float model's: which images, how close the float model's two
     best logits were there, how many are exact ties in the artifact's logits (the first index wins), and the
@@ -457,11 +485,21 @@ def compile_cell(
         seconds = time.perf_counter() - start
         m = result.manifest
         backend = get_backend(m["artifact"]["backend"])
-        fidelity = vs_float(backend.session(result.output / m["artifact"]["model_file"]), path, val, classifier)
+        artifact = result.output / m["artifact"]["model_file"]
+        fidelity = vs_float(backend.session(artifact), path, val, classifier)
+        alone = None
+        if classifier and precision == "int8" and target == "onnx-cpu":  # its artifact is the QDQ graph itself
+            import onnx
+
+            from edgekd.runtime import onnx_run_fn, ort_session
+
+            graph = weights_alone(onnx.load(str(artifact))).SerializeToString()
+            alone = vs_float(onnx_run_fn(ort_session(graph, threads=2)), path, val, classifier)
     return {
         "status": "ok",
         "seconds": round(seconds, 1),
         "vs_float": fidelity,
+        **({"weights_alone": alone} if alone else {}),
         "verify": {k: m["fidelity"].get(k) for k in ("max_output_steps", "relative_error", "top1_agreement")},
         "canonicalize": next((p.get("metrics") for p in m["passes"] if p["name"] == "canonicalize"), None),
     }

@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -127,7 +128,8 @@ def test_the_fidelity_report_sets_each_classifiers_accuracy_beside_its_int8_cell
         }
 
     results = {
-        "resnet18 (trained longer)/opset17|onnx-cpu|int8": cell(0.994, 31.9),
+        "resnet18 (trained longer)/opset17|onnx-cpu|int8": cell(0.994, 31.9)
+        | {"weights_alone": cell(0.998, 37.6)["vs_float"]},
         "resnet18 (trained longer)/opset17|rpi4|int8": cell(0.986, 27.2),
         "vit (trained longer)/opset17|onnx-cpu|int8": {"status": "refused", "seconds": 1.0, "reason": "no kernel"},
         "resnet18/opset17|onnx-cpu|int8": cell(0.9, 20.0),  # briefly trained: another page's
@@ -143,8 +145,8 @@ def test_the_fidelity_report_sets_each_classifiers_accuracy_beside_its_int8_cell
     text = fidelity_markdown(results, ["onnx-cpu", "rpi4"], ["int8"], "cmd", "trained", 0, context)
     assert "**int8: 2 of 3 cells (67 %) compile with verify passing**" in text
     assert "fidelity target met (top-1 ≥ 99 % / SQNR ≥ 20 dB) in 1 of 2 compiled cells" in text
-    assert "| resnet18 | 78.6 % | 0.83 | 99.4 % · 32 dB | ⚠ 98.6 % · 27 dB | 99.0 % · 30 dB |" in text
-    assert "| vit | – | 0.70 | ✗ | – | – |" in text and "resnet18/opset17" not in text
+    assert "| resnet18 | 78.6 % | 0.83 | 99.4 % · 32 dB | ⚠ 98.6 % · 27 dB | 99.8 % · 38 dB | 99.0 % · 30 dB |" in text
+    assert "| vit | – | 0.70 | ✗ | – | – | – |" in text and "resnet18/opset17" not in text
     assert text.index("| resnet18 |") < text.index("| vit |")  # the more confident float model first
     assert "above NNCF's on 1 of 1 classifiers, equal on 0, below on 0." in text  # 99.4 % (of two, the upper)
 
@@ -163,3 +165,43 @@ def test_training_on_fewer_images_per_class_than_asked_is_refused_naming_the_fol
     assert images.shape[0] == 8 and sorted(labels.tolist()) == [0] * 4 + [1] * 4
     with pytest.raises(SystemExit, match=rf"--train-data {tmp_path} has fewer than 5 .*: dog 4\); .*--train-per-class"):
         mc._training_images(mc.Training(tmp_path, 5, 1), pre)
+
+
+def test_weights_alone_removes_every_activation_pair_and_keeps_the_int8_weights():
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekd.runtime import onnx_run_fn, ort_session
+
+    rng = np.random.default_rng(0)
+    weight = rng.integers(-127, 128, (4, 3, 1, 1)).astype(np.int8)
+    scale = np.float32(0.01)
+    inits = [
+        numpy_helper.from_array(weight, "w_q"),
+        numpy_helper.from_array(np.full(4, scale, np.float32), "w_scale"),
+        numpy_helper.from_array(np.zeros(4, np.int8), "w_zero"),
+        numpy_helper.from_array(np.float32(0.05), "a_scale"),
+        numpy_helper.from_array(np.int8(0), "a_zero"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "a_scale", "a_zero"], ["x_q"]),
+        helper.make_node("DequantizeLinear", ["x_q", "a_scale", "a_zero"], ["x_dq"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w"], axis=0),
+        helper.make_node("Conv", ["x_dq", "w"], ["y"]),
+        helper.make_node("QuantizeLinear", ["y", "a_scale", "a_zero"], ["y_q"]),
+        helper.make_node("DequantizeLinear", ["y_q", "a_scale", "a_zero"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 2, 2])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 2, 2])],
+        inits,
+    )
+    model = mc.weights_alone(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert [n.op_type for n in model.graph.node] == ["DequantizeLinear", "Conv", "Identity"]
+    x = rng.standard_normal((1, 3, 2, 2)).astype(np.float32)
+    got = onnx_run_fn(ort_session(model.SerializeToString()))(x)[0]
+    want = np.einsum("oc,nchw->nohw", weight[:, :, 0, 0].astype(np.float32) * scale, x)  # x not rounded
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    onnx.checker.check_model(model)
