@@ -113,8 +113,8 @@ def _class_token_graph() -> ir.Model:
 def test_qlinear_joins_a_class_token_in_float_before_the_position_embedding():
     """ORT's QLinearConcat needs every input dequantized, so a constant's Concat runs in float anyway; a pair
     on it only rounded the class token onto the patches' grid before the Add rounded the sum again."""
-    assert "joined" not in plan_quantization(_class_token_graph(), "qlinear").activations
-    assert {"tokens", "y"} <= set(plan_quantization(_class_token_graph(), "qlinear").activations)
+    ort = plan_quantization(_class_token_graph(), "qlinear").activations
+    assert "joined" not in ort and {"tokens", "y"} <= set(ort)
     assert "joined" in plan_quantization(_class_token_graph(), "outputs").activations  # int8 CONCATENATION
     model = _class_token_graph()  # a Concat read by a layer keeps its pair: the layer's integer kernel needs it
     joined = model.graph.node("join").outputs[0]
