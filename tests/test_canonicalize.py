@@ -703,6 +703,34 @@ def test_a_decomposed_layernorm_writes_no_mul_by_one_or_add_of_zero(tmp_path):
     np.testing.assert_allclose(_run(model, x)[0], _run(source, x)[0], rtol=1e-4, atol=1e-4)
 
 
+def test_twin_layers_on_one_input_become_one():
+    """Two convolutions with equal weights (separate initializers) reading one tensor, as the light Inception's
+    constant weights make its 1×1 branches: one is left, read by both branches. The TFLite converter merged the
+    twins itself and then found two int8 grids on one tensor (the model was refused as not fully int8)."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3, 1, 1)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w_a"), numpy_helper.from_array(w.copy(), "w_b")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w_a"], ["a"], name="branch_a"),
+        helper.make_node("Conv", ["x", "w_b"], ["b"], name="branch_b"),
+        helper.make_node("Relu", ["a"], ["ra"]),
+        helper.make_node("Sigmoid", ["b"], ["sb"]),
+        helper.make_node("Concat", ["ra", "sb"], ["y"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "twins",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4, 4])],
+        inits,
+    )
+    source = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model, report = canonicalize(ir.from_proto(source), (1, 3, 4, 4), (13, 17), 17)
+    assert op_counts(model.graph)["Conv"] == 1 and report.removed_ops["Conv"] == 1
+    x = rng.standard_normal((1, 3, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(_run(model, x)[0], _run(source, x)[0], rtol=1e-6)
+
+
 def test_an_int8_vit_exported_at_opset_13_tracks_float_as_its_opset_17_export_does(tmp_path):
     """The coverage ViT's finding: at opset 13 its written-out LayerNorms got Q/DQ on their statistics
     (22 dB against float on onnx-cpu) where the opset-17 export's fused op got none (28 dB)."""

@@ -78,6 +78,12 @@ def simplify(model: ir.Model) -> dict[str, dict[str, int]]:
                 break
         ir.passes.Sequential(
             common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+            # Equal constants become one, then nodes computing the same thing from the same inputs one: a
+            # converter merges such twins itself (TFLite did with the light Inception's identical 1×1
+            # convolutions) and then meets the two output grids the quantizer gave them on one tensor.
+            common.DeduplicateHashedInitializersPass(),
+            common.CommonSubexpressionEliminationPass(),
+            common.RemoveUnusedNodesPass(),
             common.RemoveUnusedOpsetsPass(),
         )(model)
     finally:
