@@ -32,7 +32,7 @@ class CanonicalReport:
     opset_from: int | None = None
     opset_to: int | None = None
     initializer_inputs_removed: int = 0
-    removed_ops: dict[str, int] = field(default_factory=dict)  # nodes gone (folded, dead, no-op), by op type
+    removed_ops: dict[str, int] = field(default_factory=dict)  # folded, dead, no-op or twin nodes gone, by op
     rewrites: dict[str, int] = field(default_factory=dict)  # pattern rewrites, by kind
     patterns: dict[str, int] = field(default_factory=dict)  # recognized patterns, by kind
     nodes_before: int = 0

@@ -1,5 +1,5 @@
-"""Constant folding, shape-subgraph folding, dead-node and no-op removal: onnxscript's optimizer and
-onnx-ir's passes, run in place on the ``onnx_ir`` model the pipeline carries (docs/canonicalize.md
+"""Constant folding, shape-subgraph folding, dead-node and no-op removal, twin nodes merged: onnxscript's
+optimizer and onnx-ir's passes, run in place on the ``onnx_ir`` model the pipeline carries (docs/canonicalize.md
 says why this library).
 
 Once the input shape is bound, ``Shape → Gather → Concat → Reshape`` chains are constants and fold
