@@ -222,6 +222,8 @@ def _fidelity_section(fid: dict | None) -> list[str]:
 
 
 def _accuracy_section(acc: dict) -> list[str]:
+    if acc.get("metric") == "agreement":
+        return _agreement_section(acc)
     header = ["float top-1 %", "artifact top-1 %", "drop pt"]
     row = [f"{100 * acc['float_top1']:.2f}", f"{100 * acc['artifact_top1']:.2f}", f"{acc['drop_pt']:.2f}"]
     ci = acc.get("drop_ci95_pt")
@@ -242,15 +244,30 @@ def _accuracy_section(acc: dict) -> list[str]:
             "the drop: " + ("within its interval it may be 0 (noise)." if ci[0] <= 0 <= ci[1] else "it is real."),
             "",
         ]
-    sp = acc.get("speed")
-    if sp:
-        verdict = "meets" if sp["met"] else "does NOT meet"
-        lines += [
-            f"Speed-up on {sp['measured_on']}: {sp['speedup']:.2f}× (see Speed). This {verdict} the rule "
-            f"that each point of accuracy lost should buy ≥ 2× speed (needed {sp['needed_speedup']:.2f}×).",
-            "",
-        ]
-    return lines
+    return lines + _speed_rule_lines(acc.get("speed"))
+
+
+def _agreement_section(acc: dict) -> list[str]:
+    lines = [
+        "## Accuracy",
+        "",
+        f"`{acc['source']}` has no class subfolders, so the float model's own top-1 is the label: the artifact "
+        f"agrees with it on **{100 * acc['artifact_top1']:.2f} %** of {acc['samples']} images "
+        f"({acc.get('images_lost', '–')} differ; a drop of {acc['drop_pt']:.2f} pt).",
+        "",
+    ]
+    return lines + _speed_rule_lines(acc.get("speed"))
+
+
+def _speed_rule_lines(sp: dict | None) -> list[str]:
+    if not sp:
+        return []
+    verdict = "meets" if sp["met"] else "does NOT meet"
+    return [
+        f"Speed-up on {sp['measured_on']}: {sp['speedup']:.2f}× (see Speed). This {verdict} the rule "
+        f"that each point of accuracy lost should buy ≥ 2× speed (needed {sp['needed_speedup']:.2f}×).",
+        "",
+    ]
 
 
 def _latency_section(results: list[dict]) -> list[str]:
@@ -384,7 +401,11 @@ def _qat_section(m: dict) -> list[str]:
     ]
 
 
-PRECISION_HEADERS = ["precision", "top-1 %", "drop pt", "p50 ms", "speed-up vs fp32", "≥ 2× per point lost"]
+def precision_headers(record: dict) -> list[str]:
+    metric = record.get("metric", "top-1")
+    return ["precision", f"{metric} %", "drop pt", "p50 ms", "speed-up vs fp32", "≥ 2× per point lost"]
+
+
 BUDGET_HEADERS = ["student", "MACs", "p50 ms", "within budget", "proxy top-1 %"]
 
 
@@ -427,9 +448,9 @@ def precision_section(rec: dict | None) -> list[str]:
         "",
         f"`--precision auto`: every precision compiled, scored on the eval set and timed on `{rec['device']}` "
         f"({rec['repeats']} interleaved repeats; speed-up = float's latency over the candidate's, median "
-        f"[min, max] of the repeats); budget {rec['max_drop_pt']} pt of top-1.",
+        f"[min, max] of the repeats); budget {rec['max_drop_pt']} pt of {rec.get('metric', 'top-1')}.",
         "",
-        markdown_table(PRECISION_HEADERS, precision_rows(rec)),
+        markdown_table(precision_headers(rec), precision_rows(rec)),
         "",
         f"Shipped **{rec['chosen']}**: {rec['why']}.",
         "",

@@ -5,7 +5,9 @@ resume, and the accuracy budget's automatic fallback."""
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -197,6 +199,14 @@ def test_resume_continues_an_interrupted_qat(tmp_path, model_file, labelled, mon
     assert not (tmp_path / "onnx-cpu.checkpoints").exists()
 
 
+def flat_copy(folder: Path, out: Path) -> Path:
+    """The images of a class-subfolder set side by side in one folder: the same images, no labels."""
+    out.mkdir()
+    for f in sorted(folder.glob("*/*.jpg")):
+        shutil.copy(f, out / f"{f.parent.name}-{f.name}")
+    return out
+
+
 def _budget_scores(monkeypatch, after_qat: float):
     """int8 scores 40 pt below float until QAT has run, then ``after_qat`` below: the real search and the
     real QAT run, only the eval-set scores are made up."""
@@ -220,15 +230,18 @@ def _budget_scores(monkeypatch, after_qat: float):
     return ran
 
 
-def test_a_missed_budget_falls_back_to_qat_and_says_so(tmp_path, model_file, labelled, monkeypatch):
+@pytest.mark.parametrize("classes", [True, False], ids=["labelled-eval", "eval-without-labels"])
+def test_a_missed_budget_falls_back_to_qat_and_says_so(tmp_path, model_file, labelled, monkeypatch, classes):
     ran = _budget_scores(monkeypatch, after_qat=0.2)
-    result = compile_qat(tmp_path, model_file, labelled, qat_epochs=0, max_drop=0.5, eval=CALIB, eval_samples=20)
+    eval_set = CALIB if classes else flat_copy(CALIB, tmp_path / "flat")
+    result = compile_qat(tmp_path, model_file, labelled, qat_epochs=0, max_drop=0.5, eval=eval_set, eval_samples=20)
     assert ran["qat"]
     m = result.manifest
     budget = m["quantization"]["accuracy_budget"]
     assert budget["qat_fallback"] and budget["before_qat"][0]["drop_pt"] == pytest.approx(40.0)
     assert budget["steps"][-1]["drop_pt"] == pytest.approx(0.2)
-    assert m["qat"]["trigger"].startswith("accuracy budget missed: int8 top-1 stays 40.00 pt below float")
+    metric = "top-1" if classes else "agreement"
+    assert m["qat"]["trigger"].startswith(f"accuracy budget missed: int8 {metric} stays 40.00 pt below float")
     assert m["quantization"]["ranges_from"] == "qat"
     assert [p["name"] for p in m["passes"]].index("qat") < [p["name"] for p in m["passes"]].index("quantize")
     report = (result.output / "report.md").read_text()

@@ -328,3 +328,53 @@ def test_calib_method_decides_whether_a_later_batch_sets_the_range(tmp_path, zoo
         widths[method] = m["inputs"][0]["quantization"]["scale"] * 255
     assert widths["minmax"] == pytest.approx(2.0, rel=1e-3)
     assert widths["ema"] < 0.6
+
+
+def near_tie_classifier(path, shape):
+    """Ten logits that differ by far less than int8's rounding of one classifier row: int8 flips many top-1s."""
+    torch.manual_seed(0)
+    features = 8 * (shape[2] // 8) * (shape[3] // 8)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(shape[1], 8, 3, padding=1),
+        torch.nn.AvgPool2d(8),
+        torch.nn.Flatten(),
+        torch.nn.Linear(features, 10),
+    ).eval()
+    with torch.no_grad():
+        net[3].weight.copy_(torch.randn(1, features) + 3e-3 * torch.randn(10, features))
+        net[3].bias.zero_()
+    torch.jit.save(torch.jit.trace(net, torch.zeros(shape)), str(path))
+    return net
+
+
+def test_max_drop_on_images_without_labels_holds_int8_to_the_float_models_own_top1(tmp_path, zoo_models):
+    """An .npy (no classes): float's top-1 is the label, so the budget bounds the share of images int8 flips."""
+    _, calib, shape = zoo_models["resnet20"]
+    net = near_tie_classifier(tmp_path / "near-tie.pt", shape)
+    result, _ = compile_int8(
+        tmp_path, tmp_path / "near-tie.pt", shape, calib, max_drop=0.0, eval=calib, eval_samples=24
+    )
+    m = result.manifest
+    budget, acc = m["quantization"]["accuracy_budget"], m["accuracy"]
+    assert budget["metric"] == acc["metric"] == "agreement" and budget["float_top1"] == acc["float_top1"] == 1.0
+    assert budget["steps"][0]["top1"] < 0.9 and budget["steps"][-1]["kept_float"] > 0  # int8 alone flips many
+    x = np.load(calib)[:24]
+    want = net(torch.from_numpy(x)).detach().numpy().argmax(1)
+    session = ort.InferenceSession(str(result.output / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = np.concatenate([session.run(None, {session.get_inputs()[0].name: x[i : i + 1]})[0] for i in range(24)])
+    assert acc["artifact_top1"] == budget["steps"][-1]["top1"] == float(np.mean(got.argmax(1) == want)) == 1.0
+    assert "agrees with it on **100.00 %** of 24 images" in (result.output / "report.md").read_text()
+
+
+def test_agreement_needs_class_scores_and_says_what_to_give_instead(zoo_models):
+    from edgekd.data.preprocess import Preprocess
+    from edgekd.quant.accuracy import load_eval_set
+
+    _, calib, shape = zoo_models["resnet20"]
+    segmenter = lambda x: [np.zeros((len(x), 2, 8, 8), np.float32)]  # noqa: E731
+    with pytest.raises(ConfigError, match=r"first output is shaped \[1, 2, 8, 8\]") as e:
+        load_eval_set(calib, Preprocess(), shape, None, 4, segmenter)
+    assert "DIR/<class>" in e.value.hint
+    pooled = lambda x: [np.arange(10, dtype=np.float32).reshape(1, 10, 1, 1).repeat(len(x), 0)]  # noqa: E731
+    evalset = load_eval_set(calib, Preprocess(), shape, None, 4, pooled)
+    assert evalset.metric == "agreement" and evalset.samples == 4 and all((y == 9).all() for _, y in evalset.batches)

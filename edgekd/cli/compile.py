@@ -59,10 +59,19 @@ from edgekd.ui import text_table
     help="override the target's activation scheme",
 )
 @click.option("--keep-float", help="N (keep the N most sensitive layers in float) or layer names, comma-separated")
-@click.option("--eval", "eval_dir", type=click.Path(path_type=Path), help="labelled images DIR/<class>/* for top-1")
+@click.option(
+    "--eval",
+    "eval_dir",
+    type=click.Path(path_type=Path),
+    help="images DIR/<class>/* (top-1); a flat folder or .npy (top-1 agreement with float); a data.yaml / COCO "
+    ".json (mAP)",
+)
 @click.option("--eval-samples", type=int, default=1000, show_default=True)
 @click.option(
-    "--max-drop", type=float, help="top-1 points int8 may lose; with --eval, layers return to float until met"
+    "--max-drop",
+    type=float,
+    help="points of --eval's metric int8 may lose (agreement: % of images may differ from float); layers "
+    "return to float until met",
 )
 @click.option("--student", help="distil into this zoo model (e.g. mobilenetv2-cifar:0.5); needs --data")
 @click.option(
@@ -237,6 +246,11 @@ def _accuracy_lines(acc: dict | None) -> None:
             + ", ".join(f"{k} {acc[k]['map50']:.4f}" for k in ("float", "simulation", "artifact") if k in acc)
             + (f" (drop {acc['drop_map50_pt']:.2f} pt)" if "drop_map50_pt" in acc else "")
         )
+    elif acc and acc.get("metric") == "agreement":
+        click.echo(
+            f"top-1 agreement with float on {acc['samples']} eval images without labels: "
+            f"{100 * acc['artifact_top1']:.2f} % ({acc['images_lost']} differ)"
+        )
     elif acc:
         click.echo(
             f"top-1 on {acc['samples']} eval images: float {100 * acc['float_top1']:.2f} %, "
@@ -248,23 +262,23 @@ def _accuracy_lines(acc: dict | None) -> None:
                 else ")"
             )
         )
-        speed = acc.get("speed")
-        if speed and not speed["met"]:
-            click.secho(
-                f"note: {speed['drop_pt']:.2f} pt lost for {speed['speedup']:.2f}x speed on this machine; "
-                f"the design rule asks {speed['needed_speedup']:.2f}x (2x per point)",
-                fg="yellow",
-            )
+    speed = (acc or {}).get("speed")
+    if speed and not speed["met"]:
+        click.secho(
+            f"note: {speed['drop_pt']:.2f} pt lost for {speed['speedup']:.2f}x speed on this machine; "
+            f"the design rule asks {speed['needed_speedup']:.2f}x (2x per point)",
+            fg="yellow",
+        )
 
 
 def _search_tables(m: dict) -> None:
-    from edgekd.report import BUDGET_HEADERS, PRECISION_HEADERS, budget_rows, precision_rows
+    from edgekd.report import BUDGET_HEADERS, budget_rows, precision_headers, precision_rows
 
     if m.get("latency_budget"):
         click.echo(text_table(BUDGET_HEADERS, budget_rows(m["latency_budget"])))
     if m.get("precision_search"):
         ps = m["precision_search"]
-        click.echo(text_table(PRECISION_HEADERS, precision_rows(ps)))
+        click.echo(text_table(precision_headers(ps), precision_rows(ps)))
         click.echo(f"shipped {ps['chosen']}: {ps['why']}")
 
 

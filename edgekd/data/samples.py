@@ -76,6 +76,12 @@ def random_batches(input_shape: tuple[int, ...], count: int, seed: int = 0) -> I
         yield rng.standard_normal(input_shape).astype(np.float32)
 
 
+def has_labels(source: str | Path) -> bool:
+    """Whether ``source`` is an image folder with class subfolders (arrays and flat folders have no labels)."""
+    path = Path(source)
+    return path.suffix not in (".npy", ".npz") and scan_image_folder(path).labels is not None
+
+
 def iter_labelled(
     source: str | Path,
     pre: Preprocess,

@@ -1,5 +1,6 @@
 """``--max-drop P --eval DIR``: returns the most sensitive layers to float until the int8 top-1 is
-within P points of float (mAP50 points for a detector evaluated on a data.yaml or COCO JSON). When even
+within P points of float (mAP50 points for a detector evaluated on a data.yaml or COCO JSON; on images
+without class subfolders, or an array, its top-1 agrees with float's on all but P % of them). When even
 that misses the budget and training images are given (``--data``), it runs quantization-aware training
 (``--qat-fallback-epochs``, unless ``--qat-epochs`` already ran; classifiers) and searches again; it
 fails with every trade-off tried, before and after QAT, when the budget stays out of reach."""
@@ -11,12 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from edgekd.config import CompileConfig
-from edgekd.data.samples import iter_labelled
 from edgekd.detect.compile_eval import is_detection_data
 from edgekd.errors import AccuracyBudgetError, ConfigError
 from edgekd.passes.base import Pass, PassResult
 from edgekd.passes.qat import QAT_TRAINED, qat_train_config, run_qat
-from edgekd.quant.accuracy import BudgetStep, greedy_keep_float, top1, within_budget
+from edgekd.quant.accuracy import BudgetStep, greedy_keep_float, load_eval_set, top1, within_budget
 from edgekd.quant.calibrate import Calibration
 from edgekd.quant.placement import target_plan
 from edgekd.quant.simulate import quantized_copy
@@ -38,7 +38,9 @@ class AccuracyBudgetOutput(PassOutput):
     steps: tuple[dict, ...]  # every trade-off tried: layers in float, top-1, drop
     kept_float: tuple[str, ...]
     before_qat: tuple[dict, ...] | None = None  # the trade-offs tried before the QAT fallback ran
-    metric: str = "top-1"  # or mAP50 (a detector); the "top1" fields hold it
+    metric: str = (
+        "top-1"  # or agreement (with float, on images without labels), mAP50 (a detector); the "top1" fields hold it
+    )
 
     def to_manifest(self) -> dict:
         out = {
@@ -104,8 +106,9 @@ class AccuracyBudgetPass(Pass):
         e = config.evaluation
         if e.data is None:
             raise ConfigError(
-                "--max-drop needs a labelled eval set",
-                "pass --eval DIR with DIR/<class>/*.jpg, or a detector's data.yaml / COCO .json",
+                "--max-drop needs an eval set to measure the drop on",
+                "pass --eval DIR: DIR/<class>/*.jpg (top-1), images without classes or an .npy (top-1 agreement "
+                "with the float model), or a detector's data.yaml / COCO .json (mAP50)",
             )
         fallback = None
         if config.qat.fallback_epochs > 0 and config.training.data is not None:
@@ -139,8 +142,10 @@ class AccuracyBudgetPass(Pass):
                 return evaluate(batched, dataset, state.input.preprocess, shape[0], limit=n).map50
 
             return "mAP50", map50, n
-        data = list(iter_labelled(self.eval_data, state.input.preprocess, shape, state.labels, self.samples))
-        return "top-1", lambda run: top1(run, data), sum(len(y) for _, y in data)
+        data = load_eval_set(
+            self.eval_data, state.input.preprocess, shape, state.labels, self.samples, state.float_reference
+        )
+        return data.metric, lambda run: top1(run, data.batches), data.samples
 
     def _search(self, state: CompileState, score: Callable[[RunFn], float], float_top1: float) -> list[BudgetStep]:
         import onnx_ir as ir
@@ -182,8 +187,8 @@ class AccuracyBudgetPass(Pass):
         return PassResult(state, changed=before is not None, output=output)
 
     def _can_fall_back(self, state: CompileState, metric: str) -> bool:
-        # QAT trains on labelled class folders: a detector's budget searches layers in float only
-        return self.fallback is not None and QAT_TRAINED not in state.facts and metric == "top-1"
+        # QAT distils a classifier's scores: a detector's budget searches layers in float only
+        return self.fallback is not None and QAT_TRAINED not in state.facts and metric in ("top-1", "agreement")
 
     def _missed(self, steps: list[BudgetStep], float_top1: float, output: AccuracyBudgetOutput) -> AccuracyBudgetError:
         best = min(steps, key=lambda s: s.drop_pt)
@@ -196,7 +201,7 @@ class AccuracyBudgetPass(Pass):
         else:
             message += "Trade-offs tried:\n"
         hint = None
-        if self.suggest_data and output.metric == "top-1":
+        if self.suggest_data and output.metric in ("top-1", "agreement"):
             hint = (
                 "pass --data DIR (training images) so quantization-aware training can run when the budget is "
                 "missed (--qat-fallback-epochs), raise --max-drop, or use --precision fp32"

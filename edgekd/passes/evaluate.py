@@ -1,6 +1,6 @@
-"""``--eval DIR``: top-1 of the float model and of the emitted artifact on a labelled set, and, with the
-speed check's figures, whether the speed bought pays for the accuracy lost (design rule: each point lost
-should buy ≥ 2×)."""
+"""``--eval DIR``: top-1 of the float model and of the emitted artifact on a labelled set (on images without
+labels: the artifact's top-1 agreement with float; a detector's mAP), and, with the speed check's figures,
+whether the speed bought pays for the accuracy lost (design rule: each point lost should buy ≥ 2×)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ import numpy as np
 
 from edgekd.backends import get_backend
 from edgekd.config import CompileConfig
-from edgekd.data.samples import iter_labelled
 from edgekd.detect.compile_eval import detection_accuracy, detection_picture, is_detection_data
 from edgekd.passes.base import Pass, PassResult
 from edgekd.passes.speed_check import SpeedCheckOutput
-from edgekd.quant.accuracy import PairedDrop, paired_drop, predictions
+from edgekd.quant.accuracy import PairedDrop, load_eval_set, paired_drop, predictions
 from edgekd.runtime.batching import in_model_batches
 from edgekd.specs import TargetSpec
 from edgekd.state import EMITTED, CompileState, PassOutput
@@ -40,9 +39,11 @@ class AccuracyOutput(PassOutput):
     drop_pt: float
     speed: dict | None = None  # float vs artifact latency (the speed check's), and whether the speed rule is met
     paired: PairedDrop | None = None  # the images each gets right: how many the artifact lost and gained
+    metric: str = "top-1"  # or agreement: the float model's top-1 are the labels (images without classes)
 
     def to_manifest(self) -> dict:
         out = {
+            "metric": self.metric,
             "source": self.source,
             "samples": self.samples,
             "float_top1": self.float_top1,
@@ -114,9 +115,11 @@ class EvaluatePass(Pass):
     def run(self, state: CompileState) -> PassResult:
         if is_detection_data(self.eval_data):
             return self._run_detection(state)
-        data = list(
-            iter_labelled(self.eval_data, state.input.preprocess, tuple(state.input.shape), state.labels, self.samples)
+        shape = tuple(state.input.shape)
+        evalset = load_eval_set(
+            self.eval_data, state.input.preprocess, shape, state.labels, self.samples, state.float_reference
         )
+        data = evalset.batches
         artifact = self.backend.session(state.workdir / self.backend.main_file(state.artifact_files), self.threads)
         labels = np.concatenate([y for _, y in data])
         float_pred, artifact_pred = predictions(state.float_reference, data), predictions(artifact, data)
@@ -146,6 +149,7 @@ class EvaluatePass(Pass):
                 drop_pt,
                 speed,
                 paired_drop(labels, float_pred, artifact_pred),
+                evalset.metric,
             ),
         )
 

@@ -1,22 +1,69 @@
-"""Top-1 on a labelled set, and the greedy return of sensitive layers to float under a budget."""
+"""Top-1 on an eval set (its classes, or the float model's own top-1 where it has none), and the greedy return
+of sensitive layers to float under a budget."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from edgekd.data.preprocess import Preprocess
+from edgekd.data.samples import has_labels, iter_batches, iter_labelled
+from edgekd.errors import ConfigError
 from edgekd.runtime import RunFn
 
+Batches = Sequence[tuple[np.ndarray, np.ndarray]]
 
-def predictions(run: RunFn, batches: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Images with the class each should get. ``metric`` says whose classes: "top-1" the images' own (class
+    subfolders), "agreement" the float model's top-1 (a flat folder or an array: no labels), so a top-1 of
+    an int8 model on it is its top-1 agreement with float, and float scores 100 %."""
+
+    metric: str
+    batches: list[tuple[np.ndarray, np.ndarray]]
+
+    @property
+    def samples(self) -> int:
+        return sum(len(y) for _, y in self.batches)
+
+
+def load_eval_set(
+    source: str | Path,
+    pre: Preprocess,
+    input_shape: tuple[int, ...],
+    class_names: tuple[str, ...] | None,
+    limit: int | None,
+    float_model: RunFn,
+) -> EvalSet:
+    if has_labels(source):
+        return EvalSet("top-1", list(iter_labelled(source, pre, input_shape, class_names, limit)))
+    return EvalSet(
+        "agreement",
+        [(x, _class_of(float_model(x)[0], len(x))) for x in iter_batches(source, pre, input_shape, limit=limit)],
+    )
+
+
+def _class_of(scores: np.ndarray, n: int) -> np.ndarray:
+    if scores.ndim < 2 or scores.shape[0] != n or scores.shape[1] < 2 or any(d != 1 for d in scores.shape[2:]):
+        raise ConfigError(
+            f"the eval images have no class subfolders, so edgekd scores top-1 agreement with the float model, "
+            f"and that needs class scores [batch, classes]; the model's first output is shaped {list(scores.shape)}",
+            "give --eval a labelled folder DIR/<class>/*.jpg, or a detector's data.yaml / COCO .json",
+        )
+    return scores.reshape(n, -1).argmax(1)
+
+
+def predictions(run: RunFn, batches: Batches) -> np.ndarray:
     """The top-1 class of every image, in order."""
     return np.concatenate([run(x)[0].reshape(len(y), -1).argmax(1) for x, y in batches] or [np.zeros(0, int)])
 
 
-def top1(run: RunFn, batches: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
+def top1(run: RunFn, batches: Batches) -> float:
     labels = np.concatenate([y for _, y in batches] or [np.zeros(0, int)])
     return float(np.mean(predictions(run, batches) == labels)) if len(labels) else 0.0
 

@@ -28,8 +28,9 @@ ORDER = ("fp32", "fp16", "int8")
 class Candidate:
     precision: str
     path: Path | None = None
-    top1: float | None = None  # artifact top-1 on --eval
+    top1: float | None = None  # artifact top-1 on --eval (agreement with float when it has no labels)
     float_top1: float | None = None
+    metric: str | None = None
     error: str | None = None  # why it did not compile
     ms: list[float] = field(default_factory=list)  # latency per repeat on the device
     speedup: Ratio | None = None  # float's latency over this one's, per repeat
@@ -77,7 +78,7 @@ def candidate_config(config: CompileConfig, precision: str, out: Path) -> Compil
     )
 
 
-def choose(candidates: list[Candidate], max_drop: float) -> tuple[Candidate, str]:
+def choose(candidates: list[Candidate], max_drop: float, metric: str = "top-1") -> tuple[Candidate, str]:
     """The fastest candidate within the budget whose speed-up over float holds in every repeat; float
     otherwise."""
     base = next(c for c in candidates if c.precision == "fp32")
@@ -95,7 +96,7 @@ def choose(candidates: list[Candidate], max_drop: float) -> tuple[Candidate, str
         why = "no lower precision was faster than float in every repeat within the accuracy budget"
         return base, why + (f" ({', '.join(slower)} slower than float)" if slower else "")
     best = min(fits, key=lambda c: statistics.median(c.ms))
-    return best, f"{best.precision} is {best.speedup} faster than float for {best.drop_pt:.2f} pt of top-1"
+    return best, f"{best.precision} is {best.speedup} faster than float for {best.drop_pt:.2f} pt of {metric}"
 
 
 def compile_candidates(
@@ -117,6 +118,7 @@ def compile_candidates(
         else:
             acc = result.manifest.get("accuracy") or {}
             c.path, c.top1, c.float_top1 = result.output, acc.get("artifact_top1"), acc.get("float_top1")
+            c.metric = acc.get("metric")
         out.append(c)
     return out
 
@@ -156,10 +158,12 @@ def search_precision(
         base = next(c for c in ok if c.precision == "fp32")
         for c in ok:
             c.speedup = ratio(base.ms, c.ms)
-        chosen, why = choose(ok, e.max_drop)
+        metric = next((c.metric for c in ok if c.metric), "top-1")
+        chosen, why = choose(ok, e.max_drop, metric)
         record = {
             "device": device,
             "repeats": repeats,
+            "metric": metric,
             "max_drop_pt": e.max_drop,
             "chosen": chosen.precision,
             "why": why,
