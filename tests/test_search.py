@@ -82,6 +82,18 @@ def test_auto_ships_int8_faster_in_every_repeat_within_the_budget(tmp_path, zoo_
     assert result.manifest["int8_coverage"]["measured"]  # the shipped int8 keeps its own records
 
 
+def test_auto_on_eval_images_without_labels_weighs_speed_against_agreement(tmp_path, zoo_models):
+    _, calib, _ = zoo_models["resnet20"]  # an .npy: no classes
+    config = auto_config(tmp_path, zoo_models, calib, max_drop=0.0)
+    result = run(config, timing_from({"fp32": [2.0, 2.1, 1.9], "int8": [1.0, 1.0, 1.0]}))
+    ps = result.manifest["precision_search"]
+    assert ps["metric"] == "agreement" and ps["chosen"] == "int8"
+    fp32, int8 = ps["candidates"]
+    assert fp32["top1"] == 1.0 and fp32["drop_pt"] == 0.0  # float agrees with itself
+    assert int8["top1"] == result.manifest["accuracy"]["artifact_top1"] == 1.0  # --max-drop 0: on every image
+    assert "| precision | agreement % |" in (result.output / "report.md").read_text()
+
+
 def test_a_win_that_noise_can_explain_buys_no_accuracy(tmp_path, zoo_models, labelled):
     result = run(
         auto_config(tmp_path, zoo_models, labelled), timing_from({"fp32": [1.0, 1.0, 1.0], "int8": [0.8, 1.05, 0.9]})
