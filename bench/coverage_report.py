@@ -553,7 +553,9 @@ def fidelity_markdown(
         "such images, and its agreement says little about the compiler. Trained longer, these reach 59-81 % "
         "top-1; a shipped model's margins are larger still (the CIFAR-10 teacher, ResNet-20 at 90 %, keeps "
         "99.4-99.8 % on every target in model-coverage.md). Fidelity on 500 held-out CIFAR-10 images (never "
-        "trained on), calibration on 64 others.",
+        "trained on), calibration on 64 others. Where int8 falls short of the 99 % target, `--max-drop` with "
+        "`--eval` images that have no labels returns layers to float until int8 agrees with float: what that "
+        "buys and costs on these classifiers is in [agreement-budget.md](agreement-budget.md).",
         "",
         "Each cell is one `edgekd compile` of the model for the target at the precision. **✓** = compiled and "
         "verify passed (the artifact in the target's own runtime against the QDQ simulation; Jetson and Ascend: "

@@ -373,6 +373,13 @@ def _quantization_section(m: dict, artifact: Path) -> list[str]:
                 "",
             ]
         lines += [table(budget["steps"]), ""]
+        counts = [s["kept_float"] for s in budget["steps"]]
+        if any(b < a for a, b in zip(counts, counts[1:])):
+            lines += [
+                "Once the budget was met, each layer returned to float went back to int8, the least sensitive "
+                "first, where the budget held without it (the rows after the most in float).",
+                "",
+            ]
     return lines + _qat_section(m)
 
 

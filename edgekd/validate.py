@@ -129,7 +129,7 @@ def validate_compile(config: CompileConfig, spec: TargetSpec) -> None:
     check_number("the sensitivity samples", q.sensitivity_samples, minimum=1, integer=True)
     check_number("--keep-float N", q.keep_float_count, minimum=0, integer=True)
     check_number("--eval-samples", e.samples, minimum=1, integer=True)
-    check_number("--max-drop", e.max_drop, minimum=0, hint="top-1 points, e.g. 1.0")
+    check_number("--max-drop", e.max_drop, minimum=0, hint="points of top-1 (or of agreement with float), e.g. 1.0")
     check_number("--epochs", t.epochs, minimum=0, integer=True)
     check_number("--sparsity", t.sparsity, minimum=0, maximum=0.99, hint="a fraction, e.g. 0.5")
     check_number("--verify-samples", v.samples, minimum=1, integer=True)
@@ -163,6 +163,12 @@ def validate_compile(config: CompileConfig, spec: TargetSpec) -> None:
         raise ConfigError(
             f"--keep-float applies to int8 compiles; this one is {precision}",
             "drop --keep-float, or pass --precision int8 --calib DIR",
+        )
+    if e.max_drop is not None and precision not in ("int8", "auto"):
+        raise ConfigError(
+            f"--max-drop returns int8 layers to float until the drop is met; this compile is {precision}",
+            "pass --precision int8 --calib DIR (or --precision auto), or drop --max-drop: --eval alone reports "
+            "the artifact against float",
         )
     if a.epochs and precision != "int8":
         raise ConfigError(

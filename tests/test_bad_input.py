@@ -143,6 +143,9 @@ CASES: dict[str, Case] = {
     "percentile-200": Case([*INT8, "--calib-method", "percentile", "--percentile", "200"], ("--percentile",)),
     "sparsity-above-one": Case([*COMPILE, "--sparsity", "1.5"], ("--sparsity",)),
     "keep-float-on-fp32": Case([*COMPILE, "--keep-float", "conv1"], ("applies to int8",)),
+    "max-drop-on-fp32": Case(
+        [*COMPILE, "--eval", "{calib}", "--max-drop", "1"], ("--max-drop returns int8 layers", "--precision int8")
+    ),
     "keep-float-unknown-layer": Case(
         [*INT8, "--keep-float", "no_such_conv", "--skip", "sensitivity"], ("no_such_conv", "layers with weights")
     ),

@@ -703,6 +703,49 @@ def test_a_decomposed_layernorm_writes_no_mul_by_one_or_add_of_zero(tmp_path):
     np.testing.assert_allclose(_run(model, x)[0], _run(source, x)[0], rtol=1e-4, atol=1e-4)
 
 
+class NormThenProject(nn.Module):
+    """A LayerNorm read by two biased projections (attention's query and value), one without a shift by a
+    projection without bias, and one also read by a residual Add."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 4, 4)
+        self.ln1, self.ln2, self.ln3 = nn.LayerNorm(8), nn.LayerNorm(8, bias=False), nn.LayerNorm(8)
+        self.q, self.v, self.plain, self.fc = (
+            nn.Linear(8, 6),
+            nn.Linear(8, 6),
+            nn.Linear(8, 6, bias=False),
+            nn.Linear(8, 8),
+        )
+        with torch.no_grad():
+            for ln in (self.ln1, self.ln2, self.ln3):
+                ln.weight.uniform_(0.5, 1.5)
+                if ln.bias is not None:
+                    ln.bias.uniform_(-0.3, 0.3)
+
+    def forward(self, x):
+        t = self.conv(x).flatten(2).transpose(1, 2)
+        a = self.ln1(t)
+        b = self.ln3(t)
+        return self.q(a) * self.v(a), self.plain(self.ln2(t)), self.fc(b) + b
+
+
+def test_a_written_out_layernorms_scale_and_shift_move_into_the_projections_it_feeds(tmp_path):
+    torch.manual_seed(0)
+    source = onnx.load(str(export(NormThenProject().eval(), tmp_path / "ln.onnx", SHAPE, 17, False)))
+    model, report = canonicalize(
+        ir.from_proto(source), SHAPE, (13, 17), 17, decompose=frozenset({"LayerNormalization"})
+    )
+    # ln1 (both readers biased projections): scale and shift folded; ln2 (a scale, into a projection without
+    # bias): folded; ln3 (a residual Add reads it too): neither
+    assert report.rewrites["affine_folded_into_matmul"] == 3
+    affine = sorted(n.name for n in model.graph if n.name.endswith(("_scaled", "_shifted")))
+    assert affine == ["/ln3/LayerNormalization_scaled", "/ln3/LayerNormalization_shifted"]
+    x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+    for got, want in zip(_run(model, x), _run(source, x), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_twin_layers_on_one_input_become_one():
     """Two convolutions with equal weights (separate initializers) reading one tensor, as the light Inception's
     constant weights make its 1×1 branches: one is left, read by both branches. The TFLite converter merged the

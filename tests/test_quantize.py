@@ -378,3 +378,49 @@ def test_agreement_needs_class_scores_and_says_what_to_give_instead(zoo_models):
     pooled = lambda x: [np.arange(10, dtype=np.float32).reshape(1, 10, 1, 1).repeat(len(x), 0)]  # noqa: E731
     evalset = load_eval_set(calib, Preprocess(), shape, None, 4, pooled)
     assert evalset.metric == "agreement" and evalset.samples == 4 and all((y == 9).all() for _, y in evalset.batches)
+
+
+def test_layers_the_budget_does_not_need_go_back_to_int8():
+    from edgekd.quant.accuracy import requantize_unneeded
+
+    accuracy = lambda kept: 0.85 if "b" in kept else 0.80  # noqa: E731  only b matters
+    steps = greedy_keep_float(["a", "b", "c"], accuracy, float_top1=0.85, max_drop_pt=0.5)
+    assert steps[-1].kept_float == ("a", "b")
+    final = requantize_unneeded(steps, accuracy, float_top1=0.85, max_drop_pt=0.5)
+    assert final[-1].kept_float == ("b",) and final[: len(steps)] == steps  # b could not go back; a could
+    missed = greedy_keep_float(["a"], lambda kept: 0.5, float_top1=0.85, max_drop_pt=0.5)
+    assert requantize_unneeded(missed, accuracy, 0.85, 0.5) == missed
+
+
+def test_a_budget_weighted_layers_cannot_meet_goes_on_to_the_nodes_without_weights(tmp_path, monkeypatch, zoo_models):
+    """int8 meets the budget only with one element-wise node in float (made up: the scores follow the plan
+    evaluated); the search returns every weighted layer to float, then nodes without weights, then gives
+    back all it did not need."""
+    import edgekd.passes.accuracy_budget as ab
+
+    path, calib, shape = zoo_models["resnet20"]
+    seen = {"kept": None, "nodes": []}
+    real_plan, real_readers = ab.target_plan, ab.unweighted_readers
+
+    def target_plan(model, spec, placement, keep_float=frozenset()):
+        seen["kept"] = keep_float
+        return real_plan(model, spec, placement, keep_float)
+
+    def unweighted_readers(plan):
+        seen["nodes"] = real_readers(plan)
+        return seen["nodes"]
+
+    def top1(run, data):
+        if seen["kept"] is None:
+            return 1.0  # the float model, scored first
+        return 1.0 if seen["nodes"] and seen["nodes"][-1] in seen["kept"] else 0.9
+
+    monkeypatch.setattr(ab, "target_plan", target_plan)
+    monkeypatch.setattr(ab, "unweighted_readers", unweighted_readers)
+    monkeypatch.setattr(ab, "top1", top1)
+    result, _ = compile_int8(tmp_path, path, shape, calib, max_drop=0.5, eval=calib, eval_samples=4)
+    budget = result.manifest["quantization"]["accuracy_budget"]
+    weighted = len(result.manifest["quantization"]["sensitivity"])
+    assert seen["nodes"] and budget["steps"][weighted]["kept_float"] == weighted  # every weighted layer in float
+    assert budget["steps"][-1]["top1"] == 1.0 and budget["steps"][-1]["kept_float"] == 1
+    assert result.manifest["quantization"]["layers_in_float"] == [seen["nodes"][-1]]

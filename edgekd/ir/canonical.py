@@ -168,6 +168,7 @@ def canonicalize(
     report.rewrites.update({key: 0 if key in skip else rewrite(graph) for key, rewrite in PATTERN_REWRITES.items()})
     report.rewrites["affine_chain_merged"] = normalize.merge_affine_chains(graph)
     report.rewrites["affine_folded_into_conv"] = normalize.fold_affine_into_conv(graph)
+    report.rewrites["affine_folded_into_matmul"] = normalize.fold_affine_into_matmul(graph)
     ir.passes.Sequential(common.RemoveUnusedNodesPass(), common.TopologicalSortPass())(model)
     for name in [n for n, v in graph.initializers.items() if not v.uses() and not v.is_graph_output()]:
         graph.initializers.pop(name)

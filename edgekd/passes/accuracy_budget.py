@@ -1,6 +1,8 @@
 """``--max-drop P --eval DIR``: returns the most sensitive layers to float until the int8 top-1 is
 within P points of float (mAP50 points for a detector evaluated on a data.yaml or COCO JSON; on images
-without class subfolders, or an array, its top-1 agrees with float's on all but P % of them). When even
+without class subfolders, or an array, its top-1 agrees with float's on all but P % of them); with every
+layer in float and the budget still missed, the nodes without weights that read int8 data follow; once
+met, the layers it did not need go back to int8. When even
 that misses the budget and training images are given (``--data``), it runs quantization-aware training
 (``--qat-fallback-epochs``, unless ``--qat-epochs`` already ran; classifiers) and searches again; it
 fails with every trade-off tried, before and after QAT, when the budget stays out of reach."""
@@ -12,14 +14,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from edgekd.config import CompileConfig
+from edgekd.data.samples import iter_batches
 from edgekd.detect.compile_eval import is_detection_data
 from edgekd.errors import AccuracyBudgetError, ConfigError
 from edgekd.passes.base import Pass, PassResult
 from edgekd.passes.qat import QAT_TRAINED, qat_train_config, run_qat
-from edgekd.quant.accuracy import BudgetStep, greedy_keep_float, load_eval_set, top1, within_budget
+from edgekd.passes.sensitivity import SensitivityOutput
+from edgekd.quant.accuracy import (
+    BudgetStep,
+    greedy_keep_float,
+    load_eval_set,
+    requantize_unneeded,
+    top1,
+    within_budget,
+)
 from edgekd.quant.calibrate import Calibration
 from edgekd.quant.placement import target_plan
-from edgekd.quant.simulate import quantized_copy
+from edgekd.quant.simulate import layer_sensitivity, quantized_copy, unweighted_readers
 from edgekd.runtime import RunFn, onnx_run_fn, ort_session
 from edgekd.runtime.batching import in_model_batches
 from edgekd.specs import TargetSpec
@@ -38,9 +49,8 @@ class AccuracyBudgetOutput(PassOutput):
     steps: tuple[dict, ...]  # every trade-off tried: layers in float, top-1, drop
     kept_float: tuple[str, ...]
     before_qat: tuple[dict, ...] | None = None  # the trade-offs tried before the QAT fallback ran
-    metric: str = (
-        "top-1"  # or agreement (with float, on images without labels), mAP50 (a detector); the "top1" fields hold it
-    )
+    # or agreement (with float, on images without labels), mAP50 (a detector); the "top1" fields hold it
+    metric: str = "top-1"
 
     def to_manifest(self) -> dict:
         out = {
@@ -148,6 +158,9 @@ class AccuracyBudgetPass(Pass):
         return data.metric, lambda run: top1(run, data.batches), data.samples
 
     def _search(self, state: CompileState, score: Callable[[RunFn], float], float_top1: float) -> list[BudgetStep]:
+        """Weighted layers, most sensitive first; when the budget is still missed with all of them in float,
+        the nodes without weights that read int8 data (element-wise ops, pools, concatenations), most
+        sensitive first, after them."""
         import onnx_ir as ir
 
         cal: Calibration = state.calibration
@@ -156,9 +169,33 @@ class AccuracyBudgetPass(Pass):
         def evaluate(kept: tuple[str, ...]) -> float:
             plan = target_plan(state.onnx_model, state.spec, cal.plan.placement, frozenset(kept) | state.keep_float)
             model = quantized_copy(state.onnx_model, plan, cal.activation_qparams(plan))
-            return score(onnx_run_fn(ort_session(ir.to_proto(model).SerializeToString())))
+            value = score(onnx_run_fn(ort_session(ir.to_proto(model).SerializeToString())))
+            if state.emit:
+                state.emit(f"  {len(kept)} in float: {100 * value:.2f} % (float {100 * float_top1:.2f} %)")
+            return value
 
-        return greedy_keep_float(order, evaluate, float_top1, self.max_drop_pt)
+        steps = greedy_keep_float(order, evaluate, float_top1, self.max_drop_pt)
+        missed = not within_budget(steps[-1].drop_pt, self.max_drop_pt)
+        if missed and len(steps[-1].kept_float) == len(order):
+            rest = self._unweighted_by_sensitivity(state, set(order) | state.keep_float)
+            if rest and state.emit:
+                state.emit(
+                    f"  every layer with weights in float misses the budget: {len(rest)} nodes without weights next"
+                )
+            if rest:
+                steps += greedy_keep_float(order + rest, evaluate, float_top1, self.max_drop_pt, start=len(order) + 1)
+        return requantize_unneeded(steps, evaluate, float_top1, self.max_drop_pt)
+
+    def _unweighted_by_sensitivity(self, state: CompileState, done: set[str]) -> list[str]:
+        cal: Calibration = state.calibration
+        plan = target_plan(state.onnx_model, state.spec, cal.plan.placement)
+        nodes = [n for n in unweighted_readers(plan) if n not in done]
+        measured = state.output(SensitivityOutput)
+        batches = list(
+            iter_batches(cal.source, state.input.preprocess, tuple(state.input.shape), limit=measured.samples)
+        )
+        sqnr = layer_sensitivity(state.onnx_model, plan, cal.activation_qparams(plan), batches, layers=nodes)
+        return sorted(nodes, key=sqnr.__getitem__)
 
     def run(self, state: CompileState) -> PassResult:
         metric, score, samples = self._scorer(state)

@@ -142,13 +142,15 @@ def greedy_keep_float(
     float_top1: float,
     max_drop_pt: float,
     max_layers: int | None = None,
+    start: int = 0,
 ) -> list[BudgetStep]:
-    """Returns the layers to float, most sensitive first, until the drop is within budget.
+    """Returns the layers to float, most sensitive first, until the drop is within budget; the first
+    ``start`` of them are in float from the first step on.
 
     The last step is the answer when its drop is within budget; otherwise none met it.
     """
     steps: list[BudgetStep] = []
-    kept: tuple[str, ...] = ()
+    kept: tuple[str, ...] = tuple(layers_by_sensitivity[:start])
     limit = len(layers_by_sensitivity) if max_layers is None else min(max_layers, len(layers_by_sensitivity))
     while True:
         acc = evaluate(kept)
@@ -156,3 +158,22 @@ def greedy_keep_float(
         if within_budget(steps[-1].drop_pt, max_drop_pt) or len(kept) >= limit:
             return steps
         kept = tuple(layers_by_sensitivity[: len(kept) + 1])
+
+
+def requantize_unneeded(
+    steps: list[BudgetStep], evaluate: Callable[[tuple[str, ...]], float], float_top1: float, max_drop_pt: float
+) -> list[BudgetStep]:
+    """After a greedy search met the budget: each layer it returned to float goes back to int8, the last
+    added (least sensitive) first, where the budget still holds without it. The greedy order adds layers
+    whose own gain is noise on the way to the ones that matter; this keeps only those. Returns ``steps``
+    with each layer given back appended (its last step stays the answer)."""
+    if not steps or not within_budget(steps[-1].drop_pt, max_drop_pt):
+        return steps
+    kept = steps[-1].kept_float
+    out = list(steps)
+    for layer in reversed(kept):
+        trial = tuple(k for k in out[-1].kept_float if k != layer)
+        acc = evaluate(trial)
+        if within_budget(100.0 * (float_top1 - acc), max_drop_pt):
+            out.append(BudgetStep(trial, acc, 100.0 * (float_top1 - acc)))
+    return out

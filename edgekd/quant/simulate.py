@@ -26,7 +26,7 @@ def quantized_copy(model: ir.Model, plan: QuantPlan, act_qparams: dict[str, QPar
 
 
 def only_layer(plan: QuantPlan, layer: str) -> QuantPlan:
-    """The part of ``plan`` that quantizes one weighted layer: its weights and its data input."""
+    """The part of ``plan`` that quantizes one node: its weights (a weighted layer) and its data inputs."""
     acts = {}
     for name, site in plan.activations.items():
         readers = tuple(c for c in site.consumers if c[0] == layer)
@@ -40,17 +40,27 @@ def flatten(outputs: Iterable[list[np.ndarray]]) -> np.ndarray:
     return np.concatenate([o.ravel() for batch in outputs for o in batch])
 
 
+def unweighted_readers(plan: QuantPlan) -> list[str]:
+    """Nodes without weights that read a quantized activation (element-wise ops, pools, concatenations), in
+    graph order: what stays int8 when every weighted layer is in float."""
+    weighted = {w.node for w in plan.weights}
+    readers = (c[0] for site in plan.activations.values() for c in site.consumers)
+    return [n for n in dict.fromkeys(readers) if n not in weighted]
+
+
 def layer_sensitivity(
     model: ir.Model,
     plan: QuantPlan,
     act_qparams: dict[str, QParams],
     batches: list[np.ndarray],
     progress: Callable[[int, int], None] | None = None,
+    layers: list[str] | None = None,
 ) -> dict[str, float]:
-    """Per weighted layer: output SQNR when only that layer is quantized. Lower = more sensitive."""
+    """Per weighted layer (or per node of ``layers``): output SQNR when only it is quantized. Lower = more
+    sensitive."""
     float_run = onnx_run_fn(ort_session(ir.to_proto(model).SerializeToString()))
     reference = flatten(float_run(x) for x in batches)
-    layers = [w.node for w in plan.weights]
+    layers = [w.node for w in plan.weights] if layers is None else layers
     out = {}
     for i, layer in enumerate(layers):
         sim = simulation_fn(quantized_copy(model, only_layer(plan, layer), act_qparams))
