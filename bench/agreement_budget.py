@@ -30,6 +30,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from model_coverage import TARGETS, TRAIN, VAL, Entry, Training, model_files, vs_float  # noqa: E402
 
+from edgekd.errors import AccuracyBudgetError, PassFailedError  # noqa: E402
+
 TIMED = ("onnx-cpu", "openvino-cpu")  # runtimes that run here; the others' agreement is their QDQ graph's
 TARGET_AGREEMENT = 0.99
 
@@ -93,9 +95,21 @@ def measure_cell(entry: Entry, target: str, args, val: np.ndarray, tune: Path) -
     cell["budgets"] = {}
     for max_drop in args.max_drops:
         out = work / f"budget-{budget_key(max_drop)}"
-        budget, seconds = compile_int8(
-            entry, target, out, args.calib, skip=("speed-check",), eval=tune, max_drop=max_drop
-        )
+        try:
+            budget, seconds = compile_int8(
+                entry, target, out, args.calib, skip=("speed-check",), eval=tune, max_drop=max_drop
+            )
+        except PassFailedError as e:  # the budget is out of reach even with every layer in float: say so
+            if not isinstance(e.cause, AccuracyBudgetError):
+                raise
+            steps = e.cause.output.steps
+            cell["tuning_agreement_int8"] = steps[0]["top1"]
+            cell["budgets"][budget_key(max_drop)] = {
+                "missed": True,
+                "tuning_agreement": max(s["top1"] for s in steps),
+                "kept_float": steps[-1]["kept_float"],
+            }
+            continue
         steps = budget["quantization"]["accuracy_budget"]["steps"]
         cell["tuning_agreement_int8"] = steps[0]["top1"]
         cell["budgets"][budget_key(max_drop)] = {
@@ -107,7 +121,7 @@ def measure_cell(entry: Entry, target: str, args, val: np.ndarray, tune: Path) -
         }
     if target in TIMED:
         compile_int8(entry, target, work / "fp32", args.calib, precision="fp32", skip=("speed-check",))
-        names = ["fp32", "int8"] + [f"budget-{budget_key(d)}" for d in args.max_drops]
+        names = ["fp32", "int8"] + [f"budget-{d}" for d, b in cell["budgets"].items() if "missed" not in b]
         cell["ms"] = dict(zip(names, time_interleaved([work / n for n in names], device_timing("local"), args.repeats)))
     return cell
 
@@ -116,15 +130,23 @@ def percent(fidelity: dict) -> str:
     return f"{100 * fidelity['top1_agreement']:.1f} % · {fidelity['sqnr_db']:.0f} dB"
 
 
+def outcome(budget: dict) -> str:
+    if "missed" in budget:
+        return f"out of reach (best {100 * budget['tuning_agreement']:.1f} % on TUNE)"
+    return f"{percent(budget['fidelity'])} with {len(budget['kept_float'])} layers in float"
+
+
 def ms(cell: dict, name: str) -> str:
-    return f"{statistics.median(cell['ms'][name]):.2f}" if "ms" in cell else "–"
+    return f"{statistics.median(cell['ms'][name]):.2f}" if name in cell.get("ms", {}) else "–"
 
 
 def write_markdown(results: dict, args, path: Path) -> None:
     drops = [budget_key(d) for d in args.max_drops]
-    met = lambda f: f["top1_agreement"] >= TARGET_AGREEMENT  # noqa: E731
+    met = lambda f: f is not None and f["top1_agreement"] >= TARGET_AGREEMENT  # noqa: E731
     totals = [f"int8 as compiled {sum(met(c['int8']) for c in results.values())}"] + [
-        f"`--max-drop {d}` {sum(met(c['budgets'][d]['fidelity']) for c in results.values())}" for d in drops
+        f"`--max-drop {d}` {sum(met(c['budgets'][d].get('fidelity')) for c in results.values())} "
+        f"({sum('missed' in c['budgets'][d] for c in results.values())} refused: out of reach on TUNE)"
+        for d in drops
     ]
     header = ["classifier", "target", "int8: agreement · SQNR", "int8 on TUNE"]
     for d in drops:
@@ -136,6 +158,9 @@ def write_markdown(results: dict, args, path: Path) -> None:
         row = [model, target, percent(c["int8"]), f"{100 * c['tuning_agreement_int8']:.1f} %"]
         for d in drops:
             b = c["budgets"][d]
+            if b.get("missed"):
+                row += [f"✗ out of reach (best {100 * b['tuning_agreement']:.1f} %)", "–", "–", "–"]
+                continue
             macs = "–" if b["int8_macs"] is None else f"{100 * b['int8_macs']:.0f} %"
             row += [f"{100 * b['tuning_agreement']:.1f} %", str(len(b["kept_float"])), macs, percent(b["fidelity"])]
         row += [" / ".join(ms(c, n) for n in ["fp32", "int8"] + [f"budget-{d}" for d in drops])]
@@ -154,7 +179,9 @@ def write_markdown(results: dict, args, path: Path) -> None:
         "Every artifact is then measured on the fidelity page's 500 held-out images, which the search never saw "
         "(top-1 agreement with float · output SQNR; Jetson and Ascend: the QDQ graph their build scripts take, in "
         "ONNX Runtime). MACs in int8 kernels: what the runtime itself ran in integer kernels (its optimized "
-        "graph; ONNX Runtime and OpenVINO). Latency: median ms of the benchmark runner on this machine, "
+        "graph; ONNX Runtime and OpenVINO). rpi4 runs full int8 (LiteRT), so no layer can return to float "
+        "there: its budget is met by int8 as compiled or refused (✗, naming the target). Latency: median ms of "
+        "the benchmark runner on this machine, "
         f"{args.repeats} interleaved repeats, where the target's runtime runs here.",
         "",
         f"**Cells at ≥ {100 * TARGET_AGREEMENT:g} % agreement on the fidelity images, of {len(results)}: "
@@ -204,10 +231,7 @@ def main(argv=None) -> int:
                 started = time.perf_counter()
                 results[key] = measure_cell(entry, target, args, val, tune)
                 c = results[key]
-                budgets = ", ".join(
-                    f"--max-drop {d}: {percent(b['fidelity'])} with {len(b['kept_float'])} layers in float"
-                    for d, b in c["budgets"].items()
-                )
+                budgets = ", ".join(f"--max-drop {d}: {outcome(b)}" for d, b in c["budgets"].items())
                 print(
                     f"{key}: int8 {percent(c['int8'])}; {budgets} ({time.perf_counter() - started:.0f} s)", flush=True
                 )

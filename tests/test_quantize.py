@@ -424,3 +424,18 @@ def test_a_budget_weighted_layers_cannot_meet_goes_on_to_the_nodes_without_weigh
     assert seen["nodes"] and budget["steps"][weighted]["kept_float"] == weighted  # every weighted layer in float
     assert budget["steps"][-1]["top1"] == 1.0 and budget["steps"][-1]["kept_float"] == 1
     assert result.manifest["quantization"]["layers_in_float"] == [seen["nodes"][-1]]
+
+
+def test_a_budget_on_a_full_int8_target_returns_no_layer_to_float_and_says_why(tmp_path, zoo_models):
+    """rpi4 (LiteRT full int8) keeps no layer in float: the budget scores int8 as calibrated, and a miss is
+    refused before emit, naming the target, not after a search for float layers emit would refuse."""
+    _, calib, shape = zoo_models["resnet20"]
+    near_tie_classifier(tmp_path / "near-tie.pt", shape)
+    with pytest.raises(PassFailedError) as e:
+        compile_quick(
+            tmp_path / "near-tie.pt", "rpi4", tmp_path / "out", shape, calib, skip=(), max_drop=0.0, eval=calib
+        )
+    assert e.value.pass_name == "accuracy-budget" and isinstance(e.value.cause, AccuracyBudgetError)
+    assert "rpi4 runs full int8, so no layer can return to float" in e.value.message
+    assert len(e.value.cause.output.steps) == 1 and "onnx-cpu" in e.value.cause.hint
+    assert not (tmp_path / "out").exists()

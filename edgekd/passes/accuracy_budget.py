@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from edgekd.backends import get_backend
 from edgekd.config import CompileConfig
 from edgekd.data.samples import iter_batches
 from edgekd.detect.compile_eval import is_detection_data
@@ -107,9 +108,11 @@ class AccuracyBudgetPass(Pass):
         samples: int | None = 1000,
         fallback: QATFallback | None = None,
         suggest_data: bool = False,
+        full_int8: str | None = None,
     ):
         self.eval_data, self.max_drop_pt, self.samples = Path(eval_data), max_drop_pt, samples
         self.fallback, self.suggest_data = fallback, suggest_data  # suggest: QAT would run, given --data
+        self.full_int8 = full_int8  # the target's name when its runtime keeps no layer in float
 
     @classmethod
     def from_config(cls, config: CompileConfig, spec: TargetSpec) -> "AccuracyBudgetPass":
@@ -131,6 +134,7 @@ class AccuracyBudgetPass(Pass):
             e.samples,
             fallback,
             suggest_data=config.qat.fallback_epochs > 0 and config.training.data is None,
+            full_int8=None if get_backend(spec.backend).float_layers else spec.name,
         )
 
     @classmethod
@@ -164,7 +168,8 @@ class AccuracyBudgetPass(Pass):
         import onnx_ir as ir
 
         cal: Calibration = state.calibration
-        order = [s.layer for s in state.sensitivity if s.layer not in state.keep_float]
+        # a full-int8 runtime keeps no layer in float: only int8 as calibrated (or QAT-trained) is scored
+        order = [] if self.full_int8 else [s.layer for s in state.sensitivity if s.layer not in state.keep_float]
 
         def evaluate(kept: tuple[str, ...]) -> float:
             plan = target_plan(state.onnx_model, state.spec, cal.plan.placement, frozenset(kept) | state.keep_float)
@@ -176,7 +181,7 @@ class AccuracyBudgetPass(Pass):
 
         steps = greedy_keep_float(order, evaluate, float_top1, self.max_drop_pt)
         missed = not within_budget(steps[-1].drop_pt, self.max_drop_pt)
-        if missed and len(steps[-1].kept_float) == len(order):
+        if missed and order and len(steps[-1].kept_float) == len(order):
             rest = self._unweighted_by_sensitivity(state, set(order) | state.keep_float)
             if rest and state.emit:
                 state.emit(
@@ -229,18 +234,23 @@ class AccuracyBudgetPass(Pass):
 
     def _missed(self, steps: list[BudgetStep], float_top1: float, output: AccuracyBudgetOutput) -> AccuracyBudgetError:
         best = min(steps, key=lambda s: s.drop_pt)
-        message = (
-            f"int8 {output.metric} stays {best.drop_pt:.2f} pt below float ({100 * float_top1:.2f} %) even with "
-            f"{len(best.kept_float)} layers in float; the budget is {self.max_drop_pt} pt. "
-        )
+        message = f"int8 {output.metric} stays {best.drop_pt:.2f} pt below float ({100 * float_top1:.2f} %) "
+        if self.full_int8:
+            message += f"and {self.full_int8} runs full int8, so no layer can return to float; "
+        else:
+            message += f"even with {len(best.kept_float)} layers in float; "
+        message += f"the budget is {self.max_drop_pt} pt. "
         if output.before_qat:
             message += f"Trade-offs tried before QAT:\n{_rows(output.before_qat, output.metric)}\nand after QAT:\n"
         else:
             message += "Trade-offs tried:\n"
-        hint = None
+        ways = []
         if self.suggest_data and output.metric in ("top-1", "agreement"):
-            hint = (
+            ways.append(
                 "pass --data DIR (training images) so quantization-aware training can run when the budget is "
-                "missed (--qat-fallback-epochs), raise --max-drop, or use --precision fp32"
+                "missed (--qat-fallback-epochs)"
             )
+        if self.full_int8:
+            ways.append("compile for a target whose runtime mixes precisions (onnx-cpu, openvino-cpu)")
+        hint = ", ".join(ways + ["raise --max-drop, or use --precision fp32"]) if ways else None
         return AccuracyBudgetError(output=output, message=message + _rows(output.steps, output.metric), hint=hint)
