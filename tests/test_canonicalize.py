@@ -746,6 +746,15 @@ def test_a_written_out_layernorms_scale_and_shift_move_into_the_projections_it_f
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_a_gelus_half_before_a_projection_stays_for_the_pattern_a_backend_lowers_whole(tmp_path):
+    """GELU as exporters write it ends in ``· 0.5``; folded into the next projection, the erf form would no
+    longer be recognized, and rpi4 refused the bare Erf (it has no TFLite op)."""
+    mlp = nn.Sequential(nn.Flatten(2), nn.Linear(32 * 32, 16), nn.GELU(), nn.Linear(16, 10)).eval()
+    source = onnx.load(str(export(mlp, tmp_path / "mlp.onnx", SHAPE, 17, False)))
+    model, report = canonicalize(ir.from_proto(source), SHAPE, (13, 17), 17)
+    assert "affine_folded_into_matmul" not in report.rewrites and op_counts(model.graph)["Erf"] == 1
+
+
 def test_twin_layers_on_one_input_become_one():
     """Two convolutions with equal weights (separate initializers) reading one tensor, as the light Inception's
     constant weights make its 1×1 branches: one is left, read by both branches. The TFLite converter merged the

@@ -183,11 +183,11 @@ class AccuracyBudgetPass(Pass):
         missed = not within_budget(steps[-1].drop_pt, self.max_drop_pt)
         if missed and order and len(steps[-1].kept_float) == len(order):
             rest = self._unweighted_by_sensitivity(state, set(order) | state.keep_float)
-            if rest and state.emit:
-                state.emit(
-                    f"  every layer with weights in float misses the budget: {len(rest)} nodes without weights next"
-                )
             if rest:
+                if state.emit:
+                    state.emit(
+                        f"  every layer with weights in float misses the budget: {len(rest)} nodes without weights next"
+                    )
                 steps += greedy_keep_float(order + rest, evaluate, float_top1, self.max_drop_pt, start=len(order) + 1)
         return requantize_unneeded(steps, evaluate, float_top1, self.max_drop_pt)
 
