@@ -755,6 +755,25 @@ def test_a_gelus_half_before_a_projection_stays_for_the_pattern_a_backend_lowers
     assert "affine_folded_into_matmul" not in report.rewrites and op_counts(model.graph)["Erf"] == 1
 
 
+def test_a_folded_transpose_of_a_constant_is_deduplicated_like_any_other():
+    """Swin-T's relative position bias (a table transposed and unsqueezed, folded to a constant) came out of
+    folding as a strided view, which onnx-ir's deduplication could not hash: every Swin was refused."""
+    table = np.random.default_rng(0).standard_normal((7, 7, 4)).astype(np.float32)
+    proto = _graph(
+        [
+            helper.make_node("Transpose", ["t"], ["tt"], perm=[2, 0, 1]),
+            helper.make_node("Unsqueeze", ["tt", "axes"], ["bias"]),
+            helper.make_node("Add", ["x", "bias"], ["y"]),
+        ],
+        {"t": table, "axes": np.array([0], np.int64)},
+        shape=(1, 4, 7, 7),
+    )
+    model, _ = canonicalize(ir.from_proto(proto), (1, 4, 7, 7), (13, 17), 17)
+    assert op_counts(model.graph) == {"Add": 1}
+    x = np.random.default_rng(1).standard_normal((1, 4, 7, 7)).astype(np.float32)
+    np.testing.assert_allclose(_run(model, x)[0], _run(proto, x)[0])
+
+
 def test_twin_layers_on_one_input_become_one():
     """Two convolutions with equal weights (separate initializers) reading one tensor, as the light Inception's
     constant weights make its 1×1 branches: one is left, read by both branches. The TFLite converter merged the

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
@@ -76,8 +77,9 @@ def simplify(model: ir.Model) -> dict[str, dict[str, int]]:
             common.RemoveUnusedNodesPass()(model)
             if len(model.graph) == nodes:
                 break
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+        _contiguous_initializers(model.graph)
         ir.passes.Sequential(
-            common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
             # Equal constants become one, then nodes computing the same thing from the same inputs one: a
             # converter merges such twins itself (TFLite did with the light Inception's identical 1×1
             # convolutions) and then meets the two output grids the quantizer gave them on one tensor.
@@ -90,3 +92,15 @@ def simplify(model: ir.Model) -> dict[str, dict[str, int]]:
         quiet.level = level
     after = op_counts(model.graph)
     return {"removed": _removed(before, after), "added": _added(before, after)}
+
+
+def _contiguous_initializers(graph: ir.Graph) -> None:
+    """Every initializer's array in C order: a folded Transpose can leave a strided view (torchvision's
+    Swin-T from torch's dynamo exporter), which onnx-ir's deduplication cannot hash."""
+    for value in graph.initializers.values():
+        tensor = value.const_value
+        if tensor is None:
+            continue
+        array = tensor.numpy()
+        if not array.flags.c_contiguous:
+            value.const_value = ir.Tensor(np.array(array, order="C"), name=tensor.name)
