@@ -241,3 +241,24 @@ def test_openvino_needs_fewer_fake_quantize_for_the_same_integer_layers(tmp_path
     # fewer rounding points: the simulation is no further from float
     new_db, old_db = (r.manifest["quantization"]["error_vs_float"]["sqnr_db"] for r in (new, old))
     assert new_db >= old_db - 0.5
+
+
+def test_a_node_kept_in_float_leaves_its_graph_output_in_float():
+    """Pooled logits as the graph output (SqueezeNet): the accuracy budget keeping the pool in float must
+    free the logits from their int8 grid, or ties that grid makes stay flipped with every layer in float."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((10, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["r"], name="relu"),
+            helper.make_node("GlobalAveragePool", ["r"], ["logits"], name="pool"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10, 1, 1])],
+        [w],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert plan_quantization(model, "qlinear").activations["logits"].to_graph_output
+    kept = plan_quantization(model, "qlinear", frozenset({"pool"}))
+    assert not kept.activations["logits"].to_graph_output and not kept.activations["r"].consumers

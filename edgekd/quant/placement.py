@@ -177,6 +177,9 @@ class QuantPlan:
     keep_float: frozenset[str] = frozenset()
     float_tail: frozenset[str] = frozenset()  # a detector's decode and last head convolutions: no Q/DQ there
     constants: list[ConstantSite] = field(default_factory=list)
+    # nodes whose inputs were quantized above a value-moving op (OpenVINO's hoisting): the sites name the
+    # op they were moved to as their reader, so keeping these in float is what drops those pairs
+    hoisted_for: set[str] = field(default_factory=set)
 
     @property
     def observed(self) -> list[str]:
@@ -413,14 +416,17 @@ def _output_sites(
                 continue
             fixed = FIXED_RANGE.get(node.op_type)
             for v in outs:
-                plan.activations[v.name] = ActivationSite(v.name, _uses(v, keep_float), v.is_graph_output(), fixed)
+                # a node kept in float leaves its graph output in float too (a classifier's pooled logits)
+                to_output = v.is_graph_output() and node.name not in keep_float
+                plan.activations[v.name] = ActivationSite(v.name, _uses(v, keep_float), to_output, fixed)
         elif node.op_type in GRID_PRESERVING and node.inputs and node.inputs[0] is not None:
             source = node.inputs[0].name
             if source in plan.activations:
                 root = plan.activations[source].same_as or source
+                to_output = node.name not in keep_float
                 for v in outs:
                     plan.activations[v.name] = ActivationSite(
-                        v.name, _uses(v, keep_float), v.is_graph_output(), same_as=root
+                        v.name, _uses(v, keep_float), v.is_graph_output() and to_output, same_as=root
                     )
 
 
@@ -482,6 +488,8 @@ def _input_sites(graph: ir.Graph, data: set[ir.Value], plan: QuantPlan, ops: fro
             if _is_float_activation(v, data):
                 reader, at, v = _hoisted(node, idx, v, data) if hoist else (node, idx, v)
                 wanted.setdefault(v.name, set()).add((reader.name, at))
+                if reader is not node:
+                    plan.hoisted_for.add(node.name)
     for name, consumers in wanted.items():
         plan.activations[name] = ActivationSite(name, tuple(sorted(consumers)), False, None)
     if not hoist:

@@ -44,7 +44,7 @@ def unweighted_readers(plan: QuantPlan) -> list[str]:
     """Nodes without weights that read a quantized activation (element-wise ops, pools, concatenations), in
     graph order: what stays int8 when every weighted layer is in float."""
     weighted = {w.node for w in plan.weights}
-    readers = (c[0] for site in plan.activations.values() for c in site.consumers)
+    readers = [c[0] for site in plan.activations.values() for c in site.consumers] + sorted(plan.hoisted_for)
     return [n for n in dict.fromkeys(readers) if n not in weighted]
 
 
