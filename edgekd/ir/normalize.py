@@ -281,19 +281,27 @@ def fold_affine_into_matmul(graph: ir.Graph) -> int:
     while changed:  # a shift folded first leaves its scale reading into the MatMuls: the next round takes it
         changed = False
         for node in list(graph):
-            rewrite = _affine_into_readers(graph, node)
-            if rewrite is None:
+            found = _folds_into_readers(node)
+            if found is None:
                 continue
-            for apply in rewrite:
-                apply()
+            x, folds = found
+            for reader, weight, bias in folds:
+                base = reader.name or reader.outputs[0].name
+                if weight is not None:
+                    reader.replace_input_with(1, new_initializer(graph, f"{base}_weight_affine", weight))
+                if bias is not None:
+                    add, idx, array = bias
+                    add.replace_input_with(idx, new_initializer(graph, f"{base}_bias_affine", array))
+                reader.replace_input_with(0, x)
             graph.remove(node, safe=True)
             count += 1
             changed = True
     return count
 
 
-def _affine_into_readers(graph: ir.Graph, node: ir.Node) -> list | None:
-    """The edits that fold ``node`` (an affine step) into the MatMuls reading it, or None when one cannot."""
+def _folds_into_readers(node: ir.Node) -> tuple[ir.Value, list[tuple[ir.Node, np.ndarray | None, tuple | None]]] | None:
+    """``node``'s data input and, per MatMul reading ``node`` (an affine step): (the MatMul, its new weight,
+    (bias Add, input index, new bias)); None when one reader cannot take the step."""
     step = affine_step(node)
     out = node.outputs[0] if step is not None else None
     if out is None or out.is_graph_output() or not out.uses() or out.shape is None:
@@ -303,37 +311,22 @@ def _affine_into_readers(graph: ir.Graph, node: ir.Node) -> list | None:
     vec = _last_axis(c, features) if isinstance(features, int) else None
     if vec is None:
         return None
-    edits = []
+    folds = []
     for reader in out.consumers():
         w = _linear_weight(reader, out)
         if w is None or w.shape[0] != features:
             return None
-        base = reader.name or reader.outputs[0].name
         if kind == "mul":
-            folded = (vec[:, None] * w.astype(np.float64)).astype(w.dtype)
-            edits.append(
-                lambda r=reader, a=folded, n=base: r.replace_input_with(
-                    1, new_initializer(graph, f"{n}_weight_affine", a)
-                )
-            )
-        else:
-            bias = _bias_add(reader)
-            b = const_array(bias[0].inputs[bias[1]]) if bias is not None else None
-            b_vec = _last_axis(b, w.shape[1]) if b is not None and b.ndim >= 1 else None
-            if b_vec is None:
-                return None  # a shift needs a per-feature bias to move into
-            total = (
-                (b_vec + (vec if kind == "add" else -vec) @ w.astype(np.float64))
-                .astype(b.dtype)
-                .reshape(b.shape[:-1] + (-1,))
-            )
-            edits.append(
-                lambda a=bias[0], i=bias[1], t=total, n=base: a.replace_input_with(
-                    i, new_initializer(graph, f"{n}_bias_affine", t)
-                )
-            )
-        edits.append(lambda r=reader: r.replace_input_with(0, x))
-    return edits
+            folds.append((reader, (vec[:, None] * w.astype(np.float64)).astype(w.dtype), None))
+            continue
+        bias = _bias_add(reader)
+        b = const_array(bias[0].inputs[bias[1]]) if bias is not None else None
+        b_vec = _last_axis(b, w.shape[1]) if b is not None and b.ndim >= 1 else None
+        if b_vec is None:
+            return None  # a shift needs a per-feature bias to move into
+        shifted = b_vec + (vec if kind == "add" else -vec) @ w.astype(np.float64)
+        folds.append((reader, None, (bias[0], bias[1], shifted.astype(b.dtype).reshape(b.shape[:-1] + (-1,)))))
+    return x, folds
 
 
 def _reduce_axes(node: ir.Node) -> list[int] | None:
