@@ -285,8 +285,9 @@ def test_keep_float_layer_is_refused(tmp_path):
 
 
 def test_a_float_layer_in_a_qdq_graph_is_caught(tmp_path):
-    """The same when a QDQ graph arrives with a float layer (here onnx-cpu's, which keeps one): the
-    flatbuffer check names it instead of shipping the converter's own quantization of it."""
+    """The same when a QDQ graph arrives with a float layer between int8 tensors (here onnx-cpu's with its
+    last layer kept in float, and a Q/DQ pair put on the output as another tool might): the flatbuffer check
+    names it instead of shipping the converter's own quantization of it."""
     from edgekd.backends.tflite.backend import convert
     from edgekd.backends.tflite.lower import lower
     from edgekd.backends.tflite.verify import check_flatbuffer
@@ -304,7 +305,20 @@ def test_a_float_layer_in_a_qdq_graph_is_caught(tmp_path):
         keep_float=("proj",),
         activation_scheme="asymmetric-int8",  # int8 activations, as TFLite reads them
     )
-    lowered = lower(onnx.load(result.output / "model.onnx"))
+    qdq = onnx.load(result.output / "model.onnx")
+    out = qdq.graph.output[0].name
+    for node in qdq.graph.node:
+        node.output[:] = [f"{out}_float" if o == out else o for o in node.output]
+    qdq.graph.initializer.extend(
+        [numpy_helper.from_array(np.float32(0.05), "y_scale"), numpy_helper.from_array(np.int8(0), "y_zero")]
+    )
+    qdq.graph.node.extend(
+        [
+            helper.make_node("QuantizeLinear", [f"{out}_float", "y_scale", "y_zero"], [f"{out}_q"]),
+            helper.make_node("DequantizeLinear", [f"{out}_q", "y_scale", "y_zero"], [out]),
+        ]
+    )
+    lowered = lower(qdq)
     with pytest.raises(FidelityError, match="quantized by the converter"):
         check_flatbuffer(convert(lowered, True), lowered, result.manifest["quantization"]["tensors"], True)
 

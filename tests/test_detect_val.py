@@ -3,6 +3,7 @@ Runtime through the CLI; its mAP equals the torch model's under the same preproc
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -154,7 +155,8 @@ def test_max_drop_on_a_detector_counts_map50_points(trained, tmp_path, monkeypat
     budget = m["quantization"]["accuracy_budget"]
     assert budget["metric"] == "mAP50" and budget["samples"] == 6
     assert budget["float_top1"] == pytest.approx(m["accuracy"]["float"]["map50"], abs=1e-6)
-    scores, scorer = iter([0.5] + [0.25] * 100), ab.AccuracyBudgetPass._scorer  # float, then every int8 variant
+    scores = itertools.chain([0.5], itertools.repeat(0.25))  # float, then every int8 variant the search tries
+    scorer = ab.AccuracyBudgetPass._scorer
 
     def far_below(self, state):
         metric, _, n = scorer(self, state)

@@ -4,6 +4,7 @@ resume, and the accuracy budget's automatic fallback."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import warnings
@@ -261,7 +262,7 @@ def test_a_budget_qat_cannot_meet_fails_with_both_searches(tmp_path, model_file,
 def test_without_training_images_the_budget_error_says_how_qat_could_help(tmp_path, model_file, monkeypatch):
     import edgekd.passes.accuracy_budget as ab
 
-    scores = iter([0.9] + [0.5] * 100)
+    scores = itertools.chain([0.9], itertools.repeat(0.5))
     monkeypatch.setattr(ab, "top1", lambda run, data: next(scores))
     config = api.make_config(
         str(model_file),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import warnings
@@ -271,7 +272,7 @@ def test_unmeetable_budget_fails_with_the_trade_offs(tmp_path, monkeypatch, zoo_
     import edgekd.passes.accuracy_budget as ab
 
     path, calib, shape = zoo_models["resnet20"]
-    scores = iter([0.9] + [0.5] * 100)  # float first, then every int8 variant far below it
+    scores = itertools.chain([0.9], itertools.repeat(0.5))  # float first, then every int8 variant far below it
     monkeypatch.setattr(ab, "top1", lambda run, data: next(scores))
     monkeypatch.setattr(
         ab, "greedy_keep_float", lambda order, evaluate, f, m: greedy_keep_float(order, evaluate, f, m, max_layers=3)
