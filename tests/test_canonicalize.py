@@ -780,7 +780,6 @@ def test_twin_layers_on_one_input_become_one():
     twins itself and then found two int8 grids on one tensor (the model was refused as not fully int8)."""
     rng = np.random.default_rng(0)
     w = rng.standard_normal((4, 3, 1, 1)).astype(np.float32)
-    inits = [numpy_helper.from_array(w, "w_a"), numpy_helper.from_array(w.copy(), "w_b")]
     nodes = [
         helper.make_node("Conv", ["x", "w_a"], ["a"], name="branch_a"),
         helper.make_node("Conv", ["x", "w_b"], ["b"], name="branch_b"),
@@ -788,14 +787,7 @@ def test_twin_layers_on_one_input_become_one():
         helper.make_node("Sigmoid", ["b"], ["sb"]),
         helper.make_node("Concat", ["ra", "sb"], ["y"], axis=1),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "twins",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4, 4])],
-        inits,
-    )
-    source = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    source = _graph(nodes, {"w_a": w, "w_b": w.copy()}, shape=(1, 3, 4, 4))
     model, report = canonicalize(ir.from_proto(source), (1, 3, 4, 4), (13, 17), 17)
     assert op_counts(model.graph)["Conv"] == 1 and report.removed_ops["Conv"] == 1
     x = rng.standard_normal((1, 3, 4, 4)).astype(np.float32)

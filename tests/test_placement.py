@@ -262,3 +262,35 @@ def test_a_node_kept_in_float_leaves_its_graph_output_in_float():
     assert plan_quantization(model, "qlinear").activations["logits"].to_graph_output
     kept = plan_quantization(model, "qlinear", frozenset({"pool"}))
     assert not kept.activations["logits"].to_graph_output and not kept.activations["r"].consumers
+
+
+def pooled_graph() -> ir.Model:
+    """x → Conv → MaxPool → GlobalAveragePool (the output): OpenVINO's pair for the average pool is hoisted
+    above the MaxPool, which moves values only."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((10, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+            helper.make_node("MaxPool", ["c"], ["m"], name="maxpool", kernel_shape=[2, 2], strides=[2, 2]),
+            helper.make_node("GlobalAveragePool", ["m"], ["logits"], name="pool"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10, 1, 1])],
+        [w],
+    )
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_every_int8_site_can_be_returned_to_float_through_the_nodes_that_ask_for_it():
+    """With every weighted layer and every node without weights that reads int8 data kept in float, no pair
+    is left, under each placement. OpenVINO's hoisting names the op a pair moved above (the MaxPool) as its
+    reader, so the average pool it was moved for must be offered too."""
+    from edgekd.quant.simulate import unweighted_readers
+
+    for placement in ("qlinear", "quantizable-inputs"):
+        plan = plan_quantization(pooled_graph(), placement)
+        keep = frozenset([w.node for w in plan.weights] + unweighted_readers(plan))
+        left = plan_quantization(pooled_graph(), placement, keep)
+        assert not [t for t, s in left.activations.items() if s.consumers or s.to_graph_output], placement
+    assert plan_quantization(pooled_graph(), "quantizable-inputs").hoisted_for == {"pool"}

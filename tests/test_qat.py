@@ -208,9 +208,10 @@ def flat_copy(folder: Path, out: Path) -> Path:
     return out
 
 
-def _budget_scores(monkeypatch, after_qat: float):
-    """int8 scores 40 pt below float until QAT has run, then ``after_qat`` below: the real search and the
-    real QAT run, only the eval-set scores are made up."""
+def _budget_scores(monkeypatch, after_qat: float, float_scored: bool = True):
+    """int8 scores 40 pt below float (1.0) until QAT has run, then ``after_qat`` below: the real search and
+    the real QAT run, only the eval-set scores are made up. ``float_scored``: the pass scores the float model
+    first (a labelled set; agreement's float score is 1 by construction and is not computed)."""
     import edgekd.passes.accuracy_budget as ab
 
     ran = {"qat": False}
@@ -220,10 +221,10 @@ def _budget_scores(monkeypatch, after_qat: float):
         ran["qat"] = True
         return real_run_qat(*a, **k)
 
-    calls = iter(range(10**6))
+    calls = iter(range(0 if float_scored else 1, 10**6))
     monkeypatch.setattr(ab, "run_qat", run_qat)
     monkeypatch.setattr(
-        ab, "top1", lambda run, data: 0.9 if next(calls) == 0 else (0.9 - after_qat / 100 if ran["qat"] else 0.5)
+        ab, "top1", lambda run, data: 1.0 if next(calls) == 0 else (1.0 - after_qat / 100 if ran["qat"] else 0.6)
     )
     monkeypatch.setattr(
         ab, "greedy_keep_float", lambda order, evaluate, f, m: greedy_keep_float(order, evaluate, f, m, max_layers=2)
@@ -233,7 +234,7 @@ def _budget_scores(monkeypatch, after_qat: float):
 
 @pytest.mark.parametrize("classes", [True, False], ids=["labelled-eval", "eval-without-labels"])
 def test_a_missed_budget_falls_back_to_qat_and_says_so(tmp_path, model_file, labelled, monkeypatch, classes):
-    ran = _budget_scores(monkeypatch, after_qat=0.2)
+    ran = _budget_scores(monkeypatch, after_qat=0.2, float_scored=classes)
     eval_set = CALIB if classes else flat_copy(CALIB, tmp_path / "flat")
     result = compile_qat(tmp_path, model_file, labelled, qat_epochs=0, max_drop=0.5, eval=eval_set, eval_samples=20)
     assert ran["qat"]

@@ -204,7 +204,8 @@ class AccuracyBudgetPass(Pass):
 
     def run(self, state: CompileState) -> PassResult:
         metric, score, samples = self._scorer(state)
-        float_top1 = score(state.float_reference)
+        # agreement's labels are the float model's own top-1: it scores 1 by construction
+        float_top1 = 1.0 if metric == "agreement" else score(state.float_reference)
         steps = self._search(state, score, float_top1)
         before = None
         if not within_budget(steps[-1].drop_pt, self.max_drop_pt) and self._can_fall_back(state, metric):

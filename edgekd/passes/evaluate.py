@@ -122,7 +122,9 @@ class EvaluatePass(Pass):
         data = evalset.batches
         artifact = self.backend.session(state.workdir / self.backend.main_file(state.artifact_files), self.threads)
         labels = np.concatenate([y for _, y in data])
-        float_pred, artifact_pred = predictions(state.float_reference, data), predictions(artifact, data)
+        # without classes the labels are the float model's own top-1: no second float pass for them
+        float_pred = labels if evalset.metric == "agreement" else predictions(state.float_reference, data)
+        artifact_pred = predictions(artifact, data)
         float_top1, artifact_top1 = float(np.mean(float_pred == labels)), float(np.mean(artifact_pred == labels))
         drop_pt = 100.0 * (float_top1 - artifact_top1)
         speed = None

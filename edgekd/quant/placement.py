@@ -423,11 +423,9 @@ def _output_sites(
             source = node.inputs[0].name
             if source in plan.activations:
                 root = plan.activations[source].same_as or source
-                to_output = node.name not in keep_float
                 for v in outs:
-                    plan.activations[v.name] = ActivationSite(
-                        v.name, _uses(v, keep_float), v.is_graph_output() and to_output, same_as=root
-                    )
+                    to_output = v.is_graph_output() and node.name not in keep_float
+                    plan.activations[v.name] = ActivationSite(v.name, _uses(v, keep_float), to_output, same_as=root)
 
 
 def interpolates(node: ir.Node | None) -> bool:
